@@ -1,0 +1,15 @@
+//! covm's device models.
+//!
+//! None of them knows about KVM: interrupts leave through [`vm_superio::Trigger`]
+//! (an eventfd the VMM wires to an irqfd), and power requests through the
+//! [`PowerSink`] trait. Each device is tested here without a VM.
+#![deny(missing_docs)]
+
+pub mod bus;
+pub mod debug_port;
+pub mod i8042;
+pub mod power;
+pub mod serial;
+
+pub use bus::{BusError, PioBus, PioDevice};
+pub use power::{PowerAction, PowerSink};

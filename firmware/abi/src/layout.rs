@@ -1,0 +1,37 @@
+//! Guest-physical layout shared by covm and the firmware.
+//!
+//! ```text
+//! 0x0000_7000  PVH start info + memory map (written by covm)
+//! 0x0000_8000  AP start-up trampoline (firmware, real mode)
+//! 0x0010_0000  firmware image (text, data, bss with per-CPU stacks)
+//! 0x0200_0000  dirty workload: generation table, one u32 per page
+//! 0x0400_0000  dirty workload: the region, page i at DIRTY_REGION + i * 4096
+//! ```
+//! The generation of each page lives in the table, away from the page, so a
+//! page put back to an older version is told apart from a current one.
+
+/// Where the firmware image is linked and loaded.
+pub const FIRMWARE_BASE: u64 = 0x0010_0000;
+
+/// Where the `dirty` workload keeps one little-endian `u32` generation per
+/// page of its region (0 means never written).
+pub const DIRTY_GEN_TABLE: u64 = 0x0200_0000;
+
+/// Start of the `dirty` workload's region.
+pub const DIRTY_REGION: u64 = 0x0400_0000;
+
+/// The largest region the generation table can describe.
+pub const DIRTY_MAX_PAGES: u64 = (DIRTY_REGION - DIRTY_GEN_TABLE) / 4;
+
+/// Size of a page of the region.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Guest-physical address of page `index` of the `dirty` region.
+pub const fn dirty_page_gpa(index: u64) -> u64 {
+    DIRTY_REGION + index * PAGE_SIZE
+}
+
+/// Guest-physical address of the generation counter of page `index`.
+pub const fn dirty_gen_gpa(index: u64) -> u64 {
+    DIRTY_GEN_TABLE + index * 4
+}

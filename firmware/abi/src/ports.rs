@@ -1,0 +1,52 @@
+//! I/O ports the firmware uses and the values it writes to them.
+
+/// COM1, a 16550 UART. The firmware writes bytes to its transmit register.
+pub const SERIAL_COM1: u16 = 0x3f8;
+
+/// The POST/debug port. Each byte written is a boot-progress marker that
+/// covm logs with the time since covm started (see [`markers`]).
+pub const DEBUG_PORT: u16 = 0x80;
+
+/// covm's power device: one byte, see [`power`].
+///
+/// Under QEMU the same port can be backed by `isa-debug-exit,iobase=0x600`,
+/// which ends QEMU on any write.
+pub const POWER: u16 = 0x600;
+
+/// Values written to [`POWER`].
+pub mod power {
+    /// Power off: the guest finished successfully. covm exits 0.
+    pub const OFF: u8 = 0x00;
+    /// Reset the machine. covm exits with its "guest reset" status.
+    pub const RESET: u8 = 0x01;
+    /// Power off reporting a failure: any value from here to 0xff is a
+    /// failure code chosen by the guest (see the `fail` codes below).
+    pub const FAIL_FIRST: u8 = 0x02;
+    /// The firmware's command line was not understood.
+    pub const FAIL_BAD_ARGS: u8 = 0x02;
+    /// The `dirty` workload's verifier found a corrupted or stale page.
+    pub const FAIL_VERIFY: u8 = 0x03;
+    /// A CPU exception reached the firmware's ring-0 handler.
+    pub const FAIL_EXCEPTION: u8 = 0x04;
+    /// Not enough guest memory for what was asked.
+    pub const FAIL_NO_MEMORY: u8 = 0x05;
+    /// Secondary vCPUs did not come up.
+    pub const FAIL_SMP: u8 = 0x06;
+}
+
+/// Debug-port markers written by the built-in firmware, in boot order.
+///
+/// Cloud Hypervisor reserves 0x00..=0x1f of the POST code space for firmware;
+/// covm's firmware uses that range.
+pub mod markers {
+    /// The very first instruction of the firmware (PVH entry).
+    pub const FIRMWARE_ENTRY: u8 = 0x01;
+    /// Long mode is on and the ring-0 tables (GDT, IDT, TSS) are loaded.
+    pub const LONG_MODE: u8 = 0x02;
+    /// The bootstrap processor is running Rust in ring 3.
+    pub const RING3: u8 = 0x03;
+    /// Every vCPU has checked in.
+    pub const ALL_CPUS: u8 = 0x04;
+    /// The workload starts.
+    pub const WORKLOAD_START: u8 = 0x05;
+}

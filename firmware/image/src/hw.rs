@@ -1,0 +1,93 @@
+//! Ring-3 access to the machine: ports (allowed by the TSS I/O bitmap),
+//! the TSC, CPUID, and the int3 syscall gate into ring 0 (see ring0.s).
+
+use core::arch::asm;
+use covm_guest_abi::ports;
+
+/// Most CPUs the firmware runs (also `MAX_CPUS` in ring0.s).
+pub const MAX_CPUS: u32 = 32;
+
+/// Syscall numbers, passed in rax to `int3` (also in ring0.s).
+const SYS_SLEEP_UNTIL: u64 = 0;
+const SYS_SEND_IPI: u64 = 1;
+const SYS_CPUID: u64 = 2;
+
+pub fn outb(port: u16, value: u8) {
+    // SAFETY: ring 3 only reaches the ports the TSS bitmap allows, none of
+    // which touches memory the program relies on.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+}
+
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) }
+    value
+}
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc has no side effects; CR4.TSD is clear so ring 3 may use it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Writes a boot-progress marker (`ports::markers`) to the POST port.
+pub fn marker(value: u8) {
+    outb(ports::DEBUG_PORT, value);
+}
+
+/// Sleeps (in ring 0, halted) until the TSC reaches `deadline`, or spins
+/// when the CPU has no TSC-deadline timer.
+pub fn sleep_until(deadline: u64) {
+    while rdtsc() < deadline {
+        let slept: u64;
+        // SAFETY: the int3 gate returns with iretq to the next instruction;
+        // it uses its own ring-0 stack and clobbers only rax, rcx, rdx.
+        unsafe {
+            asm!("int3", inout("rax") SYS_SLEEP_UNTIL => slept, in("rdi") deadline,
+                 out("rcx") _, out("rdx") _, options(nostack))
+        }
+        if slept == 0 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Writes the local APIC's interrupt command register (low word).
+pub fn send_ipi(icr_low: u32) {
+    // SAFETY: as for `sleep_until`; an IPI with a shorthand only starts or
+    // resets other CPUs, which is what the caller asks for.
+    unsafe {
+        asm!("int3", inout("rax") SYS_SEND_IPI => _, in("rdi") icr_low as u64,
+             out("rcx") _, out("rdx") _, options(nostack))
+    }
+}
+
+/// Powers the machine off with `code` (`ports::power`).
+pub fn power_off(code: u8) -> ! {
+    outb(ports::POWER, code);
+    // Only reached without a power device (e.g. QEMU without isa-debug-exit).
+    loop {
+        sleep_until(u64::MAX);
+    }
+}
+
+/// CPUID as the VMM configured it. On this machine's KVM a CPUID executed
+/// in ring 3 is not intercepted and reports the host CPU (its core count,
+/// no hypervisor timing leaf), so it goes through the syscall gate and
+/// runs in ring 0, where KVM's emulator answers from the VMM's table.
+pub fn cpuid(leaf: u32) -> core::arch::x86_64::CpuidResult {
+    let (eax, ebx, ecx, edx): (u64, u64, u64, u64);
+    // SAFETY: as for `sleep_until`; the gate returns the four CPUID
+    // registers. rbx is reserved by LLVM, hence the exchange.
+    unsafe {
+        asm!("xchg {b}, rbx", "int3", "xchg {b}, rbx", b = inout(reg) 0u64 => ebx,
+             inout("rax") SYS_CPUID => eax, in("rdi") leaf as u64, in("rsi") 0u64,
+             out("rcx") ecx, out("rdx") edx, options(nostack));
+    }
+    core::arch::x86_64::CpuidResult {
+        eax: eax as u32,
+        ebx: ebx as u32,
+        ecx: ecx as u32,
+        edx: edx as u32,
+    }
+}

@@ -1,0 +1,107 @@
+//! covm's built-in guest firmware.
+//!
+//! A PVH ELF: ring 0 is a few hundred lines of assembly (`ring0.s`) that
+//! switch to long mode with prebuilt tables and drop every CPU to ring 3,
+//! where this Rust code runs the workload natively. On the project's KVM,
+//! ring 0 is interpreted instruction by instruction, ring 3 is not. See
+//! docs/firmware.md.
+#![no_std]
+#![no_main]
+
+mod dirty;
+mod hw;
+mod mem;
+mod pvh;
+mod serial;
+mod smp;
+mod time;
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+use covm_guest_abi::ports::{markers, power};
+use covm_guest_abi::workload::{self, Workload};
+
+core::arch::global_asm!(include_str!("ring0.s"), options(att_syntax));
+
+// The precompiled libcore refers to the unwinding personality routine; with
+// panic=abort it is never called, but a non-LTO (dev) link still needs it.
+core::arch::global_asm!(".globl rust_eh_personality", "rust_eh_personality:", "ud2");
+
+/// Dirty-workload parameters, written by the BSP before it sets `GO`.
+struct Shared(UnsafeCell<Option<dirty::Params>>);
+// SAFETY: written once by the BSP before the Release store of GO; APs read
+// it only after an Acquire load of GO saw true.
+unsafe impl Sync for Shared {}
+static PARAMS: Shared = Shared(UnsafeCell::new(None));
+static GO: AtomicBool = AtomicBool::new(false);
+
+/// Ring-3 entry of every CPU (ring0.s irets here with IF = 0).
+#[no_mangle]
+extern "C" fn user_main(cpu: u32, start_info: u64) -> ! {
+    if cpu == 0 {
+        bsp_main(start_info)
+    }
+    smp::check_in();
+    while !GO.load(Ordering::Acquire) {
+        hw::sleep_until(hw::rdtsc() + 1_000_000);
+    }
+    // SAFETY: GO is set, so PARAMS is written and never written again.
+    let params = unsafe { (*PARAMS.0.get()).as_ref() }.expect("GO without parameters");
+    dirty::run(cpu, params)
+}
+
+fn bsp_main(start_info: u64) -> ! {
+    hw::marker(markers::RING3);
+    let info = pvh::read(start_info).unwrap_or_else(|e| fail_args(format_args!("{e}")));
+    let workload = workload::parse(info.cmdline).unwrap_or_else(|e| fail_args(format_args!("{e}")));
+    let tsc_khz = time::tsc_khz();
+    let cpus = smp::vcpu_count();
+    if cpus > hw::MAX_CPUS {
+        println!("error: {cpus} vCPUs, the firmware supports at most {}", hw::MAX_CPUS);
+        hw::power_off(power::FAIL_SMP);
+    }
+    if let Err(ready) = smp::start_aps(cpus, tsc_khz) {
+        println!(
+            "error: only {ready} of {} secondary vCPUs checked in within 2 s",
+            cpus - 1
+        );
+        hw::power_off(power::FAIL_SMP);
+    }
+    hw::marker(markers::ALL_CPUS);
+    match workload {
+        Workload::Hello => {
+            hw::marker(markers::WORKLOAD_START);
+            println!("hello from covm firmware ({cpus} vCPUs)");
+            hw::power_off(power::OFF)
+        }
+        Workload::Dirty(args) => {
+            let params = dirty::prepare(&args, info.memmap, cpus, tsc_khz);
+            // SAFETY: the APs do not read PARAMS before GO is set below.
+            unsafe { *PARAMS.0.get() = Some(params) };
+            GO.store(true, Ordering::Release);
+            hw::marker(markers::WORKLOAD_START);
+            // SAFETY: as in user_main.
+            dirty::run(0, unsafe { (*PARAMS.0.get()).as_ref() }.expect("just set"))
+        }
+    }
+}
+
+fn fail_args(why: core::fmt::Arguments) -> ! {
+    println!("error: {why}");
+    hw::power_off(power::FAIL_BAD_ARGS)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    match info.location() {
+        Some(at) => serial::print_urgent(format_args!(
+            "FAIL panic: {} at {}:{}\n",
+            info.message(),
+            at.file(),
+            at.line()
+        )),
+        None => serial::print_urgent(format_args!("FAIL panic: {}\n", info.message())),
+    }
+    // The ABI has no panic code; a panic is a failed CPU-level check too.
+    hw::power_off(power::FAIL_EXCEPTION)
+}

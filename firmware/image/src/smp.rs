@@ -1,0 +1,64 @@
+//! Bringing up the other vCPUs (from ring 3, through the IPI syscall).
+
+use crate::hw::{self, rdtsc, sleep_until};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// Application processors that reached ring 3.
+static CHECKED_IN: AtomicU32 = AtomicU32::new(0);
+
+/// ICR: destination shorthand "all excluding self", level assert.
+const ICR_ALL_BUT_SELF: u32 = (3 << 18) | (1 << 14);
+const ICR_INIT: u32 = ICR_ALL_BUT_SELF | (5 << 8);
+/// SIPI to the trampoline at 0x8000 (vector 0x08).
+const ICR_SIPI: u32 = ICR_ALL_BUT_SELF | (6 << 8) | 0x08;
+
+/// Where the APs start (SIPI vector 0x08), and the code to put there.
+const TRAMPOLINE: usize = 0x8000;
+extern "C" {
+    static ap_trampoline: u8;
+    static ap_trampoline_end: u8;
+}
+
+/// Number of vCPUs: CPUID.1:EBX[23:16] (covm and QEMU set it to exactly N).
+pub fn vcpu_count() -> u32 {
+    ((hw::cpuid(1).ebx >> 16) & 0xff).max(1)
+}
+
+/// Called by each AP once it runs in ring 3.
+pub fn check_in() {
+    CHECKED_IN.fetch_add(1, Ordering::AcqRel);
+}
+
+/// INIT, SIPI, SIPI to all other CPUs, then waits up to 2 s for `n - 1`
+/// check-ins. Returns how many checked in when that falls short.
+pub fn start_aps(n: u32, tsc_khz: u64) -> Result<(), u32> {
+    if n <= 1 {
+        return Ok(());
+    }
+    let ms = tsc_khz;
+    // SAFETY: copies the trampoline (ring0.s, assembled for TRAMPOLINE) to
+    // low RAM that nothing else uses once the loader is done.
+    unsafe {
+        let start = &raw const ap_trampoline;
+        let len = (&raw const ap_trampoline_end).offset_from(start) as usize;
+        core::ptr::copy_nonoverlapping(start, TRAMPOLINE as *mut u8, len);
+    }
+    hw::send_ipi(ICR_INIT);
+    sleep_until(rdtsc() + 10 * ms);
+    hw::send_ipi(ICR_SIPI);
+    sleep_until(rdtsc() + ms / 5);
+    hw::send_ipi(ICR_SIPI);
+    let timeout = rdtsc() + 2000 * ms;
+    loop {
+        let ready = CHECKED_IN.load(Ordering::Acquire);
+        if ready >= n - 1 {
+            return Ok(());
+        }
+        if rdtsc() >= timeout {
+            return Err(ready);
+        }
+        // Sleep rather than spin: the APs' ring 0 is emulated on the same
+        // few host cores.
+        sleep_until(rdtsc() + ms);
+    }
+}

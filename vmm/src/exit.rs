@@ -1,0 +1,62 @@
+//! How a VM ends, and covm's exit status for each ending.
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 | the guest powered off (power port 0x600 value 0) |
+//! | 1 | covm failed: bad configuration, KVM or host error |
+//! | 2 | the command line could not be parsed (clap's usage status) |
+//! | 3 | the guest reset the machine (i8042 0xfe, or power port value 1) |
+//! | 4 | the guest powered off reporting a failure (power port value 2..=255) |
+//! | 5 | the guest crashed (triple fault, emulation failure, bad exit) |
+
+use covm_devices::PowerAction;
+
+/// covm failed before or while running the VM.
+pub const STATUS_ERROR: i32 = 1;
+/// The command line could not be parsed.
+pub const STATUS_USAGE: i32 = 2;
+/// The guest reset the machine.
+pub const STATUS_RESET: i32 = 3;
+/// The guest reported a failure.
+pub const STATUS_GUEST_FAILED: i32 = 4;
+/// The guest crashed.
+pub const STATUS_CRASHED: i32 = 5;
+
+/// Why a VM stopped running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// A power request from the guest.
+    Power(PowerAction),
+    /// The guest did something covm cannot continue from.
+    Crashed(String),
+}
+
+impl VmExit {
+    /// The process exit status for this ending.
+    pub fn status(&self) -> i32 {
+        match self {
+            Self::Power(PowerAction::Off) => 0,
+            Self::Power(PowerAction::Reset) => STATUS_RESET,
+            Self::Power(PowerAction::Fail(_)) => STATUS_GUEST_FAILED,
+            Self::Crashed(_) => STATUS_CRASHED,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_distinct() {
+        let all = [
+            VmExit::Power(PowerAction::Off).status(),
+            STATUS_ERROR,
+            STATUS_USAGE,
+            VmExit::Power(PowerAction::Reset).status(),
+            VmExit::Power(PowerAction::Fail(3)).status(),
+            VmExit::Crashed("x".into()).status(),
+        ];
+        assert_eq!(all, [0, 1, 2, 3, 4, 5]);
+    }
+}

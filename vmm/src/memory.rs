@@ -1,0 +1,173 @@
+//! Guest memory: layout, allocation and the e820 map.
+//!
+//! RAM fills guest-physical memory from 0 up to the 32-bit MMIO hole at
+//! 3 GiB (where the LAPIC and IOAPIC live) and continues at 4 GiB. The
+//! backing uses vm-memory's `AtomicBitmap`, so pages the VMM itself writes
+//! are tracked for migration alongside KVM's dirty log.
+
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+/// Guest memory as covm holds it.
+pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
+
+/// Start of the 32-bit MMIO hole.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Where RAM resumes above the hole.
+pub const HIGH_RAM_START: u64 = 1 << 32;
+/// End of the legacy low RAM the BIOS era reserved above (EBDA start).
+pub const EBDA_START: u64 = 0x9fc00;
+/// Where "high memory" (above the ISA hole) starts, 1 MiB.
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// e820 entry types.
+pub const E820_RAM: u32 = 1;
+/// e820 reserved.
+pub const E820_RESERVED: u32 = 2;
+
+/// Errors allocating guest memory.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot allocate {size} bytes of guest memory: {source}")]
+pub struct MemoryError {
+    size: u64,
+    source: vm_memory::mmap::FromRangesError,
+}
+
+/// The RAM ranges for `size` bytes of guest memory.
+pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
+    let low = size.min(MMIO_HOLE_START);
+    let mut ranges = vec![(GuestAddress(0), low)];
+    if size > low {
+        ranges.push((GuestAddress(HIGH_RAM_START), size - low));
+    }
+    ranges
+}
+
+/// Allocates guest memory of `size` bytes.
+pub fn allocate(size: u64) -> Result<GuestMemory, MemoryError> {
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size).into_iter().map(|(a, s)| (a, s as usize)).collect();
+    GuestMemory::from_ranges(&ranges).map_err(|source| MemoryError { size, source })
+}
+
+/// One e820 entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E820Entry {
+    /// Start address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// [`E820_RAM`] or [`E820_RESERVED`].
+    pub kind: u32,
+}
+
+/// The memory map the guest is told about: low RAM below the EBDA, the
+/// legacy hole reserved, RAM from 1 MiB, and RAM above 4 GiB.
+pub fn e820_map(size: u64) -> Vec<E820Entry> {
+    let mut map = vec![
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: EBDA_START,
+            size: HIMEM_START - EBDA_START,
+            kind: E820_RESERVED,
+        },
+    ];
+    for (start, len) in ram_ranges(size) {
+        let end = start.0 + len;
+        let start = start.0.max(HIMEM_START);
+        if end > start {
+            map.push(E820Entry {
+                addr: start,
+                size: end - start,
+                kind: E820_RAM,
+            });
+        }
+    }
+    map
+}
+
+/// End of RAM below the MMIO hole.
+pub fn low_ram_end(size: u64) -> u64 {
+    size.min(MMIO_HOLE_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    #[test]
+    fn small_vm_is_one_range() {
+        assert_eq!(ram_ranges(512 << 20), vec![(GuestAddress(0), 512 << 20)]);
+    }
+
+    #[test]
+    fn large_vm_skips_the_hole() {
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r, vec![(GuestAddress(0), 3 << 30), (GuestAddress(4 << 30), 1 << 30)]);
+    }
+
+    #[test]
+    fn e820_small() {
+        let map = e820_map(512 << 20);
+        assert_eq!(
+            map,
+            vec![
+                E820Entry {
+                    addr: 0,
+                    size: 0x9fc00,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: 0x9fc00,
+                    size: 0x100000 - 0x9fc00,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: 0x100000,
+                    size: (512 << 20) - 0x100000,
+                    kind: E820_RAM
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn e820_large_has_high_ram() {
+        let map = e820_map(5 << 30);
+        assert_eq!(map.len(), 4);
+        assert_eq!(
+            map[2],
+            E820Entry {
+                addr: 0x100000,
+                size: (3 << 30) - 0x100000,
+                kind: E820_RAM
+            }
+        );
+        assert_eq!(
+            map[3],
+            E820Entry {
+                addr: 4 << 30,
+                size: 2 << 30,
+                kind: E820_RAM
+            }
+        );
+        let total: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        assert_eq!(total, (5 << 30) - (0x100000 - 0x9fc00));
+    }
+
+    #[test]
+    fn allocation_is_usable_and_tracks_vmm_writes() {
+        let mem = allocate(16 << 20).unwrap();
+        assert_eq!(mem.num_regions(), 1);
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x5000)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x5000)).unwrap(), 0xdead_beef);
+        let region = mem.iter().next().unwrap();
+        use vm_memory::bitmap::Bitmap;
+        assert!(region.bitmap().dirty_at(0x5000));
+        assert!(!region.bitmap().dirty_at(0x9000));
+    }
+}

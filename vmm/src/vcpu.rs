@@ -1,0 +1,151 @@
+//! vCPUs: creation, boot state, and the thread that runs each one.
+
+use crate::arch::{cpuid, regs};
+use crate::exit::VmExit;
+use covm_devices::{PioBus, PowerAction};
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// KVM_SYSTEM_EVENT_* types.
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const SYSTEM_EVENT_RESET: u32 = 2;
+
+/// Errors creating a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// KVM refused.
+    #[error("cannot create vCPU {index}: {source}")]
+    Create {
+        /// Which vCPU.
+        index: u8,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM refused the CPUID.
+    #[error("cannot set the CPUID of vCPU {index}: {source}")]
+    Cpuid {
+        /// Which vCPU.
+        index: u8,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+    /// Boot registers could not be set.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// The thread could not be started.
+    #[error("cannot start the thread of vCPU {index}: {source}")]
+    Thread {
+        /// Which vCPU.
+        index: u8,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A vCPU, configured and ready to run.
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` (its APIC ID too).
+    pub fn create(vm: &VmFd, index: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        Ok(Self { index, fd })
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC to their reset values. The bootstrap
+    /// vCPU's entry registers are set separately.
+    pub fn configure(&mut self, supported: &CpuId, topo: cpuid::Topology) -> Result<(), VcpuError> {
+        let index = self.index;
+        let cpuid = cpuid::for_vcpu(supported, topo, index);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|source| VcpuError::Cpuid { index, source })?;
+        regs::setup_msrs(&self.fd, index)?;
+        regs::setup_fpu(&self.fd, index)?;
+        regs::setup_lapic(&self.fd, index)?;
+        Ok(())
+    }
+
+    /// The KVM vCPU.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Runs the vCPU on its own thread until the guest asks to stop or
+    /// something fails; the reason goes to `exits`.
+    pub fn spawn(self, bus: Arc<PioBus>, exits: Sender<VmExit>) -> Result<JoinHandle<()>, VcpuError> {
+        let index = self.index;
+        std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let exit = self.run(&bus);
+                tracing::debug!("vCPU {index} stopped: {exit:?}");
+                // The receiver is gone only when covm is already exiting.
+                let _ = exits.send(exit);
+            })
+            .map_err(|source| VcpuError::Thread { index, source })
+    }
+
+    fn run(mut self, bus: &PioBus) -> VmExit {
+        loop {
+            let crash = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if !bus.read(port, data) {
+                        tracing::trace!("vCPU {}: read of unassigned port {port:#x}", self.index);
+                    }
+                    continue;
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    if !bus.write(port, data) {
+                        tracing::trace!("vCPU {}: write to unassigned port {port:#x}", self.index);
+                    }
+                    continue;
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    tracing::debug!("vCPU {}: read of unassigned MMIO {addr:#x}", self.index);
+                    data.fill(0xff);
+                    continue;
+                }
+                Ok(VcpuExit::MmioWrite(addr, _)) => {
+                    tracing::debug!("vCPU {}: write to unassigned MMIO {addr:#x}", self.index);
+                    continue;
+                }
+                Ok(VcpuExit::Intr) => continue,
+                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _)) => return VmExit::Power(PowerAction::Off),
+                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => return VmExit::Power(PowerAction::Reset),
+                Ok(VcpuExit::Shutdown) => "triple fault".to_string(),
+                Ok(VcpuExit::InternalError) => {
+                    let run = self.fd.get_kvm_run();
+                    // SAFETY: KVM filled the `internal` member of the union for KVM_EXIT_INTERNAL_ERROR.
+                    let internal = unsafe { run.__bindgen_anon_1.internal };
+                    let suberror = internal.suberror;
+                    let what = if suberror == 1 {
+                        "instruction emulation failed"
+                    } else {
+                        "KVM internal error"
+                    };
+                    format!("{what} (suberror {suberror})")
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => format!("VM entry failed (reason {reason:#x}, cpu {cpu})"),
+                Ok(VcpuExit::Hlt) => "halted with no in-kernel LAPIC to wake it".to_string(),
+                Ok(other) => format!("unexpected exit {other:?}"),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => format!("KVM_RUN failed: {e}"),
+            };
+            let rip = self
+                .fd
+                .get_regs()
+                .map(|r| format!("{:#x}", r.rip))
+                .unwrap_or_else(|_| "unknown".into());
+            return VmExit::Crashed(format!("vCPU {}: {crash} at rip {rip}", self.index));
+        }
+    }
+}
