@@ -32,11 +32,19 @@ fn main() -> ExitCode {
     match run(&cli, start) {
         Ok(status) => ExitCode::from(status as u8),
         Err(message) => {
-            tracing::error!("{message}");
-            eprintln!("covm: {message}");
+            report(&cli, &message);
             ExitCode::from(STATUS_ERROR as u8)
         }
     }
+}
+
+/// One line on standard error; also in the log when the log is a file
+/// (when it is standard error, the line alone says it).
+fn report(cli: &Cli, message: &str) {
+    if cli.log_file.is_some() {
+        tracing::error!("{message}");
+    }
+    eprintln!("covm: {message}");
 }
 
 fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
@@ -64,10 +72,7 @@ fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
     let exit = vm.run().map_err(|e| e.to_string())?;
     let _ = std::io::stdout().flush();
     match &exit {
-        covm::exit::VmExit::Crashed(why) => {
-            tracing::error!("guest crashed: {why}");
-            eprintln!("covm: guest crashed: {why}");
-        }
+        covm::exit::VmExit::Crashed(why) => report(cli, &format!("guest crashed: {why}")),
         covm::exit::VmExit::Power(action) => tracing::info!("guest ended: {action:?}"),
     }
     Ok(exit.status())

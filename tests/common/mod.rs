@@ -1,0 +1,104 @@
+//! Helpers shared by the end-to-end tests: run the real covm binary against
+//! real KVM, with its serial output in a temporary file.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The covm binary under test.
+pub fn covm() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_covm"))
+}
+
+/// A scratch directory removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("covm-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether this machine can run KVM guests; tests that need it skip (with
+/// the reason printed) where it cannot.
+pub fn kvm_available() -> bool {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIP: /dev/kvm is not usable here: {e}");
+            false
+        }
+    }
+}
+
+/// Runs covm to completion with a deadline, returning its output and the
+/// serial output written to `serial`.
+pub fn run_to_end(args: &[&str], serial: &Path, deadline: Duration) -> (Output, String) {
+    let mut cmd = covm();
+    cmd.args(args).arg("--serial").arg(format!("file={}", serial.display()));
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let output = wait_with_deadline(child, deadline);
+    let serial = std::fs::read_to_string(serial).unwrap_or_default();
+    (output, serial)
+}
+
+/// Waits for `child`, killing it (and failing the test) past `deadline`.
+pub fn wait_with_deadline(mut child: Child, deadline: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "covm did not finish within {deadline:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts covm in the background with serial output to `serial`.
+pub fn spawn(args: &[&str], serial: &Path) -> Child {
+    covm()
+        .args(args)
+        .arg("--serial")
+        .arg(format!("file={}", serial.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `serial` until `pred` holds for its contents or `deadline` passes.
+pub fn wait_for_serial(serial: &Path, deadline: Duration, pred: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(serial).unwrap_or_default();
+        if pred(&text) || start.elapsed() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
