@@ -106,7 +106,7 @@ mod tests {
         let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Box::new(io::sink()));
         // Enable the "transmitter holding register empty" interrupt (IER bit 1).
         dev.write(1, &[0x02]);
-        dev.write(0, &[b'x']);
+        dev.write(0, b"x");
         assert!(irq.read().unwrap() >= 1);
     }
 

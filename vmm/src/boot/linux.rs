@@ -27,13 +27,13 @@ pub(super) fn write_zero_page(
     cmdline_len: usize,
     initrd: Option<Initramfs>,
 ) -> Result<(), BootError> {
-    let mut params = boot_params::default();
-    params.hdr = header.unwrap_or(setup_header {
+    let hdr = header.unwrap_or(setup_header {
         boot_flag: BOOT_FLAG,
         header: HDRS_MAGIC,
         kernel_alignment: DEFAULT_KERNEL_ALIGNMENT,
         ..Default::default()
     });
+    let mut params = boot_params { hdr, ..Default::default() };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = layout::CMDLINE as u32;
     params.hdr.cmdline_size = cmdline_len as u32;

@@ -264,3 +264,81 @@ fn check_range(mem: &GuestMemory, what: &'static str, addr: u64, len: usize) -> 
             reason: format!("{addr:#x}+{len:#x} is outside guest memory"),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CpusConfig, MemoryConfig, SerialMode};
+    use linux_loader::loader::bootparam::boot_params;
+    use vm_memory::Bytes;
+
+    fn config(payload: Payload, cmdline: &str) -> VmConfig {
+        VmConfig {
+            cpus: CpusConfig { boot_vcpus: 1 },
+            memory: MemoryConfig { size: 256 << 20 },
+            payload,
+            cmdline: cmdline.into(),
+            serial: SerialMode::Null,
+            api_socket: None,
+        }
+    }
+
+    /// A real Linux bzImage: `COVM_TEST_BZIMAGE` (set by .ci/run from
+    /// Debian's linux-image-cloud-amd64), else one under /boot.
+    fn real_bzimage() -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os("COVM_TEST_BZIMAGE") {
+            return Some(path.into());
+        }
+        std::fs::read_dir("/boot").ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz"))
+        })
+    }
+
+    #[test]
+    fn real_bzimage_loads_with_its_setup_header() {
+        let Some(kernel) = real_bzimage() else {
+            eprintln!("SKIP: no real bzImage (set COVM_TEST_BZIMAGE or install linux-image-cloud-amd64)");
+            return;
+        };
+        let mem = crate::memory::allocate(256 << 20).unwrap();
+        let cfg = config(Payload::Kernel { kernel: kernel.clone(), initramfs: None }, "console=ttyS0 quiet");
+        let entry = load(&mem, &cfg).unwrap_or_else(|e| panic!("{}: {e}", kernel.display()));
+        assert_eq!(entry.mode, EntryMode::Linux64);
+        let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE)).unwrap();
+        let hdr = params.hdr;
+        assert_eq!({ hdr.header }, 0x5372_6448, "HdrS");
+        assert!({ hdr.version } >= 0x20c, "a 64-bit capable kernel");
+        assert_eq!(entry.entry, u64::from({ hdr.code32_start }) + 0x200);
+        assert_eq!({ hdr.type_of_loader }, 0xff);
+        assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE as u32);
+        let mut cmdline = [0u8; 19];
+        mem.read_slice(&mut cmdline, GuestAddress(layout::CMDLINE)).unwrap();
+        assert_eq!(&cmdline, b"console=ttyS0 quiet");
+        // The protected-mode kernel follows the setup sectors in the file.
+        let file = std::fs::read(&kernel).unwrap();
+        let setup = (usize::from(if file[0x1f1] == 0 { 4 } else { file[0x1f1] }) + 1) * 512;
+        let mut loaded = [0u8; 64];
+        mem.read_slice(&mut loaded, GuestAddress(u64::from({ hdr.code32_start }))).unwrap();
+        assert_eq!(&loaded[..], &file[setup..setup + 64]);
+    }
+
+    #[test]
+    fn builtin_firmware_uses_the_pvh_entry() {
+        let mem = crate::memory::allocate(256 << 20).unwrap();
+        let entry = load(&mem, &config(Payload::BuiltinFirmware, "workload=hello")).unwrap();
+        assert_eq!(entry.mode, EntryMode::Pvh);
+        assert_eq!(entry.boot_info, layout::PVH_START_INFO);
+        assert!(entry.entry >= covm_guest_abi::layout::FIRMWARE_BASE);
+        let mut cmdline = [0u8; 15];
+        mem.read_slice(&mut cmdline, GuestAddress(layout::CMDLINE)).unwrap();
+        assert_eq!(&cmdline, b"workload=hello\0");
+    }
+
+    #[test]
+    fn overlong_cmdline_is_refused() {
+        let mem = crate::memory::allocate(256 << 20).unwrap();
+        let long = "x".repeat(layout::CMDLINE_MAX);
+        let err = load(&mem, &config(Payload::BuiltinFirmware, &long)).unwrap_err();
+        assert!(err.to_string().starts_with("--cmdline is too long"), "{err}");
+    }
+}
