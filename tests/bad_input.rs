@@ -25,19 +25,35 @@ fn unknown_option() {
 
 #[test]
 fn unknown_key() {
-    assert_refused(&run(&["--cpus", "boot=2,threads=2"]), 1, "--cpus: unknown key 'threads'");
-    assert_refused(&run(&["--memory", "size=1G,hugepages=on"]), 1, "--memory: unknown key 'hugepages'");
+    assert_refused(
+        &run(&["--cpus", "boot=2,threads=2"]),
+        1,
+        "--cpus: unknown key 'threads'",
+    );
+    assert_refused(
+        &run(&["--memory", "size=1G,hugepages=on"]),
+        1,
+        "--memory: unknown key 'hugepages'",
+    );
 }
 
 #[test]
 fn vcpu_count_out_of_range() {
-    assert_refused(&run(&["--cpus", "boot=33"]), 1, "--cpus: invalid boot=33: must be a number from 1 to 32");
+    assert_refused(
+        &run(&["--cpus", "boot=33"]),
+        1,
+        "--cpus: invalid boot=33: must be a number from 1 to 32",
+    );
     assert_refused(&run(&["--cpus", "boot=0"]), 1, "boot=0");
 }
 
 #[test]
 fn unparsable_size() {
-    assert_refused(&run(&["--memory", "size=12Q"]), 1, "--memory: invalid size=12Q: '12Q' is not a size");
+    assert_refused(
+        &run(&["--memory", "size=12Q"]),
+        1,
+        "--memory: invalid size=12Q: '12Q' is not a size",
+    );
 }
 
 #[test]
@@ -47,8 +63,16 @@ fn memory_larger_than_the_host() {
 
 #[test]
 fn missing_kernel_names_the_path() {
-    assert_refused(&run(&["--kernel", "/nonexistent/bzImage"]), 1, "--kernel: cannot read /nonexistent/bzImage");
-    assert_refused(&run(&["--firmware", "/nonexistent/fw.elf"]), 1, "--firmware: cannot read /nonexistent/fw.elf");
+    assert_refused(
+        &run(&["--kernel", "/nonexistent/bzImage"]),
+        1,
+        "--kernel: cannot read /nonexistent/bzImage",
+    );
+    assert_refused(
+        &run(&["--firmware", "/nonexistent/fw.elf"]),
+        1,
+        "--firmware: cannot read /nonexistent/fw.elf",
+    );
 }
 
 #[test]
@@ -60,8 +84,16 @@ fn image_that_is_neither_elf_nor_bzimage() {
     let junk = dir.path("junk.bin");
     std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
     let path = junk.display().to_string();
-    assert_refused(&run(&["--kernel", &path]), 1, &format!("{path} is neither an ELF nor a bzImage"));
-    assert_refused(&run(&["--firmware", &path]), 1, &format!("--firmware: {path} is not an ELF image"));
+    assert_refused(
+        &run(&["--kernel", &path]),
+        1,
+        &format!("{path} is neither an ELF nor a bzImage"),
+    );
+    assert_refused(
+        &run(&["--firmware", &path]),
+        1,
+        &format!("--firmware: {path} is not an ELF image"),
+    );
 }
 
 #[test]
@@ -74,7 +106,9 @@ fn no_kvm_device() {
 fn no_permission_on_the_kvm_device() {
     // Root opens any file, so drop to an unprivileged user for this check.
     let setpriv = std::path::Path::new("/usr/bin/setpriv");
-    let is_root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
     if !setpriv.exists() || !is_root {
         eprintln!("SKIP: needs root and /usr/bin/setpriv to run covm as an unprivileged user");
         return;
@@ -91,8 +125,12 @@ fn no_permission_on_the_kvm_device() {
         .env("COVM_KVM_DEVICE", &device)
         .output()
         .unwrap();
-    if out.status.code() == Some(126) || stderr(&out).contains("Permission denied") && !stderr(&out).starts_with("covm") {
-        eprintln!("SKIP: the unprivileged user cannot execute the covm binary here: {}", stderr(&out));
+    if out.status.code() == Some(126) || stderr(&out).contains("Permission denied") && !stderr(&out).starts_with("covm")
+    {
+        eprintln!(
+            "SKIP: the unprivileged user cannot execute the covm binary here: {}",
+            stderr(&out)
+        );
         return;
     }
     assert_refused(&out, 1, &format!("no permission to open {}", device.display()));
@@ -100,7 +138,11 @@ fn no_permission_on_the_kvm_device() {
 
 #[test]
 fn kernel_and_firmware_together() {
-    assert_refused(&run(&["--kernel", "/etc/hostname", "--firmware", "/etc/hostname"]), 1, "not both");
+    assert_refused(
+        &run(&["--kernel", "/etc/hostname", "--firmware", "/etc/hostname"]),
+        1,
+        "not both",
+    );
 }
 
 #[test]
@@ -117,7 +159,15 @@ fn version_and_help_succeed() {
     let out = run(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
-    for option in ["--cpus", "--memory", "--kernel", "--serial", "--api-socket", "--platform", "--log-file"] {
+    for option in [
+        "--cpus",
+        "--memory",
+        "--kernel",
+        "--serial",
+        "--api-socket",
+        "--platform",
+        "--log-file",
+    ] {
         assert!(help.contains(option), "help lacks {option}");
     }
     assert!(!help.contains("--test-hook"), "test hooks must stay hidden");

@@ -11,8 +11,11 @@ fn hello(vcpus: u8) {
     let dir = Scratch::new(&format!("hello{vcpus}"));
     let serial = dir.path("serial.txt");
     let cpus = format!("boot={vcpus}");
-    let (out, text) =
-        run_to_end(&["--cpus", &cpus, "--cmdline", "workload=hello"], &serial, Duration::from_secs(60));
+    let (out, text) = run_to_end(
+        &["--cpus", &cpus, "--cmdline", "workload=hello"],
+        &serial,
+        Duration::from_secs(60),
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let expected = format!("hello from covm firmware ({vcpus} vCPUs)");
     assert!(text.lines().any(|l| l == expected), "serial output: {text:?}");
@@ -73,7 +76,11 @@ fn bad_workload_powers_off_with_failure() {
     let (out, text) = run_to_end(&["--cmdline", "workload=nope"], &serial, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(4), "stderr: {}", stderr(&out));
     assert!(text.contains("error: unknown workload 'nope'"), "{text:?}");
-    let (out, text) = run_to_end(&["--cmdline", "workload=dirty mib=lots"], &serial, Duration::from_secs(60));
+    let (out, text) = run_to_end(
+        &["--cmdline", "workload=dirty mib=lots"],
+        &serial,
+        Duration::from_secs(60),
+    );
     assert_eq!(out.status.code(), Some(4));
     assert!(text.contains("error: mib=lots is not a number"), "{text:?}");
 }
@@ -84,9 +91,16 @@ fn serial_off_and_null_still_boot() {
         return;
     }
     for mode in ["off", "null"] {
-        let out = covm().args(["--serial", mode, "--cmdline", "workload=hello"]).output().unwrap();
+        let out = covm()
+            .args(["--serial", mode, "--cmdline", "workload=hello"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(0), "{mode}: {}", stderr(&out));
-        assert!(out.stdout.is_empty(), "{mode} printed {:?}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.stdout.is_empty(),
+            "{mode} printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 

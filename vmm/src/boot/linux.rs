@@ -33,7 +33,10 @@ pub(super) fn write_zero_page(
         kernel_alignment: DEFAULT_KERNEL_ALIGNMENT,
         ..Default::default()
     });
-    let mut params = boot_params { hdr, ..Default::default() };
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = layout::CMDLINE as u32;
     params.hdr.cmdline_size = cmdline_len as u32;

@@ -290,7 +290,9 @@ mod tests {
             return Some(path.into());
         }
         std::fs::read_dir("/boot").ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz"))
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz"))
         })
     }
 
@@ -301,7 +303,13 @@ mod tests {
             return;
         };
         let mem = crate::memory::allocate(256 << 20).unwrap();
-        let cfg = config(Payload::Kernel { kernel: kernel.clone(), initramfs: None }, "console=ttyS0 quiet");
+        let cfg = config(
+            Payload::Kernel {
+                kernel: kernel.clone(),
+                initramfs: None,
+            },
+            "console=ttyS0 quiet",
+        );
         let entry = load(&mem, &cfg).unwrap_or_else(|e| panic!("{}: {e}", kernel.display()));
         assert_eq!(entry.mode, EntryMode::Linux64);
         let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE)).unwrap();
@@ -318,7 +326,8 @@ mod tests {
         let file = std::fs::read(&kernel).unwrap();
         let setup = (usize::from(if file[0x1f1] == 0 { 4 } else { file[0x1f1] }) + 1) * 512;
         let mut loaded = [0u8; 64];
-        mem.read_slice(&mut loaded, GuestAddress(u64::from({ hdr.code32_start }))).unwrap();
+        mem.read_slice(&mut loaded, GuestAddress(u64::from({ hdr.code32_start })))
+            .unwrap();
         assert_eq!(&loaded[..], &file[setup..setup + 64]);
     }
 
