@@ -316,7 +316,7 @@ mod tests {
         let hdr = params.hdr;
         assert_eq!({ hdr.header }, 0x5372_6448, "HdrS");
         assert!({ hdr.version } >= 0x20c, "a 64-bit capable kernel");
-        assert_eq!(entry.entry, u64::from({ hdr.code32_start }) + 0x200);
+        assert_eq!(entry.entry, u64::from(hdr.code32_start) + 0x200);
         assert_eq!({ hdr.type_of_loader }, 0xff);
         assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE as u32);
         let mut cmdline = [0u8; 19];
@@ -326,7 +326,7 @@ mod tests {
         let file = std::fs::read(&kernel).unwrap();
         let setup = (usize::from(if file[0x1f1] == 0 { 4 } else { file[0x1f1] }) + 1) * 512;
         let mut loaded = [0u8; 64];
-        mem.read_slice(&mut loaded, GuestAddress(u64::from({ hdr.code32_start })))
+        mem.read_slice(&mut loaded, GuestAddress(u64::from(hdr.code32_start)))
             .unwrap();
         assert_eq!(&loaded[..], &file[setup..setup + 64]);
     }
