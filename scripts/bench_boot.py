@@ -4,8 +4,9 @@
 Runs `hello` N times (default 20) and reports medians of:
   - covm start -> firmware's first instruction (debug-port marker 0x01,
     timed by covm from the start of its main());
+  - covm start -> the guest's power-off request (also timed by covm);
   - spawn -> first serial byte, spawn -> exit (timed here, so they include
-    exec and dynamic loading);
+    exec, dynamic loading and the kernel's tear-down of the VM);
 and, in the same run, QEMU (Debian's qemu-system-x86, -machine microvm,
 -kernel on the same firmware ELF via its PVH entry) for first serial byte
 and exit. Then the VMM's own memory: RSS of a running covm minus the RSS of
@@ -77,14 +78,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
-    entry, first, total = [], [], []
+    entry, ended, first, total = [], [], [], []
     for _ in range(args.runs):
         f, t, err = timed([COVM, "-v", "--cpus", "boot=1", "--cmdline", "workload=hello"])
         m = re.search(r"debug port 0x01 at ([0-9.]+) ms", err)
         entry.append(float(m.group(1)) / 1e3)
+        ended.append(float(re.search(r"guest ended at ([0-9.]+) ms", err).group(1)) / 1e3)
         first.append(f)
         total.append(t)
     print(f"covm  hello x{args.runs}: start->first instruction {median_ms(entry):.2f} ms, "
+          f"start->guest power-off {median_ms(ended):.2f} ms, "
           f"spawn->first serial byte {median_ms(first):.2f} ms, spawn->exit {median_ms(total):.2f} ms")
     qemu = shutil.which("qemu-system-x86_64")
     if qemu:

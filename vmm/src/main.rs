@@ -73,7 +73,10 @@ fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
     let _ = std::io::stdout().flush();
     match &exit {
         covm::exit::VmExit::Crashed(why) => report(cli, &format!("guest crashed: {why}")),
-        covm::exit::VmExit::Power(action) => tracing::info!("guest ended: {action:?}"),
+        covm::exit::VmExit::Power(action) => tracing::info!(
+            "guest ended at {:.3} ms: {action:?}",
+            start.elapsed().as_secs_f64() * 1e3
+        ),
     }
     Ok(exit.status())
 }
