@@ -134,3 +134,49 @@ fn guest_triple_fault_is_reported_as_a_crash() {
     assert_eq!(status, Some(5), "stderr {err}");
     assert!(err.contains("guest crashed: vCPU 0: triple fault"), "{err}");
 }
+
+/// 64-bit code that writes `value` to `port` and halts.
+fn out_byte(port: u16, value: u8) -> Vec<u8> {
+    let p = port.to_le_bytes();
+    vec![0x66, 0xba, p[0], p[1], 0xb0, value, 0xee, 0xf4] // mov dx, port; mov al, value; out dx, al; hlt
+}
+
+#[test]
+fn i8042_reset_ends_covm_with_the_reset_status() {
+    if !kvm_available() {
+        return;
+    }
+    let (status, _, err) = boot("kbdreset", &elf_image(&out_byte(0x64, 0xfe)), &[]);
+    assert_eq!(status, Some(3), "stderr {err}");
+}
+
+#[test]
+fn power_port_reset_and_failure_statuses() {
+    if !kvm_available() {
+        return;
+    }
+    let (status, _, err) = boot("pwrreset", &elf_image(&out_byte(0x600, 1)), &[]);
+    assert_eq!(status, Some(3), "stderr {err}");
+    let (status, _, err) = boot("pwrfail", &elf_image(&out_byte(0x600, 0x42)), &[]);
+    assert_eq!(status, Some(4), "stderr {err}");
+    assert_eq!(err, "covm: guest powered off reporting failure code 0x42\n");
+}
+
+#[test]
+fn log_file_receives_the_log() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = Scratch::new("logfile");
+    let log = dir.path("covm.log");
+    let log_arg = log.display().to_string();
+    let (status, _, err) = boot(
+        "logged",
+        &elf_image(&out_byte(0x600, 0)),
+        &["-v", "--log-file", &log_arg],
+    );
+    assert_eq!(status, Some(0), "stderr {err}");
+    assert!(err.is_empty(), "the log went to stderr: {err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("guest ended at"), "log: {text}");
+}

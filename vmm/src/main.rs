@@ -7,6 +7,7 @@ use covm::config::{self, VmConfig};
 use covm::exit::{STATUS_ERROR, STATUS_USAGE};
 use covm::test_hooks::TestHook;
 use covm::vm::Vm;
+use covm_devices::PowerAction;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -73,6 +74,9 @@ fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
     let _ = std::io::stdout().flush();
     match &exit {
         covm::exit::VmExit::Crashed(why) => report(cli, &format!("guest crashed: {why}")),
+        covm::exit::VmExit::Power(PowerAction::Fail(code)) => {
+            report(cli, &format!("guest powered off reporting failure code {code:#04x}"))
+        }
         covm::exit::VmExit::Power(action) => tracing::info!(
             "guest ended at {:.3} ms: {action:?}",
             start.elapsed().as_secs_f64() * 1e3

@@ -32,6 +32,8 @@ pub mod power {
     pub const FAIL_NO_MEMORY: u8 = 0x05;
     /// Secondary vCPUs did not come up.
     pub const FAIL_SMP: u8 = 0x06;
+    /// The firmware's ring-3 Rust code panicked.
+    pub const FAIL_PANIC: u8 = 0x07;
 }
 
 /// Debug-port markers written by the built-in firmware, in boot order.

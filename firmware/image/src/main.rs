@@ -102,6 +102,5 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
         )),
         None => serial::print_urgent(format_args!("FAIL panic: {}\n", info.message())),
     }
-    // The ABI has no panic code; a panic is a failed CPU-level check too.
-    hw::power_off(power::FAIL_EXCEPTION)
+    hw::power_off(power::FAIL_PANIC)
 }
