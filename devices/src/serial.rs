@@ -2,6 +2,9 @@
 
 use crate::bus::PioDevice;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,17 +37,49 @@ impl Trigger for EventFdTrigger {
 /// Where the guest's serial output goes.
 pub type SerialOutput = Box<dyn Write + Send>;
 
+/// Byte counts of the UART, for the VMM's counters.
+#[derive(Debug, Default)]
+pub struct SerialCounters {
+    /// Bytes written to the output.
+    pub tx_bytes: AtomicU64,
+    /// Bytes lost because the output failed.
+    pub tx_lost: AtomicU64,
+}
+
+/// Feeds vm-superio's events into [`SerialCounters`].
+struct CountingEvents(Arc<SerialCounters>);
+
+impl SerialEvents for CountingEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {
+        self.0.tx_bytes.fetch_add(1, Ordering::Relaxed);
+    }
+    fn tx_lost_byte(&self) {
+        self.0.tx_lost.fetch_add(1, Ordering::Relaxed);
+    }
+    fn in_buffer_empty(&self) {}
+}
+
 /// COM1.
 pub struct SerialDevice {
-    uart: Serial<EventFdTrigger, vm_superio::serial::NoEvents, SerialOutput>,
+    uart: Serial<EventFdTrigger, CountingEvents, SerialOutput>,
+    counters: Arc<SerialCounters>,
 }
 
 impl SerialDevice {
     /// A UART writing to `out` and raising its interrupt through `irq`.
     pub fn new(irq: EventFd, out: SerialOutput) -> Self {
+        let counters = Arc::new(SerialCounters::default());
+        let events = CountingEvents(counters.clone());
         Self {
-            uart: Serial::new(EventFdTrigger::new(irq), out),
+            uart: Serial::with_events(EventFdTrigger::new(irq), events, out),
+            counters,
         }
+    }
+
+    /// The UART's byte counters.
+    pub fn counters(&self) -> Arc<SerialCounters> {
+        self.counters.clone()
     }
 }
 
@@ -94,6 +129,7 @@ mod tests {
             dev.write(0, &[*b]);
         }
         assert_eq!(&*buf.0.lock().unwrap(), b"hi\n");
+        assert_eq!(dev.counters().tx_bytes.load(Ordering::Relaxed), 3);
         // Line status register: transmitter holding register empty.
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);

@@ -64,3 +64,16 @@ pub struct Cli {
     #[arg(long = "test-hook", value_name = "HOOK", hide = true)]
     pub test_hooks: Vec<String>,
 }
+
+impl Cli {
+    /// Whether the command line describes a VM (rather than only an API
+    /// socket to wait on).
+    pub fn has_vm_options(&self) -> bool {
+        self.cpus.is_some()
+            || self.memory.is_some()
+            || self.kernel.is_some()
+            || self.initramfs.is_some()
+            || self.cmdline.is_some()
+            || self.firmware.is_some()
+    }
+}

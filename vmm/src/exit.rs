@@ -43,6 +43,18 @@ impl VmExit {
     }
 }
 
+/// Tells the operator, in one line on standard error, how a VM ended when
+/// the exit status alone does not say enough.
+pub fn announce(exit: &VmExit) {
+    match exit {
+        VmExit::Crashed(why) => eprintln!("covm: guest crashed: {why}"),
+        VmExit::Power(PowerAction::Fail(code)) => {
+            eprintln!("covm: guest powered off reporting failure code {code:#04x}")
+        }
+        VmExit::Power(_) => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! one job each; see docs/architecture.md for the map.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod arch;
 pub mod boot;
 pub mod cli;
@@ -13,4 +14,6 @@ pub mod logging;
 pub mod memory;
 pub mod test_hooks;
 pub mod vcpu;
+pub mod vcpu_control;
 pub mod vm;
+pub mod vmm;

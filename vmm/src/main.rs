@@ -6,8 +6,8 @@ use covm::cli::Cli;
 use covm::config::{self, VmConfig};
 use covm::exit::{STATUS_ERROR, STATUS_USAGE};
 use covm::test_hooks::TestHook;
-use covm::vm::Vm;
-use covm_devices::PowerAction;
+use covm::vcpu_control::install_kick_handler;
+use covm::vmm::Vmm;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -63,24 +63,25 @@ fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
         .map(|h| TestHook::parse(h))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
-    if config.api_socket.is_some() {
-        tracing::warn!("--api-socket is accepted but the API server is not part of this covm yet");
+    install_kick_handler().map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"))?;
+    let mut vmm = Vmm::new(start, hooks, cli.log_file.is_some());
+    if let Some(socket) = &config.api_socket {
+        let listener = covm::api::socket::open(socket).map_err(|e| e.to_string())?;
+        let created = match socket {
+            covm::config::ApiSocket::Path(path) => Some(path.clone()),
+            covm::config::ApiSocket::Fd(_) => None,
+        };
+        let server = covm::api::server::spawn(listener, created, vmm.sender(), host_ram)
+            .map_err(|e| format!("cannot start the API server: {e}"))?;
+        vmm.set_api_server(server);
     }
-    let vm = Vm::new(&config, start).map_err(|e| e.to_string())?;
-    for hook in hooks {
-        hook.spawn(vm.memory().clone(), start);
+    // With an API socket and no VM options covm waits for vm.create, as
+    // Cloud Hypervisor does; otherwise the VM is created and booted now.
+    if config.api_socket.is_none() || cli.has_vm_options() {
+        vmm.create(config).map_err(|e| e.message().to_string())?;
+        vmm.boot().map_err(|e| e.message().to_string())?;
     }
-    let exit = vm.run().map_err(|e| e.to_string())?;
+    let status = vmm.run();
     let _ = std::io::stdout().flush();
-    match &exit {
-        covm::exit::VmExit::Crashed(why) => report(cli, &format!("guest crashed: {why}")),
-        covm::exit::VmExit::Power(PowerAction::Fail(code)) => {
-            report(cli, &format!("guest powered off reporting failure code {code:#04x}"))
-        }
-        covm::exit::VmExit::Power(action) => tracing::info!(
-            "guest ended at {:.3} ms: {action:?}",
-            start.elapsed().as_secs_f64() * 1e3
-        ),
-    }
-    Ok(exit.status())
+    Ok(status)
 }

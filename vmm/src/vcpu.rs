@@ -2,12 +2,27 @@
 
 use crate::arch::{cpuid, regs};
 use crate::exit::VmExit;
+use crate::vcpu_control::{Desired, RunControl};
 use covm_devices::{PioBus, PowerAction};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+
+/// Called with the reason when a vCPU can no longer run the guest.
+pub type ExitNotifier = Arc<dyn Fn(VmExit) + Send + Sync>;
+
+/// Exits a vCPU has taken, for `vm.counters`.
+#[derive(Debug, Default)]
+pub struct VcpuCounters {
+    /// Port I/O exits.
+    pub io_exits: AtomicU64,
+    /// MMIO exits.
+    pub mmio_exits: AtomicU64,
+    /// Returns from `KVM_RUN` caused by a kick or another signal.
+    pub interrupted: AtomicU64,
+}
 
 /// KVM_SYSTEM_EVENT_* types.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -49,6 +64,7 @@ pub enum VcpuError {
 pub struct Vcpu {
     index: u8,
     fd: VcpuFd,
+    counters: Arc<VcpuCounters>,
 }
 
 impl Vcpu {
@@ -57,7 +73,11 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
-        Ok(Self { index, fd })
+        Ok(Self {
+            index,
+            fd,
+            counters: Arc::default(),
+        })
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC to their reset values. The bootstrap
@@ -79,48 +99,72 @@ impl Vcpu {
         &self.fd
     }
 
-    /// Runs the vCPU on its own thread until the guest asks to stop or
-    /// something fails; the reason goes to `exits`.
-    pub fn spawn(self, bus: Arc<PioBus>, exits: Sender<VmExit>) -> Result<JoinHandle<()>, VcpuError> {
+    /// Its exit counters.
+    pub fn counters(&self) -> Arc<VcpuCounters> {
+        self.counters.clone()
+    }
+
+    /// Runs the vCPU on its own thread as `control` says, until the guest
+    /// asks to stop, something fails (both reported to `notify`), or
+    /// `control` says stop.
+    pub fn spawn(
+        self,
+        bus: Arc<PioBus>,
+        control: Arc<RunControl>,
+        notify: ExitNotifier,
+    ) -> Result<JoinHandle<()>, VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                let exit = self.run(&bus);
-                tracing::debug!("vCPU {index} stopped: {exit:?}");
-                // The receiver is gone only when covm is already exiting.
-                let _ = exits.send(exit);
+                if let Some(exit) = self.run(&bus, &control) {
+                    tracing::debug!("vCPU {index} stopped: {exit:?}");
+                    notify(exit);
+                }
             })
             .map_err(|source| VcpuError::Thread { index, source })
     }
 
-    fn run(mut self, bus: &PioBus) -> VmExit {
+    /// The run loop; `None` when stopped by the controller.
+    fn run(mut self, bus: &PioBus, control: &RunControl) -> Option<VmExit> {
         loop {
+            match control.desired() {
+                Desired::Run => {}
+                Desired::Pause => {
+                    control.park();
+                    continue;
+                }
+                Desired::Stop => return None,
+            }
             let crash = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
                     if !bus.read(port, data) {
                         tracing::trace!("vCPU {}: read of unassigned port {port:#x}", self.index);
                     }
                     continue;
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
                     if !bus.write(port, data) {
                         tracing::trace!("vCPU {}: write to unassigned port {port:#x}", self.index);
                     }
                     continue;
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
+                    self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("vCPU {}: read of unassigned MMIO {addr:#x}", self.index);
                     data.fill(0xff);
                     continue;
                 }
                 Ok(VcpuExit::MmioWrite(addr, _)) => {
+                    self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("vCPU {}: write to unassigned MMIO {addr:#x}", self.index);
                     continue;
                 }
                 Ok(VcpuExit::Intr) => continue,
-                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _)) => return VmExit::Power(PowerAction::Off),
-                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => return VmExit::Power(PowerAction::Reset),
+                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _)) => return Some(VmExit::Power(PowerAction::Off)),
+                Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => return Some(VmExit::Power(PowerAction::Reset)),
                 Ok(VcpuExit::Shutdown) => "triple fault".to_string(),
                 Ok(VcpuExit::InternalError) => {
                     let run = self.fd.get_kvm_run();
@@ -137,7 +181,10 @@ impl Vcpu {
                 Ok(VcpuExit::FailEntry(reason, cpu)) => format!("VM entry failed (reason {reason:#x}, cpu {cpu})"),
                 Ok(VcpuExit::Hlt) => "halted with no in-kernel LAPIC to wake it".to_string(),
                 Ok(other) => format!("unexpected exit {other:?}"),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.counters.interrupted.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 Err(e) => format!("KVM_RUN failed: {e}"),
             };
             let rip = self
@@ -145,7 +192,7 @@ impl Vcpu {
                 .get_regs()
                 .map(|r| format!("{:#x}", r.rip))
                 .unwrap_or_else(|_| "unknown".into());
-            return VmExit::Crashed(format!("vCPU {}: {crash} at rip {rip}", self.index));
+            return Some(VmExit::Crashed(format!("vCPU {}: {crash} at rip {rip}", self.index)));
         }
     }
 }

@@ -6,17 +6,20 @@ use crate::config::{SerialMode, VmConfig};
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemory, MemoryError};
-use crate::vcpu::{Vcpu, VcpuError};
+use crate::vcpu::{ExitNotifier, Vcpu, VcpuCounters, VcpuError};
+use crate::vcpu_control::RunControl;
 use covm_devices::debug_port::DebugPort;
 use covm_devices::i8042::{self, I8042};
 use covm_devices::power::PowerDevice;
-use covm_devices::serial::{self, SerialDevice, SerialOutput};
+use covm_devices::serial::{self, SerialCounters, SerialDevice, SerialOutput};
 use covm_devices::{BusError, PioBus, PowerAction, PowerSink};
 use covm_guest_abi::ports;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VmFd};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Instant;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -69,35 +72,39 @@ pub enum VmError {
     EventFd(std::io::Error),
 }
 
-/// Forwards the guest's power requests to the thread waiting for the VM to end.
-struct ExitSink(Mutex<Sender<VmExit>>);
+/// Forwards the guest's power requests to whoever waits for the VM to end.
+struct ExitSink(ExitNotifier);
 
 impl PowerSink for ExitSink {
     fn request(&self, action: PowerAction) {
         tracing::info!("guest power request: {action:?}");
-        let _ = self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(VmExit::Power(action));
+        (self.0)(VmExit::Power(action));
     }
 }
 
-/// A built VM, not yet running.
+/// Counters of a VM, by device, for `vm.counters`.
+pub type Counters = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// A VM: built, then started, paused, resumed and stopped by the VMM.
 pub struct Vm {
-    // Kept open for the VM's lifetime: dropping it would destroy the VM.
-    _vm_fd: VmFd,
+    // Dropped last (declaration order): vCPU fds and memory go first.
     memory: GuestMemory,
     vcpus: Vec<Vcpu>,
+    threads: Vec<JoinHandle<()>>,
     bus: Arc<PioBus>,
-    exits_tx: Sender<VmExit>,
-    exits_rx: Receiver<VmExit>,
+    control: Arc<RunControl>,
+    notify: ExitNotifier,
+    vcpu_counters: Vec<Arc<VcpuCounters>>,
+    serial_counters: Option<Arc<SerialCounters>>,
+    // Kept open for the VM's lifetime: dropping it destroys the VM.
+    _vm_fd: VmFd,
 }
 
 impl Vm {
     /// Builds the VM described by `config`; `start` is covm's start, from
-    /// which boot markers are timed.
-    pub fn new(config: &VmConfig, start: Instant) -> Result<Self, VmError> {
+    /// which boot markers are timed, and `notify` hears why the VM ended
+    /// (guest power requests and crashes).
+    pub fn new(config: &VmConfig, start: Instant, notify: ExitNotifier) -> Result<Self, VmError> {
         let kvm = kvm::open()?;
         let call = |what| move |source| VmError::KvmCall { what, source };
         let vm_fd = kvm.create_vm().map_err(call("create a VM"))?;
@@ -107,15 +114,19 @@ impl Vm {
         // hosts, after it about 4 ms (docs/benchmarks.md).
         register_memory(&vm_fd, &memory)?;
         create_chips(&vm_fd)?;
-        let (bus, vcpus, exits) = build_devices_and_vcpus(&kvm, &vm_fd, &memory, config, start)?;
-        let (exits_tx, exits_rx) = exits;
+        let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
+        let (bus, serial_counters) = build_bus(&vm_fd, config, sink, start)?;
+        let vcpus = build_vcpus(&kvm, &vm_fd, &memory, config)?;
         Ok(Self {
-            _vm_fd: vm_fd,
+            vcpu_counters: vcpus.iter().map(Vcpu::counters).collect(),
             memory,
             vcpus,
-            bus,
-            exits_tx,
-            exits_rx,
+            threads: Vec::new(),
+            bus: Arc::new(bus),
+            control: Arc::new(RunControl::default()),
+            notify,
+            serial_counters,
+            _vm_fd: vm_fd,
         })
     }
 
@@ -124,20 +135,46 @@ impl Vm {
         &self.memory
     }
 
-    /// Starts every vCPU and waits for the first reason to stop.
-    pub fn run(self) -> Result<VmExit, VmError> {
-        let Self {
-            vcpus,
-            bus,
-            exits_tx,
-            exits_rx,
-            ..
-        } = self;
-        for vcpu in vcpus {
-            // The threads are detached: covm exits when the VM ends.
-            vcpu.spawn(bus.clone(), exits_tx.clone())?;
+    /// Starts one thread per vCPU.
+    pub fn start(&mut self) -> Result<(), VmError> {
+        for vcpu in self.vcpus.drain(..) {
+            let thread = vcpu.spawn(self.bus.clone(), self.control.clone(), self.notify.clone())?;
+            self.threads.push(thread);
         }
-        Ok(exits_rx.recv().expect("covm holds a sender, so the channel stays open"))
+        Ok(())
+    }
+
+    /// Parks every vCPU outside `KVM_RUN`; returns once all are parked.
+    pub fn pause(&self) {
+        self.control.pause(&self.threads);
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.control.resume();
+    }
+
+    /// Stops and joins the vCPU threads; dropping the VM then frees it.
+    pub fn stop(mut self) {
+        let threads = std::mem::take(&mut self.threads);
+        self.control.stop(threads);
+    }
+
+    /// Device and vCPU counters.
+    pub fn counters(&self) -> Counters {
+        let mut all = Counters::new();
+        for (index, c) in self.vcpu_counters.iter().enumerate() {
+            let vcpu = all.entry(format!("vcpu{index}")).or_default();
+            vcpu.insert("io_exits".into(), c.io_exits.load(Ordering::Relaxed));
+            vcpu.insert("mmio_exits".into(), c.mmio_exits.load(Ordering::Relaxed));
+            vcpu.insert("interrupted".into(), c.interrupted.load(Ordering::Relaxed));
+        }
+        if let Some(c) = &self.serial_counters {
+            let serial = all.entry("serial".into()).or_default();
+            serial.insert("tx_bytes".into(), c.tx_bytes.load(Ordering::Relaxed));
+            serial.insert("tx_lost".into(), c.tx_lost.load(Ordering::Relaxed));
+        }
+        all
     }
 }
 
@@ -158,23 +195,14 @@ fn create_chips(vm_fd: &VmFd) -> Result<(), VmError> {
     vm_fd.create_pit2(pit).map_err(call("create the in-kernel PIT"))
 }
 
-/// What [`build_devices_and_vcpus`] makes.
-type Built = (Arc<PioBus>, Vec<Vcpu>, (Sender<VmExit>, Receiver<VmExit>));
-
-/// Places the devices, loads the payload and creates the vCPUs with their
-/// boot state: everything but the memory slots.
-fn build_devices_and_vcpus(
+/// Loads the payload and creates the vCPUs with their boot state.
+fn build_vcpus(
     kvm: &kvm_ioctls::Kvm,
     vm_fd: &VmFd,
     memory: &GuestMemory,
     config: &VmConfig,
-    start: Instant,
-) -> Result<Built, VmError> {
+) -> Result<Vec<Vcpu>, VmError> {
     let call = |what| move |source| VmError::KvmCall { what, source };
-    let (exits_tx, exits_rx) = channel();
-    let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(Mutex::new(exits_tx.clone())));
-    let bus = Arc::new(build_bus(vm_fd, config, sink, start)?);
-
     let entry = boot::load(memory, config)?;
     tracing::info!("booting {:?} entry at {:#x}", entry.mode, entry.entry);
 
@@ -194,7 +222,7 @@ fn build_devices_and_vcpus(
         vcpu.configure(&supported, topo)?;
     }
     regs::setup_bsp(vcpus[0].fd(), memory, &entry)?;
-    Ok((bus, vcpus, (exits_tx, exits_rx)))
+    Ok(vcpus)
 }
 
 /// Gives KVM each RAM region as a memory slot.
@@ -219,8 +247,14 @@ fn register_memory(vm_fd: &VmFd, memory: &GuestMemory) -> Result<(), VmError> {
 }
 
 /// Places the legacy devices on the port bus.
-fn build_bus(vm_fd: &VmFd, config: &VmConfig, sink: Arc<dyn PowerSink>, start: Instant) -> Result<PioBus, VmError> {
+fn build_bus(
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    sink: Arc<dyn PowerSink>,
+    start: Instant,
+) -> Result<(PioBus, Option<Arc<SerialCounters>>), VmError> {
     let mut bus = PioBus::new();
+    let mut serial_counters = None;
     let output: Option<SerialOutput> = match &config.serial {
         SerialMode::Tty => Some(Box::new(std::io::stdout())),
         SerialMode::Null => Some(Box::new(std::io::sink())),
@@ -242,11 +276,12 @@ fn build_bus(vm_fd: &VmFd, config: &VmConfig, sink: Arc<dyn PowerSink>, start: I
                 source,
             })?;
         let uart = SerialDevice::new(irq, output);
+        serial_counters = Some(uart.counters());
         bus.insert(serial::COM1_PORT, serial::PORT_COUNT, Arc::new(Mutex::new(uart)))?;
     }
     let keyboard = Arc::new(Mutex::new(I8042::new(sink.clone())));
     bus.insert(i8042::DATA_PORT, i8042::COMMAND_PORT - i8042::DATA_PORT + 1, keyboard)?;
     bus.insert(ports::DEBUG_PORT, 1, Arc::new(Mutex::new(DebugPort::new(start))))?;
     bus.insert(ports::POWER, 1, Arc::new(Mutex::new(PowerDevice::new(sink))))?;
-    Ok(bus)
+    Ok((bus, serial_counters))
 }

@@ -22,9 +22,9 @@ pub enum ConfigError {
     #[error(transparent)]
     Option(#[from] OptionError),
     /// A file named on the command line cannot be read.
-    #[error("--{option}: cannot read {}: {source}", path.display())]
+    #[error("{option}: cannot read {}: {source}", path.display())]
     Unreadable {
-        /// The option naming the file.
+        /// The option or field naming the file (`--kernel`, `payload.kernel`).
         option: &'static str,
         /// The file.
         path: PathBuf,
@@ -122,9 +122,9 @@ impl VmConfig {
             (Some(_), Some(_), _) => return Err(ConfigError::Conflict("give --kernel or --firmware, not both")),
             (None, _, Some(_)) => return Err(ConfigError::Conflict("--initramfs needs --kernel")),
             (Some(kernel), None, initramfs) => {
-                check_readable("kernel", kernel)?;
+                check_readable("--kernel", kernel)?;
                 if let Some(initramfs) = initramfs {
-                    check_readable("initramfs", initramfs)?;
+                    check_readable("--initramfs", initramfs)?;
                 }
                 Payload::Kernel {
                     kernel: kernel.clone(),
@@ -132,7 +132,7 @@ impl VmConfig {
                 }
             }
             (None, Some(firmware), None) => {
-                check_readable("firmware", firmware)?;
+                check_readable("--firmware", firmware)?;
                 Payload::Firmware(firmware.clone())
             }
             (None, None, None) => Payload::BuiltinFirmware,
@@ -156,7 +156,8 @@ impl VmConfig {
     }
 }
 
-fn check_readable(option: &'static str, path: &Path) -> Result<(), ConfigError> {
+/// Checks that `path`, named by `option`, is a readable file.
+pub fn check_readable(option: &'static str, path: &Path) -> Result<(), ConfigError> {
     let unreadable = |source| ConfigError::Unreadable {
         option,
         path: path.into(),

@@ -1,0 +1,551 @@
+//! Cloud Hypervisor's `VmConfig` JSON, and its conversion to and from
+//! covm's [`VmConfig`].
+//!
+//! Every field CH defines is accepted by the parser; a field covm cannot
+//! honour yet is refused by name unless it holds its default (null, false,
+//! empty). Fields CH does not define are refused by serde, by name.
+
+use crate::config::{check_readable, ApiSocket, CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
+use crate::config::{MAX_VCPUS, MIN_MEMORY};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// CH's `VmConfig`, the fields covm reads plus those it refuses by name.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfigJson {
+    /// vCPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<CpusJson>,
+    /// Memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryJson>,
+    /// What to boot.
+    pub payload: PayloadJson,
+    /// Serial port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<ConsoleJson>,
+    /// virtio console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleJson>,
+    /// Platform options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Value>,
+    /// CH's other fields: accepted only at their defaults.
+    #[serde(flatten)]
+    pub unsupported: Unsupported,
+}
+
+/// The CH fields covm has no devices for yet.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Unsupported {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disks: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    net: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rng: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    balloon: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fs: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pmem: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    devices: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_devices: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vdpa: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vsock: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    numa: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iommu: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    watchdog: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtc: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pvpanic: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pci_segments: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tpm: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debug_console: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generic_vhost_user: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit_groups: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    landlock_enable: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    landlock_rules: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sgx_epc: Option<Value>,
+}
+
+impl Unsupported {
+    fn check(&self) -> Result<(), String> {
+        let fields = [
+            ("disks", &self.disks, "covm has no block devices yet"),
+            ("net", &self.net, "covm has no network devices yet"),
+            ("rng", &self.rng, "covm has no virtio-rng yet"),
+            ("balloon", &self.balloon, "covm has no balloon yet"),
+            ("fs", &self.fs, "covm has no virtio-fs yet"),
+            ("pmem", &self.pmem, "covm has no pmem devices yet"),
+            ("devices", &self.devices, "covm has no device passthrough"),
+            ("user_devices", &self.user_devices, "covm has no vfio-user devices"),
+            ("vdpa", &self.vdpa, "covm has no vDPA devices"),
+            ("vsock", &self.vsock, "covm has no vsock yet"),
+            ("numa", &self.numa, "covm has no NUMA topology"),
+            ("iommu", &self.iommu, "covm has no IOMMU"),
+            ("watchdog", &self.watchdog, "covm has no watchdog"),
+            ("rtc", &self.rtc, "covm has no RTC device"),
+            ("pvpanic", &self.pvpanic, "covm has no pvpanic device"),
+            ("pci_segments", &self.pci_segments, "covm has no PCI bus"),
+            ("tpm", &self.tpm, "covm has no TPM"),
+            ("debug_console", &self.debug_console, "covm has no debug console"),
+            (
+                "generic_vhost_user",
+                &self.generic_vhost_user,
+                "covm has no vhost-user devices",
+            ),
+            (
+                "rate_limit_groups",
+                &self.rate_limit_groups,
+                "covm has no rate-limited devices",
+            ),
+            (
+                "landlock_enable",
+                &self.landlock_enable,
+                "covm does not sandbox with Landlock yet",
+            ),
+            (
+                "landlock_rules",
+                &self.landlock_rules,
+                "covm does not sandbox with Landlock yet",
+            ),
+            ("sgx_epc", &self.sgx_epc, "covm has no SGX support"),
+        ];
+        for (name, value, reason) in fields {
+            refuse_unless_default(name, value.as_ref(), reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// A field at its default: absent, null, false, 0, "" or empty.
+fn is_default(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_u64() == Some(0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.values().all(is_default),
+    }
+}
+
+fn refuse_unless_default(name: &str, value: Option<&Value>, reason: &str) -> Result<(), String> {
+    match value {
+        Some(v) if !is_default(v) => Err(format!("field '{name}' cannot be honoured: {reason}")),
+        _ => Ok(()),
+    }
+}
+
+/// CH's `CpusConfig`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct CpusJson {
+    /// vCPUs at boot.
+    pub boot_vcpus: u8,
+    /// Most vCPUs (covm: equal to boot).
+    #[serde(default)]
+    pub max_vcpus: Option<u8>,
+    /// Other CH keys, refused unless default.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+/// CH's `MemoryConfig`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MemoryJson {
+    /// Bytes.
+    pub size: u64,
+    /// Other CH keys, refused unless default.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+/// CH's `PayloadConfig`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadJson {
+    /// A firmware ELF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<PathBuf>,
+    /// A kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    /// Its command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// An initramfs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    /// An IGVM file (refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub igvm: Option<PathBuf>,
+    /// SEV-SNP host data (refused until the SNP platform exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_data: Option<String>,
+}
+
+/// CH's `ConsoleConfig` modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleMode {
+    /// No device.
+    Off,
+    /// A pseudo-terminal.
+    Pty,
+    /// covm's terminal.
+    Tty,
+    /// A file.
+    File,
+    /// A UNIX socket.
+    Socket,
+    /// A device with output discarded.
+    Null,
+}
+
+/// CH's `ConsoleConfig`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleJson {
+    /// The mode.
+    pub mode: ConsoleMode,
+    /// The file, for `File`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// The socket, for `Socket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Behind an IOMMU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iommu: Option<bool>,
+}
+
+/// Parses a `vm.create` body into a checked [`VmConfig`].
+pub fn parse(body: &[u8], host_ram: u64) -> Result<VmConfig, String> {
+    let json: VmConfigJson = serde_json::from_slice(body).map_err(|e| format!("invalid VmConfig: {e}"))?;
+    to_vm_config(json, host_ram)
+}
+
+/// CH's other keys of `CpusConfig`.
+const CH_CPUS_KEYS: &[&str] = &[
+    "topology",
+    "kvm_hyperv",
+    "max_phys_bits",
+    "nested",
+    "affinity",
+    "features",
+    "core_scheduling",
+];
+/// CH's other keys of `MemoryConfig`.
+const CH_MEMORY_KEYS: &[&str] = &[
+    "hotplug_size",
+    "hotplugged_size",
+    "mergeable",
+    "hotplug_method",
+    "shared",
+    "hugepages",
+    "hugepage_size",
+    "prefault",
+    "reserve",
+    "thp",
+    "zones",
+];
+/// CH's keys of `PlatformConfig`.
+const CH_PLATFORM_KEYS: &[&str] = &[
+    "num_pci_segments",
+    "iommu_segments",
+    "iommu_address_width_bits",
+    "system_serial_number",
+    "serial_number",
+    "system_uuid",
+    "uuid",
+    "oem_strings",
+    "system_manufacturer",
+    "system_product_name",
+    "system_version",
+    "system_family",
+    "system_sku_number",
+    "chassis_asset_tag",
+    "tdx",
+    "sev_snp",
+    "iommufd",
+    "vfio_p2p_dma",
+];
+
+/// Checks the keys of a section beyond those covm reads: each must be one
+/// CH defines (`known`), and at its default unless covm meets it anyway
+/// (`met`).
+fn other_keys(section: &str, map: &serde_json::Map<String, Value>, known: &[&str], met: &[&str]) -> Result<(), String> {
+    for (key, value) in map {
+        if !known.contains(&key.as_str()) {
+            return Err(format!("invalid VmConfig: unknown field `{section}.{key}`"));
+        }
+        if !met.contains(&key.as_str()) {
+            refuse_unless_default(&format!("{section}.{key}"), Some(value), "covm does not support it yet")?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a CH `VmConfig` as the command line is checked, and converts it.
+pub fn to_vm_config(json: VmConfigJson, host_ram: u64) -> Result<VmConfig, String> {
+    json.unsupported.check()?;
+    // CH's nested=true and thp=true are defaults covm meets (KVM decides nesting, the kernel THP).
+    let cpus = match json.cpus {
+        None => CpusConfig { boot_vcpus: 1 },
+        Some(c) => {
+            other_keys("cpus", &c.other, CH_CPUS_KEYS, &["nested"])?;
+            if !(1..=MAX_VCPUS).contains(&c.boot_vcpus) {
+                return Err(format!(
+                    "cpus.boot_vcpus={} must be from 1 to {MAX_VCPUS}",
+                    c.boot_vcpus
+                ));
+            }
+            if c.max_vcpus.is_some_and(|m| m != c.boot_vcpus) {
+                return Err("cpus.max_vcpus must equal boot_vcpus: vCPU hotplug is not supported".into());
+            }
+            CpusConfig {
+                boot_vcpus: c.boot_vcpus,
+            }
+        }
+    };
+    let size = match json.memory {
+        None => crate::config::DEFAULT_MEMORY,
+        Some(m) => {
+            other_keys("memory", &m.other, CH_MEMORY_KEYS, &["thp", "hotplug_method"])?;
+            if m.other.get("thp") == Some(&Value::Bool(false)) {
+                return Err("field 'memory.thp' cannot be honoured: covm always allows transparent huge pages".into());
+            }
+            m.size
+        }
+    };
+    if size < MIN_MEMORY || size % 4096 != 0 {
+        return Err(format!(
+            "memory.size={size} must be a multiple of 4 KiB and at least {MIN_MEMORY}"
+        ));
+    }
+    if size > host_ram {
+        return Err(format!(
+            "memory.size={size} is larger than this host's {host_ram} bytes of RAM"
+        ));
+    }
+    let p = json.payload;
+    refuse_unless_default(
+        "payload.igvm",
+        p.igvm.as_ref().map(|v| Value::String(v.display().to_string())).as_ref(),
+        "covm does not load IGVM files",
+    )?;
+    refuse_unless_default(
+        "payload.host_data",
+        p.host_data.clone().map(Value::String).as_ref(),
+        "needs a confidential platform",
+    )?;
+    let payload = match (p.kernel, p.firmware, p.initramfs) {
+        (Some(_), Some(_), _) => return Err("payload: give kernel or firmware, not both".into()),
+        (None, _, Some(_)) => return Err("payload.initramfs needs payload.kernel".into()),
+        (Some(kernel), None, initramfs) => {
+            check_readable("payload.kernel", &kernel).map_err(|e| e.to_string())?;
+            if let Some(i) = &initramfs {
+                check_readable("payload.initramfs", i).map_err(|e| e.to_string())?;
+            }
+            Payload::Kernel { kernel, initramfs }
+        }
+        (None, Some(firmware), None) => {
+            check_readable("payload.firmware", &firmware).map_err(|e| e.to_string())?;
+            Payload::Firmware(firmware)
+        }
+        (None, None, None) => Payload::BuiltinFirmware,
+    };
+    let serial = match json.serial {
+        // CH's default serial mode.
+        None => SerialMode::Null,
+        Some(s) => match s.mode {
+            ConsoleMode::Off => SerialMode::Off,
+            ConsoleMode::Null => SerialMode::Null,
+            ConsoleMode::Tty => SerialMode::Tty,
+            ConsoleMode::File => SerialMode::File(s.file.ok_or("serial.mode File needs serial.file")?),
+            other => {
+                return Err(format!(
+                    "serial.mode {other:?} is not supported (use Off, Null, Tty or File)"
+                ))
+            }
+        },
+    };
+    if let Some(c) = json.console {
+        if !matches!(c.mode, ConsoleMode::Off | ConsoleMode::Null) {
+            return Err(format!(
+                "console.mode {:?} is not supported: covm has no virtio console yet (use Off)",
+                c.mode
+            ));
+        }
+    }
+    if let Some(platform) = &json.platform {
+        let map = platform.as_object().ok_or("platform must be an object")?;
+        // No VFIO devices, so peer-to-peer DMA (default on) is moot.
+        other_keys("platform", map, CH_PLATFORM_KEYS, &["vfio_p2p_dma"])?;
+    }
+    Ok(VmConfig {
+        cpus,
+        memory: MemoryConfig { size },
+        payload,
+        cmdline: p.cmdline.unwrap_or_default(),
+        serial,
+        api_socket: None::<ApiSocket>,
+    })
+}
+
+/// The configuration as CH's JSON, for `vm.info`.
+pub fn to_json(config: &VmConfig) -> VmConfigJson {
+    let (kernel, firmware, initramfs) = match &config.payload {
+        Payload::BuiltinFirmware => (None, None, None),
+        Payload::Firmware(f) => (None, Some(f.clone()), None),
+        Payload::Kernel { kernel, initramfs } => (Some(kernel.clone()), None, initramfs.clone()),
+    };
+    let (mode, file) = match &config.serial {
+        SerialMode::Tty => (ConsoleMode::Tty, None),
+        SerialMode::Off => (ConsoleMode::Off, None),
+        SerialMode::Null => (ConsoleMode::Null, None),
+        SerialMode::File(f) => (ConsoleMode::File, Some(f.clone())),
+    };
+    VmConfigJson {
+        cpus: Some(CpusJson {
+            boot_vcpus: config.cpus.boot_vcpus,
+            max_vcpus: Some(config.cpus.boot_vcpus),
+            other: Default::default(),
+        }),
+        memory: Some(MemoryJson {
+            size: config.memory.size,
+            other: Default::default(),
+        }),
+        payload: PayloadJson {
+            firmware,
+            kernel,
+            cmdline: Some(config.cmdline.clone()),
+            initramfs,
+            igvm: None,
+            host_data: None,
+        },
+        serial: Some(ConsoleJson {
+            mode,
+            file,
+            socket: None,
+            iommu: None,
+        }),
+        console: Some(ConsoleJson {
+            mode: ConsoleMode::Off,
+            file: None,
+            socket: None,
+            iommu: None,
+        }),
+        platform: None,
+        unsupported: Unsupported::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM: u64 = 1 << 40;
+
+    fn parse_str(s: &str) -> Result<VmConfig, String> {
+        parse(s.as_bytes(), RAM)
+    }
+
+    #[test]
+    fn minimal_config_boots_builtin_firmware() {
+        let c = parse_str(r#"{"payload": {"cmdline": "workload=hello"}}"#).unwrap();
+        assert_eq!(c.payload, Payload::BuiltinFirmware);
+        assert_eq!(c.cmdline, "workload=hello");
+        assert_eq!(c.cpus.boot_vcpus, 1);
+        assert_eq!(c.memory.size, 512 << 20);
+        assert_eq!(c.serial, SerialMode::Null);
+    }
+
+    #[test]
+    fn full_ch_style_config() {
+        let c = parse_str(
+            r#"{"cpus": {"boot_vcpus": 2, "max_vcpus": 2, "kvm_hyperv": false, "nested": true},
+                "memory": {"size": 268435456, "shared": false, "hugepages": false, "thp": true},
+                "payload": {"cmdline": "workload=dirty mib=16"},
+                "serial": {"mode": "File", "file": "/tmp/s.txt"}, "console": {"mode": "Off"},
+                "disks": [], "net": null, "iommu": false, "watchdog": false,
+                "platform": {"tdx": false, "sev_snp": false}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cpus.boot_vcpus, 2);
+        assert_eq!(c.memory.size, 256 << 20);
+        assert_eq!(c.serial, SerialMode::File("/tmp/s.txt".into()));
+    }
+
+    #[test]
+    fn unsupported_fields_are_refused_by_name() {
+        let e = parse_str(r#"{"payload": {}, "disks": [{"path": "/x"}]}"#).unwrap_err();
+        assert_eq!(e, "field 'disks' cannot be honoured: covm has no block devices yet");
+        let e = parse_str(r#"{"payload": {}, "memory": {"size": 268435456, "hugepages": true}}"#).unwrap_err();
+        assert!(e.contains("'memory.hugepages'"), "{e}");
+        let e = parse_str(r#"{"payload": {}, "platform": {"sev_snp": true}}"#).unwrap_err();
+        assert!(e.contains("'platform.sev_snp'"), "{e}");
+        let e = parse_str(r#"{"payload": {"host_data": "ab"}}"#).unwrap_err();
+        assert!(e.contains("'payload.host_data'"), "{e}");
+    }
+
+    #[test]
+    fn fields_ch_does_not_define_are_refused() {
+        let e = parse_str(r#"{"payload": {}, "frobnicate": 1}"#).unwrap_err();
+        assert!(e.contains("unknown field `frobnicate`"), "{e}");
+        let e = parse_str(r#"{"payload": {}, "cpus": {"boot_vcpus": 1, "sockets": 2}}"#).unwrap_err();
+        assert!(e.contains("unknown field `cpus.sockets`"), "{e}");
+        let e = parse_str(r#"{"cpus": {"boot_vcpus": 1}}"#).unwrap_err();
+        assert!(e.contains("missing field `payload`"), "{e}");
+        assert!(parse_str("not json").unwrap_err().starts_with("invalid VmConfig"));
+    }
+
+    #[test]
+    fn values_are_checked_like_the_command_line() {
+        assert!(parse_str(r#"{"payload": {}, "cpus": {"boot_vcpus": 33}}"#)
+            .unwrap_err()
+            .contains("1 to 32"));
+        assert!(
+            parse_str(r#"{"payload": {}, "cpus": {"boot_vcpus": 2, "max_vcpus": 4}}"#)
+                .unwrap_err()
+                .contains("hotplug")
+        );
+        assert!(parse_str(r#"{"payload": {}, "memory": {"size": 1000}}"#)
+            .unwrap_err()
+            .contains("memory.size=1000"));
+        let e = parse(br#"{"payload": {}, "memory": {"size": 1073741824}}"#, 1 << 29).unwrap_err();
+        assert!(e.contains("larger than this host"), "{e}");
+        let e = parse_str(r#"{"payload": {"kernel": "/nonexistent/k"}}"#).unwrap_err();
+        assert!(e.starts_with("payload.kernel: cannot read /nonexistent/k"), "{e}");
+        let e = parse_str(r#"{"payload": {}, "serial": {"mode": "Pty"}}"#).unwrap_err();
+        assert!(e.contains("serial.mode Pty"), "{e}");
+    }
+
+    #[test]
+    fn round_trips_through_info_json() {
+        let c = parse_str(r#"{"cpus": {"boot_vcpus": 2}, "payload": {"cmdline": "x=1"}, "serial": {"mode": "Tty"}}"#)
+            .unwrap();
+        let json = serde_json::to_vec(&to_json(&c)).unwrap();
+        assert_eq!(parse(&json, RAM).unwrap(), c);
+    }
+}

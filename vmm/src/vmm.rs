@@ -1,0 +1,360 @@
+//! The VMM's control loop: one thread owns the VM and its state, and
+//! handles, one at a time, requests from the API and reports from the VM.
+//!
+//! Nothing else touches the VM: the API thread only forwards requests and
+//! awaits replies, vCPU threads and devices only report why the VM ended.
+//! A guest's own power-off, reset or crash ends covm with the status in
+//! `crate::exit`, API or not; `vm.shutdown` stops the VM and covm stays.
+
+use crate::api::server::ApiServer;
+use crate::config::VmConfig;
+use crate::exit::VmExit;
+use crate::test_hooks::TestHook;
+use crate::vm::{Counters, Vm};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The VM's lifecycle state, as Cloud Hypervisor names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// Configured, never booted.
+    Created,
+    /// vCPUs running.
+    Running,
+    /// vCPUs parked.
+    Paused,
+    /// Booted once, now stopped; can boot again.
+    Shutdown,
+}
+
+impl VmState {
+    /// The name used by the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Created => "Created",
+            Self::Running => "Running",
+            Self::Paused => "Paused",
+            Self::Shutdown => "Shutdown",
+        }
+    }
+}
+
+/// What the API asks of the VMM.
+#[derive(Debug)]
+pub enum Request {
+    /// `vmm.ping`.
+    Ping,
+    /// `vmm.shutdown`.
+    ShutdownVmm,
+    /// `vm.create`.
+    Create(Box<VmConfig>),
+    /// `vm.boot`.
+    Boot,
+    /// `vm.info`.
+    Info,
+    /// `vm.counters`.
+    Counters,
+    /// `vm.pause`.
+    Pause,
+    /// `vm.resume`.
+    Resume,
+    /// `vm.shutdown`.
+    ShutdownVm,
+    /// `vm.reboot`.
+    Reboot,
+    /// `vm.power-button`.
+    PowerButton,
+    /// `vm.delete`.
+    Delete,
+}
+
+/// What a request returns.
+#[derive(Debug)]
+pub enum Reply {
+    /// Done, nothing to return.
+    Done,
+    /// `vmm.ping`.
+    Ping {
+        /// covm's process id.
+        pid: u32,
+    },
+    /// `vm.info`.
+    Info {
+        /// The configuration.
+        config: Box<VmConfig>,
+        /// The state.
+        state: VmState,
+        /// Guest memory in bytes.
+        memory_actual_size: u64,
+    },
+    /// `vm.counters`.
+    Counters(Counters),
+}
+
+/// Why a request was refused, in the API's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The request itself is wrong (400).
+    BadRequest(String),
+    /// No VM is created (404).
+    NotCreated(String),
+    /// The action is invalid in the VM's state (405).
+    InvalidState(String),
+    /// covm failed to carry it out (500).
+    Internal(String),
+}
+
+impl ApiError {
+    /// The message.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::BadRequest(m) | Self::NotCreated(m) | Self::InvalidState(m) | Self::Internal(m) => m,
+        }
+    }
+}
+
+/// Where a reply goes.
+pub type Responder = tokio::sync::oneshot::Sender<Result<Reply, ApiError>>;
+
+/// Everything the control loop reacts to.
+pub enum Event {
+    /// An API request and where to answer it.
+    Api(Request, Responder),
+    /// The VM of boot number `generation` ended.
+    VmExit {
+        /// Which boot of the VM reported it (late reports of a VM already
+        /// stopped are ignored).
+        generation: u64,
+        /// Why.
+        exit: VmExit,
+    },
+}
+
+/// The VMM: at most one VM, its configuration and its state.
+pub struct Vmm {
+    start: Instant,
+    log_is_file: bool,
+    hooks: Vec<TestHook>,
+    config: Option<VmConfig>,
+    vm: Option<Vm>,
+    state: VmState,
+    generation: u64,
+    events_tx: Sender<Event>,
+    events_rx: Receiver<Event>,
+    api: Option<ApiServer>,
+}
+
+impl Vmm {
+    /// A VMM with no VM; `start` is covm's start, `hooks` apply to every
+    /// boot, `log_is_file` says whether the log is separate from stderr.
+    pub fn new(start: Instant, hooks: Vec<TestHook>, log_is_file: bool) -> Self {
+        let (events_tx, events_rx) = channel();
+        Self {
+            start,
+            log_is_file,
+            hooks,
+            config: None,
+            vm: None,
+            state: VmState::Created,
+            generation: 0,
+            events_tx,
+            events_rx,
+            api: None,
+        }
+    }
+
+    /// Hands over the API server, stopped (its replies written) before covm exits.
+    pub fn set_api_server(&mut self, server: ApiServer) {
+        self.api = Some(server);
+    }
+
+    /// Stops the VM and the API server: covm is about to exit.
+    fn finish(&mut self) {
+        self.stop_vm();
+        if let Some(api) = self.api.take() {
+            api.stop();
+        }
+    }
+
+    /// Where to send events.
+    pub fn sender(&self) -> Sender<Event> {
+        self.events_tx.clone()
+    }
+
+    /// Runs the control loop until covm should exit; returns the exit status.
+    pub fn run(mut self) -> i32 {
+        loop {
+            let event = self
+                .events_rx
+                .recv()
+                .expect("the VMM holds a sender, so the channel stays open");
+            match event {
+                Event::Api(request, responder) => {
+                    let exit_after = matches!(request, Request::ShutdownVmm);
+                    let reply = self.handle(request);
+                    // A client that hung up does not care about the answer.
+                    let _ = responder.send(reply);
+                    if exit_after {
+                        self.finish();
+                        return 0;
+                    }
+                }
+                Event::VmExit { generation, exit } if generation == self.generation && self.vm.is_some() => {
+                    self.finish();
+                    return self.report_exit(exit);
+                }
+                Event::VmExit { generation, exit } => {
+                    tracing::debug!("ignoring a late exit of VM boot {generation}: {exit:?}");
+                }
+            }
+        }
+    }
+
+    fn report_exit(&self, exit: VmExit) -> i32 {
+        let elapsed = self.start.elapsed().as_secs_f64() * 1e3;
+        match &exit {
+            // On standard error the announcement says it; a log file gets it too.
+            VmExit::Crashed(why) if self.log_is_file => tracing::error!("guest crashed at {elapsed:.3} ms: {why}"),
+            _ => tracing::info!("guest ended at {elapsed:.3} ms: {exit:?}"),
+        }
+        crate::exit::announce(&exit);
+        exit.status()
+    }
+
+    /// Handles one request.
+    pub fn handle(&mut self, request: Request) -> Result<Reply, ApiError> {
+        tracing::debug!("API request {request:?} in state {:?}", self.state);
+        match request {
+            Request::Ping => Ok(Reply::Ping {
+                pid: std::process::id(),
+            }),
+            Request::ShutdownVmm => Ok(Reply::Done),
+            Request::Create(config) => self.create(*config).map(|()| Reply::Done),
+            Request::Boot => self.boot().map(|()| Reply::Done),
+            Request::Info => {
+                let config = self.created()?;
+                Ok(Reply::Info {
+                    memory_actual_size: config.memory.size,
+                    config: Box::new(config.clone()),
+                    state: self.state,
+                })
+            }
+            Request::Counters => {
+                self.created()?;
+                Ok(Reply::Counters(self.vm.as_ref().map(Vm::counters).unwrap_or_default()))
+            }
+            Request::Pause => {
+                self.expect_state(VmState::Running, "pause")?;
+                self.vm.as_ref().expect("a running VM exists").pause();
+                self.state = VmState::Paused;
+                Ok(Reply::Done)
+            }
+            Request::Resume => {
+                self.expect_state(VmState::Paused, "resume")?;
+                self.vm.as_ref().expect("a paused VM exists").resume();
+                self.state = VmState::Running;
+                Ok(Reply::Done)
+            }
+            Request::ShutdownVm => {
+                self.expect_booted("shut down")?;
+                self.stop_vm();
+                self.state = VmState::Shutdown;
+                Ok(Reply::Done)
+            }
+            Request::Reboot => {
+                self.expect_booted("reboot")?;
+                self.stop_vm();
+                self.state = VmState::Shutdown;
+                self.boot().map(|()| Reply::Done)
+            }
+            Request::PowerButton => {
+                self.expect_booted("press the power button of")?;
+                Err(ApiError::InvalidState(
+                    "the VM has no power button: covm has no ACPI devices yet (use vm.shutdown)".into(),
+                ))
+            }
+            Request::Delete => {
+                self.stop_vm();
+                self.config = None;
+                self.state = VmState::Created;
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    /// Stores a configuration (`vm.create`).
+    pub fn create(&mut self, config: VmConfig) -> Result<(), ApiError> {
+        if self.config.is_some() {
+            return Err(ApiError::InvalidState(
+                "a VM is already created (vm.delete it first)".into(),
+            ));
+        }
+        self.config = Some(config);
+        self.state = VmState::Created;
+        Ok(())
+    }
+
+    /// Builds and starts the VM (`vm.boot`).
+    pub fn boot(&mut self) -> Result<(), ApiError> {
+        let config = self.created()?.clone();
+        if matches!(self.state, VmState::Running | VmState::Paused) {
+            return Err(ApiError::InvalidState(format!(
+                "the VM is already booted ({})",
+                self.state.name()
+            )));
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        let events = std::sync::Mutex::new(self.events_tx.clone());
+        let notify = Arc::new(move |exit| {
+            let _ = events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(Event::VmExit { generation, exit });
+        });
+        let mut vm = Vm::new(&config, self.start, notify).map_err(|e| ApiError::Internal(e.to_string()))?;
+        for hook in &self.hooks {
+            hook.spawn(vm.memory().clone(), self.start);
+        }
+        vm.start().map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.vm = Some(vm);
+        self.state = VmState::Running;
+        Ok(())
+    }
+
+    fn stop_vm(&mut self) {
+        if let Some(vm) = self.vm.take() {
+            vm.stop();
+        }
+    }
+
+    fn created(&self) -> Result<&VmConfig, ApiError> {
+        self.config
+            .as_ref()
+            .ok_or_else(|| ApiError::NotCreated("no VM is created (vm.create first)".into()))
+    }
+
+    fn expect_state(&self, wanted: VmState, action: &str) -> Result<(), ApiError> {
+        self.created()?;
+        if self.state != wanted {
+            return Err(ApiError::InvalidState(format!(
+                "cannot {action} the VM: it is {}, not {}",
+                self.state.name(),
+                wanted.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn expect_booted(&self, action: &str) -> Result<(), ApiError> {
+        self.created()?;
+        if !matches!(self.state, VmState::Running | VmState::Paused) {
+            return Err(ApiError::InvalidState(format!(
+                "cannot {action} the VM: it is {}",
+                self.state.name()
+            )));
+        }
+        Ok(())
+    }
+}
