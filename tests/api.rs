@@ -345,3 +345,36 @@ fn guest_power_off_ends_covm_with_the_api_too() {
     assert_eq!(api.put("/vm.boot", None).0, 204);
     assert_eq!(exit_status(child), Some(0));
 }
+
+#[test]
+fn inherited_socket_descriptor_is_served() {
+    if !kvm_available() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let dir = Scratch::new("api-fd");
+    let path = dir.path("inherited.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let fd = listener.as_raw_fd();
+    // Let the child inherit it, as a supervisor (systemd, Kata) would pass it.
+    // SAFETY: clearing FD_CLOEXEC on a descriptor this test owns.
+    assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+    let child = covm()
+        .arg("--api-socket")
+        .arg(format!("fd={fd}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(listener);
+    let api = Api { socket: path.clone() };
+    api.wait_ready();
+    assert_eq!(
+        api.put("/vm.create", Some(r#"{"payload": {"cmdline": "workload=hello"}}"#))
+            .0,
+        204
+    );
+    assert_eq!(api.put("/vmm.shutdown", None).0, 204);
+    assert_eq!(exit_status(child), Some(0));
+    // covm did not create this socket, so it leaves the file alone.
+    assert!(path.exists());
+}

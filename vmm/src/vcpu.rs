@@ -2,7 +2,7 @@
 
 use crate::arch::{cpuid, regs};
 use crate::exit::VmExit;
-use crate::vcpu_control::{Desired, RunControl};
+use crate::vcpu_control::RunControl;
 use covm_devices::{PioBus, PowerAction};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -127,15 +127,7 @@ impl Vcpu {
 
     /// The run loop; `None` when stopped by the controller.
     fn run(mut self, bus: &PioBus, control: &RunControl) -> Option<VmExit> {
-        loop {
-            match control.desired() {
-                Desired::Run => {}
-                Desired::Pause => {
-                    control.park();
-                    continue;
-                }
-                Desired::Stop => return None,
-            }
+        while control.wait_to_run() {
             let crash = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
@@ -194,5 +186,6 @@ impl Vcpu {
                 .unwrap_or_else(|_| "unknown".into());
             return Some(VmExit::Crashed(format!("vCPU {}: {crash} at rip {rip}", self.index)));
         }
+        None
     }
 }

@@ -77,9 +77,20 @@ impl RunControl {
         self.wake.notify_all();
     }
 
-    /// Called by a vCPU thread that saw `Pause`: waits until the state
-    /// changes, counted as parked meanwhile.
-    pub fn park(&self) {
+    /// Called by a vCPU thread before each `KVM_RUN`: parks while paused,
+    /// then says whether to run (`true`) or leave the thread (`false`).
+    pub fn wait_to_run(&self) -> bool {
+        loop {
+            match self.desired() {
+                Desired::Run => return true,
+                Desired::Pause => self.park(),
+                Desired::Stop => return false,
+            }
+        }
+    }
+
+    /// Waits until the state is no longer `Pause`, counted as parked meanwhile.
+    fn park(&self) {
         let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         self.parked.fetch_add(1, Ordering::SeqCst);
         while self.desired() == Desired::Pause {
@@ -141,20 +152,13 @@ mod tests {
                 let control = control.clone();
                 std::thread::spawn(move || {
                     let mut rounds = 0u64;
-                    loop {
-                        match control.desired() {
-                            Desired::Run => {}
-                            Desired::Pause => {
-                                control.park();
-                                continue;
-                            }
-                            Desired::Stop => return rounds,
-                        }
+                    while control.wait_to_run() {
                         // Stands in for KVM_RUN: blocks until a signal arrives.
                         // SAFETY: pause(2) has no preconditions.
                         unsafe { libc::pause() };
                         rounds += 1;
                     }
+                    rounds
                 })
             })
             .collect();

@@ -1,54 +1,33 @@
 //! The route table: the one list the router is built from and the OpenAPI
 //! document is checked against.
 
+use super::vm_config;
+use crate::vmm::Request;
 use axum::http::Method;
 
-/// What an endpoint does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `vmm.ping`
-    Ping,
-    /// `vmm.shutdown`
-    ShutdownVmm,
-    /// `vm.create`
-    Create,
-    /// `vm.boot`
-    Boot,
-    /// `vm.info`
-    Info,
-    /// `vm.counters`
-    Counters,
-    /// `vm.pause`
-    Pause,
-    /// `vm.resume`
-    Resume,
-    /// `vm.shutdown`
-    ShutdownVm,
-    /// `vm.reboot`
-    Reboot,
-    /// `vm.power-button`
-    PowerButton,
-    /// `vm.delete`
-    Delete,
-}
+/// Builds the control loop's request from a route's body and the host's RAM
+/// (for checking `vm.create`); `Err` is the 400 message.
+pub type MakeRequest = fn(&[u8], u64) -> Result<Request, String>;
 
 /// The prefix of every path.
 pub const API_PREFIX: &str = "/api/v1";
 
-/// Every route: path below [`API_PREFIX`], method, endpoint.
-pub const ROUTES: &[(&str, Method, Endpoint)] = &[
-    ("/vmm.ping", Method::GET, Endpoint::Ping),
-    ("/vmm.shutdown", Method::PUT, Endpoint::ShutdownVmm),
-    ("/vm.create", Method::PUT, Endpoint::Create),
-    ("/vm.boot", Method::PUT, Endpoint::Boot),
-    ("/vm.info", Method::GET, Endpoint::Info),
-    ("/vm.counters", Method::GET, Endpoint::Counters),
-    ("/vm.pause", Method::PUT, Endpoint::Pause),
-    ("/vm.resume", Method::PUT, Endpoint::Resume),
-    ("/vm.shutdown", Method::PUT, Endpoint::ShutdownVm),
-    ("/vm.reboot", Method::PUT, Endpoint::Reboot),
-    ("/vm.power-button", Method::PUT, Endpoint::PowerButton),
-    ("/vm.delete", Method::PUT, Endpoint::Delete),
+/// Every route: path below [`API_PREFIX`], method, and the request it makes.
+pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
+    ("/vmm.ping", Method::GET, |_, _| Ok(Request::Ping)),
+    ("/vmm.shutdown", Method::PUT, |_, _| Ok(Request::ShutdownVmm)),
+    ("/vm.create", Method::PUT, |body, host_ram| {
+        vm_config::parse(body, host_ram).map(|c| Request::Create(Box::new(c)))
+    }),
+    ("/vm.boot", Method::PUT, |_, _| Ok(Request::Boot)),
+    ("/vm.info", Method::GET, |_, _| Ok(Request::Info)),
+    ("/vm.counters", Method::GET, |_, _| Ok(Request::Counters)),
+    ("/vm.pause", Method::PUT, |_, _| Ok(Request::Pause)),
+    ("/vm.resume", Method::PUT, |_, _| Ok(Request::Resume)),
+    ("/vm.shutdown", Method::PUT, |_, _| Ok(Request::ShutdownVm)),
+    ("/vm.reboot", Method::PUT, |_, _| Ok(Request::Reboot)),
+    ("/vm.power-button", Method::PUT, |_, _| Ok(Request::PowerButton)),
+    ("/vm.delete", Method::PUT, |_, _| Ok(Request::Delete)),
 ];
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 //! thread. Handlers turn requests into [`Request`]s for the control loop and
 //! render its replies; they never touch the VM.
 
-use super::routes::{Endpoint, API_PREFIX, ROUTES};
+use super::routes::{MakeRequest, API_PREFIX, ROUTES};
 use super::vm_config;
-use crate::vmm::{ApiError, Event, Reply, Request};
+use crate::vmm::{ApiError, Event, Reply};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -90,27 +90,14 @@ fn render(reply: Reply) -> Response {
     }
 }
 
-async fn handle(state: Arc<ApiState>, endpoint: Endpoint, body: Body) -> Response {
+async fn handle(state: Arc<ApiState>, make_request: MakeRequest, body: Body) -> Response {
     let bytes = match read_body(body).await {
         Ok(bytes) => bytes,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let request = match endpoint {
-        Endpoint::Ping => Request::Ping,
-        Endpoint::ShutdownVmm => Request::ShutdownVmm,
-        Endpoint::Create => match vm_config::parse(&bytes, state.host_ram) {
-            Ok(config) => Request::Create(Box::new(config)),
-            Err(message) => return error(StatusCode::BAD_REQUEST, message),
-        },
-        Endpoint::Boot => Request::Boot,
-        Endpoint::Info => Request::Info,
-        Endpoint::Counters => Request::Counters,
-        Endpoint::Pause => Request::Pause,
-        Endpoint::Resume => Request::Resume,
-        Endpoint::ShutdownVm => Request::ShutdownVm,
-        Endpoint::Reboot => Request::Reboot,
-        Endpoint::PowerButton => Request::PowerButton,
-        Endpoint::Delete => Request::Delete,
+    let request = match make_request(&bytes, state.host_ram) {
+        Ok(request) => request,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     if state.events.send(Event::Api(request, reply_tx)).is_err() {
@@ -127,11 +114,11 @@ async fn handle(state: Arc<ApiState>, endpoint: Endpoint, body: Body) -> Respons
 pub fn router(events: Sender<Event>, host_ram: u64) -> Router {
     let state = Arc::new(ApiState { events, host_ram });
     let mut api = Router::new();
-    for (path, method, endpoint) in ROUTES {
-        let endpoint = *endpoint;
+    for (path, method, make_request) in ROUTES {
+        let make_request = *make_request;
         let filter = MethodFilter::try_from(method.clone()).expect("routes use plain HTTP methods");
         let route = on(filter, move |State(state): State<Arc<ApiState>>, body: Body| {
-            handle(state, endpoint, body)
+            handle(state, make_request, body)
         })
         .fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint") });
         api = api.route(path, route);
