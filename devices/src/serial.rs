@@ -60,6 +60,66 @@ impl SerialEvents for CountingEvents {
     fn in_buffer_empty(&self) {}
 }
 
+/// The UART's registers and unread input, for migration; mirrors
+/// vm-superio's `SerialState` with serde.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialDeviceState {
+    /// Divisor latch low byte.
+    pub baud_divisor_low: u8,
+    /// Divisor latch high byte.
+    pub baud_divisor_high: u8,
+    /// Interrupt enable register.
+    pub interrupt_enable: u8,
+    /// Interrupt identification register.
+    pub interrupt_identification: u8,
+    /// Line control register.
+    pub line_control: u8,
+    /// Line status register.
+    pub line_status: u8,
+    /// Modem control register.
+    pub modem_control: u8,
+    /// Modem status register.
+    pub modem_status: u8,
+    /// Scratch register.
+    pub scratch: u8,
+    /// Bytes received and not yet read by the guest.
+    pub in_buffer: Vec<u8>,
+}
+
+impl From<vm_superio::serial::SerialState> for SerialDeviceState {
+    fn from(s: vm_superio::serial::SerialState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+}
+
+impl From<&SerialDeviceState> for vm_superio::serial::SerialState {
+    fn from(s: &SerialDeviceState) -> Self {
+        Self {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
 /// COM1.
 pub struct SerialDevice {
     uart: Serial<EventFdTrigger, CountingEvents, SerialOutput>,
@@ -81,7 +141,39 @@ impl SerialDevice {
     pub fn counters(&self) -> Arc<SerialCounters> {
         self.counters.clone()
     }
+
+    /// The UART's state.
+    pub fn state(&self) -> SerialDeviceState {
+        self.uart.state().into()
+    }
+
+    /// Puts the UART in `state`, keeping its output and interrupt line.
+    pub fn restore(&mut self, state: &SerialDeviceState) -> Result<(), StateError> {
+        if state.in_buffer.len() > self.uart.fifo_capacity() {
+            return Err(StateError(format!(
+                "serial input buffer of {} bytes exceeds the FIFO's {}",
+                state.in_buffer.len(),
+                self.uart.fifo_capacity()
+            )));
+        }
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| StateError(e.to_string()))?;
+        let events = CountingEvents(self.counters.clone());
+        let out = std::mem::replace(self.uart.writer_mut(), Box::new(io::sink()));
+        self.uart = Serial::from_state(&state.into(), EventFdTrigger::new(irq), events, out)
+            .map_err(|e| StateError(format!("{e:?}")))?;
+        Ok(())
+    }
 }
+
+/// A device state that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid device state: {0}")]
+pub struct StateError(pub String);
 
 impl PioDevice for SerialDevice {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
@@ -134,6 +226,31 @@ mod tests {
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn state_round_trips_and_keeps_the_output() {
+        let buf = SharedBuf::default();
+        let irq = EventFd::new(libc_nonblock()).unwrap();
+        let mut a = SerialDevice::new(irq.try_clone().unwrap(), Box::new(buf.clone()));
+        a.write(3, &[0x83]); // DLAB on, 8 bits
+        a.write(0, &[0x01]); // divisor low
+        a.write(3, &[0x03]); // DLAB off
+        a.write(7, &[0x5a]); // scratch
+        let state = a.state();
+        assert_eq!(
+            (state.baud_divisor_low, state.scratch, state.line_control),
+            (1, 0x5a, 3)
+        );
+        let out = SharedBuf::default();
+        let mut b = SerialDevice::new(irq.try_clone().unwrap(), Box::new(out.clone()));
+        b.restore(&state).unwrap();
+        assert_eq!(b.state(), state);
+        b.write(0, b"z");
+        assert_eq!(&*out.0.lock().unwrap(), b"z");
+        let mut too_big = state.clone();
+        too_big.in_buffer = vec![0; 1 << 20];
+        assert!(b.restore(&too_big).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use covm_devices::{PioBus, PowerAction};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 /// Called with the reason when a vCPU can no longer run the guest.
@@ -63,7 +63,9 @@ pub enum VcpuError {
 /// A vCPU, configured and ready to run.
 pub struct Vcpu {
     index: u8,
-    fd: VcpuFd,
+    // Shared with the VM so its state can be saved and restored while the
+    // vCPU is parked; the vCPU thread holds the lock only inside KVM_RUN.
+    fd: Arc<Mutex<VcpuFd>>,
     counters: Arc<VcpuCounters>,
 }
 
@@ -75,7 +77,7 @@ impl Vcpu {
             .map_err(|source| VcpuError::Create { index, source })?;
         Ok(Self {
             index,
-            fd,
+            fd: Arc::new(Mutex::new(fd)),
             counters: Arc::default(),
         })
     }
@@ -85,18 +87,23 @@ impl Vcpu {
     pub fn configure(&mut self, supported: &CpuId, topo: cpuid::Topology) -> Result<(), VcpuError> {
         let index = self.index;
         let cpuid = cpuid::for_vcpu(supported, topo, index);
-        self.fd
-            .set_cpuid2(&cpuid)
+        let fd = self.fd();
+        fd.set_cpuid2(&cpuid)
             .map_err(|source| VcpuError::Cpuid { index, source })?;
-        regs::setup_msrs(&self.fd, index)?;
-        regs::setup_fpu(&self.fd, index)?;
-        regs::setup_lapic(&self.fd, index)?;
+        regs::setup_msrs(&fd, index)?;
+        regs::setup_fpu(&fd, index)?;
+        regs::setup_lapic(&fd, index)?;
         Ok(())
     }
 
-    /// The KVM vCPU.
-    pub fn fd(&self) -> &VcpuFd {
-        &self.fd
+    /// The KVM vCPU (not while its thread runs it).
+    pub fn fd(&self) -> MutexGuard<'_, VcpuFd> {
+        self.fd.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A handle on the KVM vCPU for state save and restore while parked.
+    pub fn shared_fd(&self) -> Arc<Mutex<VcpuFd>> {
+        self.fd.clone()
     }
 
     /// Its exit counters.
@@ -126,9 +133,12 @@ impl Vcpu {
     }
 
     /// The run loop; `None` when stopped by the controller.
-    fn run(mut self, bus: &PioBus, control: &RunControl) -> Option<VmExit> {
+    fn run(self, bus: &PioBus, control: &RunControl) -> Option<VmExit> {
         while control.wait_to_run() {
-            let crash = match self.fd.run() {
+            // Held through KVM_RUN and the exit's handling only: a parked
+            // vCPU leaves its fd to the VM for state save and restore.
+            let mut fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+            let crash = match fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
                     if !bus.read(port, data) {
@@ -159,7 +169,7 @@ impl Vcpu {
                 Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => return Some(VmExit::Power(PowerAction::Reset)),
                 Ok(VcpuExit::Shutdown) => "triple fault".to_string(),
                 Ok(VcpuExit::InternalError) => {
-                    let run = self.fd.get_kvm_run();
+                    let run = fd.get_kvm_run();
                     // SAFETY: KVM filled the `internal` member of the union for KVM_EXIT_INTERNAL_ERROR.
                     let internal = unsafe { run.__bindgen_anon_1.internal };
                     let suberror = internal.suberror;
@@ -179,8 +189,7 @@ impl Vcpu {
                 }
                 Err(e) => format!("KVM_RUN failed: {e}"),
             };
-            let rip = self
-                .fd
+            let rip = fd
                 .get_regs()
                 .map(|r| format!("{:#x}", r.rip))
                 .unwrap_or_else(|_| "unknown".into());

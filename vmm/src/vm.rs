@@ -8,14 +8,16 @@ use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::vcpu::{ExitNotifier, Vcpu, VcpuCounters, VcpuError};
 use crate::vcpu_control::RunControl;
+use crate::vm_snapshot::{SnapshotError, VmSnapshot, SNAPSHOT_VERSION};
+use crate::{machine_state, vcpu_state};
 use covm_devices::debug_port::DebugPort;
 use covm_devices::i8042::{self, I8042};
 use covm_devices::power::PowerDevice;
-use covm_devices::serial::{self, SerialCounters, SerialDevice, SerialOutput};
+use covm_devices::serial::{self, SerialDevice, SerialOutput};
 use covm_devices::{BusError, PioBus, PowerAction, PowerSink};
 use covm_guest_abi::ports;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, VmFd};
+use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -70,6 +72,18 @@ pub enum VmError {
     /// An eventfd.
     #[error("cannot create an eventfd: {0}")]
     EventFd(std::io::Error),
+    /// The in-kernel chips' state.
+    #[error(transparent)]
+    Chips(#[from] machine_state::ChipsError),
+    /// A vCPU's state.
+    #[error(transparent)]
+    VcpuState(#[from] vcpu_state::VcpuStateError),
+    /// A snapshot that does not fit.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A device's state.
+    #[error(transparent)]
+    DeviceState(#[from] covm_devices::serial::StateError),
 }
 
 /// Forwards the guest's power requests to whoever waits for the VM to end.
@@ -95,16 +109,37 @@ pub struct Vm {
     control: Arc<RunControl>,
     notify: ExitNotifier,
     vcpu_counters: Vec<Arc<VcpuCounters>>,
-    serial_counters: Option<Arc<SerialCounters>>,
+    vcpu_fds: Vec<Arc<Mutex<VcpuFd>>>,
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    msr_indices: Vec<u32>,
     // Kept open for the VM's lifetime: dropping it destroys the VM.
-    _vm_fd: VmFd,
+    vm_fd: VmFd,
+}
+
+/// How a new VM gets its first state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Load the payload and set the boot registers.
+    Boot,
+    /// Leave memory and registers for a migration to fill.
+    Incoming,
 }
 
 impl Vm {
-    /// Builds the VM described by `config`; `start` is covm's start, from
-    /// which boot markers are timed, and `notify` hears why the VM ended
-    /// (guest power requests and crashes).
+    /// Builds the VM described by `config` and loads its payload; `start`
+    /// is covm's start, from which boot markers are timed, and `notify`
+    /// hears why the VM ended (guest power requests and crashes).
     pub fn new(config: &VmConfig, start: Instant, notify: ExitNotifier) -> Result<Self, VmError> {
+        Self::build(config, start, notify, Origin::Boot)
+    }
+
+    /// Builds the VM described by `config` with nothing loaded: memory and
+    /// state arrive by migration ([`Vm::restore_state`]).
+    pub fn new_incoming(config: &VmConfig, start: Instant, notify: ExitNotifier) -> Result<Self, VmError> {
+        Self::build(config, start, notify, Origin::Incoming)
+    }
+
+    fn build(config: &VmConfig, start: Instant, notify: ExitNotifier, origin: Origin) -> Result<Self, VmError> {
         let kvm = kvm::open()?;
         let call = |what| move |source| VmError::KvmCall { what, source };
         let vm_fd = kvm.create_vm().map_err(call("create a VM"))?;
@@ -115,19 +150,62 @@ impl Vm {
         register_memory(&vm_fd, &memory)?;
         create_chips(&vm_fd)?;
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
-        let (bus, serial_counters) = build_bus(&vm_fd, config, sink, start)?;
-        let vcpus = build_vcpus(&kvm, &vm_fd, &memory, config)?;
+        let (bus, serial) = build_bus(&vm_fd, config, sink, start)?;
+        let vcpus = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map_err(call("list the MSRs"))?
+            .as_slice()
+            .to_vec();
         Ok(Self {
             vcpu_counters: vcpus.iter().map(Vcpu::counters).collect(),
+            vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
             memory,
             vcpus,
             threads: Vec::new(),
             bus: Arc::new(bus),
             control: Arc::new(RunControl::default()),
             notify,
-            serial_counters,
-            _vm_fd: vm_fd,
+            serial,
+            msr_indices,
+            vm_fd,
         })
+    }
+
+    /// Every piece of state but memory, encoded; the vCPUs must be paused
+    /// (or never started).
+    pub fn save_state(&self) -> Result<Vec<u8>, VmError> {
+        let chips = machine_state::save(&self.vm_fd)?;
+        let mut vcpus = Vec::with_capacity(self.vcpu_fds.len());
+        for (index, fd) in self.vcpu_fds.iter().enumerate() {
+            let fd = fd.lock().unwrap_or_else(|p| p.into_inner());
+            vcpus.push(vcpu_state::save(&fd, index as u8, &self.msr_indices)?);
+        }
+        let serial = self
+            .serial
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).state());
+        Ok(VmSnapshot {
+            version: SNAPSHOT_VERSION,
+            chips,
+            vcpus,
+            serial,
+        }
+        .encode())
+    }
+
+    /// Loads state from [`Vm::save_state`] into a VM that has not started.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), VmError> {
+        let snapshot = VmSnapshot::decode(bytes, self.vcpu_fds.len(), self.serial.is_some())?;
+        machine_state::restore(&self.vm_fd, &snapshot.chips)?;
+        for (index, (fd, state)) in self.vcpu_fds.iter().zip(&snapshot.vcpus).enumerate() {
+            let fd = fd.lock().unwrap_or_else(|p| p.into_inner());
+            vcpu_state::restore(&fd, index as u8, state)?;
+        }
+        if let (Some(serial), Some(state)) = (&self.serial, &snapshot.serial) {
+            serial.lock().unwrap_or_else(|p| p.into_inner()).restore(state)?;
+        }
+        Ok(())
     }
 
     /// The guest's memory.
@@ -169,7 +247,11 @@ impl Vm {
             vcpu.insert("mmio_exits".into(), c.mmio_exits.load(Ordering::Relaxed));
             vcpu.insert("interrupted".into(), c.interrupted.load(Ordering::Relaxed));
         }
-        if let Some(c) = &self.serial_counters {
+        if let Some(c) = self
+            .serial
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).counters())
+        {
             let serial = all.entry("serial".into()).or_default();
             serial.insert("tx_bytes".into(), c.tx_bytes.load(Ordering::Relaxed));
             serial.insert("tx_lost".into(), c.tx_lost.load(Ordering::Relaxed));
@@ -201,10 +283,9 @@ fn build_vcpus(
     vm_fd: &VmFd,
     memory: &GuestMemory,
     config: &VmConfig,
+    origin: Origin,
 ) -> Result<Vec<Vcpu>, VmError> {
     let call = |what| move |source| VmError::KvmCall { what, source };
-    let entry = boot::load(memory, config)?;
-    tracing::info!("booting {:?} entry at {:#x}", entry.mode, entry.entry);
 
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -221,7 +302,11 @@ fn build_vcpus(
     for vcpu in &mut vcpus {
         vcpu.configure(&supported, topo)?;
     }
-    regs::setup_bsp(vcpus[0].fd(), memory, &entry)?;
+    if origin == Origin::Boot {
+        let entry = boot::load(memory, config)?;
+        tracing::info!("booting {:?} entry at {:#x}", entry.mode, entry.entry);
+        regs::setup_bsp(&vcpus[0].fd(), memory, &entry)?;
+    }
     Ok(vcpus)
 }
 
@@ -252,9 +337,9 @@ fn build_bus(
     config: &VmConfig,
     sink: Arc<dyn PowerSink>,
     start: Instant,
-) -> Result<(PioBus, Option<Arc<SerialCounters>>), VmError> {
+) -> Result<(PioBus, Option<Arc<Mutex<SerialDevice>>>), VmError> {
     let mut bus = PioBus::new();
-    let mut serial_counters = None;
+    let mut serial = None;
     let output: Option<SerialOutput> = match &config.serial {
         SerialMode::Tty => Some(Box::new(std::io::stdout())),
         SerialMode::Null => Some(Box::new(std::io::sink())),
@@ -275,13 +360,13 @@ fn build_bus(
                 what: "wire the serial interrupt",
                 source,
             })?;
-        let uart = SerialDevice::new(irq, output);
-        serial_counters = Some(uart.counters());
-        bus.insert(serial::COM1_PORT, serial::PORT_COUNT, Arc::new(Mutex::new(uart)))?;
+        let uart = Arc::new(Mutex::new(SerialDevice::new(irq, output)));
+        serial = Some(uart.clone());
+        bus.insert(serial::COM1_PORT, serial::PORT_COUNT, uart)?;
     }
     let keyboard = Arc::new(Mutex::new(I8042::new(sink.clone())));
     bus.insert(i8042::DATA_PORT, i8042::COMMAND_PORT - i8042::DATA_PORT + 1, keyboard)?;
     bus.insert(ports::DEBUG_PORT, 1, Arc::new(Mutex::new(DebugPort::new(start))))?;
     bus.insert(ports::POWER, 1, Arc::new(Mutex::new(PowerDevice::new(sink))))?;
-    Ok((bus, serial_counters))
+    Ok((bus, serial))
 }
