@@ -8,6 +8,7 @@ pub mod arch;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod dirty_log;
 pub mod exit;
 pub mod kvm;
 pub mod logging;

@@ -134,7 +134,8 @@ impl Vcpu {
 
     /// The run loop; `None` when stopped by the controller.
     fn run(self, bus: &PioBus, control: &RunControl) -> Option<VmExit> {
-        while control.wait_to_run() {
+        let mut throttle_period = 0;
+        while control.wait_to_run(&mut throttle_period) {
             // Held through KVM_RUN and the exit's handling only: a parked
             // vCPU leaves its fd to the VM for state save and restore.
             let mut fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());

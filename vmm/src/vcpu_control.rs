@@ -6,7 +6,7 @@
 //! thread has acknowledged: a kick that lands just before a thread enters
 //! `KVM_RUN` is lost, the next one is not.
 
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -26,6 +26,11 @@ pub enum Desired {
 
 /// How often an unacknowledged kick is repeated.
 const KICK_INTERVAL: Duration = Duration::from_micros(500);
+/// The throttle's period: each period every vCPU is kicked once and sleeps
+/// its share of it (as QEMU's auto-converge does).
+pub const THROTTLE_PERIOD: Duration = Duration::from_millis(10);
+/// Most a vCPU can be throttled, in percent.
+pub const MAX_THROTTLE: u8 = 99;
 
 /// The signal that kicks a vCPU out of `KVM_RUN`.
 pub fn kick_signal() -> i32 {
@@ -48,6 +53,8 @@ pub struct RunControl {
     parked: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
+    throttle_percent: AtomicU8,
+    throttle_period: AtomicU64,
 }
 
 impl Default for RunControl {
@@ -57,6 +64,8 @@ impl Default for RunControl {
             parked: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            throttle_percent: AtomicU8::new(0),
+            throttle_period: AtomicU64::new(0),
         }
     }
 }
@@ -78,15 +87,49 @@ impl RunControl {
     }
 
     /// Called by a vCPU thread before each `KVM_RUN`: parks while paused,
-    /// then says whether to run (`true`) or leave the thread (`false`).
-    pub fn wait_to_run(&self) -> bool {
+    /// sleeps its throttle share once per throttle period (`seen_period`
+    /// is the thread's own record of the last period it slept in), then
+    /// says whether to run (`true`) or leave the thread (`false`).
+    pub fn wait_to_run(&self, seen_period: &mut u64) -> bool {
         loop {
             match self.desired() {
-                Desired::Run => return true,
+                Desired::Run => {
+                    self.throttle_sleep(seen_period);
+                    return true;
+                }
                 Desired::Pause => self.park(),
                 Desired::Stop => return false,
             }
         }
+    }
+
+    fn throttle_sleep(&self, seen_period: &mut u64) {
+        let period = self.throttle_period.load(Ordering::SeqCst);
+        if period == *seen_period {
+            return;
+        }
+        *seen_period = period;
+        let percent = u32::from(self.throttle_percent.load(Ordering::SeqCst).min(MAX_THROTTLE));
+        if percent > 0 {
+            // Sleep p% of a period for every (100 - p)% run: p / (100 - p).
+            std::thread::sleep(THROTTLE_PERIOD * percent / (100 - percent));
+        }
+    }
+
+    /// The throttle in percent.
+    pub fn throttle(&self) -> u8 {
+        self.throttle_percent.load(Ordering::SeqCst)
+    }
+
+    /// Sets the throttle (0 turns it off; the caller runs the kicks).
+    pub fn set_throttle(&self, percent: u8) {
+        self.throttle_percent.store(percent.min(MAX_THROTTLE), Ordering::SeqCst);
+    }
+
+    /// Starts a throttle period: every vCPU sleeps once more, when kicked.
+    pub fn next_throttle_period<T>(&self, threads: &[JoinHandle<T>]) {
+        self.throttle_period.fetch_add(1, Ordering::SeqCst);
+        kick(threads);
     }
 
     /// Waits until the state is no longer `Pause`, counted as parked meanwhile.
@@ -152,7 +195,8 @@ mod tests {
                 let control = control.clone();
                 std::thread::spawn(move || {
                     let mut rounds = 0u64;
-                    while control.wait_to_run() {
+                    let mut seen = 0;
+                    while control.wait_to_run(&mut seen) {
                         // Stands in for KVM_RUN: blocks until a signal arrives.
                         // SAFETY: pause(2) has no preconditions.
                         unsafe { libc::pause() };

@@ -7,9 +7,9 @@ use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemory, MemoryError};
 use crate::vcpu::{ExitNotifier, Vcpu, VcpuCounters, VcpuError};
-use crate::vcpu_control::RunControl;
+use crate::vcpu_control::{Desired, RunControl, THROTTLE_PERIOD};
 use crate::vm_snapshot::{SnapshotError, VmSnapshot, SNAPSHOT_VERSION};
-use crate::{machine_state, vcpu_state};
+use crate::{dirty_log, machine_state, vcpu_state};
 use covm_devices::debug_port::DebugPort;
 use covm_devices::i8042::{self, I8042};
 use covm_devices::power::PowerDevice;
@@ -84,6 +84,12 @@ pub enum VmError {
     /// A device's state.
     #[error(transparent)]
     DeviceState(#[from] covm_devices::serial::StateError),
+    /// Dirty logging.
+    #[error(transparent)]
+    DirtyLog(#[from] dirty_log::DirtyLogError),
+    /// Something this host's KVM cannot do.
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 /// Forwards the guest's power requests to whoever waits for the VM to end.
@@ -104,7 +110,9 @@ pub struct Vm {
     // Dropped last (declaration order): vCPU fds and memory go first.
     memory: GuestMemory,
     vcpus: Vec<Vcpu>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    throttler: Option<JoinHandle<()>>,
+    manual_dirty_protect: bool,
     bus: Arc<PioBus>,
     control: Arc<RunControl>,
     notify: ExitNotifier,
@@ -149,6 +157,14 @@ impl Vm {
         // hosts, after it about 4 ms (docs/benchmarks.md).
         register_memory(&vm_fd, &memory)?;
         create_chips(&vm_fd)?;
+        // Needed only to migrate; a kernel without it can still run VMs.
+        let manual_dirty_protect = match dirty_log::enable_manual_protect(&vm_fd) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("{e}: this VM cannot be live-migrated");
+                false
+            }
+        };
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
         let (bus, serial) = build_bus(&vm_fd, config, sink, start)?;
         let vcpus = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
@@ -162,7 +178,9 @@ impl Vm {
             vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
             memory,
             vcpus,
-            threads: Vec::new(),
+            threads: Arc::default(),
+            throttler: None,
+            manual_dirty_protect,
             bus: Arc::new(bus),
             control: Arc::new(RunControl::default()),
             notify,
@@ -217,14 +235,15 @@ impl Vm {
     pub fn start(&mut self) -> Result<(), VmError> {
         for vcpu in self.vcpus.drain(..) {
             let thread = vcpu.spawn(self.bus.clone(), self.control.clone(), self.notify.clone())?;
-            self.threads.push(thread);
+            self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
         }
         Ok(())
     }
 
     /// Parks every vCPU outside `KVM_RUN`; returns once all are parked.
     pub fn pause(&self) {
-        self.control.pause(&self.threads);
+        self.control
+            .pause(&self.threads.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Lets the vCPUs run again.
@@ -234,8 +253,48 @@ impl Vm {
 
     /// Stops and joins the vCPU threads; dropping the VM then frees it.
     pub fn stop(mut self) {
-        let threads = std::mem::take(&mut self.threads);
+        self.set_throttle(0);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         self.control.stop(threads);
+    }
+
+    /// Slows the vCPUs to run only `100 - percent` % of the time (0 = full
+    /// speed), so that a migration's pre-copy can converge.
+    pub fn set_throttle(&mut self, percent: u8) {
+        self.control.set_throttle(percent);
+        if percent > 0 && self.throttler.is_none() {
+            let (control, threads) = (self.control.clone(), self.threads.clone());
+            self.throttler = Some(std::thread::spawn(move || {
+                while control.throttle() > 0 && control.desired() != Desired::Stop {
+                    control.next_throttle_period(&threads.lock().unwrap_or_else(|p| p.into_inner()));
+                    std::thread::sleep(THROTTLE_PERIOD);
+                }
+            }));
+        } else if percent == 0 {
+            if let Some(throttler) = self.throttler.take() {
+                let _ = throttler.join();
+            }
+        }
+    }
+
+    /// Turns dirty-page logging on or off for all of guest memory.
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        if on && !self.manual_dirty_protect {
+            return Err(VmError::Unsupported(
+                "KVM lacks manual dirty-log protection (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)",
+            ));
+        }
+        Ok(dirty_log::set_logging(&self.vm_fd, &self.memory, on)?)
+    }
+
+    /// Pages written since last cleared: (region start, length, one bit per page).
+    pub fn dirty_bitmaps(&self) -> Result<Vec<(u64, u64, Vec<u64>)>, VmError> {
+        Ok(dirty_log::dirty_bitmaps(&self.vm_fd, &self.memory)?)
+    }
+
+    /// Clears and re-arms dirty tracking of `pages` pages from `gpa`.
+    pub fn clear_dirty(&self, gpa: u64, pages: u64) -> Result<(), VmError> {
+        Ok(dirty_log::clear(&self.vm_fd, &self.memory, gpa, pages)?)
     }
 
     /// Device and vCPU counters.

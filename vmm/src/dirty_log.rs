@@ -1,0 +1,142 @@
+//! Dirty-page tracking for migration: KVM's dirty log with manual
+//! protection (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`), merged with the pages
+//! the VMM itself wrote (vm-memory's bitmap).
+//!
+//! With manual protection, reading the log (`KVM_GET_DIRTY_LOG`) does not
+//! clear it; pages are cleared and write-protected again only by
+//! `KVM_CLEAR_DIRTY_LOG`, for exactly the pages the engine is about to send.
+
+use crate::memory::GuestMemory;
+use kvm_bindings::{
+    kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region, KVMIO, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+    KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_MEM_LOG_DIRTY_PAGES,
+};
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+
+/// Bytes per page of the dirty log.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// kvm-ioctls has no wrapper for KVM_CLEAR_DIRTY_LOG
+/// (`_IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log)`).
+mod ioctl_numbers {
+    #![allow(missing_docs)]
+    use super::{kvm_clear_dirty_log, KVMIO};
+    use vmm_sys_util::ioctl_iowr_nr;
+    ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+}
+use ioctl_numbers::KVM_CLEAR_DIRTY_LOG;
+
+/// A dirty-log operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what}: {source}")]
+pub struct DirtyLogError {
+    what: &'static str,
+    source: std::io::Error,
+}
+
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> DirtyLogError {
+    move |e| DirtyLogError {
+        what,
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    }
+}
+
+/// Turns on manual protection; done once when the VM is created, before
+/// any slot logs.
+pub fn enable_manual_protect(vm_fd: &VmFd) -> Result<(), DirtyLogError> {
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+        ..Default::default()
+    };
+    cap.args[0] = u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE);
+    vm_fd
+        .enable_cap(&cap)
+        .map_err(kvm_err("enable manual dirty-log protection"))
+}
+
+/// Turns logging on or off for every memory slot (slot i = region i).
+pub fn set_logging(vm_fd: &VmFd, memory: &GuestMemory, on: bool) -> Result<(), DirtyLogError> {
+    for (slot, region) in memory.iter().enumerate() {
+        let def = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the same live mapping of the same slot, only its flags change.
+        unsafe { vm_fd.set_user_memory_region(def) }.map_err(kvm_err("change dirty logging of a memory slot"))?;
+    }
+    Ok(())
+}
+
+/// One bitmap per region: (start, length, one bit per page).
+pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<(u64, u64, Vec<u64>)>, DirtyLogError> {
+    let mut all = Vec::new();
+    for (slot, region) in memory.iter().enumerate() {
+        let mut bits = vm_fd
+            .get_dirty_log(slot as u32, region.len() as usize)
+            .map_err(kvm_err("read the dirty log"))?;
+        // Pages the VMM wrote through vm-memory never reach KVM's log.
+        // MmapRegion::bitmap (through Deref): the whole AtomicBitmap, not a slice.
+        let vmm: &vm_memory::bitmap::AtomicBitmap = std::ops::Deref::deref(region).bitmap();
+        for page in 0..(region.len() / PAGE_SIZE) as usize {
+            if vmm.is_bit_set(page) {
+                bits[page / 64] |= 1 << (page % 64);
+            }
+        }
+        all.push((region.start_addr().0, region.len(), bits));
+    }
+    Ok(all)
+}
+
+/// Clears and re-protects `pages` pages from `gpa` (inside one region).
+pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result<(), DirtyLogError> {
+    let outside = || DirtyLogError {
+        what: "clear dirty pages",
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{gpa:#x}+{pages} pages is outside guest memory"),
+        ),
+    };
+    let (slot, region) = memory
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.start_addr().0 <= gpa && gpa + pages * PAGE_SIZE <= r.start_addr().0 + r.len())
+        .ok_or_else(outside)?;
+    if pages == 0 {
+        return Ok(());
+    }
+    let slot_pages = region.len() / PAGE_SIZE;
+    let first = (gpa - region.start_addr().0) / PAGE_SIZE;
+    // KVM wants the range 64-page aligned (or reaching the slot's end); the
+    // bitmap says which of those pages to clear.
+    let start = first & !63;
+    let end = (first + pages).next_multiple_of(64).min(slot_pages);
+    let mut bitmap = vec![0u64; (end - start).div_ceil(64) as usize];
+    for page in first..first + pages {
+        let bit = page - start;
+        bitmap[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+    let mut arg = kvm_clear_dirty_log {
+        slot: slot as u32,
+        num_pages: (end - start) as u32,
+        first_page: start,
+        ..Default::default()
+    };
+    arg.__bindgen_anon_1.dirty_bitmap = bitmap.as_mut_ptr().cast();
+    // SAFETY: `arg` points at a bitmap covering num_pages bits that lives
+    // until the call returns; KVM only reads it.
+    let ret = unsafe { ioctl_with_ref(vm_fd, KVM_CLEAR_DIRTY_LOG(), &arg) };
+    if ret < 0 {
+        return Err(DirtyLogError {
+            what: "clear the dirty log",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let vmm: &vm_memory::bitmap::AtomicBitmap = std::ops::Deref::deref(region).bitmap();
+    vmm.reset_addr_range((first * PAGE_SIZE) as usize, (pages * PAGE_SIZE) as usize);
+    Ok(())
+}
