@@ -118,11 +118,14 @@ pub struct Vm {
     notify: ExitNotifier,
     vcpu_counters: Vec<Arc<VcpuCounters>>,
     vcpu_fds: Vec<Arc<Mutex<VcpuFd>>>,
-    serial: Option<Arc<Mutex<SerialDevice>>>,
+    serial: Option<SharedSerial>,
     msr_indices: Vec<u32>,
     // Kept open for the VM's lifetime: dropping it destroys the VM.
     vm_fd: VmFd,
 }
+
+/// COM1, shared by the port bus and the VM (for its state and counters).
+type SharedSerial = Arc<Mutex<SerialDevice>>;
 
 /// How a new VM gets its first state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,7 +399,7 @@ fn build_bus(
     config: &VmConfig,
     sink: Arc<dyn PowerSink>,
     start: Instant,
-) -> Result<(PioBus, Option<Arc<Mutex<SerialDevice>>>), VmError> {
+) -> Result<(PioBus, Option<SharedSerial>), VmError> {
     let mut bus = PioBus::new();
     let mut serial = None;
     let output: Option<SerialOutput> = match &config.serial {
