@@ -42,7 +42,7 @@ fn total_pages_written(serial: &Path) -> u64 {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split("pages=").nth(1)?.split_whitespace().next()?.parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(0)
 }
 
