@@ -1,0 +1,87 @@
+//! Why a migration failed, on either side.
+
+use crate::protocol::{MessageKind, ProtocolError};
+use crate::vm::VmError;
+use std::time::Duration;
+
+/// A failed migration. On the source every variant means the guest was
+/// handed back (throttle 0, tracking off, resumed if the engine paused
+/// it); on the destination, that the incoming VM must be discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// Talking to the peer failed (closed, stalled, malformed frame...).
+    #[error("migration connection: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// Setting the connection's timeouts failed.
+    #[error("cannot set the migration connection's I/O timeout: {0}")]
+    Timeouts(std::io::Error),
+    /// The destination refused the Hello.
+    #[error("the destination refused the migration: {reason}")]
+    Refused {
+        /// The destination's words.
+        reason: String,
+    },
+    /// The peer sent Abort.
+    #[error("the peer aborted the migration: {reason}")]
+    PeerAborted {
+        /// The peer's words.
+        reason: String,
+    },
+    /// A valid message arrived where the protocol does not allow it.
+    #[error("unexpected {got} message while {during}")]
+    Unexpected {
+        /// What arrived.
+        got: MessageKind,
+        /// What this side was doing.
+        during: &'static str,
+    },
+    /// The peer speaks another protocol version in its Hello.
+    #[error("the source speaks migration protocol version {found}, this covm speaks version {expected}")]
+    Version {
+        /// Version in the Hello.
+        found: u16,
+        /// Version this side speaks.
+        expected: u16,
+    },
+    /// A VM operation failed.
+    #[error("cannot {op}: {source}")]
+    Vm {
+        /// What the engine asked of the VM.
+        op: &'static str,
+        /// The VMM's words.
+        source: VmError,
+    },
+    /// `timeout_s` passed with strategy `Cancel`.
+    #[error("the migration did not converge within its timeout of {0:?} (strategy Cancel: the VM keeps running here)")]
+    TimedOut(Duration),
+    /// Someone cancelled through [`super::Progress::cancel`].
+    #[error("the migration was cancelled")]
+    Cancelled,
+    /// No Commit arrived in time after Complete.
+    #[error("no Commit from the destination within {0:?} after the last state was sent")]
+    CommitTimeout(Duration),
+    /// Page records or state broke the rules of the stream.
+    #[error("invalid migration stream: {0}")]
+    Stream(String),
+}
+
+impl MigrationError {
+    /// Whether the peer already knows the migration is over (so sending
+    /// it an Abort is pointless).
+    pub(crate) fn peer_knows(&self) -> bool {
+        matches!(
+            self,
+            MigrationError::Refused { .. }
+                | MigrationError::PeerAborted { .. }
+                | MigrationError::Protocol(ProtocolError::Closed)
+        )
+    }
+
+    pub(crate) fn vm(op: &'static str) -> impl FnOnce(VmError) -> MigrationError {
+        move |source| MigrationError::Vm { op, source }
+    }
+
+    pub(crate) fn stream(what: impl Into<String>) -> Self {
+        MigrationError::Stream(what.into())
+    }
+}

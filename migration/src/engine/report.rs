@@ -1,0 +1,85 @@
+//! What a finished migration reports, on each side.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Where the source's downtime went: from the pause to the Commit. The
+/// destination's resume comes after and is the VMM's to add.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DowntimeBreakdown {
+    /// Reading the last dirty log and sending the last pages.
+    pub final_pages_ms: f64,
+    /// `save_state` on the paused VM.
+    pub state_save_ms: f64,
+    /// Sending State and Complete.
+    pub state_transfer_ms: f64,
+    /// From Complete sent to Commit read: the destination's restore, its
+    /// checks and the round trip.
+    pub restore_and_commit_ms: f64,
+}
+
+/// The source's summary of a successful migration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationReport {
+    /// From Hello to Commit.
+    pub total_ms: f64,
+    /// From the pause to the Commit (the guest ran nowhere meanwhile).
+    pub downtime_ms: f64,
+    /// Where the downtime went.
+    pub downtime: DowntimeBreakdown,
+    /// Frame bytes sent, headers included.
+    pub bytes_sent: u64,
+    /// Pages sent with their data.
+    pub pages_sent: u64,
+    /// Pages sent as zero-page markers.
+    pub zero_pages: u64,
+    /// Rounds, the full pass and the final one included.
+    pub rounds: u32,
+    /// Pages of the final (paused) round.
+    pub final_round_pages: u64,
+    /// Bytes of non-memory state.
+    pub state_bytes: u64,
+    /// Highest vCPU throttle applied, in percent.
+    pub max_throttle_percent: u8,
+    /// Bytes sent over total time.
+    pub throughput_bytes_per_s: u64,
+    /// False when `timeout_s` with strategy `Ignore` forced the pause.
+    pub converged: bool,
+}
+
+/// The destination's summary of a successful migration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReceiveReport {
+    /// From Hello to Commit sent.
+    pub total_ms: f64,
+    /// `restore_state`.
+    pub restore_ms: f64,
+    /// Frame bytes received, headers included.
+    pub bytes_received: u64,
+    /// Pages received with their data.
+    pub pages: u64,
+    /// Pages received as zero-page markers.
+    pub zero_pages: u64,
+    /// Rounds, the final one included.
+    pub rounds: u32,
+    /// Bytes of non-memory state.
+    pub state_bytes: u64,
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl MigrationReport {
+    /// The report as one JSON object (for logs and `vm.info`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl ReceiveReport {
+    /// The report as one JSON object (for logs and `vm.info`).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}

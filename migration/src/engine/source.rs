@@ -1,0 +1,317 @@
+//! The source side: handshake, pre-copy loop, stop-and-copy, commit, and
+//! handing the guest back on failure.
+
+use super::convergence::Estimator;
+use super::report::{ms, DowntimeBreakdown, MigrationReport};
+use super::rounds::{count_dirty, RoundStats};
+use super::throttle::AutoConverge;
+use super::{MigrationError, Phase, PlainSealer, Progress, Sealer, SendOptions, TimeoutStrategy};
+use crate::protocol::{fit_reason, Message, ProtocolError, Wire, PROTOCOL_VERSION};
+use crate::transport::Stream;
+use crate::vm::{SourceVm, PAGE_SIZE};
+use std::time::{Duration, Instant};
+
+/// How long a failing source waits to tell the destination it aborts.
+const ABORT_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a source whose writes failed looks for the destination's Abort.
+const PEER_REASON_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Migrates `vm` out over `stream` with plain page records. `config` is
+/// the VM's configuration (JSON) the destination builds the VM from.
+///
+/// `Ok`: the destination committed and runs the guest; the VMM must
+/// release the VM and never resume it. `Err`: the guest was handed back
+/// (throttle 0, tracking off, resumed if paused) and keeps running here.
+pub fn send(
+    stream: Box<dyn Stream>,
+    vm: &mut dyn SourceVm,
+    config: &[u8],
+    options: &SendOptions,
+    progress: &Progress,
+) -> Result<MigrationReport, MigrationError> {
+    send_with(stream, vm, config, &mut PlainSealer::default(), options, progress)
+}
+
+/// [`send`] with another [`Sealer`] (the confidential session's).
+pub fn send_with(
+    stream: Box<dyn Stream>,
+    vm: &mut dyn SourceVm,
+    config: &[u8],
+    sealer: &mut dyn Sealer,
+    options: &SendOptions,
+    progress: &Progress,
+) -> Result<MigrationReport, MigrationError> {
+    tracing::info!(peer = %stream.peer(), "migration: sending");
+    let mut source = Source {
+        wire: Wire::new(stream),
+        vm,
+        sealer,
+        options,
+        progress,
+        started: Instant::now(),
+        tracking: false,
+        paused: false,
+        throttle: AutoConverge::new(options.throttle),
+        estimator: Estimator::default(),
+        pages_before_round: 0,
+        zero_pages: 0,
+    };
+    match source.run(config) {
+        Ok(report) => {
+            progress.set_phase(Phase::Completed);
+            tracing::info!(report = %report.to_json(), "migration: committed by the destination");
+            Ok(report)
+        }
+        Err(error) => {
+            let error = source.peer_reason(error);
+            source.hand_back(&error);
+            tracing::error!(%error, "migration failed; the guest keeps running here");
+            progress.update(|p| {
+                p.phase = Phase::Failed;
+                p.error = Some(error.to_string());
+                p.throttle_percent = 0;
+            });
+            Err(error)
+        }
+    }
+}
+
+/// The source's state during one migration.
+pub(super) struct Source<'a> {
+    pub(super) wire: Wire<Box<dyn Stream>>,
+    pub(super) vm: &'a mut dyn SourceVm,
+    pub(super) sealer: &'a mut dyn Sealer,
+    pub(super) options: &'a SendOptions,
+    pub(super) progress: &'a Progress,
+    started: Instant,
+    tracking: bool,
+    paused: bool,
+    throttle: AutoConverge,
+    estimator: Estimator,
+    /// Pages of the rounds already ended.
+    pub(super) pages_before_round: u64,
+    /// Zero pages of the rounds already ended.
+    pub(super) zero_pages: u64,
+}
+
+impl Source<'_> {
+    pub(super) fn past_deadline(&self) -> bool {
+        self.started
+            .checked_add(self.options.timeout)
+            .is_some_and(|d| Instant::now() >= d)
+    }
+
+    fn set_io_timeout(&self, timeout: Duration) -> Result<(), MigrationError> {
+        self.wire
+            .stream()
+            .set_io_timeout(Some(timeout))
+            .map_err(MigrationError::Timeouts)
+    }
+
+    fn run(&mut self, config: &[u8]) -> Result<MigrationReport, MigrationError> {
+        self.check_ranges()?;
+        self.progress.set_phase(Phase::Handshake);
+        self.set_io_timeout(self.options.io_timeout)?;
+        self.wire.send_now(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            config: config.to_vec(),
+        })?;
+        match self.wire.receive()? {
+            Message::HelloAck => {}
+            Message::Refuse { reason } => return Err(MigrationError::Refused { reason }),
+            Message::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
+            other => {
+                return Err(MigrationError::Unexpected {
+                    got: other.kind(),
+                    during: "waiting for HelloAck",
+                })
+            }
+        }
+        self.vm
+            .start_dirty_tracking()
+            .map_err(MigrationError::vm("start dirty tracking"))?;
+        self.tracking = true;
+        self.progress.set_phase(Phase::PreCopy);
+        let (rounds_before_pause, converged) = self.precopy()?;
+        self.stop_and_copy(rounds_before_pause, converged)
+    }
+
+    /// The page ranges must be whole pages, or the last bytes would be lost.
+    fn check_ranges(&self) -> Result<(), MigrationError> {
+        for (start, len) in self.vm.memory_ranges() {
+            if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+                let what = format!("memory range {start:#x}+{len:#x} is not made of whole pages");
+                return Err(MigrationError::vm("list memory ranges")(crate::vm::VmError(what)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rounds until converged (or past the deadline with Ignore). Returns
+    /// the number of rounds sent and whether it converged.
+    fn precopy(&mut self) -> Result<(u32, bool), MigrationError> {
+        let mut last = self.full_round()?;
+        let mut round = 0;
+        loop {
+            let bitmaps = self
+                .vm
+                .dirty_pages()
+                .map_err(MigrationError::vm("read the dirty log"))?;
+            let dirty = count_dirty(&bitmaps);
+            self.estimator.observe(last.wire_bytes, last.elapsed, dirty);
+            let expected = self.estimator.expected_downtime(dirty);
+            self.publish(round, dirty, expected);
+            tracing::debug!(round, dirty, expected_ms = expected.as_millis() as u64, "pre-copy");
+            if expected <= self.options.downtime {
+                return Ok((round + 1, true));
+            }
+            if self.progress.is_cancelled() {
+                return Err(MigrationError::Cancelled);
+            }
+            if self.past_deadline() {
+                match self.options.timeout_strategy {
+                    TimeoutStrategy::Cancel => return Err(MigrationError::TimedOut(self.options.timeout)),
+                    TimeoutStrategy::Ignore => {
+                        tracing::warn!(round, "migration timeout passed: pausing anyway (strategy Ignore)");
+                        return Ok((round + 1, false));
+                    }
+                }
+            }
+            if round > 0 {
+                self.maybe_throttle(dirty, &last)?;
+            }
+            round += 1;
+            last = self.dirty_round(round, &bitmaps, true)?;
+        }
+    }
+
+    fn maybe_throttle(&mut self, dirty: u64, last: &RoundStats) -> Result<(), MigrationError> {
+        if let Some(percent) = self.throttle.after_round(dirty, last.pages) {
+            tracing::info!(percent, "pre-copy does not keep up: throttling the vCPUs");
+            self.vm
+                .set_throttle(percent)
+                .map_err(MigrationError::vm("throttle the vCPUs"))?;
+            self.progress.update(|p| p.throttle_percent = percent);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, round: u32, dirty: u64, expected: Duration) {
+        let (bandwidth, rate) = (self.estimator.bandwidth(), self.estimator.dirty_rate());
+        self.progress.update(|p| {
+            p.round = round;
+            p.bytes_remaining = dirty * PAGE_SIZE;
+            p.bandwidth_bytes_per_s = bandwidth;
+            p.dirty_rate_bytes_per_s = rate;
+            p.expected_downtime_ms = expected.as_millis().min(u64::MAX as u128) as u64;
+        });
+    }
+
+    fn stop_and_copy(&mut self, rounds: u32, converged: bool) -> Result<MigrationReport, MigrationError> {
+        self.progress.set_phase(Phase::StopAndCopy);
+        let paused_at = Instant::now();
+        self.vm.pause().map_err(MigrationError::vm("pause the vCPUs"))?;
+        self.paused = true;
+        let bitmaps = self
+            .vm
+            .dirty_pages()
+            .map_err(MigrationError::vm("read the dirty log"))?;
+        let last = self.dirty_round(rounds, &bitmaps, false)?;
+        let pages_done = Instant::now();
+        let state = self.vm.save_state().map_err(MigrationError::vm("save the VM state"))?;
+        let state_bytes = state.len() as u64;
+        let record = self.sealer.seal_state(state)?;
+        let saved = Instant::now();
+        self.wire.send(&record)?;
+        let rounds = rounds + 1;
+        self.wire.send_now(&Message::Complete {
+            pages: self.pages_before_round,
+            rounds,
+        })?;
+        let sent = Instant::now();
+        self.progress.set_phase(Phase::Completing);
+        self.set_io_timeout(self.options.commit_timeout)?;
+        match self.wire.receive() {
+            Ok(Message::Commit) => {}
+            Ok(Message::Abort { reason }) => return Err(MigrationError::PeerAborted { reason }),
+            Ok(other) => {
+                return Err(MigrationError::Unexpected {
+                    got: other.kind(),
+                    during: "waiting for Commit",
+                })
+            }
+            Err(ProtocolError::Stalled { .. }) => {
+                return Err(MigrationError::CommitTimeout(self.options.commit_timeout))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Committed: from here on the guest belongs to the destination.
+        let committed = Instant::now();
+        let total = self.started.elapsed();
+        Ok(MigrationReport {
+            total_ms: ms(total),
+            downtime_ms: ms(committed - paused_at),
+            downtime: DowntimeBreakdown {
+                final_pages_ms: ms(pages_done - paused_at),
+                state_save_ms: ms(saved - pages_done),
+                state_transfer_ms: ms(sent - saved),
+                restore_and_commit_ms: ms(committed - sent),
+            },
+            bytes_sent: self.wire.bytes_sent(),
+            pages_sent: self.pages_before_round - self.zero_pages,
+            zero_pages: self.zero_pages,
+            rounds,
+            final_round_pages: last.pages,
+            state_bytes,
+            max_throttle_percent: self.throttle.max_applied(),
+            throughput_bytes_per_s: (self.wire.bytes_sent() as f64 / total.as_secs_f64().max(1e-6)) as u64,
+            converged,
+        })
+    }
+
+    /// A write failed: the destination may have said why before it
+    /// closed (an Abort waiting in our receive buffer). Best effort.
+    fn peer_reason(&mut self, error: MigrationError) -> MigrationError {
+        if !matches!(
+            error,
+            MigrationError::Protocol(ProtocolError::Io { .. } | ProtocolError::Stalled { .. })
+        ) {
+            return error;
+        }
+        let _ = self.wire.stream().set_io_timeout(Some(PEER_REASON_TIMEOUT));
+        match self.wire.receive() {
+            Ok(Message::Abort { reason }) => MigrationError::PeerAborted { reason },
+            _ => error,
+        }
+    }
+
+    /// After a failure before Commit: tell the destination, lift the
+    /// throttle, stop tracking, and run the guest again if we paused it.
+    /// Every step is tried even if an earlier one fails.
+    fn hand_back(&mut self, error: &MigrationError) {
+        if !error.peer_knows() {
+            let _ = self.wire.stream().set_io_timeout(Some(ABORT_WRITE_TIMEOUT));
+            let abort = Message::Abort {
+                reason: fit_reason(&error.to_string()),
+            };
+            if let Err(e) = self.wire.send_now(&abort) {
+                tracing::debug!(error = %e, "could not send Abort to the destination");
+            }
+        }
+        if let Err(e) = self.vm.set_throttle(0) {
+            tracing::error!(error = %e, "cannot lift the vCPU throttle after a failed migration");
+        }
+        if self.tracking {
+            if let Err(e) = self.vm.stop_dirty_tracking() {
+                tracing::error!(error = %e, "cannot stop dirty tracking after a failed migration");
+            }
+        }
+        if self.paused {
+            match self.vm.resume() {
+                Ok(()) => self.paused = false,
+                Err(e) => tracing::error!(error = %e, "cannot resume the guest after a failed migration"),
+            }
+        }
+    }
+}
