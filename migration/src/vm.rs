@@ -78,3 +78,18 @@ pub trait DestinationVm: Send {
     /// Loads the state produced by [`SourceVm::save_state`].
     fn restore_state(&mut self, state: &[u8]) -> Result<(), VmError>;
 }
+
+/// A boxed destination (the engine's tests build trait objects).
+impl<T: DestinationVm + ?Sized> DestinationVm for Box<T> {
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmError> {
+        (**self).write_memory(gpa, data)
+    }
+
+    fn zero_memory(&mut self, gpa: u64, pages: u64) -> Result<(), VmError> {
+        (**self).zero_memory(gpa, pages)
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), VmError> {
+        (**self).restore_state(state)
+    }
+}

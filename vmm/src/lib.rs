@@ -14,6 +14,8 @@ pub mod kvm;
 pub mod logging;
 pub mod machine_state;
 pub mod memory;
+pub mod migrate;
+pub mod migration_vm;
 pub mod test_hooks;
 pub mod vcpu;
 pub mod vcpu_control;

@@ -64,7 +64,8 @@ fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     install_kick_handler().map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"))?;
-    let mut vmm = Vmm::new(start, hooks, cli.log_file.is_some());
+    let serial_override = cli.serial.is_some().then(|| config.serial.clone());
+    let mut vmm = Vmm::new(start, hooks, cli.log_file.is_some(), host_ram, serial_override);
     if let Some(socket) = &config.api_socket {
         let listener = covm::api::socket::open(socket).map_err(|e| e.to_string())?;
         let created = match socket {

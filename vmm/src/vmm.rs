@@ -7,10 +7,14 @@
 //! `crate::exit`, API or not; `vm.shutdown` stops the VM and covm stays.
 
 use crate::api::server::ApiServer;
-use crate::config::VmConfig;
+use crate::config::{SerialMode, VmConfig};
 use crate::exit::VmExit;
+use crate::migrate;
 use crate::test_hooks::TestHook;
+use crate::vcpu::ExitNotifier;
 use crate::vm::{Counters, Vm};
+use covm_migration::engine::{Progress, SendOptions};
+use covm_migration::transport::{Endpoint, Listener};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +71,18 @@ pub enum Request {
     PowerButton,
     /// `vm.delete`.
     Delete,
+    /// `vm.send-migration`.
+    SendMigration {
+        /// Where to.
+        endpoint: Endpoint,
+        /// Downtime target, timeout and strategy.
+        options: Box<SendOptions>,
+    },
+    /// `vm.receive-migration`.
+    ReceiveMigration {
+        /// Where to listen.
+        endpoint: Endpoint,
+    },
 }
 
 /// What a request returns.
@@ -87,6 +103,8 @@ pub enum Reply {
         state: VmState,
         /// Guest memory in bytes.
         memory_actual_size: u64,
+        /// The current or last migration.
+        migration: Option<serde_json::Value>,
     },
     /// `vm.counters`.
     Counters(Counters),
@@ -121,6 +139,23 @@ pub type Responder = tokio::sync::oneshot::Sender<Result<Reply, ApiError>>;
 pub enum Event {
     /// An API request and where to answer it.
     Api(Request, Responder),
+    /// An outgoing migration ended: `Ok(report)` means the destination
+    /// committed and runs the guest; `Err` comes with the VM back.
+    MigrationSent {
+        /// The report (JSON) or the error.
+        result: Result<String, String>,
+        /// The VM, returned on failure.
+        vm: Option<Vm>,
+    },
+    /// An incoming migration committed: run this VM.
+    MigrationReceived {
+        /// The restored VM, not yet running.
+        vm: Vm,
+        /// Its configuration.
+        config: Box<VmConfig>,
+        /// The destination's report (JSON).
+        report: String,
+    },
     /// The VM of boot number `generation` ended.
     VmExit {
         /// Which boot of the VM reported it (late reports of a VM already
@@ -131,10 +166,22 @@ pub enum Event {
     },
 }
 
+/// The current or last migration, for `vm.info`.
+struct MigrationStatus {
+    direction: &'static str,
+    url: String,
+    progress: Progress,
+    outcome: Option<Result<String, String>>,
+}
+
 /// The VMM: at most one VM, its configuration and its state.
 pub struct Vmm {
     start: Instant,
     log_is_file: bool,
+    host_ram: u64,
+    serial_override: Option<SerialMode>,
+    migration: Option<MigrationStatus>,
+    pending_exit: Option<VmExit>,
     hooks: Vec<TestHook>,
     config: Option<VmConfig>,
     vm: Option<Vm>,
@@ -147,12 +194,24 @@ pub struct Vmm {
 
 impl Vmm {
     /// A VMM with no VM; `start` is covm's start, `hooks` apply to every
-    /// boot, `log_is_file` says whether the log is separate from stderr.
-    pub fn new(start: Instant, hooks: Vec<TestHook>, log_is_file: bool) -> Self {
+    /// boot, `log_is_file` says whether the log is separate from stderr,
+    /// `host_ram` bounds incoming VMs, `serial_override` (the command
+    /// line's `--serial`) replaces the serial settings of incoming VMs.
+    pub fn new(
+        start: Instant,
+        hooks: Vec<TestHook>,
+        log_is_file: bool,
+        host_ram: u64,
+        serial_override: Option<SerialMode>,
+    ) -> Self {
         let (events_tx, events_rx) = channel();
         Self {
             start,
             log_is_file,
+            host_ram,
+            serial_override,
+            migration: None,
+            pending_exit: None,
             hooks,
             config: None,
             vm: None,
@@ -200,9 +259,50 @@ impl Vmm {
                         return 0;
                     }
                 }
+                Event::VmExit { generation, exit } if generation == self.generation && self.migrating_out() => {
+                    // The guest ended while leaving: stop the migration; the
+                    // VM comes back with MigrationSent.
+                    if let Some(m) = &self.migration {
+                        m.progress.cancel();
+                    }
+                    self.pending_exit = Some(exit);
+                }
                 Event::VmExit { generation, exit } if generation == self.generation && self.vm.is_some() => {
                     self.finish();
                     return self.report_exit(exit);
+                }
+                Event::MigrationSent { result: Ok(report), .. } => {
+                    tracing::info!("migration completed; the destination runs the guest: {report}");
+                    eprintln!("covm: migration completed: {report}");
+                    self.finish();
+                    return 0;
+                }
+                Event::MigrationSent { result: Err(error), vm } => {
+                    tracing::warn!("migration failed, the guest keeps running here: {error}");
+                    self.vm = vm;
+                    if let Some(m) = &mut self.migration {
+                        m.outcome = Some(Err(error));
+                    }
+                    if let Some(exit) = self.pending_exit.take() {
+                        self.finish();
+                        return self.report_exit(exit);
+                    }
+                }
+                Event::MigrationReceived { mut vm, config, report } => {
+                    tracing::info!("incoming migration committed: {report}");
+                    if let Err(e) = vm.start() {
+                        // The source has released the guest: nothing to go back to.
+                        tracing::error!("cannot run the received VM: {e}");
+                        eprintln!("covm: cannot run the received VM: {e}");
+                        self.finish();
+                        return crate::exit::STATUS_ERROR;
+                    }
+                    self.config = Some(*config);
+                    self.vm = Some(vm);
+                    self.state = VmState::Running;
+                    if let Some(m) = &mut self.migration {
+                        m.outcome = Some(Ok(report));
+                    }
                 }
                 Event::VmExit { generation, exit } => {
                     tracing::debug!("ignoring a late exit of VM boot {generation}: {exit:?}");
@@ -225,6 +325,16 @@ impl Vmm {
     /// Handles one request.
     pub fn handle(&mut self, request: Request) -> Result<Reply, ApiError> {
         tracing::debug!("API request {request:?} in state {:?}", self.state);
+        if self.migrating_out()
+            && !matches!(
+                request,
+                Request::Ping | Request::Info | Request::Counters | Request::ShutdownVmm
+            )
+        {
+            return Err(ApiError::InvalidState(
+                "the VM is migrating out; wait for the migration to end".into(),
+            ));
+        }
         match request {
             Request::Ping => Ok(Reply::Ping {
                 pid: std::process::id(),
@@ -238,6 +348,7 @@ impl Vmm {
                     memory_actual_size: config.memory.size,
                     config: Box::new(config.clone()),
                     state: self.state,
+                    migration: self.migration_info(),
                 })
             }
             Request::Counters => {
@@ -280,7 +391,83 @@ impl Vmm {
                 self.state = VmState::Created;
                 Ok(Reply::Done)
             }
+            Request::SendMigration { endpoint, options } => self.send_migration(endpoint, *options),
+            Request::ReceiveMigration { endpoint } => self.receive_migration(endpoint),
         }
+    }
+
+    fn migrating_out(&self) -> bool {
+        self.migration
+            .as_ref()
+            .is_some_and(|m| m.direction == "send" && m.outcome.is_none())
+    }
+
+    fn migration_info(&self) -> Option<serde_json::Value> {
+        let m = self.migration.as_ref()?;
+        let parse = |json: &str| serde_json::from_str::<serde_json::Value>(json).unwrap_or_default();
+        Some(serde_json::json!({
+            "direction": m.direction,
+            "url": m.url,
+            "progress": m.progress.snapshot(),
+            "report": m.outcome.as_ref().and_then(|o| o.as_ref().ok()).map(|r| parse(r)),
+            "error": m.outcome.as_ref().and_then(|o| o.as_ref().err()),
+        }))
+    }
+
+    fn send_migration(&mut self, endpoint: Endpoint, options: SendOptions) -> Result<Reply, ApiError> {
+        self.expect_booted("migrate")?;
+        let config = self.created()?.clone();
+        let vm = self.vm.take().expect("a booted VM exists");
+        let progress = Progress::new();
+        self.migration = Some(MigrationStatus {
+            direction: "send",
+            url: endpoint.to_string(),
+            progress: progress.clone(),
+            outcome: None,
+        });
+        migrate::start_send(vm, &config, endpoint, options, progress, self.events_tx.clone());
+        Ok(Reply::Done)
+    }
+
+    fn receive_migration(&mut self, endpoint: Endpoint) -> Result<Reply, ApiError> {
+        if self.config.is_some() {
+            return Err(ApiError::InvalidState(
+                "a VM already exists here; receive a migration in a covm started with only --api-socket".into(),
+            ));
+        }
+        if self.migration.as_ref().is_some_and(|m| m.outcome.is_none()) {
+            return Err(ApiError::InvalidState("already receiving a migration".into()));
+        }
+        let listener = Listener::bind(&endpoint).map_err(|e| ApiError::BadRequest(format!("receiver_url: {e}")))?;
+        self.generation += 1;
+        let progress = Progress::new();
+        self.migration = Some(MigrationStatus {
+            direction: "receive",
+            url: endpoint.to_string(),
+            progress: progress.clone(),
+            outcome: None,
+        });
+        let incoming = migrate::Incoming {
+            listener,
+            start: self.start,
+            host_ram: self.host_ram,
+            serial: self.serial_override.clone(),
+            notify: self.exit_notifier(),
+        };
+        migrate::start_receive(incoming, progress, self.events_tx.clone());
+        Ok(Reply::Done)
+    }
+
+    /// Reports a VM's end as boot number `self.generation`.
+    fn exit_notifier(&self) -> ExitNotifier {
+        let generation = self.generation;
+        let events = std::sync::Mutex::new(self.events_tx.clone());
+        Arc::new(move |exit| {
+            let _ = events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(Event::VmExit { generation, exit });
+        })
     }
 
     /// Stores a configuration (`vm.create`).

@@ -9,9 +9,9 @@ use crate::vm::{DestinationVm, VmError};
 use std::time::{Duration, Instant};
 
 /// A received, restored and committed VM: the VMM runs it now.
-pub struct Incoming {
+pub struct Incoming<V = Box<dyn DestinationVm>> {
     /// The VM the factory built, memory and state loaded.
-    pub vm: Box<dyn DestinationVm>,
+    pub vm: V,
     /// What the migration carried.
     pub report: ReceiveReport,
 }
@@ -20,28 +20,30 @@ pub struct Incoming {
 /// incoming VM from the source's configuration; if it fails the source is
 /// refused. On `Err` the VM (if any) was dropped: the VMM stays ready for
 /// another attempt.
-pub fn receive<F>(
+pub fn receive<F, V>(
     stream: Box<dyn Stream>,
     build: F,
     options: &ReceiveOptions,
     progress: &Progress,
-) -> Result<Incoming, MigrationError>
+) -> Result<Incoming<V>, MigrationError>
 where
-    F: FnOnce(&[u8]) -> Result<Box<dyn DestinationVm>, VmError>,
+    V: DestinationVm,
+    F: FnOnce(&[u8]) -> Result<V, VmError>,
 {
     receive_with(stream, build, &mut PlainOpener, options, progress)
 }
 
 /// [`receive`] with another [`Opener`] (the confidential session's).
-pub fn receive_with<F>(
+pub fn receive_with<F, V>(
     stream: Box<dyn Stream>,
     build: F,
     opener: &mut dyn Opener,
     options: &ReceiveOptions,
     progress: &Progress,
-) -> Result<Incoming, MigrationError>
+) -> Result<Incoming<V>, MigrationError>
 where
-    F: FnOnce(&[u8]) -> Result<Box<dyn DestinationVm>, VmError>,
+    V: DestinationVm,
+    F: FnOnce(&[u8]) -> Result<V, VmError>,
 {
     tracing::info!(peer = %stream.peer(), "migration: receiving");
     let mut wire = Wire::new(stream);
@@ -99,14 +101,15 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    fn run<F>(
+    fn run<F, V>(
         mut self,
         wire: &mut Wire<Box<dyn Stream>>,
         build: F,
         opener: &mut dyn Opener,
-    ) -> Result<Incoming, MigrationError>
+    ) -> Result<Incoming<V>, MigrationError>
     where
-        F: FnOnce(&[u8]) -> Result<Box<dyn DestinationVm>, VmError>,
+        V: DestinationVm,
+        F: FnOnce(&[u8]) -> Result<V, VmError>,
     {
         self.progress.set_phase(Phase::Handshake);
         let config = match wire.receive()? {
@@ -151,7 +154,7 @@ impl<'a> Receiver<'a> {
                 if self.state_done {
                     return Err(MigrationError::stream("a page record after the state"));
                 }
-                let carried = opener.open_pages(vm.as_mut(), message)?;
+                let carried = opener.open_pages(&mut vm, message)?;
                 if carried.round != self.round {
                     let what = format!(
                         "a page record of round {} while round {} is open",
@@ -195,7 +198,7 @@ impl<'a> Receiver<'a> {
                             during: "receiving pages and state",
                         });
                     };
-                    self.restore(vm.as_mut(), &state)?;
+                    self.restore(&mut vm, &state)?;
                 }
             }
             self.progress.update(|p| p.bytes_transferred = wire.bytes_received());

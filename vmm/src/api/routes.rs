@@ -2,6 +2,7 @@
 //! document is checked against.
 
 use super::vm_config;
+use crate::migrate;
 use crate::vmm::Request;
 use axum::http::Method;
 
@@ -28,6 +29,15 @@ pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
     ("/vm.reboot", Method::PUT, |_, _| Ok(Request::Reboot)),
     ("/vm.power-button", Method::PUT, |_, _| Ok(Request::PowerButton)),
     ("/vm.delete", Method::PUT, |_, _| Ok(Request::Delete)),
+    ("/vm.send-migration", Method::PUT, |body, _| {
+        migrate::send_options(body).map(|(endpoint, options)| Request::SendMigration {
+            endpoint,
+            options: Box::new(options),
+        })
+    }),
+    ("/vm.receive-migration", Method::PUT, |body, _| {
+        migrate::receive_endpoint(body).map(|endpoint| Request::ReceiveMigration { endpoint })
+    }),
 ];
 
 #[cfg(test)]

@@ -80,10 +80,12 @@ fn render(reply: Reply) -> Response {
             config,
             state,
             memory_actual_size,
+            migration,
         } => Json(json!({
             "config": vm_config::to_json(&config),
             "state": state.name(),
             "memory_actual_size": memory_actual_size,
+            "migration": migration,
         }))
         .into_response(),
         Reply::Counters(counters) => Json(counters).into_response(),

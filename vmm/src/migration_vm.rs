@@ -1,0 +1,83 @@
+//! covm's VM as the migration engine sees it: the engine's traits over
+//! [`Vm`], mapping KVM's dirty log, guest memory, pause/resume, throttling
+//! and state save/restore.
+
+use crate::vm::Vm;
+use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmError as EngineVmError, PAGE_SIZE};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+fn engine_err(e: impl std::fmt::Display) -> EngineVmError {
+    EngineVmError(e.to_string())
+}
+
+impl SourceVm for Vm {
+    fn memory_ranges(&self) -> Vec<MemoryRange> {
+        self.memory().iter().map(|r| (r.start_addr().0, r.len())).collect()
+    }
+
+    fn start_dirty_tracking(&mut self) -> Result<(), EngineVmError> {
+        self.set_dirty_logging(true).map_err(engine_err)
+    }
+
+    fn stop_dirty_tracking(&mut self) -> Result<(), EngineVmError> {
+        self.set_dirty_logging(false).map_err(engine_err)
+    }
+
+    fn dirty_pages(&mut self) -> Result<Vec<DirtyBitmap>, EngineVmError> {
+        let bitmaps = self.dirty_bitmaps().map_err(engine_err)?;
+        Ok(bitmaps
+            .into_iter()
+            .map(|(start, len, bits)| DirtyBitmap {
+                range: (start, len),
+                bits,
+            })
+            .collect())
+    }
+
+    fn clear_dirty(&mut self, gpa: u64, pages: u64) -> Result<(), EngineVmError> {
+        Vm::clear_dirty(self, gpa, pages).map_err(engine_err)
+    }
+
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), EngineVmError> {
+        self.memory().read_slice(buf, GuestAddress(gpa)).map_err(engine_err)
+    }
+
+    fn set_throttle(&mut self, percent: u8) -> Result<(), EngineVmError> {
+        Vm::set_throttle(self, percent);
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<(), EngineVmError> {
+        Vm::pause(self);
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), EngineVmError> {
+        Vm::resume(self);
+        Ok(())
+    }
+
+    fn save_state(&mut self) -> Result<Vec<u8>, EngineVmError> {
+        Vm::save_state(self).map_err(engine_err)
+    }
+}
+
+impl DestinationVm for Vm {
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), EngineVmError> {
+        self.memory().write_slice(data, GuestAddress(gpa)).map_err(engine_err)
+    }
+
+    fn zero_memory(&mut self, gpa: u64, pages: u64) -> Result<(), EngineVmError> {
+        const ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+        for page in 0..pages {
+            self.memory()
+                .write_slice(&ZEROS, GuestAddress(gpa + page * PAGE_SIZE))
+                .map_err(engine_err)?;
+        }
+        Ok(())
+    }
+
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), EngineVmError> {
+        Vm::restore_state(self, state).map_err(engine_err)
+    }
+}
