@@ -3,83 +3,11 @@
 
 mod common;
 use axum::http::Method;
+use common::api::*;
 use common::*;
-use covm_remote::client::{self, ApiRequest, ClientError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-struct Api {
-    socket: PathBuf,
-}
-
-impl Api {
-    /// (status, body or error message)
-    fn call(&self, method: Method, endpoint: &'static str, body: Option<&str>) -> (u16, String) {
-        let request = ApiRequest {
-            method,
-            endpoint,
-            body: body.map(|b| b.as_bytes().to_vec()),
-        };
-        match client::send(&self.socket, &request) {
-            Ok(r) => (r.status.as_u16(), String::from_utf8_lossy(&r.body).into_owned()),
-            Err(ClientError::Server { status, message }) => (status.as_u16(), message),
-            Err(e) => panic!("{endpoint}: {e}"),
-        }
-    }
-
-    fn get(&self, endpoint: &'static str) -> (u16, String) {
-        self.call(Method::GET, endpoint, None)
-    }
-
-    fn put(&self, endpoint: &'static str, body: Option<&str>) -> (u16, String) {
-        self.call(Method::PUT, endpoint, body)
-    }
-
-    fn state(&self) -> String {
-        let (status, body) = self.get("/vm.info");
-        assert_eq!(status, 200, "{body}");
-        let info: serde_json::Value = serde_json::from_str(&body).unwrap();
-        info["state"].as_str().unwrap().to_string()
-    }
-
-    fn wait_ready(&self) {
-        let start = Instant::now();
-        while client::send(
-            &self.socket,
-            &ApiRequest {
-                method: Method::GET,
-                endpoint: "/vmm.ping",
-                body: None,
-            },
-        )
-        .is_err()
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "covm never answered on {}",
-                self.socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// Starts covm with `--api-socket` and `extra` arguments.
-fn start(dir: &Scratch, extra: &[&str]) -> (Child, Api) {
-    let socket = dir.path("api.sock");
-    let child = covm()
-        .arg("--api-socket")
-        .arg(format!("path={}", socket.display()))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let api = Api { socket };
-    api.wait_ready();
-    (child, api)
-}
 
 fn dirty_config(serial: &Path) -> String {
     format!(

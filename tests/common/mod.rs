@@ -2,6 +2,8 @@
 //! real KVM, with its serial output in a temporary file.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

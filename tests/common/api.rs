@@ -1,0 +1,84 @@
+//! The test side of covm's API: covm-remote's HTTP client over the socket.
+
+use super::*;
+use axum::http::Method;
+use covm_remote::client::{self, ApiRequest, ClientError};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Api {
+    pub socket: PathBuf,
+}
+
+impl Api {
+    /// (status, body or error message)
+    pub fn call(&self, method: Method, endpoint: &'static str, body: Option<&str>) -> (u16, String) {
+        let request = ApiRequest {
+            method,
+            endpoint,
+            body: body.map(|b| b.as_bytes().to_vec()),
+        };
+        match client::send(&self.socket, &request) {
+            Ok(r) => (r.status.as_u16(), String::from_utf8_lossy(&r.body).into_owned()),
+            Err(ClientError::Server { status, message }) => (status.as_u16(), message),
+            Err(e) => panic!("{endpoint}: {e}"),
+        }
+    }
+
+    pub fn get(&self, endpoint: &'static str) -> (u16, String) {
+        self.call(Method::GET, endpoint, None)
+    }
+
+    pub fn put(&self, endpoint: &'static str, body: Option<&str>) -> (u16, String) {
+        self.call(Method::PUT, endpoint, body)
+    }
+
+    pub fn state(&self) -> String {
+        let (status, body) = self.get("/vm.info");
+        assert_eq!(status, 200, "{body}");
+        let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+        info["state"].as_str().unwrap().to_string()
+    }
+
+    pub fn wait_ready(&self) {
+        let start = Instant::now();
+        while client::send(
+            &self.socket,
+            &ApiRequest {
+                method: Method::GET,
+                endpoint: "/vmm.ping",
+                body: None,
+            },
+        )
+        .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "covm never answered on {}",
+                self.socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Starts covm with `--api-socket` (api.sock in `dir`) and `extra` arguments.
+pub fn start(dir: &Scratch, extra: &[&str]) -> (Child, Api) {
+    start_at(dir.path("api.sock"), extra)
+}
+
+/// Starts covm with its API on `socket` and `extra` arguments.
+pub fn start_at(socket: PathBuf, extra: &[&str]) -> (Child, Api) {
+    let child = covm()
+        .arg("--api-socket")
+        .arg(format!("path={}", socket.display()))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let api = Api { socket };
+    api.wait_ready();
+    (child, api)
+}

@@ -1,0 +1,370 @@
+//! Live migration between real covm processes on real KVM, with the
+//! built-in firmware's `dirty` workload verifying every page it wrote.
+
+mod common;
+use common::api::*;
+use common::*;
+use std::io::Write;
+use std::path::Path;
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One migration at a time: two guests of two vCPUs each already fill this
+/// machine's two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn heartbeat_numbers(serial: &Path) -> Vec<u64> {
+    std::fs::read_to_string(serial)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("heartbeat ")?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn no_fail(serial: &Path) {
+    let text = std::fs::read_to_string(serial).unwrap_or_default();
+    assert!(!text.contains("FAIL"), "{}:\n{text}", serial.display());
+}
+
+fn wait_heartbeats(serial: &Path, at_least: usize) {
+    wait_for_serial(serial, Duration::from_secs(60), |t| {
+        t.lines().filter(|l| l.starts_with("heartbeat ")).count() >= at_least
+    });
+    assert!(
+        heartbeat_numbers(serial).len() >= at_least,
+        "{} has too few heartbeats",
+        serial.display()
+    );
+}
+
+/// A covm waiting for a migration, its serial output in `serial`.
+fn destination(dir: &Scratch, name: &str) -> (Child, Api, std::path::PathBuf) {
+    let serial = dir.path(&format!("{name}.txt"));
+    let (child, api) = start_at(
+        dir.path(&format!("{name}.sock")),
+        &["--serial", &format!("file={}", serial.display())],
+    );
+    (child, api, serial)
+}
+
+/// A covm running the dirty workload.
+fn source(dir: &Scratch, name: &str, workload: &str) -> (Child, Api, std::path::PathBuf) {
+    let serial = dir.path(&format!("{name}.txt"));
+    let (child, api) = start_at(
+        dir.path(&format!("{name}.sock")),
+        &[
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=512M",
+            "--cmdline",
+            workload,
+            "--serial",
+            &format!("file={}", serial.display()),
+        ],
+    );
+    (child, api, serial)
+}
+
+fn free_tcp_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("tcp:127.0.0.1:{port}")
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("covm did not exit within {within:?}");
+}
+
+/// Migrates from `src` to `dst` over `url` and checks the guest lives on.
+fn migrate(src: (&mut Child, &Api, &Path), dst: (&Api, &Path), url: &str) {
+    let (src_child, src_api, src_serial) = src;
+    let (dst_api, dst_serial) = dst;
+    let receive = format!(r#"{{"receiver_url": "{url}"}}"#);
+    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let send = format!(r#"{{"destination_url": "{url}", "downtime_ms": 300, "timeout_s": 120}}"#);
+    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
+    assert_eq!(
+        wait_exit(src_child, Duration::from_secs(180)),
+        Some(0),
+        "the source must exit 0 after the commit"
+    );
+    let last_at_source = *heartbeat_numbers(src_serial).last().expect("heartbeats at the source");
+    assert_eq!(dst_api.state(), "Running");
+    wait_for_serial(dst_serial, Duration::from_secs(60), |_| {
+        heartbeat_numbers(dst_serial)
+            .iter()
+            .filter(|&&n| n > last_at_source)
+            .count()
+            >= 5
+    });
+    let continued = heartbeat_numbers(dst_serial);
+    assert!(
+        continued.iter().filter(|&&n| n > last_at_source).count() >= 5,
+        "the destination did not continue the heartbeat after {last_at_source}: {continued:?}"
+    );
+    no_fail(src_serial);
+    no_fail(dst_serial);
+}
+
+fn shutdown(mut child: Child, api: &Api) {
+    assert_eq!(api.put("/vmm.shutdown", None).0, 204);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn dirtying_guest_migrates_over_a_unix_socket() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("mig-unix");
+    let (dst_child, dst_api, dst_serial) = destination(&dir, "dst");
+    // 256 MiB written continuously, as fast as the vCPUs can.
+    let (mut src_child, src_api, src_serial) = source(&dir, "src", "workload=dirty mib=256");
+    wait_heartbeats(&src_serial, 5);
+    let url = format!("unix:{}", dir.path("migration.sock").display());
+    migrate((&mut src_child, &src_api, &src_serial), (&dst_api, &dst_serial), &url);
+    let (_, info) = dst_api.get("/vm.info");
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["migration"]["direction"], "receive");
+    assert!(info["migration"]["report"].is_object(), "{info}");
+    shutdown(dst_child, &dst_api);
+}
+
+#[test]
+fn dirtying_guest_migrates_over_tcp_twice_in_a_row() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("mig-tcp");
+    let (mut a_child, a_api, a_serial) = source(&dir, "a", "workload=dirty mib=256 rate=64");
+    let (mut b_child, b_api, b_serial) = destination(&dir, "b");
+    let (c_child, c_api, c_serial) = destination(&dir, "c");
+    wait_heartbeats(&a_serial, 5);
+    migrate((&mut a_child, &a_api, &a_serial), (&b_api, &b_serial), &free_tcp_url());
+    // B now runs the guest and sends it on to C.
+    migrate((&mut b_child, &b_api, &b_serial), (&c_api, &c_serial), &free_tcp_url());
+    shutdown(c_child, &c_api);
+}
+
+#[test]
+fn killed_destination_leaves_the_source_running_and_a_retry_succeeds() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("mig-kill");
+    let (mut src_child, src_api, src_serial) = source(&dir, "src", "workload=dirty mib=256");
+    let (mut doomed, doomed_api, _) = destination(&dir, "doomed");
+    wait_heartbeats(&src_serial, 3);
+    let url = free_tcp_url();
+    assert_eq!(
+        doomed_api
+            .put(
+                "/vm.receive-migration",
+                Some(&format!(r#"{{"receiver_url": "{url}"}}"#))
+            )
+            .0,
+        204
+    );
+    assert_eq!(
+        src_api
+            .put(
+                "/vm.send-migration",
+                Some(&format!(r#"{{"destination_url": "{url}"}}"#))
+            )
+            .0,
+        204
+    );
+    // Kill the destination once pages are flowing.
+    let start = Instant::now();
+    loop {
+        let (_, info) = src_api.get("/vm.info");
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        if info["migration"]["progress"]["bytes_transferred"].as_u64().unwrap_or(0) > 32 << 20 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no pages flowed: {info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    doomed.kill().unwrap();
+    let _ = doomed.wait();
+    // The source notices, keeps the guest and says why.
+    let start = Instant::now();
+    let error = loop {
+        let (_, info) = src_api.get("/vm.info");
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        if let Some(error) = info["migration"]["error"].as_str() {
+            assert_eq!(info["state"], "Running");
+            break error.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the source never noticed: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!error.is_empty());
+    assert!(src_child.try_wait().unwrap().is_none(), "the source exited");
+    let before = heartbeat_numbers(&src_serial).len();
+    wait_heartbeats(&src_serial, before + 5);
+    no_fail(&src_serial);
+    // A second attempt to a fresh destination succeeds.
+    let (fresh_child, fresh_api, fresh_serial) = destination(&dir, "fresh");
+    migrate(
+        (&mut src_child, &src_api, &src_serial),
+        (&fresh_api, &fresh_serial),
+        &free_tcp_url(),
+    );
+    shutdown(fresh_child, &fresh_api);
+}
+
+#[test]
+fn garbage_truncated_and_out_of_order_frames_are_refused() {
+    if !kvm_available() {
+        return;
+    }
+    use covm_migration::protocol::{write_frame, Message, PROTOCOL_VERSION};
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("mig-garbage");
+    let (dst_child, dst_api, dst_serial) = destination(&dir, "dst");
+    let sock = dir.path("migration.sock");
+    let url = format!("unix:{}", sock.display());
+    assert_eq!(
+        dst_api
+            .put(
+                "/vm.receive-migration",
+                Some(&format!(r#"{{"receiver_url": "{url}"}}"#))
+            )
+            .0,
+        204
+    );
+    let hello = Message::Hello {
+        version: PROTOCOL_VERSION,
+        config: br#"{"payload": {}}"#.to_vec(),
+    };
+    let mut valid = Vec::new();
+    write_frame(&mut valid, 0, &hello).unwrap();
+    let mut skipped = Vec::new();
+    write_frame(&mut skipped, 5, &hello).unwrap();
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n".repeat(10)),
+        ("truncated", valid[..valid.len() - 7].to_vec()),
+        ("out of order", skipped),
+    ];
+    for (what, bytes) in attacks {
+        let mut stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let _ = stream.write_all(&bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        use std::io::Read;
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = stream.read_to_end(&mut answer);
+        // Still alive, still empty, still listening.
+        assert_eq!(dst_api.get("/vmm.ping").0, 200, "covm died on {what}");
+        assert_eq!(dst_api.get("/vm.info").0, 404, "a VM appeared after {what}");
+    }
+    let (_, info) = dst_api.get("/vmm.ping");
+    assert!(info.contains("version"));
+    // And a real source still gets through afterwards.
+    let (mut src_child, src_api, src_serial) = source(&dir, "src", "workload=dirty mib=64 rate=32");
+    wait_heartbeats(&src_serial, 3);
+    let send = format!(r#"{{"destination_url": "{url}"}}"#);
+    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
+    assert_eq!(wait_exit(&mut src_child, Duration::from_secs(120)), Some(0));
+    wait_heartbeats(&dst_serial, 3);
+    no_fail(&dst_serial);
+    shutdown(dst_child, &dst_api);
+}
+
+#[test]
+fn bad_migration_requests_are_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = Scratch::new("mig-bad");
+    let (child, api) = start(&dir, &[]);
+    let expect = |got: (u16, String), status: u16, needle: &str| {
+        assert_eq!(got.0, status, "{}", got.1);
+        assert!(got.1.contains(needle), "expected {needle:?} in {:?}", got.1);
+    };
+    expect(
+        api.put("/vm.send-migration", Some(r#"{"destination_url": "tcp:127.0.0.1:1"}"#)),
+        404,
+        "no VM",
+    );
+    expect(
+        api.put("/vm.send-migration", Some(r#"{"destination_url": "ftp:x"}"#)),
+        400,
+        "destination_url",
+    );
+    expect(
+        api.put(
+            "/vm.send-migration",
+            Some(r#"{"destination_url": "unix:/x", "local": true}"#),
+        ),
+        400,
+        "local migration",
+    );
+    expect(
+        api.put("/vm.receive-migration", Some(r#"{"receiver_url": 5}"#)),
+        400,
+        "ReceiveMigrationData",
+    );
+    assert_eq!(
+        api.put(
+            "/vm.create",
+            Some(r#"{"payload": {"cmdline": "workload=dirty mib=8 rate=8"}}"#)
+        )
+        .0,
+        204
+    );
+    expect(
+        api.put("/vm.receive-migration", Some(r#"{"receiver_url": "unix:/tmp/x.sock"}"#)),
+        405,
+        "already exists",
+    );
+    expect(
+        api.put("/vm.send-migration", Some(r#"{"destination_url": "tcp:127.0.0.1:1"}"#)),
+        405,
+        "it is Created",
+    );
+    assert_eq!(api.put("/vm.boot", None).0, 204);
+    // Nobody listens there: the attempt fails and the guest keeps running.
+    assert_eq!(
+        api.put("/vm.send-migration", Some(r#"{"destination_url": "tcp:127.0.0.1:1"}"#))
+            .0,
+        204
+    );
+    let start = Instant::now();
+    loop {
+        let (_, info) = api.get("/vm.info");
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        if info["migration"]["error"].is_string() {
+            assert_eq!(info["state"], "Running");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        api.put("/vm.pause", None).0,
+        204,
+        "the VM is back under the control loop"
+    );
+    shutdown(child, &api);
+}
