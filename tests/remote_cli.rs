@@ -140,3 +140,68 @@ fn every_subcommand_against_covm() {
     refused(&remote(&socket, &["ping"]), "does not exist");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn send_and_receive_migration_follow_to_the_end() {
+    let Some(covm) = covm_binary() else { return };
+    if !kvm_usable() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("covm-remote-mig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src_sock, dst_sock) = (dir.join("src.sock"), dir.join("dst.sock"));
+    let dst_serial = dir.join("dst.txt");
+    let mut dst = Command::new(&covm)
+        .arg("--api-socket")
+        .arg(&dst_sock)
+        .arg("--serial")
+        .arg(format!("file={}", dst_serial.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut src = Command::new(&covm)
+        .args([
+            "--cpus",
+            "boot=2",
+            "--cmdline",
+            "workload=dirty mib=32 rate=32",
+            "--serial",
+            "null",
+        ])
+        .arg("--api-socket")
+        .arg(&src_sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for sock in [&src_sock, &dst_sock] {
+        let start = Instant::now();
+        while !remote(sock, &["ping"]).status.success() {
+            assert!(start.elapsed() < Duration::from_secs(20), "covm did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let url = format!("unix:{}", dir.join("mig.sock").display());
+    assert_eq!(ok(&remote(&dst_sock, &["receive-migration", &url])), "");
+    refused(
+        &remote(&src_sock, &["send-migration", "--local", &url]),
+        "local migration",
+    );
+    let out = remote(&src_sock, &["send-migration", "--downtime-ms", "300", &url]);
+    let report: serde_json::Value = serde_json::from_str(&ok(&out)).expect("the report as JSON");
+    assert!(
+        report["downtime_ms"].is_number() || report["completed"] == true,
+        "{report}"
+    );
+    assert_eq!(src.wait().unwrap().code(), Some(0), "the source exits after the commit");
+    let info: serde_json::Value = serde_json::from_str(&ok(&remote(&dst_sock, &["info"]))).unwrap();
+    assert_eq!(info["state"], "Running");
+    ok(&remote(&dst_sock, &["shutdown-vmm"]));
+    let _ = dst.wait();
+    assert!(!std::fs::read_to_string(&dst_serial)
+        .unwrap_or_default()
+        .contains("FAIL"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,3 +2,4 @@
 //! `covm-remote` binary and covm's end-to-end tests.
 
 pub mod client;
+pub mod follow;

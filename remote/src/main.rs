@@ -3,6 +3,7 @@
 //! (`covm-remote --api-socket PATH <command>`). See docs/api.md.
 
 use covm_remote::client;
+use covm_remote::follow;
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -57,6 +58,32 @@ enum Command {
     Delete,
     /// Shut the VMM down (covm exits)
     ShutdownVmm,
+    /// Live-migrate the VM to a covm waiting in receive-migration; follows
+    /// the progress until it ends and prints the report
+    SendMigration {
+        /// Migrate on the same host by sharing memory (refused by covm)
+        #[arg(long)]
+        local: bool,
+        /// Downtime target in milliseconds (covm's default: 300)
+        #[arg(long, value_name = "MS")]
+        downtime_ms: Option<u64>,
+        /// Longest pre-copy in seconds (covm's default: 3600)
+        #[arg(long, value_name = "S")]
+        timeout_s: Option<u64>,
+        /// What to do at the timeout: Cancel (keep the VM here) or Ignore (finish anyway)
+        #[arg(long, value_parser = ["Cancel", "Ignore"])]
+        timeout_strategy: Option<String>,
+        /// Start it and return without following the progress
+        #[arg(long)]
+        no_wait: bool,
+        /// tcp:HOST:PORT or unix:PATH
+        destination_url: String,
+    },
+    /// Wait for an incoming migration at URL (in a covm with no VM)
+    ReceiveMigration {
+        /// tcp:HOST:PORT or unix:PATH
+        receiver_url: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +96,8 @@ enum Error {
     ConfigNotJson { path: PathBuf, source: serde_json::Error },
     #[error("VM configuration file {0} is not a JSON object")]
     ConfigNotObject(PathBuf),
+    #[error(transparent)]
+    Migration(#[from] follow::FollowError),
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -89,6 +118,8 @@ impl Command {
             Command::PowerButton => (Method::PUT, "/vm.power-button"),
             Command::Delete => (Method::PUT, "/vm.delete"),
             Command::ShutdownVmm => (Method::PUT, "/vmm.shutdown"),
+            Command::SendMigration { .. } => (Method::PUT, "/vm.send-migration"),
+            Command::ReceiveMigration { .. } => (Method::PUT, "/vm.receive-migration"),
         }
     }
 
@@ -97,6 +128,31 @@ impl Command {
         let (method, endpoint) = self.endpoint();
         let body = match self {
             Command::Create { path } => Some(read_config(path)?),
+            Command::SendMigration {
+                local,
+                downtime_ms,
+                timeout_s,
+                timeout_strategy,
+                destination_url,
+                ..
+            } => {
+                let mut body = serde_json::json!({ "destination_url": destination_url, "local": local });
+                if let Some(ms) = downtime_ms {
+                    body["downtime_ms"] = (*ms).into();
+                }
+                if let Some(s) = timeout_s {
+                    body["timeout_s"] = (*s).into();
+                }
+                if let Some(strategy) = timeout_strategy {
+                    body["timeout_strategy"] = strategy.as_str().into();
+                }
+                Some(body.to_string().into_bytes())
+            }
+            Command::ReceiveMigration { receiver_url } => Some(
+                serde_json::json!({ "receiver_url": receiver_url })
+                    .to_string()
+                    .into_bytes(),
+            ),
             _ => None,
         };
         Ok(ApiRequest { method, endpoint, body })
@@ -156,6 +212,10 @@ fn run(cli: &Cli) -> Result<(), Error> {
                 if let Some(text) = render(&response.body) {
                     println!("{text}");
                 }
+            }
+            if let Command::SendMigration { no_wait: false, .. } = cli.command {
+                let report = follow::follow_migration(&cli.api_socket)?;
+                println!("{}", render(report.to_string().as_bytes()).unwrap_or_default());
             }
             Ok(())
         }

@@ -166,6 +166,10 @@ pub enum Event {
     },
 }
 
+/// How long a source whose VM migrated away waits for a client to read
+/// the report before it exits.
+const REPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The current or last migration, for `vm.info`.
 struct MigrationStatus {
     direction: &'static str,
@@ -182,6 +186,9 @@ pub struct Vmm {
     serial_override: Option<SerialMode>,
     migration: Option<MigrationStatus>,
     pending_exit: Option<VmExit>,
+    /// Set once the VM has migrated away: covm exits at this instant, or as
+    /// soon as a client has read the final report.
+    exit_deadline: Option<Instant>,
     hooks: Vec<TestHook>,
     config: Option<VmConfig>,
     vm: Option<Vm>,
@@ -212,6 +219,7 @@ impl Vmm {
             serial_override,
             migration: None,
             pending_exit: None,
+            exit_deadline: None,
             hooks,
             config: None,
             vm: None,
@@ -244,13 +252,26 @@ impl Vmm {
     /// Runs the control loop until covm should exit; returns the exit status.
     pub fn run(mut self) -> i32 {
         loop {
-            let event = self
-                .events_rx
-                .recv()
-                .expect("the VMM holds a sender, so the channel stays open");
+            let event = match self.exit_deadline {
+                None => self
+                    .events_rx
+                    .recv()
+                    .expect("the VMM holds a sender, so the channel stays open"),
+                Some(deadline) => match self
+                    .events_rx
+                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.finish();
+                        return 0;
+                    }
+                },
+            };
             match event {
                 Event::Api(request, responder) => {
-                    let exit_after = matches!(request, Request::ShutdownVmm);
+                    let exit_after = matches!(request, Request::ShutdownVmm)
+                        || (self.exit_deadline.is_some() && matches!(request, Request::Info));
                     let reply = self.handle(request);
                     // A client that hung up does not care about the answer.
                     let _ = responder.send(reply);
@@ -274,8 +295,12 @@ impl Vmm {
                 Event::MigrationSent { result: Ok(report), .. } => {
                     tracing::info!("migration completed; the destination runs the guest: {report}");
                     eprintln!("covm: migration completed: {report}");
-                    self.finish();
-                    return 0;
+                    self.state = VmState::Shutdown;
+                    if let Some(m) = &mut self.migration {
+                        m.outcome = Some(Ok(report));
+                    }
+                    // Let a client following the migration read the report.
+                    self.exit_deadline = Some(Instant::now() + REPORT_GRACE);
                 }
                 Event::MigrationSent { result: Err(error), vm } => {
                     tracing::warn!("migration failed, the guest keeps running here: {error}");
