@@ -51,6 +51,13 @@ pub trait SourceVm: Send {
     /// Copies guest memory at `gpa` into `buf`.
     fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), VmError>;
 
+    /// For each of `pages` pages from `gpa`: `true` if the page is known to
+    /// be zero without reading it (never populated in the host), `false`
+    /// if unknown. Reading untouched memory costs a host page fault per
+    /// page, which is slow under nested virtualisation; the engine skips
+    /// the reads of pages reported here.
+    fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, VmError>;
+
     /// Slows the vCPUs so they run only `100 - percent` % of the time
     /// (0 = full speed), to let pre-copy converge.
     fn set_throttle(&mut self, percent: u8) -> Result<(), VmError>;

@@ -89,6 +89,26 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
     map
 }
 
+/// For each of `pages` host pages from `host_addr` (in this process):
+/// whether it was never populated, so reads as zero without being touched.
+///
+/// From `/proc/self/pagemap`: a page neither present (bit 63) nor swapped
+/// (bit 62) in a private anonymous mapping has never been written. The
+/// answer can only go stale towards "populated" (the guest may write
+/// later), which the dirty log covers.
+pub fn unpopulated_host_pages(host_addr: u64, pages: u64) -> std::io::Result<Vec<bool>> {
+    use std::os::unix::fs::FileExt;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+    let mut raw = vec![0u8; pages as usize * 8];
+    pagemap.read_exact_at(&mut raw, host_addr / 4096 * 8)?;
+    Ok(raw
+        .chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().expect("8-byte entries")) & (PRESENT | SWAPPED) == 0)
+        .collect())
+}
+
 /// End of RAM below the MMIO hole.
 pub fn low_ram_end(size: u64) -> u64 {
     size.min(MMIO_HOLE_START)
@@ -157,6 +177,17 @@ mod tests {
         );
         let total: u64 = map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
         assert_eq!(total, (5 << 30) - (0x100000 - 0x9fc00));
+    }
+
+    #[test]
+    fn pagemap_tells_untouched_pages() {
+        let mem = allocate(16 << 20).unwrap();
+        let region = mem.iter().next().unwrap();
+        let base = region.as_ptr() as u64;
+        mem.write_obj(1u8, GuestAddress(0x3000)).unwrap();
+        let pages = unpopulated_host_pages(base, 8).unwrap();
+        assert!(!pages[3], "a written page is populated");
+        assert!(pages[5], "an untouched page is not");
     }
 
     #[test]

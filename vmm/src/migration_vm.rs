@@ -42,6 +42,10 @@ impl SourceVm for Vm {
         self.memory().read_slice(buf, GuestAddress(gpa)).map_err(engine_err)
     }
 
+    fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, EngineVmError> {
+        self.unpopulated_pages(gpa, pages).map_err(engine_err)
+    }
+
     fn set_throttle(&mut self, percent: u8) -> Result<(), EngineVmError> {
         Vm::set_throttle(self, percent);
         Ok(())

@@ -87,6 +87,9 @@ pub enum VmError {
     /// Dirty logging.
     #[error(transparent)]
     DirtyLog(#[from] dirty_log::DirtyLogError),
+    /// /proc/self/pagemap could not be read.
+    #[error("cannot read /proc/self/pagemap: {0}")]
+    PageMap(std::io::Error),
     /// Something this host's KVM cannot do.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -293,6 +296,33 @@ impl Vm {
     /// Pages written since last cleared: (region start, length, one bit per page).
     pub fn dirty_bitmaps(&self) -> Result<Vec<(u64, u64, Vec<u64>)>, VmError> {
         Ok(dirty_log::dirty_bitmaps(&self.vm_fd, &self.memory)?)
+    }
+
+    /// For each of `pages` guest pages from `gpa` (inside one region):
+    /// whether the host never populated it, so it is zero without reading.
+    pub fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, VmError> {
+        let region = self
+            .memory
+            .iter()
+            .find(|r| r.start_addr().0 <= gpa && gpa + pages * dirty_log::PAGE_SIZE <= r.start_addr().0 + r.len())
+            .ok_or(VmError::Unsupported("page range outside guest memory"))?;
+        let host = region.as_ptr() as u64 + (gpa - region.start_addr().0);
+        memory::unpopulated_host_pages(host, pages).map_err(VmError::PageMap)
+    }
+
+    /// Whether covm wrote the page at `gpa` through vm-memory since the VM
+    /// was created (the guest's own writes are not counted: this serves
+    /// incoming VMs, which do not run while they are filled).
+    pub fn written_since_creation(&self, gpa: u64) -> bool {
+        use vm_memory::bitmap::Bitmap;
+        self.memory
+            .iter()
+            .find(|r| r.start_addr().0 <= gpa && gpa < r.start_addr().0 + r.len())
+            .is_some_and(|r| {
+                std::ops::Deref::deref(r)
+                    .bitmap()
+                    .dirty_at((gpa - r.start_addr().0) as usize)
+            })
     }
 
     /// Clears and re-arms dirty tracking of `pages` pages from `gpa`.

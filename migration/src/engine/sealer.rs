@@ -110,8 +110,25 @@ impl Sealer for PlainSealer {
         // the zero pages out in place: no copy when none is zero.
         self.gpas.clear();
         self.data.resize(n * PAGE_BYTES, 0);
-        vm.read_memory(gpa, &mut self.data)
-            .map_err(MigrationError::vm("read guest memory"))?;
+        let unpopulated = vm
+            .unpopulated_pages(gpa, count)
+            .map_err(MigrationError::vm("query unpopulated guest pages"))?;
+        if !unpopulated.iter().any(|&u| u) {
+            vm.read_memory(gpa, &mut self.data)
+                .map_err(MigrationError::vm("read guest memory"))?;
+        } else {
+            // Never-populated pages are zero: fill them instead of reading
+            // (and faulting them in), read the others one by one.
+            for (i, &skip) in unpopulated.iter().enumerate().take(n) {
+                let page = &mut self.data[i * PAGE_BYTES..(i + 1) * PAGE_BYTES];
+                if skip {
+                    page.fill(0);
+                } else {
+                    vm.read_memory(gpa + (i * PAGE_BYTES) as u64, page)
+                        .map_err(MigrationError::vm("read guest memory"))?;
+                }
+            }
+        }
         let mut carried = Carried {
             round,
             pages: count,

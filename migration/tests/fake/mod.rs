@@ -146,6 +146,10 @@ impl SourceVm for FakeSource {
         g.run_guest(buf.len() / PAGE);
         Ok(())
     }
+    fn unpopulated_pages(&self, _gpa: u64, pages: u64) -> Result<Vec<bool>, VmError> {
+        // The fake keeps plain Vec memory: nothing is known without reading.
+        Ok(vec![false; pages as usize])
+    }
     fn set_throttle(&mut self, percent: u8) -> Result<(), VmError> {
         let mut g = self.guest();
         g.throttle = percent;

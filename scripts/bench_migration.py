@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Live-migration benchmark: covm against QEMU on the same guest, same run.
+
+For each guest (256 MiB and 1 GiB) and load (idle, dirtying at 64 and at
+256 MiB/s) the built-in firmware's `dirty` workload runs on 2 vCPUs and is
+migrated over loopback TCP with a 300 ms downtime target, by covm
+(vm.send-migration) and by QEMU (-incoming, QMP migrate with auto-converge,
+no bandwidth cap). The loopback TCP bandwidth of one stream is measured in
+the same run. Medians of --runs runs.
+
+Usage: python3 scripts/bench_migration.py [--runs 3] [--no-qemu]
+       (after cargo build --release; QEMU from Debian's qemu-system-x86)
+"""
+import argparse, json, os, shutil, socket, statistics, subprocess, tempfile, threading, time
+import http.client
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COVM = os.path.join(ROOT, "target/release/covm")
+GUESTS = [(256, 128), (1024, 512)]  # (memory MiB, dirty region MiB)
+LOADS = [("idle", 1), ("64 MiB/s", 64), ("256 MiB/s", 256)]
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost")
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(self.path)
+
+
+def api(sock, method, endpoint, body=None):
+    c = UnixHTTP(sock)
+    c.request(method, "/api/v1/" + endpoint, body=json.dumps(body) if body is not None else None)
+    r = c.getresponse()
+    data = r.read()
+    c.close()
+    return r.status, data
+
+
+def wait_socket(path):
+    for _ in range(500):
+        if os.path.exists(path):
+            try:
+                api(path, "GET", "vmm.ping")
+                return
+            except OSError:
+                pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{path} never came up")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def loopback_bandwidth(total=2 << 30):
+    """One TCP stream over loopback, bytes/s."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    got = [0]
+
+    def sink():
+        c, _ = srv.accept()
+        while True:
+            b = c.recv(1 << 20)
+            if not b:
+                break
+            got[0] += len(b)
+
+    t = threading.Thread(target=sink)
+    t.start()
+    buf = b"\x01" * (1 << 20)
+    s = socket.create_connection(("127.0.0.1", port))
+    t0 = time.perf_counter()
+    for _ in range(total >> 20):
+        s.sendall(buf)
+    s.close()
+    t.join()
+    return got[0] / (time.perf_counter() - t0)
+
+
+def covm_run(mem, region, rate, tmp):
+    src_sock, dst_sock = os.path.join(tmp, "s.sock"), os.path.join(tmp, "d.sock")
+    for p in (src_sock, dst_sock):
+        if os.path.exists(p):
+            os.unlink(p)
+    dst = subprocess.Popen([COVM, "--api-socket", dst_sock, "--serial", "null"], stderr=subprocess.DEVNULL)
+    src = subprocess.Popen([COVM, "--api-socket", src_sock, "--cpus", "boot=2", "--memory", f"size={mem}M",
+                            "--serial", "null", "--cmdline", f"workload=dirty mib={region} rate={rate}"],
+                           stderr=subprocess.PIPE, text=True)
+    wait_socket(src_sock)
+    wait_socket(dst_sock)
+    time.sleep(3)  # the workload touches its whole region
+    url = f"tcp:127.0.0.1:{free_port()}"
+    assert api(dst_sock, "PUT", "vm.receive-migration", {"receiver_url": url})[0] == 204
+    assert api(src_sock, "PUT", "vm.send-migration", {"destination_url": url, "downtime_ms": 300})[0] == 204
+    _, err = src.communicate(timeout=600)
+    line = next(l for l in err.splitlines() if "migration completed:" in l)
+    report = json.loads(line.split("migration completed:", 1)[1])
+    api(dst_sock, "PUT", "vmm.shutdown")
+    dst.wait(timeout=30)
+    return report["total_ms"], report["downtime_ms"], report["bytes_sent"] / (report["total_ms"] / 1e3), report["rounds"]
+
+
+def firmware_elf():
+    out = os.path.join(ROOT, "target/release/build")
+    for d in sorted(os.listdir(out)):
+        p = os.path.join(out, d, "out/firmware-target/x86_64-unknown-linux-gnu/release/covm-firmware")
+        if os.path.exists(p):
+            return p
+    raise SystemExit("firmware ELF not found: cargo build --release first")
+
+
+def qmp(sock_path):
+    s = socket.socket(socket.AF_UNIX)
+    for _ in range(500):
+        try:
+            s.connect(sock_path)
+            break
+        except OSError:
+            time.sleep(0.01)
+    f = s.makefile("rw")
+    json.loads(f.readline())
+
+    def cmd(name, args=None):
+        f.write(json.dumps({"execute": name, "arguments": args or {}}) + "\n")
+        f.flush()
+        while True:
+            msg = json.loads(f.readline())
+            if "return" in msg or "error" in msg:
+                return msg
+    cmd("qmp_capabilities")
+    return cmd
+
+
+def qemu_run(mem, region, rate, tmp):
+    qemu = shutil.which("qemu-system-x86_64")
+    fw = firmware_elf()
+    port = free_port()
+    base = [qemu, "-accel", "kvm", "-machine", "microvm", "-cpu", "host,-arch-capabilities", "-smp", "2",
+            "-m", f"{mem}M", "-nographic", "-nodefaults", "-serial", "null", "-kernel", fw,
+            "-append", f"workload=dirty mib={region} rate={rate}"]
+    src_q, dst_q = os.path.join(tmp, "qs.sock"), os.path.join(tmp, "qd.sock")
+    dst = subprocess.Popen(base + ["-qmp", f"unix:{dst_q},server=on,wait=off", "-incoming", f"tcp:127.0.0.1:{port}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    src = subprocess.Popen(base + ["-qmp", f"unix:{src_q},server=on,wait=off"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cmd = qmp(src_q)
+        time.sleep(3)
+        cmd("migrate-set-capabilities", {"capabilities": [{"capability": "auto-converge", "state": True}]})
+        cmd("migrate-set-parameters", {"downtime-limit": 300, "max-bandwidth": 100 << 30})
+        cmd("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        while True:
+            r = cmd("query-migrate")["return"]
+            if r.get("status") == "completed":
+                ram = r["ram"]
+                total = r["total-time"]
+                return total, r.get("downtime", 0), ram["transferred"] / (total / 1e3), ram.get("dirty-sync-count", 0)
+            if r.get("status") == "failed":
+                raise RuntimeError(f"QEMU migration failed: {r}")
+            time.sleep(0.05)
+    finally:
+        src.kill()
+        dst.kill()
+        src.wait()
+        dst.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-qemu", action="store_true")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    bw = loopback_bandwidth()
+    print(f"loopback TCP, one stream: {bw / 1e9:.2f} GB/s")
+    print(f"{'guest':>6} {'load':>10} {'vmm':>5} {'total ms':>9} {'downtime ms':>12} {'throughput GB/s':>16} {'% of loopback':>14} {'rounds':>7}")
+    for mem, region in GUESTS:
+        for label, rate in LOADS:
+            runners = [("covm", covm_run)]
+            if not args.no_qemu and shutil.which("qemu-system-x86_64"):
+                runners.append(("qemu", qemu_run))
+            for name, run in runners:
+                results = [run(mem, region, rate, tmp) for _ in range(args.runs)]
+                total, down, thr, rounds = (statistics.median(x) for x in zip(*results))
+                print(f"{mem:>5}M {label:>10} {name:>5} {total:9.1f} {down:12.1f} {thr / 1e9:16.2f} {100 * thr / bw:13.0f}% {rounds:7.0f}")
+
+
+if __name__ == "__main__":
+    main()
