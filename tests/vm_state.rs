@@ -120,3 +120,38 @@ fn state_from_another_shape_of_vm_is_refused() {
         .contains("malformed"));
     assert!(c.restore_state(b"garbage").is_err());
 }
+
+#[test]
+fn zeroing_untouched_pages_of_an_incoming_vm_touches_nothing() {
+    if !kvm_available() {
+        return;
+    }
+    use covm_migration::vm::DestinationVm;
+    let dir = Scratch::new("vmstate-zero");
+    let mut big = config(&dir.path("z.txt"));
+    big.memory.size = 1 << 30;
+    let mut vm = Vm::new_incoming(&big, Instant::now(), Arc::new(|_| {}) as covm::vcpu::ExitNotifier).unwrap();
+    let rss = || {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = rss();
+    DestinationVm::zero_memory(&mut vm, 64 << 20, (512 << 20) / 4096).unwrap();
+    let after = rss();
+    assert!(
+        after - before < 16 << 10,
+        "zeroing 512 MiB of untouched memory grew RSS by {} KiB",
+        after - before
+    );
+    // A page covm wrote is zeroed for real.
+    DestinationVm::write_memory(&mut vm, 0x500_0000, &[7u8; 4096]).unwrap();
+    DestinationVm::zero_memory(&mut vm, 0x500_0000, 1).unwrap();
+    assert_eq!(vm.memory().read_obj::<u8>(GuestAddress(0x500_0000)).unwrap(), 0);
+}

@@ -74,9 +74,16 @@ impl DestinationVm for Vm {
     fn zero_memory(&mut self, gpa: u64, pages: u64) -> Result<(), EngineVmError> {
         const ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
         for page in 0..pages {
-            self.memory()
-                .write_slice(&ZEROS, GuestAddress(gpa + page * PAGE_SIZE))
-                .map_err(engine_err)?;
+            let addr = gpa + page * PAGE_SIZE;
+            // An incoming VM's memory starts zeroed and only covm writes it
+            // before it runs; vm-memory's bitmap marks every page covm
+            // wrote. Writing zeros anywhere else would only fault memory in
+            // (measured: a mostly empty 1 GiB guest took seconds of downtime).
+            if self.written_since_creation(addr) {
+                self.memory()
+                    .write_slice(&ZEROS, GuestAddress(addr))
+                    .map_err(engine_err)?;
+            }
         }
         Ok(())
     }
