@@ -11,8 +11,7 @@ Usage: python3 scripts/bench_api.py [--requests N]   (after cargo build --releas
 """
 import argparse, http.client, os, socket, statistics, subprocess, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COVM = os.path.join(ROOT, "target/release/covm")
+from covm_paths import COVM
 
 
 class UnixConnection(http.client.HTTPConnection):

@@ -16,17 +16,9 @@ Usage: python3 scripts/bench_boot.py [--runs N]   (after cargo build --release)
 """
 import argparse, os, re, shutil, statistics, subprocess, sys, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COVM = os.path.join(ROOT, "target/release/covm")
+from covm_paths import COVM, firmware_elf
 
 
-def firmware_elf():
-    out = os.path.join(ROOT, "target/release/build")
-    for d in sorted(os.listdir(out)):
-        p = os.path.join(out, d, "out/firmware-target/x86_64-unknown-linux-gnu/release/covm-firmware")
-        if os.path.exists(p):
-            return p
-    sys.exit("firmware ELF not found: run cargo build --release first")
 
 
 def timed(cmd, first_byte_of=b"hello"):

@@ -14,8 +14,7 @@ Usage: python3 scripts/bench_migration.py [--runs 3] [--no-qemu]
 import argparse, json, os, shutil, socket, statistics, subprocess, tempfile, threading, time
 import http.client
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COVM = os.path.join(ROOT, "target/release/covm")
+from covm_paths import COVM, firmware_elf
 GUESTS = [(256, 128), (1024, 512)]  # (memory MiB, dirty region MiB)
 LOADS = [("idle", 1), ("64 MiB/s", 64), ("256 MiB/s", 256)]
 
@@ -110,13 +109,6 @@ def covm_run(mem, region, rate, tmp):
     return report["total_ms"], report["downtime_ms"], report["bytes_sent"] / (report["total_ms"] / 1e3), report["rounds"]
 
 
-def firmware_elf():
-    out = os.path.join(ROOT, "target/release/build")
-    for d in sorted(os.listdir(out)):
-        p = os.path.join(out, d, "out/firmware-target/x86_64-unknown-linux-gnu/release/covm-firmware")
-        if os.path.exists(p):
-            return p
-    raise SystemExit("firmware ELF not found: cargo build --release first")
 
 
 def qmp(sock_path):

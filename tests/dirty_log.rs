@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use covm::config::{CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
+use covm::config::VmConfig;
 use covm::vm::Vm;
 use covm_guest_abi::layout::{DIRTY_REGION, PAGE_SIZE};
 use std::path::Path;
@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 fn config(serial: &Path, cmdline: &str) -> VmConfig {
-    VmConfig {
-        cpus: CpusConfig { boot_vcpus: 2 },
-        memory: MemoryConfig { size: 256 << 20 },
-        payload: Payload::BuiltinFirmware,
-        cmdline: cmdline.into(),
-        serial: SerialMode::File(serial.into()),
-        api_socket: None,
-    }
+    firmware_vm_config(serial, cmdline)
 }
 
 fn dirty_in(bitmaps: &[(u64, u64, Vec<u64>)], from: u64, to: u64) -> u64 {

@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use covm::config::{CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
+use covm::config::VmConfig;
 use covm::exit::VmExit;
 use covm::vm::Vm;
 use std::path::Path;
@@ -15,14 +15,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 fn config(serial: &Path) -> VmConfig {
-    VmConfig {
-        cpus: CpusConfig { boot_vcpus: 2 },
-        memory: MemoryConfig { size: 256 << 20 },
-        payload: Payload::BuiltinFirmware,
-        cmdline: "workload=dirty mib=16 rate=32".into(),
-        serial: SerialMode::File(serial.into()),
-        api_socket: None,
-    }
+    firmware_vm_config(serial, "workload=dirty mib=16 rate=32")
 }
 
 fn heartbeat_numbers(text: &str) -> Vec<u64> {

@@ -104,3 +104,17 @@ pub fn wait_for_serial(serial: &Path, deadline: Duration, pred: impl Fn(&str) ->
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A 2-vCPU, 256 MiB VM running the built-in firmware with `cmdline`, its
+/// serial output in `serial`: the in-process tests' guest.
+pub fn firmware_vm_config(serial: &Path, cmdline: &str) -> covm::config::VmConfig {
+    use covm::config::{CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
+    VmConfig {
+        cpus: CpusConfig { boot_vcpus: 2 },
+        memory: MemoryConfig { size: 256 << 20 },
+        payload: Payload::BuiltinFirmware,
+        cmdline: cmdline.into(),
+        serial: SerialMode::File(serial.into()),
+        api_socket: None,
+    }
+}
