@@ -38,7 +38,7 @@ fn wait_heartbeats(serial: &Path, at_least: usize) {
     );
 }
 
-fn exit_status(mut child: Child) -> Option<i32> {
+fn exit_status(mut child: Process) -> Option<i32> {
     wait_with_deadline_status(&mut child)
 }
 
@@ -287,12 +287,14 @@ fn inherited_socket_descriptor_is_served() {
     // Let the child inherit it, as a supervisor (systemd, Kata) would pass it.
     // SAFETY: clearing FD_CLOEXEC on a descriptor this test owns.
     assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
-    let child = covm()
-        .arg("--api-socket")
-        .arg(format!("fd={fd}"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = Process(
+        covm()
+            .arg("--api-socket")
+            .arg(format!("fd={fd}"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     drop(listener);
     let api = Api { socket: path.clone() };
     api.wait_ready();

@@ -39,7 +39,7 @@ fn wait_heartbeats(serial: &Path, at_least: usize) {
 }
 
 /// A covm waiting for a migration, its serial output in `serial`.
-fn destination(dir: &Scratch, name: &str) -> (Child, Api, std::path::PathBuf) {
+fn destination(dir: &Scratch, name: &str) -> (Process, Api, std::path::PathBuf) {
     let serial = dir.path(&format!("{name}.txt"));
     let (child, api) = start_at(
         dir.path(&format!("{name}.sock")),
@@ -49,7 +49,7 @@ fn destination(dir: &Scratch, name: &str) -> (Child, Api, std::path::PathBuf) {
 }
 
 /// A covm running the dirty workload.
-fn source(dir: &Scratch, name: &str, workload: &str) -> (Child, Api, std::path::PathBuf) {
+fn source(dir: &Scratch, name: &str, workload: &str) -> (Process, Api, std::path::PathBuf) {
     let serial = dir.path(&format!("{name}.txt"));
     let (child, api) = start_at(
         dir.path(&format!("{name}.sock")),
@@ -119,7 +119,7 @@ fn migrate(src: (&mut Child, &Api, &Path), dst: (&Api, &Path), url: &str) {
     no_fail(dst_serial);
 }
 
-fn shutdown(mut child: Child, api: &Api) {
+fn shutdown(mut child: Process, api: &Api) {
     assert_eq!(api.put("/vmm.shutdown", None).0, 204);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
 }

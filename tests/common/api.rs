@@ -4,7 +4,7 @@ use super::*;
 use axum::http::Method;
 use covm_remote::client::{self, ApiRequest, ClientError};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 pub struct Api {
@@ -64,12 +64,12 @@ impl Api {
 }
 
 /// Starts covm with `--api-socket` (api.sock in `dir`) and `extra` arguments.
-pub fn start(dir: &Scratch, extra: &[&str]) -> (Child, Api) {
+pub fn start(dir: &Scratch, extra: &[&str]) -> (Process, Api) {
     start_at(dir.path("api.sock"), extra)
 }
 
 /// Starts covm with its API on `socket` and `extra` arguments.
-pub fn start_at(socket: PathBuf, extra: &[&str]) -> (Child, Api) {
+pub fn start_at(socket: PathBuf, extra: &[&str]) -> (Process, Api) {
     let child = covm()
         .arg("--api-socket")
         .arg(format!("path={}", socket.display()))
@@ -78,6 +78,7 @@ pub fn start_at(socket: PathBuf, extra: &[&str]) -> (Child, Api) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let child = Process(child);
     let api = Api { socket };
     api.wait_ready();
     (child, api)

@@ -77,16 +77,44 @@ pub fn wait_with_deadline(mut child: Child, deadline: Duration) -> Output {
     }
 }
 
+/// A covm process that is killed when dropped, so a failing test leaves
+/// no VM running behind it.
+pub struct Process(pub Child);
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts covm in the background with serial output to `serial`.
-pub fn spawn(args: &[&str], serial: &Path) -> Child {
-    covm()
-        .args(args)
-        .arg("--serial")
-        .arg(format!("file={}", serial.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+pub fn spawn(args: &[&str], serial: &Path) -> Process {
+    Process(
+        covm()
+            .args(args)
+            .arg("--serial")
+            .arg(format!("file={}", serial.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// Polls `serial` until `pred` holds for its contents or `deadline` passes.

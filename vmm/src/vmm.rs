@@ -289,8 +289,9 @@ impl Vmm {
                     self.pending_exit = Some(exit);
                 }
                 Event::VmExit { generation, exit } if generation == self.generation && self.vm.is_some() => {
+                    let ended = self.start.elapsed();
                     self.finish();
-                    return self.report_exit(exit);
+                    return self.report_exit(exit, ended);
                 }
                 Event::MigrationSent { result: Ok(report), .. } => {
                     tracing::info!("migration completed; the destination runs the guest: {report}");
@@ -309,8 +310,9 @@ impl Vmm {
                         m.outcome = Some(Err(error));
                     }
                     if let Some(exit) = self.pending_exit.take() {
+                        let ended = self.start.elapsed();
                         self.finish();
-                        return self.report_exit(exit);
+                        return self.report_exit(exit, ended);
                     }
                 }
                 Event::MigrationReceived { mut vm, config, report } => {
@@ -336,8 +338,9 @@ impl Vmm {
         }
     }
 
-    fn report_exit(&self, exit: VmExit) -> i32 {
-        let elapsed = self.start.elapsed().as_secs_f64() * 1e3;
+    /// Logs and announces how the VM ended, `ended` after covm started.
+    fn report_exit(&self, exit: VmExit, ended: std::time::Duration) -> i32 {
+        let elapsed = ended.as_secs_f64() * 1e3;
         match &exit {
             // On standard error the announcement says it; a log file gets it too.
             VmExit::Crashed(why) if self.log_is_file => tracing::error!("guest crashed at {elapsed:.3} ms: {why}"),
