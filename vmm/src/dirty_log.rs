@@ -80,8 +80,7 @@ pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<(u64, u64
             .get_dirty_log(slot as u32, region.len() as usize)
             .map_err(kvm_err("read the dirty log"))?;
         // Pages the VMM wrote through vm-memory never reach KVM's log.
-        // MmapRegion::bitmap (through Deref): the whole AtomicBitmap, not a slice.
-        let vmm: &vm_memory::bitmap::AtomicBitmap = std::ops::Deref::deref(region).bitmap();
+        let vmm = crate::memory::vmm_writes(region);
         for page in 0..(region.len() / PAGE_SIZE) as usize {
             if vmm.is_bit_set(page) {
                 bits[page / 64] |= 1 << (page % 64);
@@ -101,11 +100,7 @@ pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result
             format!("{gpa:#x}+{pages} pages is outside guest memory"),
         ),
     };
-    let (slot, region) = memory
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.start_addr().0 <= gpa && gpa + pages * PAGE_SIZE <= r.start_addr().0 + r.len())
-        .ok_or_else(outside)?;
+    let (slot, region) = crate::memory::region_of(memory, gpa, pages * PAGE_SIZE).ok_or_else(outside)?;
     if pages == 0 {
         return Ok(());
     }
@@ -121,7 +116,7 @@ pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result
         bitmap[(bit / 64) as usize] |= 1 << (bit % 64);
     }
     let mut arg = kvm_clear_dirty_log {
-        slot: slot as u32,
+        slot,
         num_pages: (end - start) as u32,
         first_page: start,
         ..Default::default()
@@ -136,7 +131,7 @@ pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result
             source: std::io::Error::last_os_error(),
         });
     }
-    let vmm: &vm_memory::bitmap::AtomicBitmap = std::ops::Deref::deref(region).bitmap();
+    let vmm = crate::memory::vmm_writes(region);
     vmm.reset_addr_range((first * PAGE_SIZE) as usize, (pages * PAGE_SIZE) as usize);
     Ok(())
 }

@@ -89,6 +89,30 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
     map
 }
 
+/// One RAM region (KVM memory slot `i` is region `i`).
+pub type Region = vm_memory::GuestRegionMmap<AtomicBitmap>;
+
+/// The slot and region holding all of `[gpa, gpa + len)`.
+pub fn region_of(memory: &GuestMemory, gpa: u64, len: u64) -> Option<(u32, &Region)> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    memory
+        .iter()
+        .enumerate()
+        .find(|(_, r)| {
+            r.start_addr().0 <= gpa
+                && gpa
+                    .checked_add(len)
+                    .is_some_and(|end| end <= r.start_addr().0 + r.len())
+        })
+        .map(|(slot, r)| (slot as u32, r))
+}
+
+/// The whole-region bitmap of the pages covm wrote through vm-memory
+/// (`GuestMemoryRegion::bitmap` only offers a slice view).
+pub fn vmm_writes(region: &Region) -> &AtomicBitmap {
+    std::ops::Deref::deref(region).bitmap()
+}
+
 /// For each of `pages` host pages from `host_addr` (in this process):
 /// whether it was never populated, so reads as zero without being touched.
 ///

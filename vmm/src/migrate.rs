@@ -125,7 +125,7 @@ pub struct Incoming {
     pub host_ram: u64,
     /// The destination's own serial settings, which win over the source's.
     pub serial: Option<SerialMode>,
-    /// The VM generation the incoming VM will have.
+    /// Where the incoming VM reports its end (tagged with its boot number).
     pub notify: ExitNotifier,
 }
 

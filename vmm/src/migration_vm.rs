@@ -43,7 +43,7 @@ impl SourceVm for Vm {
     }
 
     fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, EngineVmError> {
-        self.unpopulated_pages(gpa, pages).map_err(engine_err)
+        Vm::unpopulated_pages(self, gpa, pages).map_err(engine_err)
     }
 
     fn set_throttle(&mut self, percent: u8) -> Result<(), EngineVmError> {

@@ -87,6 +87,14 @@ pub enum VmError {
     /// Dirty logging.
     #[error(transparent)]
     DirtyLog(#[from] dirty_log::DirtyLogError),
+    /// A page range that is not guest RAM.
+    #[error("{pages} pages from {gpa:#x} are outside guest memory")]
+    OutsideMemory {
+        /// Start of the range.
+        gpa: u64,
+        /// Its length in pages.
+        pages: u64,
+    },
     /// /proc/self/pagemap could not be read.
     #[error("cannot read /proc/self/pagemap: {0}")]
     PageMap(std::io::Error),
@@ -302,11 +310,8 @@ impl Vm {
     /// For each of `pages` guest pages from `gpa` (inside one region):
     /// whether the host never populated it, so it is zero without reading.
     pub fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, VmError> {
-        let region = self
-            .memory
-            .iter()
-            .find(|r| r.start_addr().0 <= gpa && gpa + pages * dirty_log::PAGE_SIZE <= r.start_addr().0 + r.len())
-            .ok_or(VmError::Unsupported("page range outside guest memory"))?;
+        let (_, region) = memory::region_of(&self.memory, gpa, pages * dirty_log::PAGE_SIZE)
+            .ok_or(VmError::OutsideMemory { gpa, pages })?;
         let host = region.as_ptr() as u64 + (gpa - region.start_addr().0);
         memory::unpopulated_host_pages(host, pages).map_err(VmError::PageMap)
     }
@@ -315,15 +320,8 @@ impl Vm {
     /// was created (the guest's own writes are not counted: this serves
     /// incoming VMs, which do not run while they are filled).
     pub fn written_since_creation(&self, gpa: u64) -> bool {
-        use vm_memory::bitmap::Bitmap;
-        self.memory
-            .iter()
-            .find(|r| r.start_addr().0 <= gpa && gpa < r.start_addr().0 + r.len())
-            .is_some_and(|r| {
-                std::ops::Deref::deref(r)
-                    .bitmap()
-                    .dirty_at((gpa - r.start_addr().0) as usize)
-            })
+        memory::region_of(&self.memory, gpa, 1)
+            .is_some_and(|(_, r)| memory::vmm_writes(r).is_addr_set((gpa - r.start_addr().0) as usize))
     }
 
     /// Clears and re-arms dirty tracking of `pages` pages from `gpa`.
