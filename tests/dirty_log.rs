@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use covm::config::VmConfig;
+use covm::config::{DirtyTracking, VmConfig};
 use covm::vm::Vm;
 use covm_guest_abi::layout::{DIRTY_REGION, PAGE_SIZE};
 use std::path::Path;
@@ -41,19 +41,51 @@ fn total_pages_written(serial: &Path) -> u64 {
 
 #[test]
 fn guest_and_vmm_writes_are_logged_and_cleared_exactly() {
+    logged_and_cleared_exactly(DirtyTracking::Log);
+}
+
+#[test]
+fn the_dirty_ring_reports_and_clears_like_the_log() {
+    // 512 entries for a workload rewriting 1024 pages: the rings fill up,
+    // and the vCPUs must harvest them themselves without losing a page.
+    let vm = logged_and_cleared_exactly(DirtyTracking::Ring { entries: 512 });
+    if let Some(counters) = vm {
+        let full: u64 = counters
+            .iter()
+            .filter(|(name, _)| name.starts_with("vcpu"))
+            .map(|(_, c)| c["dirty_ring_full"])
+            .sum();
+        assert!(full > 0, "the 512-entry rings never filled up: {counters:?}");
+    }
+}
+
+#[test]
+fn a_ring_larger_than_kvm_allows_is_refused_by_name() {
     if !kvm_available() {
         return;
+    }
+    let dir = Scratch::new("ringmax");
+    let mut config = config(&dir.path("serial.txt"), "workload=hello");
+    config.dirty_tracking = DirtyTracking::Ring { entries: 1 << 20 };
+    match Vm::new(&config, Instant::now(), Arc::new(|_| {})) {
+        // Some kernels allow 16 MiB rings; then there is nothing to refuse.
+        Ok(vm) => vm.stop(),
+        Err(e) => assert!(e.to_string().contains("entries per vCPU is more than"), "{e}"),
+    }
+}
+
+/// Runs the dirty-log checks in `mode`; returns the VM's counters at the end.
+fn logged_and_cleared_exactly(mode: DirtyTracking) -> Option<covm::vm::Counters> {
+    if !kvm_available() {
+        return None;
     }
     covm::vcpu_control::install_kick_handler().unwrap();
     let dir = Scratch::new("dirtylog");
     let serial = dir.path("serial.txt");
     // 4 MiB region at 8 MiB/s: every page is rewritten about twice a second.
-    let mut vm = Vm::new(
-        &config(&serial, "workload=dirty mib=4 rate=8"),
-        Instant::now(),
-        Arc::new(|_| {}),
-    )
-    .unwrap();
+    let mut config = config(&serial, "workload=dirty mib=4 rate=8");
+    config.dirty_tracking = mode;
+    let mut vm = Vm::new(&config, Instant::now(), Arc::new(|_| {})).unwrap();
     vm.start().unwrap();
     wait_for_serial(&serial, Duration::from_secs(30), |t| t.contains("heartbeat 3 "));
     vm.set_dirty_logging(true).unwrap();
@@ -108,8 +140,10 @@ fn guest_and_vmm_writes_are_logged_and_cleared_exactly() {
         "a range outside memory must be refused"
     );
     vm.set_dirty_logging(false).unwrap();
+    let counters = vm.counters();
     vm.stop();
     assert!(!std::fs::read_to_string(&serial).unwrap().contains("FAIL"));
+    Some(counters)
 }
 
 #[test]

@@ -50,21 +50,38 @@ fn destination(dir: &Scratch, name: &str) -> (Process, Api, std::path::PathBuf) 
 
 /// A covm running the dirty workload.
 fn source(dir: &Scratch, name: &str, workload: &str) -> (Process, Api, std::path::PathBuf) {
+    source_with(dir, name, workload, &[])
+}
+
+/// A covm running the dirty workload, with `extra` options.
+fn source_with(dir: &Scratch, name: &str, workload: &str, extra: &[&str]) -> (Process, Api, std::path::PathBuf) {
     let serial = dir.path(&format!("{name}.txt"));
-    let (child, api) = start_at(
-        dir.path(&format!("{name}.sock")),
-        &[
-            "--cpus",
-            "boot=2",
-            "--memory",
-            "size=512M",
-            "--cmdline",
-            workload,
-            "--serial",
-            &format!("file={}", serial.display()),
-        ],
-    );
+    let serial_option = format!("file={}", serial.display());
+    let mut args = vec![
+        "--cpus",
+        "boot=2",
+        "--memory",
+        "size=512M",
+        "--cmdline",
+        workload,
+        "--serial",
+        &serial_option,
+    ];
+    args.extend_from_slice(extra);
+    let (child, api) = start_at(dir.path(&format!("{name}.sock")), &args);
     (child, api, serial)
+}
+
+/// The report a source prints on standard error when it exits after a
+/// migration.
+fn source_report(child: &mut Child) -> serde_json::Value {
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr is piped"), &mut stderr).unwrap();
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("covm: migration completed: "))
+        .unwrap_or_else(|| panic!("no report on the source's stderr:\n{stderr}"));
+    serde_json::from_str(line).unwrap()
 }
 
 fn free_tcp_url() -> String {
@@ -90,11 +107,16 @@ fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
 
 /// Migrates from `src` to `dst` over `url` and checks the guest lives on.
 fn migrate(src: (&mut Child, &Api, &Path), dst: (&Api, &Path), url: &str) {
+    migrate_within(src, dst, url, 300);
+}
+
+/// [`migrate`] with a downtime target of `downtime_ms`.
+fn migrate_within(src: (&mut Child, &Api, &Path), dst: (&Api, &Path), url: &str, downtime_ms: u64) {
     let (src_child, src_api, src_serial) = src;
     let (dst_api, dst_serial) = dst;
     let receive = format!(r#"{{"receiver_url": "{url}"}}"#);
     assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let send = format!(r#"{{"destination_url": "{url}", "downtime_ms": 300, "timeout_s": 120}}"#);
+    let send = format!(r#"{{"destination_url": "{url}", "downtime_ms": {downtime_ms}, "timeout_s": 120}}"#);
     assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
     assert_eq!(
         wait_exit(src_child, Duration::from_secs(180)),
@@ -159,6 +181,44 @@ fn dirtying_guest_migrates_over_tcp_twice_in_a_row() {
     // B now runs the guest and sends it on to C.
     migrate((&mut b_child, &b_api, &b_serial), (&c_api, &c_serial), &free_tcp_url());
     shutdown(c_child, &c_api);
+}
+
+#[test]
+fn dirty_rate_above_the_bandwidth_converges_by_throttling_with_the_dirty_ring() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("mig-ring");
+    let (dst_child, dst_api, dst_serial) = destination(&dir, "dst");
+    // Two vCPUs rewriting 256 MiB as fast as they can dirty memory faster
+    // than the migration carries it within a 20 ms downtime: only
+    // throttling lets pre-copy converge.
+    let (mut src_child, src_api, src_serial) = source_with(
+        &dir,
+        "src",
+        "workload=dirty mib=256",
+        &["--dirty-tracking", "mode=ring,ring_entries=4096"],
+    );
+    wait_heartbeats(&src_serial, 5);
+    let url = format!("unix:{}", dir.path("migration.sock").display());
+    migrate_within(
+        (&mut src_child, &src_api, &src_serial),
+        (&dst_api, &dst_serial),
+        &url,
+        20,
+    );
+    let report = source_report(&mut src_child);
+    assert_eq!(report["converged"], true, "{report}");
+    assert!(
+        report["max_throttle_percent"].as_u64().unwrap() > 0,
+        "converged without throttling, so the test proves nothing: {report}"
+    );
+    // The destination keeps the mode for its own next migration.
+    let (_, info) = dst_api.get("/vm.info");
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["config"]["dirty_tracking"]["mode"], "ring", "{info}");
+    shutdown(dst_child, &dst_api);
 }
 
 #[test]

@@ -18,7 +18,10 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("covm-test-{name}-{}", std::process::id()));
+        // Unique per call: tests of one binary run in parallel in one process.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("covm-test-{name}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -144,5 +147,6 @@ pub fn firmware_vm_config(serial: &Path, cmdline: &str) -> covm::config::VmConfi
         cmdline: cmdline.into(),
         serial: SerialMode::File(serial.into()),
         api_socket: None,
+        dirty_tracking: Default::default(),
     }
 }

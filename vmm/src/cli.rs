@@ -52,6 +52,12 @@ pub struct Cli {
     #[arg(long, value_name = "KEY=VALUE,...")]
     pub platform: Option<String>,
 
+    /// How a migration tracks dirty pages: mode=log (KVM's dirty bitmap,
+    /// default) or mode=ring[,ring_entries=N] (KVM's per-vCPU dirty ring,
+    /// N a power of two, default 4096). See docs/migration.md.
+    #[arg(long = "dirty-tracking", value_name = "mode=log|ring")]
+    pub dirty_tracking: Option<String>,
+
     /// Write covm's log here instead of standard error.
     #[arg(long = "log-file", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
@@ -75,5 +81,6 @@ impl Cli {
             || self.initramfs.is_some()
             || self.cmdline.is_some()
             || self.firmware.is_some()
+            || self.dirty_tracking.is_some()
     }
 }

@@ -36,6 +36,13 @@ pub struct DirtyLogError {
     source: std::io::Error,
 }
 
+impl DirtyLogError {
+    /// An operation `what` that failed with `source`.
+    pub fn new(what: &'static str, source: std::io::Error) -> Self {
+        Self { what, source }
+    }
+}
+
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> DirtyLogError {
     move |e| DirtyLogError {
         what,
@@ -79,16 +86,21 @@ pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<(u64, u64
         let mut bits = vm_fd
             .get_dirty_log(slot as u32, region.len() as usize)
             .map_err(kvm_err("read the dirty log"))?;
-        // Pages the VMM wrote through vm-memory never reach KVM's log.
-        let vmm = crate::memory::vmm_writes(region);
-        for page in 0..(region.len() / PAGE_SIZE) as usize {
-            if vmm.is_bit_set(page) {
-                bits[page / 64] |= 1 << (page % 64);
-            }
-        }
+        merge_vmm_writes(region, &mut bits);
         all.push((region.start_addr().0, region.len(), bits));
     }
     Ok(all)
+}
+
+/// Adds the pages the VMM wrote through vm-memory, which never reach
+/// KVM's log or rings, to `bits` (one bit per page of `region`).
+pub fn merge_vmm_writes(region: &crate::memory::Region, bits: &mut [u64]) {
+    let vmm = crate::memory::vmm_writes(region);
+    for page in 0..(region.len() / PAGE_SIZE) as usize {
+        if vmm.is_bit_set(page) {
+            bits[page / 64] |= 1 << (page % 64);
+        }
+    }
 }
 
 /// Clears and re-protects `pages` pages from `gpa` (inside one region).
@@ -131,7 +143,13 @@ pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result
             source: std::io::Error::last_os_error(),
         });
     }
+    forget_vmm_writes(region, first, pages);
+    Ok(())
+}
+
+/// Clears `pages` pages from page `first` of `region` in the VMM's own
+/// write bitmap (the engine is about to send them).
+pub fn forget_vmm_writes(region: &crate::memory::Region, first: u64, pages: u64) {
     let vmm = crate::memory::vmm_writes(region);
     vmm.reset_addr_range((first * PAGE_SIZE) as usize, (pages * PAGE_SIZE) as usize);
-    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod dirty_log;
+pub mod dirty_ring;
 pub mod exit;
 pub mod kvm;
 pub mod logging;

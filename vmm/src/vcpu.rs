@@ -1,10 +1,11 @@
 //! vCPUs: creation, boot state, and the thread that runs each one.
 
 use crate::arch::{cpuid, regs};
+use crate::dirty_ring::DirtyRings;
 use crate::exit::VmExit;
 use crate::vcpu_control::RunControl;
 use covm_devices::{PioBus, PowerAction};
-use kvm_bindings::CpuId;
+use kvm_bindings::{CpuId, KVM_EXIT_DIRTY_RING_FULL};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +23,8 @@ pub struct VcpuCounters {
     pub mmio_exits: AtomicU64,
     /// Returns from `KVM_RUN` caused by a kick or another signal.
     pub interrupted: AtomicU64,
+    /// Exits because this vCPU's dirty ring was full (ring mode only).
+    pub dirty_ring_full: AtomicU64,
 }
 
 /// KVM_SYSTEM_EVENT_* types.
@@ -67,6 +70,8 @@ pub struct Vcpu {
     // vCPU is parked; the vCPU thread holds the lock only inside KVM_RUN.
     fd: Arc<Mutex<VcpuFd>>,
     counters: Arc<VcpuCounters>,
+    /// The VM's dirty rings, harvested here when this vCPU's ring is full.
+    dirty_rings: Option<Arc<DirtyRings>>,
 }
 
 impl Vcpu {
@@ -79,6 +84,7 @@ impl Vcpu {
             index,
             fd: Arc::new(Mutex::new(fd)),
             counters: Arc::default(),
+            dirty_rings: None,
         })
     }
 
@@ -94,6 +100,12 @@ impl Vcpu {
         regs::setup_fpu(&fd, index)?;
         regs::setup_lapic(&fd, index)?;
         Ok(())
+    }
+
+    /// Gives the vCPU the VM's dirty rings (ring mode), to harvest when
+    /// its own ring fills up.
+    pub fn set_dirty_rings(&mut self, rings: Arc<DirtyRings>) {
+        self.dirty_rings = Some(rings);
     }
 
     /// The KVM vCPU (not while its thread runs it).
@@ -166,6 +178,16 @@ impl Vcpu {
                     continue;
                 }
                 Ok(VcpuExit::Intr) => continue,
+                Ok(VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => {
+                    self.counters.dirty_ring_full.fetch_add(1, Ordering::Relaxed);
+                    // KVM will not enter the guest again until the ring has
+                    // room: harvest it (and the others) here.
+                    match self.dirty_rings.as_ref().map(|rings| rings.harvest()) {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => format!("dirty ring full and cannot be harvested: {e}"),
+                        None => "dirty ring full but the VM has no dirty rings".to_string(),
+                    }
+                }
                 Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SHUTDOWN, _)) => return Some(VmExit::Power(PowerAction::Off)),
                 Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_RESET, _)) => return Some(VmExit::Power(PowerAction::Reset)),
                 Ok(VcpuExit::Shutdown) => "triple fault".to_string(),

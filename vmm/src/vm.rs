@@ -2,7 +2,8 @@
 
 use crate::arch::{cpuid, regs};
 use crate::boot::{self, BootError};
-use crate::config::{SerialMode, VmConfig};
+use crate::config::{DirtyTracking, SerialMode, VmConfig};
+use crate::dirty_ring::{self, DirtyRings};
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemory, MemoryError};
@@ -124,6 +125,8 @@ pub struct Vm {
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     throttler: Option<JoinHandle<()>>,
     manual_dirty_protect: bool,
+    /// The dirty rings, in ring mode; `None` in bitmap (log) mode.
+    dirty_rings: Option<Arc<DirtyRings>>,
     bus: Arc<PioBus>,
     control: Arc<RunControl>,
     notify: ExitNotifier,
@@ -174,6 +177,10 @@ impl Vm {
                 false
             }
         };
+        // The ring must be enabled before the first vCPU exists.
+        if let DirtyTracking::Ring { entries } = config.dirty_tracking {
+            dirty_ring::enable(&vm_fd, entries)?;
+        }
         let memory = memory::allocate(config.memory.size)?;
         // Order matters for start-up time: a memory slot registered before
         // the in-kernel irqchip exists costs about 0.5 ms on this project's
@@ -182,7 +189,23 @@ impl Vm {
         create_chips(&vm_fd)?;
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
         let (bus, serial) = build_bus(&vm_fd, config, sink, start)?;
-        let vcpus = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
+        let mut vcpus = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
+        let dirty_rings = match config.dirty_tracking {
+            DirtyTracking::Log => None,
+            DirtyTracking::Ring { entries } => {
+                let fds: Vec<_> = vcpus.iter().map(Vcpu::shared_fd).collect();
+                let guards: Vec<_> = fds
+                    .iter()
+                    .map(|fd| fd.lock().unwrap_or_else(|p| p.into_inner()))
+                    .collect();
+                let refs: Vec<&VcpuFd> = guards.iter().map(|g| &**g).collect();
+                let rings = Arc::new(DirtyRings::new(&vm_fd, &refs, entries, &memory)?);
+                for vcpu in &mut vcpus {
+                    vcpu.set_dirty_rings(rings.clone());
+                }
+                Some(rings)
+            }
+        };
         let msr_indices = kvm
             .get_msr_index_list()
             .map_err(call("list the MSRs"))?
@@ -196,6 +219,7 @@ impl Vm {
             threads: Arc::default(),
             throttler: None,
             manual_dirty_protect,
+            dirty_rings,
             bus: Arc::new(bus),
             control: Arc::new(RunControl::default()),
             notify,
@@ -294,6 +318,14 @@ impl Vm {
 
     /// Turns dirty-page logging on or off for all of guest memory.
     pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        if let Some(rings) = &self.dirty_rings {
+            dirty_log::set_logging(&self.vm_fd, &self.memory, on)?;
+            // Off: whatever was gathered belongs to a migration that ended.
+            if !on {
+                rings.reset()?;
+            }
+            return Ok(());
+        }
         if on && !self.manual_dirty_protect {
             return Err(VmError::Unsupported(
                 "KVM lacks manual dirty-log protection (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)",
@@ -304,7 +336,10 @@ impl Vm {
 
     /// Pages written since last cleared: (region start, length, one bit per page).
     pub fn dirty_bitmaps(&self) -> Result<Vec<(u64, u64, Vec<u64>)>, VmError> {
-        Ok(dirty_log::dirty_bitmaps(&self.vm_fd, &self.memory)?)
+        match &self.dirty_rings {
+            Some(rings) => Ok(rings.dirty_bitmaps(&self.memory)?),
+            None => Ok(dirty_log::dirty_bitmaps(&self.vm_fd, &self.memory)?),
+        }
     }
 
     /// For each of `pages` guest pages from `gpa` (inside one region):
@@ -326,7 +361,15 @@ impl Vm {
 
     /// Clears and re-arms dirty tracking of `pages` pages from `gpa`.
     pub fn clear_dirty(&self, gpa: u64, pages: u64) -> Result<(), VmError> {
-        Ok(dirty_log::clear(&self.vm_fd, &self.memory, gpa, pages)?)
+        let Some(rings) = &self.dirty_rings else {
+            return Ok(dirty_log::clear(&self.vm_fd, &self.memory, gpa, pages)?);
+        };
+        let (slot, region) = memory::region_of(&self.memory, gpa, pages * dirty_log::PAGE_SIZE)
+            .ok_or(VmError::OutsideMemory { gpa, pages })?;
+        let first = (gpa - region.start_addr().0) / dirty_log::PAGE_SIZE;
+        rings.clear(slot, first, pages);
+        dirty_log::forget_vmm_writes(region, first, pages);
+        Ok(())
     }
 
     /// Device and vCPU counters.
@@ -337,6 +380,9 @@ impl Vm {
             vcpu.insert("io_exits".into(), c.io_exits.load(Ordering::Relaxed));
             vcpu.insert("mmio_exits".into(), c.mmio_exits.load(Ordering::Relaxed));
             vcpu.insert("interrupted".into(), c.interrupted.load(Ordering::Relaxed));
+            if self.dirty_rings.is_some() {
+                vcpu.insert("dirty_ring_full".into(), c.dirty_ring_full.load(Ordering::Relaxed));
+            }
         }
         if let Some(c) = self
             .serial

@@ -3,9 +3,12 @@
 //!
 //! Every field CH defines is accepted by the parser; a field covm cannot
 //! honour yet is refused by name unless it holds its default (null, false,
-//! empty). Fields CH does not define are refused by serde, by name.
+//! empty). Fields CH does not define are refused by serde, by name, except
+//! covm's one extension, `dirty_tracking` (see `--dirty-tracking`).
 
-use crate::config::{check_readable, ApiSocket, CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
+use crate::config::{
+    check_readable, ApiSocket, CpusConfig, DirtyTracking, MemoryConfig, Payload, SerialMode, VmConfig,
+};
 use crate::config::{MAX_VCPUS, MIN_MEMORY};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,6 +35,9 @@ pub struct VmConfigJson {
     /// Platform options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Value>,
+    /// covm's extension: how a migration tracks dirty pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_tracking: Option<DirtyTrackingJson>,
     /// CH's other fields: accepted only at their defaults.
     #[serde(flatten)]
     pub unsupported: Unsupported,
@@ -203,6 +209,54 @@ pub struct PayloadJson {
     /// SEV-SNP host data (refused until the SNP platform exists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_data: Option<String>,
+}
+
+/// covm's `dirty_tracking` (the `--dirty-tracking` option as JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirtyTrackingJson {
+    /// `log` or `ring`.
+    pub mode: DirtyTrackingMode,
+    /// Entries per vCPU ring, for `ring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_entries: Option<u32>,
+}
+
+/// The two dirty-tracking modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirtyTrackingMode {
+    /// KVM's dirty bitmap.
+    Log,
+    /// KVM's dirty ring.
+    Ring,
+}
+
+fn dirty_tracking_from_json(json: Option<DirtyTrackingJson>) -> Result<DirtyTracking, String> {
+    let Some(json) = json else {
+        return Ok(DirtyTracking::Log);
+    };
+    match (json.mode, json.ring_entries) {
+        (DirtyTrackingMode::Log, None) => Ok(DirtyTracking::Log),
+        (DirtyTrackingMode::Log, Some(_)) => Err("dirty_tracking.ring_entries: only mode ring has a ring".into()),
+        (DirtyTrackingMode::Ring, entries) => Ok(DirtyTracking::Ring {
+            entries: match entries {
+                None => crate::dirty_ring::DEFAULT_RING_ENTRIES,
+                Some(n) => crate::config::parse_ring_entries(&n.to_string())
+                    .map_err(|e| format!("dirty_tracking.ring_entries={n}: {e}"))?,
+            },
+        }),
+    }
+}
+
+fn dirty_tracking_to_json(tracking: DirtyTracking) -> Option<DirtyTrackingJson> {
+    match tracking {
+        DirtyTracking::Log => None,
+        DirtyTracking::Ring { entries } => Some(DirtyTrackingJson {
+            mode: DirtyTrackingMode::Ring,
+            ring_entries: Some(entries),
+        }),
+    }
 }
 
 /// CH's `ConsoleConfig` modes.
@@ -410,6 +464,7 @@ pub fn to_vm_config(json: VmConfigJson, host_ram: u64) -> Result<VmConfig, Strin
         cmdline: p.cmdline.unwrap_or_default(),
         serial,
         api_socket: None::<ApiSocket>,
+        dirty_tracking: dirty_tracking_from_json(json.dirty_tracking)?,
     })
 }
 
@@ -457,6 +512,7 @@ pub fn to_json(config: &VmConfig) -> VmConfigJson {
             iommu: None,
         }),
         platform: None,
+        dirty_tracking: dirty_tracking_to_json(config.dirty_tracking),
         unsupported: Unsupported::default(),
     }
 }

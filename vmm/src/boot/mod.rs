@@ -280,6 +280,7 @@ mod tests {
             cmdline: cmdline.into(),
             serial: SerialMode::Null,
             api_socket: None,
+            dirty_tracking: Default::default(),
         }
     }
 

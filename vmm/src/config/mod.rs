@@ -96,6 +96,21 @@ pub enum ApiSocket {
     Fd(i32),
 }
 
+/// How dirty pages are tracked while the VM migrates out
+/// (`--dirty-tracking`, docs/migration.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DirtyTracking {
+    /// KVM's dirty bitmap with manual protection: cost grows with guest
+    /// memory size (every round reads one bit per page).
+    #[default]
+    Log,
+    /// KVM's per-vCPU dirty ring: cost grows with the pages dirtied.
+    Ring {
+        /// Entries per vCPU ring (a power of two).
+        entries: u32,
+    },
+}
+
 /// A whole VM configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -111,6 +126,8 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// The API socket, if any.
     pub api_socket: Option<ApiSocket>,
+    /// Dirty-page tracking for migration.
+    pub dirty_tracking: DirtyTracking,
 }
 
 impl VmConfig {
@@ -145,6 +162,12 @@ impl VmConfig {
         if let Some(platform) = &cli.platform {
             parse_platform(platform)?;
         }
+        let dirty_tracking = cli
+            .dirty_tracking
+            .as_deref()
+            .map(parse_dirty_tracking)
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             cpus,
             memory,
@@ -152,6 +175,7 @@ impl VmConfig {
             cmdline: cli.cmdline.clone().unwrap_or_default(),
             serial,
             api_socket,
+            dirty_tracking,
         })
     }
 }
@@ -192,6 +216,40 @@ pub fn parse_cpus(text: &str) -> Result<CpusConfig, OptionError> {
     }
     Ok(CpusConfig { boot_vcpus: boot })
 }
+
+/// `--dirty-tracking mode=log|ring[,ring_entries=N]`.
+pub fn parse_dirty_tracking(text: &str) -> Result<DirtyTracking, OptionError> {
+    let m = OptionMap::parse("dirty-tracking", text, &["mode", "ring_entries"])?;
+    let entries = m.get_with("ring_entries", parse_ring_entries)?;
+    match m.get("mode").unwrap_or("log") {
+        "log" if entries.is_some() => Err(m.invalid(
+            "ring_entries",
+            m.get("ring_entries").unwrap_or_default(),
+            "only mode=ring has a ring",
+        )),
+        "log" => Ok(DirtyTracking::Log),
+        "ring" => Ok(DirtyTracking::Ring {
+            entries: entries.unwrap_or(crate::dirty_ring::DEFAULT_RING_ENTRIES),
+        }),
+        other => Err(m.invalid("mode", other, "must be log or ring")),
+    }
+}
+
+/// Entries of a dirty ring: a power of two within
+/// [`MIN_RING_ENTRIES`, `MAX_RING_ENTRIES`].
+pub fn parse_ring_entries(value: &str) -> Result<u32, String> {
+    match value.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && (MIN_RING_ENTRIES..=MAX_RING_ENTRIES).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be a power of two from {MIN_RING_ENTRIES} to {MAX_RING_ENTRIES}"
+        )),
+    }
+}
+
+/// Fewest entries per dirty ring covm accepts (KVM keeps some in reserve).
+pub const MIN_RING_ENTRIES: u32 = 512;
+/// Most entries per dirty ring covm accepts (KVM's own limit may be lower).
+pub const MAX_RING_ENTRIES: u32 = 1 << 20;
 
 /// `--memory size=SIZE`.
 pub fn parse_memory(text: &str, host_ram: u64) -> Result<MemoryConfig, ConfigError> {
