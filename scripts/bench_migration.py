@@ -5,13 +5,16 @@ For each guest (256 MiB and 1 GiB) and load (idle, dirtying at 64 and at
 256 MiB/s) the built-in firmware's `dirty` workload runs on 2 vCPUs and is
 migrated over loopback TCP with a 300 ms downtime target, by covm
 (vm.send-migration) and by QEMU (-incoming, QMP migrate with auto-converge,
-no bandwidth cap). The loopback TCP bandwidth of one stream is measured in
-the same run. Medians of --runs runs.
+no bandwidth cap). covm runs once per dirty-tracking mode (log, ring).
+The loopback TCP bandwidth of one stream is measured in the same run with
+covm's own transport (migration/examples/loopback_bandwidth.rs). covm's
+downtime is the source's (pause to Commit) plus the destination's resume
+(Commit to vCPUs running). Medians of --runs runs.
 
-Usage: python3 scripts/bench_migration.py [--runs 3] [--no-qemu]
+Usage: python3 scripts/bench_migration.py [--runs 3] [--no-qemu] [--modes log,ring]
        (after cargo build --release; QEMU from Debian's qemu-system-x86)
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, tempfile, threading, time
+import argparse, json, os, shutil, socket, statistics, subprocess, tempfile, time
 import http.client
 
 from covm_paths import COVM, firmware_elf
@@ -58,42 +61,22 @@ def free_port():
     return port
 
 
-def loopback_bandwidth(total=2 << 30):
-    """One TCP stream over loopback, bytes/s."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    port = srv.getsockname()[1]
-    got = [0]
-
-    def sink():
-        c, _ = srv.accept()
-        while True:
-            b = c.recv(1 << 20)
-            if not b:
-                break
-            got[0] += len(b)
-
-    t = threading.Thread(target=sink)
-    t.start()
-    buf = b"\x01" * (1 << 20)
-    s = socket.create_connection(("127.0.0.1", port))
-    t0 = time.perf_counter()
-    for _ in range(total >> 20):
-        s.sendall(buf)
-    s.close()
-    t.join()
-    return got[0] / (time.perf_counter() - t0)
+def loopback_bandwidth():
+    """One TCP stream over loopback with covm's transport, bytes/s (median of 5)."""
+    out = subprocess.run(["cargo", "run", "--release", "-q", "-p", "covm-migration", "--example",
+                          "loopback_bandwidth", "--", "2", "5"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)["median_bytes_per_s"]
 
 
-def covm_run(mem, region, rate, tmp):
+def covm_run(mem, region, rate, tmp, mode="log"):
     src_sock, dst_sock = os.path.join(tmp, "s.sock"), os.path.join(tmp, "d.sock")
     for p in (src_sock, dst_sock):
         if os.path.exists(p):
             os.unlink(p)
     dst = subprocess.Popen([COVM, "--api-socket", dst_sock, "--serial", "null"], stderr=subprocess.DEVNULL)
     src = subprocess.Popen([COVM, "--api-socket", src_sock, "--cpus", "boot=2", "--memory", f"size={mem}M",
-                            "--serial", "null", "--cmdline", f"workload=dirty mib={region} rate={rate}"],
+                            "--serial", "null", "--cmdline", f"workload=dirty mib={region} rate={rate}",
+                            "--dirty-tracking", f"mode={mode}"],
                            stderr=subprocess.PIPE, text=True)
     wait_socket(src_sock)
     wait_socket(dst_sock)
@@ -104,9 +87,11 @@ def covm_run(mem, region, rate, tmp):
     _, err = src.communicate(timeout=600)
     line = next(l for l in err.splitlines() if "migration completed:" in l)
     report = json.loads(line.split("migration completed:", 1)[1])
+    received = json.loads(api(dst_sock, "GET", "vm.info")[1])["migration"]["report"]
     api(dst_sock, "PUT", "vmm.shutdown")
     dst.wait(timeout=30)
-    return report["total_ms"], report["downtime_ms"], report["bytes_sent"] / (report["total_ms"] / 1e3), report["rounds"]
+    downtime = report["downtime_ms"] + received["resume_ms"]
+    return report["total_ms"], downtime, report["bytes_sent"] / (report["total_ms"] / 1e3), report["rounds"]
 
 
 
@@ -171,20 +156,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-qemu", action="store_true")
+    ap.add_argument("--modes", default="log,ring", help="covm dirty-tracking modes to run")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     bw = loopback_bandwidth()
     print(f"loopback TCP, one stream: {bw / 1e9:.2f} GB/s")
-    print(f"{'guest':>6} {'load':>10} {'vmm':>5} {'total ms':>9} {'downtime ms':>12} {'throughput GB/s':>16} {'% of loopback':>14} {'rounds':>7}")
+    print(f"{'guest':>6} {'load':>10} {'vmm':>9} {'total ms':>9} {'downtime ms':>12} {'throughput GB/s':>16} {'% of loopback':>14} {'rounds':>7}")
     for mem, region in GUESTS:
         for label, rate in LOADS:
-            runners = [("covm", covm_run)]
+            runners = [(f"covm-{m}", lambda *a, m=m: covm_run(*a, mode=m)) for m in args.modes.split(",")]
             if not args.no_qemu and shutil.which("qemu-system-x86_64"):
                 runners.append(("qemu", qemu_run))
             for name, run in runners:
                 results = [run(mem, region, rate, tmp) for _ in range(args.runs)]
                 total, down, thr, rounds = (statistics.median(x) for x in zip(*results))
-                print(f"{mem:>5}M {label:>10} {name:>5} {total:9.1f} {down:12.1f} {thr / 1e9:16.2f} {100 * thr / bw:13.0f}% {rounds:7.0f}")
+                print(f"{mem:>5}M {label:>10} {name:>9} {total:9.1f} {down:12.1f} {thr / 1e9:16.2f} {100 * thr / bw:13.0f}% {rounds:7.0f}")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,11 @@ fn dirtying_guest_migrates_over_a_unix_socket() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["migration"]["direction"], "receive");
     assert!(info["migration"]["report"].is_object(), "{info}");
+    // The last part of the downtime, which only the destination sees.
+    assert!(
+        info["migration"]["report"]["resume_ms"].as_f64().unwrap() > 0.0,
+        "{info}"
+    );
     shutdown(dst_child, &dst_api);
 }
 

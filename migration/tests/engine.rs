@@ -139,6 +139,40 @@ fn moderate_dirty_rate_converges_without_throttling() {
 }
 
 #[test]
+fn rounds_go_on_past_the_target_while_they_shrink_the_dirty_set() {
+    // A generous target is met right after the full pass, but each round
+    // dirties only a quarter of what it sent: going on costs little and
+    // leaves almost nothing for the pause.
+    let mut vm = FakeSource::new(0.25);
+    let options = SendOptions {
+        downtime_floor: Duration::ZERO,
+        ..options(10_000)
+    };
+    let (report, _, memory) = migrate(&mut vm, &options);
+    assert_same_memory(&vm.guest(), &memory.lock().unwrap());
+    assert!(report.rounds > 3, "stopped at the first round that fit: {report:?}");
+    assert!(report.final_round_pages < 10, "{report:?}");
+    assert_eq!(report.max_throttle_percent, 0, "polishing rounds never throttle");
+}
+
+#[test]
+fn rounds_past_the_target_stop_when_they_stop_paying() {
+    // Each round writes nine tenths as many pages as it sent (some twice):
+    // the dirty set soon stops shrinking by a quarter, and the source
+    // pauses with plenty left rather than running its extra rounds out.
+    let mut vm = FakeSource::new(0.9);
+    let options = SendOptions {
+        downtime_floor: Duration::ZERO,
+        ..options(10_000)
+    };
+    let (report, _, _) = migrate(&mut vm, &options);
+    let cap = 2 + covm_migration::engine::MAX_EXTRA_ROUNDS;
+    assert!(report.rounds < cap, "ran to the cap of {cap} rounds: {report:?}");
+    assert!(report.final_round_pages > 100, "{report:?}");
+    assert_eq!(report.max_throttle_percent, 0);
+}
+
+#[test]
 fn dirty_rate_above_bandwidth_converges_only_by_throttling() {
     // The guest writes two pages for every page sent: only slowing it
     // below half speed lets pre-copy catch up.

@@ -165,7 +165,8 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                     let _ = events.send(Event::MigrationReceived {
                         vm: received.vm,
                         config: Box::new(config),
-                        report: received.report.to_json(),
+                        report: received.report,
+                        committed: Instant::now(),
                     });
                     return;
                 }

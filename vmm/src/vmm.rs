@@ -13,7 +13,7 @@ use crate::migrate;
 use crate::test_hooks::TestHook;
 use crate::vcpu::ExitNotifier;
 use crate::vm::{Counters, Vm};
-use covm_migration::engine::{Progress, SendOptions};
+use covm_migration::engine::{Progress, ReceiveReport, SendOptions};
 use covm_migration::transport::{Endpoint, Listener};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -153,8 +153,10 @@ pub enum Event {
         vm: Vm,
         /// Its configuration.
         config: Box<VmConfig>,
-        /// The destination's report (JSON).
-        report: String,
+        /// The destination's report (its resume time still to fill in).
+        report: ReceiveReport,
+        /// When Commit was sent: the guest has been down since before.
+        committed: Instant,
     },
     /// The VM of boot number `generation` ended.
     VmExit {
@@ -315,9 +317,17 @@ impl Vmm {
                         return self.report_exit(exit, ended);
                     }
                 }
-                Event::MigrationReceived { mut vm, config, report } => {
-                    tracing::info!("incoming migration committed: {report}");
-                    if let Err(e) = vm.start() {
+                Event::MigrationReceived {
+                    mut vm,
+                    config,
+                    mut report,
+                    committed,
+                } => {
+                    let started = vm.start();
+                    report.resume_ms = committed.elapsed().as_secs_f64() * 1e3;
+                    let report = report.to_json();
+                    tracing::info!("incoming migration committed and running: {report}");
+                    if let Err(e) = started {
                         // The source has released the guest: nothing to go back to.
                         tracing::error!("cannot run the received VM: {e}");
                         eprintln!("covm: cannot run the received VM: {e}");

@@ -92,7 +92,16 @@ pub struct SendOptions {
     pub commit_timeout: Duration,
     /// How the vCPU throttle grows.
     pub throttle: ThrottlePolicy,
+    /// Once the target is met, pre-copy goes on while each round still
+    /// shrinks the dirty set by a quarter, until the pause would cost less
+    /// than this (default 1 ms) or [`MAX_EXTRA_ROUNDS`] rounds more: at a
+    /// dirty rate well below the bandwidth those rounds are short and cut
+    /// the downtime far below the target.
+    pub downtime_floor: Duration,
 }
+
+/// Most pre-copy rounds run after the downtime target is already met.
+pub const MAX_EXTRA_ROUNDS: u32 = 8;
 
 impl Default for SendOptions {
     fn default() -> Self {
@@ -104,6 +113,7 @@ impl Default for SendOptions {
             io_timeout: Duration::from_secs(30),
             commit_timeout: Duration::from_secs(60),
             throttle: ThrottlePolicy::default(),
+            downtime_floor: Duration::from_millis(1),
         }
     }
 }

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Where the source's downtime went: from the pause to the Commit. The
-/// destination's resume comes after and is the VMM's to add.
+/// destination's resume comes after; it is in the destination's
+/// [`ReceiveReport::resume_ms`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DowntimeBreakdown {
     /// Reading the last dirty log and sending the last pages.
@@ -64,6 +65,10 @@ pub struct ReceiveReport {
     pub rounds: u32,
     /// Bytes of non-memory state.
     pub state_bytes: u64,
+    /// From Commit sent to the vCPUs running again: the last part of the
+    /// downtime, which the source cannot see. Filled in by the VMM, which
+    /// alone starts the VM.
+    pub resume_ms: f64,
 }
 
 pub(crate) fn ms(d: Duration) -> f64 {

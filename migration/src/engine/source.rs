@@ -153,6 +153,9 @@ impl Source<'_> {
     fn precopy(&mut self) -> Result<(u32, bool), MigrationError> {
         let mut last = self.full_round()?;
         let mut round = 0;
+        // Dirty pages found after the previous round, and rounds run since
+        // the target was met.
+        let (mut previous, mut extra): (Option<u64>, u32) = (None, 0);
         loop {
             let bitmaps = self
                 .vm
@@ -163,8 +166,13 @@ impl Source<'_> {
             let expected = self.estimator.expected_downtime(dirty);
             self.publish(round, dirty, expected);
             tracing::debug!(round, dirty, expected_ms = expected.as_millis() as u64, "pre-copy");
-            if expected <= self.options.downtime {
-                return Ok((round + 1, true));
+            let target_met = expected <= self.options.downtime;
+            if target_met {
+                let shrinking = previous.is_none_or(|p| dirty * 4 < p * 3);
+                if expected <= self.options.downtime_floor || !shrinking || extra >= super::MAX_EXTRA_ROUNDS {
+                    return Ok((round + 1, true));
+                }
+                extra += 1;
             }
             if self.progress.is_cancelled() {
                 return Err(MigrationError::Cancelled);
@@ -178,9 +186,11 @@ impl Source<'_> {
                     }
                 }
             }
-            if round > 0 {
+            // Rounds past the target only polish: no reason to slow the guest.
+            if round > 0 && !target_met {
                 self.maybe_throttle(dirty, &last)?;
             }
+            previous = Some(dirty);
             round += 1;
             last = self.dirty_round(round, &bitmaps, true)?;
         }
