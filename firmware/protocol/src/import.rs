@@ -1,0 +1,450 @@
+//! The destination's import checker: every record the source sends passes
+//! through it, in order, before anything reaches guest memory.
+//!
+//! It opens each record (sequence, key, session, header all authenticated)
+//! and enforces the migration's shape:
+//!
+//! - sequence numbers strictly +1 (a dropped, replayed, duplicated or
+//!   reordered record fails);
+//! - every record carries the open round's epoch; rounds advance only by
+//!   RoundEnd, so epochs never go backwards or skip;
+//! - a page (or zero run) is accepted only if its epoch is newer than the
+//!   last one imported at that address: the caller's epoch table holds,
+//!   per 4 KiB guest frame, `last imported epoch + 1` (0 = never);
+//! - each RoundEnd's count equals the pages received in the round;
+//! - vCPU states come after the last RoundEnd, each index once; after the
+//!   first one no memory record is accepted;
+//! - Final's rounds, pages and vCPU count equal what arrived, the vCPU
+//!   indices being exactly `0..vcpus`;
+//! - in verified mode the caller's memory digest equals the source's.
+//!
+//! Any failure poisons the checker for good: the destination can then
+//! only mint an abort token. [`ImportChecker::commit`] works only after a
+//! checked Final, and it destroys the abort key before it seals the
+//! Commit record: once committed, no abort token can ever exist.
+
+use crate::error::{Error, Result};
+use crate::handshake::DestinationSession;
+use crate::keys::SESSION_ID_LEN;
+use crate::policy::PeerIdentity;
+use crate::record::payload::{decode_count, encode_abort, Summary, ABORT_LEN, SUMMARY_LEN};
+use crate::record::stream::{RecordOpener, RecordSealer, StreamId};
+use crate::record::{RecordType, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN, PAGE_SIZE};
+use crate::MAX_VCPUS;
+use subtle::ConstantTimeEq;
+
+/// What the caller must do with a record the checker accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ImportEvent<'r> {
+    /// Write `data` to the private page at `gpa`.
+    Page {
+        /// Guest-physical address, 4 KiB aligned.
+        gpa: u64,
+        /// The page's content (decrypted in the record buffer).
+        data: &'r [u8; PAGE_SIZE],
+    },
+    /// Zero the `count` private pages from `gpa`.
+    ZeroPages {
+        /// First page's guest-physical address.
+        gpa: u64,
+        /// Number of pages.
+        count: u64,
+    },
+    /// Round `epoch` ended with `pages` pages, all received.
+    RoundEnd {
+        /// The round that ended.
+        epoch: u32,
+        /// Pages it carried.
+        pages: u64,
+    },
+    /// vCPU `index`'s state (opaque to the protocol).
+    VcpuState {
+        /// The vCPU index.
+        index: u32,
+        /// Its state bytes (decrypted in the record buffer).
+        state: &'r [u8],
+    },
+    /// Everything announced arrived. If `summary.memory_digest` is set
+    /// (verified mode), compute the [`crate::MemoryDigest`] of the private
+    /// memory and pass it to [`ImportChecker::commit`].
+    Complete(Summary),
+}
+
+/// Where the checker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportPhase {
+    /// Memory records are accepted.
+    Memory,
+    /// vCPU states (and then Final) are accepted.
+    VcpuStates,
+    /// Final checked: ready to commit.
+    Complete,
+    /// Committed: the guest runs here; no abort possible.
+    Committed,
+    /// An abort token was minted: nothing more is accepted.
+    Aborted,
+    /// A check failed: only an abort token can be minted.
+    Poisoned,
+}
+
+impl ImportPhase {
+    fn name(self) -> &'static str {
+        match self {
+            ImportPhase::Memory => "memory",
+            ImportPhase::VcpuStates => "vCPU states",
+            ImportPhase::Complete => "complete",
+            ImportPhase::Committed => "committed",
+            ImportPhase::Aborted => "aborted",
+            ImportPhase::Poisoned => "poisoned",
+        }
+    }
+}
+
+impl core::fmt::Display for ImportPhase {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const VCPU_WORDS: usize = MAX_VCPUS / 64;
+
+/// The destination's checker over one session's record stream.
+pub struct ImportChecker<'t> {
+    opener: RecordOpener,
+    control: RecordSealer,
+    // None once committed (or the token was minted): the key is gone.
+    abort: Option<RecordSealer>,
+    abort_token: Option<[u8; ABORT_RECORD_LEN]>,
+    session_id: [u8; SESSION_ID_LEN],
+    peer: PeerIdentity,
+    epochs: &'t mut [u32],
+    phase: ImportPhase,
+    epoch: u32,
+    pages_in_round: u64,
+    total_pages: u64,
+    rounds: u32,
+    vcpus_seen: [u64; VCPU_WORDS],
+    vcpus: u32,
+    summary: Option<Summary>,
+}
+
+impl<'t> ImportChecker<'t> {
+    /// A checker for `session`. `epochs` has one entry per 4 KiB guest
+    /// frame (index = gpa / 4096, so its length bounds the addresses
+    /// accepted); the checker zeroes it. The caller must still check that
+    /// each accepted address is private guest RAM.
+    pub fn new(session: DestinationSession, epochs: &'t mut [u32]) -> Self {
+        epochs.fill(0);
+        let keys = &session.keys;
+        let id = keys.session_id;
+        ImportChecker {
+            opener: RecordOpener::new(&keys.s2d_records, StreamId::S2dRecords, &id),
+            control: RecordSealer::new(&keys.d2s_control, StreamId::D2sControl, &id),
+            abort: Some(RecordSealer::new(&keys.d2s_abort, StreamId::D2sAbort, &id)),
+            abort_token: None,
+            session_id: id,
+            peer: session.peer,
+            epochs,
+            phase: ImportPhase::Memory,
+            epoch: 0,
+            pages_in_round: 0,
+            total_pages: 0,
+            rounds: 0,
+            vcpus_seen: [0; VCPU_WORDS],
+            vcpus: 0,
+            summary: None,
+        }
+        // `session` (and its key schedule) is dropped and zeroized here.
+    }
+
+    /// Where the checker stands.
+    pub fn phase(&self) -> ImportPhase {
+        self.phase
+    }
+
+    /// The open round.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// Pages received in ended rounds.
+    pub fn total_pages(&self) -> u64 {
+        self.total_pages
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> &[u8; SESSION_ID_LEN] {
+        &self.session_id
+    }
+
+    /// The verified source.
+    pub fn peer(&self) -> &PeerIdentity {
+        &self.peer
+    }
+
+    fn refuse_if_done(&self) -> Result<()> {
+        match self.phase {
+            ImportPhase::Poisoned => Err(Error::Poisoned),
+            ImportPhase::Aborted => Err(Error::Aborted),
+            ImportPhase::Committed => Err(Error::State {
+                op: "import a record",
+                state: "committed",
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens and checks the next record (the whole record, exactly; see
+    /// [`crate::record::record_len`] to split a buffer). The plaintext is
+    /// decrypted in place and the event borrows it, so `record` must be
+    /// private memory (see the crate doc).
+    pub fn open<'r>(&mut self, record: &'r mut [u8]) -> Result<ImportEvent<'r>> {
+        self.refuse_if_done()?;
+        let result = self.open_inner(record);
+        if result.is_err() {
+            self.phase = ImportPhase::Poisoned;
+        }
+        result
+    }
+
+    fn open_inner<'r>(&mut self, record: &'r mut [u8]) -> Result<ImportEvent<'r>> {
+        let (header, payload) = self.opener.open(record)?;
+        if header.epoch != self.epoch {
+            return Err(Error::Epoch {
+                open: self.epoch,
+                got: header.epoch,
+            });
+        }
+        let during = match self.phase {
+            ImportPhase::Memory => "while memory is imported",
+            ImportPhase::VcpuStates => "after the first vCPU state",
+            _ => "after the final record",
+        };
+        let unexpected = Error::UnexpectedRecord {
+            got: header.record_type as u8,
+            during,
+        };
+        match header.record_type {
+            RecordType::Page => {
+                if self.phase != ImportPhase::Memory {
+                    return Err(unexpected);
+                }
+                self.mark(header.address, 1)?;
+                self.pages_in_round += 1;
+                Ok(ImportEvent::Page {
+                    gpa: header.address,
+                    data: payload.try_into().expect("page length checked with the header"),
+                })
+            }
+            RecordType::ZeroPages => {
+                if self.phase != ImportPhase::Memory {
+                    return Err(unexpected);
+                }
+                let count = decode_count(payload)?;
+                self.mark(header.address, count)?;
+                self.pages_in_round += count;
+                Ok(ImportEvent::ZeroPages {
+                    gpa: header.address,
+                    count,
+                })
+            }
+            RecordType::RoundEnd => {
+                if self.phase != ImportPhase::Memory {
+                    return Err(unexpected);
+                }
+                if header.address != 0 {
+                    return Err(Error::Invalid {
+                        what: "RoundEnd address (must be 0)",
+                    });
+                }
+                let claimed = decode_count(payload)?;
+                if claimed != self.pages_in_round {
+                    return Err(Error::RoundCount {
+                        epoch: self.epoch,
+                        claimed,
+                        received: self.pages_in_round,
+                    });
+                }
+                let ended = self.epoch;
+                self.epoch = ended.checked_add(1).filter(|&e| e < u32::MAX).ok_or(Error::Invalid {
+                    what: "epoch (too many rounds)",
+                })?;
+                self.rounds += 1;
+                self.total_pages += claimed;
+                self.pages_in_round = 0;
+                Ok(ImportEvent::RoundEnd {
+                    epoch: ended,
+                    pages: claimed,
+                })
+            }
+            RecordType::VcpuState => {
+                let allowed = match self.phase {
+                    ImportPhase::Memory => self.pages_in_round == 0,
+                    ImportPhase::VcpuStates => true,
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(unexpected);
+                }
+                if header.address >= MAX_VCPUS as u64 {
+                    return Err(Error::VcpuIndex(header.address));
+                }
+                let index = header.address as u32;
+                let (word, bit) = (index as usize / 64, 1u64 << (index % 64));
+                if self.vcpus_seen[word] & bit != 0 {
+                    return Err(Error::DuplicateVcpu(index));
+                }
+                self.vcpus_seen[word] |= bit;
+                self.vcpus += 1;
+                self.phase = ImportPhase::VcpuStates;
+                Ok(ImportEvent::VcpuState { index, state: payload })
+            }
+            RecordType::Final => {
+                if self.phase != ImportPhase::VcpuStates || header.address != 0 {
+                    return Err(unexpected);
+                }
+                let summary = Summary::decode(payload)?;
+                self.check_final(&summary)?;
+                self.summary = Some(summary);
+                self.phase = ImportPhase::Complete;
+                Ok(ImportEvent::Complete(summary))
+            }
+            RecordType::Commit | RecordType::AbortToken => Err(Error::UnexpectedRecord {
+                got: header.record_type as u8,
+                during: "on the source's stream",
+            }),
+        }
+    }
+
+    /// Records `count` pages from `gpa` as imported in the open epoch.
+    fn mark(&mut self, gpa: u64, count: u64) -> Result<()> {
+        if gpa % PAGE_SIZE as u64 != 0 {
+            return Err(Error::Unaligned(gpa));
+        }
+        let first = gpa / PAGE_SIZE as u64;
+        let end = first.checked_add(count).ok_or(Error::OutOfRange(gpa))?;
+        if count == 0 || end > self.epochs.len() as u64 {
+            return Err(if count == 0 {
+                Error::Invalid {
+                    what: "zero-page run of 0 pages",
+                }
+            } else {
+                Error::OutOfRange(gpa)
+            });
+        }
+        let stamp = self.epoch + 1;
+        for (i, entry) in self.epochs[first as usize..end as usize].iter_mut().enumerate() {
+            // entry = last imported epoch + 1 (0: never); newer means entry ≤ epoch.
+            if *entry >= stamp {
+                return Err(Error::StalePage {
+                    gpa: gpa + i as u64 * PAGE_SIZE as u64,
+                    epoch: self.epoch,
+                });
+            }
+            *entry = stamp;
+        }
+        Ok(())
+    }
+
+    fn check_final(&self, summary: &Summary) -> Result<()> {
+        if self.pages_in_round != 0 {
+            return Err(Error::RoundCount {
+                epoch: self.epoch,
+                claimed: 0,
+                received: self.pages_in_round,
+            });
+        }
+        let checks = [
+            ("rounds", u64::from(summary.rounds), u64::from(self.rounds)),
+            ("pages", summary.total_pages, self.total_pages),
+            ("vcpus", u64::from(summary.vcpus), u64::from(self.vcpus)),
+        ];
+        for (what, claimed, received) in checks {
+            if claimed != received {
+                return Err(Error::FinalMismatch {
+                    what,
+                    claimed,
+                    received,
+                });
+            }
+        }
+        // As many distinct indices as vCPUs, none at or above the count:
+        // exactly 0..vcpus.
+        let highest = (0..MAX_VCPUS)
+            .rev()
+            .find(|&i| self.vcpus_seen[i / 64] & (1 << (i % 64)) != 0)
+            .map_or(0, |i| i as u64 + 1);
+        if highest != u64::from(summary.vcpus) {
+            return Err(Error::FinalMismatch {
+                what: "vcpus (highest index + 1)",
+                claimed: u64::from(summary.vcpus),
+                received: highest,
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits: checks completeness (and, in verified mode, that
+    /// `memory_digest`, the caller's [`crate::MemoryDigest`] of its private
+    /// memory, equals the source's), destroys the abort key, then seals
+    /// the Commit record into `out`. After `Ok` the guest must run here
+    /// and no abort token can ever be minted.
+    pub fn commit(&mut self, memory_digest: Option<&[u8; 32]>, out: &mut [u8; COMMIT_RECORD_LEN]) -> Result<()> {
+        self.refuse_if_done()?;
+        let result = self.commit_inner(memory_digest, out);
+        if result.is_err() && self.phase != ImportPhase::Committed {
+            self.phase = ImportPhase::Poisoned;
+        }
+        result
+    }
+
+    fn commit_inner(&mut self, memory_digest: Option<&[u8; 32]>, out: &mut [u8; COMMIT_RECORD_LEN]) -> Result<()> {
+        if self.phase != ImportPhase::Complete {
+            return Err(Error::Incomplete);
+        }
+        let summary = self.summary.expect("set with Complete");
+        match (summary.memory_digest, memory_digest) {
+            (Some(theirs), Some(ours)) => {
+                if !bool::from(theirs.ct_eq(ours)) {
+                    return Err(Error::DigestMismatch);
+                }
+            }
+            (None, None) => {}
+            (theirs, _) => {
+                return Err(Error::DigestMode {
+                    source_verified: theirs.is_some(),
+                })
+            }
+        }
+        // The one-way switch: the abort key is zeroized before the Commit
+        // exists, so there is no moment where both could be produced.
+        self.abort = None;
+        self.phase = ImportPhase::Committed;
+        let seq = self.control.reserve()?;
+        out[HEADER_LEN..HEADER_LEN + SUMMARY_LEN].copy_from_slice(&summary.encode());
+        self.control.seal(seq, RecordType::Commit, self.epoch, 0, out)?;
+        Ok(())
+    }
+
+    /// Mints the abort token (into `out`): the destination gives up, and
+    /// the source may resume. Refused after commit. Once minted, nothing
+    /// more is imported and commit is impossible; asking again returns the
+    /// same token (`reason` of the first call).
+    pub fn mint_abort(&mut self, reason: u32, out: &mut [u8; ABORT_RECORD_LEN]) -> Result<()> {
+        if self.phase == ImportPhase::Committed {
+            return Err(Error::AlreadyCommitted);
+        }
+        if let Some(token) = &self.abort_token {
+            out.copy_from_slice(token);
+            return Ok(());
+        }
+        // From here on nothing can commit, whatever happens below.
+        self.phase = ImportPhase::Aborted;
+        let mut sealer = self.abort.take().ok_or(Error::AlreadyCommitted)?;
+        let seq = sealer.reserve()?;
+        out[HEADER_LEN..HEADER_LEN + ABORT_LEN].copy_from_slice(&encode_abort(reason));
+        sealer.seal(seq, RecordType::AbortToken, 0, 0, out)?;
+        self.abort_token = Some(*out);
+        Ok(())
+    }
+}
