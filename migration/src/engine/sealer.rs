@@ -130,10 +130,10 @@ impl Sealer for PlainSealer {
         };
         let mut zero_run: Option<(u64, u64)> = None;
         let mut kept = 0;
-        for i in 0..n {
+        for (i, &never_populated) in unpopulated.iter().enumerate().take(n) {
             let page_gpa = gpa + (i * PAGE_BYTES) as u64;
             let slot = kept * PAGE_BYTES..(kept + 1) * PAGE_BYTES;
-            let zero = if unpopulated[i] {
+            let zero = if never_populated {
                 // Never populated, so zero: not read (that would fault it
                 // in), not scanned.
                 true
