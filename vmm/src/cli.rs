@@ -1,17 +1,69 @@
 //! covm's command line, in Cloud Hypervisor's syntax.
 
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// covm: a KVM virtual machine monitor for confidential VMs that must still move.
 ///
 /// With neither --kernel nor --firmware, covm boots its built-in firmware and
 /// passes --cmdline to it (for example `--cmdline "workload=dirty mib=64"`).
-/// The emulated confidential platform, when it comes, provides no hardware
-/// protection.
+/// `--platform emulated_cvm=on` runs the VM on covm's emulated confidential
+/// platform (measured launch, migration policy, attestation evidence as on
+/// SEV-SNP), which provides NO hardware protection: covm, the host, can read
+/// and change all guest memory. `covm measure` prints the launch measurement
+/// the same options would give.
 #[derive(Debug, Parser)]
-#[command(name = "covm", version, about, long_about = None)]
+#[command(
+    name = "covm",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
+    /// What the VM is made of.
+    #[command(flatten)]
+    pub vm: VmArgs,
+
+    /// Serial port (COM1) output: tty | file=PATH | off | null (default tty).
+    #[arg(long, value_name = "MODE")]
+    pub serial: Option<String>,
+
+    /// virtio console: off | null (covm has no virtio console yet).
+    #[arg(long, value_name = "MODE")]
+    pub console: Option<String>,
+
+    /// HTTP API socket: path=PATH | fd=N | PATH.
+    #[arg(long = "api-socket", value_name = "path=PATH")]
+    pub api_socket: Option<String>,
+
+    /// How a migration tracks dirty pages: mode=log (KVM's dirty bitmap,
+    /// default) or mode=ring[,ring_entries=N] (KVM's per-vCPU dirty ring,
+    /// N a power of two, default 4096). See docs/migration.md.
+    #[arg(long = "dirty-tracking", value_name = "mode=log|ring")]
+    pub dirty_tracking: Option<String>,
+
+    /// Write covm's log here instead of standard error.
+    #[arg(long = "log-file", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// More logging: -v info (boot markers), -vv debug, -vvv trace.
+    #[arg(short = 'v', action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Test-only hooks that alter guest memory from the VMM (see docs/testing.md).
+    #[arg(long = "test-hook", value_name = "HOOK", hide = true)]
+    pub test_hooks: Vec<String>,
+
+    /// Instead of running a VM.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The VM options: what is loaded into the guest and on which platform.
+#[derive(Debug, Args, Default)]
+pub struct VmArgs {
     /// vCPUs: boot=N (1 to 32), max=N (must equal boot).
     #[arg(long, value_name = "boot=N")]
     pub cpus: Option<String>,
@@ -36,51 +88,61 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub firmware: Option<PathBuf>,
 
-    /// Serial port (COM1) output: tty | file=PATH | off | null (default tty).
-    #[arg(long, value_name = "MODE")]
-    pub serial: Option<String>,
-
-    /// virtio console: off | null (covm has no virtio console yet).
-    #[arg(long, value_name = "MODE")]
-    pub console: Option<String>,
-
-    /// HTTP API socket: path=PATH | fd=N | PATH.
-    #[arg(long = "api-socket", value_name = "path=PATH")]
-    pub api_socket: Option<String>,
-
-    /// Platform options (Cloud Hypervisor's keys; confidential platforms come later).
+    /// Platform: emulated_cvm=on[,root_key=PATH] for the emulated
+    /// confidential platform (NO hardware protection; root_key: the
+    /// attestation root's key file, loaded, or created with mode 0600 if
+    /// missing; without it a key for this VM only). Cloud Hypervisor's
+    /// keys are recognised; sev_snp=on and tdx=on are refused (not on this
+    /// machine, not supported yet).
     #[arg(long, value_name = "KEY=VALUE,...")]
     pub platform: Option<String>,
 
-    /// How a migration tracks dirty pages: mode=log (KVM's dirty bitmap,
-    /// default) or mode=ring[,ring_entries=N] (KVM's per-vCPU dirty ring,
-    /// N a power of two, default 4096). See docs/migration.md.
-    #[arg(long = "dirty-tracking", value_name = "mode=log|ring")]
-    pub dirty_tracking: Option<String>,
+    /// The guest owner's migration policy (JSON; see resources/policies/),
+    /// required with --platform emulated_cvm=on. Bound at launch through
+    /// HOST_DATA and placed in guest memory for the migration agent.
+    #[arg(long = "migration-policy", value_name = "PATH")]
+    pub migration_policy: Option<PathBuf>,
+}
 
-    /// Write covm's log here instead of standard error.
-    #[arg(long = "log-file", value_name = "PATH")]
-    pub log_file: Option<PathBuf>,
+/// covm's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the launch measurement the VM options would give (JSON), without creating a VM.
+    ///
+    /// The measurement equals the one vm.info reports for a VM launched with
+    /// the same options (docs/platforms.md lists what it covers). With
+    /// root_key=PATH in --platform the root key is loaded, or created, and
+    /// its public key shown. --migration-policy is optional here: the
+    /// measurement does not depend on the policy's contents; given, its
+    /// HOST_DATA is shown too.
+    Measure(MeasureArgs),
+}
 
-    /// More logging: -v info (boot markers), -vv debug, -vvv trace.
-    #[arg(short = 'v', action = ArgAction::Count)]
-    pub verbose: u8,
+/// `covm measure`.
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
+    /// The VM options, as for a launch.
+    #[command(flatten)]
+    pub vm: VmArgs,
 
-    /// Test-only hooks that alter guest memory from the VMM (see docs/testing.md).
-    #[arg(long = "test-hook", value_name = "HOOK", hide = true)]
-    pub test_hooks: Vec<String>,
+    /// Also list every measured entry (address, page type, what it holds).
+    #[arg(long)]
+    pub pages: bool,
 }
 
 impl Cli {
     /// Whether the command line describes a VM (rather than only an API
     /// socket to wait on).
     pub fn has_vm_options(&self) -> bool {
-        self.cpus.is_some()
-            || self.memory.is_some()
-            || self.kernel.is_some()
-            || self.initramfs.is_some()
-            || self.cmdline.is_some()
-            || self.firmware.is_some()
+        let vm = &self.vm;
+        vm.cpus.is_some()
+            || vm.memory.is_some()
+            || vm.kernel.is_some()
+            || vm.initramfs.is_some()
+            || vm.cmdline.is_some()
+            || vm.firmware.is_some()
+            || vm.platform.is_some()
+            || vm.migration_policy.is_some()
             || self.dirty_tracking.is_some()
     }
 }

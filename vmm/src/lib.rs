@@ -17,6 +17,7 @@ pub mod machine_state;
 pub mod memory;
 pub mod migrate;
 pub mod migration_vm;
+pub mod platform;
 pub mod test_hooks;
 pub mod vcpu;
 pub mod vcpu_control;

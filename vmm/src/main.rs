@@ -2,7 +2,7 @@
 //! that says how it ended (see `covm::exit`).
 
 use clap::Parser;
-use covm::cli::Cli;
+use covm::cli::{Cli, Command, MeasureArgs};
 use covm::config::{self, VmConfig};
 use covm::exit::{STATUS_ERROR, STATUS_USAGE};
 use covm::test_hooks::TestHook;
@@ -30,6 +30,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    if let Some(Command::Measure(args)) = &cli.command {
+        return match measure(args) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("covm measure: {message}");
+                ExitCode::from(STATUS_ERROR as u8)
+            }
+        };
+    }
     match run(&cli, start) {
         Ok(status) => ExitCode::from(status as u8),
         Err(message) => {
@@ -46,6 +58,48 @@ fn report(cli: &Cli, message: &str) {
         tracing::error!("{message}");
     }
     eprintln!("covm: {message}");
+}
+
+/// `covm measure`: the launch measurement the VM options would give, as
+/// JSON, computed as a launch computes it but in scratch memory (no KVM).
+fn measure(args: &MeasureArgs) -> Result<String, String> {
+    use covm::platform::{self, hex, root_key, PlatformConfig};
+    let host_ram = config::host_ram().map_err(|e| format!("cannot read this host's memory size: {e}"))?;
+    let (config, no_policy) = VmConfig::for_measure(&args.vm, host_ram).map_err(|e| e.to_string())?;
+    let PlatformConfig::EmulatedCvm(emulated) = &config.platform else {
+        return Err("give a confidential platform (--platform emulated_cvm=on): a plain VM is not measured".into());
+    };
+    // The root key only when a file is named: a key for one VM is of no use here.
+    let root_public_key = match &emulated.root_key {
+        Some(path) => {
+            let key = root_key::load_or_create(Some(path)).map_err(|e| e.to_string())?;
+            if let Some(line) = key.announcement() {
+                eprintln!("covm: {line}");
+            }
+            Some(hex(&key.public_key))
+        }
+        None => None,
+    };
+    let measurement = platform::measure(&config).map_err(|e| e.to_string())?;
+    let mut out = serde_json::json!({
+        "platform": config.platform.name(),
+        "measurement": hex(&measurement.digest),
+        // Without --migration-policy the measurement is the same (the policy
+        // page is an UNMEASURED entry) but there is no HOST_DATA to show.
+        "host_data": config.platform.host_data().filter(|_| !no_policy).map(|h| hex(&h)),
+        "policy_version": config.platform.migration_policy().filter(|_| !no_policy).map(|p| p.version()),
+        "root_public_key": root_public_key,
+        "vcpus": config.cpus.boot_vcpus,
+        "entries": measurement.pages.len(),
+    });
+    if args.pages {
+        out["pages"] = measurement
+            .pages
+            .iter()
+            .map(|p| serde_json::json!({"gpa": format!("{:#x}", p.gpa), "type": p.page_type.name(), "what": p.what}))
+            .collect();
+    }
+    Ok(serde_json::to_string_pretty(&out).expect("JSON serialises"))
 }
 
 fn run(cli: &Cli, start: Instant) -> Result<i32, String> {

@@ -1,12 +1,13 @@
 //! A VM: KVM objects, guest memory, devices and vCPUs, and running it.
 
 use crate::arch::{cpuid, regs};
-use crate::boot::{self, BootError};
+use crate::boot::BootError;
 use crate::config::{DirtyTracking, SerialMode, VmConfig};
 use crate::dirty_ring::{self, DirtyRings};
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemory, MemoryError};
+use crate::platform::{self, image, Platform, PlatformError};
 use crate::vcpu::{ExitNotifier, Vcpu, VcpuCounters, VcpuError};
 use crate::vcpu_control::{Desired, RunControl, THROTTLE_PERIOD};
 use crate::vm_snapshot::{SnapshotError, VmSnapshot, SNAPSHOT_VERSION};
@@ -53,6 +54,12 @@ pub enum VmError {
     /// Loading the payload.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// Loading the payload and boot structures.
+    #[error(transparent)]
+    Load(#[from] image::LoadError),
+    /// The platform (root key, measurement).
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
     /// A vCPU.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -134,6 +141,7 @@ pub struct Vm {
     vcpu_fds: Vec<Arc<Mutex<VcpuFd>>>,
     serial: Option<SharedSerial>,
     msr_indices: Vec<u32>,
+    platform: Box<dyn Platform>,
     // Kept open for the VM's lifetime: dropping it destroys the VM.
     vm_fd: VmFd,
 }
@@ -189,7 +197,7 @@ impl Vm {
         create_chips(&vm_fd)?;
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
         let (bus, serial) = build_bus(&vm_fd, config, sink, start)?;
-        let mut vcpus = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
+        let (mut vcpus, platform) = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
         let dirty_rings = match config.dirty_tracking {
             DirtyTracking::Log => None,
             DirtyTracking::Ring { entries } => {
@@ -225,8 +233,14 @@ impl Vm {
             notify,
             serial,
             msr_indices,
+            platform,
             vm_fd,
         })
+    }
+
+    /// The VM's platform, chosen at launch.
+    pub fn platform(&self) -> &dyn Platform {
+        &*self.platform
     }
 
     /// Every piece of state but memory, encoded; the vCPUs must be paused
@@ -414,14 +428,15 @@ fn create_chips(vm_fd: &VmFd) -> Result<(), VmError> {
     vm_fd.create_pit2(pit).map_err(call("create the in-kernel PIT"))
 }
 
-/// Loads the payload and creates the vCPUs with their boot state.
+/// Loads the payload, creates the vCPUs with their boot state and
+/// launches the platform over what was loaded.
 fn build_vcpus(
     kvm: &kvm_ioctls::Kvm,
     vm_fd: &VmFd,
     memory: &GuestMemory,
     config: &VmConfig,
     origin: Origin,
-) -> Result<Vec<Vcpu>, VmError> {
+) -> Result<(Vec<Vcpu>, Box<dyn Platform>), VmError> {
     let call = |what| move |source| VmError::KvmCall { what, source };
 
     let supported = kvm
@@ -439,12 +454,18 @@ fn build_vcpus(
     for vcpu in &mut vcpus {
         vcpu.configure(&supported, topo)?;
     }
-    if origin == Origin::Boot {
-        let entry = boot::load(memory, config)?;
-        tracing::info!("booting {:?} entry at {:#x}", entry.mode, entry.entry);
-        regs::setup_bsp(&vcpus[0].fd(), memory, &entry)?;
-    }
-    Ok(vcpus)
+    let platform = match origin {
+        Origin::Boot => {
+            let loaded = image::load(memory, config)?;
+            let entry = loaded.entry;
+            tracing::info!("booting {:?} entry at {:#x}", entry.mode, entry.entry);
+            let platform = config.platform.launch(memory, &loaded.image)?;
+            regs::apply_bsp(&vcpus[0].fd(), &loaded.bsp)?;
+            platform
+        }
+        Origin::Incoming => platform::launch_incoming(config)?,
+    };
+    Ok((vcpus, platform))
 }
 
 /// Gives KVM each RAM region as a memory slot.

@@ -105,6 +105,8 @@ pub enum Reply {
         memory_actual_size: u64,
         /// The current or last migration.
         migration: Option<serde_json::Value>,
+        /// The platform: kind, protection, measurement, host data.
+        platform: serde_json::Value,
     },
     /// `vm.counters`.
     Counters(Counters),
@@ -194,6 +196,9 @@ pub struct Vmm {
     hooks: Vec<TestHook>,
     config: Option<VmConfig>,
     vm: Option<Vm>,
+    /// `vm.info`'s platform block of the VM last launched or received
+    /// (kept while the VM is away migrating or shut down).
+    platform_info: Option<serde_json::Value>,
     state: VmState,
     generation: u64,
     events_tx: Sender<Event>,
@@ -225,6 +230,7 @@ impl Vmm {
             hooks,
             config: None,
             vm: None,
+            platform_info: None,
             state: VmState::Created,
             generation: 0,
             events_tx,
@@ -335,6 +341,7 @@ impl Vmm {
                         return crate::exit::STATUS_ERROR;
                     }
                     self.config = Some(*config);
+                    self.platform_info = Some(vm.platform().info());
                     self.vm = Some(vm);
                     self.state = VmState::Running;
                     if let Some(m) = &mut self.migration {
@@ -384,6 +391,10 @@ impl Vmm {
                 let config = self.created()?;
                 Ok(Reply::Info {
                     memory_actual_size: config.memory.size,
+                    platform: self
+                        .platform_info
+                        .clone()
+                        .unwrap_or_else(|| config.platform.info_before_launch()),
                     config: Box::new(config.clone()),
                     state: self.state,
                     migration: self.migration_info(),
@@ -426,6 +437,7 @@ impl Vmm {
             Request::Delete => {
                 self.stop_vm();
                 self.config = None;
+                self.platform_info = None;
                 self.state = VmState::Created;
                 Ok(Reply::Done)
             }
@@ -454,6 +466,15 @@ impl Vmm {
 
     fn send_migration(&mut self, endpoint: Endpoint, options: SendOptions) -> Result<Reply, ApiError> {
         self.expect_booted("migrate")?;
+        // Never send a confidential VM's memory in the clear: that takes
+        // the in-guest migration agent's sealed session.
+        if self.vm.as_ref().is_some_and(|vm| vm.platform().confidential()) {
+            return Err(ApiError::InvalidState(
+                "confidential migration needs the firmware migration agent, not built yet: \
+                 covm does not send a confidential VM's memory in the clear"
+                    .into(),
+            ));
+        }
         let config = self.created()?.clone();
         let vm = self.vm.take().expect("a booted VM exists");
         let progress = Progress::new();
@@ -543,6 +564,7 @@ impl Vmm {
             hook.spawn(vm.memory().clone(), self.start);
         }
         vm.start().map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.platform_info = Some(vm.platform().info());
         self.vm = Some(vm);
         self.state = VmState::Running;
         Ok(())

@@ -1,6 +1,7 @@
 //! Guest-physical layout shared by covm and the firmware.
 //!
 //! ```text
+//! 0x0000_6000  migration policy (confidential platforms; written by covm)
 //! 0x0000_7000  PVH start info + memory map (written by covm)
 //! 0x0000_8000  AP start-up trampoline (firmware, real mode)
 //! 0x0010_0000  firmware image (text, data, bss with per-CPU stacks)
@@ -9,6 +10,21 @@
 //! ```
 //! The generation of each page lives in the table, away from the page, so a
 //! page put back to an older version is told apart from a current one.
+
+/// The page where covm places the guest owner's migration policy on a
+/// confidential platform (`--migration-policy`): its canonical encoding
+/// (`covm_agent_protocol::Policy`, docs/confidential-protocol.md §6) at
+/// offset 0, the rest of the page zero. Its length follows from the
+/// encoding's own header (32 + 48 × byte 28 + 49 × byte 29, at most 996).
+///
+/// Covm writes it, the in-guest migration agent reads it. Its contents are
+/// not in the launch measurement (the page enters it as one UNMEASURED
+/// entry, as on SEV-SNP): they are bound by HOST_DATA = SHA-256 of the
+/// encoding instead, which is what lets a policy list the measurement of
+/// the very VM it is launched with. A plain VM has nothing here. The page
+/// is free in every layout covm uses: below the PVH start info, above the
+/// boot GDT/IDT page, away from the firmware image and the `dirty` region.
+pub const MIGRATION_POLICY: u64 = 0x0000_6000;
 
 /// Where the firmware image is linked and loaded.
 pub const FIRMWARE_BASE: u64 = 0x0010_0000;

@@ -81,11 +81,13 @@ fn render(reply: Reply) -> Response {
             state,
             memory_actual_size,
             migration,
+            platform,
         } => Json(json!({
             "config": vm_config::to_json(&config),
             "state": state.name(),
             "memory_actual_size": memory_actual_size,
             "migration": migration,
+            "platform": platform,
         }))
         .into_response(),
         Reply::Counters(counters) => Json(counters).into_response(),

@@ -4,12 +4,17 @@
 //! Every field CH defines is accepted by the parser; a field covm cannot
 //! honour yet is refused by name unless it holds its default (null, false,
 //! empty). Fields CH does not define are refused by serde, by name, except
-//! covm's one extension, `dirty_tracking` (see `--dirty-tracking`).
+//! covm's extensions: `dirty_tracking` (see `--dirty-tracking`) and, in
+//! `platform`, `emulated_cvm`, `root_key` and `migration_policy` (the
+//! policy inline, as its JSON file holds it; see `--platform` and
+//! docs/platforms.md). They travel with a migration, so an incoming VM is
+//! built on the same platform with the same policy, and measures the same.
 
 use crate::config::{
     check_readable, ApiSocket, CpusConfig, DirtyTracking, MemoryConfig, Payload, SerialMode, VmConfig,
 };
 use crate::config::{MAX_VCPUS, MIN_MEMORY};
+use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -345,6 +350,82 @@ const CH_PLATFORM_KEYS: &[&str] = &[
     "vfio_p2p_dma",
 ];
 
+/// covm's keys in `PlatformConfig`.
+const COVM_PLATFORM_KEYS: &[&str] = &["emulated_cvm", "root_key", "migration_policy"];
+
+/// The platform from CH's `platform` object and covm's keys in it.
+fn platform_from_json(platform: Option<&Value>, payload: &Payload) -> Result<PlatformConfig, String> {
+    let Some(platform) = platform else {
+        return Ok(PlatformConfig::Plain);
+    };
+    let map = platform.as_object().ok_or("platform must be an object")?;
+    for (key, what) in [("sev_snp", "AMD SEV-SNP"), ("tdx", "Intel TDX")] {
+        if map.get(key).is_some_and(|v| !is_default(v)) {
+            return Err(format!(
+                "field 'platform.{key}' cannot be honoured: {what} is not available on this machine and covm \
+                 does not support it yet (platform.emulated_cvm is covm's emulated confidential platform)"
+            ));
+        }
+    }
+    let ch: serde_json::Map<String, Value> = map
+        .iter()
+        .filter(|(k, _)| !COVM_PLATFORM_KEYS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    // No VFIO devices, so peer-to-peer DMA (default on) is moot.
+    other_keys("platform", &ch, CH_PLATFORM_KEYS, &["vfio_p2p_dma"])?;
+    let emulated_cvm = match map.get("emulated_cvm") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(format!("platform.emulated_cvm must be true or false, not {other}")),
+    };
+    let root_key = match map.get("root_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(path)) if !path.is_empty() => Some(PathBuf::from(path)),
+        Some(other) => return Err(format!("platform.root_key must be a file path, not {other}")),
+    };
+    let policy = match map.get("migration_policy") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(MigrationPolicy::from_value(value).map_err(|e| format!("platform.migration_policy: {e}"))?),
+    };
+    match (emulated_cvm, policy) {
+        (false, None) if root_key.is_some() => Err("platform.root_key needs platform.emulated_cvm: true".into()),
+        (false, None) => Ok(PlatformConfig::Plain),
+        (false, Some(_)) => {
+            Err("platform.migration_policy needs a confidential platform (platform.emulated_cvm: true)".into())
+        }
+        (true, None) => Err(
+            "platform.emulated_cvm needs platform.migration_policy: the guest owner's migration policy \
+             (its JSON inline, see resources/policies/)"
+                .into(),
+        ),
+        (true, Some(_)) if matches!(payload, Payload::Kernel { .. }) => Err(
+            "platform.emulated_cvm boots firmware (the built-in one or payload.firmware), not payload.kernel: \
+             the migration agent lives in the firmware"
+                .into(),
+        ),
+        (true, Some(policy)) => Ok(PlatformConfig::EmulatedCvm(EmulatedCvmConfig { root_key, policy })),
+    }
+}
+
+/// The platform as CH's `platform` object with covm's keys (None: plain).
+fn platform_to_json(platform: &PlatformConfig) -> Option<Value> {
+    let policy = platform.migration_policy()?;
+    let mut map = serde_json::Map::new();
+    map.insert(platform.name().into(), Value::Bool(true));
+    if let PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
+        root_key: Some(path), ..
+    }) = platform
+    {
+        map.insert("root_key".into(), Value::String(path.display().to_string()));
+    }
+    map.insert(
+        "migration_policy".into(),
+        serde_json::to_value(policy.to_json()).expect("a policy serialises"),
+    );
+    Some(Value::Object(map))
+}
+
 /// Checks the keys of a section beyond those covm reads: each must be one
 /// CH defines (`known`), and at its default unless covm meets it anyway
 /// (`met`).
@@ -452,11 +533,7 @@ pub fn to_vm_config(json: VmConfigJson, host_ram: u64) -> Result<VmConfig, Strin
             ));
         }
     }
-    if let Some(platform) = &json.platform {
-        let map = platform.as_object().ok_or("platform must be an object")?;
-        // No VFIO devices, so peer-to-peer DMA (default on) is moot.
-        other_keys("platform", map, CH_PLATFORM_KEYS, &["vfio_p2p_dma"])?;
-    }
+    let platform = platform_from_json(json.platform.as_ref(), &payload)?;
     Ok(VmConfig {
         cpus,
         memory: MemoryConfig { size },
@@ -465,6 +542,7 @@ pub fn to_vm_config(json: VmConfigJson, host_ram: u64) -> Result<VmConfig, Strin
         serial,
         api_socket: None::<ApiSocket>,
         dirty_tracking: dirty_tracking_from_json(json.dirty_tracking)?,
+        platform,
     })
 }
 
@@ -511,7 +589,7 @@ pub fn to_json(config: &VmConfig) -> VmConfigJson {
             socket: None,
             iommu: None,
         }),
-        platform: None,
+        platform: platform_to_json(&config.platform),
         dirty_tracking: dirty_tracking_to_json(config.dirty_tracking),
         unsupported: Unsupported::default(),
     }
@@ -560,7 +638,12 @@ mod tests {
         let e = parse_str(r#"{"payload": {}, "memory": {"size": 268435456, "hugepages": true}}"#).unwrap_err();
         assert!(e.contains("'memory.hugepages'"), "{e}");
         let e = parse_str(r#"{"payload": {}, "platform": {"sev_snp": true}}"#).unwrap_err();
-        assert!(e.contains("'platform.sev_snp'"), "{e}");
+        assert!(
+            e.contains("'platform.sev_snp'") && e.contains("not available on this machine"),
+            "{e}"
+        );
+        let e = parse_str(r#"{"payload": {}, "platform": {"tdx": true}}"#).unwrap_err();
+        assert!(e.contains("'platform.tdx'"), "{e}");
         let e = parse_str(r#"{"payload": {"host_data": "ab"}}"#).unwrap_err();
         assert!(e.contains("'payload.host_data'"), "{e}");
     }
@@ -595,6 +678,82 @@ mod tests {
         assert!(e.starts_with("payload.kernel: cannot read /nonexistent/k"), "{e}");
         let e = parse_str(r#"{"payload": {}, "serial": {"mode": "Pty"}}"#).unwrap_err();
         assert!(e.contains("serial.mode Pty"), "{e}");
+    }
+
+    fn emulated(extra: &str) -> String {
+        format!(
+            r#"{{"payload": {{"cmdline": "workload=hello"}}, "platform": {{"emulated_cvm": true{extra},
+                "migration_policy": {}}}}}"#,
+            crate::platform::policy::tests::valid_json()
+        )
+    }
+
+    #[test]
+    fn emulated_platform_and_its_policy() {
+        let c = parse_str(&emulated(r#", "root_key": "/k/root.key""#)).unwrap();
+        let PlatformConfig::EmulatedCvm(e) = &c.platform else {
+            panic!("{:?}", c.platform)
+        };
+        assert_eq!(e.root_key, Some("/k/root.key".into()));
+        assert_eq!(e.policy.version(), 3);
+        // Through vm.info's JSON (and a migration) and back: the same
+        // platform, the same policy bytes, so the same measurement.
+        let json = serde_json::to_vec(&to_json(&c)).unwrap();
+        assert_eq!(parse(&json, RAM).unwrap(), c);
+        let info = serde_json::to_value(to_json(&c)).unwrap();
+        assert_eq!(info["platform"]["emulated_cvm"], true);
+        assert_eq!(info["platform"]["root_key"], "/k/root.key");
+        assert_eq!(info["platform"]["migration_policy"]["version"], 3);
+        assert!(parse_str(&emulated("")).is_ok());
+    }
+
+    #[test]
+    fn emulated_platform_refusals_name_the_field() {
+        let policy = crate::platform::policy::tests::valid_json();
+        let cases = [
+            (
+                r#"{"payload": {}, "platform": {"emulated_cvm": true}}"#.to_string(),
+                "platform.emulated_cvm needs platform.migration_policy",
+            ),
+            (
+                format!(r#"{{"payload": {{}}, "platform": {{"migration_policy": {policy}}}}}"#),
+                "platform.migration_policy needs a confidential platform",
+            ),
+            (
+                r#"{"payload": {}, "platform": {"root_key": "/k"}}"#.to_string(),
+                "platform.root_key needs platform.emulated_cvm: true",
+            ),
+            (
+                r#"{"payload": {}, "platform": {"emulated_cvm": "yes"}}"#.to_string(),
+                "platform.emulated_cvm must be true or false",
+            ),
+            (
+                r#"{"payload": {}, "platform": {"emulated_cvm": true, "root_key": 3}}"#.to_string(),
+                "platform.root_key must be a file path",
+            ),
+            (
+                r#"{"payload": {}, "platform": {"emulated_cvm": true, "migration_policy": {"version": 1}}}"#
+                    .to_string(),
+                "platform.migration_policy: missing field `allowed_platforms`",
+            ),
+            (
+                r#"{"payload": {}, "platform": {"emulated_cvm": true, "migration_policy": {"version": 1,
+                    "allowed_platforms": ["sgx"], "allowed_measurements": []}}}"#
+                    .to_string(),
+                "platform.migration_policy: allowed_platforms[0]: unknown platform 'sgx'",
+            ),
+            (
+                format!(
+                    r#"{{"payload": {{"kernel": "/etc/hostname"}}, "platform": {{"emulated_cvm": true,
+                        "migration_policy": {policy}}}}}"#
+                ),
+                "not payload.kernel",
+            ),
+        ];
+        for (body, needle) in cases {
+            let e = parse_str(&body).unwrap_err();
+            assert!(e.contains(needle), "expected {needle:?} in {e:?}");
+        }
     }
 
     #[test]

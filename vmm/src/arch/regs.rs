@@ -3,7 +3,7 @@
 use crate::boot::layout;
 use crate::boot::{BootEntry, EntryMode};
 use crate::memory::GuestMemory;
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -83,52 +83,112 @@ fn segment(entry: u64, index: u16) -> kvm_segment {
     }
 }
 
-/// Sets the bootstrap vCPU's registers for `entry`.
-pub fn setup_bsp(vcpu: &VcpuFd, mem: &GuestMemory, entry: &BootEntry) -> Result<(), RegsError> {
-    let kvm = |what| move |source| RegsError::Kvm { what, vcpu: 0, source };
-    let mut sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
-    let mut regs = kvm_regs {
-        rflags: 2,
-        rip: entry.entry,
-        ..Default::default()
-    };
-    match entry.mode {
-        EntryMode::Pvh => {
-            // PVH: flat 32-bit protected mode, paging off, EBX = start info.
-            write_gdt(mem, &[0, GDT_CODE32, GDT_DATA, GDT_TSS])?;
-            load_segments(
-                &mut sregs,
-                segment(GDT_CODE32, 1),
-                segment(GDT_DATA, 2),
-                segment(GDT_TSS, 3),
-            );
-            sregs.cr0 = CR0_PE | CR0_ET;
-            sregs.cr4 = 0;
-            sregs.efer = 0;
-            regs.rbx = entry.boot_info;
-        }
+/// The bootstrap vCPU's registers at the entry: what covm sets on top of
+/// KVM's INIT state. One value serves both KVM ([`apply_bsp`]) and the
+/// launch measurement (`platform::vmsa::VcpuState::boot`), so what is
+/// measured is what runs. General-purpose registers not named are zero.
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct BootRegs {
+    pub rip: u64,
+    pub rflags: u64,
+    pub rbx: u64,
+    pub rsi: u64,
+    pub rsp: u64,
+    pub rbp: u64,
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+    pub cs: kvm_segment,
+    pub ds: kvm_segment,
+    pub es: kvm_segment,
+    pub fs: kvm_segment,
+    pub gs: kvm_segment,
+    pub ss: kvm_segment,
+    pub tr: kvm_segment,
+    pub gdt_base: u64,
+    pub gdt_limit: u16,
+    pub idt_base: u64,
+    pub idt_limit: u16,
+}
+
+/// Writes the boot GDT, IDT and (for the 64-bit entry) page tables into
+/// guest memory and returns the bootstrap vCPU's registers for `entry`.
+/// Touches no vCPU, so it also serves `covm measure`.
+pub fn boot_regs(mem: &GuestMemory, entry: &BootEntry) -> Result<BootRegs, RegsError> {
+    let (code, cr0, cr3, cr4, efer, (rbx, rsi, rsp)) = match entry.mode {
+        // PVH: flat 32-bit protected mode, paging off, EBX = start info.
+        EntryMode::Pvh => (GDT_CODE32, CR0_PE | CR0_ET, 0, 0, 0, (entry.boot_info, 0, 0)),
         EntryMode::Linux64 => {
-            write_gdt(mem, &[0, GDT_CODE64, GDT_DATA, GDT_TSS])?;
-            load_segments(
-                &mut sregs,
-                segment(GDT_CODE64, 1),
-                segment(GDT_DATA, 2),
-                segment(GDT_TSS, 3),
-            );
             write_page_tables(mem)?;
-            sregs.cr3 = layout::PML4;
-            sregs.cr4 |= CR4_PAE;
-            sregs.cr0 = CR0_PE | CR0_ET | CR0_NE | CR0_PG;
-            sregs.efer |= EFER_LME | EFER_LMA;
-            regs.rsp = layout::BOOT_STACK;
-            regs.rbp = layout::BOOT_STACK;
-            regs.rsi = entry.boot_info;
+            (
+                GDT_CODE64,
+                CR0_PE | CR0_ET | CR0_NE | CR0_PG,
+                layout::PML4,
+                CR4_PAE,
+                EFER_LME | EFER_LMA,
+                (0, entry.boot_info, layout::BOOT_STACK),
+            )
         }
-    }
+    };
+    write_gdt(mem, &[0, code, GDT_DATA, GDT_TSS])?;
     mem.write_obj(0u64, GuestAddress(layout::BOOT_IDT))
         .map_err(|_| RegsError::Memory("IDT"))?;
-    sregs.idt.base = layout::BOOT_IDT;
-    sregs.idt.limit = 7;
+    let data = segment(GDT_DATA, 2);
+    Ok(BootRegs {
+        rip: entry.entry,
+        rflags: 2,
+        rbx,
+        rsi,
+        rsp,
+        rbp: rsp,
+        cr0,
+        cr3,
+        cr4,
+        efer,
+        cs: segment(code, 1),
+        ds: data,
+        es: data,
+        fs: data,
+        gs: data,
+        ss: data,
+        tr: segment(GDT_TSS, 3),
+        gdt_base: layout::BOOT_GDT,
+        gdt_limit: 4 * 8 - 1,
+        idt_base: layout::BOOT_IDT,
+        idt_limit: 7,
+    })
+}
+
+/// Sets the bootstrap vCPU's registers to `boot` (over KVM's INIT state).
+pub fn apply_bsp(vcpu: &VcpuFd, boot: &BootRegs) -> Result<(), RegsError> {
+    let kvm = |what| move |source| RegsError::Kvm { what, vcpu: 0, source };
+    let mut sregs = vcpu.get_sregs().map_err(kvm("special registers"))?;
+    sregs.cs = boot.cs;
+    sregs.ds = boot.ds;
+    sregs.es = boot.es;
+    sregs.fs = boot.fs;
+    sregs.gs = boot.gs;
+    sregs.ss = boot.ss;
+    sregs.tr = boot.tr;
+    sregs.gdt.base = boot.gdt_base;
+    sregs.gdt.limit = boot.gdt_limit;
+    sregs.idt.base = boot.idt_base;
+    sregs.idt.limit = boot.idt_limit;
+    sregs.cr0 = boot.cr0;
+    sregs.cr3 = boot.cr3;
+    sregs.cr4 = boot.cr4;
+    sregs.efer = boot.efer;
+    let regs = kvm_regs {
+        rflags: boot.rflags,
+        rip: boot.rip,
+        rbx: boot.rbx,
+        rsi: boot.rsi,
+        rsp: boot.rsp,
+        rbp: boot.rbp,
+        ..Default::default()
+    };
     vcpu.set_sregs(&sregs).map_err(kvm("special registers"))?;
     vcpu.set_regs(&regs).map_err(kvm("registers"))
 }
@@ -139,18 +199,6 @@ fn write_gdt(mem: &GuestMemory, table: &[u64]) -> Result<(), RegsError> {
             .map_err(|_| RegsError::Memory("GDT"))?;
     }
     Ok(())
-}
-
-fn load_segments(sregs: &mut kvm_sregs, code: kvm_segment, data: kvm_segment, tss: kvm_segment) {
-    sregs.gdt.base = layout::BOOT_GDT;
-    sregs.gdt.limit = 4 * 8 - 1;
-    sregs.cs = code;
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.fs = data;
-    sregs.gs = data;
-    sregs.ss = data;
-    sregs.tr = tss;
 }
 
 /// Identity-maps the first 1 GiB with 2 MiB pages for the 64-bit entry.

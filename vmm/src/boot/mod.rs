@@ -281,6 +281,7 @@ mod tests {
             serial: SerialMode::Null,
             api_socket: None,
             dirty_tracking: Default::default(),
+            platform: Default::default(),
         }
     }
 

@@ -3,7 +3,8 @@
 pub mod options;
 pub mod size;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, VmArgs};
+use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
 use options::{parse_toggle, OptionError, OptionMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,17 @@ pub enum ConfigError {
     /// Two options that exclude each other, or one that needs another.
     #[error("{0}")]
     Conflict(&'static str),
+    /// The platform options (`--platform`, `--migration-policy`) do not fit.
+    #[error("{0}")]
+    Platform(String),
+    /// The migration policy file is not a valid policy.
+    #[error("--migration-policy {}: {reason}", path.display())]
+    Policy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
 }
 
 /// vCPU configuration (CH's `CpusConfig`).
@@ -128,11 +140,45 @@ pub struct VmConfig {
     pub api_socket: Option<ApiSocket>,
     /// Dirty-page tracking for migration.
     pub dirty_tracking: DirtyTracking,
+    /// The platform (plain or confidential) and its launch settings.
+    pub platform: PlatformConfig,
 }
 
 impl VmConfig {
     /// Builds and checks the configuration given on the command line.
     pub fn from_cli(cli: &Cli, host_ram: u64) -> Result<Self, ConfigError> {
+        let mut config = Self::from_vm_args(&cli.vm, host_ram)?;
+        config.serial = parse_serial(cli.serial.as_deref().unwrap_or("tty"))?;
+        if let Some(console) = &cli.console {
+            parse_console(console)?;
+        }
+        config.api_socket = cli.api_socket.as_deref().map(parse_api_socket).transpose()?;
+        config.dirty_tracking = cli
+            .dirty_tracking
+            .as_deref()
+            .map(parse_dirty_tracking)
+            .transpose()?
+            .unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Builds and checks what the VM options say (shared by the VM's
+    /// launch and `covm measure`); serial output is off, no API socket.
+    pub fn from_vm_args(cli: &VmArgs, host_ram: u64) -> Result<Self, ConfigError> {
+        Self::build(cli, host_ram, PolicyNeed::Required)
+    }
+
+    /// As [`VmConfig::from_vm_args`], for `covm measure`: on a confidential
+    /// platform the migration policy may be missing, since the measurement
+    /// does not depend on its contents (the policy page is an UNMEASURED
+    /// entry; HOST_DATA binds the contents). Returns whether the policy was
+    /// missing (an empty policy then stands in for it).
+    pub fn for_measure(cli: &VmArgs, host_ram: u64) -> Result<(Self, bool), ConfigError> {
+        let config = Self::build(cli, host_ram, PolicyNeed::Optional)?;
+        Ok((config, cli.migration_policy.is_none()))
+    }
+
+    fn build(cli: &VmArgs, host_ram: u64, need: PolicyNeed) -> Result<Self, ConfigError> {
         let cpus = parse_cpus(cli.cpus.as_deref().unwrap_or("boot=1"))?;
         let memory = parse_memory(cli.memory.as_deref().unwrap_or("size=512M"), host_ram)?;
         let payload = match (&cli.kernel, &cli.firmware, &cli.initramfs) {
@@ -154,30 +200,88 @@ impl VmConfig {
             }
             (None, None, None) => Payload::BuiltinFirmware,
         };
-        let serial = parse_serial(cli.serial.as_deref().unwrap_or("tty"))?;
-        if let Some(console) = &cli.console {
-            parse_console(console)?;
-        }
-        let api_socket = cli.api_socket.as_deref().map(parse_api_socket).transpose()?;
-        if let Some(platform) = &cli.platform {
-            parse_platform(platform)?;
-        }
-        let dirty_tracking = cli
-            .dirty_tracking
-            .as_deref()
-            .map(parse_dirty_tracking)
-            .transpose()?
-            .unwrap_or_default();
+        let platform = parse_platform(cli.platform.as_deref().unwrap_or(""))?;
+        let platform = platform_config(platform, cli.migration_policy.as_deref(), &payload, need)?;
         Ok(Self {
             cpus,
             memory,
             payload,
             cmdline: cli.cmdline.clone().unwrap_or_default(),
-            serial,
-            api_socket,
-            dirty_tracking,
+            serial: SerialMode::Off,
+            api_socket: None,
+            dirty_tracking: DirtyTracking::default(),
+            platform,
         })
     }
+}
+
+/// What `--platform` asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlatformOption {
+    /// `emulated_cvm=on`.
+    pub emulated_cvm: bool,
+    /// `root_key=PATH`.
+    pub root_key: Option<PathBuf>,
+}
+
+/// Whether a confidential platform must come with a migration policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyNeed {
+    /// A launch: it must.
+    Required,
+    /// `covm measure`: an empty policy stands in for a missing one.
+    Optional,
+}
+
+/// The platform from `--platform` and `--migration-policy`, checked
+/// together: a confidential platform needs a policy, a policy needs a
+/// confidential platform.
+fn platform_config(
+    option: PlatformOption,
+    policy: Option<&Path>,
+    payload: &Payload,
+    need: PolicyNeed,
+) -> Result<PlatformConfig, ConfigError> {
+    let mut policy = policy.map(read_policy).transpose()?;
+    if option.emulated_cvm && policy.is_none() && need == PolicyNeed::Optional {
+        policy = Some(MigrationPolicy::empty());
+    }
+    match (option.emulated_cvm, policy) {
+        (false, None) => Ok(PlatformConfig::Plain),
+        (false, Some(_)) => Err(ConfigError::Platform(
+            "--migration-policy needs a confidential platform (--platform emulated_cvm=on)".into(),
+        )),
+        (true, None) => Err(ConfigError::Platform(
+            "--platform emulated_cvm=on needs --migration-policy PATH: the guest owner's migration policy \
+             (JSON, see resources/policies/)"
+                .into(),
+        )),
+        (true, Some(_)) if matches!(payload, Payload::Kernel { .. }) => Err(ConfigError::Platform(
+            "--platform emulated_cvm=on boots firmware (the built-in one or --firmware), not --kernel: \
+             the migration agent lives in the firmware"
+                .into(),
+        )),
+        (true, Some(policy)) => Ok(PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
+            // Absolute: the path travels in the VM's configuration (vm.info,
+            // a migration's destination), read where covm's directory differs.
+            root_key: option.root_key.map(|p| std::path::absolute(&p).unwrap_or(p)),
+            policy,
+        })),
+    }
+}
+
+/// Reads and checks a `--migration-policy` file.
+pub fn read_policy(path: &Path) -> Result<MigrationPolicy, ConfigError> {
+    check_readable("--migration-policy", path)?;
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Unreadable {
+        option: "--migration-policy",
+        path: path.into(),
+        source,
+    })?;
+    MigrationPolicy::from_json_bytes(&bytes).map_err(|reason| ConfigError::Policy {
+        path: path.into(),
+        reason,
+    })
 }
 
 /// Checks that `path`, named by `option`, is a readable file.
@@ -325,9 +429,9 @@ pub fn parse_api_socket(text: &str) -> Result<ApiSocket, OptionError> {
     }
 }
 
-/// `--platform`: Cloud Hypervisor's keys are known; those covm cannot
-/// honour yet are refused by name.
-pub fn parse_platform(text: &str) -> Result<(), OptionError> {
+/// `--platform`: Cloud Hypervisor's keys and covm's `emulated_cvm` and
+/// `root_key`. Those covm cannot honour are refused by name.
+pub fn parse_platform(text: &str) -> Result<PlatformOption, OptionError> {
     let known = [
         "num_pci_segments",
         "iommu_segments",
@@ -336,17 +440,20 @@ pub fn parse_platform(text: &str) -> Result<(), OptionError> {
         "oem_strings",
         "tdx",
         "sev_snp",
+        "emulated_cvm",
+        "root_key",
     ];
     let m = OptionMap::parse("platform", text, &known)?;
-    for key in ["tdx", "sev_snp"] {
-        if let Some(value) = m.get_with(key, parse_toggle)? {
-            if value {
-                return Err(m.invalid(
-                    key,
-                    "on",
-                    "confidential platforms are not available in this covm build yet",
-                ));
-            }
+    for (key, what) in [("sev_snp", "AMD SEV-SNP"), ("tdx", "Intel TDX")] {
+        if m.get_with(key, parse_toggle)? == Some(true) {
+            return Err(m.invalid(
+                key,
+                m.get(key).unwrap_or_default(),
+                format!(
+                    "{what} is not available on this machine and covm does not support it yet \
+                     (emulated_cvm=on is covm's emulated confidential platform, without hardware protection)"
+                ),
+            ));
         }
     }
     for key in ["num_pci_segments", "iommu_segments", "oem_strings"] {
@@ -354,7 +461,14 @@ pub fn parse_platform(text: &str) -> Result<(), OptionError> {
             return Err(m.invalid(key, value, "covm has no PCI bus or SMBIOS tables"));
         }
     }
-    Ok(())
+    let emulated_cvm = m.get_with("emulated_cvm", parse_toggle)?.unwrap_or(false);
+    let root_key = match m.get("root_key") {
+        None => None,
+        Some("") => return Err(m.invalid("root_key", "", "needs a path")),
+        Some(path) if !emulated_cvm => return Err(m.invalid("root_key", path, "only emulated_cvm=on has a root key")),
+        Some(path) => Some(PathBuf::from(path)),
+    };
+    Ok(PlatformOption { emulated_cvm, root_key })
 }
 
 /// This host's RAM, from /proc/meminfo.
@@ -446,15 +560,114 @@ mod tests {
             .to_string()
             .contains("no virtio console"));
         assert!(parse_platform("serial_number=abc").is_ok());
-        assert!(parse_platform("sev_snp=off").is_ok());
-        assert!(parse_platform("sev_snp=on")
-            .unwrap_err()
-            .to_string()
-            .contains("sev_snp"));
+        assert_eq!(parse_platform("sev_snp=off").unwrap(), PlatformOption::default());
         assert!(parse_platform("bogus=1")
             .unwrap_err()
             .to_string()
             .contains("unknown key 'bogus'"));
+    }
+
+    #[test]
+    fn platform_option() {
+        assert_eq!(
+            parse_platform("emulated_cvm=on").unwrap(),
+            PlatformOption {
+                emulated_cvm: true,
+                root_key: None
+            }
+        );
+        assert_eq!(
+            parse_platform("emulated_cvm,root_key=/k/root.key").unwrap(),
+            PlatformOption {
+                emulated_cvm: true,
+                root_key: Some("/k/root.key".into())
+            }
+        );
+        assert!(!parse_platform("emulated_cvm=off").unwrap().emulated_cvm);
+        let refused = |text: &str| parse_platform(text).unwrap_err().to_string();
+        assert_eq!(
+            refused("sev_snp=on"),
+            "--platform: invalid sev_snp=on: AMD SEV-SNP is not available on this machine and covm does not \
+             support it yet (emulated_cvm=on is covm's emulated confidential platform, without hardware protection)"
+        );
+        assert!(refused("tdx=on").starts_with("--platform: invalid tdx=on: Intel TDX is not available"));
+        assert!(refused("emulated_cvm=maybe").contains("'maybe' is not on or off"));
+        assert_eq!(
+            refused("root_key=/k"),
+            "--platform: invalid root_key=/k: only emulated_cvm=on has a root key"
+        );
+        assert_eq!(
+            refused("emulated_cvm=on,root_key="),
+            "--platform: invalid root_key=: needs a path"
+        );
+        assert!(refused("emulated_cvm=on,emulated_cvm=off").contains("given twice"));
+    }
+
+    /// A policy file in a scratch directory, removed by the caller.
+    fn policy_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("covm-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.json");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn platform_and_policy_go_together() {
+        let good = policy_file("good", &crate::platform::policy::tests::valid_json());
+        let bad = policy_file(
+            "bad",
+            r#"{"version": 1, "allowed_platforms": [], "allowed_measurements": [], "x": 1}"#,
+        );
+        let g = good.to_str().unwrap();
+        let c = VmConfig::from_cli(
+            &cli(&["--platform", "emulated_cvm=on,root_key=/r", "--migration-policy", g]),
+            1 << 40,
+        )
+        .unwrap();
+        let PlatformConfig::EmulatedCvm(e) = &c.platform else {
+            panic!("{:?}", c.platform)
+        };
+        assert_eq!(e.root_key, Some("/r".into()));
+        assert_eq!(e.policy.version(), 3);
+        let refused = |args: &[&str]| VmConfig::from_cli(&cli(args), 1 << 40).unwrap_err().to_string();
+        assert!(refused(&["--platform", "emulated_cvm=on"])
+            .starts_with("--platform emulated_cvm=on needs --migration-policy"));
+        assert!(refused(&["--migration-policy", g]).starts_with("--migration-policy needs a confidential platform"));
+        assert!(refused(&["--platform", "emulated_cvm=off", "--migration-policy", g])
+            .starts_with("--migration-policy needs a confidential platform"));
+        let e = refused(&[
+            "--platform",
+            "emulated_cvm=on",
+            "--migration-policy",
+            bad.to_str().unwrap(),
+        ]);
+        assert!(
+            e.starts_with(&format!("--migration-policy {}: unknown field `x`", bad.display())),
+            "{e}"
+        );
+        let e = refused(&[
+            "--platform",
+            "emulated_cvm=on",
+            "--migration-policy",
+            "/nonexistent/p.json",
+        ]);
+        assert!(
+            e.starts_with("--migration-policy: cannot read /nonexistent/p.json"),
+            "{e}"
+        );
+        let e = refused(&[
+            "--platform",
+            "emulated_cvm=on",
+            "--migration-policy",
+            g,
+            "--kernel",
+            "/etc/hostname",
+        ]);
+        assert!(e.contains("not --kernel"), "{e}");
+        for p in [good, bad] {
+            std::fs::remove_dir_all(p.parent().unwrap()).unwrap();
+        }
     }
 
     #[test]

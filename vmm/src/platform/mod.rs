@@ -1,0 +1,293 @@
+//! Platforms: how a VM is launched and measured, whether its memory is
+//! protected from the host, and where its attestation evidence comes from.
+//!
+//! The platform is chosen once, from the configuration ([`PlatformConfig`],
+//! `--platform`), when a VM is launched: [`PlatformConfig::launch`] is the
+//! one place that turns the choice into a [`Platform`] object, and the rest
+//! of covm asks that object rather than matching on the kind. Today:
+//!
+//! - [`Plain`]: a normal KVM VM; nothing measured, nothing attested.
+//! - [`EmulatedCvm`] (`emulated_cvm=on`): measured as SEV-SNP measures,
+//!   policy bound by HOST_DATA, SNP-layout evidence signed by an emulated
+//!   root key. No hardware protection (see its module).
+//!
+//! How SEV-SNP and TDX fit: both get their own [`Platform`] and a branch
+//! in [`PlatformConfig::launch`], which receives the [`LaunchImage`] — the
+//! pages covm loaded, in order, with their SNP page types, and one VMSA per
+//! vCPU. SNP issues `SNP_LAUNCH_UPDATE` for exactly those pages and VMSAs
+//! and `SNP_LAUNCH_FINISH` with [`PlatformConfig::host_data`], and its
+//! [`Platform::measurement`] must then equal [`measure::launch_digest`] of
+//! the same image (what `covm measure` prints); TDX adds the pages with
+//! `TDH.MEM.PAGE.ADD`/`TDH.MR.EXTEND` and carries the HOST_DATA hash in
+//! MRCONFIGID. Their evidence comes from the PSP / the TDX module instead
+//! of an emulated root. (Both will also need a step before guest memory is
+//! registered, for private memory; the trait grows it then.)
+
+pub mod emulated;
+pub mod image;
+pub mod measure;
+pub mod policy;
+pub mod root_key;
+pub mod vmsa;
+
+pub use emulated::EmulatedCvm;
+pub use image::LaunchImage;
+pub use policy::MigrationPolicy;
+
+use crate::config::VmConfig;
+use crate::memory::{self, GuestMemory, MemoryError};
+use covm_agent_protocol::Evidence;
+use covm_guest_abi::layout::MIGRATION_POLICY;
+use image::{LoadError, PlacedPage};
+use measure::{MeasureError, Measurement, PageType};
+use root_key::RootKeyError;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// What a launched VM's platform answers.
+pub trait Platform: Send + Sync + std::fmt::Debug {
+    /// The platform's name as `--platform` spells it (`plain` for none).
+    fn kind(&self) -> &'static str;
+
+    /// Whether hardware keeps the guest's memory and registers from the
+    /// host. False for the emulated platform.
+    fn hardware_protection(&self) -> bool;
+
+    /// Whether the guest is confidential: its memory and vCPU state must
+    /// never leave covm in the clear (migration needs the agent).
+    fn confidential(&self) -> bool;
+
+    /// The launch measurement (SNP's 48-byte MEASUREMENT), if measured.
+    fn measurement(&self) -> Option<[u8; 48]>;
+
+    /// The 32 bytes bound at launch (SNP's HOST_DATA): the SHA-256 of the
+    /// migration policy.
+    fn host_data(&self) -> Option<[u8; 32]>;
+
+    /// The migration policy fixed at launch.
+    fn migration_policy(&self) -> Option<&MigrationPolicy>;
+
+    /// Attestation evidence binding `report_data`.
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, PlatformError>;
+
+    /// The `platform` block of `vm.info`.
+    fn info(&self) -> Value;
+}
+
+/// Errors choosing, launching or asking a platform.
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    /// The emulated root key.
+    #[error(transparent)]
+    RootKey(#[from] RootKeyError),
+    /// Loading the image to measure.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Measuring.
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+    /// Scratch memory to measure an incoming VM in.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Evidence asked of a platform that has none.
+    #[error("a {0} VM has no attestation evidence")]
+    NoEvidence(&'static str),
+}
+
+/// The choice of platform, as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PlatformConfig {
+    /// A normal VM.
+    #[default]
+    Plain,
+    /// The emulated confidential platform.
+    EmulatedCvm(EmulatedCvmConfig),
+}
+
+/// `--platform emulated_cvm=on[,root_key=PATH] --migration-policy PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulatedCvmConfig {
+    /// The root key file (loaded, or created if missing); None: a fresh
+    /// key for this VM only.
+    pub root_key: Option<PathBuf>,
+    /// The guest owner's migration policy.
+    pub policy: MigrationPolicy,
+}
+
+impl PlatformConfig {
+    /// The platform's name (`plain`, `emulated_cvm`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PlatformConfig::Plain => "plain",
+            PlatformConfig::EmulatedCvm(_) => "emulated_cvm",
+        }
+    }
+
+    /// Whether the VM will be confidential.
+    pub fn is_confidential(&self) -> bool {
+        !matches!(self, PlatformConfig::Plain)
+    }
+
+    /// The migration policy, on a confidential platform.
+    pub fn migration_policy(&self) -> Option<&MigrationPolicy> {
+        match self {
+            PlatformConfig::Plain => None,
+            PlatformConfig::EmulatedCvm(c) => Some(&c.policy),
+        }
+    }
+
+    /// HOST_DATA: the SHA-256 of the migration policy's encoding.
+    pub fn host_data(&self) -> Option<[u8; 32]> {
+        self.migration_policy().map(MigrationPolicy::host_data)
+    }
+
+    /// The pages the platform places in guest memory itself, after the
+    /// payload's: the migration policy at `layout::MIGRATION_POLICY`, as an
+    /// UNMEASURED page (its contents are bound by HOST_DATA instead).
+    pub fn placed_pages(&self) -> Vec<PlacedPage> {
+        match self.migration_policy() {
+            None => vec![],
+            Some(policy) => vec![PlacedPage {
+                gpa: MIGRATION_POLICY,
+                page_type: PageType::Unmeasured,
+                bytes: policy.encoded(),
+                what: "migration policy",
+            }],
+        }
+    }
+
+    /// The platform of a VM whose image was just loaded into `memory`.
+    pub fn launch(&self, memory: &GuestMemory, image: &LaunchImage) -> Result<Box<dyn Platform>, PlatformError> {
+        match self {
+            PlatformConfig::Plain => Ok(Box::new(Plain)),
+            PlatformConfig::EmulatedCvm(config) => {
+                let key = root_key::load_or_create(config.root_key.as_deref())?;
+                if let Some(line) = key.announcement() {
+                    tracing::info!("{line}");
+                    eprintln!("covm: {line}");
+                }
+                let measurement = measure::launch_digest(memory, image)?;
+                tracing::info!(
+                    "emulated_cvm launch measurement {} over {} entries",
+                    hex(&measurement.digest),
+                    measurement.pages.len()
+                );
+                Ok(Box::new(EmulatedCvm::new(config, key, measurement)))
+            }
+        }
+    }
+
+    /// The `platform` block of `vm.info` before a launch (no measurement yet).
+    pub fn info_before_launch(&self) -> Value {
+        match self {
+            PlatformConfig::Plain => Plain.info(),
+            PlatformConfig::EmulatedCvm(config) => emulated::info(config, None),
+        }
+    }
+}
+
+/// A normal KVM VM.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Platform for Plain {
+    fn kind(&self) -> &'static str {
+        "plain"
+    }
+
+    fn hardware_protection(&self) -> bool {
+        false
+    }
+
+    fn confidential(&self) -> bool {
+        false
+    }
+
+    fn measurement(&self) -> Option<[u8; 48]> {
+        None
+    }
+
+    fn host_data(&self) -> Option<[u8; 32]> {
+        None
+    }
+
+    fn migration_policy(&self) -> Option<&MigrationPolicy> {
+        None
+    }
+
+    fn evidence(&self, _: &[u8; 64]) -> Result<Evidence, PlatformError> {
+        Err(PlatformError::NoEvidence("plain"))
+    }
+
+    fn info(&self) -> Value {
+        json!({"kind": "plain", "hardware_protection": false})
+    }
+}
+
+/// The launch measurement `config` gives, computed in scratch memory
+/// exactly as a launch loads it (`covm measure`, incoming VMs).
+pub fn measure(config: &VmConfig) -> Result<Measurement, PlatformError> {
+    let scratch = memory::allocate(config.memory.size)?;
+    let loaded = image::load(&scratch, config)?;
+    Ok(measure::launch_digest(&scratch, &loaded.image)?)
+}
+
+/// The platform of an incoming VM, whose memory and state arrive by
+/// migration: the same as if `config` were launched here, measured over
+/// the image this covm would load (in scratch memory; the VM's own memory
+/// stays untouched for the migration to fill).
+pub fn launch_incoming(config: &VmConfig) -> Result<Box<dyn Platform>, PlatformError> {
+    if !config.platform.is_confidential() {
+        return Ok(Box::new(Plain));
+    }
+    let scratch = memory::allocate(config.memory.size)?;
+    let loaded = image::load(&scratch, config)?;
+    config.platform.launch(&scratch, &loaded.image)
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Exactly `N` bytes from hex (either case).
+pub fn parse_hex<const N: usize>(text: &str) -> Result<[u8; N], String> {
+    if text.len() != 2 * N {
+        return Err(format!("{} hex digits, expected {} ({N} bytes)", text.len(), 2 * N));
+    }
+    if let Some(at) = text.bytes().position(|b| !b.is_ascii_hexdigit()) {
+        return Err(format!("not hex (at digit {at})"));
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex digits");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(hex(&[0x00, 0xab, 0x10]), "00ab10");
+        assert_eq!(parse_hex::<3>("00AB10"), Ok([0x00, 0xab, 0x10]));
+        assert_eq!(parse_hex::<2>("abc").unwrap_err(), "3 hex digits, expected 4 (2 bytes)");
+        assert!(parse_hex::<2>("ab+1").unwrap_err().starts_with("not hex"));
+        assert!(parse_hex::<1>("é").is_err());
+    }
+
+    #[test]
+    fn plain_has_no_measurement_or_evidence() {
+        assert_eq!(Plain.kind(), "plain");
+        assert!(!Plain.confidential());
+        assert!(Plain.evidence(&[0; 64]).is_err());
+        assert_eq!(Plain.info()["hardware_protection"], false);
+        assert!(PlatformConfig::Plain.placed_pages().is_empty());
+    }
+}

@@ -1,0 +1,307 @@
+//! A vCPU's initial state, encoded canonically for the launch measurement.
+//!
+//! The encoding is AMD's own: the SEV-ES/SEV-SNP **VMSA** (VM save area,
+//! AMD64 APM volume 2, Table B-4 "VMSA Layout, State Save Area for SEV-ES"),
+//! one 4096-byte page per vCPU, little-endian. covm fills the fields its
+//! initial state defines ([`VcpuState`]) and leaves every other byte zero.
+//! On SEV-SNP the same page is what the hardware measures as the vCPU's
+//! VMSA entry, so the emulated platform measures vCPUs the way SNP does.
+//!
+//! Segments are VMCB segments (16 bytes: selector u16, attributes u16,
+//! limit u32, base u64); the attributes pack the descriptor's type (bits
+//! 3:0), S (4), DPL (6:5), P (7), AVL (8), L (9), D/B (10), G (11).
+//! GDTR and IDTR use only limit and base.
+
+use crate::arch::regs::BootRegs;
+use kvm_bindings::kvm_segment;
+
+/// Bytes of a VMSA page.
+pub const VMSA_LEN: usize = 4096;
+
+/// The guest-physical address a VMSA entry carries in the launch digest:
+/// KVM records VMSA pages in the RMP at GPA -1, page-aligned with the bits
+/// above 51 clear (the same value `sev-snp-measure` uses).
+pub const VMSA_GPA: u64 = 0xFFFF_FFFF_F000;
+
+/// Field offsets in the VMSA (APM vol. 2, Table B-4).
+pub mod offset {
+    #![allow(missing_docs)]
+    pub const ES: usize = 0x000;
+    pub const CS: usize = 0x010;
+    pub const SS: usize = 0x020;
+    pub const DS: usize = 0x030;
+    pub const FS: usize = 0x040;
+    pub const GS: usize = 0x050;
+    pub const GDTR: usize = 0x060;
+    pub const LDTR: usize = 0x070;
+    pub const IDTR: usize = 0x080;
+    pub const TR: usize = 0x090;
+    pub const EFER: usize = 0x0D0;
+    pub const CR4: usize = 0x148;
+    pub const CR3: usize = 0x150;
+    pub const CR0: usize = 0x158;
+    pub const DR7: usize = 0x160;
+    pub const DR6: usize = 0x168;
+    pub const RFLAGS: usize = 0x170;
+    pub const RIP: usize = 0x178;
+    pub const RSP: usize = 0x1D8;
+    pub const RAX: usize = 0x1F8;
+    pub const G_PAT: usize = 0x268;
+    pub const RCX: usize = 0x308;
+    pub const RDX: usize = 0x310;
+    pub const RBX: usize = 0x318;
+    pub const RBP: usize = 0x328;
+    pub const RSI: usize = 0x330;
+    pub const RDI: usize = 0x338;
+    pub const XCR0: usize = 0x3E8;
+    pub const MXCSR: usize = 0x408;
+    pub const X87_FCW: usize = 0x410;
+}
+
+/// A VMCB segment register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Segment {
+    /// Selector.
+    pub selector: u16,
+    /// Attributes (type, S, DPL, P, AVL, L, D/B, G).
+    pub attrib: u16,
+    /// Limit, byte granular (already expanded when G is set).
+    pub limit: u32,
+    /// Base.
+    pub base: u64,
+}
+
+impl Segment {
+    const fn new(selector: u16, attrib: u16, limit: u32, base: u64) -> Self {
+        Segment {
+            selector,
+            attrib,
+            limit,
+            base,
+        }
+    }
+
+    /// The VMCB form of a KVM segment register.
+    pub fn from_kvm(s: &kvm_segment) -> Self {
+        let attrib = u16::from(s.type_ & 0xf)
+            | u16::from(s.s & 1) << 4
+            | u16::from(s.dpl & 3) << 5
+            | u16::from(s.present & 1) << 7
+            | u16::from(s.avl & 1) << 8
+            | u16::from(s.l & 1) << 9
+            | u16::from(s.db & 1) << 10
+            | u16::from(s.g & 1) << 11;
+        Segment::new(s.selector, attrib, s.limit, s.base)
+    }
+
+    /// A descriptor-table register (GDTR, IDTR): limit and base only.
+    pub fn table(base: u64, limit: u16) -> Self {
+        Segment::new(0, 0, u32::from(limit), base)
+    }
+}
+
+/// The state of one vCPU when the guest starts: the VMSA fields covm sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct VcpuState {
+    pub es: Segment,
+    pub cs: Segment,
+    pub ss: Segment,
+    pub ds: Segment,
+    pub fs: Segment,
+    pub gs: Segment,
+    pub gdtr: Segment,
+    pub ldtr: Segment,
+    pub idtr: Segment,
+    pub tr: Segment,
+    pub efer: u64,
+    pub cr4: u64,
+    pub cr3: u64,
+    pub cr0: u64,
+    pub dr7: u64,
+    pub dr6: u64,
+    pub rflags: u64,
+    pub rip: u64,
+    pub rsp: u64,
+    pub rax: u64,
+    pub g_pat: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rbx: u64,
+    pub rbp: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub xcr0: u64,
+    pub mxcsr: u32,
+    pub x87_fcw: u16,
+}
+
+/// The PAT MSR after reset (AMD APM vol. 2, §A.3).
+pub const RESET_PAT: u64 = 0x0007_0406_0007_0406;
+
+impl VcpuState {
+    /// The x86 INIT state (AMD APM vol. 2 §14.1.3), as KVM gives a new
+    /// vCPU and as covm leaves the vCPUs other than the bootstrap one: they
+    /// wait for the firmware's INIT/SIPI, which resets them again. RDX (the
+    /// CPUID signature on real hardware) is 0, so the encoding does not
+    /// depend on the host's CPU model. x87 FCW and MXCSR are the values
+    /// covm sets on every vCPU (`arch::regs::setup_fpu`).
+    pub fn reset() -> Self {
+        let data = Segment::new(0, 0x93, 0xffff, 0);
+        VcpuState {
+            es: data,
+            cs: Segment::new(0xf000, 0x9b, 0xffff, 0xffff_0000),
+            ss: data,
+            ds: data,
+            fs: data,
+            gs: data,
+            gdtr: Segment::table(0, 0xffff),
+            ldtr: Segment::new(0, 0x82, 0xffff, 0),
+            idtr: Segment::table(0, 0xffff),
+            tr: Segment::new(0, 0x8b, 0xffff, 0),
+            efer: 0,
+            cr4: 0,
+            cr3: 0,
+            cr0: 0x6000_0010,
+            dr7: 0x400,
+            dr6: 0xffff_0ff0,
+            rflags: 2,
+            rip: 0xfff0,
+            rsp: 0,
+            rax: 0,
+            g_pat: RESET_PAT,
+            rcx: 0,
+            rdx: 0,
+            rbx: 0,
+            rbp: 0,
+            rsi: 0,
+            rdi: 0,
+            xcr0: 1,
+            mxcsr: 0x1f80,
+            x87_fcw: 0x37f,
+        }
+    }
+
+    /// The bootstrap vCPU: the INIT state with covm's boot registers
+    /// applied (`arch::regs::apply_bsp` writes exactly these to KVM; every
+    /// general-purpose register it does not name is zero).
+    pub fn boot(regs: &BootRegs) -> Self {
+        VcpuState {
+            cs: Segment::from_kvm(&regs.cs),
+            ds: Segment::from_kvm(&regs.ds),
+            es: Segment::from_kvm(&regs.es),
+            fs: Segment::from_kvm(&regs.fs),
+            gs: Segment::from_kvm(&regs.gs),
+            ss: Segment::from_kvm(&regs.ss),
+            tr: Segment::from_kvm(&regs.tr),
+            gdtr: Segment::table(regs.gdt_base, regs.gdt_limit),
+            idtr: Segment::table(regs.idt_base, regs.idt_limit),
+            efer: regs.efer,
+            cr0: regs.cr0,
+            cr3: regs.cr3,
+            cr4: regs.cr4,
+            rflags: regs.rflags,
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rbx: regs.rbx,
+            rbp: regs.rbp,
+            rsi: regs.rsi,
+            ..VcpuState::reset()
+        }
+    }
+
+    /// The VMSA page.
+    pub fn to_vmsa(&self) -> Box<[u8; VMSA_LEN]> {
+        use offset::*;
+        let mut page = Box::new([0u8; VMSA_LEN]);
+        let mut put = |at: usize, bytes: &[u8]| page[at..at + bytes.len()].copy_from_slice(bytes);
+        for (at, s) in [
+            (ES, self.es),
+            (CS, self.cs),
+            (SS, self.ss),
+            (DS, self.ds),
+            (FS, self.fs),
+            (GS, self.gs),
+            (GDTR, self.gdtr),
+            (LDTR, self.ldtr),
+            (IDTR, self.idtr),
+            (TR, self.tr),
+        ] {
+            put(at, &s.selector.to_le_bytes());
+            put(at + 2, &s.attrib.to_le_bytes());
+            put(at + 4, &s.limit.to_le_bytes());
+            put(at + 8, &s.base.to_le_bytes());
+        }
+        for (at, v) in [
+            (EFER, self.efer),
+            (CR4, self.cr4),
+            (CR3, self.cr3),
+            (CR0, self.cr0),
+            (DR7, self.dr7),
+            (DR6, self.dr6),
+            (RFLAGS, self.rflags),
+            (RIP, self.rip),
+            (RSP, self.rsp),
+            (RAX, self.rax),
+            (G_PAT, self.g_pat),
+            (RCX, self.rcx),
+            (RDX, self.rdx),
+            (RBX, self.rbx),
+            (RBP, self.rbp),
+            (RSI, self.rsi),
+            (RDI, self.rdi),
+            (XCR0, self.xcr0),
+        ] {
+            put(at, &v.to_le_bytes());
+        }
+        put(MXCSR, &self.mxcsr.to_le_bytes());
+        put(X87_FCW, &self.x87_fcw.to_le_bytes());
+        page
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_segments_pack_into_vmcb_attributes() {
+        // covm's PVH code segment: flat 32-bit code, G and D set.
+        let cs = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 8,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 1,
+            s: 1,
+            l: 0,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        assert_eq!(Segment::from_kvm(&cs), Segment::new(8, 0xc9b, 0xffff_ffff, 0));
+        let long = kvm_segment { l: 1, db: 0, ..cs };
+        assert_eq!(Segment::from_kvm(&long).attrib, 0xa9b);
+    }
+
+    #[test]
+    fn fields_land_at_the_apm_offsets() {
+        let page = VcpuState::reset().to_vmsa();
+        let u64_at = |at: usize| u64::from_le_bytes(page[at..at + 8].try_into().unwrap());
+        // CS: selector 0xf000, attributes 0x9b, limit 0xffff, base 0xffff0000.
+        assert_eq!(
+            &page[0x10..0x20],
+            &[0x00, 0xf0, 0x9b, 0, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0]
+        );
+        assert_eq!(u64_at(0x158), 0x6000_0010);
+        assert_eq!(u64_at(0x178), 0xfff0);
+        assert_eq!(u64_at(0x268), RESET_PAT);
+        assert_eq!(u64_at(0x3E8), 1);
+        assert_eq!(&page[0x408..0x40C], &0x1f80u32.to_le_bytes());
+        assert_eq!(&page[0x410..0x412], &0x37fu16.to_le_bytes());
+        assert!(page[0x418..].iter().all(|&b| b == 0));
+    }
+}
