@@ -326,12 +326,31 @@ fn garbage_truncated_and_out_of_order_frames_are_refused() {
     write_frame(&mut valid, 0, &hello).unwrap();
     let mut skipped = Vec::new();
     write_frame(&mut skipped, 5, &hello).unwrap();
-    let attacks: Vec<(&str, Vec<u8>)> = vec![
-        ("garbage", b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n".repeat(10)),
-        ("truncated", valid[..valid.len() - 7].to_vec()),
-        ("out of order", skipped),
+    // A well-formed Hello for a confidential VM: plain memory must never
+    // fill one (it would attest as its own launch holding host data).
+    let policy = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../resources/policies/emulated-cvm.json"
+    ))
+    .unwrap();
+    let confidential = Message::Hello {
+        version: PROTOCOL_VERSION,
+        config: format!(r#"{{"payload": {{}}, "platform": {{"emulated_cvm": true, "migration_policy": {policy}}}}}"#)
+            .into_bytes(),
+    };
+    let mut plain_into_confidential = Vec::new();
+    write_frame(&mut plain_into_confidential, 0, &confidential).unwrap();
+    let attacks: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("garbage", b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n".repeat(10), None),
+        ("truncated", valid[..valid.len() - 7].to_vec(), None),
+        ("out of order", skipped, None),
+        (
+            "plain memory for a confidential VM",
+            plain_into_confidential,
+            Some("confidential VMs arrive only through"),
+        ),
     ];
-    for (what, bytes) in attacks {
+    for (what, bytes, reason) in attacks {
         let mut stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
         let _ = stream.write_all(&bytes);
         let _ = stream.shutdown(std::net::Shutdown::Write);
@@ -339,6 +358,13 @@ fn garbage_truncated_and_out_of_order_frames_are_refused() {
         use std::io::Read;
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let _ = stream.read_to_end(&mut answer);
+        if let Some(reason) = reason {
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(
+                answer.contains(reason),
+                "{what}: the refusal does not say why: {answer}"
+            );
+        }
         // Still alive, still empty, still listening.
         assert_eq!(dst_api.get("/vmm.ping").0, 200, "covm died on {what}");
         assert_eq!(dst_api.get("/vm.info").0, 404, "a VM appeared after {what}");

@@ -147,6 +147,16 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
             let built: Mutex<Option<VmConfig>> = Mutex::new(None);
             let build = |config_json: &[u8]| -> Result<Vm, EngineVmError> {
                 let mut config = vm_config::parse(config_json, incoming.host_ram).map_err(EngineVmError)?;
+                // A confidential VM filled with plain memory from the host
+                // would attest as its own launch while holding whatever the
+                // host sent: only the migration agent may bring one in.
+                if config.platform.is_confidential() {
+                    return Err(EngineVmError(format!(
+                        "refusing a plain migration of a {} VM: confidential VMs arrive only through \
+                         the firmware migration agent (not built yet)",
+                        config.platform.name()
+                    )));
+                }
                 if let Some(serial) = &incoming.serial {
                     config.serial = serial.clone();
                 }
