@@ -18,24 +18,8 @@ fn dirty_config(serial: &Path) -> String {
     )
 }
 
-fn heartbeats(serial: &Path) -> usize {
-    std::fs::read_to_string(serial)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("heartbeat "))
-        .count()
-}
-
 fn wait_heartbeats(serial: &Path, at_least: usize) {
-    let text = wait_for_serial(serial, Duration::from_secs(30), |t| {
-        t.lines().filter(|l| l.starts_with("heartbeat ")).count() >= at_least
-    });
-    assert!(!text.contains("FAIL"), "serial:\n{text}");
-    assert!(
-        heartbeats(serial) >= at_least,
-        "only {} heartbeats:\n{text}",
-        heartbeats(serial)
-    );
+    wait_heartbeats_within(serial, at_least, Duration::from_secs(30));
 }
 
 fn exit_status(mut child: Process) -> Option<i32> {

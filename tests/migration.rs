@@ -28,14 +28,7 @@ fn no_fail(serial: &Path) {
 }
 
 fn wait_heartbeats(serial: &Path, at_least: usize) {
-    wait_for_serial(serial, Duration::from_secs(60), |t| {
-        t.lines().filter(|l| l.starts_with("heartbeat ")).count() >= at_least
-    });
-    assert!(
-        heartbeat_numbers(serial).len() >= at_least,
-        "{} has too few heartbeats",
-        serial.display()
-    );
+    wait_heartbeats_within(serial, at_least, Duration::from_secs(60));
 }
 
 /// A covm waiting for a migration, its serial output in `serial`.

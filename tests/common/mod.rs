@@ -13,6 +13,30 @@ pub fn covm() -> Command {
     Command::new(env!("CARGO_BIN_EXE_covm"))
 }
 
+/// Heartbeat lines the dirty workload has printed to `serial` so far.
+pub fn heartbeats(serial: &Path) -> usize {
+    std::fs::read_to_string(serial)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("heartbeat "))
+        .count()
+}
+
+/// Waits up to `within` for `at_least` heartbeats in `serial`; fails on
+/// too few or on a FAIL line from the workload.
+pub fn wait_heartbeats_within(serial: &Path, at_least: usize, within: Duration) {
+    let text = wait_for_serial(serial, within, |t| {
+        t.lines().filter(|l| l.starts_with("heartbeat ")).count() >= at_least
+    });
+    assert!(!text.contains("FAIL"), "{}:\n{text}", serial.display());
+    assert!(
+        heartbeats(serial) >= at_least,
+        "{}: only {} heartbeats:\n{text}",
+        serial.display(),
+        heartbeats(serial)
+    );
+}
+
 /// A scratch directory removed when dropped.
 pub struct Scratch(pub PathBuf);
 

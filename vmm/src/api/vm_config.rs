@@ -247,8 +247,9 @@ fn dirty_tracking_from_json(json: Option<DirtyTrackingJson>) -> Result<DirtyTrac
         (DirtyTrackingMode::Ring, entries) => Ok(DirtyTracking::Ring {
             entries: match entries {
                 None => crate::dirty_ring::DEFAULT_RING_ENTRIES,
-                Some(n) => crate::config::parse_ring_entries(&n.to_string())
-                    .map_err(|e| format!("dirty_tracking.ring_entries={n}: {e}"))?,
+                Some(n) => {
+                    crate::config::check_ring_entries(n).map_err(|e| format!("dirty_tracking.ring_entries={n}: {e}"))?
+                }
             },
         }),
     }

@@ -339,15 +339,26 @@ pub fn parse_dirty_tracking(text: &str) -> Result<DirtyTracking, OptionError> {
     }
 }
 
+/// Entries of a dirty ring, as text (the command line).
+pub fn parse_ring_entries(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .map_err(|_| ring_entries_rule())
+        .and_then(check_ring_entries)
+}
+
 /// Entries of a dirty ring: a power of two within
 /// [`MIN_RING_ENTRIES`, `MAX_RING_ENTRIES`].
-pub fn parse_ring_entries(value: &str) -> Result<u32, String> {
-    match value.parse::<u32>() {
-        Ok(n) if n.is_power_of_two() && (MIN_RING_ENTRIES..=MAX_RING_ENTRIES).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "must be a power of two from {MIN_RING_ENTRIES} to {MAX_RING_ENTRIES}"
-        )),
+pub fn check_ring_entries(n: u32) -> Result<u32, String> {
+    if n.is_power_of_two() && (MIN_RING_ENTRIES..=MAX_RING_ENTRIES).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ring_entries_rule())
     }
+}
+
+fn ring_entries_rule() -> String {
+    format!("must be a power of two from {MIN_RING_ENTRIES} to {MAX_RING_ENTRIES}")
 }
 
 /// Fewest entries per dirty ring covm accepts (KVM keeps some in reserve).
@@ -489,6 +500,39 @@ mod tests {
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("covm").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn dirty_tracking_modes_and_ring_sizes() {
+        assert_eq!(parse_dirty_tracking("mode=log").unwrap(), DirtyTracking::Log);
+        assert_eq!(
+            parse_dirty_tracking("mode=ring").unwrap(),
+            DirtyTracking::Ring {
+                entries: crate::dirty_ring::DEFAULT_RING_ENTRIES
+            }
+        );
+        assert_eq!(
+            parse_dirty_tracking("mode=ring,ring_entries=512").unwrap(),
+            DirtyTracking::Ring { entries: 512 }
+        );
+        for bad in [
+            "mode=ring,ring_entries=1000",
+            "mode=ring,ring_entries=256",
+            "mode=ring,ring_entries=x",
+        ] {
+            let e = parse_dirty_tracking(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("ring_entries") && e.contains("power of two from 512"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse_dirty_tracking("mode=log,ring_entries=512").is_err());
+        assert!(parse_dirty_tracking("mode=bitmap")
+            .unwrap_err()
+            .to_string()
+            .contains("log or ring"));
+        assert_eq!(check_ring_entries(1 << 20), Ok(1 << 20));
+        assert!(check_ring_entries((1 << 20) + 1).is_err());
     }
 
     #[test]
