@@ -126,7 +126,7 @@ fn logged_and_cleared_exactly(mode: DirtyTracking) -> Option<covm::vm::Counters>
         "pages outside the cleared range changed"
     );
     // Cleared pages are logged again when the guest writes them again.
-    vm.resume();
+    vm.resume().unwrap();
     std::thread::sleep(Duration::from_millis(800));
     assert!(
         dirty_in(

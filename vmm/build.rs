@@ -15,10 +15,13 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let image_dir = manifest_dir.join("../firmware/image");
     let abi_dir = manifest_dir.join("../firmware/abi");
+    // The agent and the protocol crate are compiled into the image too.
+    let agent_dir = manifest_dir.join("../firmware/agent");
+    let protocol_dir = manifest_dir.join("../firmware/protocol");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("firmware-target");
 
-    for dir in [&image_dir, &abi_dir] {
+    for dir in [&image_dir, &abi_dir, &agent_dir, &protocol_dir] {
         for entry in [
             "src",
             "Cargo.toml",

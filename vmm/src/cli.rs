@@ -131,6 +131,22 @@ pub struct MeasureArgs {
 }
 
 impl Cli {
+    /// Whether the only VM options are `--platform` / `--migration-policy`:
+    /// with `--api-socket` they then say how this host launches incoming
+    /// confidential VMs (a destination's own platform and policy) and no
+    /// VM is created.
+    pub fn only_incoming_platform(&self) -> bool {
+        let vm = &self.vm;
+        (vm.platform.is_some() || vm.migration_policy.is_some())
+            && vm.cpus.is_none()
+            && vm.memory.is_none()
+            && vm.kernel.is_none()
+            && vm.initramfs.is_none()
+            && vm.cmdline.is_none()
+            && vm.firmware.is_none()
+            && self.dirty_tracking.is_none()
+    }
+
     /// Whether the command line describes a VM (rather than only an API
     /// socket to wait on).
     pub fn has_vm_options(&self) -> bool {

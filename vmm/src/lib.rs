@@ -8,6 +8,7 @@ pub mod arch;
 pub mod boot;
 pub mod cli;
 pub mod config;
+pub mod cvm;
 pub mod dirty_log;
 pub mod dirty_ring;
 pub mod exit;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 fn main() -> ExitCode {
     let start = Instant::now();
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             // One line naming the problem; clap's usage block follows on
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(&cli, start) {
+    match run(&mut cli, start) {
         Ok(status) => ExitCode::from(status as u8),
         Err(message) => {
             report(&cli, &message);
@@ -102,7 +102,7 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
     Ok(serde_json::to_string_pretty(&out).expect("JSON serialises"))
 }
 
-fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
+fn run(cli: &mut Cli, start: Instant) -> Result<i32, String> {
     covm::logging::init(cli.verbose, cli.log_file.as_deref()).map_err(|e| {
         format!(
             "--log-file: cannot open {}: {e}",
@@ -110,6 +110,15 @@ fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
         )
     })?;
     let host_ram = config::host_ram().map_err(|e| format!("cannot read this host's memory size: {e}"))?;
+    // A destination's own platform for incoming confidential VMs.
+    let incoming_platform = (cli.api_socket.is_some() && cli.only_incoming_platform())
+        .then(|| config::incoming_platform(&cli.vm))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    if incoming_platform.is_some() {
+        cli.vm.platform = None;
+        cli.vm.migration_policy = None;
+    }
     let config = VmConfig::from_cli(cli, host_ram).map_err(|e| e.to_string())?;
     let hooks = cli
         .test_hooks
@@ -120,6 +129,7 @@ fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
     install_kick_handler().map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"))?;
     let serial_override = cli.serial.is_some().then(|| config.serial.clone());
     let mut vmm = Vmm::new(start, hooks, cli.log_file.is_some(), host_ram, serial_override);
+    vmm.set_incoming_platform(incoming_platform.clone());
     if let Some(socket) = &config.api_socket {
         let listener = covm::api::socket::open(socket).map_err(|e| e.to_string())?;
         let created = match socket {
@@ -132,7 +142,7 @@ fn run(cli: &Cli, start: Instant) -> Result<i32, String> {
     }
     // With an API socket and no VM options covm waits for vm.create, as
     // Cloud Hypervisor does; otherwise the VM is created and booted now.
-    if config.api_socket.is_none() || cli.has_vm_options() {
+    if config.api_socket.is_none() || (cli.has_vm_options() && incoming_platform.is_none()) {
         vmm.create(config).map_err(|e| e.message().to_string())?;
         vmm.boot().map_err(|e| e.message().to_string())?;
     }

@@ -5,10 +5,16 @@
 
 use crate::api::vm_config;
 use crate::config::{SerialMode, VmConfig};
+use crate::cvm::{AgentMailbox, ConfidentialOpener, ConfidentialSealer, SessionInfo};
+use crate::platform::PlatformConfig;
 use crate::vcpu::ExitNotifier;
 use crate::vm::Vm;
 use crate::vmm::Event;
-use covm_migration::engine::{self, Progress, ReceiveOptions, SendOptions, TimeoutStrategy};
+use covm_migration::engine::{
+    self, MigrationError, Opener, PlainOpener, PlainSealer, Progress, ReceiveOptions, Sealer, SendOptions,
+    TimeoutStrategy,
+};
+use covm_migration::protocol::PROTOCOL_VERSION_CONFIDENTIAL;
 use covm_migration::transport::{self, Endpoint, Listener};
 use covm_migration::vm::VmError as EngineVmError;
 use serde::Deserialize;
@@ -34,6 +40,12 @@ pub struct SendMigrationData {
     /// `Cancel` (default) or `Ignore`.
     #[serde(default)]
     pub timeout_strategy: Option<TimeoutStrategy>,
+    /// covm extension, confidential VMs only: verified mode. The source's
+    /// agent digests the paused guest's memory into its Final record and
+    /// the destination's agent commits only if its memory has the same
+    /// digest (the host's dirty log is then only a hint).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// CH's `ReceiveMigrationData`.
@@ -44,8 +56,9 @@ pub struct ReceiveMigrationData {
     pub receiver_url: String,
 }
 
-/// Parses a `vm.send-migration` body into the endpoint and engine options.
-pub fn send_options(body: &[u8]) -> Result<(Endpoint, SendOptions), String> {
+/// Parses a `vm.send-migration` body into the endpoint, engine options and
+/// verified mode.
+pub fn send_options(body: &[u8]) -> Result<(Endpoint, SendOptions, bool), String> {
     let data: SendMigrationData =
         serde_json::from_slice(body).map_err(|e| format!("invalid SendMigrationData: {e}"))?;
     if data.local {
@@ -65,7 +78,7 @@ pub fn send_options(body: &[u8]) -> Result<(Endpoint, SendOptions), String> {
     if let Some(strategy) = data.timeout_strategy {
         options.timeout_strategy = strategy;
     }
-    Ok((endpoint, options))
+    Ok((endpoint, options, data.verified))
 }
 
 /// Parses a `vm.receive-migration` body.
@@ -75,26 +88,54 @@ pub fn receive_endpoint(body: &[u8]) -> Result<Endpoint, String> {
     data.receiver_url.parse().map_err(|e| format!("receiver_url: {e}"))
 }
 
-/// Sends `vm` to `endpoint` on a new thread. The thread reports
-/// [`Event::MigrationSent`]: with the VM back (running) on failure, without
-/// it on success (the destination runs the guest; the source must not).
-pub fn start_send(
-    mut vm: Vm,
-    config: &VmConfig,
-    endpoint: Endpoint,
-    options: SendOptions,
-    progress: Progress,
-    events: Sender<Event>,
-) {
+/// An outgoing migration.
+pub struct Outgoing {
+    /// The VM, handed to the migration thread.
+    pub vm: Vm,
+    /// Where to.
+    pub endpoint: Endpoint,
+    /// The engine's options.
+    pub options: SendOptions,
+    /// A confidential VM's session facts (for `vm.info`); `None` for a
+    /// plain VM.
+    pub session: Option<SessionInfo>,
+    /// Verified mode (confidential only).
+    pub verified: bool,
+}
+
+/// Sends the VM to its endpoint on a new thread: a confidential VM through
+/// its agent's sealed session, a plain one with plain records. The thread
+/// reports [`Event::MigrationSent`]: with the VM back on failure (running,
+/// or paused when the outcome is undecided), without it on success (the
+/// destination runs the guest; the source must not).
+pub fn start_send(send: Outgoing, config: &VmConfig, progress: Progress, events: Sender<Event>) {
     let config_json = serde_json::to_vec(&vm_config::to_json(config)).expect("a VmConfig serialises");
+    let workload_vcpus = u32::from(config.cpus.boot_vcpus);
+    let Outgoing {
+        mut vm,
+        endpoint,
+        options,
+        session,
+        verified,
+    } = send;
     std::thread::Builder::new()
         .name("migration-send".into())
         .spawn(move || {
+            let mut sealer: Box<dyn Sealer> = match (vm.cvm(), &session) {
+                (Some(cvm), Some(info)) => Box::new(ConfidentialSealer::new(
+                    AgentMailbox::new(cvm.clone()),
+                    info.clone(),
+                    workload_vcpus,
+                    verified,
+                )),
+                _ => Box::new(PlainSealer::default()),
+            };
             let result = transport::connect(&endpoint, options.connect_timeout)
-                .map_err(|e| e.to_string())
-                .and_then(|stream| {
-                    engine::send(stream, &mut vm, &config_json, &options, &progress).map_err(|e| e.to_string())
-                });
+                .map_err(|e| MigrationError::Vm {
+                    op: "connect to the destination",
+                    source: EngineVmError(e.to_string()),
+                })
+                .and_then(|stream| engine::send_with(stream, &mut vm, &config_json, &mut *sealer, &options, &progress));
             let event = match result {
                 Ok(report) => {
                     // Committed: the guest lives on at the destination. Stop the
@@ -103,17 +144,28 @@ pub fn start_send(
                     Event::MigrationSent {
                         result: Ok(report.to_json()),
                         vm: None,
+                        undecided: false,
                     }
                 }
-                Err(error) => Event::MigrationSent {
-                    result: Err(error),
-                    vm: Some(vm),
-                },
+                Err(error) => {
+                    if let Some(info) = &session {
+                        info.fail(error.to_string());
+                    }
+                    Event::MigrationSent {
+                        undecided: matches!(error, MigrationError::Undecided { .. }),
+                        result: Err(error.to_string()),
+                        vm: Some(vm),
+                    }
+                }
             };
             let _ = events.send(event);
         })
         .expect("spawning the migration thread");
 }
+
+/// Longest an incoming confidential VM's firmware may take to boot, park
+/// its workload vCPUs and start its agent (its ring 0 is emulated here).
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the destination needs to build the incoming VM.
 pub struct Incoming {
@@ -125,6 +177,11 @@ pub struct Incoming {
     pub host_ram: u64,
     /// The destination's own serial settings, which win over the source's.
     pub serial: Option<SerialMode>,
+    /// The destination's own platform for confidential VMs (its
+    /// `--platform` / `--migration-policy`), which wins over the source's.
+    pub platform: Option<PlatformConfig>,
+    /// The confidential session's facts, for `vm.info`.
+    pub session: SessionInfo,
     /// Where the incoming VM reports its end (tagged with its boot number).
     pub notify: ExitNotifier,
 }
@@ -145,27 +202,47 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                 }
             };
             let built: Mutex<Option<VmConfig>> = Mutex::new(None);
-            let build = |config_json: &[u8]| -> Result<Vm, EngineVmError> {
+            let build = |version: u16, config_json: &[u8]| -> Result<(Vm, Box<dyn Opener>), EngineVmError> {
                 let mut config = vm_config::parse(config_json, incoming.host_ram).map_err(EngineVmError)?;
+                let confidential = config.platform.is_confidential();
                 // A confidential VM filled with plain memory from the host
                 // would attest as its own launch while holding whatever the
                 // host sent: only the migration agent may bring one in.
-                if config.platform.is_confidential() {
+                if confidential && version != PROTOCOL_VERSION_CONFIDENTIAL {
                     return Err(EngineVmError(format!(
-                        "refusing a plain migration of a {} VM: confidential VMs arrive only through \
-                         the firmware migration agent (not built yet)",
+                        "refusing a plain migration (protocol version {version}) of a {} VM: confidential VMs \
+                         arrive only through the firmware migration agent (version {PROTOCOL_VERSION_CONFIDENTIAL})",
                         config.platform.name()
                     )));
+                }
+                if !confidential && version == PROTOCOL_VERSION_CONFIDENTIAL {
+                    return Err(EngineVmError(
+                        "refusing a confidential session for a VM whose configuration is not confidential".into(),
+                    ));
                 }
                 if let Some(serial) = &incoming.serial {
                     config.serial = serial.clone();
                 }
-                let vm = Vm::new_incoming(&config, incoming.start, incoming.notify.clone())
+                if let (true, Some(platform)) = (confidential, &incoming.platform) {
+                    config.platform = platform.clone();
+                }
+                let mut vm = Vm::new_incoming(&config, incoming.start, incoming.notify.clone())
                     .map_err(|e| EngineVmError(e.to_string()))?;
+                let opener: Box<dyn Opener> = match vm.cvm().cloned() {
+                    Some(cvm) => {
+                        vm.start_incoming_agent(AGENT_READY_TIMEOUT)
+                            .map_err(|e| EngineVmError(e.to_string()))?;
+                        Box::new(ConfidentialOpener::new(
+                            AgentMailbox::new(cvm),
+                            incoming.session.clone(),
+                        ))
+                    }
+                    None => Box::new(PlainOpener),
+                };
                 *built.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
-                Ok(vm)
+                Ok((vm, opener))
             };
-            match engine::receive(stream, build, &ReceiveOptions::default(), &progress) {
+            match engine::receive_with(stream, build, &ReceiveOptions::default(), &progress) {
                 Ok(received) => {
                     let config = built
                         .lock()

@@ -57,8 +57,7 @@ impl SourceVm for Vm {
     }
 
     fn resume(&mut self) -> Result<(), EngineVmError> {
-        Vm::resume(self);
-        Ok(())
+        Vm::resume(self).map_err(engine_err)
     }
 
     fn save_state(&mut self) -> Result<Vec<u8>, EngineVmError> {

@@ -1,10 +1,12 @@
 //! vCPUs: creation, boot state, and the thread that runs each one.
 
 use crate::arch::{cpuid, regs};
+use crate::cvm::CvmRuntime;
 use crate::dirty_ring::DirtyRings;
 use crate::exit::VmExit;
 use crate::vcpu_control::RunControl;
 use covm_devices::{PioBus, PowerAction};
+use covm_guest_abi::ports;
 use kvm_bindings::{CpuId, KVM_EXIT_DIRTY_RING_FULL};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +74,8 @@ pub struct Vcpu {
     counters: Arc<VcpuCounters>,
     /// The VM's dirty rings, harvested here when this vCPU's ring is full.
     dirty_rings: Option<Arc<DirtyRings>>,
+    /// A confidential VM's runtime: where a parking vCPU waits.
+    runtime: Option<Arc<CvmRuntime>>,
 }
 
 impl Vcpu {
@@ -85,6 +89,7 @@ impl Vcpu {
             fd: Arc::new(Mutex::new(fd)),
             counters: Arc::default(),
             dirty_rings: None,
+            runtime: None,
         })
     }
 
@@ -106,6 +111,11 @@ impl Vcpu {
     /// its own ring fills up.
     pub fn set_dirty_rings(&mut self, rings: Arc<DirtyRings>) {
         self.dirty_rings = Some(rings);
+    }
+
+    /// Gives the vCPU its confidential VM's runtime, so that it can park.
+    pub fn set_runtime(&mut self, runtime: Arc<CvmRuntime>) {
+        self.runtime = Some(runtime);
     }
 
     /// The KVM vCPU (not while its thread runs it).
@@ -156,6 +166,19 @@ impl Vcpu {
                     self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
                     if !bus.read(port, data) {
                         tracing::trace!("vCPU {}: read of unassigned port {port:#x}", self.index);
+                    }
+                    continue;
+                }
+                Ok(VcpuExit::IoOut(ports::PARK, _)) if self.runtime.is_some() => {
+                    self.counters.io_exits.fetch_add(1, Ordering::Relaxed);
+                    // An incoming confidential VM's workload vCPU: wait,
+                    // without holding the fd, until the platform has loaded
+                    // the imported state into it and released it.
+                    drop(fd);
+                    let runtime = self.runtime.as_ref().expect("checked");
+                    tracing::debug!("vCPU {} parked for the incoming migration", self.index);
+                    if !runtime.park_workload_vcpu() {
+                        return None;
                     }
                     continue;
                 }

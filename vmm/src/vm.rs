@@ -3,6 +3,8 @@
 use crate::arch::{cpuid, regs};
 use crate::boot::BootError;
 use crate::config::{DirtyTracking, SerialMode, VmConfig};
+use crate::cvm::vcpu_states::{self, VmsaAreaError};
+use crate::cvm::{runtime::CvmPort, CvmRuntime, LaunchMode};
 use crate::dirty_ring::{self, DirtyRings};
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
@@ -109,6 +111,20 @@ pub enum VmError {
     /// Something this host's KVM cannot do.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// The emulated platform's VMSA area.
+    #[error(transparent)]
+    VmsaArea(#[from] VmsaAreaError),
+    /// The agent committed a migration: the guest runs elsewhere now.
+    #[error("this VM's migration agent read the destination's Commit: the guest runs at the destination and never runs here again")]
+    Retired,
+    /// An incoming confidential VM's firmware did not get ready.
+    #[error("the incoming confidential VM's firmware was not ready within {seconds} s ({what})")]
+    AgentNotReady {
+        /// How long covm waited.
+        seconds: u64,
+        /// What was missing.
+        what: String,
+    },
 }
 
 /// Forwards the guest's power requests to whoever waits for the VM to end.
@@ -141,7 +157,14 @@ pub struct Vm {
     vcpu_fds: Vec<Arc<Mutex<VcpuFd>>>,
     serial: Option<SharedSerial>,
     msr_indices: Vec<u32>,
-    platform: Box<dyn Platform>,
+    platform: Arc<dyn Platform>,
+    /// A confidential VM's shared runtime (ports, agent, park gate).
+    cvm: Option<Arc<CvmRuntime>>,
+    /// The agent's vCPU (a confidential VM's last), run apart from the
+    /// workload: pausing or throttling the guest never stops the agent.
+    agent_vcpu: Option<Vcpu>,
+    agent_control: Arc<RunControl>,
+    agent_thread: Option<JoinHandle<()>>,
     // Kept open for the VM's lifetime: dropping it destroys the VM.
     vm_fd: VmFd,
 }
@@ -156,6 +179,9 @@ enum Origin {
     Boot,
     /// Leave memory and registers for a migration to fill.
     Incoming,
+    /// Boot a confidential VM's firmware in incoming mode: the agent
+    /// imports memory and state.
+    IncomingConfidential,
 }
 
 impl Vm {
@@ -168,7 +194,14 @@ impl Vm {
 
     /// Builds the VM described by `config` with nothing loaded: memory and
     /// state arrive by migration ([`Vm::restore_state`]).
+    ///
+    /// A confidential VM is instead launched exactly as its source was (so
+    /// it measures the same) in incoming mode: its workload vCPUs park and
+    /// only the agent runs ([`Vm::start_incoming_agent`]).
     pub fn new_incoming(config: &VmConfig, start: Instant, notify: ExitNotifier) -> Result<Self, VmError> {
+        if config.platform.is_confidential() {
+            return Self::build(config, start, notify, Origin::IncomingConfidential);
+        }
         Self::build(config, start, notify, Origin::Incoming)
     }
 
@@ -190,14 +223,29 @@ impl Vm {
             dirty_ring::enable(&vm_fd, entries)?;
         }
         let memory = memory::allocate(config.memory.size)?;
+        let cvm = config.platform.is_confidential().then(|| {
+            let mode = match origin {
+                Origin::IncomingConfidential => LaunchMode::Incoming,
+                _ => LaunchMode::Fresh,
+            };
+            Arc::new(CvmRuntime::new(mode, memory.clone()))
+        });
         // Order matters for start-up time: a memory slot registered before
         // the in-kernel irqchip exists costs about 0.5 ms on this project's
         // hosts, after it about 4 ms (docs/benchmarks.md).
         register_memory(&vm_fd, &memory)?;
         create_chips(&vm_fd)?;
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
-        let (bus, serial) = build_bus(&vm_fd, config, sink, start)?;
+        let (bus, serial) = build_bus(&vm_fd, config, sink, start, cvm.as_ref())?;
         let (mut vcpus, platform) = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
+        let platform: Arc<dyn Platform> = Arc::from(platform);
+        if let Some(cvm) = &cvm {
+            cvm.set_platform(platform.clone());
+            for vcpu in &mut vcpus {
+                vcpu.set_runtime(cvm.clone());
+            }
+        }
+
         let dirty_rings = match config.dirty_tracking {
             DirtyTracking::Log => None,
             DirtyTracking::Ring { entries } => {
@@ -214,13 +262,17 @@ impl Vm {
                 Some(rings)
             }
         };
+        // The agent's vCPU is the last one (the highest APIC ID).
+        let agent_vcpu = cvm
+            .as_ref()
+            .map(|_| vcpus.pop().expect("a confidential VM has an agent vCPU"));
         let msr_indices = kvm
             .get_msr_index_list()
             .map_err(call("list the MSRs"))?
             .as_slice()
             .to_vec();
         Ok(Self {
-            vcpu_counters: vcpus.iter().map(Vcpu::counters).collect(),
+            vcpu_counters: vcpus.iter().chain(agent_vcpu.as_ref()).map(Vcpu::counters).collect(),
             vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
             memory,
             vcpus,
@@ -234,6 +286,10 @@ impl Vm {
             serial,
             msr_indices,
             platform,
+            cvm,
+            agent_vcpu,
+            agent_control: Arc::new(RunControl::default()),
+            agent_thread: None,
             vm_fd,
         })
     }
@@ -245,12 +301,21 @@ impl Vm {
 
     /// Every piece of state but memory, encoded; the vCPUs must be paused
     /// (or never started).
+    ///
+    /// On a confidential VM the vCPUs' states are private: the platform
+    /// layer puts them in the agent's VMSA area (as SEV-SNP hardware keeps
+    /// them in VMSA pages) and the returned state holds the host-owned
+    /// devices only.
     pub fn save_state(&self) -> Result<Vec<u8>, VmError> {
         let chips = machine_state::save(&self.vm_fd)?;
         let mut vcpus = Vec::with_capacity(self.vcpu_fds.len());
         for (index, fd) in self.vcpu_fds.iter().enumerate() {
             let fd = fd.lock().unwrap_or_else(|p| p.into_inner());
-            vcpus.push(vcpu_state::save(&fd, index as u8, &self.msr_indices)?);
+            let state = vcpu_state::save(&fd, index as u8, &self.msr_indices)?;
+            match &self.cvm {
+                Some(_) => vcpu_states::put(&self.memory, index, &state)?,
+                None => vcpus.push(state),
+            }
         }
         let serial = self
             .serial
@@ -266,12 +331,19 @@ impl Vm {
     }
 
     /// Loads state from [`Vm::save_state`] into a VM that has not started.
+    ///
+    /// On a confidential VM the vCPUs' states come from the agent's VMSA
+    /// area, where the agent left the states it opened and checked.
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), VmError> {
-        let snapshot = VmSnapshot::decode(bytes, self.vcpu_fds.len(), self.serial.is_some())?;
+        let in_state = if self.cvm.is_some() { 0 } else { self.vcpu_fds.len() };
+        let snapshot = VmSnapshot::decode(bytes, in_state, self.serial.is_some())?;
         machine_state::restore(&self.vm_fd, &snapshot.chips)?;
-        for (index, (fd, state)) in self.vcpu_fds.iter().zip(&snapshot.vcpus).enumerate() {
+        for (index, fd) in self.vcpu_fds.iter().enumerate() {
             let fd = fd.lock().unwrap_or_else(|p| p.into_inner());
-            vcpu_state::restore(&fd, index as u8, state)?;
+            match &self.cvm {
+                Some(_) => vcpu_state::restore(&fd, index as u8, &vcpu_states::take(&self.memory, index)?)?,
+                None => vcpu_state::restore(&fd, index as u8, &snapshot.vcpus[index])?,
+            }
         }
         if let (Some(serial), Some(state)) = (&self.serial, &snapshot.serial) {
             serial.lock().unwrap_or_else(|p| p.into_inner()).restore(state)?;
@@ -284,31 +356,85 @@ impl Vm {
         &self.memory
     }
 
-    /// Starts one thread per vCPU.
+    /// Starts one thread per vCPU (the agent's too). On an incoming
+    /// confidential VM, whose threads already run, releases the parked
+    /// workload vCPUs instead: their imported state is loaded.
     pub fn start(&mut self) -> Result<(), VmError> {
+        if let Some(cvm) = self.cvm.as_ref().filter(|c| c.mode() == LaunchMode::Incoming) {
+            if self.vcpus.is_empty() {
+                cvm.release_workload();
+                return Ok(());
+            }
+        }
         for vcpu in self.vcpus.drain(..) {
             let thread = vcpu.spawn(self.bus.clone(), self.control.clone(), self.notify.clone())?;
             self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
         }
+        if let Some(agent) = self.agent_vcpu.take() {
+            self.agent_thread = Some(agent.spawn(self.bus.clone(), self.agent_control.clone(), self.notify.clone())?);
+        }
         Ok(())
     }
 
-    /// Parks every vCPU outside `KVM_RUN`; returns once all are parked.
+    /// Incoming confidential VM: starts its vCPUs and waits until the
+    /// workload vCPUs parked and the agent announced itself, so nothing
+    /// but the agent touches guest memory while it imports.
+    pub fn start_incoming_agent(&mut self, timeout: std::time::Duration) -> Result<(), VmError> {
+        let cvm = self.cvm.clone().expect("only for confidential VMs");
+        let workload = self.vcpus.len();
+        self.start()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (parked, ready) = (cvm.parked(), cvm.agent_ready());
+            if parked == workload && ready {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::AgentNotReady {
+                    seconds: timeout.as_secs(),
+                    what: format!(
+                        "{parked} of {workload} workload vCPUs parked, agent {}",
+                        if ready { "ready" } else { "not ready" }
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    /// The confidential runtime (ports, agent mailbox), on a confidential VM.
+    pub fn cvm(&self) -> Option<&Arc<CvmRuntime>> {
+        self.cvm.as_ref()
+    }
+
+    /// Parks every workload vCPU outside `KVM_RUN`; returns once all are
+    /// parked. The agent's vCPU keeps running.
     pub fn pause(&self) {
         self.control
             .pause(&self.threads.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Lets the vCPUs run again.
-    pub fn resume(&self) {
+    /// Lets the vCPUs run again; refused once the agent committed a
+    /// migration away.
+    pub fn resume(&self) -> Result<(), VmError> {
+        if self.cvm.as_ref().is_some_and(|c| c.retired()) {
+            return Err(VmError::Retired);
+        }
         self.control.resume();
+        Ok(())
     }
 
     /// Stops and joins the vCPU threads; dropping the VM then frees it.
     pub fn stop(mut self) {
         self.set_throttle(0);
+        if let Some(cvm) = &self.cvm {
+            cvm.close();
+        }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         self.control.stop(threads);
+        if let Some(agent) = self.agent_thread.take() {
+            self.agent_control.stop(vec![agent]);
+        }
     }
 
     /// Slows the vCPUs to run only `100 - percent` % of the time (0 = full
@@ -442,11 +568,12 @@ fn build_vcpus(
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(call("read the supported CPUID"))?;
-    let mut vcpus = (0..config.cpus.boot_vcpus)
+    let total = config.kvm_vcpus();
+    let mut vcpus = (0..total)
         .map(|i| Vcpu::create(vm_fd, i))
         .collect::<Result<Vec<_>, _>>()?;
     let topo = cpuid::Topology {
-        vcpus: config.cpus.boot_vcpus,
+        vcpus: total,
         // Every vCPU runs at the host's TSC rate.
         tsc_khz: vcpus[0].fd().get_tsc_khz().map_err(call("read the TSC frequency"))?,
         tsc_deadline: kvm.check_extension(Cap::TscDeadlineTimer),
@@ -455,7 +582,7 @@ fn build_vcpus(
         vcpu.configure(&supported, topo)?;
     }
     let platform = match origin {
-        Origin::Boot => {
+        Origin::Boot | Origin::IncomingConfidential => {
             let loaded = image::load(memory, config)?;
             let entry = loaded.entry;
             tracing::info!("booting {:?} entry at {:#x}", entry.mode, entry.entry);
@@ -495,6 +622,7 @@ fn build_bus(
     config: &VmConfig,
     sink: Arc<dyn PowerSink>,
     start: Instant,
+    cvm: Option<&Arc<CvmRuntime>>,
 ) -> Result<(PioBus, Option<SharedSerial>), VmError> {
     let mut bus = PioBus::new();
     let mut serial = None;
@@ -526,5 +654,8 @@ fn build_bus(
     bus.insert(i8042::DATA_PORT, i8042::COMMAND_PORT - i8042::DATA_PORT + 1, keyboard)?;
     bus.insert(ports::DEBUG_PORT, 1, Arc::new(Mutex::new(DebugPort::new(start))))?;
     bus.insert(ports::POWER, 1, Arc::new(Mutex::new(PowerDevice::new(sink))))?;
+    for (port, device) in cvm.map(CvmPort::all).unwrap_or_default() {
+        bus.insert(port, 4, Arc::new(Mutex::new(device)))?;
+    }
     Ok((bus, serial))
 }

@@ -8,8 +8,10 @@
 
 use crate::api::server::ApiServer;
 use crate::config::{SerialMode, VmConfig};
+use crate::cvm::SessionInfo;
 use crate::exit::VmExit;
 use crate::migrate;
+use crate::platform::PlatformConfig;
 use crate::test_hooks::TestHook;
 use crate::vcpu::ExitNotifier;
 use crate::vm::{Counters, Vm};
@@ -77,6 +79,9 @@ pub enum Request {
         endpoint: Endpoint,
         /// Downtime target, timeout and strategy.
         options: Box<SendOptions>,
+        /// covm extension: confidential verified mode (the destination
+        /// proves its memory equals the source's final memory).
+        verified: bool,
     },
     /// `vm.receive-migration`.
     ReceiveMigration {
@@ -148,6 +153,10 @@ pub enum Event {
         result: Result<String, String>,
         /// The VM, returned on failure.
         vm: Option<Vm>,
+        /// The failure came after the agent sealed its Final record and
+        /// neither a Commit nor a valid abort token was read: the VM stays
+        /// paused (it may be running at the destination).
+        undecided: bool,
     },
     /// An incoming migration committed: run this VM.
     MigrationReceived {
@@ -180,6 +189,8 @@ struct MigrationStatus {
     url: String,
     progress: Progress,
     outcome: Option<Result<String, String>>,
+    /// The confidential session, when the VM is confidential.
+    session: Option<SessionInfo>,
 }
 
 /// The VMM: at most one VM, its configuration and its state.
@@ -188,8 +199,12 @@ pub struct Vmm {
     log_is_file: bool,
     host_ram: u64,
     serial_override: Option<SerialMode>,
+    incoming_platform: Option<PlatformConfig>,
     migration: Option<MigrationStatus>,
     pending_exit: Option<VmExit>,
+    /// A confidential migration's outcome is unknown here: the VM stays
+    /// paused and `vm.resume` is refused.
+    undecided: bool,
     /// Set once the VM has migrated away: covm exits at this instant, or as
     /// soon as a client has read the final report.
     exit_deadline: Option<Instant>,
@@ -224,8 +239,10 @@ impl Vmm {
             log_is_file,
             host_ram,
             serial_override,
+            incoming_platform: None,
             migration: None,
             pending_exit: None,
+            undecided: false,
             exit_deadline: None,
             hooks,
             config: None,
@@ -250,6 +267,13 @@ impl Vmm {
         if let Some(api) = self.api.take() {
             api.stop();
         }
+    }
+
+    /// The platform this host launches incoming confidential VMs with
+    /// (its own `--platform` / `--migration-policy`), instead of the one
+    /// their configuration names.
+    pub fn set_incoming_platform(&mut self, platform: Option<PlatformConfig>) {
+        self.incoming_platform = platform;
     }
 
     /// Where to send events.
@@ -311,8 +335,18 @@ impl Vmm {
                     // Let a client following the migration read the report.
                     self.exit_deadline = Some(Instant::now() + REPORT_GRACE);
                 }
-                Event::MigrationSent { result: Err(error), vm } => {
-                    tracing::warn!("migration failed, the guest keeps running here: {error}");
+                Event::MigrationSent {
+                    result: Err(error),
+                    vm,
+                    undecided,
+                } => {
+                    if undecided {
+                        tracing::error!("migration undecided, the guest stays paused here: {error}");
+                        self.state = VmState::Paused;
+                        self.undecided = true;
+                    } else {
+                        tracing::warn!("migration failed, the guest keeps running here: {error}");
+                    }
                     self.vm = vm;
                     if let Some(m) = &mut self.migration {
                         m.outcome = Some(Err(error));
@@ -412,7 +446,19 @@ impl Vmm {
             }
             Request::Resume => {
                 self.expect_state(VmState::Paused, "resume")?;
-                self.vm.as_ref().expect("a paused VM exists").resume();
+                if self.undecided {
+                    return Err(ApiError::InvalidState(
+                        "cannot resume the VM: its confidential migration sealed the final record and neither the \
+                         destination's Commit nor a valid abort token arrived, so the guest may be running at the \
+                         destination; it stays paused here"
+                            .into(),
+                    ));
+                }
+                self.vm
+                    .as_ref()
+                    .expect("a paused VM exists")
+                    .resume()
+                    .map_err(|e| ApiError::InvalidState(format!("cannot resume the VM: {e}")))?;
                 self.state = VmState::Running;
                 Ok(Reply::Done)
             }
@@ -441,7 +487,11 @@ impl Vmm {
                 self.state = VmState::Created;
                 Ok(Reply::Done)
             }
-            Request::SendMigration { endpoint, options } => self.send_migration(endpoint, *options),
+            Request::SendMigration {
+                endpoint,
+                options,
+                verified,
+            } => self.send_migration(endpoint, *options, verified),
             Request::ReceiveMigration { endpoint } => self.receive_migration(endpoint),
         }
     }
@@ -461,20 +511,28 @@ impl Vmm {
             "progress": m.progress.snapshot(),
             "report": m.outcome.as_ref().and_then(|o| o.as_ref().ok()).map(|r| parse(r)),
             "error": m.outcome.as_ref().and_then(|o| o.as_ref().err()),
+            "session": m.session.as_ref().map(SessionInfo::to_json),
         }))
     }
 
-    fn send_migration(&mut self, endpoint: Endpoint, options: SendOptions) -> Result<Reply, ApiError> {
+    fn send_migration(&mut self, endpoint: Endpoint, options: SendOptions, verified: bool) -> Result<Reply, ApiError> {
         self.expect_booted("migrate")?;
-        // Never send a confidential VM's memory in the clear: that takes
-        // the in-guest migration agent's sealed session.
-        if self.vm.as_ref().is_some_and(|vm| vm.platform().confidential()) {
+        if self.undecided {
             return Err(ApiError::InvalidState(
-                "confidential migration needs the firmware migration agent, not built yet: \
-                 covm does not send a confidential VM's memory in the clear"
+                "the last confidential migration's outcome is undecided (the guest may run at its destination): \
+                 this VM cannot migrate again"
                     .into(),
             ));
         }
+        // A confidential VM moves only through its agent's sealed session;
+        // a plain one has nothing to verify.
+        let confidential = self.vm.as_ref().is_some_and(|vm| vm.platform().confidential());
+        if verified && !confidential {
+            return Err(ApiError::BadRequest(
+                "verified is a confidential migration mode: this VM is not confidential".into(),
+            ));
+        }
+        let session = confidential.then(|| SessionInfo::new("source"));
         let config = self.created()?.clone();
         let vm = self.vm.take().expect("a booted VM exists");
         let progress = Progress::new();
@@ -483,8 +541,16 @@ impl Vmm {
             url: endpoint.to_string(),
             progress: progress.clone(),
             outcome: None,
+            session: session.clone(),
         });
-        migrate::start_send(vm, &config, endpoint, options, progress, self.events_tx.clone());
+        let send = migrate::Outgoing {
+            vm,
+            endpoint,
+            options,
+            session,
+            verified,
+        };
+        migrate::start_send(send, &config, progress, self.events_tx.clone());
         Ok(Reply::Done)
     }
 
@@ -500,18 +566,22 @@ impl Vmm {
         let listener = Listener::bind(&endpoint).map_err(|e| ApiError::BadRequest(format!("receiver_url: {e}")))?;
         self.generation += 1;
         let progress = Progress::new();
+        let session = SessionInfo::new("destination");
         self.migration = Some(MigrationStatus {
             direction: "receive",
             url: endpoint.to_string(),
             progress: progress.clone(),
             outcome: None,
+            session: Some(session.clone()),
         });
         let incoming = migrate::Incoming {
             listener,
             start: self.start,
             host_ram: self.host_ram,
             serial: self.serial_override.clone(),
+            platform: self.incoming_platform.clone(),
             notify: self.exit_notifier(),
+            session,
         };
         migrate::start_receive(incoming, progress, self.events_tx.clone());
         Ok(Reply::Done)

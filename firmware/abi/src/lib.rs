@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod layout;
+pub mod mailbox;
 pub mod pattern;
 pub mod ports;
 pub mod workload;

@@ -13,6 +13,27 @@ pub const DEBUG_PORT: u16 = 0x80;
 /// which ends QEMU on any write.
 pub const POWER: u16 = 0x600;
 
+/// Confidential platforms only (absent on a plain VM): the migration
+/// agent's and the emulated platform's ports, all accessed 32 bits wide.
+/// See [`crate::mailbox`].
+///
+/// `in`: blocks until covm posts a mailbox command; the value is the low
+/// 32 bits of its sequence number, or `mailbox::DOORBELL_RETRY`.
+pub const AGENT_DOORBELL: u16 = 0x610;
+/// `out` (the sequence's low 32 bits): the agent completed a command.
+pub const AGENT_DONE: u16 = 0x614;
+/// `out` 0: the agent asks the platform for an attestation report.
+pub const AGENT_REPORT: u16 = 0x618;
+/// `in`: `mailbox::launch_mode`: fresh launch, incoming migration, or
+/// (any other value) not confidential.
+pub const LAUNCH_MODE: u16 = 0x61c;
+/// `out` 0: a workload vCPU of an incoming confidential VM parks; the
+/// platform runs it again only with the state the agent imported.
+pub const PARK: u16 = 0x620;
+/// `out` 0: the source's agent read the destination's Commit; the platform
+/// must never run this VM's workload vCPUs again.
+pub const AGENT_RETIRE: u16 = 0x624;
+
 /// Values written to [`POWER`].
 pub mod power {
     /// Power off: the guest finished successfully. covm exits 0.

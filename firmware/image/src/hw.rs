@@ -25,6 +25,24 @@ pub fn inb(port: u16) -> u8 {
     value
 }
 
+/// 32-bit `out` (the confidential platform's ports are all 32 bits wide).
+/// Not `nomem`: covm reads or writes guest memory while it handles some
+/// of these (the agent's answer, the attestation report), so memory
+/// accesses must not move across the instruction.
+pub fn outl(port: u16, value: u32) {
+    // SAFETY: as for `outb`.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags)) }
+}
+
+/// 32-bit `in`; a compiler barrier like [`outl`] (the doorbell returns
+/// once covm has written a command into guest memory).
+pub fn inl(port: u16) -> u32 {
+    let value: u32;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in eax, dx", in("dx") port, out("eax") value, options(nostack, preserves_flags)) }
+    value
+}
+
 pub fn rdtsc() -> u64 {
     // SAFETY: rdtsc has no side effects; CR4.TSD is clear so ring 3 may use it.
     unsafe { core::arch::x86_64::_rdtsc() }
@@ -69,6 +87,17 @@ pub fn power_off(code: u8) -> ! {
     loop {
         sleep_until(u64::MAX);
     }
+}
+
+/// The launch mode the confidential platform reports
+/// (`mailbox::launch_mode`); anything else on a plain VM.
+pub fn launch_mode() -> u32 {
+    inl(ports::LAUNCH_MODE)
+}
+
+/// This CPU's initial APIC ID: CPUID.1:EBX[31:24] (covm: the vCPU index).
+pub fn apic_id() -> u32 {
+    cpuid(1).ebx >> 24
 }
 
 /// CPUID as the VMM configured it. On this machine's KVM a CPUID executed

@@ -5,9 +5,14 @@
 //! where this Rust code runs the workload natively. On the project's KVM,
 //! ring 0 is interpreted instruction by instruction, ring 3 is not. See
 //! docs/firmware.md.
+//!
+//! On a confidential VM (`ports::LAUNCH_MODE` says fresh or incoming) the
+//! vCPU with the highest APIC ID runs the migration agent (`agent`)
+//! instead of the workload, and an incoming VM's workload vCPUs park.
 #![no_std]
 #![no_main]
 
+mod agent;
 mod dirty;
 mod hw;
 mod mem;
@@ -18,7 +23,8 @@ mod time;
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
-use covm_guest_abi::ports::{markers, power};
+use covm_guest_abi::mailbox::launch_mode;
+use covm_guest_abi::ports::{self, markers, power};
 use covm_guest_abi::workload::{self, Workload};
 
 core::arch::global_asm!(include_str!("ring0.s"), options(att_syntax));
@@ -35,22 +41,65 @@ unsafe impl Sync for Shared {}
 static PARAMS: Shared = Shared(UnsafeCell::new(None));
 static GO: AtomicBool = AtomicBool::new(false);
 
+/// How this VM was launched; every CPU asks the platform itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    /// Not confidential: no agent, the workload runs on every vCPU.
+    Plain,
+    /// A confidential VM's first launch: the workload runs.
+    Fresh,
+    /// A confidential VM receiving a migration: only the agent runs.
+    Incoming,
+}
+
+impl Launch {
+    fn read() -> Launch {
+        match hw::launch_mode() {
+            launch_mode::FRESH => Launch::Fresh,
+            launch_mode::INCOMING => Launch::Incoming,
+            _ => Launch::Plain,
+        }
+    }
+}
+
+/// An incoming VM's workload vCPU waits here: the platform runs it again
+/// only with the state the agent imported, so it never goes on by itself.
+fn park() -> ! {
+    loop {
+        hw::outl(ports::PARK, 0);
+    }
+}
+
 /// Ring-3 entry of every CPU (ring0.s irets here with IF = 0).
 #[no_mangle]
 extern "C" fn user_main(cpu: u32, start_info: u64) -> ! {
+    let launch = Launch::read();
     if cpu == 0 {
-        bsp_main(start_info)
+        bsp_main(start_info, launch)
+    }
+    // CPU indices follow arrival order; the agent is told by its APIC ID.
+    let mut index = cpu;
+    if launch != Launch::Plain {
+        let cpus = smp::vcpu_count();
+        if hw::apic_id() == cpus - 1 {
+            smp::check_in();
+            agent::run(start_info, cpus, launch == Launch::Incoming)
+        }
+        index = smp::take_workload_index();
     }
     smp::check_in();
+    if launch == Launch::Incoming {
+        park()
+    }
     while !GO.load(Ordering::Acquire) {
         hw::sleep_until(hw::rdtsc() + 1_000_000);
     }
     // SAFETY: GO is set, so PARAMS is written and never written again.
     let params = unsafe { (*PARAMS.0.get()).as_ref() }.expect("GO without parameters");
-    dirty::run(cpu, params)
+    dirty::run(index, params)
 }
 
-fn bsp_main(start_info: u64) -> ! {
+fn bsp_main(start_info: u64, launch: Launch) -> ! {
     hw::marker(markers::RING3);
     let info = pvh::read(start_info).unwrap_or_else(|e| fail_args(format_args!("{e}")));
     let workload = workload::parse(info.cmdline).unwrap_or_else(|e| fail_args(format_args!("{e}")));
@@ -58,6 +107,10 @@ fn bsp_main(start_info: u64) -> ! {
     let cpus = smp::vcpu_count();
     if cpus > hw::MAX_CPUS {
         println!("error: {cpus} vCPUs, the firmware supports at most {}", hw::MAX_CPUS);
+        hw::power_off(power::FAIL_SMP);
+    }
+    if launch != Launch::Plain && cpus < 2 {
+        println!("error: a confidential VM needs a vCPU for its migration agent besides the workload's");
         hw::power_off(power::FAIL_SMP);
     }
     if let Err(ready) = smp::start_aps(cpus, tsc_khz) {
@@ -68,6 +121,11 @@ fn bsp_main(start_info: u64) -> ! {
         hw::power_off(power::FAIL_SMP);
     }
     hw::marker(markers::ALL_CPUS);
+    if launch == Launch::Incoming {
+        park()
+    }
+    // The agent's vCPU is not the workload's.
+    let cpus = if launch == Launch::Plain { cpus } else { cpus - 1 };
     match workload {
         Workload::Hello => {
             hw::marker(markers::WORKLOAD_START);

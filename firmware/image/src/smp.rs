@@ -5,6 +5,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 /// Application processors that reached ring 3.
 static CHECKED_IN: AtomicU32 = AtomicU32::new(0);
+/// Next workload CPU index for an AP of a confidential VM (the BSP is 0).
+/// The agent's vCPU takes none, so the workload's CPUs are numbered
+/// 0..n-1 whichever order the APs arrive in.
+static NEXT_WORKLOAD_INDEX: AtomicU32 = AtomicU32::new(1);
 
 /// ICR: destination shorthand "all excluding self", level assert.
 const ICR_ALL_BUT_SELF: u32 = (3 << 18) | (1 << 14);
@@ -27,6 +31,16 @@ pub fn vcpu_count() -> u32 {
 /// Called by each AP once it runs in ring 3.
 pub fn check_in() {
     CHECKED_IN.fetch_add(1, Ordering::AcqRel);
+}
+
+/// APs checked in so far.
+pub fn checked_in() -> u32 {
+    CHECKED_IN.load(Ordering::Acquire)
+}
+
+/// A workload CPU index for an AP of a confidential VM.
+pub fn take_workload_index() -> u32 {
+    NEXT_WORKLOAD_INDEX.fetch_add(1, Ordering::AcqRel)
 }
 
 /// INIT, SIPI, SIPI to all other CPUs, then waits up to 2 s for `n - 1`

@@ -1,12 +1,17 @@
-//! The destination side: accept the Hello, build the VM, apply records
-//! with their checks, restore, commit.
+//! The destination side: accept the Hello, build the VM and its opener,
+//! the opener's handshake, apply records with their checks, restore,
+//! commit (or abort with the opener's token).
 
-use super::report::{ms, ReceiveReport};
+use super::report::{ms, whole_ms, ReceiveReport};
+use super::sealer::handshake_over;
 use super::{MigrationError, Opener, Phase, PlainOpener, Progress, ReceiveOptions};
-use crate::protocol::{fit_reason, Message, Wire, PROTOCOL_VERSION};
+use crate::protocol::{fit_reason, Message, Wire, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
 use crate::transport::Stream;
 use crate::vm::{DestinationVm, VmError};
 use std::time::{Duration, Instant};
+
+/// How long a failing destination tries to write its abort token and Abort.
+const ABORT_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A received, restored and committed VM: the VMM runs it now.
 pub struct Incoming<V = Box<dyn DestinationVm>> {
@@ -16,7 +21,8 @@ pub struct Incoming<V = Box<dyn DestinationVm>> {
     pub report: ReceiveReport,
 }
 
-/// Receives a VM over `stream` with plain page records. `build` makes the
+/// Receives a VM over `stream` with plain page records (protocol version
+/// 1 only: a Hello of any other version is refused). `build` makes the
 /// incoming VM from the source's configuration; if it fails the source is
 /// refused. On `Err` the VM (if any) was dropped: the VMM stays ready for
 /// another attempt.
@@ -30,28 +36,58 @@ where
     V: DestinationVm,
     F: FnOnce(&[u8]) -> Result<V, VmError>,
 {
-    receive_with(stream, build, &mut PlainOpener, options, progress)
+    let build = move |_version: u16, config: &[u8]| -> Result<(V, Box<dyn Opener>), VmError> {
+        Ok((build(config)?, Box::new(PlainOpener)))
+    };
+    receive_versions(stream, &[PROTOCOL_VERSION], build, options, progress)
 }
 
-/// [`receive`] with another [`Opener`] (the confidential session's).
+/// [`receive`] for any protocol version this covm speaks, the VM and its
+/// [`Opener`] made by `build` from the Hello's version and configuration
+/// (the factory refuses what it cannot receive that way, e.g. a
+/// confidential VM over version 1: its error is the source's Refuse).
+///
+/// After HelloAck the opener's handshake runs; after Complete and the
+/// engine's checks, [`Opener::commit`] decides and its message goes to
+/// the source. Any failure before that: [`Opener::abort`]'s message (the
+/// abort token), then Abort{reason}, both best effort, and the VM is
+/// dropped. Once the opener committed in version 2 the VM is returned even
+/// if its `Control` cannot be written (the commit cannot be undone); in
+/// version 1 a Commit that cannot be written drops the VM (the source,
+/// without it, resumes).
 pub fn receive_with<F, V>(
     stream: Box<dyn Stream>,
     build: F,
-    opener: &mut dyn Opener,
     options: &ReceiveOptions,
     progress: &Progress,
 ) -> Result<Incoming<V>, MigrationError>
 where
     V: DestinationVm,
-    F: FnOnce(&[u8]) -> Result<V, VmError>,
+    F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmError>,
+{
+    receive_versions(stream, &SUPPORTED_VERSIONS, build, options, progress)
+}
+
+fn receive_versions<F, V>(
+    stream: Box<dyn Stream>,
+    accepted: &'static [u16],
+    build: F,
+    options: &ReceiveOptions,
+    progress: &Progress,
+) -> Result<Incoming<V>, MigrationError>
+where
+    V: DestinationVm,
+    F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmError>,
 {
     tracing::info!(peer = %stream.peer(), "migration: receiving");
     let mut wire = Wire::new(stream);
+    // Made with the VM by the factory; kept here to abort on failure.
+    let mut opener: Option<Box<dyn Opener>> = None;
     let result = wire
         .stream()
         .set_io_timeout(Some(options.io_timeout))
         .map_err(MigrationError::Timeouts)
-        .and_then(|()| Receiver::new(progress).run(&mut wire, build, opener));
+        .and_then(|()| Receiver::new(progress).run(&mut wire, accepted, build, &mut opener));
     match result {
         Ok(incoming) => {
             progress.set_phase(Phase::Completed);
@@ -59,11 +95,18 @@ where
             Ok(incoming)
         }
         Err(error) => {
+            let reason = fit_reason(&error.to_string());
+            // The abort token even when the source aborted first: it is
+            // what lets a source whose agent sealed its Final resume.
+            let token = opener.as_mut().and_then(|opener| opener.abort(&reason));
+            let _ = wire.stream().set_io_timeout(Some(ABORT_WRITE_TIMEOUT));
+            if let Some(token) = token {
+                if let Err(e) = wire.send_now(&token) {
+                    tracing::warn!(error = %e, "could not send the abort token to the source");
+                }
+            }
             if !error.peer_knows() {
-                let _ = wire.stream().set_io_timeout(Some(Duration::from_millis(500)));
-                let _ = wire.send_now(&Message::Abort {
-                    reason: fit_reason(&error.to_string()),
-                });
+                let _ = wire.send_now(&Message::Abort { reason });
             }
             tracing::error!(%error, "incoming migration failed; its VM is discarded");
             progress.update(|p| {
@@ -101,29 +144,15 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    fn run<F, V>(
-        mut self,
+    /// Reads the Hello; refuses a version outside `accepted`, or one that
+    /// is not the frame's. Returns the version and the configuration.
+    fn hello(
+        &self,
         wire: &mut Wire<Box<dyn Stream>>,
-        build: F,
-        opener: &mut dyn Opener,
-    ) -> Result<Incoming<V>, MigrationError>
-    where
-        V: DestinationVm,
-        F: FnOnce(&[u8]) -> Result<V, VmError>,
-    {
-        self.progress.set_phase(Phase::Handshake);
-        let config = match wire.receive()? {
-            Message::Hello { version, config } if version == PROTOCOL_VERSION => config,
-            Message::Hello { version, .. } => {
-                let error = MigrationError::Version {
-                    found: version,
-                    expected: PROTOCOL_VERSION,
-                };
-                wire.send_now(&Message::Refuse {
-                    reason: error.to_string(),
-                })?;
-                return Err(error);
-            }
+        accepted: &'static [u16],
+    ) -> Result<(u16, Vec<u8>), MigrationError> {
+        let (version, config) = match wire.receive()? {
+            Message::Hello { version, config } => (version, config),
             Message::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
             other => {
                 return Err(MigrationError::Unexpected {
@@ -132,8 +161,40 @@ impl<'a> Receiver<'a> {
                 })
             }
         };
-        let mut vm = match build(&config) {
-            Ok(vm) => vm,
+        let error = if !accepted.contains(&version) {
+            MigrationError::Version {
+                found: version,
+                accepted,
+            }
+        } else if wire.version() != Some(version) {
+            MigrationError::stream(format!(
+                "a Hello of version {version} in a frame of version {}",
+                wire.version().unwrap_or_default()
+            ))
+        } else {
+            return Ok((version, config));
+        };
+        wire.send_now(&Message::Refuse {
+            reason: fit_reason(&error.to_string()),
+        })?;
+        Err(error)
+    }
+
+    fn run<F, V>(
+        mut self,
+        wire: &mut Wire<Box<dyn Stream>>,
+        accepted: &'static [u16],
+        build: F,
+        opener: &mut Option<Box<dyn Opener>>,
+    ) -> Result<Incoming<V>, MigrationError>
+    where
+        V: DestinationVm,
+        F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmError>,
+    {
+        self.progress.set_phase(Phase::Handshake);
+        let (version, config) = self.hello(wire, accepted)?;
+        let (mut vm, built) = match build(version, &config) {
+            Ok(built) => built,
             Err(source) => {
                 let error = MigrationError::Vm {
                     op: "build the incoming VM",
@@ -145,7 +206,9 @@ impl<'a> Receiver<'a> {
                 return Err(error);
             }
         };
+        let opener = opener.insert(built);
         wire.send_now(&Message::HelloAck)?;
+        handshake_over(wire, |link| opener.handshake(link))?;
         self.progress.set_phase(Phase::PreCopy);
         loop {
             let message = wire.receive()?;
@@ -181,9 +244,22 @@ impl<'a> Receiver<'a> {
                 } => self.end_round(round, pages, zero_pages, bytes)?,
                 Message::Complete { pages, rounds } => {
                     self.check_complete(pages, rounds)?;
-                    wire.send_now(&Message::Commit)?;
+                    let decision = opener.commit(&mut vm)?;
+                    // Committed: from here the VM runs here.
+                    if let Err(e) = wire.send_now(&decision) {
+                        if version == PROTOCOL_VERSION {
+                            // The source, without Commit, resumes.
+                            return Err(e.into());
+                        }
+                        tracing::error!(
+                            error = %e,
+                            "could not send the committed decision to the source: the VM runs here, \
+                             the source stays paused"
+                        );
+                    }
                     self.report.total_ms = ms(self.started.elapsed());
                     self.report.bytes_received = wire.bytes_received();
+                    self.report.crypto_ms = whole_ms(opener.crypto_time());
                     return Ok(Incoming {
                         vm,
                         report: self.report,

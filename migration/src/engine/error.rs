@@ -4,9 +4,10 @@ use crate::protocol::{MessageKind, ProtocolError};
 use crate::vm::VmError;
 use std::time::Duration;
 
-/// A failed migration. On the source every variant means the guest was
-/// handed back (throttle 0, tracking off, resumed if the engine paused
-/// it); on the destination, that the incoming VM must be discarded.
+/// A failed migration. On the source every variant but
+/// [`MigrationError::Undecided`] means the guest was handed back (throttle
+/// 0, tracking off, resumed if the engine paused it); on the destination,
+/// that the incoming VM must be discarded.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     /// Talking to the peer failed (closed, stalled, malformed frame...).
@@ -35,13 +36,17 @@ pub enum MigrationError {
         /// What this side was doing.
         during: &'static str,
     },
-    /// The peer speaks another protocol version in its Hello.
-    #[error("the source speaks migration protocol version {found}, this covm speaks version {expected}")]
+    /// The source's Hello names a protocol version this destination
+    /// does not accept.
+    #[error(
+        "the source speaks migration protocol version {found}, this destination accepts {}",
+        versions(accepted)
+    )]
     Version {
         /// Version in the Hello.
         found: u16,
-        /// Version this side speaks.
-        expected: u16,
+        /// Versions this destination accepts.
+        accepted: &'static [u16],
     },
     /// A VM operation failed.
     #[error("cannot {op}: {source}")]
@@ -63,6 +68,30 @@ pub enum MigrationError {
     /// Page records or state broke the rules of the stream.
     #[error("invalid migration stream: {0}")]
     Stream(String),
+    /// Source only: the migration failed after the session sealed its
+    /// final record (confidential), and neither a Commit nor a valid abort
+    /// token was read. The guest may be running at the destination, so the
+    /// engine left it paused here (throttle 0, tracking off): only an
+    /// operator who knows the destination's fate may resume or drop it.
+    #[error(
+        "the guest stays paused: the migration session sealed its final record and neither a Commit nor \
+         a valid abort token was read, so it may be running at the destination (after: {error})"
+    )]
+    Undecided {
+        /// What failed.
+        error: Box<MigrationError>,
+    },
+}
+
+fn versions(accepted: &[u16]) -> String {
+    match accepted {
+        [one] => format!("version {one}"),
+        [rest @ .., last] => {
+            let rest: Vec<String> = rest.iter().map(u16::to_string).collect();
+            format!("versions {} and {last}", rest.join(", "))
+        }
+        [] => "no version".into(),
+    }
 }
 
 impl MigrationError {
@@ -81,7 +110,8 @@ impl MigrationError {
         move |source| MigrationError::Vm { op, source }
     }
 
-    pub(crate) fn stream(what: impl Into<String>) -> Self {
+    /// A [`MigrationError::Stream`] saying `what`.
+    pub fn stream(what: impl Into<String>) -> Self {
         MigrationError::Stream(what.into())
     }
 }

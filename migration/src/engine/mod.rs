@@ -25,6 +25,16 @@
 //! Once Commit is read the source never resumes: [`send`] returns the
 //! report and the VMM releases the VM and exits.
 //!
+//! With a confidential sealer ([`send_with`], protocol version 2) the
+//! Hello is followed by the agents' handshake, every round's records end
+//! with the agent's sealed round end, the state is sealed, and the
+//! decision after Complete is a `Control` record only the agent can judge.
+//! On failure the paused guest is resumed only if [`Sealer::may_resume`]
+//! (before the agent sealed its Final, or after a valid abort token; the
+//! source waits briefly for a token after telling the destination it
+//! aborts); otherwise it stays paused and the error is
+//! [`MigrationError::Undecided`].
+//!
 //! # Destination ([`receive`])
 //!
 //! Hello → build the incoming VM with the VMM's factory (Refuse if it
@@ -34,12 +44,19 @@
 //! handed back to the VMM to run. On any error the VM is dropped and the
 //! error returned; the VMM stays ready for a new attempt.
 //!
+//! [`receive_with`]'s factory sees the Hello's version and returns the VM
+//! with its [`Opener`]: after HelloAck the opener's handshake, after
+//! Complete [`Opener::commit`] (its message, e.g. the agent's sealed
+//! Commit, goes to the source); on failure before that, the opener's
+//! abort token goes out before the Abort.
+//!
 //! # The sealer seam
 //!
 //! Everything that turns pages and state into records is behind
 //! [`Sealer`] (source) and [`Opener`] (destination); [`send`] and
-//! [`receive`] use the plain pair, [`send_with`] and [`receive_with`]
-//! take any. The confidential session replaces only that pair.
+//! [`receive`] use the plain pair (protocol version 1), [`send_with`] and
+//! [`receive_with`] take any. The confidential session replaces only that
+//! pair (see [`Sealer`] for the calls and the record accounting).
 
 mod convergence;
 mod destination;
@@ -55,7 +72,7 @@ pub use destination::{receive, receive_with, Incoming};
 pub use error::MigrationError;
 pub use progress::{Phase, Progress, ProgressSnapshot};
 pub use report::{DowntimeBreakdown, MigrationReport, ReceiveReport};
-pub use sealer::{Carried, Opener, PlainOpener, PlainSealer, RecordSink, Sealer};
+pub use sealer::{Carried, Link, Opener, PlainOpener, PlainSealer, RecordSink, Sealer};
 pub use source::{send, send_with};
 pub use throttle::ThrottlePolicy;
 

@@ -10,12 +10,13 @@ use std::time::Duration;
 pub struct DowntimeBreakdown {
     /// Reading the last dirty log and sending the last pages.
     pub final_pages_ms: f64,
-    /// `save_state` on the paused VM.
+    /// `save_state` on the paused VM and sealing its state (the sealer's
+    /// records are queued, or written if large).
     pub state_save_ms: f64,
-    /// Sending State and Complete.
+    /// Sending what is queued and Complete.
     pub state_transfer_ms: f64,
     /// From Complete sent to Commit read: the destination's restore, its
-    /// checks and the round trip.
+    /// checks and commit, and the round trip.
     pub restore_and_commit_ms: f64,
 }
 
@@ -46,6 +47,10 @@ pub struct MigrationReport {
     pub throughput_bytes_per_s: u64,
     /// False when `timeout_s` with strategy `Ignore` forced the pause.
     pub converged: bool,
+    /// Milliseconds the sealer spent sealing (confidential: the agent's
+    /// crypto and the mailbox; plain: 0).
+    #[serde(default)]
+    pub crypto_ms: u64,
 }
 
 /// The destination's summary of a successful migration.
@@ -69,10 +74,18 @@ pub struct ReceiveReport {
     /// downtime, which the source cannot see. Filled in by the VMM, which
     /// alone starts the VM.
     pub resume_ms: f64,
+    /// Milliseconds the opener spent opening (confidential: the agent's
+    /// crypto and the mailbox; plain: 0).
+    #[serde(default)]
+    pub crypto_ms: u64,
 }
 
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+pub(crate) fn whole_ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 impl MigrationReport {

@@ -167,6 +167,16 @@ impl Source<'_> {
         mut stats: RoundStats,
         (started, sent_before): (Instant, u64),
     ) -> Result<RoundStats, MigrationError> {
+        // The sealer's own end of round (confidential: the agent's sealed
+        // RoundEnd record): its frames count in the round's bytes, as the
+        // destination counts every record frame its opener claims.
+        let wire = &mut self.wire;
+        let mut bytes = 0;
+        self.sealer.end_round(round, &mut |m: &Message| {
+            bytes += m.payload_len() as u64;
+            wire.send(m)
+        })?;
+        stats.bytes += bytes;
         let end = Message::RoundEnd {
             round,
             pages: stats.pages,

@@ -2,19 +2,42 @@
 //! records (source) and records become memory and state (destination).
 //!
 //! The engine decides *which* pages move and *when* (dirty log, rounds,
-//! convergence, pause); a [`Sealer`] decides *how* they are carried, and
-//! an [`Opener`] undoes it. The plain pair here reads guest memory
-//! directly and sends `Pages` / `ZeroPages` / `State`. The confidential
-//! pair (a later issue) replaces exactly these two objects: its sealer
-//! hands the addresses to the in-guest agent and forwards the sealed
-//! records the agent produces (new message kinds in a new protocol
-//! version); its opener hands records to the destination agent. Nothing
-//! else in the engine changes: "one engine, two sealers".
+//! convergence, pause); a [`Sealer`] decides *how* they are carried and
+//! whether the source may take its guest back, and an [`Opener`] undoes
+//! the sealing and decides whether the destination commits. The plain
+//! pair here reads guest memory directly and sends `Pages` / `ZeroPages`
+//! / `State` (protocol version 1). The confidential pair (in the VMM)
+//! replaces exactly these two objects: its sealer hands the addresses to
+//! the in-guest agent and forwards the sealed records the agent produces
+//! (`Sealed`, protocol version 2); its opener hands records to the
+//! destination agent, whose sealed Commit or abort token travels back as
+//! `Control`. Nothing else in the engine changes: "one engine, two
+//! sealers".
+//!
+//! What the engine calls, in order:
+//!
+//! | source ([`Sealer`])                          | destination ([`Opener`])                    |
+//! |----------------------------------------------|---------------------------------------------|
+//! | `version()`: the Hello's version             | (the factory of `receive_with` sees it)      |
+//! | `handshake(link)` after HelloAck             | `handshake(link)` after HelloAck             |
+//! | per round: `seal_pages`…, `end_round`, then the engine's RoundEnd | `open_pages` for every record frame, then the engine checks RoundEnd |
+//! | paused: `seal_state(state)`                  | `open_pages` (records after the last round), `open_state` |
+//! | after Complete: `read_decision(answer)`      | after Complete: `commit(vm)`, its message sent |
+//! | on failure: `may_resume()`                   | on failure before commit: `abort(reason)`, its message sent before Abort |
+//!
+//! Record accounting: every message a sealer passes to its
+//! [`RecordSink`] during a round (in `seal_pages` *and* `end_round`) counts
+//! in the round's `RoundEnd.bytes` (payload bytes); the destination counts
+//! every message its opener claims ([`Opener::is_page_record`]). So a
+//! `Sealed` frame carrying only the agent's sealed round-end record counts
+//! on both sides, with `Carried { pages: 0, .. }`, and the round balances.
 
 use super::MigrationError;
-use crate::protocol::{Message, ProtocolError, MAX_PAGES_PER_FRAME, PAGE_BYTES};
+use crate::protocol::{Message, ProtocolError, Wire, MAX_PAGES_PER_FRAME, PAGE_BYTES, PROTOCOL_VERSION};
 use crate::vm::{DestinationVm, SourceVm};
+use std::io::{Read, Write};
 use std::mem;
+use std::time::Duration;
 
 /// Sends each record the sealer produces (the engine counts its bytes).
 pub type RecordSink<'a> = dyn FnMut(&Message) -> Result<(), ProtocolError> + 'a;
@@ -30,8 +53,78 @@ pub struct Carried {
     pub zero_pages: u64,
 }
 
-/// Source side: turns pages and state into records.
+/// Sends and receives whole messages during a sealer's or opener's
+/// handshake (the engine's connection, in its version).
+pub trait Link {
+    /// Sends `message` and flushes.
+    fn send(&mut self, message: &Message) -> Result<(), ProtocolError>;
+    /// Reads the next message (an `Abort` included: the engine reports the
+    /// peer's reason if the handshake then fails).
+    fn receive(&mut self) -> Result<Message, ProtocolError>;
+}
+
+impl<S: Read + Write> Link for Wire<S> {
+    fn send(&mut self, message: &Message) -> Result<(), ProtocolError> {
+        self.send_now(message)
+    }
+
+    fn receive(&mut self) -> Result<Message, ProtocolError> {
+        Wire::receive(self)
+    }
+}
+
+/// The engine's [`Link`] for a handshake: remembers the peer's Abort, so
+/// a handshake that fails after one reports the peer's reason.
+struct HandshakeLink<'w, S: Read + Write> {
+    wire: &'w mut Wire<S>,
+    peer_abort: Option<String>,
+}
+
+impl<S: Read + Write> Link for HandshakeLink<'_, S> {
+    fn send(&mut self, message: &Message) -> Result<(), ProtocolError> {
+        self.wire.send_now(message)
+    }
+
+    fn receive(&mut self) -> Result<Message, ProtocolError> {
+        let message = self.wire.receive()?;
+        if let Message::Abort { reason } = &message {
+            self.peer_abort = Some(reason.clone());
+        }
+        Ok(message)
+    }
+}
+
+/// Runs a sealer's or opener's `handshake` over `wire`.
+pub(super) fn handshake_over<S: Read + Write>(
+    wire: &mut Wire<S>,
+    handshake: impl FnOnce(&mut dyn Link) -> Result<(), MigrationError>,
+) -> Result<(), MigrationError> {
+    let mut link = HandshakeLink { wire, peer_abort: None };
+    handshake(&mut link).map_err(|error| match (link.peer_abort, error) {
+        (Some(reason), error) if !matches!(error, MigrationError::PeerAborted { .. }) => {
+            tracing::debug!(%error, "the handshake failed on the peer's Abort");
+            MigrationError::PeerAborted { reason }
+        }
+        (_, error) => error,
+    })
+}
+
+/// Source side: turns pages and state into records, and reads the
+/// destination's decision.
 pub trait Sealer: Send {
+    /// The protocol version its records need (the Hello carries it, and
+    /// it is the connection's). Plain: 1.
+    fn version(&self) -> u16 {
+        PROTOCOL_VERSION
+    }
+
+    /// After HelloAck, before dirty tracking starts: e.g. the agents'
+    /// attested handshake. Plain: nothing.
+    fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
+        let _ = link;
+        Ok(())
+    }
+
     /// Exports the `count` pages from `gpa` for `round` (their dirty bits
     /// already cleared, at most [`MAX_PAGES_PER_FRAME`] pages), passing
     /// every record to `out`.
@@ -44,21 +137,94 @@ pub trait Sealer: Send {
         out: &mut RecordSink<'_>,
     ) -> Result<Carried, MigrationError>;
 
-    /// Wraps the paused VM's state into its record.
-    fn seal_state(&mut self, state: Vec<u8>) -> Result<Message, MigrationError>;
+    /// After a round's last `seal_pages` and before the engine's
+    /// `RoundEnd` (every round, the final one included): e.g. the agent's
+    /// sealed round end. What it passes to `out` counts in the round's
+    /// bytes, and carries no page. Plain: nothing.
+    fn end_round(&mut self, round: u32, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
+        let _ = (round, out);
+        Ok(())
+    }
+
+    /// The paused VM's state ([`SourceVm::save_state`]) into records,
+    /// passed to `out`, after the final round's `RoundEnd`. Record frames
+    /// (the ones the opener's [`Opener::is_page_record`] claims) come
+    /// first, with the round after the final one (`Complete`'s `rounds`)
+    /// and no page; then exactly one state record (the one
+    /// [`Opener::open_state`] opens). Plain: one `State` message.
+    fn seal_state(&mut self, state: Vec<u8>, out: &mut RecordSink<'_>) -> Result<(), MigrationError>;
+
+    /// The destination's answer after Complete (and any `Control` message
+    /// seen earlier, e.g. while looking for the peer's reason after a
+    /// failed write). `Ok(())` = committed: the guest belongs to the
+    /// destination. `Err(PeerAborted)` = a valid abort (the engine then
+    /// looks for the destination's `Abort` reason). The engine handles a
+    /// plain `Abort` itself and never passes it here. Plain: `Commit` →
+    /// `Ok`, `Abort{reason}` → `PeerAborted`, anything else `Unexpected`.
+    fn read_decision(&mut self, message: Message) -> Result<(), MigrationError>;
+
+    /// After a failure: may the guest run here again? Plain: always.
+    /// Confidential: not once the agent sealed its Final record, until it
+    /// read a valid abort token. `false` keeps the paused guest paused and
+    /// the engine returns [`MigrationError::Undecided`].
+    fn may_resume(&mut self) -> bool {
+        true
+    }
+
+    /// Time spent sealing so far (crypto and mailbox), for the report.
+    /// Plain: zero.
+    fn crypto_time(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
-/// Destination side: applies records.
+/// Destination side: applies records and commits or aborts.
 pub trait Opener: Send {
-    /// Whether `message` is a page record this opener applies.
+    /// After HelloAck, before the first record: e.g. the agents' attested
+    /// handshake. Plain: nothing.
+    fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
+        let _ = link;
+        Ok(())
+    }
+
+    /// Whether `message` is a record frame this opener applies (its bytes
+    /// count in the round's).
     fn is_page_record(&self, message: &Message) -> bool;
 
-    /// Applies a page record to the VM and says what it carried. The
-    /// engine checks the round and the counts.
+    /// Applies a record frame to the VM and says what it carried. The
+    /// engine checks the round and the counts. A `Sealed` batch may carry
+    /// non-page records (the agent's round end, vCPU states, Final):
+    /// `Carried { pages: 0, .. }` for those.
     fn open_pages(&mut self, vm: &mut dyn DestinationVm, message: Message) -> Result<Carried, MigrationError>;
 
-    /// The VM state inside a state record, or `None` if `message` is not one.
+    /// The VM state inside a state record, or `None` if `message` is not
+    /// one (the engine then refuses the message as unexpected).
     fn open_state(&mut self, message: Message) -> Result<Option<Vec<u8>>, MigrationError>;
+
+    /// Everything arrived and the engine checked it (after Complete):
+    /// commit. Returns the message that tells the source (plain:
+    /// `Commit`; confidential: `Control` with the agent's sealed Commit).
+    /// After `Ok` the VM must run here. An `Err` aborts (see
+    /// [`Opener::abort`]).
+    fn commit(&mut self, vm: &mut dyn DestinationVm) -> Result<Message, MigrationError> {
+        let _ = vm;
+        Ok(Message::Commit)
+    }
+
+    /// A failure before commit: a message that lets the source resume
+    /// (confidential: `Control` with the agent's abort token, after which
+    /// it can never commit). The engine sends it before its plain
+    /// `Abort{reason}`, even when the source aborted first. Plain: `None`.
+    fn abort(&mut self, reason: &str) -> Option<Message> {
+        let _ = reason;
+        None
+    }
+
+    /// Time spent opening so far (crypto and mailbox), for the report.
+    /// Plain: zero.
+    fn crypto_time(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Plain pages: the VMM reads guest memory, zero pages become markers.
@@ -181,8 +347,19 @@ impl Sealer for PlainSealer {
         Ok(carried)
     }
 
-    fn seal_state(&mut self, state: Vec<u8>) -> Result<Message, MigrationError> {
-        Ok(Message::State { state })
+    fn seal_state(&mut self, state: Vec<u8>, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
+        Ok(out(&Message::State { state })?)
+    }
+
+    fn read_decision(&mut self, message: Message) -> Result<(), MigrationError> {
+        match message {
+            Message::Commit => Ok(()),
+            Message::Abort { reason } => Err(MigrationError::PeerAborted { reason }),
+            other => Err(MigrationError::Unexpected {
+                got: other.kind(),
+                during: "waiting for Commit",
+            }),
+        }
     }
 }
 

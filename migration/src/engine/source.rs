@@ -2,11 +2,12 @@
 //! handing the guest back on failure.
 
 use super::convergence::Estimator;
-use super::report::{ms, DowntimeBreakdown, MigrationReport};
+use super::report::{ms, whole_ms, DowntimeBreakdown, MigrationReport};
 use super::rounds::{count_dirty, RoundStats};
+use super::sealer::handshake_over;
 use super::throttle::AutoConverge;
 use super::{MigrationError, Phase, PlainSealer, Progress, Sealer, SendOptions, TimeoutStrategy};
-use crate::protocol::{fit_reason, Message, ProtocolError, Wire, PROTOCOL_VERSION};
+use crate::protocol::{fit_reason, Message, ProtocolError, Wire};
 use crate::transport::Stream;
 use crate::vm::{SourceVm, PAGE_SIZE};
 use std::time::{Duration, Instant};
@@ -14,8 +15,14 @@ use std::time::{Duration, Instant};
 /// How long a failing source waits to tell the destination it aborts.
 const ABORT_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// How long a source whose writes failed looks for the destination's Abort.
+/// How long a source whose writes failed looks for the destination's Abort
+/// (and how long it waits for an Abort's reason after an abort token).
 const PEER_REASON_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long a source that may not resume (its session sealed its Final)
+/// and told the destination it aborts waits for the destination's abort
+/// token, which frees it.
+const ABORT_TOKEN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Migrates `vm` out over `stream` with plain page records. `config` is
 /// the VM's configuration (JSON) the destination builds the VM from.
@@ -23,6 +30,8 @@ const PEER_REASON_TIMEOUT: Duration = Duration::from_millis(200);
 /// `Ok`: the destination committed and runs the guest; the VMM must
 /// release the VM and never resume it. `Err`: the guest was handed back
 /// (throttle 0, tracking off, resumed if paused) and keeps running here.
+/// (With a confidential sealer, [`MigrationError::Undecided`] is the
+/// exception: the guest stays paused, see [`send_with`].)
 pub fn send(
     stream: Box<dyn Stream>,
     vm: &mut dyn SourceVm,
@@ -33,7 +42,13 @@ pub fn send(
     send_with(stream, vm, config, &mut PlainSealer::default(), options, progress)
 }
 
-/// [`send`] with another [`Sealer`] (the confidential session's).
+/// [`send`] with another [`Sealer`] (the confidential session's). The
+/// Hello carries [`Sealer::version`]; after HelloAck the sealer's
+/// handshake runs; the destination's answer after Complete goes to
+/// [`Sealer::read_decision`]. On failure the paused guest is resumed only
+/// if [`Sealer::may_resume`]; otherwise it stays paused and the error is
+/// [`MigrationError::Undecided`] (the VMM must neither resume nor drop it
+/// on its own: it may be running at the destination).
 pub fn send_with(
     stream: Box<dyn Stream>,
     vm: &mut dyn SourceVm,
@@ -65,8 +80,12 @@ pub fn send_with(
         }
         Err(error) => {
             let error = source.peer_reason(error);
-            source.hand_back(&error);
-            tracing::error!(%error, "migration failed; the guest keeps running here");
+            let error = source.hand_back(error);
+            if matches!(error, MigrationError::Undecided { .. }) {
+                tracing::error!(%error, "migration failed; the guest stays paused here");
+            } else {
+                tracing::error!(%error, "migration failed; the guest keeps running here");
+            }
             progress.update(|p| {
                 p.phase = Phase::Failed;
                 p.error = Some(error.to_string());
@@ -113,8 +132,9 @@ impl Source<'_> {
         self.check_ranges()?;
         self.progress.set_phase(Phase::Handshake);
         self.set_io_timeout(self.options.io_timeout)?;
+        // The Hello's version is the connection's: the wire takes it.
         self.wire.send_now(&Message::Hello {
-            version: PROTOCOL_VERSION,
+            version: self.sealer.version(),
             config: config.to_vec(),
         })?;
         match self.wire.receive()? {
@@ -128,6 +148,8 @@ impl Source<'_> {
                 })
             }
         }
+        let sealer = &mut *self.sealer;
+        handshake_over(&mut self.wire, |link| sealer.handshake(link))?;
         self.vm
             .start_dirty_tracking()
             .map_err(MigrationError::vm("start dirty tracking"))?;
@@ -231,9 +253,9 @@ impl Source<'_> {
         let pages_done = Instant::now();
         let state = self.vm.save_state().map_err(MigrationError::vm("save the VM state"))?;
         let state_bytes = state.len() as u64;
-        let record = self.sealer.seal_state(state)?;
+        let wire = &mut self.wire;
+        self.sealer.seal_state(state, &mut |m: &Message| wire.send(m))?;
         let saved = Instant::now();
-        self.wire.send(&record)?;
         let rounds = rounds + 1;
         self.wire.send_now(&Message::Complete {
             pages: self.pages_before_round,
@@ -243,14 +265,8 @@ impl Source<'_> {
         self.progress.set_phase(Phase::Completing);
         self.set_io_timeout(self.options.commit_timeout)?;
         match self.wire.receive() {
-            Ok(Message::Commit) => {}
             Ok(Message::Abort { reason }) => return Err(MigrationError::PeerAborted { reason }),
-            Ok(other) => {
-                return Err(MigrationError::Unexpected {
-                    got: other.kind(),
-                    during: "waiting for Commit",
-                })
-            }
+            Ok(decision) => self.decide(decision)?,
             Err(ProtocolError::Stalled { .. }) => {
                 return Err(MigrationError::CommitTimeout(self.options.commit_timeout))
             }
@@ -277,11 +293,31 @@ impl Source<'_> {
             max_throttle_percent: self.throttle.max_applied(),
             throughput_bytes_per_s: (self.wire.bytes_sent() as f64 / total.as_secs_f64().max(1e-6)) as u64,
             converged,
+            crypto_ms: whole_ms(self.sealer.crypto_time()),
         })
     }
 
+    /// Hands the destination's decision (its Commit, or a confidential
+    /// `Control`) to the sealer. A valid abort (`PeerAborted`) is followed
+    /// at once by the destination's plain Abort: its reason is added if it
+    /// arrives quickly.
+    fn decide(&mut self, decision: Message) -> Result<(), MigrationError> {
+        match self.sealer.read_decision(decision) {
+            Err(MigrationError::PeerAborted { reason }) => {
+                let _ = self.wire.stream().set_io_timeout(Some(PEER_REASON_TIMEOUT));
+                let reason = match self.wire.receive() {
+                    Ok(Message::Abort { reason: theirs }) => format!("{theirs} ({reason})"),
+                    _ => reason,
+                };
+                Err(MigrationError::PeerAborted { reason })
+            }
+            other => other,
+        }
+    }
+
     /// A write failed: the destination may have said why before it
-    /// closed (an Abort waiting in our receive buffer). Best effort.
+    /// closed (an Abort waiting in our receive buffer, after its abort
+    /// token in version 2). Best effort.
     fn peer_reason(&mut self, error: MigrationError) -> MigrationError {
         if !matches!(
             error,
@@ -292,21 +328,35 @@ impl Source<'_> {
         let _ = self.wire.stream().set_io_timeout(Some(PEER_REASON_TIMEOUT));
         match self.wire.receive() {
             Ok(Message::Abort { reason }) => MigrationError::PeerAborted { reason },
+            Ok(decision @ Message::Control { .. }) => match self.decide(decision) {
+                Err(aborted @ MigrationError::PeerAborted { .. }) => aborted,
+                Ok(()) => {
+                    tracing::error!(%error, "the destination committed although a write failed here");
+                    error
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the destination's control record was not valid");
+                    error
+                }
+            },
             _ => error,
         }
     }
 
     /// After a failure before Commit: tell the destination, lift the
-    /// throttle, stop tracking, and run the guest again if we paused it.
-    /// Every step is tried even if an earlier one fails.
-    fn hand_back(&mut self, error: &MigrationError) {
+    /// throttle, stop tracking, and run the guest again if we paused it,
+    /// unless the sealer forbids it (then [`MigrationError::Undecided`]
+    /// wraps `error`). Every step is tried even if an earlier one fails.
+    fn hand_back(&mut self, error: MigrationError) -> MigrationError {
+        let mut told = false;
         if !error.peer_knows() {
             let _ = self.wire.stream().set_io_timeout(Some(ABORT_WRITE_TIMEOUT));
             let abort = Message::Abort {
                 reason: fit_reason(&error.to_string()),
             };
-            if let Err(e) = self.wire.send_now(&abort) {
-                tracing::debug!(error = %e, "could not send Abort to the destination");
+            match self.wire.send_now(&abort) {
+                Ok(()) => told = true,
+                Err(e) => tracing::debug!(error = %e, "could not send Abort to the destination"),
             }
         }
         if let Err(e) = self.vm.set_throttle(0) {
@@ -317,11 +367,49 @@ impl Source<'_> {
                 tracing::error!(error = %e, "cannot stop dirty tracking after a failed migration");
             }
         }
-        if self.paused {
-            match self.vm.resume() {
-                Ok(()) => self.paused = false,
-                Err(e) => tracing::error!(error = %e, "cannot resume the guest after a failed migration"),
+        if !self.paused {
+            return error;
+        }
+        // A destination that has not committed answers our Abort with its
+        // abort token (version 2), which lets the sealer resume.
+        let may_resume = self.sealer.may_resume() || (told && self.look_for_abort_token());
+        if !may_resume {
+            tracing::error!(
+                %error,
+                "the migration session sealed its final record and no Commit or valid abort token was read: \
+                 the guest stays paused (it may be running at the destination)"
+            );
+            return MigrationError::Undecided { error: Box::new(error) };
+        }
+        match self.vm.resume() {
+            Ok(()) => self.paused = false,
+            Err(e) => tracing::error!(error = %e, "cannot resume the guest after a failed migration"),
+        }
+        error
+    }
+
+    /// Reads the destination's messages for a while, handing its
+    /// `Control` records to the sealer, until the sealer may resume.
+    fn look_for_abort_token(&mut self) -> bool {
+        let deadline = Instant::now() + ABORT_TOKEN_TIMEOUT;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
+            let _ = self.wire.stream().set_io_timeout(Some(left));
+            match self.wire.receive() {
+                Ok(decision @ Message::Control { .. }) => match self.sealer.read_decision(decision) {
+                    Ok(()) => {
+                        tracing::error!("the destination committed after this source gave up: the guest is theirs");
+                        return false;
+                    }
+                    Err(MigrationError::PeerAborted { reason }) => {
+                        tracing::info!(%reason, "the destination answered the Abort with its abort token");
+                        return self.sealer.may_resume();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the destination's control record was not valid"),
+                },
+                Ok(other) => tracing::debug!(kind = %other.kind(), "ignored while waiting for an abort token"),
+                Err(_) => break,
             }
         }
+        self.sealer.may_resume()
     }
 }

@@ -2,8 +2,8 @@
 
 use super::frame::read_full;
 use super::{
-    Message, MessageKind, ProtocolError, MAX_CONFIG_BYTES, MAX_PAGES_PER_FRAME, MAX_REASON_BYTES, MAX_STATE_BYTES,
-    PAGE_BYTES,
+    Message, MessageKind, ProtocolError, MAX_CONFIG_BYTES, MAX_CONTROL_BYTES, MAX_HANDSHAKE_BYTES, MAX_PAGES_PER_FRAME,
+    MAX_REASON_BYTES, MAX_SEALED_BYTES, MAX_STATE_BYTES, PAGE_BYTES,
 };
 use std::io::Read;
 
@@ -18,13 +18,28 @@ pub(super) fn payload_len(m: &Message) -> usize {
         Message::RoundEnd { .. } => 28,
         Message::State { state } => state.len(),
         Message::Complete { .. } => 12,
+        Message::Handshake { message } => message.len(),
+        Message::Sealed { records, .. } => 4 + records.len(),
+        Message::Control { record } => record.len(),
     }
 }
 
 /// Refuses to send what the receiver would refuse: better a clear local
 /// error than a peer's "malformed".
-pub(super) fn check_sendable(m: &Message) -> Result<(), ProtocolError> {
+pub(super) fn check_sendable(m: &Message, version: u16) -> Result<(), ProtocolError> {
     let bad = |what: String| Err(ProtocolError::Unsendable { kind: m.kind(), what });
+    if !m.kind().in_version(version) {
+        return bad(format!("not part of migration protocol version {version}"));
+    }
+    let opaque = |what: &str, bytes: &[u8], cap: usize| {
+        if bytes.is_empty() {
+            bad(format!("an empty {what}"))
+        } else if bytes.len() > cap {
+            bad(format!("a {what} of {} bytes is over {cap}", bytes.len()))
+        } else {
+            Ok(())
+        }
+    };
     match m {
         Message::Hello { config, .. } if config.len() > MAX_CONFIG_BYTES => bad(format!(
             "a VM configuration of {} bytes is over {MAX_CONFIG_BYTES}",
@@ -44,6 +59,9 @@ pub(super) fn check_sendable(m: &Message) -> Result<(), ProtocolError> {
         Message::State { state } if state.len() > MAX_STATE_BYTES => {
             bad(format!("{} bytes of state is over {MAX_STATE_BYTES}", state.len()))
         }
+        Message::Handshake { message } => opaque("handshake message", message, MAX_HANDSHAKE_BYTES),
+        Message::Sealed { records, .. } => opaque("batch of sealed records", records, MAX_SEALED_BYTES),
+        Message::Control { record } => opaque("control record", record, MAX_CONTROL_BYTES),
         _ => Ok(()),
     }
 }
@@ -90,6 +108,12 @@ pub(super) fn encode_payload<'m>(m: &'m Message, head: &mut Vec<u8>) -> &'m [u8]
             head.extend_from_slice(&rounds.to_le_bytes());
             &[]
         }
+        Message::Handshake { message } => message,
+        Message::Sealed { round, records } => {
+            head.extend_from_slice(&round.to_le_bytes());
+            records
+        }
+        Message::Control { record } => record,
     }
 }
 
@@ -151,6 +175,14 @@ impl<R: Read> Payload<'_, R> {
             ));
         }
         Ok(())
+    }
+
+    /// The whole payload, opaque agent data: never empty.
+    fn opaque(&mut self) -> Result<Vec<u8>, ProtocolError> {
+        if self.len == 0 {
+            return Err(ProtocolError::malformed(self.kind, "empty"));
+        }
+        self.vec(self.len)
     }
 
     fn text(&mut self) -> Result<String, ProtocolError> {
@@ -217,6 +249,21 @@ pub(super) fn decode_payload<R: Read>(r: &mut R, kind: MessageKind, len: usize) 
                 rounds: p.u32()?,
             }
         }
+        MessageKind::Handshake => Message::Handshake { message: p.opaque()? },
+        MessageKind::Sealed => {
+            if len < 5 {
+                return Err(ProtocolError::malformed(
+                    kind,
+                    format!("{len} bytes, at least 5 expected (round and records)"),
+                ));
+            }
+            let round = p.u32()?;
+            Message::Sealed {
+                round,
+                records: p.vec(len - 4)?,
+            }
+        }
+        MessageKind::Control => Message::Control { record: p.opaque()? },
     })
 }
 

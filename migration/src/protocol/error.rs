@@ -12,17 +12,34 @@ pub enum ProtocolError {
         /// The bytes found.
         found: [u8; 4],
     },
-    /// The peer speaks another protocol version.
-    #[error("the peer speaks migration protocol version {found}, this covm speaks version {expected}")]
+    /// A frame of another version than the connection's.
+    #[error("the peer speaks migration protocol version {found}, this connection speaks version {expected}")]
     WrongVersion {
         /// Version in the frame.
         found: u16,
-        /// Version this side speaks.
+        /// The connection's version.
         expected: u16,
     },
-    /// A kind number this version does not define (or `Invalid = 0`).
+    /// The first frame of a connection is of a version this covm does
+    /// not speak.
+    #[error("the peer speaks migration protocol version {found}, this covm speaks versions {} to {}",
+        super::SUPPORTED_VERSIONS[0], super::SUPPORTED_VERSIONS[super::SUPPORTED_VERSIONS.len() - 1])]
+    UnknownVersion {
+        /// Version in the frame.
+        found: u16,
+    },
+    /// A kind number no version defines (or `Invalid = 0`).
     #[error("unknown message kind {0}")]
     UnknownKind(u16),
+    /// A kind that exists, but not in the connection's version (e.g. a
+    /// `Sealed` in version 1, a plain `Commit` in version 2).
+    #[error("{kind} (kind {}) is not part of migration protocol version {version}", *kind as u16)]
+    NotInVersion {
+        /// Kind of the frame.
+        kind: MessageKind,
+        /// The connection's version.
+        version: u16,
+    },
     /// Flag bits this version does not define.
     #[error("unknown flags {flags:#x} on a {kind} frame")]
     UnknownFlags {

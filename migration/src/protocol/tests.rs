@@ -54,9 +54,13 @@ fn encode_all(messages: &[Message]) -> Vec<u8> {
 }
 
 fn frame(kind: u16, sequence: u64, payload: &[u8]) -> Vec<u8> {
+    frame_v(PROTOCOL_VERSION, kind, sequence, payload)
+}
+
+fn frame_v(version: u16, kind: u16, sequence: u64, payload: &[u8]) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&MAGIC);
-    b.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    b.extend_from_slice(&version.to_le_bytes());
     b.extend_from_slice(&kind.to_le_bytes());
     b.extend_from_slice(&0u32.to_le_bytes());
     b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -248,4 +252,254 @@ fn wire_counts_sequences_both_ways() {
     b.send_now(&Message::Commit).unwrap();
     assert_eq!(a.receive().unwrap(), Message::Commit);
     assert_eq!(a.bytes_sent(), b.bytes_received());
+}
+
+/// Version 2's messages: every version-1 kind but Commit, and the three
+/// confidential ones.
+fn samples_v2() -> Vec<Message> {
+    let mut v: Vec<Message> = samples()
+        .into_iter()
+        .filter(|m| m.kind() != MessageKind::Commit)
+        .map(|m| match m {
+            Message::Hello { config, .. } => Message::Hello {
+                version: PROTOCOL_VERSION_CONFIDENTIAL,
+                config,
+            },
+            m => m,
+        })
+        .collect();
+    v.extend([
+        Message::Handshake {
+            message: vec![1, 2, 3, 4],
+        },
+        Message::Handshake {
+            message: vec![0x5a; MAX_HANDSHAKE_BYTES],
+        },
+        Message::Sealed {
+            round: 7,
+            records: (0..=255).collect(),
+        },
+        Message::Sealed {
+            round: u32::MAX,
+            records: vec![9; MAX_SEALED_BYTES],
+        },
+        Message::Control { record: vec![6; 104] },
+        Message::Control {
+            record: vec![7; MAX_CONTROL_BYTES],
+        },
+    ]);
+    v
+}
+
+fn decode_in(version: Option<u16>, bytes: &[u8]) -> Result<Message, ProtocolError> {
+    read_frame_in(&mut Cursor::new(bytes), version, 0).map(|(_, m)| m)
+}
+
+#[test]
+fn version_2_messages_round_trip() {
+    let messages = samples_v2();
+    let mut bytes = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        write_frame_in(&mut bytes, PROTOCOL_VERSION_CONFIDENTIAL, i as u64, m).unwrap();
+    }
+    let mut r = Cursor::new(&bytes);
+    for (i, m) in messages.iter().enumerate() {
+        // The first frame read with the version unknown, then in version 2.
+        let version = (i > 0).then_some(PROTOCOL_VERSION_CONFIDENTIAL);
+        let (header, back) = read_frame_in(&mut r, version, i as u64).unwrap();
+        assert_eq!(&back, m);
+        assert_eq!(header.version, PROTOCOL_VERSION_CONFIDENTIAL);
+        assert_eq!(header.len as usize, m.payload_len());
+    }
+    // The payload layouts: Sealed is round u32 then the records as is.
+    let mut one = Vec::new();
+    let sealed = Message::Sealed {
+        round: 0x0102_0304,
+        records: vec![0xee, 0xff],
+    };
+    write_frame_in(&mut one, 2, 0, &sealed).unwrap();
+    assert_eq!(&one[4..6], &[2, 0], "version 2 in the header");
+    assert_eq!(&one[6..8], &[12, 0]);
+    assert_eq!(&one[12..16], &[6, 0, 0, 0]);
+    assert_eq!(&one[HEADER_LEN..], &[4, 3, 2, 1, 0xee, 0xff]);
+}
+
+#[test]
+fn version_2_caps_are_checked_before_reading() {
+    for (kind, cap) in [
+        (MessageKind::Handshake, MAX_HANDSHAKE_BYTES),
+        (MessageKind::Sealed, 4 + MAX_SEALED_BYTES),
+        (MessageKind::Control, MAX_CONTROL_BYTES),
+    ] {
+        assert_eq!(kind.cap(), cap);
+        // A header announcing one byte over the cap, no payload behind it.
+        let mut b = frame_v(2, kind as u16, 0, &[]);
+        b[12..16].copy_from_slice(&(cap as u32 + 1).to_le_bytes());
+        let e = decode_in(Some(2), &b).unwrap_err();
+        assert!(matches!(e, ProtocolError::TooLong { kind: k, .. } if k == kind), "{e}");
+    }
+    // The sender refuses the same, and empty opaque payloads.
+    let refused = [
+        Message::Handshake {
+            message: vec![0; MAX_HANDSHAKE_BYTES + 1],
+        },
+        Message::Handshake { message: vec![] },
+        Message::Sealed {
+            round: 0,
+            records: vec![0; MAX_SEALED_BYTES + 1],
+        },
+        Message::Sealed {
+            round: 0,
+            records: vec![],
+        },
+        Message::Control {
+            record: vec![0; MAX_CONTROL_BYTES + 1],
+        },
+        Message::Control { record: vec![] },
+    ];
+    for m in refused {
+        let mut out = Vec::new();
+        let e = write_frame_in(&mut out, 2, 0, &m).unwrap_err();
+        assert!(matches!(e, ProtocolError::Unsendable { .. }), "{e}");
+        assert!(out.is_empty());
+    }
+}
+
+#[test]
+fn version_2_payloads_are_decoded_strictly() {
+    for (kind, payload) in [(11u16, vec![]), (12, vec![0; 4]), (13, vec![])] {
+        let e = decode_in(Some(2), &frame_v(2, kind, 0, &payload)).unwrap_err();
+        assert!(matches!(e, ProtocolError::Malformed { .. }), "kind {kind}: {e}");
+    }
+    // Cut inside the records.
+    let mut b = Vec::new();
+    write_frame_in(
+        &mut b,
+        2,
+        0,
+        &Message::Sealed {
+            round: 1,
+            records: vec![1; 100],
+        },
+    )
+    .unwrap();
+    let e = decode_in(Some(2), &b[..b.len() - 1]).unwrap_err();
+    assert!(matches!(e, ProtocolError::Truncated { .. }), "{e}");
+}
+
+#[test]
+fn kinds_belong_to_their_version() {
+    // The confidential kinds in a version-1 connection.
+    for kind in [11u16, 12, 13] {
+        let e = decode(&frame(kind, 0, &[1, 2, 3, 4, 5])).unwrap_err();
+        assert!(matches!(e, ProtocolError::NotInVersion { version: 1, .. }), "{e}");
+        assert!(
+            e.to_string().contains("not part of migration protocol version 1"),
+            "{e}"
+        );
+    }
+    // The plain Commit in a version-2 connection.
+    let e = decode_in(Some(2), &frame_v(2, 9, 0, &[])).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ProtocolError::NotInVersion {
+                kind: MessageKind::Commit,
+                version: 2
+            }
+        ),
+        "{e}"
+    );
+    // Also when the version is learnt from that very frame.
+    let e = decode_in(None, &frame_v(2, 9, 0, &[])).unwrap_err();
+    assert!(matches!(e, ProtocolError::NotInVersion { .. }), "{e}");
+    // Kinds 14 and up exist in no version.
+    let e = decode_in(Some(2), &frame_v(2, 14, 0, &[])).unwrap_err();
+    assert!(matches!(e, ProtocolError::UnknownKind(14)), "{e}");
+    // And nobody sends them.
+    let mut out = Vec::new();
+    let sealed = Message::Sealed {
+        round: 0,
+        records: vec![1],
+    };
+    assert!(matches!(
+        write_frame(&mut out, 0, &sealed),
+        Err(ProtocolError::Unsendable { .. })
+    ));
+    assert!(matches!(
+        write_frame_in(&mut out, 2, 0, &Message::Commit),
+        Err(ProtocolError::Unsendable { .. })
+    ));
+    assert!(out.is_empty());
+}
+
+#[test]
+fn frames_carry_the_connections_version() {
+    // A version-2 frame on a version-1 connection and the other way round.
+    let e = decode(&frame_v(2, 2, 0, &[])).unwrap_err();
+    assert!(
+        matches!(e, ProtocolError::WrongVersion { found: 2, expected: 1 }),
+        "{e}"
+    );
+    let e = decode_in(Some(2), &frame(2, 0, &[])).unwrap_err();
+    assert!(
+        matches!(e, ProtocolError::WrongVersion { found: 1, expected: 2 }),
+        "{e}"
+    );
+    // Before the version is known: 1 and 2 are accepted, 3 is not.
+    assert_eq!(decode_in(None, &frame(2, 0, &[])).unwrap(), Message::HelloAck);
+    assert_eq!(decode_in(None, &frame_v(2, 2, 0, &[])).unwrap(), Message::HelloAck);
+    let e = decode_in(None, &frame_v(3, 2, 0, &[])).unwrap_err();
+    assert!(matches!(e, ProtocolError::UnknownVersion { found: 3 }), "{e}");
+    assert!(e.to_string().contains("speaks versions 1 to 2"), "{e}");
+}
+
+#[test]
+fn wire_learns_or_is_told_its_version() {
+    // Told by the Hello it sends; the peer learns it from the first frame.
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (mut a, mut b) = (Wire::new(a), Wire::new(b));
+    assert_eq!(a.version(), None);
+    a.send_now(&Message::Hello {
+        version: 2,
+        config: vec![],
+    })
+    .unwrap();
+    assert_eq!(a.version(), Some(2));
+    assert!(matches!(b.receive().unwrap(), Message::Hello { version: 2, .. }));
+    assert_eq!(b.version(), Some(2));
+    b.send_now(&Message::Handshake { message: vec![1] }).unwrap();
+    assert_eq!(a.receive().unwrap(), Message::Handshake { message: vec![1] });
+    // Version 2 from then on, both ways: no plain Commit.
+    assert!(matches!(
+        b.send_now(&Message::Commit),
+        Err(ProtocolError::Unsendable { .. })
+    ));
+
+    // A Hello of a version nobody speaks goes out in a version-1 frame, so
+    // the destination can read it and refuse it by name.
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (mut a, mut b) = (Wire::new(a), Wire::new(b));
+    a.send_now(&Message::Hello {
+        version: 7,
+        config: vec![],
+    })
+    .unwrap();
+    assert_eq!(a.version(), Some(1));
+    assert!(matches!(b.receive().unwrap(), Message::Hello { version: 7, .. }));
+    assert_eq!(b.version(), Some(1));
+    // A version-1 wire refuses a version-2 frame from its peer.
+    let (c, d) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut c = Wire::new(c);
+    let mut d = Wire::new(d);
+    c.send_now(&Message::HelloAck).unwrap(); // c: version 1
+    d.send_now(&Message::Hello {
+        version: 2,
+        config: vec![],
+    })
+    .unwrap(); // d: version 2
+    assert!(matches!(
+        c.receive(),
+        Err(ProtocolError::WrongVersion { found: 2, expected: 1 })
+    ));
 }

@@ -1,8 +1,9 @@
-//! One end of a connection: frames out with their sequence, frames in
-//! checked against theirs, small frames batched into few writes.
+//! One end of a connection: frames out with their sequence and the
+//! connection's version, frames in checked against both, small frames
+//! batched into few writes.
 
-use super::frame::{read_frame, write_frame, HEADER_LEN};
-use super::{Message, ProtocolError};
+use super::frame::{read_frame_in, write_frame_in, HEADER_LEN};
+use super::{Message, ProtocolError, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
 use std::io::{BufReader, Read, Write};
 
 /// Small frames are gathered up to this many bytes before a write; larger
@@ -10,8 +11,15 @@ use std::io::{BufReader, Read, Write};
 const BATCH: usize = 64 * 1024;
 
 /// A framed connection over a byte stream.
+///
+/// Its version (every frame's, both directions) is learnt from the first
+/// frame it reads (any version this covm speaks), or set by the first
+/// frame it sends: a `Hello` naming a version this covm speaks sets that
+/// version, anything else (a `Hello` of an unknown version included)
+/// version 1.
 pub struct Wire<S: Read + Write> {
     reader: BufReader<S>,
+    version: Option<u16>,
     pending: Vec<u8>,
     send_sequence: u64,
     receive_sequence: u64,
@@ -20,10 +28,11 @@ pub struct Wire<S: Read + Write> {
 }
 
 impl<S: Read + Write> Wire<S> {
-    /// Starts both directions at sequence 0.
+    /// Starts both directions at sequence 0, the version not known yet.
     pub fn new(stream: S) -> Self {
         Wire {
             reader: BufReader::with_capacity(BATCH, stream),
+            version: None,
             pending: Vec::with_capacity(BATCH + HEADER_LEN + 64),
             send_sequence: 0,
             receive_sequence: 0,
@@ -35,12 +44,16 @@ impl<S: Read + Write> Wire<S> {
     /// Queues `message` as the next frame. It reaches the peer at the next
     /// [`Wire::flush`] at the latest.
     pub fn send(&mut self, message: &Message) -> Result<(), ProtocolError> {
+        let version = *self.version.get_or_insert(match message {
+            Message::Hello { version, .. } if SUPPORTED_VERSIONS.contains(version) => *version,
+            _ => PROTOCOL_VERSION,
+        });
         let len = message.payload_len();
         if len >= BATCH {
             self.flush()?;
-            write_frame(self.reader.get_mut(), self.send_sequence, message)?;
+            write_frame_in(self.reader.get_mut(), version, self.send_sequence, message)?;
         } else {
-            write_frame(&mut self.pending, self.send_sequence, message)?;
+            write_frame_in(&mut self.pending, version, self.send_sequence, message)?;
             if self.pending.len() >= BATCH {
                 self.flush()?;
             }
@@ -71,10 +84,16 @@ impl<S: Read + Write> Wire<S> {
     /// is never left waiting in our buffer while we wait for its answer).
     pub fn receive(&mut self) -> Result<Message, ProtocolError> {
         self.flush()?;
-        let (message, len) = read_frame(&mut self.reader, self.receive_sequence)?;
+        let (header, message) = read_frame_in(&mut self.reader, self.version, self.receive_sequence)?;
+        self.version = Some(header.version);
         self.receive_sequence += 1;
-        self.bytes_received += (HEADER_LEN + len) as u64;
+        self.bytes_received += (HEADER_LEN + header.len as usize) as u64;
         Ok(message)
+    }
+
+    /// The connection's version, once a frame was read or sent.
+    pub fn version(&self) -> Option<u16> {
+        self.version
     }
 
     /// Frame bytes sent so far (headers included).

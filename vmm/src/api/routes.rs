@@ -30,9 +30,10 @@ pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
     ("/vm.power-button", Method::PUT, |_, _| Ok(Request::PowerButton)),
     ("/vm.delete", Method::PUT, |_, _| Ok(Request::Delete)),
     ("/vm.send-migration", Method::PUT, |body, _| {
-        migrate::send_options(body).map(|(endpoint, options)| Request::SendMigration {
+        migrate::send_options(body).map(|(endpoint, options, verified)| Request::SendMigration {
             endpoint,
             options: Box::new(options),
+            verified,
         })
     }),
     ("/vm.receive-migration", Method::PUT, |body, _| {

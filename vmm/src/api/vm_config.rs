@@ -535,6 +535,7 @@ pub fn to_vm_config(json: VmConfigJson, host_ram: u64) -> Result<VmConfig, Strin
         }
     }
     let platform = platform_from_json(json.platform.as_ref(), &payload)?;
+    crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
     Ok(VmConfig {
         cpus,
         memory: MemoryConfig { size },

@@ -145,6 +145,12 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// vCPUs covm creates in KVM: the guest's, plus the migration agent's
+    /// own vCPU on a confidential platform (the last, highest APIC ID).
+    pub fn kvm_vcpus(&self) -> u8 {
+        self.cpus.boot_vcpus + u8::from(self.platform.is_confidential())
+    }
+
     /// Builds and checks the configuration given on the command line.
     pub fn from_cli(cli: &Cli, host_ram: u64) -> Result<Self, ConfigError> {
         let mut config = Self::from_vm_args(&cli.vm, host_ram)?;
@@ -202,6 +208,7 @@ impl VmConfig {
         };
         let platform = parse_platform(cli.platform.as_deref().unwrap_or(""))?;
         let platform = platform_config(platform, cli.migration_policy.as_deref(), &payload, need)?;
+        check_confidential_shape(&platform, cpus.boot_vcpus, memory.size).map_err(ConfigError::Platform)?;
         Ok(Self {
             cpus,
             memory,
@@ -213,6 +220,18 @@ impl VmConfig {
             platform,
         })
     }
+}
+
+/// `--platform` and `--migration-policy` of a destination started without
+/// a VM: the platform its incoming confidential VMs launch with.
+pub fn incoming_platform(cli: &VmArgs) -> Result<PlatformConfig, ConfigError> {
+    let platform = parse_platform(cli.platform.as_deref().unwrap_or(""))?;
+    platform_config(
+        platform,
+        cli.migration_policy.as_deref(),
+        &Payload::BuiltinFirmware,
+        PolicyNeed::Required,
+    )
 }
 
 /// What `--platform` asks for.
@@ -269,6 +288,40 @@ fn platform_config(
         })),
     }
 }
+
+/// The emulated confidential VM's firmware maps the first 4 GiB and keeps
+/// its agent's private window at 16-32 MiB; the agent takes a vCPU of its
+/// own. So: RAM entirely below the 3 GiB MMIO hole, at least 64 MiB, and
+/// one vCPU fewer than a plain VM may have.
+pub fn check_confidential_shape(platform: &PlatformConfig, vcpus: u8, memory: u64) -> Result<(), String> {
+    if !platform.is_confidential() {
+        return Ok(());
+    }
+    let name = platform.name();
+    if vcpus >= MAX_VCPUS {
+        return Err(format!(
+            "a {name} VM has at most {} vCPUs: its migration agent runs on a vCPU of its own",
+            MAX_VCPUS - 1
+        ));
+    }
+    if memory > crate::memory::MMIO_HOLE_START {
+        return Err(format!(
+            "a {name} VM has at most {} MiB of memory: its firmware and migration agent reach only RAM below \
+             the 3 GiB MMIO hole",
+            crate::memory::MMIO_HOLE_START >> 20
+        ));
+    }
+    if memory < MIN_CONFIDENTIAL_MEMORY {
+        return Err(format!(
+            "a {name} VM needs at least {} MiB of memory (its migration agent's private window ends at 32 MiB)",
+            MIN_CONFIDENTIAL_MEMORY >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Least memory of a confidential VM.
+pub const MIN_CONFIDENTIAL_MEMORY: u64 = 64 << 20;
 
 /// Reads and checks a `--migration-policy` file.
 pub fn read_policy(path: &Path) -> Result<MigrationPolicy, ConfigError> {

@@ -152,7 +152,8 @@ pub fn load(memory: &GuestMemory, config: &VmConfig) -> Result<Loaded, LoadError
         })
         .collect();
     place(memory, &config.platform, &mut pages)?;
-    let vcpus = (0..config.cpus.boot_vcpus)
+    // One VMSA per KVM vCPU: the agent's vCPU is measured too.
+    let vcpus = (0..config.kvm_vcpus())
         .map(|i| match i {
             0 => VcpuState::boot(&bsp).to_vmsa(),
             _ => VcpuState::reset().to_vmsa(),

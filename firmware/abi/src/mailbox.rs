@@ -1,0 +1,264 @@
+//! The migration agent's mailbox: how covm drives the in-guest agent on a
+//! confidential platform (docs/confidential-migration.md, "Mailbox ABI").
+//!
+//! # Memory
+//!
+//! The 16 MiB *agent window* `[AGENT_WINDOW_START, AGENT_WINDOW_END)` is
+//! never exported nor imported: it holds the mailbox (the only guest
+//! memory covm reads or writes during a confidential migration) and the
+//! agent's private memory (its stack, its working buffers, the emulated
+//! VMSA area and the destination's epoch table). Every other page of RAM
+//! is guest-private and moves only sealed, by the agent.
+//!
+//! ```text
+//! 0x0100_0000  HEADER       one page: command, arguments, results, evidence
+//! 0x0110_0000  TO_AGENT     2 MiB: bytes covm hands the agent (handshake
+//!                           messages, record batches, control records)
+//! 0x0130_0000  FROM_AGENT   2 MiB: bytes the agent hands covm (handshake
+//!                           messages, sealed records)
+//! 0x0150_0000  agent-private (covm never touches it, except the emulated
+//!              platform's VMSA area, the stand-in for SNP's VMSA pages):
+//!   0x0150_0000  AGENT_STACK        1 MiB (top at 0x0160_0000)
+//!   0x0160_0000  AGENT_SCRATCH      2 MiB: records are copied in here
+//!                                   before they are opened, and sealed
+//!                                   here before they are copied out
+//!   0x0180_0000  AGENT_VCPU_STATES  2 MiB: one 64 KiB slot per workload
+//!                                   vCPU (`u32` length, then the state)
+//!   0x01A0_0000  AGENT_DATA         2 MiB: the agent's session objects
+//!   0x01C0_0000  AGENT_EPOCHS       4 MiB: one `u32` per 4 KiB frame
+//!                                   below 4 GiB (the destination's checks)
+//! 0x0200_0000  end of the window
+//! ```
+//!
+//! # Doorbell
+//!
+//! covm fills the header's command fields and, last, `command_seq`, then
+//! wakes the agent. The agent waits with a 32-bit `in` from
+//! [`ports::AGENT_DOORBELL`](crate::ports::AGENT_DOORBELL): covm completes
+//! that read once a command is posted, with the low 32 bits of its
+//! sequence number, or with [`DOORBELL_RETRY`] when it only needs the
+//! agent's vCPU out of the read (to pause or stop it); the agent then
+//! reads again. The agent answers by writing `status`, `out_len`, the
+//! results and, last, `done_seq`, then a 32-bit `out` of the sequence's low
+//! bits to [`ports::AGENT_DONE`](crate::ports::AGENT_DONE). Neither side
+//! polls or sleeps on a timer; the agent's vCPU costs nothing while idle.
+//!
+//! # Evidence
+//!
+//! The agent asks the platform for an attestation report by writing the
+//! 64-byte report data at [`header::REPORT_DATA`] and a 32-bit `out` of 0
+//! to [`ports::AGENT_REPORT`](crate::ports::AGENT_REPORT); the platform
+//! writes the platform code at [`header::REPORT_PLATFORM`], its status at
+//! [`header::REPORT_STATUS`] (0: done) and the 0x4A0-byte report at
+//! [`header::REPORT`] before the `out` completes. (On SEV-SNP this is the
+//! encrypted guest request to the PSP; here it is covm's emulated root.)
+
+/// First byte of the agent window.
+pub const AGENT_WINDOW_START: u64 = 0x0100_0000;
+/// End (exclusive) of the agent window.
+pub const AGENT_WINDOW_END: u64 = 0x0200_0000;
+
+/// The header page.
+pub const HEADER: u64 = 0x0100_0000;
+/// Bytes covm hands the agent.
+pub const TO_AGENT: u64 = 0x0110_0000;
+/// Size of [`TO_AGENT`].
+pub const TO_AGENT_SIZE: u64 = 2 << 20;
+/// Bytes the agent hands covm.
+pub const FROM_AGENT: u64 = 0x0130_0000;
+/// Size of [`FROM_AGENT`].
+pub const FROM_AGENT_SIZE: u64 = 2 << 20;
+
+/// The agent's stack (grows down from `AGENT_STACK + AGENT_STACK_SIZE`).
+pub const AGENT_STACK: u64 = 0x0150_0000;
+/// Size of [`AGENT_STACK`].
+pub const AGENT_STACK_SIZE: u64 = 1 << 20;
+/// The agent's private record buffer.
+pub const AGENT_SCRATCH: u64 = 0x0160_0000;
+/// Size of [`AGENT_SCRATCH`].
+pub const AGENT_SCRATCH_SIZE: u64 = 2 << 20;
+/// The emulated VMSA area: vCPU `i`'s state slot is at
+/// `AGENT_VCPU_STATES + i * VCPU_STATE_SLOT`.
+pub const AGENT_VCPU_STATES: u64 = 0x0180_0000;
+/// Bytes per vCPU state slot: a little-endian `u32` length, then the state.
+pub const VCPU_STATE_SLOT: u64 = 64 << 10;
+/// Most workload vCPUs the VMSA area holds.
+pub const MAX_WORKLOAD_VCPUS: u64 = (2 << 20) / VCPU_STATE_SLOT;
+/// Largest vCPU state a slot holds.
+pub const MAX_VCPU_STATE: u64 = VCPU_STATE_SLOT - 4;
+/// The agent's session objects.
+pub const AGENT_DATA: u64 = 0x01A0_0000;
+/// Size of [`AGENT_DATA`].
+pub const AGENT_DATA_SIZE: u64 = 2 << 20;
+/// The destination's epoch table: one `u32` per 4 KiB frame.
+pub const AGENT_EPOCHS: u64 = 0x01C0_0000;
+/// Frames the epoch table covers (all of the first 4 GiB, the most an
+/// emulated confidential VM's firmware maps).
+pub const AGENT_EPOCH_FRAMES: u64 = (AGENT_WINDOW_END - AGENT_EPOCHS) / 4;
+
+/// Whether the page at `gpa` is inside the agent window (never migrated).
+pub const fn in_agent_window(gpa: u64) -> bool {
+    gpa >= AGENT_WINDOW_START && gpa < AGENT_WINDOW_END
+}
+
+/// `"COVMAGNT"`, at [`header::MAGIC`] once the agent is ready.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"COVMAGNT");
+/// The mailbox ABI version, at [`header::ABI_VERSION`].
+pub const ABI_VERSION: u32 = 1;
+
+/// The doorbell's answer that is not a command: read the doorbell again.
+pub const DOORBELL_RETRY: u32 = 0;
+
+/// Values the firmware reads from
+/// [`ports::LAUNCH_MODE`](crate::ports::LAUNCH_MODE). Any other value
+/// (a plain VM has no such port): not confidential, no agent.
+pub mod launch_mode {
+    /// A confidential VM's first launch: the workload runs.
+    pub const FRESH: u32 = 0x4352_4646;
+    /// A confidential VM launched to receive a migration: the workload
+    /// vCPUs park ([`ports::PARK`](crate::ports::PARK)) and only the
+    /// agent runs until the platform hands them the imported state.
+    pub const INCOMING: u32 = 0x434e_4e49;
+}
+
+/// Byte offsets in the header page. All fields little-endian.
+pub mod header {
+    /// `u64` [`super::MAGIC`], written by the agent when it is ready.
+    pub const MAGIC: usize = 0x00;
+    /// `u32` [`super::ABI_VERSION`], written by the agent.
+    pub const ABI_VERSION: usize = 0x08;
+    /// `u64` sequence number of the posted command, written by covm last.
+    pub const COMMAND_SEQ: usize = 0x10;
+    /// `u32` the command ([`super::command`]).
+    pub const COMMAND: usize = 0x18;
+    /// `[u64; 8]` the command's arguments.
+    pub const ARGS: usize = 0x20;
+    /// `u64` sequence number of the last completed command, written by the
+    /// agent last.
+    pub const DONE_SEQ: usize = 0x60;
+    /// `u32` [`super::status`] of the completed command.
+    pub const STATUS: usize = 0x68;
+    /// `u32` length of the UTF-8 error text at [`ERROR_TEXT`].
+    pub const ERROR_LEN: usize = 0x6C;
+    /// `u64` bytes of output at `FROM_AGENT`.
+    pub const OUT_LEN: usize = 0x70;
+    /// `[u64; 8]` the command's results.
+    pub const RESULTS: usize = 0x78;
+    /// The peer identity after a handshake ([`super::peer`]).
+    pub const PEER: usize = 0xC0;
+    /// Up to [`ERROR_TEXT_MAX`] bytes of UTF-8 saying why a command failed.
+    pub const ERROR_TEXT: usize = 0x100;
+    /// Size of the error text field.
+    pub const ERROR_TEXT_MAX: usize = 0x100;
+    /// 64 bytes of report data the agent asks a report for.
+    pub const REPORT_DATA: usize = 0x200;
+    /// `u16` platform code of the report (protocol §1).
+    pub const REPORT_PLATFORM: usize = 0x240;
+    /// `u32` 0 when the platform wrote a report, else a failure.
+    pub const REPORT_STATUS: usize = 0x244;
+    /// The 0x4A0-byte attestation report.
+    pub const REPORT: usize = 0x400;
+}
+
+/// The peer identity block at [`header::PEER`] (64 bytes), filled when a
+/// handshake completes.
+pub mod peer {
+    /// `u16` the peer's platform code.
+    pub const PLATFORM: usize = 0;
+    /// `u32` the peer's policy version.
+    pub const POLICY_VERSION: usize = 4;
+    /// `u64` the peer's reported TCB.
+    pub const TCB: usize = 8;
+    /// 48 bytes: the peer's launch measurement.
+    pub const MEASUREMENT: usize = 16;
+}
+
+/// Commands (at [`header::COMMAND`]).
+pub mod command {
+    /// Start a session. args[0]: 0 source, 1 destination. The source's
+    /// output is its first handshake message. Any earlier session is
+    /// dropped (refused once a destination committed or a source saw its
+    /// Commit).
+    pub const BEGIN: u32 = 1;
+    /// Feed the peer's next handshake message (`TO_AGENT`, args[0] bytes).
+    /// Output: the agent's next messages, each as a `u32` length then the
+    /// bytes. results[0] = 1 once the handshake is complete (the peer
+    /// identity is then in [`super::header::PEER`]).
+    pub const HANDSHAKE: u32 = 2;
+    /// Source: seal `args[2]` pages from gpa `args[1]` for round `args[0]`
+    /// (the host's dirty log: a hint). Round 0 must walk all of RAM in
+    /// ascending order. Pages in the agent window are skipped. Output:
+    /// the records; results[0] = pages sealed, results[1] of which zero.
+    pub const EXPORT_PAGES: u32 = 3;
+    /// Source: seal the open round's RoundEnd. Output: the record;
+    /// results[0] = pages of the round.
+    pub const END_ROUND: u32 = 4;
+    /// Source, workload paused: seal the states of workload vCPUs
+    /// `0..args[0]` from the VMSA area, then Final (args[1] = 1: verified
+    /// mode, with the memory digest). Output: the records.
+    pub const EXPORT_FINAL: u32 = 5;
+    /// Source: read the destination's control record (`TO_AGENT`, args[0]
+    /// bytes): a Commit or an abort token. results[0]: 1 committed, 2
+    /// aborted (results[1] the reason code).
+    pub const READ_CONTROL: u32 = 6;
+    /// Destination: open and apply the records in `TO_AGENT` (args[0]
+    /// bytes). results[0] = pages, results[1] zero pages, results[2] = 1
+    /// once the Final record was accepted, results[3] vCPU states.
+    pub const IMPORT: u32 = 7;
+    /// Destination: commit (args[0] = 1: verified mode, recompute the
+    /// memory digest first). Output: the Commit record.
+    pub const COMMIT: u32 = 8;
+    /// Destination: give up (args[0] = reason code). Output: the abort
+    /// token. Refused after a commit.
+    pub const MINT_ABORT: u32 = 9;
+    /// Where the session stands: results[0] role (0 none, 1 source, 2
+    /// destination), results[1] [`super::state`], results[2] = 1 when the
+    /// source may resume its guest, results[3] epoch, results[4] records
+    /// sealed or opened, results[5] pages.
+    pub const STATUS: u32 = 10;
+}
+
+/// Session states reported by [`command::STATUS`].
+pub mod state {
+    /// No session.
+    pub const IDLE: u64 = 0;
+    /// Handshake under way.
+    pub const HANDSHAKE: u64 = 1;
+    /// Pages flowing.
+    pub const STREAMING: u64 = 2;
+    /// Source: Final sealed, waiting for Commit or an abort token.
+    pub const FINAL_SENT: u64 = 3;
+    /// Destination: everything arrived and checked, not yet committed.
+    pub const COMPLETE: u64 = 4;
+    /// Committed (source: Commit read; destination: Commit sealed).
+    pub const COMMITTED: u64 = 5;
+    /// Aborted (source: valid token read; destination: token minted).
+    pub const ABORTED: u64 = 6;
+    /// A check failed; the session takes no more records.
+    pub const FAILED: u64 = 7;
+}
+
+/// Status codes (at [`header::STATUS`]); the text at
+/// [`header::ERROR_TEXT`] says more.
+pub mod status {
+    /// Done.
+    pub const OK: u32 = 0;
+    /// Unknown command or bad arguments.
+    pub const BAD_COMMAND: u32 = 1;
+    /// Not allowed in the session's state.
+    pub const BAD_STATE: u32 = 2;
+    /// The protocol refused (a check, a tag, the policy).
+    pub const REFUSED: u32 = 3;
+    /// Output does not fit `FROM_AGENT`.
+    pub const NO_ROOM: u32 = 4;
+    /// The platform failed (no report, no randomness).
+    pub const PLATFORM: u32 = 5;
+}
+
+/// Result slots beyond those each command's documentation lists.
+pub mod result {
+    /// [`super::command::IMPORT`]: `results[IMPORT_VERIFIED]` = 1 once the
+    /// accepted Final carries a memory digest, so the commit must be in
+    /// verified mode ([`super::command::COMMIT`] with args[0] = 1).
+    pub const IMPORT_VERIFIED: usize = 4;
+}

@@ -1,0 +1,107 @@
+//! What the agent needs from its surroundings: guest memory, the platform
+//! (evidence, randomness, the one-way "retire" notice) and the
+//! destination's epoch table. The firmware implements them over
+//! identity-mapped memory and I/O ports, the tests over plain vectors.
+
+use core::fmt;
+use covm_agent_protocol::evidence::REPORT_LEN;
+use covm_agent_protocol::{Evidence, Platform as PlatformCode, PAGE_SIZE};
+use covm_guest_abi::mailbox::{header, HEADER};
+
+/// Guest-physical memory as the agent sees it.
+///
+/// The agent calls the page functions only for pages of its private
+/// memory map ([`crate::MemoryMap`]) and the window functions only for
+/// the agent window (header, `TO_AGENT`, `FROM_AGENT`, the VMSA area), so
+/// an implementation may trust every address it is given.
+///
+/// Guest pages may change while they are read (the workload runs during
+/// pre-copy): an implementation copies what it sees, and the agent seals
+/// that copy, never the live page.
+pub trait GuestMemory {
+    /// Copies the 4 KiB page at `gpa` into `out`.
+    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]);
+    /// Writes the 4 KiB page at `gpa`.
+    fn write_page(&mut self, gpa: u64, data: &[u8; PAGE_SIZE]);
+    /// Whether every byte of the page at `gpa` reads as zero.
+    fn page_is_zero(&self, gpa: u64) -> bool;
+    /// Fills the page at `gpa` with zeros.
+    fn zero_page(&mut self, gpa: u64);
+    /// Copies `out.len()` bytes of the agent window from `gpa`.
+    fn read_window(&self, gpa: u64, out: &mut [u8]);
+    /// Writes `data` into the agent window at `gpa`.
+    fn write_window(&mut self, gpa: u64, data: &[u8]);
+}
+
+/// Why the platform could not do what the agent asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlatformError {
+    /// The platform wrote no report (its status code).
+    NoReport(u32),
+    /// The report the platform wrote does not decode.
+    BadReport(covm_agent_protocol::Error),
+    /// No random bytes (RDRAND kept failing, or there is none).
+    NoRandomness,
+}
+
+impl fmt::Display for PlatformError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlatformError::NoReport(code) => write!(f, "the platform wrote no attestation report (status {code})"),
+            PlatformError::BadReport(e) => write!(f, "the platform's attestation report is malformed: {e}"),
+            PlatformError::NoRandomness => f.write_str("the platform gives no random bytes"),
+        }
+    }
+}
+
+/// The confidential platform, from inside the guest.
+pub trait Platform {
+    /// A signed attestation report of this VM carrying `report_data`.
+    fn report(&mut self, report_data: &[u8; 64]) -> Result<Evidence, PlatformError>;
+    /// Fills `out` with random bytes from the platform's generator.
+    fn fill_random(&mut self, out: &mut [u8]) -> Result<(), PlatformError>;
+    /// Tells the platform the destination committed: this VM's workload
+    /// must never run again ([`covm_guest_abi::ports::AGENT_RETIRE`]).
+    fn retire(&mut self);
+}
+
+/// Lends the destination's epoch table (`mailbox::AGENT_EPOCHS`: one
+/// `u32` per 4 KiB frame) to an [`covm_agent_protocol::ImportChecker`].
+///
+/// The checker keeps the table for its whole life and cannot give it
+/// back, so each destination session borrows it anew. The agent asks only
+/// when no checker holding an earlier loan is alive any more (it drops
+/// the old session first), so an implementation over one fixed region
+/// never hands out two live references to it.
+pub trait EpochTables<'a> {
+    /// The table; its contents do not matter (the checker zeroes it).
+    fn lend(&mut self) -> &'a mut [u32];
+}
+
+/// Asks the platform for a report through the mailbox header, the way the
+/// ABI says (`mailbox` module doc, "Evidence"): writes `report_data` and a
+/// stale status, calls `ring` (the firmware's `out` to
+/// [`covm_guest_abi::ports::AGENT_REPORT`]), then copies the platform's
+/// code, status and report into private memory before decoding them.
+pub fn request_report<M: GuestMemory>(
+    memory: &mut M,
+    report_data: &[u8; 64],
+    ring: impl FnOnce(&mut M),
+) -> Result<Evidence, PlatformError> {
+    let at = |offset: usize| HEADER + offset as u64;
+    memory.write_window(at(header::REPORT_DATA), report_data);
+    memory.write_window(at(header::REPORT_STATUS), &u32::MAX.to_le_bytes());
+    ring(memory);
+    let mut word = [0u8; 4];
+    memory.read_window(at(header::REPORT_STATUS), &mut word);
+    let status = u32::from_le_bytes(word);
+    if status != 0 {
+        return Err(PlatformError::NoReport(status));
+    }
+    let mut code = [0u8; 2];
+    memory.read_window(at(header::REPORT_PLATFORM), &mut code);
+    let mut report = [0u8; REPORT_LEN];
+    memory.read_window(at(header::REPORT), &mut report);
+    let platform = PlatformCode::from_code(u16::from_le_bytes(code)).map_err(PlatformError::BadReport)?;
+    Evidence::from_raw(platform, &report).map_err(PlatformError::BadReport)
+}

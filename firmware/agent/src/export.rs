@@ -1,0 +1,382 @@
+//! The source's commands: `EXPORT_PAGES`, `END_ROUND`, `EXPORT_FINAL`
+//! and `READ_CONTROL`.
+//!
+//! Pages are sealed from a private copy: a zero page (read as zero in
+//! place) joins a ZeroPages run, any other page is copied into the record
+//! buffer in `AGENT_SCRATCH`, sealed there and copied out. Round 0 must
+//! walk every private page in ascending order (the destination must end up
+//! with all of memory whatever the host's dirty log says later); a request
+//! that skips, repeats or reverses is refused and fails the session.
+
+use crate::env::{EpochTables, GuestMemory, Platform};
+use crate::mailbox::{self, Output};
+use crate::memmap::MemoryMap;
+use crate::reply::{fail, Done, Fail, Outcome};
+use crate::{Agent, Run, Session};
+use covm_agent_protocol::record::{
+    RecordHeader, RecordType, COUNT_RECORD_LEN, FINAL_RECORD_LEN, HEADER_LEN, MAX_RECORD_LEN, PAGE_RECORD_LEN,
+    RECORD_OVERHEAD,
+};
+use covm_agent_protocol::{MemoryDigest, SourceSession, SourceState, PAGE_SIZE};
+use covm_guest_abi::mailbox::{
+    status, AGENT_VCPU_STATES, FROM_AGENT_SIZE, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, VCPU_STATE_SLOT,
+};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+/// Most pages one `EXPORT_PAGES` may ask for: their records must fit
+/// `FROM_AGENT` even if none is zero.
+pub const MAX_EXPORT_PAGES: u64 = FROM_AGENT_SIZE / PAGE_RECORD_LEN as u64;
+
+/// Marks the session failed and passes the failure on.
+pub(crate) fn fail_run(run: &mut Run, fail: Fail) -> Fail {
+    run.failed = true;
+    fail
+}
+
+/// The first `N` bytes of `buf` as an array.
+pub(crate) fn head<const N: usize>(buf: &mut [u8]) -> &mut [u8; N] {
+    (&mut buf[..N])
+        .try_into()
+        .expect("scratch holds SCRATCH_LEN bytes (checked at start-up)")
+}
+
+/// The memory digest of verified mode over every private page, ascending,
+/// each copied into `page` first.
+pub(crate) fn memory_digest(
+    mem: &impl GuestMemory,
+    map: &MemoryMap,
+    page: &mut [u8; PAGE_SIZE],
+) -> Result<[u8; 32], Fail> {
+    let mut digest = MemoryDigest::new();
+    for gpa in map.iter() {
+        mem.read_page(gpa, page);
+        digest
+            .add_page(gpa, page)
+            .map_err(|e| fail!(status::REFUSED, "memory digest: {e}"))?;
+    }
+    Ok(digest.finish())
+}
+
+/// The open source session, if it may still seal memory or state.
+fn streaming<'s>(session: &'s mut Session<'_>, run: &Run, op: &str) -> Result<&'s mut SourceSession, Fail> {
+    let Session::Source(s) = session else {
+        return Err(fail!(status::BAD_STATE, "{op}: no confirmed source session"));
+    };
+    if run.failed {
+        return Err(fail!(status::BAD_STATE, "{op}: the session failed; start a new one"));
+    }
+    if s.state() != SourceState::Streaming {
+        return Err(fail!(status::BAD_STATE, "{op}: the source session is {}", s.state()));
+    }
+    Ok(s)
+}
+
+/// Seals a run of `count` zero pages from `gpa` and appends the record.
+fn seal_zero_run(
+    s: &mut SourceSession,
+    mem: &mut impl GuestMemory,
+    out: &mut Output,
+    (gpa, count): (u64, u64),
+) -> Result<(), Fail> {
+    let mut record = [0u8; COUNT_RECORD_LEN];
+    s.seal_zero_pages(gpa, count, &mut record)
+        .map_err(|e| fail!(status::REFUSED, "sealing zero pages at {gpa:#x}: {e}"))?;
+    out.put(mem, &record)
+}
+
+impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
+    pub(crate) fn export_pages(&mut self, args: &[u64; 8]) -> Outcome {
+        let (round, first, count) = (args[0], args[1], args[2]);
+        let Agent {
+            mem,
+            session,
+            own,
+            scratch,
+            run,
+            ..
+        } = self;
+        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
+        let s = streaming(session, run, "EXPORT_PAGES")?;
+        if round != u64::from(s.epoch()) {
+            return Err(fail!(
+                status::BAD_COMMAND,
+                "EXPORT_PAGES: round {round}, but round {} is open",
+                s.epoch()
+            ));
+        }
+        if first % PAGE != 0 {
+            return Err(fail!(
+                status::BAD_COMMAND,
+                "EXPORT_PAGES: {first:#x} is not 4 KiB aligned"
+            ));
+        }
+        if count > MAX_EXPORT_PAGES {
+            return Err(fail!(
+                status::NO_ROOM,
+                "EXPORT_PAGES: {count} pages, at most {MAX_EXPORT_PAGES} fit the mailbox"
+            ));
+        }
+        let Some(end) = count.checked_mul(PAGE).and_then(|n| first.checked_add(n)) else {
+            return Err(fail!(
+                status::BAD_COMMAND,
+                "EXPORT_PAGES: the range passes the end of memory"
+            ));
+        };
+        // Round 0 covers every private page, in order: the first private
+        // page asked for must be the next one not yet sealed.
+        let first_private = map.next_private(first).filter(|&p| p < end);
+        if s.epoch() == 0 {
+            if let Some(p) = first_private {
+                match run.cursor {
+                    Some(next) if next == p => {}
+                    Some(next) => {
+                        return Err(fail_run(
+                            run,
+                            fail!(
+                                status::REFUSED,
+                                "round 0 must cover every private page in ascending order: asked for {p:#x}, \
+                                 the next one is {next:#x}"
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(fail_run(
+                            run,
+                            fail!(
+                                status::REFUSED,
+                                "round 0 already covered every private page; {p:#x} asked for again"
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        let record = head::<PAGE_RECORD_LEN>(scratch);
+        let mut out = Output::new();
+        let (mut pages, mut zeros, mut records) = (0u64, 0u64, 0u64);
+        let mut zero_run: Option<(u64, u64)> = None;
+        let mut last = None;
+        let mut sealed = Ok(());
+        for gpa in (first..end).step_by(PAGE_SIZE) {
+            if !map.is_private(gpa) {
+                continue;
+            }
+            last = Some(gpa);
+            pages += 1;
+            if mem.page_is_zero(gpa) {
+                zeros += 1;
+                match &mut zero_run {
+                    Some((start, n)) if *start + *n * PAGE == gpa => *n += 1,
+                    _ => {
+                        if let Some(done) = zero_run.replace((gpa, 1)) {
+                            records += 1;
+                            sealed = seal_zero_run(s, mem, &mut out, done);
+                        }
+                    }
+                }
+            } else {
+                if let Some(done) = zero_run.take() {
+                    records += 1;
+                    sealed = seal_zero_run(s, mem, &mut out, done);
+                }
+                if sealed.is_ok() {
+                    mem.read_page(gpa, head::<PAGE_SIZE>(&mut record[HEADER_LEN..]));
+                    records += 1;
+                    sealed = s
+                        .seal_page_in_place(gpa, record)
+                        .map_err(|e| fail!(status::REFUSED, "sealing the page at {gpa:#x}: {e}"))
+                        .and_then(|_| out.put(mem, &record[..]));
+                }
+            }
+            if sealed.is_err() {
+                break;
+            }
+        }
+        if let (Some(done), Ok(())) = (zero_run, &sealed) {
+            records += 1;
+            sealed = seal_zero_run(s, mem, &mut out, done);
+        }
+        run.records += records;
+        sealed.map_err(|e| fail_run(run, e))?;
+        if s.epoch() == 0 {
+            if let Some(p) = last {
+                run.cursor = map.next_private(p + PAGE);
+            }
+        }
+        run.pages += pages;
+        Ok(Done::output(out.len()).with(0, pages).with(1, zeros))
+    }
+
+    pub(crate) fn end_round(&mut self) -> Outcome {
+        let Agent { mem, session, run, .. } = self;
+        let s = streaming(session, run, "END_ROUND")?;
+        if s.epoch() == 0 {
+            if let Some(next) = run.cursor {
+                return Err(fail_run(
+                    run,
+                    fail!(
+                        status::REFUSED,
+                        "round 0 cannot end before every private page was sealed: the next one is {next:#x}"
+                    ),
+                ));
+            }
+        }
+        let mut record = [0u8; COUNT_RECORD_LEN];
+        run.records += 1;
+        let pages = s
+            .seal_round_end(&mut record)
+            .map_err(|e| fail_run(run, fail!(status::REFUSED, "sealing the round's end: {e}")))?;
+        let mut out = Output::new();
+        out.put(mem, &record)?;
+        Ok(Done::output(out.len()).with(0, pages))
+    }
+
+    pub(crate) fn export_final(&mut self, args: &[u64; 8]) -> Outcome {
+        let (vcpus, verified) = (args[0], args[1]);
+        let workload = self.config.workload_vcpus;
+        let Agent {
+            mem,
+            session,
+            own,
+            scratch,
+            run,
+            ..
+        } = self;
+        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
+        let s = streaming(session, run, "EXPORT_FINAL")?;
+        if s.epoch() == 0 {
+            return Err(fail!(status::BAD_STATE, "EXPORT_FINAL: round 0 has not ended"));
+        }
+        if s.pages_in_round() != 0 {
+            return Err(fail!(
+                status::BAD_STATE,
+                "EXPORT_FINAL: round {} has {} pages and no end yet",
+                s.epoch(),
+                s.pages_in_round()
+            ));
+        }
+        if verified > 1 {
+            return Err(fail!(
+                status::BAD_COMMAND,
+                "EXPORT_FINAL: verified is 0 or 1, not {verified}"
+            ));
+        }
+        if vcpus == 0 || vcpus > MAX_WORKLOAD_VCPUS {
+            return Err(fail!(
+                status::BAD_COMMAND,
+                "EXPORT_FINAL: {vcpus} vCPUs (1 to {MAX_WORKLOAD_VCPUS})"
+            ));
+        }
+        if workload != 0 && vcpus != u64::from(workload) {
+            return Err(fail!(
+                status::REFUSED,
+                "EXPORT_FINAL: this guest has {workload} workload vCPUs, not {vcpus}"
+            ));
+        }
+        // Every slot's length, read once; all must be valid and fit.
+        let mut lens = [0usize; MAX_WORKLOAD_VCPUS as usize];
+        let mut total = FINAL_RECORD_LEN;
+        for (i, len) in lens.iter_mut().enumerate().take(vcpus as usize) {
+            let mut word = [0u8; 4];
+            mem.read_window(AGENT_VCPU_STATES + i as u64 * VCPU_STATE_SLOT, &mut word);
+            let n = u32::from_le_bytes(word);
+            if n == 0 || u64::from(n) > MAX_VCPU_STATE {
+                return Err(fail!(
+                    status::REFUSED,
+                    "EXPORT_FINAL: vCPU {i}'s slot holds no state (length {n}, 1 to {MAX_VCPU_STATE})"
+                ));
+            }
+            *len = n as usize;
+            total += *len + RECORD_OVERHEAD;
+        }
+        if total as u64 > FROM_AGENT_SIZE {
+            return Err(fail!(
+                status::NO_ROOM,
+                "EXPORT_FINAL: {total} bytes of records do not fit the mailbox's {FROM_AGENT_SIZE}"
+            ));
+        }
+        let (record, state) = scratch.split_at_mut(MAX_RECORD_LEN);
+        let digest = if verified == 1 {
+            Some(memory_digest(mem, map, head::<PAGE_SIZE>(state))?)
+        } else {
+            None
+        };
+        let mut out = Output::new();
+        let mut sealed = Ok(());
+        for (i, &len) in lens.iter().enumerate().take(vcpus as usize) {
+            let state = &mut state[..len];
+            mem.read_window(AGENT_VCPU_STATES + i as u64 * VCPU_STATE_SLOT + 4, state);
+            run.records += 1;
+            sealed = s
+                .seal_vcpu_state(i as u32, state, record)
+                .map_err(|e| fail!(status::REFUSED, "sealing vCPU {i}'s state: {e}"))
+                .and_then(|n| out.put(mem, &record[..n]));
+            if sealed.is_err() {
+                break;
+            }
+        }
+        sealed.map_err(|e| fail_run(run, e))?;
+        let mut record = [0u8; FINAL_RECORD_LEN];
+        run.records += 1;
+        s.seal_final(digest.as_ref(), &mut record)
+            .map_err(|e| fail_run(run, fail!(status::REFUSED, "sealing the Final record: {e}")))?;
+        out.put(mem, &record)?;
+        Ok(Done::output(out.len()))
+    }
+
+    pub(crate) fn read_control(&mut self, args: &[u64; 8]) -> Outcome {
+        let len = mailbox::input_len(args[0], "READ_CONTROL")?;
+        let Agent {
+            mem,
+            platform,
+            session,
+            scratch,
+            run,
+            retired,
+            ..
+        } = self;
+        let Session::Source(s) = session else {
+            return Err(fail!(status::BAD_STATE, "READ_CONTROL: no confirmed source session"));
+        };
+        if !(HEADER_LEN..=MAX_RECORD_LEN).contains(&len) {
+            return Err(fail!(
+                status::REFUSED,
+                "READ_CONTROL: {len} bytes are not a control record"
+            ));
+        }
+        // A bad record changes nothing: the session stays as it is.
+        let record = &mut scratch[..len];
+        mailbox::read_input(mem, 0, record);
+        let header = RecordHeader::decode(record)
+            .map_err(|e| fail!(status::REFUSED, "READ_CONTROL: not a control record: {e}"))?;
+        if header.record_len() != len {
+            return Err(fail!(
+                status::REFUSED,
+                "READ_CONTROL: the record is {} bytes, {len} were given",
+                header.record_len()
+            ));
+        }
+        match header.record_type {
+            RecordType::Commit => {
+                s.read_commit(record)
+                    .map_err(|e| fail!(status::REFUSED, "the destination's Commit is refused: {e}"))?;
+                run.records += 1;
+                *retired = true;
+                platform.retire();
+                Ok(Done::default().with(0, 1))
+            }
+            RecordType::AbortToken => {
+                let reason = s
+                    .read_abort(record)
+                    .map_err(|e| fail!(status::REFUSED, "the abort token is refused: {e}"))?;
+                run.records += 1;
+                Ok(Done::default().with(0, 2).with(1, u64::from(reason)))
+            }
+            other => Err(fail!(
+                status::REFUSED,
+                "READ_CONTROL: record type {} is neither a Commit nor an abort token",
+                other as u8
+            )),
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! `BEGIN` and `HANDSHAKE`: starting a session and relaying the six
+//! handshake messages through the state machines of the protocol crate.
+//!
+//! Each `HANDSHAKE` carries one peer message; its type byte says which
+//! step it is (the state machine refuses one out of order). Messages are
+//! copied into private memory first; the agent's own messages are built
+//! in private memory and copied out, each as a `u32` length and the bytes.
+
+use crate::env::{EpochTables, GuestMemory, Platform};
+use crate::mailbox::{self, Output};
+use crate::reply::{fail, Done, Fail, Hex, Outcome};
+use crate::rng::Drawn;
+use crate::{Agent, Role, Run, Session};
+use covm_agent_protocol::evidence::report::offset::MEASUREMENT;
+use covm_agent_protocol::handshake::messages::{kind, FINISHED_MSG_LEN, MAX_HANDSHAKE_MSG_LEN};
+use covm_agent_protocol::{
+    DestinationHandshake, EmulatedRootVerifier, Error, ImportChecker, PeerIdentity, SourceHandshake,
+};
+use covm_guest_abi::mailbox::status;
+
+/// Where a report sits in an evidence message: type and reserved (8),
+/// then the evidence's platform, reserved and length (8).
+const REPORT_IN_MESSAGE: usize = 16;
+
+/// "peer refused: …": the peer's message failed our checks.
+fn refused(side: &str, what: &str, message: &[u8], e: Error) -> Fail {
+    if e == Error::MeasurementNotAllowed {
+        if let Some(m) = message.get(REPORT_IN_MESSAGE + MEASUREMENT..REPORT_IN_MESSAGE + MEASUREMENT + 48) {
+            return fail!(
+                status::REFUSED,
+                "peer refused: {side} measurement {} is not allowed by the policy",
+                Hex(m)
+            );
+        }
+    }
+    fail!(status::REFUSED, "peer refused: {side}'s {what}: {e}")
+}
+
+/// Our own step failed.
+fn own_step(what: &str, e: Error) -> Fail {
+    fail!(status::REFUSED, "handshake failed: {what}: {e}")
+}
+
+impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
+    pub(crate) fn begin(&mut self, args: &[u64; 8]) -> Outcome {
+        let role = match args[0] {
+            0 => Role::Source,
+            1 => Role::Destination,
+            other => {
+                return Err(fail!(
+                    status::BAD_COMMAND,
+                    "BEGIN: role {other} (0 source, 1 destination)"
+                ))
+            }
+        };
+        match role {
+            Role::Destination if !self.config.incoming => {
+                return Err(fail!(
+                    status::BAD_STATE,
+                    "BEGIN: this VM was not launched to receive a migration: its guest runs here"
+                ))
+            }
+            Role::Destination if self.imported => {
+                return Err(fail!(
+                    status::BAD_STATE,
+                    "BEGIN: the migrated guest runs here since its commit: it can only migrate on"
+                ))
+            }
+            Role::Source if self.config.incoming && !self.imported => {
+                return Err(fail!(
+                    status::BAD_STATE,
+                    "BEGIN: this VM was launched to receive a migration and holds no committed guest to send"
+                ))
+            }
+            _ => {}
+        }
+        if let Session::Source(s) = &self.session {
+            if !s.may_resume() {
+                return Err(fail!(
+                    status::BAD_STATE,
+                    "BEGIN: the source sealed its Final ({}): read the destination's Commit or abort token first",
+                    s.state()
+                ));
+            }
+        }
+        let mut rng = Drawn::from(&mut self.platform).map_err(|e| fail!(status::PLATFORM, "BEGIN: {e}"))?;
+        // The earlier session goes first: its keys are zeroized on drop,
+        // and a destination's checker gives the epoch table back.
+        self.session = Session::Idle;
+        self.run = Run::default();
+        mailbox::write_peer(&mut self.mem, None);
+        let own = match &self.own {
+            Ok(own) => own,
+            Err(why) => return Err(fail!(status::REFUSED, "the migration agent did not start: {why}")),
+        };
+        match role {
+            Role::Source => {
+                let mut hs = SourceHandshake::new(&own.policy, &mut rng);
+                if rng.ran_short() {
+                    return Err(fail!(status::PLATFORM, "BEGIN: the handshake wanted more random bytes"));
+                }
+                let mut msg = [0u8; MAX_HANDSHAKE_MSG_LEN];
+                let n = match hs.write_hello(&mut msg) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.session = Session::HandshakeFailed(Role::Source);
+                        return Err(own_step("SrcHello", e));
+                    }
+                };
+                let mut out = Output::new();
+                out.put_message(&mut self.mem, &msg[..n])?;
+                self.session = Session::SourceHandshake(hs);
+                Ok(Done::output(out.len()))
+            }
+            Role::Destination => {
+                let hs = DestinationHandshake::new(&own.policy, &mut rng);
+                if rng.ran_short() {
+                    return Err(fail!(status::PLATFORM, "BEGIN: the handshake wanted more random bytes"));
+                }
+                self.session = Session::DestinationHandshake(hs);
+                Ok(Done::default())
+            }
+        }
+    }
+
+    pub(crate) fn handshake(&mut self, args: &[u64; 8]) -> Outcome {
+        let len = mailbox::input_len(args[0], "HANDSHAKE")?;
+        if len == 0 || len > MAX_HANDSHAKE_MSG_LEN {
+            return Err(fail!(
+                status::BAD_COMMAND,
+                "HANDSHAKE: a handshake message is 1 to {MAX_HANDSHAKE_MSG_LEN} bytes, not {len}"
+            ));
+        }
+        let mut buf = [0u8; MAX_HANDSHAKE_MSG_LEN];
+        mailbox::read_input(&self.mem, 0, &mut buf[..len]);
+        let message = &buf[..len];
+        match core::mem::replace(&mut self.session, Session::Idle) {
+            Session::SourceHandshake(hs) => {
+                let (next, outcome) = self.source_step(hs, message);
+                self.session = next;
+                outcome
+            }
+            Session::DestinationHandshake(hs) => {
+                let (next, outcome) = self.destination_step(hs, message);
+                self.session = next;
+                outcome
+            }
+            other => {
+                self.session = other;
+                Err(fail!(status::BAD_STATE, "HANDSHAKE: no handshake under way"))
+            }
+        }
+    }
+
+    /// The handshake finished: say who the peer is.
+    fn peer_confirmed(&mut self, peer: &PeerIdentity) -> Done {
+        mailbox::write_peer(&mut self.mem, Some(peer));
+        Done::default().with(0, 1)
+    }
+
+    fn source_step(&mut self, mut hs: SourceHandshake, msg: &[u8]) -> (Session<'a>, Outcome) {
+        let failed = Session::HandshakeFailed(Role::Source);
+        match msg[0] {
+            kind::DST_HELLO => match hs.read_dst_hello(msg) {
+                Ok(()) => (Session::SourceHandshake(hs), Ok(Done::default())),
+                Err(e) => (failed, Err(refused("destination", "hello", msg, e))),
+            },
+            kind::DST_EVIDENCE => {
+                if let Err(e) = hs.read_dst_evidence(msg, &EmulatedRootVerifier) {
+                    return (failed, Err(refused("destination", "evidence", msg, e)));
+                }
+                let report_data = match hs.report_data() {
+                    Ok(rd) => rd,
+                    Err(e) => return (failed, Err(own_step("SrcEvidence", e))),
+                };
+                let evidence = match self.platform.report(&report_data) {
+                    Ok(ev) => ev,
+                    Err(e) => return (failed, Err(fail!(status::PLATFORM, "SrcEvidence: {e}"))),
+                };
+                let mut ev_msg = [0u8; MAX_HANDSHAKE_MSG_LEN];
+                let n = match hs.write_evidence(&evidence, &mut ev_msg) {
+                    Ok(n) => n,
+                    Err(e) => return (failed, Err(own_step("SrcEvidence", e))),
+                };
+                let mut fin = [0u8; FINISHED_MSG_LEN];
+                let m = match hs.write_finished(&mut fin) {
+                    Ok(m) => m,
+                    Err(e) => return (failed, Err(own_step("SrcFinished", e))),
+                };
+                let mut out = Output::new();
+                let written = out
+                    .put_message(&mut self.mem, &ev_msg[..n])
+                    .and_then(|()| out.put_message(&mut self.mem, &fin[..m]));
+                match written {
+                    Ok(()) => (Session::SourceHandshake(hs), Ok(Done::output(out.len()))),
+                    Err(fail) => (failed, Err(fail)),
+                }
+            }
+            kind::DST_FINISHED => match hs.read_dst_finished(msg) {
+                Ok(session) => {
+                    let done = self.peer_confirmed(session.peer());
+                    self.run.cursor = self.own.as_ref().ok().and_then(|o| o.map.first());
+                    (Session::Source(session), Ok(done))
+                }
+                Err(e) => (failed, Err(refused("destination", "Finished", msg, e))),
+            },
+            other => (
+                failed,
+                Err(fail!(
+                    status::REFUSED,
+                    "peer refused: handshake message type {other} is not one the destination sends"
+                )),
+            ),
+        }
+    }
+
+    fn destination_step(&mut self, mut hs: DestinationHandshake, msg: &[u8]) -> (Session<'a>, Outcome) {
+        let failed = Session::HandshakeFailed(Role::Destination);
+        match msg[0] {
+            kind::SRC_HELLO => {
+                if let Err(e) = hs.read_src_hello(msg) {
+                    return (failed, Err(refused("source", "hello", msg, e)));
+                }
+                let mut hello = [0u8; MAX_HANDSHAKE_MSG_LEN];
+                let n = match hs.write_hello(&mut hello) {
+                    Ok(n) => n,
+                    Err(e) => return (failed, Err(own_step("DstHello", e))),
+                };
+                let report_data = match hs.report_data() {
+                    Ok(rd) => rd,
+                    Err(e) => return (failed, Err(own_step("DstEvidence", e))),
+                };
+                let evidence = match self.platform.report(&report_data) {
+                    Ok(ev) => ev,
+                    Err(e) => return (failed, Err(fail!(status::PLATFORM, "DstEvidence: {e}"))),
+                };
+                let mut ev_msg = [0u8; MAX_HANDSHAKE_MSG_LEN];
+                let m = match hs.write_evidence(&evidence, &mut ev_msg) {
+                    Ok(m) => m,
+                    Err(e) => return (failed, Err(own_step("DstEvidence", e))),
+                };
+                let mut out = Output::new();
+                let written = out
+                    .put_message(&mut self.mem, &hello[..n])
+                    .and_then(|()| out.put_message(&mut self.mem, &ev_msg[..m]));
+                match written {
+                    Ok(()) => (Session::DestinationHandshake(hs), Ok(Done::output(out.len()))),
+                    Err(fail) => (failed, Err(fail)),
+                }
+            }
+            kind::SRC_EVIDENCE => match hs.read_src_evidence(msg, &EmulatedRootVerifier) {
+                Ok(_) => (Session::DestinationHandshake(hs), Ok(Done::default())),
+                Err(e) => (failed, Err(refused("source", "evidence", msg, e))),
+            },
+            kind::SRC_FINISHED => {
+                if let Err(e) = hs.read_src_finished(msg) {
+                    return (failed, Err(refused("source", "Finished", msg, e)));
+                }
+                let mut fin = [0u8; FINISHED_MSG_LEN];
+                let (n, session) = match hs.write_finished(&mut fin) {
+                    Ok(done) => done,
+                    Err(e) => return (failed, Err(own_step("DstFinished", e))),
+                };
+                let mut out = Output::new();
+                if let Err(fail) = out.put_message(&mut self.mem, &fin[..n]) {
+                    return (failed, Err(fail));
+                }
+                let done = self.peer_confirmed(session.peer());
+                // No checker is alive: the session in `self` is Idle
+                // while a step runs, and BEGIN dropped any earlier one.
+                let checker = ImportChecker::new(session, self.epochs.lend());
+                (Session::Destination(checker), Ok(done.with_output(out.len())))
+            }
+            other => (
+                failed,
+                Err(fail!(
+                    status::REFUSED,
+                    "peer refused: handshake message type {other} is not one the source sends"
+                )),
+            ),
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The destination's commands: `IMPORT`, `COMMIT` and `MINT_ABORT`.
+//!
+//! Each record is copied from `TO_AGENT` into `AGENT_SCRATCH` and opened
+//! there by the `ImportChecker` (every protocol check: sequence, tag,
+//! epoch, staleness, counts); the agent adds its own: a page goes only to
+//! private memory, a vCPU state only to a slot of the VMSA area.
+
+use crate::env::{EpochTables, GuestMemory, Platform};
+use crate::export::{fail_run, head, memory_digest};
+use crate::mailbox::{self, Output};
+use crate::reply::{fail, Done, Outcome};
+use crate::{Agent, Session};
+use covm_agent_protocol::record::{record_len, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN};
+use covm_agent_protocol::{ImportChecker, ImportEvent, ImportPhase, PAGE_SIZE};
+use covm_guest_abi::mailbox::{result, status, AGENT_VCPU_STATES, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, VCPU_STATE_SLOT};
+
+const PAGE: u64 = PAGE_SIZE as u64;
+
+fn checker<'s, 'a>(session: &'s mut Session<'a>, op: &str) -> Result<&'s mut ImportChecker<'a>, crate::reply::Fail> {
+    match session {
+        Session::Destination(c) => Ok(c),
+        Session::DestinationHandshake(_) => Err(fail!(
+            status::BAD_STATE,
+            "{op}: the handshake is not complete (no session keys yet: the source may simply resume)"
+        )),
+        _ => Err(fail!(status::BAD_STATE, "{op}: no confirmed destination session")),
+    }
+}
+
+impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
+    pub(crate) fn import(&mut self, args: &[u64; 8]) -> Outcome {
+        let len = mailbox::input_len(args[0], "IMPORT")?;
+        let workload = self.config.workload_vcpus;
+        let Agent {
+            mem,
+            session,
+            own,
+            scratch,
+            run,
+            ..
+        } = self;
+        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
+        let checker = checker(session, "IMPORT")?;
+        if run.failed {
+            return Err(fail!(
+                status::BAD_STATE,
+                "IMPORT: an earlier record failed the agent's checks; only an abort token can follow"
+            ));
+        }
+        let (mut pages, mut zeros, mut vcpus) = (0u64, 0u64, 0u64);
+        let mut offset = 0;
+        while offset < len {
+            let partial = Done::default().with(0, pages).with(1, zeros).with(3, vcpus);
+            let rest = len - offset;
+            // The header first, for the length; the whole record is then
+            // copied again, and the checker reads the length from the
+            // private copy (a changed length fails there).
+            let mut header = [0u8; HEADER_LEN];
+            let n = rest.min(HEADER_LEN);
+            mailbox::read_input(mem, offset, &mut header[..n]);
+            let size = match record_len(&header[..n]) {
+                Ok(size) if size <= rest && size <= scratch.len() => size,
+                Ok(size) => {
+                    return Err(fail_run(
+                        run,
+                        fail!(
+                            status::REFUSED,
+                            "IMPORT: the record at byte {offset} is {size} bytes, {rest} are left"
+                        ),
+                    )
+                    .with_partial(partial))
+                }
+                Err(e) => {
+                    return Err(
+                        fail_run(run, fail!(status::REFUSED, "IMPORT: record at byte {offset}: {e}"))
+                            .with_partial(partial),
+                    )
+                }
+            };
+            let record = &mut scratch[..size];
+            mailbox::read_input(mem, offset, record);
+            run.records += 1;
+            let event = checker.open(record).map_err(|e| {
+                fail!(status::REFUSED, "IMPORT: record at byte {offset} refused: {e}").with_partial(partial)
+            })?;
+            match event {
+                ImportEvent::Page { gpa, data } => {
+                    if !map.is_private(gpa) {
+                        return Err(fail_run(
+                            run,
+                            fail!(status::REFUSED, "IMPORT: a page at {gpa:#x}, outside private memory"),
+                        )
+                        .with_partial(partial));
+                    }
+                    mem.write_page(gpa, data);
+                    pages += 1;
+                }
+                ImportEvent::ZeroPages { gpa, count } => {
+                    if !map.contains(gpa, count) {
+                        return Err(fail_run(
+                            run,
+                            fail!(
+                                status::REFUSED,
+                                "IMPORT: {count} zero pages at {gpa:#x}, not all in private memory"
+                            ),
+                        )
+                        .with_partial(partial));
+                    }
+                    for page in (0..count).map(|i| gpa + i * PAGE) {
+                        // Reading untouched memory costs nothing; writing
+                        // it would populate it.
+                        if !mem.page_is_zero(page) {
+                            mem.zero_page(page);
+                        }
+                    }
+                    pages += count;
+                    zeros += count;
+                }
+                ImportEvent::RoundEnd { .. } => {}
+                ImportEvent::VcpuState { index, state } => {
+                    let limit = if workload == 0 {
+                        MAX_WORKLOAD_VCPUS
+                    } else {
+                        u64::from(workload)
+                    };
+                    if u64::from(index) >= limit || state.len() as u64 > MAX_VCPU_STATE {
+                        return Err(fail_run(
+                            run,
+                            fail!(
+                                status::REFUSED,
+                                "IMPORT: vCPU {index}'s state ({} bytes) has no slot (vCPUs below {limit}, \
+                                 at most {MAX_VCPU_STATE} bytes)",
+                                state.len()
+                            ),
+                        )
+                        .with_partial(partial));
+                    }
+                    let slot = AGENT_VCPU_STATES + u64::from(index) * VCPU_STATE_SLOT;
+                    mem.write_window(slot + 4, state);
+                    mem.write_window(slot, &(state.len() as u32).to_le_bytes());
+                    vcpus += 1;
+                }
+                ImportEvent::Complete(summary) => run.summary = Some(summary),
+            }
+            offset += size;
+        }
+        run.pages += pages;
+        let complete = run.summary.is_some();
+        let verified = run.summary.is_some_and(|s| s.memory_digest.is_some());
+        Ok(Done::default()
+            .with(0, pages)
+            .with(1, zeros)
+            .with(2, u64::from(complete))
+            .with(3, vcpus)
+            .with(result::IMPORT_VERIFIED, u64::from(verified)))
+    }
+
+    pub(crate) fn commit(&mut self, args: &[u64; 8]) -> Outcome {
+        let workload = self.config.workload_vcpus;
+        let Agent {
+            mem,
+            session,
+            own,
+            scratch,
+            run,
+            imported,
+            ..
+        } = self;
+        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
+        let checker = checker(session, "COMMIT")?;
+        let mut out = Output::new();
+        if let Some(record) = &run.commit {
+            // Committed already: the same record again (a lost one can be
+            // re-sent; nothing changes).
+            out.put(mem, record)?;
+            return Ok(Done::output(out.len()));
+        }
+        if run.failed || checker.phase() == ImportPhase::Poisoned {
+            return Err(fail!(
+                status::BAD_STATE,
+                "COMMIT: the session failed; only an abort token can follow"
+            ));
+        }
+        let Some(summary) = run.summary else {
+            return Err(fail!(
+                status::BAD_STATE,
+                "COMMIT: the migration is not complete (phase {})",
+                checker.phase()
+            ));
+        };
+        let verified = match args[0] {
+            0 => false,
+            1 => true,
+            other => return Err(fail!(status::BAD_COMMAND, "COMMIT: verified is 0 or 1, not {other}")),
+        };
+        if verified != summary.memory_digest.is_some() {
+            return Err(fail!(
+                status::BAD_COMMAND,
+                "COMMIT: verified = {}, but the source's Final {}",
+                u8::from(verified),
+                if verified {
+                    "has no memory digest"
+                } else {
+                    "carries a memory digest"
+                }
+            ));
+        }
+        if workload != 0 && summary.vcpus != workload {
+            return Err(fail_run(
+                run,
+                fail!(
+                    status::REFUSED,
+                    "COMMIT: the source sent {} vCPU states, this guest has {workload} workload vCPUs",
+                    summary.vcpus
+                ),
+            ));
+        }
+        let digest = if verified {
+            Some(memory_digest(mem, map, head::<PAGE_SIZE>(scratch))?)
+        } else {
+            None
+        };
+        let mut record = [0u8; COMMIT_RECORD_LEN];
+        checker
+            .commit(digest.as_ref(), &mut record)
+            .map_err(|e| fail!(status::REFUSED, "COMMIT refused: {e}"))?;
+        run.records += 1;
+        run.commit = Some(record);
+        *imported = true;
+        out.put(mem, &record)?;
+        Ok(Done::output(out.len()))
+    }
+
+    pub(crate) fn mint_abort(&mut self, args: &[u64; 8]) -> Outcome {
+        let Agent { mem, session, run, .. } = self;
+        let checker = checker(session, "MINT_ABORT")?;
+        let reason = u32::try_from(args[0])
+            .map_err(|_| fail!(status::BAD_COMMAND, "MINT_ABORT: reason {} is not a u32", args[0]))?;
+        let mut token = [0u8; ABORT_RECORD_LEN];
+        checker
+            .mint_abort(reason, &mut token)
+            .map_err(|e| fail!(status::BAD_STATE, "MINT_ABORT: {e}"))?;
+        run.records += 1;
+        let mut out = Output::new();
+        out.put(mem, &token)?;
+        Ok(Done::output(out.len()))
+    }
+}

@@ -1,0 +1,326 @@
+//! covm's in-guest confidential migration agent.
+//!
+//! The agent runs on its own vCPU inside the guest's trust boundary and
+//! answers the mailbox commands of `covm_guest_abi::mailbox` (the ABI is
+//! documented there; the design in docs/confidential-migration.md): it
+//! runs the attested handshake, seals the guest's private pages and vCPU
+//! states at the source, checks and applies them at the destination, and
+//! commits or aborts — through `covm-agent-protocol`, which does all the
+//! cryptography.
+//!
+//! This crate is the agent's logic, independent of bare metal: guest
+//! memory, the platform (evidence, randomness, "retire") and the epoch
+//! table are traits ([`GuestMemory`], [`Platform`], [`EpochTables`]). The
+//! firmware (`firmware/image`) implements them over identity-mapped memory
+//! and I/O ports; the tests over vectors. No allocator, no statics: the
+//! [`Agent`] and everything it holds live where its owner puts it (the
+//! firmware: the agent-private `AGENT_DATA` area and stack).
+//!
+//! Rules it keeps (docs/confidential-migration.md, protocol §11):
+//! - every buffer handed to the protocol crate is private: records,
+//!   handshake messages and control records are copied out of `TO_AGENT`
+//!   before they are opened, and sealed in private memory before they are
+//!   copied to `FROM_AGENT`;
+//! - which pages are private is the agent's own decision
+//!   ([`MemoryMap`], from the boot memory map); the host's addresses are
+//!   hints, and round 0 must cover every private page in order;
+//! - once the source sealed its Final, no new session starts until the
+//!   destination's Commit or abort token is read; once the source read a
+//!   Commit, only `STATUS` is answered, for good;
+//! - only a VM launched to receive a migration takes a destination
+//!   session, and only until it committed; after that the guest runs
+//!   there and may only migrate on (a source session). A VM launched
+//!   incoming is a source only once it committed.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+// A failure carries its 256-byte error text by value: there is no
+// allocator to box it into, and failures are rare (one per command).
+#![allow(clippy::result_large_err)]
+
+mod env;
+mod export;
+mod handshake;
+mod import;
+pub mod mailbox;
+mod memmap;
+mod reply;
+mod rng;
+mod startup;
+
+pub use env::{request_report, EpochTables, GuestMemory, Platform, PlatformError};
+pub use memmap::{E820Entry, MapError, MemoryMap, E820_RAM, MAX_RANGES, PRIVATE_END};
+pub use reply::{ErrorText, Reply};
+
+use covm_agent_protocol::record::{COMMIT_RECORD_LEN, MAX_RECORD_LEN};
+use covm_agent_protocol::{
+    DestinationHandshake, ImportChecker, ImportPhase, Policy, SourceHandshake, SourceSession, SourceState, Summary,
+};
+use covm_guest_abi::mailbox::{command, state, status, MAX_VCPU_STATE};
+use reply::{fail, Done};
+
+/// Bytes of private scratch memory the agent needs: one record of any
+/// kind, plus one vCPU state it reads before sealing.
+pub const SCRATCH_LEN: usize = MAX_RECORD_LEN + MAX_VCPU_STATE as usize;
+
+/// How the agent's VM was launched, from the firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Workload vCPUs (the agent's not counted); 0: unknown, not checked.
+    pub workload_vcpus: u32,
+    /// Launched to receive a migration (`launch_mode::INCOMING`): the
+    /// guest is not here until a destination session commits.
+    pub incoming: bool,
+}
+
+/// Which end of a migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sends the guest.
+    Source,
+    /// Receives it.
+    Destination,
+}
+
+/// The session objects, by phase.
+enum Session<'a> {
+    Idle,
+    SourceHandshake(SourceHandshake),
+    DestinationHandshake(DestinationHandshake),
+    /// A handshake failed (its keys are gone).
+    HandshakeFailed(Role),
+    Source(SourceSession),
+    Destination(ImportChecker<'a>),
+}
+
+/// What the agent knows about itself once started.
+struct Own {
+    policy: Policy,
+    measurement: [u8; 48],
+    map: MemoryMap,
+}
+
+/// Per-session bookkeeping, reset by `BEGIN`.
+#[derive(Default)]
+struct Run {
+    /// A check outside the protocol crate failed (a round-0 gap, a page
+    /// outside private memory, ...): the session takes no more records.
+    failed: bool,
+    /// Source, round 0: the next private page the host must ask for
+    /// (`None`: every private page was sealed).
+    cursor: Option<u64>,
+    /// Destination: the Final accepted.
+    summary: Option<Summary>,
+    /// Destination: the Commit record, kept to be sent again.
+    commit: Option<[u8; COMMIT_RECORD_LEN]>,
+    /// Records sealed or opened.
+    records: u64,
+    /// Pages sealed or imported (zero runs counted page by page).
+    pages: u64,
+}
+
+/// The migration agent.
+///
+/// `'a` is the life of the private memory it is given: the scratch buffer
+/// and the epoch tables `E` lends (`&'static` in the firmware).
+pub struct Agent<'a, M, P, E> {
+    mem: M,
+    platform: P,
+    epochs: E,
+    scratch: &'a mut [u8],
+    /// The private memory map as read at boot (kept for start-up retries).
+    boot_map: Result<MemoryMap, MapError>,
+    own: Result<Own, ErrorText>,
+    config: Config,
+    session: Session<'a>,
+    run: Run,
+    /// A destination session committed: the guest runs here now.
+    imported: bool,
+    /// The source read the destination's Commit: the guest runs there,
+    /// never here again, and nothing changes any more.
+    retired: bool,
+}
+
+impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
+    /// Starts the agent: asks the platform for its own report (zero report
+    /// data), reads the migration policy page and checks that the policy
+    /// hashes to the report's HOST_DATA.
+    ///
+    /// `scratch` is private memory of at least [`SCRATCH_LEN`] bytes;
+    /// `map` is the private memory map (from the boot memory map, read
+    /// before anything was imported); `config` says how the VM was
+    /// launched.
+    ///
+    /// If anything fails the agent still answers, refusing every command
+    /// but `STATUS` with the reason, and tries again at each command (the
+    /// platform may not have been ready; nothing can have been imported
+    /// meanwhile, and a policy page changed since must still hash to
+    /// HOST_DATA).
+    pub fn new(
+        mem: M,
+        mut platform: P,
+        epochs: E,
+        scratch: &'a mut [u8],
+        map: Result<MemoryMap, MapError>,
+        config: Config,
+    ) -> Self {
+        let own = startup::start(&mem, &mut platform, scratch.len(), map.clone());
+        Agent {
+            mem,
+            platform,
+            epochs,
+            scratch,
+            boot_map: map,
+            own,
+            config,
+            session: Session::Idle,
+            run: Run::default(),
+            imported: false,
+            retired: false,
+        }
+    }
+
+    /// Writes the magic and ABI version to the header: covm may post.
+    pub fn announce(&mut self) {
+        mailbox::announce(&mut self.mem);
+    }
+
+    /// Reads the posted command from the header, executes it and writes
+    /// the answer (`done_seq` last). Returns the command's sequence number
+    /// (its low 32 bits go to `ports::AGENT_DONE`).
+    pub fn serve(&mut self) -> u64 {
+        let posted = mailbox::read_posted(&self.mem);
+        let reply = self.handle(posted.command, &posted.args);
+        mailbox::write_reply(&mut self.mem, posted.seq, &reply);
+        posted.seq
+    }
+
+    /// Executes one mailbox command (`covm_guest_abi::mailbox::command`)
+    /// with its arguments; input comes from `TO_AGENT`, output goes to
+    /// `FROM_AGENT`. The header's result fields are the caller's to write
+    /// ([`Agent::serve`] does).
+    pub fn handle(&mut self, command: u32, args: &[u64; 8]) -> Reply {
+        if self.own.is_err() && command != command::STATUS {
+            self.own = startup::start(&self.mem, &mut self.platform, self.scratch.len(), self.boot_map.clone());
+        }
+        let outcome = if command == command::STATUS {
+            Ok(self.status())
+        } else if let Err(why) = &self.own {
+            Err(fail!(status::REFUSED, "the migration agent did not start: {why}"))
+        } else if self.retired {
+            Err(fail!(
+                status::BAD_STATE,
+                "the destination committed: this VM's guest never runs here again and its agent answers only STATUS"
+            ))
+        } else {
+            match command {
+                command::BEGIN => self.begin(args),
+                command::HANDSHAKE => self.handshake(args),
+                command::EXPORT_PAGES => self.export_pages(args),
+                command::END_ROUND => self.end_round(),
+                command::EXPORT_FINAL => self.export_final(args),
+                command::READ_CONTROL => self.read_control(args),
+                command::IMPORT => self.import(args),
+                command::COMMIT => self.commit(args),
+                command::MINT_ABORT => self.mint_abort(args),
+                other => Err(fail!(status::BAD_COMMAND, "unknown command {other}")),
+            }
+        };
+        Reply::from(outcome)
+    }
+
+    /// The guest memory (the firmware's, or a test's).
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// The guest memory, to change it (tests play covm through it).
+    pub fn memory_mut(&mut self) -> &mut M {
+        &mut self.mem
+    }
+
+    /// The platform.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// Why the agent did not start, if it did not.
+    pub fn startup_error(&self) -> Option<&ErrorText> {
+        self.own.as_ref().err()
+    }
+
+    /// The launch measurement of this VM (from its own report).
+    pub fn measurement(&self) -> Option<&[u8; 48]> {
+        self.own.as_ref().ok().map(|o| &o.measurement)
+    }
+
+    /// The private memory map.
+    pub fn memory_map(&self) -> Option<&MemoryMap> {
+        self.own.as_ref().ok().map(|o| &o.map)
+    }
+
+    fn role(&self) -> Option<Role> {
+        match &self.session {
+            Session::Idle => None,
+            Session::SourceHandshake(_) | Session::Source(_) => Some(Role::Source),
+            Session::DestinationHandshake(_) | Session::Destination(_) => Some(Role::Destination),
+            Session::HandshakeFailed(role) => Some(*role),
+        }
+    }
+
+    /// The session's state as `STATUS` reports it.
+    fn state(&self) -> u64 {
+        match &self.session {
+            Session::Idle => state::IDLE,
+            Session::SourceHandshake(_) | Session::DestinationHandshake(_) => state::HANDSHAKE,
+            Session::HandshakeFailed(_) => state::FAILED,
+            Session::Source(s) => match s.state() {
+                SourceState::Committed => state::COMMITTED,
+                SourceState::Aborted => state::ABORTED,
+                SourceState::FinalSealed => state::FINAL_SENT,
+                _ if self.run.failed => state::FAILED,
+                SourceState::Streaming | SourceState::SealingState => state::STREAMING,
+            },
+            Session::Destination(c) => match c.phase() {
+                ImportPhase::Committed => state::COMMITTED,
+                ImportPhase::Aborted => state::ABORTED,
+                _ if self.run.failed => state::FAILED,
+                ImportPhase::Poisoned => state::FAILED,
+                ImportPhase::Complete => state::COMPLETE,
+                ImportPhase::Memory | ImportPhase::VcpuStates => state::STREAMING,
+            },
+        }
+    }
+
+    /// Whether the source's guest may run (no Final may exist, or a valid
+    /// abort token said the destination never commits).
+    fn may_resume(&self) -> bool {
+        match &self.session {
+            Session::Source(s) => s.may_resume(),
+            Session::Destination(_) | Session::DestinationHandshake(_) => false,
+            Session::HandshakeFailed(role) => *role == Role::Source,
+            Session::Idle | Session::SourceHandshake(_) => true,
+        }
+    }
+
+    fn status(&self) -> Done {
+        let role = match self.role() {
+            None => 0,
+            Some(Role::Source) => 1,
+            Some(Role::Destination) => 2,
+        };
+        let epoch = match &self.session {
+            Session::Source(s) => s.epoch(),
+            Session::Destination(c) => c.epoch(),
+            _ => 0,
+        };
+        let state = if self.own.is_err() { state::FAILED } else { self.state() };
+        Done::default()
+            .with(0, role)
+            .with(1, state)
+            .with(2, u64::from(self.may_resume()))
+            .with(3, u64::from(epoch))
+            .with(4, self.run.records)
+            .with(5, self.run.pages)
+    }
+}

@@ -1,0 +1,505 @@
+//! Test fixtures: guest memory in a vector, a platform that signs with an
+//! emulated root, epoch tables from the heap, and a "host" that drives an
+//! agent through the mailbox bytes exactly as covm does.
+#![allow(dead_code)]
+
+use covm_agent::{Agent, Config, E820Entry, EpochTables, GuestMemory, MemoryMap, Platform, PlatformError, SCRATCH_LEN};
+use covm_agent_protocol::{AttestationReport, EmulatedRoot, Evidence, Platform as Code, Policy, TcbVersion, PAGE_SIZE};
+use covm_guest_abi::layout::MIGRATION_POLICY;
+use covm_guest_abi::mailbox::{
+    self, command, header, in_agent_window, AGENT_VCPU_STATES, AGENT_WINDOW_END, FROM_AGENT, FROM_AGENT_SIZE, TO_AGENT,
+    VCPU_STATE_SLOT,
+};
+
+/// Guest memory of the test VMs: 40 MiB (the agent window is 16-32 MiB).
+pub const MEMORY: u64 = 40 << 20;
+pub const PAGE: u64 = PAGE_SIZE as u64;
+/// The measurement the policy allows.
+pub const MEASUREMENT: [u8; 48] = [0x4D; 48];
+/// A measurement it does not.
+pub const OTHER_MEASUREMENT: [u8; 48] = [0x6D; 48];
+/// Workload vCPUs of the test VMs.
+pub const VCPUS: u32 = 2;
+
+pub fn root() -> EmulatedRoot {
+    EmulatedRoot::from_secret(&[0x11; 48]).unwrap()
+}
+
+/// The guest owner's policy: the emulated platform, [`MEASUREMENT`], the
+/// test root, minimum TCB 1/0/8/100, guest SVN 1.
+pub fn policy() -> Policy {
+    let mut p = Policy::new(1);
+    p.allow_platform(Code::EmulatedCvm)
+        .allow_measurement(&MEASUREMENT)
+        .unwrap()
+        .trust_root(&root().public_key())
+        .unwrap()
+        .set_min_tcb(TcbVersion::new(1, 0, 8, 100))
+        .set_min_guest_svn(1);
+    p
+}
+
+/// covm's E820 map for [`MEMORY`].
+pub fn e820() -> [E820Entry; 3] {
+    [
+        E820Entry {
+            addr: 0,
+            size: 0x9fc00,
+            kind: 1,
+        },
+        E820Entry {
+            addr: 0x9fc00,
+            size: 0x100000 - 0x9fc00,
+            kind: 2,
+        },
+        E820Entry {
+            addr: 0x100000,
+            size: MEMORY - 0x100000,
+            kind: 1,
+        },
+    ]
+}
+
+pub fn map() -> MemoryMap {
+    MemoryMap::from_e820(e820()).unwrap()
+}
+
+/// Flat guest memory. It also checks the agent's discipline: page
+/// functions only outside the agent window, window functions only inside.
+pub struct VecMemory {
+    pub bytes: Vec<u8>,
+    pub page_reads: u64,
+    pub page_writes: u64,
+}
+
+impl VecMemory {
+    pub fn new() -> Self {
+        VecMemory {
+            bytes: vec![0; MEMORY as usize],
+            page_reads: 0,
+            page_writes: 0,
+        }
+    }
+
+    pub fn page(&self, gpa: u64) -> &[u8] {
+        &self.bytes[gpa as usize..(gpa + PAGE) as usize]
+    }
+
+    pub fn page_mut(&mut self, gpa: u64) -> &mut [u8] {
+        &mut self.bytes[gpa as usize..(gpa + PAGE) as usize]
+    }
+
+    pub fn slice(&self, gpa: u64, len: usize) -> &[u8] {
+        &self.bytes[gpa as usize..gpa as usize + len]
+    }
+
+    pub fn put(&mut self, gpa: u64, data: &[u8]) {
+        self.bytes[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
+    }
+
+    fn check_page(gpa: u64) {
+        assert!(gpa % PAGE == 0, "unaligned page {gpa:#x}");
+        assert!(!in_agent_window(gpa), "page function on the agent window at {gpa:#x}");
+        assert!(gpa + PAGE <= MEMORY, "page {gpa:#x} beyond memory");
+    }
+
+    fn check_window(gpa: u64, len: usize) {
+        assert!(
+            in_agent_window(gpa) && gpa + len as u64 <= AGENT_WINDOW_END,
+            "window function outside the window at {gpa:#x}+{len}"
+        );
+    }
+}
+
+impl GuestMemory for VecMemory {
+    fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) {
+        Self::check_page(gpa);
+        out.copy_from_slice(self.page(gpa));
+    }
+
+    fn write_page(&mut self, gpa: u64, data: &[u8; PAGE_SIZE]) {
+        Self::check_page(gpa);
+        self.page_writes += 1;
+        self.page_mut(gpa).copy_from_slice(data);
+    }
+
+    fn page_is_zero(&self, gpa: u64) -> bool {
+        Self::check_page(gpa);
+        self.page(gpa).iter().all(|&b| b == 0)
+    }
+
+    fn zero_page(&mut self, gpa: u64) {
+        Self::check_page(gpa);
+        self.page_writes += 1;
+        self.page_mut(gpa).fill(0);
+    }
+
+    fn read_window(&self, gpa: u64, out: &mut [u8]) {
+        Self::check_window(gpa, out.len());
+        out.copy_from_slice(self.slice(gpa, out.len()));
+    }
+
+    fn write_window(&mut self, gpa: u64, data: &[u8]) {
+        Self::check_window(gpa, data.len());
+        self.put(gpa, data);
+    }
+}
+
+/// covm's emulated platform as the agent sees it.
+pub struct FakePlatform {
+    pub root: EmulatedRoot,
+    pub measurement: [u8; 48],
+    pub host_data: [u8; 32],
+    pub counter: u64,
+    pub seed: u64,
+    pub retired: u32,
+    pub no_randomness: bool,
+    /// Reports to refuse before giving one (a platform not ready yet).
+    pub report_failures: u32,
+}
+
+impl FakePlatform {
+    pub fn new(measurement: [u8; 48], host_data: [u8; 32], seed: u64) -> Self {
+        FakePlatform {
+            root: root(),
+            measurement,
+            host_data,
+            counter: 0,
+            seed,
+            retired: 0,
+            no_randomness: false,
+            report_failures: 0,
+        }
+    }
+}
+
+pub fn report(root: &EmulatedRoot, measurement: [u8; 48], host_data: [u8; 32], report_data: [u8; 64]) -> Evidence {
+    let mut r = AttestationReport::zeroed();
+    r.version = 2;
+    r.guest_svn = 1;
+    r.policy = 1 << 16;
+    r.measurement = measurement;
+    r.host_data = host_data;
+    r.report_data = report_data;
+    r.reported_tcb = TcbVersion::new(1, 0, 8, 100);
+    r.current_tcb = r.reported_tcb;
+    root.sign(&mut r);
+    Evidence::new(Code::EmulatedCvm, &r)
+}
+
+impl Platform for FakePlatform {
+    fn report(&mut self, report_data: &[u8; 64]) -> Result<Evidence, PlatformError> {
+        if self.report_failures > 0 {
+            self.report_failures -= 1;
+            return Err(PlatformError::NoReport(1));
+        }
+        Ok(report(&self.root, self.measurement, self.host_data, *report_data))
+    }
+
+    fn fill_random(&mut self, out: &mut [u8]) -> Result<(), PlatformError> {
+        if self.no_randomness {
+            return Err(PlatformError::NoRandomness);
+        }
+        // splitmix64: deterministic, for tests only.
+        for chunk in out.chunks_mut(8) {
+            self.counter = self.counter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.counter ^ self.seed;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+        Ok(())
+    }
+
+    fn retire(&mut self) {
+        self.retired += 1;
+    }
+}
+
+/// A fresh epoch table per destination session, from the heap.
+pub struct HeapTables {
+    pub lent: u32,
+}
+
+impl EpochTables<'static> for HeapTables {
+    fn lend(&mut self) -> &'static mut [u32] {
+        self.lent += 1;
+        Box::leak(vec![0xFFFF_FFFF; (MEMORY / PAGE) as usize].into_boxed_slice())
+    }
+}
+
+pub type TestAgent = Agent<'static, VecMemory, FakePlatform, HeapTables>;
+
+/// What a VM's launch looks like to its agent.
+pub struct Launch {
+    /// Launched to receive a migration.
+    pub incoming: bool,
+    pub measurement: [u8; 48],
+    pub host_data: [u8; 32],
+    pub policy_page: Vec<u8>,
+    pub seed: u64,
+}
+
+impl Launch {
+    /// A fresh launch (the guest runs: a source).
+    pub fn source(seed: u64) -> Self {
+        Launch::new(seed, false)
+    }
+
+    /// An incoming launch (a destination).
+    pub fn destination(seed: u64) -> Self {
+        Launch::new(seed, true)
+    }
+
+    pub fn new(seed: u64, incoming: bool) -> Self {
+        let p = policy();
+        let mut page = vec![0u8; 1024];
+        let n = p.encode(&mut page).unwrap();
+        page.truncate(n);
+        Launch {
+            incoming,
+            measurement: MEASUREMENT,
+            host_data: p.host_data(),
+            policy_page: page,
+            seed,
+        }
+    }
+}
+
+/// A VM as covm sees it: its agent, driven through the mailbox.
+pub struct Vm {
+    pub agent: Box<TestAgent>,
+    seq: u64,
+}
+
+/// One command's answer, as covm reads it from the mailbox.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u32,
+    pub results: [u64; 8],
+    pub output: Vec<u8>,
+    pub error: String,
+}
+
+impl Answer {
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.status, mailbox::status::OK, "command failed: {}", self.error);
+        self
+    }
+
+    #[track_caller]
+    pub fn refused(self, status: u32, text: &str) -> Self {
+        assert_eq!(self.status, status, "unexpected status, error text: {:?}", self.error);
+        assert!(
+            self.error.contains(text),
+            "error text {:?} does not contain {text:?}",
+            self.error
+        );
+        self
+    }
+}
+
+impl Vm {
+    pub fn launch(launch: &Launch) -> Vm {
+        Vm::launch_with(launch, |_| {})
+    }
+
+    /// Launches with the platform changed by `tweak` first.
+    pub fn launch_with(launch: &Launch, tweak: impl FnOnce(&mut FakePlatform)) -> Vm {
+        let mut mem = VecMemory::new();
+        mem.put(MIGRATION_POLICY, &launch.policy_page);
+        let mut platform = FakePlatform::new(launch.measurement, launch.host_data, launch.seed);
+        tweak(&mut platform);
+        let scratch: &'static mut [u8] = Box::leak(vec![0u8; SCRATCH_LEN].into_boxed_slice());
+        let mut agent = Box::new(Agent::new(
+            mem,
+            platform,
+            HeapTables { lent: 0 },
+            scratch,
+            Ok(map()),
+            Config {
+                workload_vcpus: VCPUS,
+                incoming: launch.incoming,
+            },
+        ));
+        agent.announce();
+        let magic = u64::from_le_bytes(agent.memory().slice(mailbox::HEADER, 8).try_into().unwrap());
+        assert_eq!(magic, mailbox::MAGIC);
+        Vm { agent, seq: 0 }
+    }
+
+    /// A freshly launched VM (its guest runs: it can be a source).
+    pub fn source(seed: u64) -> Vm {
+        Vm::launch(&Launch::source(seed))
+    }
+
+    /// A VM launched to receive a migration.
+    pub fn destination(seed: u64) -> Vm {
+        Vm::launch(&Launch::destination(seed))
+    }
+
+    pub fn memory(&self) -> &VecMemory {
+        self.agent.memory()
+    }
+
+    pub fn memory_mut(&mut self) -> &mut VecMemory {
+        self.agent.memory_mut()
+    }
+
+    /// Posts `command` as covm does (input, args, command, sequence last),
+    /// lets the agent serve it, and reads the answer.
+    pub fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Answer {
+        self.seq += 1;
+        let seq = self.seq;
+        let mem = self.agent.memory_mut();
+        mem.put(TO_AGENT, input);
+        let mut words = [0u64; 8];
+        words[..args.len()].copy_from_slice(args);
+        for (i, w) in words.iter().enumerate() {
+            mem.put(mailbox::HEADER + (header::ARGS + 8 * i) as u64, &w.to_le_bytes());
+        }
+        mem.put(mailbox::HEADER + header::COMMAND as u64, &command.to_le_bytes());
+        mem.put(mailbox::HEADER + header::COMMAND_SEQ as u64, &seq.to_le_bytes());
+        assert_eq!(self.agent.serve(), seq);
+        let mem = self.agent.memory();
+        let u32_at = |o: usize| u32::from_le_bytes(mem.slice(mailbox::HEADER + o as u64, 4).try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(mem.slice(mailbox::HEADER + o as u64, 8).try_into().unwrap());
+        assert_eq!(u64_at(header::DONE_SEQ), seq);
+        let status = u32_at(header::STATUS);
+        let error_len = u32_at(header::ERROR_LEN) as usize;
+        assert!(error_len <= header::ERROR_TEXT_MAX);
+        let error = String::from_utf8(
+            mem.slice(mailbox::HEADER + header::ERROR_TEXT as u64, error_len)
+                .to_vec(),
+        )
+        .expect("the error text is UTF-8");
+        let out_len = u64_at(header::OUT_LEN);
+        assert!(out_len <= FROM_AGENT_SIZE);
+        let mut results = [0u64; 8];
+        for (i, r) in results.iter_mut().enumerate() {
+            *r = u64_at(header::RESULTS + 8 * i);
+        }
+        Answer {
+            status,
+            results,
+            output: mem.slice(FROM_AGENT, out_len as usize).to_vec(),
+            error,
+        }
+    }
+
+    /// `STATUS`: (role, state, may_resume, epoch, records, pages).
+    pub fn status(&mut self) -> [u64; 6] {
+        let r = self.call(command::STATUS, &[], &[]).ok().results;
+        [r[0], r[1], r[2], r[3], r[4], r[5]]
+    }
+
+    pub fn state(&mut self) -> u64 {
+        self.status()[1]
+    }
+
+    /// Puts vCPU `index`'s state in its VMSA slot (the platform's job).
+    pub fn put_vcpu_state(&mut self, index: u64, state: &[u8]) {
+        let slot = AGENT_VCPU_STATES + index * VCPU_STATE_SLOT;
+        let mem = self.memory_mut();
+        mem.put(slot, &(state.len() as u32).to_le_bytes());
+        mem.put(slot + 4, state);
+    }
+
+    pub fn vcpu_slot(&self, index: u64) -> Vec<u8> {
+        let slot = AGENT_VCPU_STATES + index * VCPU_STATE_SLOT;
+        let len = u32::from_le_bytes(self.memory().slice(slot, 4).try_into().unwrap()) as usize;
+        self.memory().slice(slot + 4, len).to_vec()
+    }
+}
+
+/// Splits handshake output into messages (`u32` length, bytes).
+pub fn messages(output: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = output;
+    while !rest.is_empty() {
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+        out.push(rest[4..4 + len].to_vec());
+        rest = &rest[4 + len..];
+    }
+    out
+}
+
+/// Relays the handshake between the two agents like covm's session
+/// driver; returns the first refusal as (which side, answer).
+pub fn handshake(src: &mut Vm, dst: &mut Vm) -> Result<(), Box<(&'static str, Answer)>> {
+    let begin = src.call(command::BEGIN, &[0], &[]);
+    if begin.status != 0 {
+        return Err(Box::new(("source", begin)));
+    }
+    let begin_dst = dst.call(command::BEGIN, &[1], &[]);
+    if begin_dst.status != 0 {
+        return Err(Box::new(("destination", begin_dst)));
+    }
+    let mut to_dst = messages(&begin.output);
+    let mut src_done = false;
+    let mut dst_done = false;
+    for _ in 0..8 {
+        let mut to_src = Vec::new();
+        for m in to_dst.drain(..) {
+            let a = dst.call(command::HANDSHAKE, &[m.len() as u64], &m);
+            if a.status != 0 {
+                return Err(Box::new(("destination", a)));
+            }
+            dst_done |= a.results[0] == 1;
+            to_src.extend(messages(&a.output));
+        }
+        for m in to_src {
+            let a = src.call(command::HANDSHAKE, &[m.len() as u64], &m);
+            if a.status != 0 {
+                return Err(Box::new(("source", a)));
+            }
+            src_done |= a.results[0] == 1;
+            to_dst.extend(messages(&a.output));
+        }
+        if src_done && dst_done {
+            return Ok(());
+        }
+    }
+    panic!("the handshake did not finish");
+}
+
+/// Deterministic page content for `gpa` at `version`.
+pub fn content(gpa: u64, version: u64) -> Vec<u8> {
+    (0..PAGE)
+        .map(|i| (gpa / PAGE * 31 + i * 7 + version * 13 + 1) as u8)
+        .collect()
+}
+
+/// Fills every 5th private page with content and a few bytes outside
+/// private memory (which must not travel).
+pub fn fill(vm: &mut Vm) {
+    let pages: Vec<u64> = map().iter().collect();
+    let mem = vm.memory_mut();
+    for (i, &gpa) in pages.iter().enumerate() {
+        if i % 5 == 0 && gpa != MIGRATION_POLICY {
+            mem.put(gpa, &content(gpa, 0));
+        }
+    }
+    mem.put(0xA0000, &[0xAA; 64]);
+    mem.put(0x9fc00, &[0xBB; 64]);
+}
+
+/// Runs round 0 on the source in chunks of `chunk` pages over all of
+/// memory, importing each batch at the destination.
+pub fn round0(src: &mut Vm, dst: &mut Vm, chunk: u64) -> (u64, u64) {
+    let (mut pages, mut zeros) = (0, 0);
+    for gpa in (0..MEMORY).step_by((chunk * PAGE) as usize) {
+        let a = src.call(command::EXPORT_PAGES, &[0, gpa, chunk], &[]).ok();
+        pages += a.results[0];
+        zeros += a.results[1];
+        if !a.output.is_empty() {
+            dst.call(command::IMPORT, &[a.output.len() as u64], &a.output).ok();
+        }
+    }
+    let end = src.call(command::END_ROUND, &[], &[]).ok();
+    assert_eq!(end.results[0], pages);
+    dst.call(command::IMPORT, &[end.output.len() as u64], &end.output).ok();
+    (pages, zeros)
+}

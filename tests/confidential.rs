@@ -1,0 +1,626 @@
+//! Confidential live migration between real covm processes on real KVM
+//! (`--platform emulated_cvm=on`), through a recording, tampering proxy
+//! standing where an attacker on the host stands.
+//!
+//! - The `dirty` workload moves with its heartbeat continuing and no FAIL,
+//!   A → B → C (B → C in verified mode).
+//! - No 64-byte window of the workload's pages (recognised from its
+//!   documented pattern) and no register value it exposes crosses the
+//!   wire; the same check on a plain migration finds them.
+//! - Each attack makes the destination refuse and the source resume with
+//!   its guest intact; after a commit no forged or replayed abort token
+//!   makes the source run.
+
+mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
+use common::api::*;
+use common::*;
+use covm_guest_abi::pattern::{fill_page, WORDS};
+use proxy::{Frame, Proxy, Tamper, Verdict};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One migration at a time: two guests already fill this machine's cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const SEED: u64 = 7;
+const MIB: u64 = 24;
+const WORKLOAD: &str = "workload=dirty mib=24 rate=64 seed=7";
+const CPUS: &str = "boot=2";
+const MEMORY: &str = "size=128M";
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn heartbeat_numbers(serial: &Path) -> Vec<u64> {
+    std::fs::read_to_string(serial)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("heartbeat ")?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn no_fail(serial: &Path) {
+    let text = std::fs::read_to_string(serial).unwrap_or_default();
+    assert!(!text.contains("FAIL"), "{}:\n{text}", serial.display());
+}
+
+fn info(api: &Api) -> Value {
+    let (status, body) = api.get("/vm.info");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("covm did not exit within {within:?}");
+}
+
+/// The platform, root key and policy of one test's VMs.
+struct Owner {
+    dir: Scratch,
+    platform: String,
+    policy: PathBuf,
+    measurement: String,
+    root: String,
+}
+
+impl Owner {
+    /// A root key and a policy (version 2) allowing exactly the launch
+    /// measurement of the test VM (or `allow` instead).
+    fn new(name: &str, allow: Option<&str>) -> Owner {
+        let dir = Scratch::new(name);
+        let platform = format!("emulated_cvm=on,root_key={}", dir.path("root.key").display());
+        let out = covm()
+            .args(["measure", "--platform", &platform, "--cpus", CPUS, "--memory", MEMORY])
+            .args(["--cmdline", WORKLOAD])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "covm measure: {}", stderr(&out));
+        let measured: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let measurement = measured["measurement"].as_str().unwrap().to_string();
+        let root = measured["root_public_key"].as_str().unwrap().to_string();
+        let mut owner = Owner {
+            policy: dir.path("policy.json"),
+            dir,
+            platform,
+            measurement,
+            root,
+        };
+        let allowed = allow.map(str::to_string).unwrap_or(owner.measurement.clone());
+        owner.policy = owner.write_policy("policy.json", 2, &allowed);
+        owner
+    }
+
+    fn write_policy(&self, file: &str, version: u32, measurement: &str) -> PathBuf {
+        let path = self.dir.path(file);
+        let policy = serde_json::json!({
+            "version": version,
+            "allowed_platforms": ["emulated_cvm"],
+            "allowed_measurements": [measurement],
+            "min_tcb": {"bootloader": 1, "tee": 1, "snp": 1, "microcode": 1},
+            "min_guest_svn": 1,
+            "trusted_roots": [self.root],
+        });
+        std::fs::write(&path, policy.to_string()).unwrap();
+        path
+    }
+
+    /// A confidential VM running the workload.
+    fn source(&self, name: &str) -> (Process, Api, PathBuf) {
+        let serial = self.dir.path(&format!("{name}.txt"));
+        let serial_option = format!("file={}", serial.display());
+        let policy = self.policy.display().to_string();
+        let args = [
+            "--platform",
+            &self.platform,
+            "--migration-policy",
+            &policy,
+            "--cpus",
+            CPUS,
+            "--memory",
+            MEMORY,
+            "--cmdline",
+            WORKLOAD,
+            "--serial",
+            &serial_option,
+        ];
+        let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
+        (child, api, serial)
+    }
+
+    /// A covm waiting for a migration, with `extra` options.
+    fn destination(&self, name: &str, extra: &[&str]) -> (Process, Api, PathBuf) {
+        let serial = self.dir.path(&format!("{name}.txt"));
+        let mut args = vec!["--serial".to_string(), format!("file={}", serial.display())];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
+        (child, api, serial)
+    }
+}
+
+/// Starts receiving on `dst` and sending from `src` through a proxy with
+/// `forward` (S→D) and `backward` (D→S) tampering.
+fn migrate_through(
+    owner: &Owner,
+    src: &Api,
+    dst: &Api,
+    tag: &str,
+    forward: Tamper,
+    backward: Tamper,
+    extra: &str,
+) -> Proxy {
+    let listen = owner.dir.path(&format!("{tag}.mig"));
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(dst.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let proxy = Proxy::start(&owner.dir.path(&format!("{tag}.proxy")), &listen, forward, backward);
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "downtime_ms": 100, "timeout_s": 120{extra}}}"#,
+        proxy.path.display()
+    );
+    let (status, body) = src.put("/vm.send-migration", Some(&send));
+    assert_eq!(status, 204, "{body}");
+    proxy
+}
+
+/// Waits until the source's migration has ended with an error (the guest
+/// handed back); returns the error.
+fn wait_failed(src: &Api) -> String {
+    let start = Instant::now();
+    loop {
+        let i = info(src);
+        if let Some(e) = i["migration"]["error"].as_str() {
+            return e.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the migration did not end: {i}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The guest keeps running at the source: new heartbeats, no FAIL.
+fn source_keeps_running(serial: &Path) {
+    let before = heartbeat_numbers(serial).last().copied().unwrap_or(0);
+    let text = wait_for_serial(serial, Duration::from_secs(60), |_| {
+        heartbeat_numbers(serial).iter().filter(|&&n| n > before).count() >= 3
+    });
+    assert!(
+        heartbeat_numbers(serial).iter().filter(|&&n| n > before).count() >= 3,
+        "the source's guest did not resume after the refused migration:\n{text}"
+    );
+    no_fail(serial);
+}
+
+/// The destination continues the heartbeat from where the source stopped.
+fn destination_continues(src_serial: &Path, dst_serial: &Path) {
+    let last = *heartbeat_numbers(src_serial).last().expect("heartbeats at the source");
+    let text = wait_for_serial(dst_serial, Duration::from_secs(60), |_| {
+        heartbeat_numbers(dst_serial).iter().filter(|&&n| n > last).count() >= 5
+    });
+    assert!(
+        heartbeat_numbers(dst_serial).iter().filter(|&&n| n > last).count() >= 5,
+        "the destination did not continue the heartbeat after {last}:\n{text}"
+    );
+    no_fail(src_serial);
+    no_fail(dst_serial);
+}
+
+/// 64-byte windows of the workload's pages: data words 3..11 of a sample of
+/// pages at every generation up to 400.
+fn page_windows() -> Vec<Vec<u8>> {
+    let pages = MIB * 256;
+    let mut needles = Vec::new();
+    let mut words = [0u64; WORDS];
+    for page in (0..pages).step_by(97) {
+        for generation in 1..=400 {
+            fill_page(&mut words, SEED, page, generation);
+            let bytes: Vec<u8> = words[3..11].iter().flat_map(|w| w.to_le_bytes()).collect();
+            needles.push(bytes);
+        }
+    }
+    needles
+}
+
+/// How many of `needles` occur in `haystack`.
+fn found(haystack: &[u8], needles: &[Vec<u8>]) -> usize {
+    let ac = aho_corasick::AhoCorasick::new(needles).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for m in ac.find_overlapping_iter(haystack) {
+        seen.insert(m.pattern());
+    }
+    seen.len()
+}
+
+#[test]
+fn confidential_migration_moves_the_workload_and_only_ciphertext_crosses() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = lock();
+    let owner = Owner::new("cm-basic", None);
+    let (mut a, a_api, a_serial) = owner.source("a");
+    let (mut b, b_api, b_serial) = owner.destination("b", &[]);
+    wait_heartbeats_within(&a_serial, 5, Duration::from_secs(60));
+    let proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
+    assert_eq!(
+        wait_exit(&mut a, Duration::from_secs(180)),
+        Some(0),
+        "the source exits after the commit"
+    );
+    destination_continues(&a_serial, &b_serial);
+    let b_info = info(&b_api);
+    let session = &b_info["migration"]["session"];
+    assert_eq!(session["state"], "committed", "{b_info}");
+    assert_eq!(
+        session["attested_peer"]["measurement"],
+        owner.measurement.as_str(),
+        "{b_info}"
+    );
+    assert_eq!(session["attested_peer"]["policy_version"], 2);
+    let report = &b_info["migration"]["report"];
+    assert!(report["crypto_ms"].as_f64().unwrap() > 0.0, "{report}");
+    let wire = proxy.to_destination.lock().unwrap().clone();
+    proxy.join();
+    assert!(
+        wire.len() > (MIB << 20) as usize,
+        "the stream carried the region: {} bytes",
+        wire.len()
+    );
+    let leaked = found(&wire, &page_windows());
+    assert_eq!(
+        leaked, 0,
+        "{leaked} windows of the workload's pages crossed in the clear"
+    );
+
+    // B → C in verified mode: a migrated VM migrates on, and C commits only
+    // once its memory digest equals the paused source's.
+    let (_c, c_api, c_serial) = owner.destination("c", &[]);
+    let _proxy = migrate_through(
+        &owner,
+        &b_api,
+        &c_api,
+        "bc",
+        proxy::pass(),
+        proxy::pass(),
+        r#", "verified": true"#,
+    );
+    assert_eq!(
+        wait_exit(&mut b, Duration::from_secs(180)),
+        Some(0),
+        "B exits after the commit"
+    );
+    destination_continues(&b_serial, &c_serial);
+    assert_eq!(info(&c_api)["migration"]["session"]["state"], "committed");
+}
+
+#[test]
+fn the_same_check_finds_the_pages_in_a_plain_migration() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = lock();
+    let dir = Scratch::new("cm-plain-check");
+    let serial = dir.path("a.txt");
+    let serial_option = format!("file={}", serial.display());
+    let args = [
+        "--cpus",
+        CPUS,
+        "--memory",
+        MEMORY,
+        "--cmdline",
+        WORKLOAD,
+        "--serial",
+        &serial_option,
+    ];
+    let (mut a, a_api) = start_at(dir.path("a.sock"), &args);
+    let (_b, b_api) = start_at(
+        dir.path("b.sock"),
+        &["--serial", &format!("file={}", dir.path("b.txt").display())],
+    );
+    wait_heartbeats_within(&serial, 5, Duration::from_secs(60));
+    let listen = dir.path("ab.mig");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(b_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let proxy = Proxy::start(&dir.path("ab.proxy"), &listen, proxy::pass(), proxy::pass());
+    let send = format!(r#"{{"destination_url": "unix:{}"}}"#, proxy.path.display());
+    assert_eq!(a_api.put("/vm.send-migration", Some(&send)).0, 204);
+    assert_eq!(wait_exit(&mut a, Duration::from_secs(180)), Some(0));
+    let wire = proxy.to_destination.lock().unwrap().clone();
+    proxy.join();
+    let needles = page_windows();
+    let seen = found(&wire, &needles);
+    // Every sampled page is in the stream at some generation.
+    assert!(
+        seen as u64 >= (MIB * 256).div_ceil(97),
+        "only {seen} windows found in a plain stream: the check could not fail"
+    );
+}
+
+/// A source and destination with a tampering proxy; checks the source got
+/// its guest back and the destination holds no VM.
+fn refused_and_source_resumes(name: &str, forward: Tamper, expect: &str) {
+    if !kvm_available() {
+        return;
+    }
+    let _one = lock();
+    let owner = Owner::new(name, None);
+    let (_a, a_api, a_serial) = owner.source("a");
+    let (_b, b_api, _b_serial) = owner.destination("b", &[]);
+    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
+    let proxy = migrate_through(&owner, &a_api, &b_api, "ab", forward, proxy::pass(), "");
+    let error = wait_failed(&a_api);
+    assert!(
+        error.contains(expect),
+        "expected {expect:?} in the source's error: {error}"
+    );
+    assert_eq!(a_api.state(), "Running", "{}", info(&a_api));
+    source_keeps_running(&a_serial);
+    let b = info_or_none(&b_api);
+    assert!(
+        b.is_none() || b.unwrap()["state"] != "Running",
+        "the destination runs a refused VM"
+    );
+    drop(proxy);
+}
+
+fn info_or_none(api: &Api) -> Option<Value> {
+    let (status, body) = api.get("/vm.info");
+    (status == 200).then(|| serde_json::from_str(&body).unwrap())
+}
+
+/// Page records (4 KiB of sealed data) in a `Sealed` payload.
+fn page_records(payload: &[u8]) -> Vec<(usize, usize)> {
+    proxy::sealed_records(payload)
+        .into_iter()
+        .filter(|&(start, end)| end - start == covm_agent_protocol::record::PAGE_RECORD_LEN)
+        .collect()
+}
+
+/// Applies `act` once, to the `n`th `Sealed` frame carrying at least two
+/// page records.
+fn nth_sealed(n: usize, mut act: impl FnMut(Frame) -> Verdict + Send + 'static) -> Tamper {
+    let mut seen = 0;
+    Box::new(move |f: Frame| {
+        if f.kind != proxy::KIND_SEALED || page_records(&f.payload).len() < 2 {
+            return Verdict::Send(vec![f]);
+        }
+        seen += 1;
+        if seen == n {
+            act(f)
+        } else {
+            Verdict::Send(vec![f])
+        }
+    })
+}
+
+#[test]
+fn a_flipped_bit_in_a_page_record_is_refused() {
+    let flip = nth_sealed(5, |mut f| {
+        let spans = page_records(&f.payload);
+        let (start, end) = spans[spans.len() / 2];
+        f.payload[(start + end) / 2] ^= 0x10;
+        Verdict::Send(vec![f])
+    });
+    refused_and_source_resumes("cm-flip", flip, "authentication");
+}
+
+#[test]
+fn a_record_replayed_in_a_later_round_is_refused() {
+    // Keep a page record batch of round 0 and send it again later.
+    let mut kept: Option<Frame> = None;
+    let mut sealed = 0;
+    let replay: Tamper = Box::new(move |f: Frame| {
+        if f.kind != proxy::KIND_SEALED {
+            return Verdict::Send(vec![f]);
+        }
+        sealed += 1;
+        let round = u32::from_le_bytes(f.payload[..4].try_into().unwrap());
+        if sealed == 3 {
+            kept = Some(f.clone());
+        }
+        if round >= 1 {
+            if let Some(old) = kept.take() {
+                return Verdict::Send(vec![old, f]);
+            }
+        }
+        Verdict::Send(vec![f])
+    });
+    refused_and_source_resumes("cm-replay", replay, "refused");
+}
+
+#[test]
+fn two_records_swapped_are_refused() {
+    let mut held: Option<Frame> = None;
+    let mut sealed = 0;
+    let swap: Tamper = Box::new(move |f: Frame| {
+        if f.kind != proxy::KIND_SEALED {
+            return Verdict::Send(vec![f]);
+        }
+        sealed += 1;
+        match sealed {
+            4 => {
+                held = Some(f);
+                Verdict::Send(vec![])
+            }
+            5 => Verdict::Send(vec![f, held.take().unwrap()]),
+            _ => Verdict::Send(vec![f]),
+        }
+    });
+    refused_and_source_resumes("cm-swap", swap, "refused");
+}
+
+#[test]
+fn a_dropped_record_is_refused() {
+    // Drop one page record from inside a batch: the frame stays
+    // well-formed; the destination's agent finds the next record's
+    // sequence number (bound into its nonce) one too far.
+    let drop_one = nth_sealed(6, |mut f| {
+        let spans = page_records(&f.payload);
+        let (start, end) = spans[0];
+        f.payload.drain(start..end);
+        Verdict::Send(vec![f])
+    });
+    refused_and_source_resumes("cm-drop", drop_one, "refused");
+}
+
+#[test]
+fn a_truncated_stream_is_refused() {
+    refused_and_source_resumes("cm-cut", nth_sealed(8, |_| Verdict::Cut), "");
+}
+
+#[test]
+fn a_destination_measurement_the_policy_does_not_allow_is_refused_before_any_page() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = lock();
+    // The guest owner allows only another build's measurement.
+    let owner = Owner::new("cm-measurement", Some(&"ab".repeat(48)));
+    let (_a, a_api, a_serial) = owner.source("a");
+    let (_b, b_api, _) = owner.destination("b", &[]);
+    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
+    let proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
+    let error = wait_failed(&a_api);
+    assert!(error.contains("measurement"), "{error}");
+    let wire = proxy.to_destination.lock().unwrap().clone();
+    let mut at = 0;
+    while at + proxy::HEADER <= wire.len() {
+        let kind = u16::from_le_bytes([wire[at + 6], wire[at + 7]]);
+        assert_ne!(
+            kind,
+            proxy::KIND_SEALED,
+            "a sealed record left before the destination was accepted"
+        );
+        at += proxy::HEADER + u32::from_le_bytes(wire[at + 12..at + 16].try_into().unwrap()) as usize;
+    }
+    source_keeps_running(&a_serial);
+}
+
+#[test]
+fn a_destination_with_an_older_policy_version_is_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let _one = lock();
+    let owner = Owner::new("cm-older-policy", None);
+    let older = owner.write_policy("older.json", 1, &owner.measurement);
+    let older = older.display().to_string();
+    let (_a, a_api, a_serial) = owner.source("a");
+    // This destination host launches incoming VMs with policy version 1.
+    let (_b, b_api, _) = owner.destination("b", &["--platform", &owner.platform, "--migration-policy", &older]);
+    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
+    let _proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
+    let error = wait_failed(&a_api);
+    assert!(error.contains("older"), "{error}");
+    source_keeps_running(&a_serial);
+}
+
+/// After the destination committed, the proxy replaces its Commit with
+/// `control`: the source must not run its guest again.
+fn after_commit_the_source_never_runs(name: &str, control: impl FnOnce(&Owner) -> Vec<u8> + Send + 'static) {
+    if !kvm_available() {
+        return;
+    }
+    let _one = lock();
+    let owner = Owner::new(name, None);
+    let replacement = control(&owner);
+    let (_a, a_api, a_serial) = owner.source("a");
+    let (_b, b_api, b_serial) = owner.destination("b", &[]);
+    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
+    let mut replacement = Some(replacement);
+    let backward: Tamper = Box::new(move |mut f: Frame| {
+        if f.kind == proxy::KIND_CONTROL {
+            if let Some(r) = replacement.take() {
+                f.payload = r;
+            }
+        }
+        Verdict::Send(vec![f])
+    });
+    let _proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), backward, "");
+    let error = wait_failed(&a_api);
+    assert!(error.contains("paused"), "{error}");
+    // The destination committed and runs the guest.
+    let last = *heartbeat_numbers(&a_serial).last().unwrap();
+    wait_for_serial(&b_serial, Duration::from_secs(60), |_| {
+        heartbeat_numbers(&b_serial).iter().filter(|&&n| n > last).count() >= 3
+    });
+    assert!(heartbeat_numbers(&b_serial).iter().any(|&n| n > last + 2));
+    // The source stays paused and refuses to resume.
+    let a = info(&a_api);
+    assert_eq!(a["state"], "Paused", "{a}");
+    assert_eq!(a["migration"]["session"]["state"], "undecided", "{a}");
+    let (status, body) = a_api.put("/vm.resume", None);
+    assert_ne!(status, 204, "{body}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        *heartbeat_numbers(&a_serial).last().unwrap(),
+        last,
+        "the source ran again"
+    );
+}
+
+#[test]
+fn after_commit_a_forged_abort_token_does_not_resume_the_source() {
+    after_commit_the_source_never_runs("cm-forged-abort", |_| {
+        // An abort token's shape (header type 7, 8-byte reason, tag) with
+        // made-up bytes: no key, no valid tag.
+        let mut token = vec![0u8; covm_agent_protocol::record::ABORT_RECORD_LEN];
+        let header = covm_agent_protocol::RecordHeader {
+            record_type: covm_agent_protocol::RecordType::AbortToken,
+            epoch: 0,
+            sequence: 0,
+            address: 0,
+            length: 8,
+        };
+        token[..32].copy_from_slice(&header.encode());
+        for (i, b) in token[32..].iter_mut().enumerate() {
+            *b = i as u8 ^ 0x5a;
+        }
+        token
+    });
+}
+
+#[test]
+fn after_commit_a_replayed_abort_token_does_not_resume_the_source() {
+    after_commit_the_source_never_runs("cm-replayed-abort", |owner| {
+        // A genuine abort token from an earlier, refused session of the
+        // same owner (a flipped bit made its destination abort).
+        let (_a, a_api, a_serial) = owner.source("old-a");
+        let (_b, b_api, _) = owner.destination("old-b", &[]);
+        wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
+        let flip = nth_sealed(3, |mut f| {
+            let (start, end) = page_records(&f.payload)[0];
+            f.payload[(start + end) / 2] ^= 1;
+            Verdict::Send(vec![f])
+        });
+        let proxy = migrate_through(owner, &a_api, &b_api, "old", flip, proxy::pass(), "");
+        wait_failed(&a_api);
+        let back = proxy.to_source.lock().unwrap().clone();
+        let mut at = 0;
+        let mut token = None;
+        while at + proxy::HEADER <= back.len() {
+            let kind = u16::from_le_bytes([back[at + 6], back[at + 7]]);
+            let len = u32::from_le_bytes(back[at + 12..at + 16].try_into().unwrap()) as usize;
+            if kind == proxy::KIND_CONTROL {
+                token = Some(back[at + proxy::HEADER..at + proxy::HEADER + len].to_vec());
+            }
+            at += proxy::HEADER + len;
+        }
+        token.expect("the refused session's destination sent an abort token")
+    });
+}

@@ -1,0 +1,116 @@
+//! The destination's confidential opener: covm hands the sealed records to
+//! the agent, which checks and applies them; covm only counts what the
+//! agent reports.
+
+use super::handshake::{self, agent_err, ROLE_DESTINATION};
+use super::mailbox::AgentMailbox;
+use super::session::SessionInfo;
+use covm_guest_abi::mailbox::command;
+use covm_migration::engine::{Carried, Link, MigrationError, Opener};
+use covm_migration::protocol::Message;
+use covm_migration::vm::DestinationVm;
+use std::time::{Duration, Instant};
+
+/// The abort reason code the destination's agent puts in its token.
+const ABORT_REASON_FAILED: u64 = 1;
+
+/// Opens through the destination VM's agent.
+pub struct ConfidentialOpener {
+    mailbox: AgentMailbox,
+    info: SessionInfo,
+    /// The source's Final carried a memory digest: commit in verified mode.
+    verified: bool,
+    committed: bool,
+}
+
+impl ConfidentialOpener {
+    /// An opener over `mailbox`.
+    pub fn new(mailbox: AgentMailbox, info: SessionInfo) -> Self {
+        ConfidentialOpener {
+            mailbox,
+            info,
+            verified: false,
+            committed: false,
+        }
+    }
+
+    fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<[u64; 8], MigrationError> {
+        let started = Instant::now();
+        let result = self.mailbox.call(command, args, input);
+        self.info.add_crypto(started.elapsed());
+        result.map(|r| r.results).map_err(|e| {
+            let e = agent_err(e);
+            self.info.fail(e.to_string());
+            e
+        })
+    }
+}
+
+impl Opener for ConfidentialOpener {
+    fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
+        handshake::run(&mut self.mailbox, ROLE_DESTINATION, link, &self.info)
+    }
+
+    fn is_page_record(&self, message: &Message) -> bool {
+        matches!(message, Message::Sealed { .. })
+    }
+
+    fn open_pages(&mut self, _vm: &mut dyn DestinationVm, message: Message) -> Result<Carried, MigrationError> {
+        let Message::Sealed { round, records } = message else {
+            return Err(MigrationError::Unexpected {
+                got: message.kind(),
+                during: "opening sealed records",
+            });
+        };
+        let results = self.call(command::IMPORT, &[records.len() as u64], &records)?;
+        if results[2] == 1 {
+            self.verified = results[4] == 1;
+            self.info.set_state("complete");
+        }
+        self.info.add(1, results[0], round);
+        Ok(Carried {
+            round,
+            pages: results[0],
+            zero_pages: results[1],
+        })
+    }
+
+    fn open_state(&mut self, message: Message) -> Result<Option<Vec<u8>>, MigrationError> {
+        Ok(match message {
+            Message::State { state } => Some(state),
+            _ => None,
+        })
+    }
+
+    fn commit(&mut self, _vm: &mut dyn DestinationVm) -> Result<Message, MigrationError> {
+        self.call(command::COMMIT, &[u64::from(self.verified)], &[])?;
+        self.committed = true;
+        self.info.set_state("committed");
+        Ok(Message::Control {
+            record: self.mailbox.take_output(),
+        })
+    }
+
+    fn abort(&mut self, reason: &str) -> Option<Message> {
+        if self.committed {
+            return None;
+        }
+        match self.call(command::MINT_ABORT, &[ABORT_REASON_FAILED], &[]) {
+            Ok(_) => {
+                tracing::info!("confidential migration: abort token minted ({reason})");
+                self.info.set_state("aborted");
+                Some(Message::Control {
+                    record: self.mailbox.take_output(),
+                })
+            }
+            Err(e) => {
+                tracing::error!("the agent could not mint an abort token: {e}");
+                None
+            }
+        }
+    }
+
+    fn crypto_time(&self) -> Duration {
+        self.info.crypto()
+    }
+}

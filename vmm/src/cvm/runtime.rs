@@ -1,0 +1,344 @@
+//! What a confidential VM shares between its vCPU threads, its ports and
+//! the migration session: the launch mode, the agent's doorbell, the park
+//! gate of an incoming VM's workload vCPUs, and the one-way "retired" flag.
+//!
+//! The ports (`covm_guest_abi::ports::AGENT_DOORBELL` .. `AGENT_RETIRE`)
+//! are one device, [`CvmPorts`]; what they mean is in
+//! `covm_guest_abi::mailbox`.
+
+use crate::platform::Platform;
+use covm_devices::PioDevice;
+use covm_guest_abi::mailbox::{self, header, launch_mode, DOORBELL_RETRY};
+use covm_guest_abi::ports;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestMemory;
+
+/// How a confidential VM was launched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchMode {
+    /// Its first launch: the workload runs.
+    Fresh,
+    /// Launched to receive a migration: the workload vCPUs park until the
+    /// agent has imported and committed their state.
+    Incoming,
+}
+
+/// The doorbell between covm (posting commands) and the agent's vCPU
+/// (waiting in a port read).
+#[derive(Debug, Default)]
+struct Doorbell {
+    /// Highest command sequence posted, highest delivered to the agent,
+    /// highest completed, whether the agent's vCPU must leave its wait.
+    state: Mutex<DoorbellState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DoorbellState {
+    posted: u64,
+    delivered: u64,
+    done: u64,
+    wake: bool,
+    closed: bool,
+}
+
+/// Incoming workload vCPUs wait here until released (or the VM stops).
+#[derive(Debug, Default)]
+struct ParkGate {
+    state: Mutex<ParkState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct ParkState {
+    parked: usize,
+    released: bool,
+    closed: bool,
+}
+
+/// A confidential VM's shared runtime state.
+#[derive(Debug)]
+pub struct CvmRuntime {
+    mode: LaunchMode,
+    memory: GuestMemory,
+    doorbell: Doorbell,
+    park: ParkGate,
+    retired: AtomicBool,
+    platform: OnceLock<Arc<dyn Platform>>,
+}
+
+/// Why waiting on the agent failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    /// No answer in time.
+    #[error("the migration agent did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The VM is stopping.
+    #[error("the VM stopped while waiting for its migration agent")]
+    Closed,
+}
+
+impl CvmRuntime {
+    /// The runtime of a VM launched in `mode` over `memory`.
+    pub fn new(mode: LaunchMode, memory: GuestMemory) -> Self {
+        CvmRuntime {
+            mode,
+            memory,
+            doorbell: Doorbell::default(),
+            park: ParkGate::default(),
+            retired: AtomicBool::new(false),
+            platform: OnceLock::new(),
+        }
+    }
+
+    /// How the VM was launched.
+    pub fn mode(&self) -> LaunchMode {
+        self.mode
+    }
+
+    /// The VM's guest memory (the mailbox lives in it).
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// Gives the ports the launched platform (for evidence). Once.
+    pub fn set_platform(&self, platform: Arc<dyn Platform>) {
+        let _ = self.platform.set(platform);
+    }
+
+    /// The sequence number of the next command: one counter per VM, shared
+    /// by every session's mailbox (a VM received as a destination migrates
+    /// on as a source). Never 0 modulo 2^32 (`DOORBELL_RETRY`).
+    pub fn next_seq(&self) -> u64 {
+        let s = lock(&self.doorbell.state);
+        let mut seq = s.posted.max(s.done) + 1;
+        if seq as u32 == DOORBELL_RETRY {
+            seq += 1;
+        }
+        seq
+    }
+
+    /// Posts command `seq` (already written to the mailbox) to the agent.
+    pub fn post(&self, seq: u64) {
+        let mut s = lock(&self.doorbell.state);
+        s.posted = seq;
+        self.doorbell.changed.notify_all();
+    }
+
+    /// Waits until the agent completed command `seq`.
+    pub fn wait_done(&self, seq: u64, timeout: Duration) -> Result<(), WaitError> {
+        let deadline = Instant::now() + timeout;
+        let mut s = lock(&self.doorbell.state);
+        loop {
+            if s.done >= seq {
+                return Ok(());
+            }
+            if s.closed {
+                return Err(WaitError::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(WaitError::Timeout(timeout));
+            }
+            s = self
+                .doorbell
+                .changed
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Whether the agent has announced itself in the mailbox header.
+    pub fn agent_ready(&self) -> bool {
+        self.memory
+            .read_obj::<u64>(GuestAddress(mailbox::HEADER + header::MAGIC as u64))
+            .is_ok_and(|m| m == mailbox::MAGIC)
+    }
+
+    /// Gets the agent's vCPU out of its doorbell wait (to pause or stop it).
+    pub fn wake_agent(&self) {
+        let mut s = lock(&self.doorbell.state);
+        s.wake = true;
+        self.doorbell.changed.notify_all();
+    }
+
+    /// The VM stops: wake everything that waits, for good.
+    pub fn close(&self) {
+        lock(&self.doorbell.state).closed = true;
+        self.doorbell.changed.notify_all();
+        lock(&self.park.state).closed = true;
+        self.park.changed.notify_all();
+    }
+
+    /// The agent's vCPU reads the doorbell: blocks until a command is
+    /// posted (its sequence's low 32 bits) or the vCPU must leave
+    /// ([`DOORBELL_RETRY`]).
+    fn doorbell_read(&self) -> u32 {
+        let mut s = lock(&self.doorbell.state);
+        loop {
+            if s.closed || s.wake {
+                s.wake = false;
+                return DOORBELL_RETRY;
+            }
+            if s.posted > s.delivered {
+                s.delivered = s.posted;
+                // Never 0 (DOORBELL_RETRY): sequences start at 1 and skip
+                // multiples of 2^32 (see AgentMailbox).
+                return s.posted as u32;
+            }
+            s = self.doorbell.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn doorbell_done(&self, low: u32) {
+        let mut s = lock(&self.doorbell.state);
+        if low == s.delivered as u32 {
+            s.done = s.delivered;
+            self.doorbell.changed.notify_all();
+        } else {
+            tracing::warn!(
+                low,
+                delivered = s.delivered,
+                "the agent completed a command that was not delivered"
+            );
+        }
+    }
+
+    /// A workload vCPU of an incoming VM parks: returns once released
+    /// (its state was loaded meanwhile) or the VM stops (false).
+    pub fn park_workload_vcpu(&self) -> bool {
+        let mut s = lock(&self.park.state);
+        s.parked += 1;
+        self.park.changed.notify_all();
+        while !s.released && !s.closed {
+            s = self.park.changed.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        s.parked -= 1;
+        !s.closed
+    }
+
+    /// Workload vCPUs parked now.
+    pub fn parked(&self) -> usize {
+        lock(&self.park.state).parked
+    }
+
+    /// Lets the parked workload vCPUs run.
+    pub fn release_workload(&self) {
+        lock(&self.park.state).released = true;
+        self.park.changed.notify_all();
+    }
+
+    /// Whether the agent reported the migration committed: the workload
+    /// must never run here again.
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    fn report(&self) {
+        let at = |offset: usize| GuestAddress(mailbox::HEADER + offset as u64);
+        let mut report_data = [0u8; 64];
+        let result = self
+            .memory
+            .read_slice(&mut report_data, at(header::REPORT_DATA))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let platform = self.platform.get().ok_or("the platform is not launched yet")?;
+                platform.evidence(&report_data).map_err(|e| e.to_string())
+            });
+        let status: u32 = match result {
+            Ok(evidence) => {
+                let written = self
+                    .memory
+                    .write_obj(evidence.platform().code(), at(header::REPORT_PLATFORM))
+                    .and_then(|()| self.memory.write_slice(evidence.raw_report(), at(header::REPORT)));
+                match written {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        tracing::error!("cannot write the agent's attestation report: {e}");
+                        1
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("the agent asked for a report and none could be made: {e}");
+                1
+            }
+        };
+        if let Err(e) = self.memory.write_obj(status, at(header::REPORT_STATUS)) {
+            tracing::error!("cannot write the report status: {e}");
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One of the confidential platform's ports on the port bus. Each port is
+/// its own device: the bus locks a device while it is accessed, and the
+/// doorbell blocks, so sharing one device would stall the other ports.
+pub struct CvmPort {
+    runtime: Arc<CvmRuntime>,
+    port: u16,
+}
+
+impl CvmPort {
+    /// The ports of `runtime`, as (port, device) for the bus; each 4 wide.
+    pub fn all(runtime: &Arc<CvmRuntime>) -> Vec<(u16, CvmPort)> {
+        [
+            ports::AGENT_DOORBELL,
+            ports::AGENT_DONE,
+            ports::AGENT_REPORT,
+            ports::LAUNCH_MODE,
+            ports::AGENT_RETIRE,
+        ]
+        .into_iter()
+        .map(|port| {
+            (
+                port,
+                CvmPort {
+                    runtime: runtime.clone(),
+                    port,
+                },
+            )
+        })
+        .collect()
+    }
+}
+
+impl PioDevice for CvmPort {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        let value = match (self.port, offset) {
+            (ports::AGENT_DOORBELL, 0) => self.runtime.doorbell_read(),
+            (ports::LAUNCH_MODE, 0) => match self.runtime.mode {
+                LaunchMode::Fresh => launch_mode::FRESH,
+                LaunchMode::Incoming => launch_mode::INCOMING,
+            },
+            _ => u32::MAX,
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) {
+        let mut bytes = [0u8; 4];
+        let n = data.len().min(4);
+        bytes[..n].copy_from_slice(&data[..n]);
+        let value = u32::from_le_bytes(bytes);
+        match (self.port, offset) {
+            (ports::AGENT_DONE, 0) => self.runtime.doorbell_done(value),
+            (ports::AGENT_REPORT, 0) => self.runtime.report(),
+            (ports::AGENT_RETIRE, 0) => {
+                tracing::info!("the migration agent read the destination's Commit: this VM never runs here again");
+                self.runtime.retired.store(true, Ordering::SeqCst);
+            }
+            (port, offset) => tracing::debug!("write {value:#x} to confidential port {port:#x}+{offset} ignored"),
+        }
+    }
+}

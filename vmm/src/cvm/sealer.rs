@@ -1,0 +1,173 @@
+//! The source's confidential sealer: the engine picks the pages, the
+//! agent seals them, covm forwards ciphertext. covm never reads a private
+//! page or a vCPU register here: it hands the agent addresses (the dirty
+//! log, a hint) and carries what comes out of the mailbox.
+
+use super::handshake::{self, agent_err, ROLE_SOURCE};
+use super::mailbox::AgentMailbox;
+use super::session::SessionInfo;
+use covm_guest_abi::mailbox::{command, state};
+use covm_migration::engine::{Carried, Link, MigrationError, RecordSink, Sealer};
+use covm_migration::protocol::{Message, PROTOCOL_VERSION_CONFIDENTIAL};
+use covm_migration::vm::SourceVm;
+use std::time::{Duration, Instant};
+
+/// Seals through the source VM's agent.
+pub struct ConfidentialSealer {
+    mailbox: AgentMailbox,
+    info: SessionInfo,
+    workload_vcpus: u32,
+    verified: bool,
+    /// The agent's open epoch (rounds ended so far).
+    epoch: u32,
+}
+
+impl ConfidentialSealer {
+    /// A sealer over `mailbox` for a VM with `workload_vcpus` vCPUs (the
+    /// agent's own not counted); `verified` adds the memory digest.
+    pub fn new(mailbox: AgentMailbox, info: SessionInfo, workload_vcpus: u32, verified: bool) -> Self {
+        ConfidentialSealer {
+            mailbox,
+            info,
+            workload_vcpus,
+            verified,
+            epoch: 0,
+        }
+    }
+
+    /// Runs one agent command, timing it as crypto time.
+    fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<[u64; 8], MigrationError> {
+        let started = Instant::now();
+        let result = self.mailbox.call(command, args, input);
+        self.info.add_crypto(started.elapsed());
+        match result {
+            Ok(reply) => Ok(reply.results),
+            Err(e) => {
+                let e = agent_err(e);
+                self.info.fail(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends the agent's output (if any) as one `Sealed` message.
+    fn forward(&mut self, round: u32, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
+        if self.mailbox.output().is_empty() {
+            return Ok(());
+        }
+        let message = Message::Sealed {
+            round,
+            records: self.mailbox.take_output(),
+        };
+        let sent = out(&message);
+        if let Message::Sealed { records, .. } = message {
+            self.mailbox.recycle(records);
+        }
+        Ok(sent?)
+    }
+}
+
+impl Sealer for ConfidentialSealer {
+    fn version(&self) -> u16 {
+        PROTOCOL_VERSION_CONFIDENTIAL
+    }
+
+    fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
+        handshake::run(&mut self.mailbox, ROLE_SOURCE, link, &self.info)
+    }
+
+    fn seal_pages(
+        &mut self,
+        _vm: &dyn SourceVm,
+        round: u32,
+        gpa: u64,
+        count: u64,
+        out: &mut RecordSink<'_>,
+    ) -> Result<Carried, MigrationError> {
+        let results = self.call(command::EXPORT_PAGES, &[u64::from(round), gpa, count], &[])?;
+        let records = if self.mailbox.output().is_empty() { 0 } else { 1 };
+        self.forward(round, out)?;
+        self.info.add(records, results[0], self.epoch);
+        Ok(Carried {
+            round,
+            pages: results[0],
+            zero_pages: results[1],
+        })
+    }
+
+    fn end_round(&mut self, round: u32, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
+        self.call(command::END_ROUND, &[], &[])?;
+        self.forward(round, out)?;
+        self.epoch = round + 1;
+        self.info.add(1, 0, self.epoch);
+        Ok(())
+    }
+
+    fn seal_state(&mut self, state: Vec<u8>, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
+        // The platform layer already put the paused vCPUs' states in the
+        // agent's private VMSA area (Vm::save_state); the agent seals them
+        // and the Final record. `state` is the host-owned device state.
+        self.info.set_state("final");
+        self.call(
+            command::EXPORT_FINAL,
+            &[u64::from(self.workload_vcpus), u64::from(self.verified)],
+            &[],
+        )?;
+        self.forward(self.epoch, out)?;
+        self.info.add(u64::from(self.workload_vcpus) + 1, 0, self.epoch);
+        Ok(out(&Message::State { state })?)
+    }
+
+    fn read_decision(&mut self, message: Message) -> Result<(), MigrationError> {
+        match message {
+            Message::Control { record } => {
+                let results = self.call(command::READ_CONTROL, &[record.len() as u64], &record)?;
+                match results[0] {
+                    1 => {
+                        self.info.set_state("committed");
+                        Ok(())
+                    }
+                    2 => {
+                        self.info.set_state("aborted");
+                        Err(MigrationError::PeerAborted {
+                            reason: format!(
+                                "the destination's agent gave a valid abort token (reason code {})",
+                                results[1]
+                            ),
+                        })
+                    }
+                    other => Err(MigrationError::stream(format!(
+                        "the agent read a control record with outcome {other}"
+                    ))),
+                }
+            }
+            Message::Abort { reason } => Err(MigrationError::PeerAborted { reason }),
+            other => Err(MigrationError::Unexpected {
+                got: other.kind(),
+                during: "waiting for the destination's sealed Commit",
+            }),
+        }
+    }
+
+    fn may_resume(&mut self) -> bool {
+        // Only the agent knows whether a Final record may exist; if it
+        // cannot say, the guest stays paused (it may run elsewhere).
+        match self.mailbox.call(command::STATUS, &[], &[]) {
+            Ok(reply) => {
+                let may = reply.results[2] == 1;
+                if !may && reply.results[1] == state::FINAL_SENT {
+                    self.info.set_state("undecided");
+                }
+                may
+            }
+            Err(e) => {
+                tracing::error!("cannot ask the migration agent whether the guest may resume: {e}");
+                false
+            }
+        }
+    }
+
+    fn crypto_time(&self) -> Duration {
+        self.info.crypto()
+    }
+}
