@@ -20,7 +20,6 @@ use covm_guest_abi::pattern::{fill_page, WORDS};
 use proxy::{Frame, Proxy, Tamper, Verdict};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,35 +36,10 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn heartbeat_numbers(serial: &Path) -> Vec<u64> {
-    std::fs::read_to_string(serial)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("heartbeat ")?.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
-fn no_fail(serial: &Path) {
-    let text = std::fs::read_to_string(serial).unwrap_or_default();
-    assert!(!text.contains("FAIL"), "{}:\n{text}", serial.display());
-}
-
 fn info(api: &Api) -> Value {
     let (status, body) = api.get("/vm.info");
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("covm did not exit within {within:?}");
 }
 
 /// The platform, root key and policy of one test's VMs.

@@ -14,19 +14,6 @@ use std::time::{Duration, Instant};
 /// machine's two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn heartbeat_numbers(serial: &Path) -> Vec<u64> {
-    std::fs::read_to_string(serial)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("heartbeat ")?.split_whitespace().next()?.parse().ok())
-        .collect()
-}
-
-fn no_fail(serial: &Path) {
-    let text = std::fs::read_to_string(serial).unwrap_or_default();
-    assert!(!text.contains("FAIL"), "{}:\n{text}", serial.display());
-}
-
 fn wait_heartbeats(serial: &Path, at_least: usize) {
     wait_heartbeats_within(serial, at_least, Duration::from_secs(60));
 }
@@ -84,18 +71,6 @@ fn free_tcp_url() -> String {
         .unwrap()
         .port();
     format!("tcp:127.0.0.1:{port}")
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("covm did not exit within {within:?}");
 }
 
 /// Migrates from `src` to `dst` over `url` and checks the guest lives on.

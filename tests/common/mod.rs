@@ -175,3 +175,32 @@ pub fn firmware_vm_config(serial: &Path, cmdline: &str) -> covm::config::VmConfi
         platform: Default::default(),
     }
 }
+
+/// The numbers of the `dirty` workload's heartbeat lines in `serial`.
+pub fn heartbeat_numbers(serial: &Path) -> Vec<u64> {
+    std::fs::read_to_string(serial)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("heartbeat ")?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Fails if the workload reported a FAIL line in `serial`.
+pub fn no_fail(serial: &Path) {
+    let text = std::fs::read_to_string(serial).unwrap_or_default();
+    assert!(!text.contains("FAIL"), "{}:\n{text}", serial.display());
+}
+
+/// Waits up to `within` for `child` to exit; its status code. Kills it and
+/// fails the test when it does not.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("covm did not exit within {within:?}");
+}
