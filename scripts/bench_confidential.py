@@ -14,10 +14,10 @@ protocol crate's seal_rate example in the same run.
 
 Usage: python3 scripts/bench_confidential.py [--runs 3]   (after cargo build --release)
 """
-import argparse, json, os, statistics, subprocess, tempfile, time
+import argparse, json, os, statistics, subprocess, tempfile
 
 from covm_paths import COVM, ROOT
-from bench_migration import api, wait_socket, free_port
+from bench_migration import covm_migrate
 
 GUESTS = [(256, 128), (1024, 512)]
 LOADS = [("idle", 1), ("64 MiB/s", 64)]
@@ -38,25 +38,7 @@ def policy_for(tmp, vm):
 def run(mem, region, rate, tmp, confidential):
     vm = ["--cpus", "boot=2", "--memory", f"size={mem}M", "--cmdline", f"workload=dirty mib={region} rate={rate}"]
     extra = policy_for(tmp, vm) if confidential else []
-    src_sock, dst_sock = os.path.join(tmp, "s.sock"), os.path.join(tmp, "d.sock")
-    for p in (src_sock, dst_sock):
-        if os.path.exists(p):
-            os.unlink(p)
-    dst = subprocess.Popen([COVM, "--api-socket", dst_sock, "--serial", "null"], stderr=subprocess.DEVNULL)
-    src = subprocess.Popen([COVM, "--api-socket", src_sock, "--serial", "null"] + extra + vm,
-                           stderr=subprocess.PIPE, text=True)
-    wait_socket(src_sock)
-    wait_socket(dst_sock)
-    time.sleep(3)  # the workload touches its whole region
-    url = f"tcp:127.0.0.1:{free_port()}"
-    assert api(dst_sock, "PUT", "vm.receive-migration", {"receiver_url": url})[0] == 204
-    assert api(src_sock, "PUT", "vm.send-migration", {"destination_url": url, "downtime_ms": 300})[0] == 204
-    _, err = src.communicate(timeout=600)
-    line = next(l for l in err.splitlines() if "migration completed:" in l)
-    report = json.loads(line.split("migration completed:", 1)[1])
-    received = json.loads(api(dst_sock, "GET", "vm.info")[1])["migration"]["report"]
-    api(dst_sock, "PUT", "vmm.shutdown")
-    dst.wait(timeout=30)
+    report, received = covm_migrate(extra + vm, tmp)
     total = report["total_ms"]
     return {
         "total": total,

@@ -68,15 +68,16 @@ def loopback_bandwidth():
     return json.loads(out.stdout)["median_bytes_per_s"]
 
 
-def covm_run(mem, region, rate, tmp, mode="log"):
+def covm_migrate(source_args, tmp):
+    """Starts a destination covm and a source covm with `source_args` (VM
+    options), lets the workload touch its region, migrates over loopback
+    TCP with a 300 ms target; the source's and the destination's reports."""
     src_sock, dst_sock = os.path.join(tmp, "s.sock"), os.path.join(tmp, "d.sock")
     for p in (src_sock, dst_sock):
         if os.path.exists(p):
             os.unlink(p)
     dst = subprocess.Popen([COVM, "--api-socket", dst_sock, "--serial", "null"], stderr=subprocess.DEVNULL)
-    src = subprocess.Popen([COVM, "--api-socket", src_sock, "--cpus", "boot=2", "--memory", f"size={mem}M",
-                            "--serial", "null", "--cmdline", f"workload=dirty mib={region} rate={rate}",
-                            "--dirty-tracking", f"mode={mode}"],
+    src = subprocess.Popen([COVM, "--api-socket", src_sock, "--serial", "null"] + source_args,
                            stderr=subprocess.PIPE, text=True)
     wait_socket(src_sock)
     wait_socket(dst_sock)
@@ -90,6 +91,13 @@ def covm_run(mem, region, rate, tmp, mode="log"):
     received = json.loads(api(dst_sock, "GET", "vm.info")[1])["migration"]["report"]
     api(dst_sock, "PUT", "vmm.shutdown")
     dst.wait(timeout=30)
+    return report, received
+
+
+def covm_run(mem, region, rate, tmp, mode="log"):
+    report, received = covm_migrate(["--cpus", "boot=2", "--memory", f"size={mem}M", "--cmdline",
+                                     f"workload=dirty mib={region} rate={rate}", "--dirty-tracking", f"mode={mode}"],
+                                    tmp)
     downtime = report["downtime_ms"] + received["resume_ms"]
     return report["total_ms"], downtime, report["bytes_sent"] / (report["total_ms"] / 1e3), report["rounds"]
 

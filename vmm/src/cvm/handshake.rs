@@ -1,7 +1,8 @@
 //! Relaying the agents' handshake: covm carries each message between the
 //! two agents and understands none of it.
 
-use super::mailbox::{AgentError, AgentMailbox};
+use super::call::agent_err;
+use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
 use covm_guest_abi::mailbox::command;
 use covm_migration::engine::{Link, MigrationError};
@@ -12,14 +13,6 @@ use std::time::Instant;
 pub const ROLE_SOURCE: u64 = 0;
 /// Role argument of `Begin`.
 pub const ROLE_DESTINATION: u64 = 1;
-
-/// Turns an agent failure into the engine's error.
-pub fn agent_err(e: AgentError) -> MigrationError {
-    MigrationError::Vm {
-        op: "drive the migration agent",
-        source: covm_migration::vm::VmError(e.to_string()),
-    }
-}
 
 /// Splits the agent's handshake output (`u32` length, message, …).
 fn messages(output: &[u8]) -> Result<Vec<Vec<u8>>, MigrationError> {

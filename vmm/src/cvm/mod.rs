@@ -3,6 +3,7 @@
 //! plug the agent into the migration engine. docs/confidential-migration.md
 //! is the design; `covm_guest_abi::mailbox` the ABI.
 
+pub mod call;
 pub mod handshake;
 pub mod mailbox;
 pub mod opener;

@@ -2,14 +2,15 @@
 //! the agent, which checks and applies them; covm only counts what the
 //! agent reports.
 
-use super::handshake::{self, agent_err, ROLE_DESTINATION};
+use super::call;
+use super::handshake::{self, ROLE_DESTINATION};
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
 use covm_guest_abi::mailbox::command;
 use covm_migration::engine::{Carried, Link, MigrationError, Opener};
 use covm_migration::protocol::Message;
 use covm_migration::vm::DestinationVm;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The abort reason code the destination's agent puts in its token.
 const ABORT_REASON_FAILED: u64 = 1;
@@ -35,14 +36,7 @@ impl ConfidentialOpener {
     }
 
     fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<[u64; 8], MigrationError> {
-        let started = Instant::now();
-        let result = self.mailbox.call(command, args, input);
-        self.info.add_crypto(started.elapsed());
-        result.map(|r| r.results).map_err(|e| {
-            let e = agent_err(e);
-            self.info.fail(e.to_string());
-            e
-        })
+        call::timed(&mut self.mailbox, &self.info, command, args, input)
     }
 }
 

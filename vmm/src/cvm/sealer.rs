@@ -3,14 +3,15 @@
 //! page or a vCPU register here: it hands the agent addresses (the dirty
 //! log, a hint) and carries what comes out of the mailbox.
 
-use super::handshake::{self, agent_err, ROLE_SOURCE};
+use super::call;
+use super::handshake::{self, ROLE_SOURCE};
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
 use covm_guest_abi::mailbox::{command, state};
 use covm_migration::engine::{Carried, Link, MigrationError, RecordSink, Sealer};
 use covm_migration::protocol::{Message, PROTOCOL_VERSION_CONFIDENTIAL};
 use covm_migration::vm::SourceVm;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Seals through the source VM's agent.
 pub struct ConfidentialSealer {
@@ -37,17 +38,7 @@ impl ConfidentialSealer {
 
     /// Runs one agent command, timing it as crypto time.
     fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<[u64; 8], MigrationError> {
-        let started = Instant::now();
-        let result = self.mailbox.call(command, args, input);
-        self.info.add_crypto(started.elapsed());
-        match result {
-            Ok(reply) => Ok(reply.results),
-            Err(e) => {
-                let e = agent_err(e);
-                self.info.fail(e.to_string());
-                Err(e)
-            }
-        }
+        call::timed(&mut self.mailbox, &self.info, command, args, input)
     }
 
     /// Sends the agent's output (if any) as one `Sealed` message.

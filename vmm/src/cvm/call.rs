@@ -1,0 +1,35 @@
+//! One agent command as the migration engine sees it: timed as crypto
+//! time, its failure recorded in the session and turned into the engine's
+//! error. Shared by the sealer (source) and the opener (destination).
+
+use super::mailbox::{AgentError, AgentMailbox};
+use super::session::SessionInfo;
+use covm_migration::engine::MigrationError;
+use std::time::Instant;
+
+/// Turns an agent failure into the engine's error.
+pub fn agent_err(e: AgentError) -> MigrationError {
+    MigrationError::Vm {
+        op: "drive the migration agent",
+        source: covm_migration::vm::VmError(e.to_string()),
+    }
+}
+
+/// Runs `command` on `mailbox`, adds its time to `info`'s crypto time and
+/// records a failure in `info`; the command's results.
+pub fn timed(
+    mailbox: &mut AgentMailbox,
+    info: &SessionInfo,
+    command: u32,
+    args: &[u64],
+    input: &[u8],
+) -> Result<[u64; 8], MigrationError> {
+    let started = Instant::now();
+    let result = mailbox.call(command, args, input);
+    info.add_crypto(started.elapsed());
+    result.map(|reply| reply.results).map_err(|e| {
+        let e = agent_err(e);
+        info.fail(e.to_string());
+        e
+    })
+}
