@@ -210,6 +210,29 @@ fn page_windows() -> Vec<Vec<u8>> {
     needles
 }
 
+/// The vCPU register values the workload exposes: each vCPU's FS base
+/// (`canary + index`, printed at boot), as the 8 little-endian bytes a
+/// register image holds and as the varint covm's plain state encoding
+/// (postcard) gives a u64.
+fn register_needles(serial: &Path, vcpus: u64) -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(serial).expect("the source's serial log");
+    let hex = text
+        .lines()
+        .find_map(|l| l.split("register canary fs_base=0x").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the workload printed no register canary:\n{text}"));
+    let canary = u64::from_str_radix(hex, 16).expect("a hex canary");
+    (0..vcpus)
+        .flat_map(|i| {
+            let value = canary + i;
+            [
+                value.to_le_bytes().to_vec(),
+                postcard::to_allocvec(&value).expect("a u64 encodes"),
+            ]
+        })
+        .collect()
+}
+
 /// How many of `needles` occur in `haystack`.
 fn found(haystack: &[u8], needles: &[Vec<u8>]) -> usize {
     let ac = aho_corasick::AhoCorasick::new(needles).unwrap();
@@ -259,6 +282,11 @@ fn confidential_migration_moves_the_workload_and_only_ciphertext_crosses() {
     assert_eq!(
         leaked, 0,
         "{leaked} windows of the workload's pages crossed in the clear"
+    );
+    let registers = found(&wire, &register_needles(&a_serial, 2));
+    assert_eq!(
+        registers, 0,
+        "{registers} encodings of the vCPUs' FS base crossed in the clear"
     );
 
     // B → C in verified mode: a migrated VM migrates on, and C commits only
@@ -323,6 +351,14 @@ fn the_same_check_finds_the_pages_in_a_plain_migration() {
         seen as u64 >= (MIB * 256).div_ceil(97),
         "only {seen} windows found in a plain stream: the check could not fail"
     );
+    // Both vCPUs' FS base, in one encoding or the other.
+    let registers = register_needles(&serial, 2);
+    for (vcpu, pair) in registers.chunks(2).enumerate() {
+        assert!(
+            found(&wire, pair) > 0,
+            "vCPU {vcpu}'s FS base is not in a plain stream: the register check could not fail"
+        );
+    }
 }
 
 /// A source and destination with a tampering proxy; checks the source got

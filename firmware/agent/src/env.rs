@@ -25,6 +25,13 @@ pub trait GuestMemory {
     fn write_page(&mut self, gpa: u64, data: &[u8; PAGE_SIZE]);
     /// Whether every byte of the page at `gpa` reads as zero.
     fn page_is_zero(&self, gpa: u64) -> bool;
+    /// Whether the page at `gpa` is known to hold zeros without reading
+    /// it: launch left it zero and nothing has written it since (the
+    /// firmware answers from its page tables' dirty bits, see
+    /// `covm_guest_abi::layout::WRITE_TRACKED_START`). `false` only means
+    /// "read it to know"; an implementation with no such record answers
+    /// `false` always.
+    fn known_zero(&self, gpa: u64) -> bool;
     /// Fills the page at `gpa` with zeros.
     fn zero_page(&mut self, gpa: u64);
     /// Copies `out.len()` bytes of the agent window from `gpa`.

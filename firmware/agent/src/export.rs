@@ -1,8 +1,9 @@
 //! The source's commands: `EXPORT_PAGES`, `END_ROUND`, `EXPORT_FINAL`
 //! and `READ_CONTROL`.
 //!
-//! Pages are sealed from a private copy: a zero page (read as zero in
-//! place) joins a ZeroPages run, any other page is copied into the record
+//! Pages are sealed from a private copy: a zero page (known zero from the
+//! firmware's write tracking, or read as zero in place) joins a ZeroPages
+//! run, any other page is copied into the record
 //! buffer in `AGENT_SCRATCH`, sealed there and copied out. Round 0 must
 //! walk every private page in ascending order (the destination must end up
 //! with all of memory whatever the host's dirty log says later); a request
@@ -163,7 +164,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             }
             last = Some(gpa);
             pages += 1;
-            if mem.page_is_zero(gpa) {
+            if mem.known_zero(gpa) || mem.page_is_zero(gpa) {
                 zeros += 1;
                 match &mut zero_run {
                     Some((start, n)) if *start + *n * PAGE == gpa => *n += 1,

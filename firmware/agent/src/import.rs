@@ -107,9 +107,9 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                         .with_partial(partial));
                     }
                     for page in (0..count).map(|i| gpa + i * PAGE) {
-                        // Reading untouched memory costs nothing; writing
-                        // it would populate it.
-                        if !mem.page_is_zero(page) {
+                        // A page nothing wrote since launch needs neither
+                        // a read nor a write (writing would populate it).
+                        if !mem.known_zero(page) && !mem.page_is_zero(page) {
                             mem.zero_page(page);
                         }
                     }

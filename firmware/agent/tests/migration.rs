@@ -182,6 +182,46 @@ fn zero_pages_are_not_written_where_already_zero() {
     assert_eq!(dst.memory().page_writes - before, nonzero);
 }
 
+/// Pages of 2 MiB pages nothing wrote since launch (the firmware's clear
+/// dirty bits) are sealed as zeros without a read at the source and left
+/// alone at the destination; written ones are read and cleared as usual.
+#[test]
+fn untouched_memory_is_neither_read_nor_cleared() {
+    use covm_guest_abi::layout::WRITE_TRACKED_START;
+    const BIG: u64 = 2 << 20;
+    let mut src = Vm::source(1);
+    let mut dst = Vm::destination(2);
+    let low = map().iter().find(|&g| g > 0x200000).unwrap();
+    src.memory_mut().put(low, &content(low, 0));
+    // One tracked 2 MiB page written at the source (one page of data);
+    // at the destination a stale page in it, and in another, that the
+    // source's zeros must clear.
+    let touched = WRITE_TRACKED_START + BIG;
+    src.memory_mut()
+        .put(touched + 3 * PAGE, &content(touched + 3 * PAGE, 0));
+    dst.memory_mut().put(touched + 7 * PAGE, &[0xEE; 64]);
+    let stale = WRITE_TRACKED_START + 3 * BIG;
+    dst.memory_mut().put(stale, &[0xEF; 64]);
+    handshake(&mut src, &mut dst).unwrap();
+    let (src_reads, dst_reads) = (src.memory().zero_reads.get(), dst.memory().zero_reads.get());
+    let (pages, zeros) = round0(&mut src, &mut dst, 256);
+    assert_eq!(pages, map().pages());
+    // Data: the low page, the policy page and the tracked page.
+    assert_eq!(zeros, pages - 3);
+    check_memory_moved(&src, &dst);
+
+    let tracked = |g: &u64| *g >= WRITE_TRACKED_START;
+    let untracked = map().iter().filter(|g| !tracked(g)).count() as u64;
+    // The source read every untracked page and the written 2 MiB page,
+    // not one page of the three untouched ones.
+    assert_eq!(src.memory().zero_reads.get() - src_reads, untracked + BIG / PAGE);
+    // The destination checked the untracked zeros and the zeros of its
+    // two written 2 MiB pages, nothing else.
+    let dst_checked = dst.memory().zero_reads.get() - dst_reads;
+    assert_eq!(dst_checked, untracked - 2 + 2 * BIG / PAGE - 1);
+    assert!(dst.memory().page(stale).iter().all(|&b| b == 0), "stale page cleared");
+}
+
 #[test]
 fn destination_can_start_again_after_an_abort() {
     let mut src = Vm::source(1);

@@ -20,6 +20,7 @@ use covm_agent::{
     E820_RAM, SCRATCH_LEN,
 };
 use covm_agent_protocol::{Evidence, PAGE_SIZE};
+use covm_guest_abi::layout::WRITE_TRACKED_START;
 use covm_guest_abi::mailbox::{
     AGENT_DATA, AGENT_DATA_SIZE, AGENT_EPOCHS, AGENT_EPOCH_FRAMES, AGENT_SCRATCH, AGENT_SCRATCH_SIZE, AGENT_STACK,
     AGENT_STACK_SIZE, AGENT_WINDOW_END, AGENT_WINDOW_START, DOORBELL_RETRY,
@@ -47,6 +48,8 @@ global_asm!(
 extern "C" {
     /// The page of the image holding the crypto crates' CPU-feature caches
     /// (link.ld): agent-private, never migrated.
+    /// The identity map's page directory (ring0.s): 2048 2 MiB entries.
+    static boot_pd: [u64; 2048];
     static __agent_private_start: u8;
     static __agent_private_end: u8;
     fn agent_switch_stack(start_info: u64, launch: u64, stack_top: u64, entry: extern "C" fn(u64, u64) -> !) -> !;
@@ -179,6 +182,26 @@ impl GuestMemory for RawMemory {
             )
         }
         acc == 0
+    }
+
+    fn known_zero(&self, gpa: u64) -> bool {
+        // The 2 MiB page's entry in the boot page directory (ring0.s):
+        // dirty clear above WRITE_TRACKED_START means never written since
+        // launch, and launch left it zero (covm loads nothing there).
+        const DIRTY: u64 = 1 << 6;
+        if !(WRITE_TRACKED_START..4 << 30).contains(&gpa) {
+            return false;
+        }
+        // SAFETY: boot_pd is the page directory's 2048 entries, one per
+        // 2 MiB below 4 GiB; the CPU sets dirty bits in it concurrently,
+        // hence the volatile read of one aligned u64.
+        let entry = unsafe {
+            core::ptr::addr_of!(boot_pd)
+                .cast::<u64>()
+                .add((gpa >> 21) as usize)
+                .read_volatile()
+        };
+        entry & DIRTY == 0
     }
 
     fn zero_page(&mut self, gpa: u64) {

@@ -18,6 +18,22 @@ pub struct Params {
     pub cpus: u64,
     pub tsc_khz: u64,
     pub rate_mib_s: u64,
+    /// vCPU i keeps `canary + i` in its FS base: a register value that
+    /// is in no page, different at every boot, printed for tests that
+    /// look for vCPU state in migration streams.
+    pub canary: u64,
+}
+
+/// A canonical user address, different at every boot (TSC-derived: it
+/// marks, it protects nothing): bit 46 set so all six low bytes count,
+/// the top 16 bits clear.
+fn register_canary(seed: u64) -> u64 {
+    // splitmix64's finaliser spreads the TSC's low-entropy bits.
+    let mut z = rdtsc() ^ seed.rotate_left(32);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z & 0x0000_3fff_ffff_ff00) | 0x0000_4000_0000_0000
 }
 
 /// Page writes per CPU, one cache line each so counting costs no sharing.
@@ -68,12 +84,15 @@ pub fn prepare(args: &DirtyArgs, memmap: &[MemmapEntry], cpus: u32, tsc_khz: u64
     // SAFETY: the table lies in RAM (checked above), below the region and
     // above the image; nothing else uses it.
     unsafe { core::ptr::write_bytes(DIRTY_GEN_TABLE as *mut u32, 0, pages as usize) };
+    let canary = register_canary(args.seed);
+    println!("dirty: register canary fs_base={canary:#x} + vCPU index");
     Params {
         seed: args.seed,
         pages,
         cpus: cpus as u64,
         tsc_khz,
         rate_mib_s: args.rate_mib_s,
+        canary,
     }
 }
 
@@ -126,6 +145,7 @@ fn write(seed: u64, page: u64) {
 /// Every CPU's loop; never returns unless a check fails.
 pub fn run(cpu: u32, p: &Params) -> ! {
     let cpu = cpu as u64;
+    hw::set_fs_base(p.canary + cpu);
     // This CPU's pages: cpu, cpu + cpus, ... (pages >= 256 > cpus).
     let mine = (p.pages - cpu).div_ceil(p.cpus);
     let throttled = p.rate_mib_s > 0;

@@ -11,6 +11,7 @@ pub const MAX_CPUS: u32 = 32;
 const SYS_SLEEP_UNTIL: u64 = 0;
 const SYS_SEND_IPI: u64 = 1;
 const SYS_CPUID: u64 = 2;
+const SYS_SET_FS_BASE: u64 = 3;
 
 pub fn outb(port: u16, value: u8) {
     // SAFETY: ring 3 only reaches the ports the TSS bitmap allows, none of
@@ -98,6 +99,17 @@ pub fn launch_mode() -> u32 {
 /// This CPU's initial APIC ID: CPUID.1:EBX[31:24] (covm: the vCPU index).
 pub fn apic_id() -> u32 {
     cpuid(1).ebx >> 24
+}
+
+/// Sets this CPU's FS base (IA32_FS_BASE, a vCPU register that lives in
+/// no memory page). `base` must be canonical.
+pub fn set_fs_base(base: u64) {
+    // SAFETY: as for `sleep_until`; the gate writes the MSR and clobbers
+    // rax, rcx, rdx. Nothing in the firmware addresses through FS.
+    unsafe {
+        asm!("int3", inout("rax") SYS_SET_FS_BASE => _, in("rdi") base,
+             out("rcx") _, out("rdx") _, options(nostack))
+    }
 }
 
 /// CPUID as the VMM configured it. On this machine's KVM a CPUID executed

@@ -18,6 +18,7 @@
 #
 # Constants shared with Rust (keep in sync with src/hw.rs):
 .set MAX_CPUS, 32
+.set WRITE_TRACKED_START, 0x2000000 # covm_guest_abi::layout::WRITE_TRACKED_START
 .set KSTACK_SIZE, 4096          # ring-0 stack per CPU (exceptions, syscalls)
 .set USTACK_SIZE, 65536         # ring-3 stack per CPU
 .set TIMER_VECTOR, 0x30
@@ -25,6 +26,7 @@
 .set SYS_SLEEP_UNTIL, 0
 .set SYS_SEND_IPI, 1
 .set SYS_CPUID, 2
+.set SYS_SET_FS_BASE, 3
 
 # Fixed layout of .boot, linked at FIRMWARE_BASE (link.ld asserts it), so
 # the IDT and the TSS descriptors can be assemble-time constants.
@@ -94,7 +96,21 @@ syscall_entry:
     je sys_send_ipi
     cmpq $SYS_CPUID, %rax
     je sys_cpuid
+    cmpq $SYS_SET_FS_BASE, %rax
+    je sys_set_fs_base
     movq $-1, %rax
+    iretq
+
+# rdi = canonical address for IA32_FS_BASE (ring 3 cannot write it: no
+# FSGSBASE). Nothing in the firmware uses FS; the `dirty` workload parks
+# a per-boot value there that tests look for in migration streams.
+sys_set_fs_base:
+    movl $0xc0000100, %ecx
+    movq %rdi, %rax
+    movq %rdi, %rdx
+    shrq $32, %rdx
+    wrmsr
+    xorl %eax, %eax
     iretq
 
 # rdi = TSC deadline. Arms IA32_TSC_DEADLINE and halts until an interrupt;
@@ -474,8 +490,12 @@ idt_ptr:
     .quad idt
 
 # Identity map of 0-4 GiB with 2 MiB pages, user-accessible (ring 3 does
-# all the work). Accessed/dirty are preset so the page walker need not
-# write them; the top 32 MiB (LAPIC, IOAPIC) is uncached.
+# all the work); the top 32 MiB (LAPIC, IOAPIC) is uncached. Accessed is
+# preset everywhere, dirty below WRITE_TRACKED_START (32 MiB: everything
+# covm loads and the firmware writes before paging lives there). Above
+# it the CPU sets a 2 MiB page's dirty bit on its first write, so a clear
+# bit tells the migration agent the 2 MiB still hold what launch left
+# there, zeros, without reading them (covm_guest_abi::layout).
     .balign 4096
 pml4:
     .quad pdpt + 0x27
@@ -486,13 +506,17 @@ pdpt:
     .quad pd + 0x2000 + 0x27
     .quad pd + 0x3000 + 0x27
     .fill 508, 8, 0
+    .globl boot_pd
+boot_pd:
 pd:
 .set i, 0
 .rept 2048
     .if i >= 2048 - 16
     .quad (i << 21) | 0xff          # P RW US PWT PCD A D PS
-    .else
+    .elseif i < WRITE_TRACKED_START >> 21
     .quad (i << 21) | 0xe7          # P RW US A D PS
+    .else
+    .quad (i << 21) | 0xa7          # P RW US A PS (dirty on first write)
     .endif
 .set i, i + 1
 .endr

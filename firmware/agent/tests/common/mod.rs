@@ -5,7 +5,7 @@
 
 use covm_agent::{Agent, Config, E820Entry, EpochTables, GuestMemory, MemoryMap, Platform, PlatformError, SCRATCH_LEN};
 use covm_agent_protocol::{AttestationReport, EmulatedRoot, Evidence, Platform as Code, Policy, TcbVersion, PAGE_SIZE};
-use covm_guest_abi::layout::MIGRATION_POLICY;
+use covm_guest_abi::layout::{MIGRATION_POLICY, WRITE_TRACKED_START};
 use covm_guest_abi::mailbox::{
     self, command, header, in_agent_window, AGENT_VCPU_STATES, AGENT_WINDOW_END, FROM_AGENT, FROM_AGENT_SIZE, TO_AGENT,
     VCPU_STATE_SLOT,
@@ -70,6 +70,12 @@ pub struct VecMemory {
     pub bytes: Vec<u8>,
     pub page_reads: u64,
     pub page_writes: u64,
+    /// Zero checks that had to read the page.
+    pub zero_reads: std::cell::Cell<u64>,
+    /// Which 2 MiB pages were written since "launch", as the firmware's
+    /// dirty bits record it; only those at or above
+    /// `WRITE_TRACKED_START` are tracked.
+    written: Vec<bool>,
 }
 
 impl VecMemory {
@@ -78,6 +84,8 @@ impl VecMemory {
             bytes: vec![0; MEMORY as usize],
             page_reads: 0,
             page_writes: 0,
+            zero_reads: std::cell::Cell::new(0),
+            written: vec![false; (MEMORY >> 21) as usize],
         }
     }
 
@@ -86,7 +94,22 @@ impl VecMemory {
     }
 
     pub fn page_mut(&mut self, gpa: u64) -> &mut [u8] {
+        self.mark_written(gpa, PAGE as usize);
         &mut self.bytes[gpa as usize..(gpa + PAGE) as usize]
+    }
+
+    /// Sets the dirty bits of the 2 MiB pages `len` bytes at `gpa` touch.
+    fn mark_written(&mut self, gpa: u64, len: usize) {
+        if len > 0 {
+            for big in (gpa >> 21)..=((gpa + len as u64 - 1) >> 21) {
+                self.written[big as usize] = true;
+            }
+        }
+    }
+
+    /// Whether the 2 MiB page holding `gpa` was written since launch.
+    pub fn written(&self, gpa: u64) -> bool {
+        self.written[(gpa >> 21) as usize]
     }
 
     pub fn slice(&self, gpa: u64, len: usize) -> &[u8] {
@@ -94,6 +117,7 @@ impl VecMemory {
     }
 
     pub fn put(&mut self, gpa: u64, data: &[u8]) {
+        self.mark_written(gpa, data.len());
         self.bytes[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
     }
 
@@ -125,7 +149,13 @@ impl GuestMemory for VecMemory {
 
     fn page_is_zero(&self, gpa: u64) -> bool {
         Self::check_page(gpa);
+        self.zero_reads.set(self.zero_reads.get() + 1);
         self.page(gpa).iter().all(|&b| b == 0)
+    }
+
+    fn known_zero(&self, gpa: u64) -> bool {
+        Self::check_page(gpa);
+        gpa >= WRITE_TRACKED_START && !self.written(gpa)
     }
 
     fn zero_page(&mut self, gpa: u64) {
