@@ -843,3 +843,23 @@ fn version_rules_are_enforced_on_the_wire() {
     assert!(matches!(w.receive().unwrap(), Message::Control { .. }));
     assert!(matches!(w.receive().unwrap(), Message::Abort { reason } if reason.contains("Pages")));
 }
+
+/// The `Sync` barrier: answered with `Synced` once the round it names has
+/// ended; a `Sync` naming any other round is a stream error.
+#[test]
+fn sync_is_answered_only_for_the_last_ended_round() {
+    let (a, b) = pair();
+    let destination = confidential_destination(b, Behaviour::Honest);
+    let mut w = Wire::new(a);
+    w.send_now(&Message::Hello {
+        version: 2,
+        config: fake::config(),
+    })
+    .unwrap();
+    assert_eq!(w.receive().unwrap(), Message::HelloAck);
+    ToySealer::new(SharedLog::default()).handshake(&mut w).unwrap();
+    // Round 0 is still open: no round has ended.
+    w.send_now(&Message::Sync { round: 0 }).unwrap();
+    let e = destination.handle.join().unwrap().unwrap_err();
+    assert!(e.to_string().contains("Sync for round 0 while round 0 is open"), "{e}");
+}

@@ -187,8 +187,11 @@ pub mod command {
     pub const HANDSHAKE: u32 = 2;
     /// Source: seal `args[2]` pages from gpa `args[1]` for round `args[0]`
     /// (the host's dirty log: a hint). Round 0 must walk all of RAM in
-    /// ascending order. Pages in the agent window are skipped. Output:
-    /// the records; results[0] = pages sealed, results[1] of which zero.
+    /// ascending order. Pages in the agent window are skipped. The agent
+    /// stops early when the output might not hold the next page's
+    /// records. Output: the records; results[0] = pages sealed,
+    /// results[1] of which zero, results[2] = the 4 KiB frames of the
+    /// range it walked (`args[2]` when done; else ask again for the rest).
     pub const EXPORT_PAGES: u32 = 3;
     /// Source: seal the open round's RoundEnd. Output: the record;
     /// results[0] = pages of the round.

@@ -24,9 +24,10 @@ use covm_guest_abi::mailbox::{
 };
 
 const PAGE: u64 = PAGE_SIZE as u64;
-/// Most pages one `EXPORT_PAGES` may ask for: their records must fit
-/// `FROM_AGENT` even if none is zero.
-pub const MAX_EXPORT_PAGES: u64 = FROM_AGENT_SIZE / PAGE_RECORD_LEN as u64;
+/// Output room that one more page always fits: a pending zero run's
+/// record, then the page's own. `EXPORT_PAGES` stops before a page when
+/// less is left.
+const ROOM_PER_PAGE: usize = COUNT_RECORD_LEN + PAGE_RECORD_LEN;
 
 /// Marks the session failed and passes the failure on.
 pub(crate) fn fail_run(run: &mut Run, fail: Fail) -> Fail {
@@ -111,12 +112,6 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 "EXPORT_PAGES: {first:#x} is not 4 KiB aligned"
             ));
         }
-        if count > MAX_EXPORT_PAGES {
-            return Err(fail!(
-                status::NO_ROOM,
-                "EXPORT_PAGES: {count} pages, at most {MAX_EXPORT_PAGES} fit the mailbox"
-            ));
-        }
         let Some(end) = count.checked_mul(PAGE).and_then(|n| first.checked_add(n)) else {
             return Err(fail!(
                 status::BAD_COMMAND,
@@ -158,9 +153,16 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         let mut zero_run: Option<(u64, u64)> = None;
         let mut last = None;
         let mut sealed = Ok(());
+        // Where the walk stopped: `end`, or the first page that might not
+        // have fit the output (the host asks again from there).
+        let mut stopped = end;
         for gpa in (first..end).step_by(PAGE_SIZE) {
             if !map.is_private(gpa) {
                 continue;
+            }
+            if out.room() < ROOM_PER_PAGE {
+                stopped = gpa;
+                break;
             }
             last = Some(gpa);
             pages += 1;
@@ -205,7 +207,10 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             }
         }
         run.pages += pages;
-        Ok(Done::output(out.len()).with(0, pages).with(1, zeros))
+        Ok(Done::output(out.len())
+            .with(0, pages)
+            .with(1, zeros)
+            .with(2, (stopped - first) / PAGE))
     }
 
     pub(crate) fn end_round(&mut self) -> Outcome {

@@ -7,7 +7,8 @@ use covm_agent::{Agent, Config, MapError, MemoryMap, SCRATCH_LEN};
 use covm_agent_protocol::handshake::messages::MAX_HANDSHAKE_MSG_LEN;
 use covm_agent_protocol::record::{ABORT_RECORD_LEN, HEADER_LEN, PAGE_RECORD_LEN};
 use covm_agent_protocol::{EmulatedRootVerifier, SourceHandshake};
-use covm_guest_abi::mailbox::{command, state, status, AGENT_DATA, MAX_VCPU_STATE};
+use covm_guest_abi::layout::MIGRATION_POLICY;
+use covm_guest_abi::mailbox::{command, state, status, AGENT_DATA, FROM_AGENT_SIZE, MAX_VCPU_STATE};
 
 /// Two agents with a confirmed session.
 fn connected() -> (Vm, Vm) {
@@ -72,13 +73,46 @@ fn export_arguments_are_checked_without_failing_the_session() {
         .refused(status::BAD_COMMAND, "round 0 is open");
     src.call(command::EXPORT_PAGES, &[0, 12, 1], &[])
         .refused(status::BAD_COMMAND, "not 4 KiB aligned");
-    src.call(command::EXPORT_PAGES, &[0, 0, 507], &[])
-        .refused(status::NO_ROOM, "at most 506");
     src.call(command::EXPORT_FINAL, &[2, 1], &[])
         .refused(status::BAD_STATE, "round 0 has not ended");
     assert_eq!(src.state(), state::STREAMING);
     let a = src.call(command::EXPORT_PAGES, &[0, 0, 506], &[]).ok();
     assert_eq!(a.results[0], 159 + 250, "below the EBDA, then from 1 MiB");
+}
+
+/// A range larger than the output holds is walked as far as it fits; the
+/// host asks again from where the agent stopped, and nothing is lost or
+/// sealed twice.
+#[test]
+fn a_full_output_stops_the_walk_where_the_host_resumes() {
+    let (mut src, mut dst) = connected();
+    let private: Vec<u64> = map().iter().collect();
+    for &gpa in private.iter().filter(|&&g| g != MIGRATION_POLICY) {
+        src.memory_mut().put(gpa, &content(gpa, 1));
+    }
+    let frames = MEMORY / PAGE;
+    let (mut first, mut calls, mut sealed) = (0, 0, 0);
+    while first < frames {
+        let a = src
+            .call(command::EXPORT_PAGES, &[0, first * PAGE, frames - first], &[])
+            .ok();
+        let walked = a.results[2];
+        assert!(walked > 0 && walked <= frames - first);
+        assert!(a.output.len() as u64 <= FROM_AGENT_SIZE);
+        sealed += a.results[0];
+        if !a.output.is_empty() {
+            dst.call(command::IMPORT, &[a.output.len() as u64], &a.output).ok();
+        }
+        first += walked;
+        calls += 1;
+    }
+    assert_eq!(sealed, map().pages());
+    assert!(calls > 2, "{calls} calls: the walk never stopped early");
+    let end = src.call(command::END_ROUND, &[], &[]).ok();
+    dst.call(command::IMPORT, &[end.output.len() as u64], &end.output).ok();
+    for &gpa in &private {
+        assert!(src.memory().page(gpa) == dst.memory().page(gpa), "page {gpa:#x}");
+    }
 }
 
 #[test]

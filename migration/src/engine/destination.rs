@@ -265,6 +265,17 @@ impl<'a> Receiver<'a> {
                         report: self.report,
                     });
                 }
+                Message::Sync { round } => {
+                    // Every earlier frame is applied: this loop reads in order.
+                    if self.state_done || round.checked_add(1) != Some(self.round) {
+                        return Err(MigrationError::stream(format!(
+                            "Sync for round {round} while round {} is open{}",
+                            self.round,
+                            if self.state_done { ", after the state" } else { "" }
+                        )));
+                    }
+                    wire.send_now(&Message::Synced { round })?;
+                }
                 Message::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
                 other => {
                     let kind = other.kind();

@@ -150,7 +150,3 @@ impl Default for ReceiveOptions {
         }
     }
 }
-
-/// Pages per dirty-log chunk: cleared together, then read and sent as at
-/// most one Pages record.
-pub(crate) const CHUNK_PAGES: u64 = crate::protocol::MAX_PAGES_PER_FRAME as u64;

@@ -1,7 +1,7 @@
 //! One pre-copy round on the source: walk the pages, clear, read, send.
 
 use super::source::Source;
-use super::{MigrationError, TimeoutStrategy, CHUNK_PAGES};
+use super::{MigrationError, TimeoutStrategy};
 use crate::protocol::Message;
 use crate::vm::{DirtyBitmap, PAGE_SIZE};
 use std::time::{Duration, Instant};
@@ -75,11 +75,12 @@ impl Source<'_> {
     pub(super) fn full_round(&mut self) -> Result<RoundStats, MigrationError> {
         let started = (Instant::now(), self.wire.bytes_sent());
         let mut stats = RoundStats::default();
+        let chunk = self.sealer.chunk_pages();
         for (base, len) in self.vm.memory_ranges() {
             let pages = len / PAGE_SIZE;
             let mut first = 0;
             while first < pages {
-                let n = CHUNK_PAGES.min(pages - first);
+                let n = chunk.min(pages - first);
                 let gpa = base + first * PAGE_SIZE;
                 self.vm
                     .clear_dirty(gpa, n)
@@ -103,11 +104,12 @@ impl Source<'_> {
         let started = (Instant::now(), self.wire.bytes_sent());
         let mut stats = RoundStats::default();
         let mut runs = Vec::new();
+        let chunk = self.sealer.chunk_pages();
         for bitmap in bitmaps {
             let (base, pages) = (bitmap.range.0, range_pages(bitmap));
             let mut first = 0;
             while first < pages {
-                let end = (first + CHUNK_PAGES).min(pages);
+                let end = (first + chunk).min(pages);
                 runs.clear();
                 dirty_runs(&bitmap.bits, first, end, &mut runs);
                 first = end;

@@ -125,8 +125,15 @@ pub trait Sealer: Send {
         Ok(())
     }
 
+    /// Pages the engine hands [`Sealer::seal_pages`] at most at once (and
+    /// between its cancellation and progress checks). Plain: one `Pages`
+    /// frame's worth, [`MAX_PAGES_PER_FRAME`].
+    fn chunk_pages(&self) -> u64 {
+        MAX_PAGES_PER_FRAME as u64
+    }
+
     /// Exports the `count` pages from `gpa` for `round` (their dirty bits
-    /// already cleared, at most [`MAX_PAGES_PER_FRAME`] pages), passing
+    /// already cleared, at most [`Sealer::chunk_pages`] pages), passing
     /// every record to `out`.
     fn seal_pages(
         &mut self,

@@ -7,7 +7,7 @@ use super::rounds::{count_dirty, RoundStats};
 use super::sealer::handshake_over;
 use super::throttle::AutoConverge;
 use super::{MigrationError, Phase, PlainSealer, Progress, Sealer, SendOptions, TimeoutStrategy};
-use crate::protocol::{fit_reason, Message, ProtocolError, Wire};
+use crate::protocol::{fit_reason, Message, ProtocolError, Wire, PROTOCOL_VERSION_CONFIDENTIAL};
 use crate::transport::Stream;
 use crate::vm::{SourceVm, PAGE_SIZE};
 use std::time::{Duration, Instant};
@@ -178,13 +178,19 @@ impl Source<'_> {
         // Dirty pages found after the previous round, and rounds run since
         // the target was met.
         let (mut previous, mut extra): (Option<u64>, u32) = (None, 0);
+        // Version 2 waits once for the destination to catch up before it
+        // pauses (protocol doc, `Sync`); `synced` is then true and the
+        // dirty log is read again without a new round to observe.
+        let (mut sync_due, mut synced) = (self.sealer.version() == PROTOCOL_VERSION_CONFIDENTIAL, false);
         loop {
             let bitmaps = self
                 .vm
                 .dirty_pages()
                 .map_err(MigrationError::vm("read the dirty log"))?;
             let dirty = count_dirty(&bitmaps);
-            self.estimator.observe(last.wire_bytes, last.elapsed, dirty);
+            if !std::mem::take(&mut synced) {
+                self.estimator.observe(last.wire_bytes, last.elapsed, dirty);
+            }
             let expected = self.estimator.expected_downtime(dirty);
             self.publish(round, dirty, expected);
             tracing::debug!(round, dirty, expected_ms = expected.as_millis() as u64, "pre-copy");
@@ -192,6 +198,11 @@ impl Source<'_> {
             if target_met {
                 let shrinking = previous.is_none_or(|p| dirty * 4 < p * 3);
                 if expected <= self.options.downtime_floor || !shrinking || extra >= super::MAX_EXTRA_ROUNDS {
+                    if std::mem::take(&mut sync_due) {
+                        self.sync(round)?;
+                        synced = true;
+                        continue;
+                    }
                     return Ok((round + 1, true));
                 }
                 extra += 1;
@@ -216,6 +227,29 @@ impl Source<'_> {
             round += 1;
             last = self.dirty_round(round, &bitmaps, true)?;
         }
+    }
+
+    /// Sends `Sync{round}` and waits for the destination's `Synced`.
+    fn sync(&mut self, round: u32) -> Result<(), MigrationError> {
+        let started = Instant::now();
+        self.wire.send_now(&Message::Sync { round })?;
+        match self.wire.receive()? {
+            Message::Synced { round: r } if r == round => {}
+            Message::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
+            Message::Synced { round: r } => {
+                return Err(MigrationError::stream(format!(
+                    "the destination answered Sync {round} with Synced {r}"
+                )))
+            }
+            other => {
+                return Err(MigrationError::Unexpected {
+                    got: other.kind(),
+                    during: "waiting for the destination to catch up (Synced)",
+                })
+            }
+        }
+        tracing::debug!(round, waited_ms = ms(started.elapsed()), "destination caught up");
+        Ok(())
     }
 
     fn maybe_throttle(&mut self, dirty: u64, last: &RoundStats) -> Result<(), MigrationError> {

@@ -21,6 +21,7 @@ pub(super) fn payload_len(m: &Message) -> usize {
         Message::Handshake { message } => message.len(),
         Message::Sealed { records, .. } => 4 + records.len(),
         Message::Control { record } => record.len(),
+        Message::Sync { .. } | Message::Synced { .. } => 4,
     }
 }
 
@@ -114,6 +115,10 @@ pub(super) fn encode_payload<'m>(m: &'m Message, head: &mut Vec<u8>) -> &'m [u8]
             records
         }
         Message::Control { record } => record,
+        Message::Sync { round } | Message::Synced { round } => {
+            head.extend_from_slice(&round.to_le_bytes());
+            &[]
+        }
     }
 }
 
@@ -264,6 +269,14 @@ pub(super) fn decode_payload<R: Read>(r: &mut R, kind: MessageKind, len: usize) 
             }
         }
         MessageKind::Control => Message::Control { record: p.opaque()? },
+        MessageKind::Sync => {
+            p.exact(4)?;
+            Message::Sync { round: p.u32()? }
+        }
+        MessageKind::Synced => {
+            p.exact(4)?;
+            Message::Synced { round: p.u32()? }
+        }
     })
 }
 

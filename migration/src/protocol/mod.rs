@@ -40,6 +40,8 @@
 //! | 11   | Handshake  | 2        | both      | one agent handshake message, opaque (≥ 1 byte)              | 4 KiB |
 //! | 12   | Sealed     | 2        | S → D     | round u32, then the agent's sealed records, opaque (≥ 1 byte) | 4 MiB + 4 |
 //! | 13   | Control    | 2        | D → S     | one sealed control record: the agent's Commit or abort token, opaque (≥ 1 byte) | 4 KiB |
+//! | 14   | Sync       | 2        | S → D     | round u32: the last round ended                             | 4 |
+//! | 15   | Synced     | 2        | D → S     | round u32, the Sync's: everything before it is applied       | 4 |
 //!
 //! (\*) Valid frames in version 2, but a confidential source never sends
 //! them and a confidential destination refuses them: guest memory travels
@@ -61,6 +63,17 @@
 //! be the open round. Records sent after the final `RoundEnd` (version 2:
 //! the sealed vCPU states and the agent's Final) belong to the round
 //! after it, numbered like `Complete`'s `rounds`, which never ends.
+//!
+//! `Sync` is a barrier. The destination's agent opens records more slowly
+//! than the source's seals them, so a converged source would pause with a
+//! backlog of its earlier rounds still queued in the sockets, and the
+//! guest's downtime would include it. So a version-2 source, the first time
+//! pre-copy converges, sends `Sync{r}` (r: the round that just ended) and
+//! waits for `Synced{r}`, which the destination writes when it reads the
+//! `Sync`, after applying every frame before it; then it evaluates the
+//! dirty log again (what the guest wrote meanwhile) and pauses or runs
+//! more rounds as usual. A `Sync` whose round is not the last ended one,
+//! or after the state, is a stream error.
 //!
 //! In version 2 the payloads of `Handshake`, `Sealed` and `Control` are
 //! the in-guest agents' messages and records (docs/confidential-protocol.md):
@@ -117,6 +130,9 @@
 //!    │ Sealed{0, sealed round end} ───────────────────►│ agent checks its count
 //!    │ RoundEnd{0, pages, zero, bytes} ───────────────►│ engine checks its counts
 //!    │   … rounds 1..k as round 0, the source throttling
+//!    │ Sync{k} (first convergence) ───────────────────►│ (after applying all of it)
+//!    │ ◄──────────────────────────────────── Synced{k} │
+//!    │   … more rounds only if the dirty log needs them
 //!    │ pause vCPUs                                     │
 //!    │ Sealed{k+1, last pages}, Sealed{k+1, round end}, RoundEnd{k+1} ─►│
 //!    │ Sealed{k+2, sealed vCPU states, Final} ────────►│ agent checks totals
@@ -244,6 +260,10 @@ pub enum MessageKind {
     Sealed = 12,
     /// The destination agent's sealed Commit or abort token (version 2).
     Control = 13,
+    /// Source: a barrier before pausing (version 2).
+    Sync = 14,
+    /// Destination: everything before the `Sync` is applied (version 2).
+    Synced = 15,
 }
 
 impl MessageKind {
@@ -264,6 +284,8 @@ impl MessageKind {
             11 => Handshake,
             12 => Sealed,
             13 => Control,
+            14 => Sync,
+            15 => Synced,
             _ => return None,
         })
     }
@@ -283,6 +305,7 @@ impl MessageKind {
             Handshake => MAX_HANDSHAKE_BYTES,
             Sealed => 4 + MAX_SEALED_BYTES,
             Control => MAX_CONTROL_BYTES,
+            Sync | Synced => 4,
         }
     }
 
@@ -291,7 +314,7 @@ impl MessageKind {
     pub fn in_version(self, version: u16) -> bool {
         use MessageKind::*;
         match version {
-            PROTOCOL_VERSION => !matches!(self, Invalid | Handshake | Sealed | Control),
+            PROTOCOL_VERSION => !matches!(self, Invalid | Handshake | Sealed | Control | Sync | Synced),
             PROTOCOL_VERSION_CONFIDENTIAL => !matches!(self, Invalid | Commit),
             _ => false,
         }
@@ -387,6 +410,16 @@ pub enum Message {
         /// The sealed record, opaque to the hosts.
         record: Vec<u8>,
     },
+    /// Source: answer once everything before this is applied (version 2).
+    Sync {
+        /// The last round the source ended.
+        round: u32,
+    },
+    /// Destination: the answer to `Sync` (version 2).
+    Synced {
+        /// The `Sync`'s round.
+        round: u32,
+    },
 }
 
 impl Message {
@@ -406,6 +439,8 @@ impl Message {
             Message::Handshake { .. } => MessageKind::Handshake,
             Message::Sealed { .. } => MessageKind::Sealed,
             Message::Control { .. } => MessageKind::Control,
+            Message::Sync { .. } => MessageKind::Sync,
+            Message::Synced { .. } => MessageKind::Synced,
         }
     }
 

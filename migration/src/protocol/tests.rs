@@ -287,6 +287,8 @@ fn samples_v2() -> Vec<Message> {
         Message::Control {
             record: vec![7; MAX_CONTROL_BYTES],
         },
+        Message::Sync { round: 3 },
+        Message::Synced { round: u32::MAX },
     ]);
     v
 }
@@ -330,6 +332,8 @@ fn version_2_caps_are_checked_before_reading() {
         (MessageKind::Handshake, MAX_HANDSHAKE_BYTES),
         (MessageKind::Sealed, 4 + MAX_SEALED_BYTES),
         (MessageKind::Control, MAX_CONTROL_BYTES),
+        (MessageKind::Sync, 4),
+        (MessageKind::Synced, 4),
     ] {
         assert_eq!(kind.cap(), cap);
         // A header announcing one byte over the cap, no payload behind it.
@@ -390,8 +394,8 @@ fn version_2_payloads_are_decoded_strictly() {
 #[test]
 fn kinds_belong_to_their_version() {
     // The confidential kinds in a version-1 connection.
-    for kind in [11u16, 12, 13] {
-        let e = decode(&frame(kind, 0, &[1, 2, 3, 4, 5])).unwrap_err();
+    for kind in [11u16, 12, 13, 14, 15] {
+        let e = decode(&frame(kind, 0, &[1, 2, 3, 4])).unwrap_err();
         assert!(matches!(e, ProtocolError::NotInVersion { version: 1, .. }), "{e}");
         assert!(
             e.to_string().contains("not part of migration protocol version 1"),
@@ -413,9 +417,9 @@ fn kinds_belong_to_their_version() {
     // Also when the version is learnt from that very frame.
     let e = decode_in(None, &frame_v(2, 9, 0, &[])).unwrap_err();
     assert!(matches!(e, ProtocolError::NotInVersion { .. }), "{e}");
-    // Kinds 14 and up exist in no version.
-    let e = decode_in(Some(2), &frame_v(2, 14, 0, &[])).unwrap_err();
-    assert!(matches!(e, ProtocolError::UnknownKind(14)), "{e}");
+    // Kinds 16 and up exist in no version.
+    let e = decode_in(Some(2), &frame_v(2, 16, 0, &[])).unwrap_err();
+    assert!(matches!(e, ProtocolError::UnknownKind(16)), "{e}");
     // And nobody sends them.
     let mut out = Vec::new();
     let sealed = Message::Sealed {

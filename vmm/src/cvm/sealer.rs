@@ -13,6 +13,12 @@ use covm_migration::protocol::{Message, PROTOCOL_VERSION_CONFIDENTIAL};
 use covm_migration::vm::SourceVm;
 use std::time::Duration;
 
+/// Pages per engine chunk (32 MiB): the agent stops where its 2 MiB of
+/// output is full, so a chunk costs one agent call per 2 MiB of sealed
+/// data, and one call in all when its pages are zero.
+const CHUNK_PAGES: u64 = 8192;
+const PAGE_SIZE: u64 = 4096;
+
 /// Seals through the source VM's agent.
 pub struct ConfidentialSealer {
     mailbox: AgentMailbox,
@@ -67,6 +73,10 @@ impl Sealer for ConfidentialSealer {
         handshake::run(&mut self.mailbox, ROLE_SOURCE, link, &self.info)
     }
 
+    fn chunk_pages(&self) -> u64 {
+        CHUNK_PAGES
+    }
+
     fn seal_pages(
         &mut self,
         _vm: &dyn SourceVm,
@@ -75,15 +85,32 @@ impl Sealer for ConfidentialSealer {
         count: u64,
         out: &mut RecordSink<'_>,
     ) -> Result<Carried, MigrationError> {
-        let results = self.call(command::EXPORT_PAGES, &[u64::from(round), gpa, count], &[])?;
-        let records = if self.mailbox.output().is_empty() { 0 } else { 1 };
-        self.forward(round, out)?;
-        self.info.add(records, results[0], self.epoch);
-        Ok(Carried {
+        let mut carried = Carried {
             round,
-            pages: results[0],
-            zero_pages: results[1],
-        })
+            pages: 0,
+            zero_pages: 0,
+        };
+        // The agent walks as far as its output holds; each output goes
+        // out as one Sealed frame while the rest is asked for.
+        let mut done = 0;
+        while done < count {
+            let first = gpa + done * PAGE_SIZE;
+            let results = self.call(command::EXPORT_PAGES, &[u64::from(round), first, count - done], &[])?;
+            let walked = results[2];
+            if walked == 0 || walked > count - done {
+                return Err(MigrationError::stream(format!(
+                    "the agent walked {walked} of the {} pages asked for from {first:#x}",
+                    count - done
+                )));
+            }
+            let records = if self.mailbox.output().is_empty() { 0 } else { 1 };
+            self.forward(round, out)?;
+            self.info.add(records, results[0], self.epoch);
+            carried.pages += results[0];
+            carried.zero_pages += results[1];
+            done += walked;
+        }
+        Ok(carried)
     }
 
     fn end_round(&mut self, round: u32, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
