@@ -668,11 +668,9 @@ fn a_token_that_comes_after_the_commit_timeout_still_frees_the_guest() {
     assert!(destination.handle.join().unwrap().is_err());
 }
 
-#[test]
-fn a_failed_handshake_reports_the_peers_reason() {
-    // The destination's VM factory is fine, but its agent's handshake is
-    // fed garbage by a scripted source: the destination aborts (no key
-    // yet, so no token) and says why.
+/// An honest confidential destination that accepted a scripted source's
+/// version-2 Hello, and the source's end of the wire.
+fn accepted_destination() -> (Destination, Wire<Box<dyn Stream>>) {
     let (a, b) = pair();
     let destination = confidential_destination(b, Behaviour::Honest);
     let mut w = Wire::new(a);
@@ -682,6 +680,15 @@ fn a_failed_handshake_reports_the_peers_reason() {
     })
     .unwrap();
     assert_eq!(w.receive().unwrap(), Message::HelloAck);
+    (destination, w)
+}
+
+#[test]
+fn a_failed_handshake_reports_the_peers_reason() {
+    // The destination's VM factory is fine, but its agent's handshake is
+    // fed garbage by a scripted source: the destination aborts (no key
+    // yet, so no token) and says why.
+    let (destination, mut w) = accepted_destination();
     w.send_now(&Message::Handshake {
         message: b"NOT A HELLO".to_vec(),
     })
@@ -812,15 +819,7 @@ fn version_rules_are_enforced_on_the_wire() {
 
     // Plain page records in a confidential connection: the opener does
     // not claim them, the engine refuses them.
-    let (a, b) = pair();
-    let destination = confidential_destination(b, Behaviour::Honest);
-    let mut w = Wire::new(a);
-    w.send_now(&Message::Hello {
-        version: 2,
-        config: fake::config(),
-    })
-    .unwrap();
-    assert_eq!(w.receive().unwrap(), Message::HelloAck);
+    let (destination, mut w) = accepted_destination();
     ToySealer::new(SharedLog::default()).handshake(&mut w).unwrap();
     w.send_now(&Message::Pages {
         round: 0,
@@ -848,15 +847,7 @@ fn version_rules_are_enforced_on_the_wire() {
 /// ended; a `Sync` naming any other round is a stream error.
 #[test]
 fn sync_is_answered_only_for_the_last_ended_round() {
-    let (a, b) = pair();
-    let destination = confidential_destination(b, Behaviour::Honest);
-    let mut w = Wire::new(a);
-    w.send_now(&Message::Hello {
-        version: 2,
-        config: fake::config(),
-    })
-    .unwrap();
-    assert_eq!(w.receive().unwrap(), Message::HelloAck);
+    let (destination, mut w) = accepted_destination();
     ToySealer::new(SharedLog::default()).handshake(&mut w).unwrap();
     // Round 0 is still open: no round has ended.
     w.send_now(&Message::Sync { round: 0 }).unwrap();
