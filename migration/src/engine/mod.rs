@@ -120,6 +120,11 @@ pub struct SendOptions {
 /// Most pre-copy rounds run after the downtime target is already met.
 pub const MAX_EXTRA_ROUNDS: u32 = 8;
 
+/// Most times a version-2 source waits for the destination to catch up
+/// (`Sync`) before it pauses: the first convergence, then after each of
+/// the next rounds.
+pub const MAX_SYNCS: u32 = 3;
+
 impl Default for SendOptions {
     fn default() -> Self {
         SendOptions {

@@ -178,10 +178,16 @@ impl Source<'_> {
         // Dirty pages found after the previous round, and rounds run since
         // the target was met.
         let (mut previous, mut extra): (Option<u64>, u32) = (None, 0);
-        // Version 2 waits once for the destination to catch up before it
-        // pauses (protocol doc, `Sync`); `synced` is then true and the
-        // dirty log is read again without a new round to observe.
-        let (mut sync_due, mut synced) = (self.sealer.version() == PROTOCOL_VERSION_CONFIDENTIAL, false);
+        // Version 2 waits for the destination to catch up before it pauses
+        // (protocol doc, `Sync`), and again after each round that follows,
+        // at most MAX_SYNCS times; `synced` is then true and the dirty log
+        // is read again without a new round to observe.
+        let mut syncs_left = if self.sealer.version() == PROTOCOL_VERSION_CONFIDENTIAL {
+            super::MAX_SYNCS
+        } else {
+            0
+        };
+        let (mut sync_due, mut synced) = (syncs_left > 0, false);
         loop {
             let bitmaps = self
                 .vm
@@ -200,6 +206,7 @@ impl Source<'_> {
                 if expected <= self.options.downtime_floor || !shrinking || extra >= super::MAX_EXTRA_ROUNDS {
                     if std::mem::take(&mut sync_due) {
                         self.sync(round)?;
+                        syncs_left -= 1;
                         synced = true;
                         continue;
                     }
@@ -226,6 +233,7 @@ impl Source<'_> {
             previous = Some(dirty);
             round += 1;
             last = self.dirty_round(round, &bitmaps, true)?;
+            sync_due = syncs_left > 0;
         }
     }
 
