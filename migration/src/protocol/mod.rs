@@ -67,13 +67,15 @@
 //! `Sync` is a barrier. The destination's agent opens records more slowly
 //! than the source's seals them, so a converged source would pause with a
 //! backlog of its earlier rounds still queued in the sockets, and the
-//! guest's downtime would include it. So a version-2 source, the first time
-//! pre-copy converges, sends `Sync{r}` (r: the round that just ended) and
-//! waits for `Synced{r}`, which the destination writes when it reads the
-//! `Sync`, after applying every frame before it; then it evaluates the
-//! dirty log again (what the guest wrote meanwhile) and pauses or runs
-//! more rounds as usual. A `Sync` whose round is not the last ended one,
-//! or after the state, is a stream error.
+//! guest's downtime would include it. So a version-2 source, when
+//! pre-copy has converged and it would pause, first sends `Sync{r}` (r:
+//! the round that just ended) and waits for `Synced{r}`, which the
+//! destination writes when it reads the `Sync`, after applying every frame
+//! before it; then it evaluates the dirty log again (what the guest wrote
+//! meanwhile) and pauses or runs another round as usual. It syncs at most
+//! once per round and three times in all (`engine::MAX_SYNCS`). A `Sync`
+//! whose round is not the last ended one, or after the state, is a stream
+//! error.
 //!
 //! In version 2 the payloads of `Handshake`, `Sealed` and `Control` are
 //! the in-guest agents' messages and records (docs/confidential-protocol.md):
@@ -130,7 +132,7 @@
 //!    │ Sealed{0, sealed round end} ───────────────────►│ agent checks its count
 //!    │ RoundEnd{0, pages, zero, bytes} ───────────────►│ engine checks its counts
 //!    │   … rounds 1..k as round 0, the source throttling
-//!    │ Sync{k} (first convergence) ───────────────────►│ (after applying all of it)
+//!    │ Sync{k} (converged) ───────────────────────────►│ (after applying all of it)
 //!    │ ◄──────────────────────────────────── Synced{k} │
 //!    │   … more rounds only if the dirty log needs them
 //!    │ pause vCPUs                                     │
