@@ -1,0 +1,371 @@
+//! The real SEV-SNP samples in resources/attestation/snp/: each verifies,
+//! and one flipped byte in the report body, the report signature, the
+//! VCEK, the ASK or the ARK is refused with the error naming it.
+
+use covm_attestation::{verify, verify_snp, AttestationError, ChainCert, Product, Root, SigningKey, SnpChain, Tcb};
+use sev::certs::snp::Certificate;
+use std::path::PathBuf;
+
+/// What the tests know of a sample, read off its SOURCE.md.
+struct Sample {
+    dir: &'static str,
+    vek_file: &'static str,
+    product: Product,
+    version: u32,
+    policy: u64,
+    tcb: (u8, u8, u8, u8),
+    chip_id_start: [u8; 4],
+    measurement_start: [u8; 4],
+}
+
+const SAMPLES: [Sample; 2] = [
+    Sample {
+        dir: "milan-virtee-sev",
+        vek_file: "vcek.der",
+        product: Product::Milan,
+        version: 2,
+        policy: 0x3_0000,
+        tcb: (3, 0, 8, 0x73),
+        chip_id_start: [0xd4, 0x95, 0x54, 0xec],
+        measurement_start: [0x7a, 0x1e, 0x5c, 0x26],
+    },
+    Sample {
+        dir: "genoa-azure-trustee",
+        vek_file: "vcek.pem",
+        product: Product::Genoa,
+        version: 3,
+        policy: 0x3_001f,
+        tcb: (10, 0, 23, 84),
+        chip_id_start: [0x05, 0x06, 0xff, 0xba],
+        measurement_start: [0xf5, 0x7d, 0xc0, 0x9a],
+    },
+];
+
+fn path(sample: &Sample, file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../resources/attestation/snp")
+        .join(sample.dir)
+        .join(file)
+}
+
+fn read(sample: &Sample, file: &str) -> Vec<u8> {
+    std::fs::read(path(sample, file)).unwrap()
+}
+
+/// A certificate file as DER, whichever way it is stored.
+fn der(sample: &Sample, file: &str) -> Vec<u8> {
+    let bytes = read(sample, file);
+    let cert = if bytes.starts_with(b"-----BEGIN") {
+        Certificate::from_pem(&bytes)
+    } else {
+        Certificate::from_der(&bytes)
+    };
+    cert.unwrap().to_der().unwrap()
+}
+
+/// The sample's report and certificates (ARK, ASK, VEK) as DER.
+struct Parts {
+    report: Vec<u8>,
+    ark: Vec<u8>,
+    ask: Vec<u8>,
+    vek: Vec<u8>,
+}
+
+impl Parts {
+    fn of(sample: &Sample) -> Parts {
+        Parts {
+            report: read(sample, "report.bin"),
+            ark: der(sample, "ark.pem"),
+            ask: der(sample, "ask.pem"),
+            vek: der(sample, sample.vek_file),
+        }
+    }
+
+    fn verify(&self) -> Result<covm_attestation::VerifiedReport, AttestationError> {
+        let chain = SnpChain::from_bytes(&self.ark, &self.ask, &self.vek)?;
+        verify_snp(&self.report, &chain)
+    }
+}
+
+fn flip(bytes: &mut [u8], at: usize) {
+    bytes[at] ^= 0x01;
+}
+
+/// Where `needle` starts in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack.windows(needle.len()).position(|w| w == needle).unwrap()
+}
+
+#[test]
+fn every_sample_verifies_from_its_files() {
+    for sample in &SAMPLES {
+        let chain = SnpChain::load(
+            path(sample, "ark.pem"),
+            path(sample, "ask.pem"),
+            path(sample, sample.vek_file),
+        )
+        .unwrap();
+        let verified =
+            verify(&read(sample, "report.bin"), &Root::Amd(chain)).unwrap_or_else(|e| panic!("{}: {e}", sample.dir));
+        let (boot_loader, tee, snp, microcode) = sample.tcb;
+        assert_eq!(verified.signing_key(), SigningKey::Vcek, "{}", sample.dir);
+        assert_eq!(verified.product(), Some(sample.product), "{}", sample.dir);
+        assert_eq!(verified.version(), sample.version, "{}", sample.dir);
+        assert_eq!(verified.policy(), sample.policy, "{}", sample.dir);
+        assert_eq!(
+            verified.reported_tcb(),
+            Tcb {
+                fmc: None,
+                boot_loader,
+                tee,
+                snp,
+                microcode,
+                raw: u64::from_le_bytes([boot_loader, tee, 0, 0, 0, 0, snp, microcode]),
+            },
+            "{}",
+            sample.dir
+        );
+        assert_eq!(verified.chip_id()[..4], sample.chip_id_start, "{}", sample.dir);
+        assert_eq!(verified.measurement()[..4], sample.measurement_start, "{}", sample.dir);
+        // The accessors read the report's own bytes.
+        let report = read(sample, "report.bin");
+        assert_eq!(verified.report_data()[..], report[0x50..0x90]);
+        assert_eq!(verified.host_data()[..], report[0xC0..0xE0]);
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_signed_body_is_refused() {
+    for sample in &SAMPLES {
+        // MEASUREMENT, REPORT_DATA, POLICY, GUEST_SVN: all under the signature.
+        for at in [0x90, 0x50, 0x08, 0x04] {
+            let mut parts = Parts::of(sample);
+            flip(&mut parts.report, at);
+            assert!(
+                matches!(
+                    parts.verify(),
+                    Err(AttestationError::ReportSignature { key: SigningKey::Vcek })
+                ),
+                "{} byte {at:#x}: {:?}",
+                sample.dir,
+                parts.verify()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_report_signature_is_refused() {
+    for sample in &SAMPLES {
+        // A byte of r, a byte of s.
+        for at in [0x2A0 + 10, 0x2E8 + 20] {
+            let mut parts = Parts::of(sample);
+            flip(&mut parts.report, at);
+            assert!(
+                matches!(
+                    parts.verify(),
+                    Err(AttestationError::ReportSignature { key: SigningKey::Vcek })
+                ),
+                "{} byte {at:#x}: {:?}",
+                sample.dir,
+                parts.verify()
+            );
+        }
+        // Above the 48-byte scalar: not what ECDSA checks, refused anyway.
+        let mut parts = Parts::of(sample);
+        flip(&mut parts.report, 0x2A0 + 60);
+        assert!(matches!(
+            parts.verify(),
+            Err(AttestationError::SignatureEncoding { component: "R" })
+        ));
+        // The unsigned reserved tail.
+        let mut parts = Parts::of(sample);
+        flip(&mut parts.report, 0x49F);
+        assert!(matches!(parts.verify(), Err(AttestationError::ReportFormat(_))));
+    }
+}
+
+/// Asserts that `edit` on the certificates fails at the link from
+/// `signer` to `subject`.
+fn assert_link_fails(sample: &Sample, edit: impl Fn(&mut Parts), subject: ChainCert, signer: ChainCert) {
+    let mut parts = Parts::of(sample);
+    edit(&mut parts);
+    match parts.verify() {
+        Err(AttestationError::CertificateSignature {
+            subject: s, signer: g, ..
+        }) if s == subject && g == signer => {}
+        other => panic!(
+            "{}: expected {subject} signed by {signer} to fail, got {other:?}",
+            sample.dir
+        ),
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_vcek_is_refused() {
+    for sample in &SAMPLES {
+        // In its signature (the last bytes of the DER) ...
+        assert_link_fails(
+            sample,
+            |p| {
+                let at = p.vek.len() - 8;
+                flip(&mut p.vek, at)
+            },
+            ChainCert::Vek,
+            ChainCert::Ask,
+        );
+        // ... and in its public key, the key that signs reports.
+        assert_link_fails(
+            sample,
+            |p| {
+                let key = Certificate::from_der(&p.vek).unwrap().public_key_sec1().to_vec();
+                let at = find(&p.vek, &key) + 30;
+                flip(&mut p.vek, at)
+            },
+            ChainCert::Vek,
+            ChainCert::Ask,
+        );
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_ask_is_refused() {
+    for sample in &SAMPLES {
+        assert_link_fails(
+            sample,
+            |p| {
+                let at = p.ask.len() - 8;
+                flip(&mut p.ask, at)
+            },
+            ChainCert::Ask,
+            ChainCert::Ark,
+        );
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_ark_is_refused() {
+    for sample in &SAMPLES {
+        assert_link_fails(
+            sample,
+            |p| {
+                let at = p.ark.len() - 8;
+                flip(&mut p.ark, at)
+            },
+            ChainCert::Ark,
+            ChainCert::Ark,
+        );
+    }
+}
+
+#[test]
+fn another_products_ark_does_not_sign_the_ask() {
+    let [milan, genoa] = &SAMPLES;
+    let genoa_ark = der(genoa, "ark.pem");
+    assert_link_fails(milan, |p| p.ark = genoa_ark.clone(), ChainCert::Ask, ChainCert::Ark);
+}
+
+#[test]
+fn a_self_signed_root_that_is_not_amds_is_refused() {
+    let untrusted =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/untrusted-ark.pem")).unwrap();
+    let mut parts = Parts::of(&SAMPLES[0]);
+    parts.ark = untrusted;
+    assert!(
+        matches!(parts.verify(), Err(AttestationError::UntrustedArk)),
+        "{:?}",
+        parts.verify()
+    );
+}
+
+#[test]
+fn another_chips_vcek_is_refused() {
+    let [milan, genoa] = &SAMPLES;
+    let mut parts = Parts::of(milan);
+    parts.vek = der(genoa, genoa.vek_file);
+    // Genoa's VCEK is not signed by Milan's ASK.
+    assert!(matches!(
+        parts.verify(),
+        Err(AttestationError::CertificateSignature {
+            subject: ChainCert::Vek,
+            signer: ChainCert::Ask,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn the_report_must_name_the_key_the_chain_ends_in() {
+    for sample in &SAMPLES {
+        let mut parts = Parts::of(sample);
+        parts.report[0x48] |= 1 << 2; // KEY_INFO.SIGNING_KEY = 1 (VLEK)
+        assert!(matches!(
+            parts.verify(),
+            Err(AttestationError::SigningKeyMismatch {
+                report: SigningKey::Vlek,
+                certificate: SigningKey::Vcek
+            })
+        ));
+        parts.report[0x48] |= 7 << 2; // 7: no key (unsigned report)
+        assert!(matches!(parts.verify(), Err(AttestationError::UnknownSigningKey(7))));
+    }
+}
+
+#[test]
+fn malformed_inputs_name_what_is_wrong() {
+    let sample = &SAMPLES[0];
+    let mut parts = Parts::of(sample);
+    parts.report.pop();
+    assert!(matches!(
+        parts.verify(),
+        Err(AttestationError::ReportLength {
+            expected: 1184,
+            got: 1183
+        })
+    ));
+
+    let mut parts = Parts::of(sample);
+    parts.ask.truncate(100);
+    assert!(matches!(
+        parts.verify(),
+        Err(AttestationError::CertificateFormat {
+            cert: ChainCert::Ask,
+            ..
+        })
+    ));
+
+    let missing = SnpChain::load(
+        path(sample, "ark.pem"),
+        path(sample, "nope.pem"),
+        path(sample, "vcek.der"),
+    );
+    assert!(matches!(
+        missing,
+        Err(AttestationError::Read {
+            cert: ChainCert::Ask,
+            ..
+        })
+    ));
+
+    let mut parts = Parts::of(sample);
+    parts.report[0x34] = 2; // SIGNATURE_ALGO
+    assert!(matches!(parts.verify(), Err(AttestationError::SignatureAlgorithm(2))));
+}
+
+#[test]
+fn errors_read_as_sentences() {
+    let mut parts = Parts::of(&SAMPLES[1]);
+    let at = parts.ask.len() - 8;
+    flip(&mut parts.ask, at);
+    let message = parts.verify().unwrap_err().to_string();
+    assert!(
+        message.starts_with("ASK/ASVK certificate: its signature by the ARK does not verify"),
+        "{message}"
+    );
+    let mut parts = Parts::of(&SAMPLES[1]);
+    flip(&mut parts.report, 0x90);
+    assert_eq!(
+        parts.verify().unwrap_err().to_string(),
+        "attestation report: SIGNATURE is not the VCEK's ECDSA P-384 signature over bytes 0..0x2A0"
+    );
+}
