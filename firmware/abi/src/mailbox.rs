@@ -219,6 +219,15 @@ pub mod command {
     /// source may resume its guest, results[3] epoch, results[4] records
     /// sealed or opened, results[5] pages.
     pub const STATUS: u32 = 10;
+    /// Source: `EXPORT_PAGES` over a list of ranges (the host's dirty log,
+    /// a hint): `TO_AGENT` holds `args[1]` entries of gpa u64 and page
+    /// count u64 (little-endian), for round `args[0]`, walked in order
+    /// with `EXPORT_PAGES`' rules and one output. The agent stops early
+    /// when the output might not hold the next page's records. Output: the
+    /// records; results[0] = pages sealed, results[1] of which zero,
+    /// results[2] = entries walked to their end, results[3] = the 4 KiB
+    /// frames walked of the next entry (ask again from there).
+    pub const EXPORT_LIST: u32 = 11;
 }
 
 /// Session states reported by [`command::STATUS`].

@@ -1,5 +1,5 @@
-//! The source's commands: `EXPORT_PAGES`, `END_ROUND`, `EXPORT_FINAL`
-//! and `READ_CONTROL`.
+//! The source's commands: `EXPORT_PAGES`, `EXPORT_LIST`, `END_ROUND`,
+//! `EXPORT_FINAL` and `READ_CONTROL`.
 //!
 //! Pages are sealed from a private copy: a zero page (known zero from the
 //! firmware's write tracking, or read as zero in place) joins a ZeroPages
@@ -20,7 +20,7 @@ use covm_agent_protocol::record::{
 };
 use covm_agent_protocol::{MemoryDigest, SourceSession, SourceState, PAGE_SIZE};
 use covm_guest_abi::mailbox::{
-    status, AGENT_VCPU_STATES, FROM_AGENT_SIZE, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, VCPU_STATE_SLOT,
+    status, AGENT_VCPU_STATES, FROM_AGENT_SIZE, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, TO_AGENT_SIZE, VCPU_STATE_SLOT,
 };
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -73,6 +73,41 @@ fn streaming<'s>(session: &'s mut Session<'_>, run: &Run, op: &str) -> Result<&'
     Ok(s)
 }
 
+/// Bytes of one `EXPORT_LIST` entry: gpa and page count, u64 LE each.
+const LIST_ENTRY_LEN: usize = 16;
+/// Most entries one `EXPORT_LIST` takes (all of `TO_AGENT`).
+const MAX_LIST_ENTRIES: u64 = TO_AGENT_SIZE / LIST_ENTRY_LEN as u64;
+
+fn u64_le(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+}
+
+/// Ends an export command: counts its records, fails the session on an
+/// error, moves round 0's cursor past the last page walked and counts
+/// the pages. Passes the walk's result on.
+fn finish(
+    run: &mut Run,
+    s: &SourceSession,
+    map: &MemoryMap,
+    walk: &Walk,
+    walked: Result<u64, Fail>,
+) -> Result<u64, Fail> {
+    run.records += walk.records;
+    let walked = walked.map_err(|e| fail_run(run, e))?;
+    advance_cursor(run, s, map, walk);
+    run.pages += walk.pages;
+    Ok(walked)
+}
+
+/// In round 0, moves the cursor past the last page `walk` sealed.
+fn advance_cursor(run: &mut Run, s: &SourceSession, map: &MemoryMap, walk: &Walk) {
+    if s.epoch() == 0 {
+        if let Some(p) = walk.last {
+            run.cursor = map.next_private(p + PAGE);
+        }
+    }
+}
+
 /// Seals a run of `count` zero pages from `gpa` and appends the record.
 fn seal_zero_run(
     s: &mut SourceSession,
@@ -84,6 +119,135 @@ fn seal_zero_run(
     s.seal_zero_pages(gpa, count, &mut record)
         .map_err(|e| fail!(status::REFUSED, "sealing zero pages at {gpa:#x}: {e}"))?;
     out.put(mem, &record)
+}
+
+/// What one export command sealed so far: its output and counts, and
+/// the zero run not yet sealed (runs merge across the command's ranges
+/// when they touch).
+struct Walk {
+    out: Output,
+    pages: u64,
+    zeros: u64,
+    records: u64,
+    zero_run: Option<(u64, u64)>,
+    /// The last private page walked.
+    last: Option<u64>,
+}
+
+impl Walk {
+    fn new() -> Self {
+        Walk {
+            out: Output::new(),
+            pages: 0,
+            zeros: 0,
+            records: 0,
+            zero_run: None,
+            last: None,
+        }
+    }
+
+    /// Seals the pending zero run, if any.
+    fn flush(&mut self, s: &mut SourceSession, mem: &mut impl GuestMemory) -> Result<(), Fail> {
+        match self.zero_run.take() {
+            Some(run) => {
+                self.records += 1;
+                seal_zero_run(s, mem, &mut self.out, run)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Seals the private pages of `first..end` (zero runs pending in
+    /// `self`) until the output might not hold the next page: the address
+    /// it stopped at, `end` when it walked all of it.
+    fn range(
+        &mut self,
+        s: &mut SourceSession,
+        mem: &mut impl GuestMemory,
+        map: &MemoryMap,
+        record: &mut [u8; PAGE_RECORD_LEN],
+        (first, end): (u64, u64),
+    ) -> Result<u64, Fail> {
+        for gpa in (first..end).step_by(PAGE_SIZE) {
+            if !map.is_private(gpa) {
+                continue;
+            }
+            if self.out.room() < ROOM_PER_PAGE {
+                return Ok(gpa);
+            }
+            self.last = Some(gpa);
+            self.pages += 1;
+            if mem.known_zero(gpa) || mem.page_is_zero(gpa) {
+                self.zeros += 1;
+                match &mut self.zero_run {
+                    Some((start, n)) if *start + *n * PAGE == gpa => *n += 1,
+                    _ => {
+                        self.flush(s, mem)?;
+                        self.zero_run = Some((gpa, 1));
+                    }
+                }
+            } else {
+                self.flush(s, mem)?;
+                mem.read_page(gpa, head::<PAGE_SIZE>(&mut record[HEADER_LEN..]));
+                self.records += 1;
+                s.seal_page_in_place(gpa, record)
+                    .map_err(|e| fail!(status::REFUSED, "sealing the page at {gpa:#x}: {e}"))?;
+                self.out.put(mem, &record[..])?;
+            }
+        }
+        Ok(end)
+    }
+}
+
+/// The range of `count` pages from `first`, checked.
+fn page_range(op: &str, first: u64, count: u64) -> Result<(u64, u64), Fail> {
+    if first % PAGE != 0 {
+        return Err(fail!(status::BAD_COMMAND, "{op}: {first:#x} is not 4 KiB aligned"));
+    }
+    match count.checked_mul(PAGE).and_then(|n| first.checked_add(n)) {
+        Some(end) => Ok((first, end)),
+        None => Err(fail!(status::BAD_COMMAND, "{op}: the range passes the end of memory")),
+    }
+}
+
+/// Round 0 covers every private page, in order: the first private page
+/// of `range` must be the next one not yet sealed.
+fn check_cursor(run: &mut Run, s: &SourceSession, map: &MemoryMap, (first, end): (u64, u64)) -> Result<(), Fail> {
+    if s.epoch() != 0 {
+        return Ok(());
+    }
+    let Some(p) = map.next_private(first).filter(|&p| p < end) else {
+        return Ok(());
+    };
+    match run.cursor {
+        Some(next) if next == p => Ok(()),
+        Some(next) => Err(fail_run(
+            run,
+            fail!(
+                status::REFUSED,
+                "round 0 must cover every private page in ascending order: asked for {p:#x}, the next one is {next:#x}"
+            ),
+        )),
+        None => Err(fail_run(
+            run,
+            fail!(
+                status::REFUSED,
+                "round 0 already covered every private page; {p:#x} asked for again"
+            ),
+        )),
+    }
+}
+
+/// Checks that `round` is the session's open round.
+fn check_round(s: &SourceSession, op: &str, round: u64) -> Result<(), Fail> {
+    if round != u64::from(s.epoch()) {
+        return Err(fail!(
+            status::BAD_COMMAND,
+            "{op}: round {round}, but round {} is open",
+            s.epoch()
+        ));
+    }
+    Ok(())
 }
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
@@ -99,118 +263,83 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         } = self;
         let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
         let s = streaming(session, run, "EXPORT_PAGES")?;
-        if round != u64::from(s.epoch()) {
+        check_round(s, "EXPORT_PAGES", round)?;
+        let range = page_range("EXPORT_PAGES", first, count)?;
+        check_cursor(run, s, map, range)?;
+        let mut walk = Walk::new();
+        let walked = walk
+            .range(s, mem, map, head::<PAGE_RECORD_LEN>(scratch), range)
+            .and_then(|stopped| walk.flush(s, mem).map(|_| stopped));
+        let walked = finish(run, s, map, &walk, walked)?;
+        Ok(Done::output(walk.out.len())
+            .with(0, walk.pages)
+            .with(1, walk.zeros)
+            .with(2, (walked - first) / PAGE))
+    }
+
+    /// `EXPORT_LIST`: the ranges listed in `TO_AGENT`, in order.
+    pub(crate) fn export_list(&mut self, args: &[u64; 8]) -> Outcome {
+        let (round, entries) = (args[0], args[1]);
+        if entries == 0 || entries > MAX_LIST_ENTRIES {
             return Err(fail!(
                 status::BAD_COMMAND,
-                "EXPORT_PAGES: round {round}, but round {} is open",
-                s.epoch()
+                "EXPORT_LIST: {entries} entries (1 to {MAX_LIST_ENTRIES})"
             ));
         }
-        if first % PAGE != 0 {
-            return Err(fail!(
-                status::BAD_COMMAND,
-                "EXPORT_PAGES: {first:#x} is not 4 KiB aligned"
-            ));
-        }
-        let Some(end) = count.checked_mul(PAGE).and_then(|n| first.checked_add(n)) else {
-            return Err(fail!(
-                status::BAD_COMMAND,
-                "EXPORT_PAGES: the range passes the end of memory"
-            ));
-        };
-        // Round 0 covers every private page, in order: the first private
-        // page asked for must be the next one not yet sealed.
-        let first_private = map.next_private(first).filter(|&p| p < end);
-        if s.epoch() == 0 {
-            if let Some(p) = first_private {
-                match run.cursor {
-                    Some(next) if next == p => {}
-                    Some(next) => {
-                        return Err(fail_run(
-                            run,
-                            fail!(
-                                status::REFUSED,
-                                "round 0 must cover every private page in ascending order: asked for {p:#x}, \
-                                 the next one is {next:#x}"
-                            ),
-                        ))
-                    }
-                    None => {
-                        return Err(fail_run(
-                            run,
-                            fail!(
-                                status::REFUSED,
-                                "round 0 already covered every private page; {p:#x} asked for again"
-                            ),
-                        ))
-                    }
-                }
-            }
-        }
+        let Agent {
+            mem,
+            session,
+            own,
+            scratch,
+            run,
+            ..
+        } = self;
+        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
+        let s = streaming(session, run, "EXPORT_LIST")?;
+        check_round(s, "EXPORT_LIST", round)?;
         let record = head::<PAGE_RECORD_LEN>(scratch);
-        let mut out = Output::new();
-        let (mut pages, mut zeros, mut records) = (0u64, 0u64, 0u64);
-        let mut zero_run: Option<(u64, u64)> = None;
-        let mut last = None;
-        let mut sealed = Ok(());
-        // Where the walk stopped: `end`, or the first page that might not
-        // have fit the output (the host asks again from there).
-        let mut stopped = end;
-        for gpa in (first..end).step_by(PAGE_SIZE) {
-            if !map.is_private(gpa) {
-                continue;
+        let mut walk = Walk::new();
+        let (mut done, mut partial) = (0u64, 0u64);
+        let mut walked = Ok(0);
+        for i in 0..entries {
+            // Each entry is copied into private memory once, then checked.
+            let mut entry = [0u8; LIST_ENTRY_LEN];
+            mailbox::read_input(mem, (i * LIST_ENTRY_LEN as u64) as usize, &mut entry);
+            let (first, count) = (u64_le(&entry[..8]), u64_le(&entry[8..]));
+            // A bad entry after sealed ones fails the session: records
+            // sealed for an output that is never handed out leave a gap.
+            let range = match page_range("EXPORT_LIST", first, count) {
+                Ok(range) if count > 0 => Ok(range),
+                Ok(_) => Err(fail!(status::BAD_COMMAND, "EXPORT_LIST: entry {i} has no pages")),
+                Err(e) => Err(e),
             }
-            if out.room() < ROOM_PER_PAGE {
-                stopped = gpa;
-                break;
-            }
-            last = Some(gpa);
-            pages += 1;
-            if mem.known_zero(gpa) || mem.page_is_zero(gpa) {
-                zeros += 1;
-                match &mut zero_run {
-                    Some((start, n)) if *start + *n * PAGE == gpa => *n += 1,
-                    _ => {
-                        if let Some(done) = zero_run.replace((gpa, 1)) {
-                            records += 1;
-                            sealed = seal_zero_run(s, mem, &mut out, done);
-                        }
-                    }
+            .and_then(|range| check_cursor(run, s, map, range).map(|_| range));
+            let range = match range {
+                Ok(range) => range,
+                Err(e) => {
+                    walked = Err(e);
+                    break;
                 }
-            } else {
-                if let Some(done) = zero_run.take() {
-                    records += 1;
-                    sealed = seal_zero_run(s, mem, &mut out, done);
+            };
+            walked = walk.range(s, mem, map, record, range);
+            match walked {
+                Ok(stopped) if stopped == range.1 => done += 1,
+                Ok(stopped) => {
+                    partial = (stopped - first) / PAGE;
+                    break;
                 }
-                if sealed.is_ok() {
-                    mem.read_page(gpa, head::<PAGE_SIZE>(&mut record[HEADER_LEN..]));
-                    records += 1;
-                    sealed = s
-                        .seal_page_in_place(gpa, record)
-                        .map_err(|e| fail!(status::REFUSED, "sealing the page at {gpa:#x}: {e}"))
-                        .and_then(|_| out.put(mem, &record[..]));
-                }
+                Err(_) => break,
             }
-            if sealed.is_err() {
-                break;
-            }
+            // The cursor follows the walk: the next entry's check needs it.
+            advance_cursor(run, s, map, &walk);
         }
-        if let (Some(done), Ok(())) = (zero_run, &sealed) {
-            records += 1;
-            sealed = seal_zero_run(s, mem, &mut out, done);
-        }
-        run.records += records;
-        sealed.map_err(|e| fail_run(run, e))?;
-        if s.epoch() == 0 {
-            if let Some(p) = last {
-                run.cursor = map.next_private(p + PAGE);
-            }
-        }
-        run.pages += pages;
-        Ok(Done::output(out.len())
-            .with(0, pages)
-            .with(1, zeros)
-            .with(2, (stopped - first) / PAGE))
+        let walked = walked.and_then(|stopped| walk.flush(s, mem).map(|_| stopped));
+        finish(run, s, map, &walk, walked)?;
+        Ok(Done::output(walk.out.len())
+            .with(0, walk.pages)
+            .with(1, walk.zeros)
+            .with(2, done)
+            .with(3, partial))
     }
 
     pub(crate) fn end_round(&mut self) -> Outcome {

@@ -217,6 +217,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 command::BEGIN => self.begin(args),
                 command::HANDSHAKE => self.handshake(args),
                 command::EXPORT_PAGES => self.export_pages(args),
+                command::EXPORT_LIST => self.export_list(args),
                 command::END_ROUND => self.end_round(),
                 command::EXPORT_FINAL => self.export_final(args),
                 command::READ_CONTROL => self.read_control(args),

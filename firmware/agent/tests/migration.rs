@@ -222,6 +222,67 @@ fn untouched_memory_is_neither_read_nor_cleared() {
     assert!(dst.memory().page(stale).iter().all(|&b| b == 0), "stale page cleared");
 }
 
+fn list(entries: &[(u64, u64)]) -> Vec<u8> {
+    entries
+        .iter()
+        .flat_map(|&(gpa, n)| gpa.to_le_bytes().into_iter().chain(n.to_le_bytes()))
+        .collect()
+}
+
+/// A dirty round handed over as one EXPORT_LIST: runs in any order, one
+/// inside the agent window (skipped), pages written and cleared since
+/// round 0; one output, one import, memory equal afterwards. A list too
+/// big for one output stops where the host resumes.
+#[test]
+fn a_dirty_round_as_one_list() {
+    let mut src = Vm::source(1);
+    let mut dst = Vm::destination(2);
+    fill(&mut src);
+    handshake(&mut src, &mut dst).unwrap();
+    round0(&mut src, &mut dst, 256);
+    let pages: Vec<u64> = map().iter().filter(|&g| g != MIGRATION_POLICY).collect();
+    let (a, b, c) = (pages[300], pages[2000], pages[5000]);
+    for gpa in [a, a + PAGE, b] {
+        src.memory_mut().put(gpa, &content(gpa, 3));
+    }
+    src.memory_mut().page_mut(c).fill(0);
+    let entries = [(b, 1), (AGENT_WINDOW_START, 4), (a, 2), (c, 1)];
+    let r = src
+        .call(command::EXPORT_LIST, &[1, entries.len() as u64], &list(&entries))
+        .ok();
+    assert_eq!(r.results[..4], [4, 1, 4, 0]);
+    let i = dst.call(command::IMPORT, &[r.output.len() as u64], &r.output).ok();
+    assert_eq!(i.results[..2], [4, 1]);
+    let end = src.call(command::END_ROUND, &[], &[]).ok();
+    assert_eq!(end.results[0], 4);
+    dst.call(command::IMPORT, &[end.output.len() as u64], &end.output).ok();
+    check_memory_moved(&src, &dst);
+
+    // Round 2: every page written again, asked as two entries of which
+    // the first alone overflows one output.
+    for &gpa in &pages {
+        src.memory_mut().put(gpa, &content(gpa, 4));
+    }
+    let mut todo = vec![(0u64, MEMORY / PAGE / 2), (MEMORY / 2, MEMORY / PAGE / 2)];
+    let mut calls = 0;
+    while !todo.is_empty() {
+        let r = src
+            .call(command::EXPORT_LIST, &[2, todo.len() as u64], &list(&todo))
+            .ok();
+        dst.call(command::IMPORT, &[r.output.len() as u64], &r.output).ok();
+        let (done, partial) = (r.results[2] as usize, r.results[3]);
+        todo.drain(..done);
+        if let Some(next) = todo.first_mut() {
+            *next = (next.0 + partial * PAGE, next.1 - partial);
+        }
+        calls += 1;
+    }
+    assert!(calls > 2, "{calls} calls: the list never stopped early");
+    let end = src.call(command::END_ROUND, &[], &[]).ok();
+    dst.call(command::IMPORT, &[end.output.len() as u64], &end.output).ok();
+    check_memory_moved(&src, &dst);
+}
+
 #[test]
 fn destination_can_start_again_after_an_abort() {
     let mut src = Vm::source(1);

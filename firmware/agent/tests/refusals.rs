@@ -116,6 +116,36 @@ fn a_full_output_stops_the_walk_where_the_host_resumes() {
 }
 
 #[test]
+fn export_lists_are_checked() {
+    let entry = |gpa: u64, n: u64| [gpa.to_le_bytes(), n.to_le_bytes()].concat();
+    let (mut src, _dst) = connected();
+    src.call(command::EXPORT_LIST, &[0, 0], &[])
+        .refused(status::BAD_COMMAND, "0 entries");
+    src.call(command::EXPORT_LIST, &[1, 1], &entry(0, 1))
+        .refused(status::BAD_COMMAND, "round 0 is open");
+    assert_eq!(src.state(), state::STREAMING);
+    // Round 0 in order through a list: two entries.
+    let two = [entry(0, 0x100), entry(0x100000, 0x80)].concat();
+    let r = src.call(command::EXPORT_LIST, &[0, 2], &two).ok();
+    assert_eq!(r.results[2], 2);
+    // A gap in round 0 fails the session, as with EXPORT_PAGES.
+    src.call(command::EXPORT_LIST, &[0, 1], &entry(0x200000, 1))
+        .refused(status::REFUSED, "ascending order");
+    assert_eq!(src.state(), state::FAILED);
+    // An empty or unaligned entry after sealed ones fails the session.
+    for (bad, why) in [
+        (entry(0x100000, 0), "entry 1 has no pages"),
+        (entry(12, 1), "not 4 KiB aligned"),
+    ] {
+        let (mut src, _dst) = connected();
+        let list = [entry(0, 1), bad].concat();
+        src.call(command::EXPORT_LIST, &[0, 2], &list)
+            .refused(status::BAD_COMMAND, why);
+        assert_eq!(src.state(), state::FAILED);
+    }
+}
+
+#[test]
 fn vcpu_states_are_checked_before_anything_is_sealed() {
     let (mut src, mut dst) = connected();
     round0(&mut src, &mut dst, 256);

@@ -85,7 +85,7 @@ impl Source<'_> {
                 self.vm
                     .clear_dirty(gpa, n)
                     .map_err(MigrationError::vm("clear the dirty log"))?;
-                self.export(0, gpa, n, &mut stats)?;
+                self.export_runs(0, &[(gpa, n)], &mut stats)?;
                 self.between_chunks(&stats, true)?;
                 first += n;
             }
@@ -118,29 +118,27 @@ impl Source<'_> {
                 }
                 // Clear first, then read: a write after the clear is
                 // caught by the next round.
-                for &(page, n) in &runs {
+                for run in runs.iter_mut() {
+                    run.0 = base + run.0 * PAGE_SIZE;
                     self.vm
-                        .clear_dirty(base + page * PAGE_SIZE, n)
+                        .clear_dirty(run.0, run.1)
                         .map_err(MigrationError::vm("clear the dirty log"))?;
                 }
-                for &(page, n) in &runs {
-                    self.export(round, base + page * PAGE_SIZE, n, &mut stats)?;
-                }
+                self.export_runs(round, &runs, &mut stats)?;
                 self.between_chunks(&stats, precopy)?;
             }
         }
         self.end_round(round, stats, started)
     }
 
-    fn export(&mut self, round: u32, gpa: u64, count: u64, stats: &mut RoundStats) -> Result<(), MigrationError> {
+    /// Exports the runs `(gpa, count)` of one chunk.
+    fn export_runs(&mut self, round: u32, runs: &[(u64, u64)], stats: &mut RoundStats) -> Result<(), MigrationError> {
         let wire = &mut self.wire;
         let mut bytes = 0;
-        let carried = self
-            .sealer
-            .seal_pages(&*self.vm, round, gpa, count, &mut |m: &Message| {
-                bytes += m.payload_len() as u64;
-                wire.send(m)
-            })?;
+        let carried = self.sealer.seal_runs(&*self.vm, round, runs, &mut |m: &Message| {
+            bytes += m.payload_len() as u64;
+            wire.send(m)
+        })?;
         stats.pages += carried.pages;
         stats.zero_pages += carried.zero_pages;
         stats.bytes += bytes;

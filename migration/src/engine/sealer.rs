@@ -144,6 +144,31 @@ pub trait Sealer: Send {
         out: &mut RecordSink<'_>,
     ) -> Result<Carried, MigrationError>;
 
+    /// Exports the runs `(gpa, count)` of one dirty chunk for `round`
+    /// (ascending, their dirty bits already cleared, at most
+    /// [`Sealer::chunk_pages`] pages in all): by default one
+    /// [`Sealer::seal_pages`] per run; a sealer that can take a list in one
+    /// go (the confidential agent's `EXPORT_LIST`) overrides it.
+    fn seal_runs(
+        &mut self,
+        vm: &dyn SourceVm,
+        round: u32,
+        runs: &[(u64, u64)],
+        out: &mut RecordSink<'_>,
+    ) -> Result<Carried, MigrationError> {
+        let mut carried = Carried {
+            round,
+            pages: 0,
+            zero_pages: 0,
+        };
+        for &(gpa, count) in runs {
+            let c = self.seal_pages(vm, round, gpa, count, out)?;
+            carried.pages += c.pages;
+            carried.zero_pages += c.zero_pages;
+        }
+        Ok(carried)
+    }
+
     /// After a round's last `seal_pages` and before the engine's
     /// `RoundEnd` (every round, the final one included): e.g. the agent's
     /// sealed round end. What it passes to `out` counts in the round's

@@ -7,7 +7,7 @@ use super::call;
 use super::handshake::{self, ROLE_SOURCE};
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
-use covm_guest_abi::mailbox::{command, state};
+use covm_guest_abi::mailbox::{command, state, AGENT_WINDOW_END, AGENT_WINDOW_START};
 use covm_migration::engine::{Carried, Link, MigrationError, RecordSink, Sealer};
 use covm_migration::protocol::{Message, PROTOCOL_VERSION_CONFIDENTIAL};
 use covm_migration::vm::SourceVm;
@@ -18,6 +18,11 @@ use std::time::Duration;
 /// data, and one call in all when its pages are zero.
 const CHUNK_PAGES: u64 = 8192;
 const PAGE_SIZE: u64 = 4096;
+
+/// Whether the run `(gpa, count)` lies wholly in the agent window.
+fn in_agent_window((gpa, count): (u64, u64)) -> bool {
+    gpa >= AGENT_WINDOW_START && gpa.saturating_add(count.saturating_mul(PAGE_SIZE)) <= AGENT_WINDOW_END
+}
 
 /// Seals through the source VM's agent.
 pub struct ConfidentialSealer {
@@ -90,6 +95,11 @@ impl Sealer for ConfidentialSealer {
             pages: 0,
             zero_pages: 0,
         };
+        // The agent window is never migrated (the agent would skip it):
+        // its dirty pages (the mailbox itself) cost no agent call.
+        if in_agent_window((gpa, count)) {
+            return Ok(carried);
+        }
         // The agent walks as far as its output holds; each output goes
         // out as one Sealed frame while the rest is asked for.
         let mut done = 0;
@@ -109,6 +119,57 @@ impl Sealer for ConfidentialSealer {
             carried.pages += results[0];
             carried.zero_pages += results[1];
             done += walked;
+        }
+        Ok(carried)
+    }
+
+    fn seal_runs(
+        &mut self,
+        vm: &dyn SourceVm,
+        round: u32,
+        runs: &[(u64, u64)],
+        out: &mut RecordSink<'_>,
+    ) -> Result<Carried, MigrationError> {
+        // The agent window is never migrated: its runs cost no call.
+        let mut todo: Vec<(u64, u64)> = runs.iter().copied().filter(|&r| !in_agent_window(r)).collect();
+        if let [(gpa, count)] = todo[..] {
+            return self.seal_pages(vm, round, gpa, count, out);
+        }
+        let mut carried = Carried {
+            round,
+            pages: 0,
+            zero_pages: 0,
+        };
+        // One EXPORT_LIST per output: the agent says how many entries it
+        // finished and how far it got into the next; ask again from there.
+        let mut list = Vec::with_capacity(todo.len() * 16);
+        while !todo.is_empty() {
+            list.clear();
+            for &(gpa, count) in &todo {
+                list.extend_from_slice(&gpa.to_le_bytes());
+                list.extend_from_slice(&count.to_le_bytes());
+            }
+            let results = self.call(command::EXPORT_LIST, &[u64::from(round), todo.len() as u64], &list)?;
+            let (done, partial) = (results[2], results[3]);
+            let progress_ok = match todo.get(done as usize) {
+                Some(&(_, count)) => partial < count && (done > 0 || partial > 0),
+                None => done as usize == todo.len() && partial == 0,
+            };
+            if !progress_ok {
+                return Err(MigrationError::stream(format!(
+                    "the agent walked {done} of {} entries and {partial} pages of the next",
+                    todo.len()
+                )));
+            }
+            let records = if self.mailbox.output().is_empty() { 0 } else { 1 };
+            self.forward(round, out)?;
+            self.info.add(records, results[0], self.epoch);
+            carried.pages += results[0];
+            carried.zero_pages += results[1];
+            todo.drain(..done as usize);
+            if let Some(next) = todo.first_mut() {
+                *next = (next.0 + partial * PAGE_SIZE, next.1 - partial);
+            }
         }
         Ok(carried)
     }
