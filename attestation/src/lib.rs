@@ -76,12 +76,14 @@ mod extensions;
 mod report;
 mod signature;
 mod snp;
+mod verifier;
 
 pub use chain::SnpChain;
 pub use emulated::{verify_emulated, EmulatedRootKey};
 pub use error::{AttestationError, ChainCert, Result};
 pub use report::{Product, SigningKey, Tcb, VerifiedReport};
 pub use snp::verify_snp;
+pub use verifier::SnpVerifier;
 
 /// Who vouches for a report.
 #[derive(Debug, Clone)]

@@ -369,3 +369,58 @@ fn errors_read_as_sentences() {
         "attestation report: SIGNATURE is not the VCEK's ECDSA P-384 signature over bytes 0..0x2A0"
     );
 }
+
+fn chain_of(sample: &Sample) -> SnpChain {
+    SnpChain::load(
+        path(sample, "ark.pem"),
+        path(sample, "ask.pem"),
+        path(sample, sample.vek_file),
+    )
+    .unwrap()
+}
+
+/// The migration protocol's policy check on real SNP evidence: with the
+/// verifier holding both samples' chains, each sample's evidence passes
+/// the verifier (check_peer then stops at the first policy question,
+/// its report data, which binds another transcript than ours); a flipped
+/// byte, or a verifier without that chip's chain, stops it there.
+#[test]
+fn real_snp_evidence_passes_the_protocols_verifier_stage() {
+    use covm_agent_protocol::{check_peer, Error, Evidence, EvidenceVerifier, Platform, Policy};
+    let verifier = covm_attestation::SnpVerifier::new(SAMPLES.iter().map(chain_of).collect());
+    let mut policy = Policy::new(1);
+    policy.allow_platform(Platform::SevSnp);
+    for sample in &SAMPLES {
+        let report = read(sample, "report.bin");
+        let evidence = Evidence::from_raw(Platform::SevSnp, &report).unwrap();
+        verifier
+            .verify(&evidence, &policy)
+            .unwrap_or_else(|e| panic!("{}: {e}", sample.dir));
+        let e = check_peer(&policy, &verifier, &evidence, &[], &[0x55; 64]).unwrap_err();
+        assert_eq!(e, Error::ReportDataMismatch, "{}", sample.dir);
+
+        let mut flipped = report.clone();
+        flipped[0x90] ^= 1; // measurement
+        let bad = Evidence::from_raw(Platform::SevSnp, &flipped).unwrap();
+        assert_eq!(
+            verifier.verify(&bad, &policy),
+            Err(Error::BadSignature),
+            "{}",
+            sample.dir
+        );
+
+        let others: Vec<SnpChain> = SAMPLES.iter().filter(|s| s.dir != sample.dir).map(chain_of).collect();
+        let without = covm_attestation::SnpVerifier::new(others);
+        assert_eq!(
+            without.verify(&evidence, &policy),
+            Err(Error::BadSignature),
+            "{}",
+            sample.dir
+        );
+        let emulated = Evidence::from_raw(Platform::EmulatedCvm, &report).unwrap();
+        assert_eq!(
+            verifier.verify(&emulated, &policy),
+            Err(Error::UnsupportedPlatform(Platform::EmulatedCvm))
+        );
+    }
+}
