@@ -102,6 +102,61 @@ fn no_kvm_device() {
     assert_refused(&out, 1, "/nonexistent/kvm does not exist: this host has no KVM");
 }
 
+/// `--platform sev_snp=on` and `tdx=on` probe the host before any VM
+/// exists and name each missing piece (or, on a host that has them all,
+/// what covm still lacks).
+#[test]
+fn hardware_platforms_say_what_the_host_lacks() {
+    for (option, what) in [("sev_snp=on", "AMD SEV-SNP"), ("tdx=on", "Intel TDX")] {
+        let out = run(&["--platform", option, "--cmdline", "workload=hello"]);
+        let err = stderr(&out);
+        let prefix = format!("covm: --platform: invalid {option}: ");
+        assert_refused(&out, 1, &prefix);
+        assert!(err.starts_with(&prefix), "{err}");
+        let reason = &err[prefix.len()..];
+        let lacking = format!("{what} is not available on this machine: ");
+        if reason.starts_with(&lacking) {
+            assert!(
+                reason.ends_with(
+                    "emulated_cvm=on runs covm's emulated confidential platform instead, without hardware protection\n"
+                ),
+                "{err}"
+            );
+        } else {
+            assert!(
+                reason.starts_with(&format!("this host offers {what}, but covm cannot launch it yet: ")),
+                "{err}"
+            );
+        }
+    }
+    // What this project's machines lack, said by name.
+    let snp = stderr(&run(&["--platform", "sev_snp=on"]));
+    if !std::path::Path::new("/dev/sev").exists() {
+        assert!(snp.contains("/dev/sev does not exist"), "{snp}");
+    }
+    if !std::path::Path::new("/sys/module/kvm_amd").exists() {
+        assert!(snp.contains("kvm_amd is not loaded (no /sys/module/kvm_amd"), "{snp}");
+    }
+    let tdx = stderr(&run(&["--platform", "tdx=on"]));
+    if !std::path::Path::new("/sys/module/kvm_intel").exists() {
+        assert!(
+            tdx.contains("kvm_intel is not loaded (no /sys/module/kvm_intel"),
+            "{tdx}"
+        );
+    }
+    // Without KVM the probe says so, still before creating anything.
+    let out = covm()
+        .args(["--platform", "sev_snp=on"])
+        .env("COVM_KVM_DEVICE", "/nonexistent/kvm")
+        .output()
+        .unwrap();
+    assert_refused(
+        &out,
+        1,
+        "KVM cannot be asked: /nonexistent/kvm does not exist: this host has no KVM",
+    );
+}
+
 #[test]
 fn no_permission_on_the_kvm_device() {
     // Root opens any file, so drop to an unprivileged user for this check.

@@ -109,12 +109,24 @@ pub struct VmArgs {
 pub enum Command {
     /// Print the launch measurement the VM options would give (JSON), without creating a VM.
     ///
-    /// The measurement equals the one vm.info reports for a VM launched with
-    /// the same options (docs/platforms.md lists what it covers). With
-    /// root_key=PATH in --platform the root key is loaded, or created, and
-    /// its public key shown. --migration-policy is optional here: the
-    /// measurement does not depend on the policy's contents; given, its
-    /// HOST_DATA is shown too.
+    /// --platform emulated_cvm=on: the SEV-SNP-style launch digest, equal
+    /// to the one vm.info reports for a VM launched with the same options
+    /// (docs/platforms.md lists what it covers). With root_key=PATH in
+    /// --platform the root key is loaded, or created, and its public key
+    /// shown.
+    ///
+    /// --platform sev_snp=on: the SEV-SNP launch digest (MEASUREMENT) of
+    /// covm's SNP launch of the same image, with every VMSA's RDX set to the
+    /// --vcpu-type's CPUID signature and, with --kernel-hashes, QEMU's SEV
+    /// kernel hashes table measured at 0x5000.
+    ///
+    /// --platform tdx=on: MRTD of covm's TDX launch of the same image
+    /// (NORMAL pages added and extended, the others and the TD HOB at 0x4000
+    /// added only).
+    ///
+    /// sev_snp and tdx are computed here without the hardware (nothing is
+    /// probed). --migration-policy is optional: no measurement depends on
+    /// the policy's contents; given, its HOST_DATA is shown too.
     Measure(MeasureArgs),
 }
 
@@ -128,6 +140,21 @@ pub struct MeasureArgs {
     /// Also list every measured entry (address, page type, what it holds).
     #[arg(long)]
     pub pages: bool,
+
+    /// With --platform sev_snp=on: the vCPU model (QEMU's -cpu name, as
+    /// sev-snp-measure's --vcpu-type takes it: EPYC, EPYC-v1 to -v4,
+    /// EPYC-IBPB, EPYC-Rome[-v1..-v3], EPYC-Milan[-v1, -v2],
+    /// EPYC-Genoa[-v1], EPYC-Turin) whose CPUID family/model/stepping
+    /// signature is in every VMSA's RDX. Without it RDX is 0.
+    #[arg(long = "vcpu-type", value_name = "MODEL")]
+    pub vcpu_type: Option<String>,
+
+    /// With --platform sev_snp=on and --kernel: measure QEMU's SEV kernel
+    /// hashes table (SHA-256 of the --kernel file, the --initramfs file and
+    /// the --cmdline with its NUL) as a NORMAL page at 0x5000, after the
+    /// image and before the VMSAs, as kernel-hashes=on does.
+    #[arg(long = "kernel-hashes")]
+    pub kernel_hashes: bool,
 }
 
 impl Cli {

@@ -61,45 +61,137 @@ fn report(cli: &Cli, message: &str) {
 }
 
 /// `covm measure`: the launch measurement the VM options would give, as
-/// JSON, computed as a launch computes it but in scratch memory (no KVM).
+/// JSON, computed as a launch computes it but in scratch memory (no KVM, no
+/// SEV-SNP or TDX hardware).
 fn measure(args: &MeasureArgs) -> Result<String, String> {
-    use covm::platform::{self, hex, root_key, PlatformConfig};
+    use covm::platform::measure::{self, HardwarePlatform, SnpLaunch};
+    use covm::platform::{self, hex, kernel_hashes::KernelHashes, mrtd, root_key, vmsa, PlatformConfig};
     let host_ram = config::host_ram().map_err(|e| format!("cannot read this host's memory size: {e}"))?;
-    let (config, no_policy) = VmConfig::for_measure(&args.vm, host_ram).map_err(|e| e.to_string())?;
-    let PlatformConfig::EmulatedCvm(emulated) = &config.platform else {
-        return Err("give a confidential platform (--platform emulated_cvm=on): a plain VM is not measured".into());
-    };
-    // The root key only when a file is named: a key for one VM is of no use here.
-    let root_public_key = match &emulated.root_key {
-        Some(path) => {
-            let key = root_key::load_or_create(Some(path)).map_err(|e| e.to_string())?;
-            if let Some(line) = key.announcement() {
-                eprintln!("covm: {line}");
-            }
-            Some(hex(&key.public_key))
+    let (config, hardware, no_policy) = VmConfig::for_measure(&args.vm, host_ram).map_err(|e| e.to_string())?;
+    if hardware != Some(HardwarePlatform::SevSnp) {
+        if args.vcpu_type.is_some() {
+            return Err("--vcpu-type is for --platform sev_snp=on".into());
         }
-        None => None,
-    };
-    let measurement = platform::measure(&config).map_err(|e| e.to_string())?;
-    let mut out = serde_json::json!({
-        "platform": config.platform.name(),
-        "measurement": hex(&measurement.digest),
-        // Without --migration-policy the measurement is the same (the policy
-        // page is an UNMEASURED entry) but there is no HOST_DATA to show.
-        "host_data": config.platform.host_data().filter(|_| !no_policy).map(|h| hex(&h)),
-        "policy_version": config.platform.migration_policy().filter(|_| !no_policy).map(|p| p.version()),
-        "root_public_key": root_public_key,
-        "vcpus": config.cpus.boot_vcpus,
-        "entries": measurement.pages.len(),
-    });
-    if args.pages {
-        out["pages"] = measurement
-            .pages
-            .iter()
-            .map(|p| serde_json::json!({"gpa": format!("{:#x}", p.gpa), "type": p.page_type.name(), "what": p.what}))
-            .collect();
+        if args.kernel_hashes {
+            return Err("--kernel-hashes is for --platform sev_snp=on".into());
+        }
     }
+    // Without --migration-policy the measurement is the same (the policy
+    // page is an UNMEASURED entry) but there is no HOST_DATA to show.
+    let host_data = config.platform.host_data().filter(|_| !no_policy).map(|h| hex(&h));
+    let policy_version = config
+        .platform
+        .migration_policy()
+        .filter(|_| !no_policy)
+        .map(|p| p.version());
+    let out = match hardware {
+        Some(HardwarePlatform::SevSnp) => {
+            let signature = args.vcpu_type.as_deref().map(vmsa::vcpu_type_signature).transpose()?;
+            let kernel_hashes = match (&config.payload, args.kernel_hashes) {
+                (_, false) => None,
+                (covm::config::Payload::Kernel { kernel, initramfs }, true) => Some(
+                    KernelHashes::from_files(kernel, initramfs.as_deref(), &config.cmdline)
+                        .map_err(|e| format!("--kernel-hashes: cannot read the kernel or initramfs: {e}"))?,
+                ),
+                (_, true) => {
+                    return Err(
+                        "--kernel-hashes needs --kernel (it hashes the kernel, initramfs and command line)".into(),
+                    )
+                }
+            };
+            let launch = SnpLaunch {
+                vcpu_signature: signature.unwrap_or(0),
+                kernel_hashes,
+            };
+            let measurement = measure::measure_sev_snp(&config, &launch).map_err(|e| e.to_string())?;
+            let mut out = serde_json::json!({
+                "platform": "sev_snp",
+                "measurement": hex(&measurement.digest),
+                "host_data": host_data,
+                "policy_version": policy_version,
+                "vcpus": config.cpus.boot_vcpus,
+                "vcpu_type": args.vcpu_type,
+                "vcpu_signature": signature.map(|s| format!("{s:#x}")),
+                "kernel_hashes": launch.kernel_hashes.map(|h| serde_json::json!({
+                    "gpa": format!("{:#x}", platform::kernel_hashes::SEV_HASHES_GPA),
+                    "kernel": hex(&h.kernel),
+                    "initrd": hex(&h.initrd),
+                    "cmdline": hex(&h.cmdline),
+                })),
+                "entries": measurement.pages.len(),
+            });
+            if args.pages {
+                out["pages"] = measured_pages(&measurement.pages);
+            }
+            out
+        }
+        Some(HardwarePlatform::Tdx) => {
+            let td = mrtd::measure_tdx(&config).map_err(|e| e.to_string())?;
+            let mut out = serde_json::json!({
+                "platform": "tdx",
+                "mrtd": hex(&td.mrtd),
+                "host_data": host_data,
+                "policy_version": policy_version,
+                "vcpus": config.cpus.boot_vcpus,
+                "td_hob": format!("{:#x}", mrtd::TD_HOB_GPA),
+                "entries": td.pages.len(),
+            });
+            if args.pages {
+                out["pages"] = td
+                    .pages
+                    .iter()
+                    .map(|p| {
+                        let op = if p.extended { "add+extend" } else { "add" };
+                        serde_json::json!({"gpa": format!("{:#x}", p.gpa), "op": op, "what": p.what})
+                    })
+                    .collect();
+            }
+            out
+        }
+        None => {
+            let PlatformConfig::EmulatedCvm(emulated) = &config.platform else {
+                return Err(
+                    "give a confidential platform (--platform emulated_cvm=on), or sev_snp=on or tdx=on: a \
+                            plain VM is not measured"
+                        .into(),
+                );
+            };
+            // The root key only when a file is named: a key for one VM is of no use here.
+            let root_public_key = match &emulated.root_key {
+                Some(path) => {
+                    let key = root_key::load_or_create(Some(path)).map_err(|e| e.to_string())?;
+                    if let Some(line) = key.announcement() {
+                        eprintln!("covm: {line}");
+                    }
+                    Some(hex(&key.public_key))
+                }
+                None => None,
+            };
+            let measurement = platform::measure(&config).map_err(|e| e.to_string())?;
+            let mut out = serde_json::json!({
+                "platform": config.platform.name(),
+                "measurement": hex(&measurement.digest),
+                "host_data": host_data,
+                "policy_version": policy_version,
+                "root_public_key": root_public_key,
+                "vcpus": config.cpus.boot_vcpus,
+                "entries": measurement.pages.len(),
+            });
+            if args.pages {
+                out["pages"] = measured_pages(&measurement.pages);
+            }
+            out
+        }
+    };
     Ok(serde_json::to_string_pretty(&out).expect("JSON serialises"))
+}
+
+/// `--pages`: each entry's address, page type and contents.
+fn measured_pages(pages: &[covm::platform::measure::MeasuredPage]) -> serde_json::Value {
+    pages
+        .iter()
+        .map(|p| serde_json::json!({"gpa": format!("{:#x}", p.gpa), "type": p.page_type.name(), "what": p.what}))
+        .collect()
 }
 
 fn run(cli: &mut Cli, start: Instant) -> Result<i32, String> {

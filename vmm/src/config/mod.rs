@@ -4,6 +4,7 @@ pub mod options;
 pub mod size;
 
 use crate::cli::{Cli, VmArgs};
+use crate::platform::measure::HardwarePlatform;
 use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
 use options::{parse_toggle, OptionError, OptionMap};
 use std::fs::File;
@@ -179,9 +180,79 @@ impl VmConfig {
     /// does not depend on its contents (the policy page is an UNMEASURED
     /// entry; HOST_DATA binds the contents). Returns whether the policy was
     /// missing (an empty policy then stands in for it).
-    pub fn for_measure(cli: &VmArgs, host_ram: u64) -> Result<(Self, bool), ConfigError> {
-        let config = Self::build(cli, host_ram, PolicyNeed::Optional)?;
-        Ok((config, cli.migration_policy.is_none()))
+    ///
+    /// `--platform sev_snp=on` or `tdx=on` is measured without the
+    /// hardware: nothing is probed (`parse_platform`, which probes, is not
+    /// asked), the hardware platform is returned beside a configuration
+    /// that loads what every confidential launch loads (the migration
+    /// policy page, the agent's vCPU: emulated_cvm's loading, which the
+    /// SEV-SNP and TDX launches share), and `--kernel` is allowed.
+    pub fn for_measure(cli: &VmArgs, host_ram: u64) -> Result<(Self, Option<HardwarePlatform>, bool), ConfigError> {
+        let no_policy = cli.migration_policy.is_none();
+        let Some(hardware) = Self::hardware_to_measure(cli.platform.as_deref().unwrap_or(""))? else {
+            return Ok((Self::build(cli, host_ram, PolicyNeed::Optional)?, None, no_policy));
+        };
+        let args = VmArgs {
+            cpus: cli.cpus.clone(),
+            memory: cli.memory.clone(),
+            kernel: cli.kernel.clone(),
+            initramfs: cli.initramfs.clone(),
+            cmdline: cli.cmdline.clone(),
+            firmware: cli.firmware.clone(),
+            platform: None,
+            migration_policy: None,
+        };
+        let mut config = Self::build(&args, host_ram, PolicyNeed::Optional)?;
+        let policy = cli.migration_policy.as_deref().map(read_policy).transpose()?;
+        config.platform = PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
+            root_key: None,
+            policy: policy.unwrap_or_else(MigrationPolicy::empty),
+        });
+        check_confidential_shape(&config.platform, config.cpus.boot_vcpus, config.memory.size)
+            .map_err(|e| ConfigError::Platform(e.replacen("emulated_cvm", hardware.name(), 1)))?;
+        Ok((config, Some(hardware), no_policy))
+    }
+
+    /// Whether `--platform` asks `covm measure` for SEV-SNP or TDX, read
+    /// without probing; None also when `parse_platform` is to report the
+    /// text's errors.
+    fn hardware_to_measure(text: &str) -> Result<Option<HardwarePlatform>, ConfigError> {
+        // parse_platform's keys.
+        let known = [
+            "num_pci_segments",
+            "iommu_segments",
+            "serial_number",
+            "uuid",
+            "oem_strings",
+            "tdx",
+            "sev_snp",
+            "emulated_cvm",
+            "root_key",
+        ];
+        let Ok(m) = OptionMap::parse("platform", text, &known) else {
+            return Ok(None);
+        };
+        let on = |key| m.get_with(key, parse_toggle).map(|v| v == Some(true));
+        let hardware = match (on("sev_snp")?, on("tdx")?) {
+            (false, false) => return Ok(None),
+            (true, true) => return Err(m.invalid("tdx", "on", "give sev_snp=on or tdx=on, not both").into()),
+            (true, false) => HardwarePlatform::SevSnp,
+            (false, true) => HardwarePlatform::Tdx,
+        };
+        let name = hardware.name();
+        for key in [
+            "emulated_cvm",
+            "root_key",
+            "num_pci_segments",
+            "iommu_segments",
+            "oem_strings",
+        ] {
+            let value = m.get(key).unwrap_or_default();
+            if m.has(key) && !(key == "emulated_cvm" && parse_toggle(value) == Ok(false)) {
+                return Err(m.invalid(key, value, format!("not with {name}=on")).into());
+            }
+        }
+        Ok(Some(hardware))
     }
 
     fn build(cli: &VmArgs, host_ram: u64, need: PolicyNeed) -> Result<Self, ConfigError> {
@@ -494,8 +565,23 @@ pub fn parse_api_socket(text: &str) -> Result<ApiSocket, OptionError> {
 }
 
 /// `--platform`: Cloud Hypervisor's keys and covm's `emulated_cvm` and
-/// `root_key`. Those covm cannot honour are refused by name.
+/// `root_key`. Those covm cannot honour are refused by name; `sev_snp=on`
+/// and `tdx=on` probe the host first (nothing is created) and say exactly
+/// what it lacks, or, on a host that has it all, what covm lacks.
 pub fn parse_platform(text: &str) -> Result<PlatformOption, OptionError> {
+    use crate::platform::{snp, tdx};
+    parse_platform_probed(text, &|key| match key {
+        "sev_snp" => snp::probe_snp(),
+        _ => tdx::probe_tdx(),
+    })
+}
+
+/// [`parse_platform`] with the hardware probes given (`sev_snp`, `tdx`).
+fn parse_platform_probed(
+    text: &str,
+    probe: &dyn Fn(&str) -> Result<(), crate::platform::snp::host::Unavailable>,
+) -> Result<PlatformOption, OptionError> {
+    use crate::platform::{snp, tdx};
     let known = [
         "num_pci_segments",
         "iommu_segments",
@@ -508,16 +594,20 @@ pub fn parse_platform(text: &str) -> Result<PlatformOption, OptionError> {
         "root_key",
     ];
     let m = OptionMap::parse("platform", text, &known)?;
-    for (key, what) in [("sev_snp", "AMD SEV-SNP"), ("tdx", "Intel TDX")] {
+    let hardware = [
+        ("sev_snp", snp::probe::WHAT, snp::NOT_WIRED),
+        ("tdx", tdx::probe::WHAT, tdx::NOT_WIRED),
+    ];
+    for (key, what, not_wired) in hardware {
         if m.get_with(key, parse_toggle)? == Some(true) {
-            return Err(m.invalid(
-                key,
-                m.get(key).unwrap_or_default(),
-                format!(
-                    "{what} is not available on this machine and covm does not support it yet \
-                     (emulated_cvm=on is covm's emulated confidential platform, without hardware protection)"
+            let reason = match probe(key) {
+                Err(missing) => format!(
+                    "{missing}. emulated_cvm=on runs covm's emulated confidential platform instead, without \
+                     hardware protection"
                 ),
-            ));
+                Ok(()) => format!("this host offers {what}, but covm cannot launch it yet: {not_wired}"),
+            };
+            return Err(m.invalid(key, m.get(key).unwrap_or_default(), reason));
         }
     }
     for key in ["num_pci_segments", "iommu_segments", "oem_strings"] {
@@ -664,6 +754,56 @@ mod tests {
             .contains("unknown key 'bogus'"));
     }
 
+    /// `sev_snp=on` and `tdx=on` say what the host lacks, or what covm does.
+    #[test]
+    fn hardware_platforms_are_probed() {
+        use crate::platform::snp::host::Unavailable;
+        use crate::platform::{snp, tdx};
+        let lacking = |key: &str| {
+            Err(Unavailable {
+                what: if key == "sev_snp" { "AMD SEV-SNP" } else { "Intel TDX" },
+                missing: vec![format!("{key} piece one"), "piece two".into()],
+            })
+        };
+        let refused = |text: &str| parse_platform_probed(text, &lacking).unwrap_err().to_string();
+        assert_eq!(
+            refused("sev_snp=on"),
+            "--platform: invalid sev_snp=on: AMD SEV-SNP is not available on this machine: sev_snp piece one; \
+             piece two. emulated_cvm=on runs covm's emulated confidential platform instead, without hardware \
+             protection"
+        );
+        assert_eq!(
+            refused("tdx=on"),
+            "--platform: invalid tdx=on: Intel TDX is not available on this machine: tdx piece one; piece two. \
+             emulated_cvm=on runs covm's emulated confidential platform instead, without hardware protection"
+        );
+        let present = |_: &str| Ok(());
+        let refused = |text: &str| parse_platform_probed(text, &present).unwrap_err().to_string();
+        assert_eq!(
+            refused("sev_snp=on"),
+            format!(
+                "--platform: invalid sev_snp=on: this host offers AMD SEV-SNP, but covm cannot launch it yet: {}",
+                snp::NOT_WIRED
+            )
+        );
+        assert!(refused("tdx=on").ends_with(tdx::NOT_WIRED));
+        // Off, nothing is probed.
+        let never = |key: &str| -> Result<(), Unavailable> { panic!("probed {key}") };
+        assert_eq!(
+            parse_platform_probed("sev_snp=off,tdx=off", &never).unwrap(),
+            PlatformOption::default()
+        );
+        // On this machine the real probes say what is missing (or, on a host
+        // that has it all, what covm lacks).
+        for (text, probe) in [("sev_snp=on", snp::probe_snp()), ("tdx=on", tdx::probe_tdx())] {
+            let message = parse_platform(text).unwrap_err().to_string();
+            match probe {
+                Err(missing) => assert!(message.contains(&missing.to_string()), "{message}"),
+                Ok(()) => assert!(message.contains("covm cannot launch it yet"), "{message}"),
+            }
+        }
+    }
+
     #[test]
     fn platform_option() {
         assert_eq!(
@@ -682,12 +822,9 @@ mod tests {
         );
         assert!(!parse_platform("emulated_cvm=off").unwrap().emulated_cvm);
         let refused = |text: &str| parse_platform(text).unwrap_err().to_string();
-        assert_eq!(
-            refused("sev_snp=on"),
-            "--platform: invalid sev_snp=on: AMD SEV-SNP is not available on this machine and covm does not \
-             support it yet (emulated_cvm=on is covm's emulated confidential platform, without hardware protection)"
-        );
-        assert!(refused("tdx=on").starts_with("--platform: invalid tdx=on: Intel TDX is not available"));
+        // On this machine: whatever the probes find, refused by name.
+        assert!(refused("sev_snp=on").starts_with("--platform: invalid sev_snp=on: "));
+        assert!(refused("tdx=on").starts_with("--platform: invalid tdx=on: "));
         assert!(refused("emulated_cvm=maybe").contains("'maybe' is not on or off"));
         assert_eq!(
             refused("root_key=/k"),

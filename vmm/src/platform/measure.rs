@@ -23,10 +23,25 @@
 //! [`launch_digest`] applies it to a [`LaunchImage`]: the pages covm
 //! wrote, in the order the image lists them, then one VMSA entry per vCPU.
 //! docs/platforms.md lists the sequence for the built-in firmware.
+//!
+//! [`snp_launch_digest`] is the same with what only a real SEV-SNP launch
+//! adds ([`SnpLaunch`]): the vCPU type, whose CPUID signature the
+//! hypervisor puts in every vCPU's RDX (so in every VMSA; without a type
+//! RDX stays 0, as on the emulated platform), and the SEV kernel hashes
+//! table ([`super::kernel_hashes`]) as one NORMAL page at
+//! [`SEV_HASHES_GPA`] after the image's pages and before the VMSAs.
+//! [`SnpLaunch::apply`] turns covm's image into the one an SEV-SNP launch
+//! measures (for the launch to update exactly those pages), and
+//! [`measure_sev_snp`] measures it over a configuration the way `covm
+//! measure --platform sev_snp=on` does; [`super::mrtd`] is TDX's
+//! counterpart.
 
-use super::image::LaunchImage;
-use super::vmsa::VMSA_GPA;
-use crate::memory::GuestMemory;
+use super::image::{self, LaunchImage, LaunchPage};
+use super::kernel_hashes::{KernelHashes, SEV_HASHES_GPA};
+use super::vmsa::{set_rdx, VMSA_GPA};
+use super::PlatformError;
+use crate::config::VmConfig;
+use crate::memory::{self, GuestMemory};
 use sha2::{Digest, Sha384};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -179,10 +194,95 @@ pub struct Measurement {
 
 /// Errors measuring.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read guest page {gpa:#x} to measure it: {reason}")]
-pub struct MeasureError {
-    gpa: u64,
-    reason: String,
+pub enum MeasureError {
+    /// A page of the image that cannot be read.
+    #[error("cannot read guest page {gpa:#x} to measure it: {reason}")]
+    Read {
+        /// The page.
+        gpa: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A page the platform adds where the image already has one.
+    #[error("cannot place the {what} at {gpa:#x}: the image already loads that page")]
+    Occupied {
+        /// The page.
+        gpa: u64,
+        /// What the platform adds there.
+        what: &'static str,
+    },
+    /// A page the platform adds that cannot be written.
+    #[error("cannot place the {what} at {gpa:#x}: {reason}")]
+    Write {
+        /// The page.
+        gpa: u64,
+        /// What the platform adds there.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The hardware platforms `covm measure` models without the hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HardwarePlatform {
+    /// AMD SEV-SNP (`--platform sev_snp=on`): the launch digest.
+    SevSnp,
+    /// Intel TDX (`--platform tdx=on`): MRTD.
+    Tdx,
+}
+
+impl HardwarePlatform {
+    /// The name `--platform` and the output use.
+    pub fn name(self) -> &'static str {
+        match self {
+            HardwarePlatform::SevSnp => "sev_snp",
+            HardwarePlatform::Tdx => "tdx",
+        }
+    }
+}
+
+/// What an SEV-SNP launch adds to covm's image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnpLaunch {
+    /// The vCPU type's CPUID signature, in every VMSA's RDX (0: no type).
+    pub vcpu_signature: u32,
+    /// The SEV kernel hashes table, measured at [`SEV_HASHES_GPA`].
+    pub kernel_hashes: Option<KernelHashes>,
+}
+
+impl SnpLaunch {
+    /// The image an SEV-SNP launch of `image` measures: the kernel hashes
+    /// page (if any) written to `memory` at [`SEV_HASHES_GPA`] and listed as
+    /// a NORMAL page after the image's own, and every VMSA's RDX set to the
+    /// vCPU signature. An SNP launch that updates exactly these pages, with
+    /// vCPUs in exactly these states, measures [`launch_digest`] of it.
+    pub fn apply(&self, memory: &GuestMemory, image: &LaunchImage) -> Result<LaunchImage, MeasureError> {
+        let mut snp = image.clone();
+        if let Some(hashes) = &self.kernel_hashes {
+            const WHAT: &str = "SEV kernel hashes table";
+            let gpa = SEV_HASHES_GPA;
+            if image.pages.iter().any(|p| p.gpa == gpa) {
+                return Err(MeasureError::Occupied { gpa, what: WHAT });
+            }
+            memory
+                .write_slice(&hashes.page()[..], GuestAddress(gpa))
+                .map_err(|e| MeasureError::Write {
+                    gpa,
+                    what: WHAT,
+                    reason: e.to_string(),
+                })?;
+            snp.pages.push(LaunchPage {
+                gpa,
+                page_type: PageType::Normal,
+                what: WHAT,
+            });
+        }
+        for vmsa in &mut snp.vcpus {
+            set_rdx(vmsa, u64::from(self.vcpu_signature));
+        }
+        Ok(snp)
+    }
 }
 
 /// The launch digest of `image`, whose pages are read from `memory`: each
@@ -195,7 +295,7 @@ pub fn launch_digest(memory: &GuestMemory, image: &LaunchImage) -> Result<Measur
         if page.page_type.measures_contents() {
             memory
                 .read_slice(&mut buf, GuestAddress(page.gpa))
-                .map_err(|e| MeasureError {
+                .map_err(|e| MeasureError::Read {
                     gpa: page.gpa,
                     reason: e.to_string(),
                 })?;
@@ -221,11 +321,113 @@ pub fn launch_digest(memory: &GuestMemory, image: &LaunchImage) -> Result<Measur
     })
 }
 
+/// The SEV-SNP launch digest of `image` (loaded in `memory`) with
+/// `launch`'s additions ([`SnpLaunch::apply`]): the image's pages, then the
+/// kernel hashes page (if any), then the VMSAs with RDX set to the vCPU
+/// signature. Writes the hashes page into `memory`.
+pub fn snp_launch_digest(
+    memory: &GuestMemory,
+    image: &LaunchImage,
+    launch: &SnpLaunch,
+) -> Result<Measurement, MeasureError> {
+    launch_digest(memory, &launch.apply(memory, image)?)
+}
+
+/// The SEV-SNP launch digest `config` gives with `launch`, computed in
+/// scratch memory as a launch loads it (`covm measure --platform
+/// sev_snp=on`). `config` is a confidential configuration (its platform
+/// places the migration policy page and adds the agent's vCPU).
+pub fn measure_sev_snp(config: &VmConfig, launch: &SnpLaunch) -> Result<Measurement, PlatformError> {
+    let scratch = memory::allocate(config.memory.size)?;
+    let loaded = image::load(&scratch, config)?;
+    Ok(snp_launch_digest(&scratch, &loaded.image, launch)?)
+}
+
+/// Runs `script` with `sevsnpmeasure` importable: from
+/// `COVM_SEV_SNP_MEASURE` (a `pip install --target` directory, set by
+/// .ci/run) or the Python path. `None`, with the reason printed, when it
+/// cannot run; a script that fails once imported panics.
+#[cfg(test)]
+pub(crate) fn sev_snp_measure(script: &str) -> Option<String> {
+    let python = || {
+        let mut cmd = std::process::Command::new("python3");
+        if let Some(dir) = std::env::var_os("COVM_SEV_SNP_MEASURE") {
+            cmd.env("PYTHONPATH", dir);
+        }
+        cmd
+    };
+    let probe = python().arg("-c").arg("import sevsnpmeasure.gctx").output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            eprintln!(
+                "SKIP: sev-snp-measure is not importable (pip install sev-snp-measure, or run .ci/run): {}",
+                String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("SKIP: cannot run python3 for the sev-snp-measure cross-check: {e}");
+            return None;
+        }
+    }
+    let out = python()
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 ran a moment ago");
+    assert!(
+        out.status.success(),
+        "the sev-snp-measure script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A small ELF kernel for tests: one PT_LOAD segment of 5000 bytes of
+/// `i % 253` at 1 MiB (entry there, 8 KiB of `.bss` after it), no PVH
+/// note, so covm boots it through the 64-bit Linux entry (zero page, page
+/// tables).
+#[cfg(test)]
+pub(crate) fn tiny_elf() -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    const CODE: usize = 5000;
+    let mut elf = vec![0u8; 64 + 56];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2; // 64-bit
+    elf[5] = 1; // little-endian
+    elf[6] = 1; // version
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+    elf[24..32].copy_from_slice(&LOAD.to_le_bytes()); // entry
+    elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    elf[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+    elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+    let ph = 64;
+    elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf[ph + 4..ph + 8].copy_from_slice(&7u32.to_le_bytes()); // RWX
+    elf[ph + 8..ph + 16].copy_from_slice(&120u64.to_le_bytes()); // offset
+    elf[ph + 16..ph + 24].copy_from_slice(&LOAD.to_le_bytes()); // vaddr
+    elf[ph + 24..ph + 32].copy_from_slice(&LOAD.to_le_bytes()); // paddr
+    elf[ph + 32..ph + 40].copy_from_slice(&(CODE as u64).to_le_bytes()); // filesz
+    elf[ph + 40..ph + 48].copy_from_slice(&(CODE as u64 + 0x2000).to_le_bytes()); // memsz
+    elf[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes()); // align
+    elf.extend((0..CODE).map(|i| (i % 253) as u8));
+    elf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{CpusConfig, MemoryConfig, Payload, SerialMode};
     use crate::platform::hex;
-    use crate::platform::vmsa::{Segment, VcpuState};
+    use crate::platform::kernel_hashes::TABLE_OFFSET;
+    use crate::platform::vmsa::{vcpu_type_signature, Segment, VcpuState, VCPU_TYPES};
+    use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
+    use serde_json::{json, Value};
+    use std::path::{Path, PathBuf};
 
     /// The pages of the chained vector: (type, gpa, page contents).
     fn chain() -> Vec<(PageType, u64, Vec<u8>)> {
@@ -286,32 +488,6 @@ mod tests {
         );
     }
 
-    /// Runs `script` with `sevsnpmeasure` importable: from
-    /// `COVM_SEV_SNP_MEASURE` (a `pip install --target` directory, set by
-    /// .ci/run) or the Python path. `None`, with the reason printed, when
-    /// it cannot run.
-    fn sev_snp_measure(script: &str) -> Option<String> {
-        let mut cmd = std::process::Command::new("python3");
-        cmd.arg("-c").arg(script);
-        if let Some(dir) = std::env::var_os("COVM_SEV_SNP_MEASURE") {
-            cmd.env("PYTHONPATH", dir);
-        }
-        match cmd.output() {
-            Ok(out) if out.status.success() => Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-            Ok(out) => {
-                eprintln!(
-                    "SKIP: sev-snp-measure is not importable (pip install sev-snp-measure, or run .ci/run): {}",
-                    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
-                );
-                None
-            }
-            Err(e) => {
-                eprintln!("SKIP: cannot run python3 for the sev-snp-measure cross-check: {e}");
-                None
-            }
-        }
-    }
-
     #[test]
     fn digest_agrees_with_sev_snp_measure() {
         let script = r#"
@@ -365,5 +541,334 @@ print(bytes(area).hex())
             ..VcpuState::reset()
         };
         assert_eq!(hex(&state.to_vmsa()[..]), theirs);
+    }
+    /// A confidential configuration of `vcpus` (the migration policy page
+    /// and the agent's vCPU, as every confidential launch loads them).
+    fn confidential(vcpus: u8, payload: Payload, cmdline: &str) -> VmConfig {
+        VmConfig {
+            cpus: CpusConfig { boot_vcpus: vcpus },
+            memory: MemoryConfig { size: 64 << 20 },
+            payload,
+            cmdline: cmdline.into(),
+            serial: SerialMode::Off,
+            api_socket: None,
+            dirty_tracking: Default::default(),
+            platform: PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
+                root_key: None,
+                policy: MigrationPolicy::empty(),
+            }),
+        }
+    }
+
+    /// The VMSA fields covm sets but RDX, by sev-snp-measure's names.
+    fn state_json(s: &VcpuState) -> Value {
+        let seg = |g: &Segment| json!([g.selector, g.attrib, g.limit, g.base]);
+        json!({
+            "es": seg(&s.es), "cs": seg(&s.cs), "ss": seg(&s.ss), "ds": seg(&s.ds), "fs": seg(&s.fs),
+            "gs": seg(&s.gs), "gdtr": seg(&s.gdtr), "ldtr": seg(&s.ldtr), "idtr": seg(&s.idtr),
+            "tr": seg(&s.tr), "efer": s.efer, "cr4": s.cr4, "cr3": s.cr3, "cr0": s.cr0, "dr7": s.dr7,
+            "dr6": s.dr6, "rflags": s.rflags, "rip": s.rip, "rsp": s.rsp, "rax": s.rax, "g_pat": s.g_pat,
+            "rcx": s.rcx, "rbx": s.rbx, "rbp": s.rbp, "rsi": s.rsi, "rdi": s.rdi, "xcr0": s.xcr0,
+            "mxcsr": s.mxcsr, "x87_fcw": s.x87_fcw,
+        })
+    }
+
+    /// sev-snp-measure's launch digest over the sequence in `listing`:
+    /// NORMAL pages from covm's bytes, UNMEASURED and ZERO pages by
+    /// address, the kernel hashes page built by its `SevHashes` from the
+    /// files themselves, and each VMSA built by its `VMSA.build_save_area`
+    /// with RDX from its `CPU_SIGS`, covm's fields set over it.
+    const REFERENCE_DIGEST: &str = r#"
+import json, sys
+from sevsnpmeasure.gctx import GCTX
+from sevsnpmeasure.sev_hashes import SevHashes
+from sevsnpmeasure.vcpu_types import CPU_SIGS
+from sevsnpmeasure.vmm_types import VMMType
+from sevsnpmeasure.vmsa import VMSA, VmcbSeg
+d = json.load(open(sys.argv[1]))
+g = GCTX()
+for p in d["pages"]:
+    t, gpa = p["type"], p["gpa"]
+    if t == "normal":
+        g.update_normal_pages(gpa, bytes.fromhex(p["data"]))
+    elif t == "unmeasured":
+        g.update_unmeasured_pages(gpa, 4096)
+    elif t == "zero":
+        g.update_zero_pages(gpa, 4096)
+    elif t == "hashes":
+        h = d["hashes"]
+        g.update_normal_pages(gpa, SevHashes(h["kernel"], h["initrd"], h["cmdline"]).construct_page(h["offset"]))
+    elif t == "vmsa":
+        assert gpa == GCTX.VMSA_GPA
+        sig = CPU_SIGS[d["vcpu_type"]] if d["vcpu_type"] else 0
+        area = VMSA.build_save_area(0xfffffff0, 0, sig, VMMType.QEMU)
+        for k, v in p["state"].items():
+            setattr(area, k, VmcbSeg(*v) if isinstance(v, list) else v)
+        g.update_vmsa_page(bytes(area))
+    else:
+        raise ValueError(t)
+print(g.hex_ld())
+"#;
+
+    /// One configuration of the cross-check.
+    struct Case {
+        vcpus: u8,
+        vcpu_type: Option<&'static str>,
+        /// None: the built-in firmware; else the kernel file.
+        kernel: Option<PathBuf>,
+        initrd: Option<PathBuf>,
+        cmdline: &'static str,
+        hashes: bool,
+    }
+
+    /// covm's SEV-SNP digest of `case` and sev-snp-measure's over the same
+    /// sequence (None when sev-snp-measure is missing).
+    fn digests(case: &Case, dir: &Path, n: usize) -> Option<(String, String)> {
+        let payload = match &case.kernel {
+            None => Payload::BuiltinFirmware,
+            Some(kernel) => Payload::Kernel {
+                kernel: kernel.clone(),
+                initramfs: case.initrd.clone(),
+            },
+        };
+        let config = confidential(case.vcpus, payload, case.cmdline);
+        let launch = SnpLaunch {
+            vcpu_signature: case.vcpu_type.map_or(0, |t| vcpu_type_signature(t).unwrap()),
+            kernel_hashes: case.hashes.then(|| {
+                let kernel = case.kernel.as_deref().unwrap();
+                KernelHashes::from_files(kernel, case.initrd.as_deref(), case.cmdline).unwrap()
+            }),
+        };
+        let scratch = memory::allocate(config.memory.size).unwrap();
+        let loaded = image::load(&scratch, &config).unwrap();
+        let ours = snp_launch_digest(&scratch, &loaded.image, &launch).unwrap();
+        assert_eq!(
+            ours,
+            measure_sev_snp(&config, &launch).unwrap(),
+            "the same as covm measure's path"
+        );
+        // The vCPU states behind the image's VMSAs: the agent's vCPU too.
+        let states: Vec<VcpuState> = (0..loaded.image.vcpus.len())
+            .map(|i| match i {
+                0 => VcpuState::boot(&loaded.bsp),
+                _ => VcpuState::reset(),
+            })
+            .collect();
+        assert_eq!(states.len(), usize::from(case.vcpus) + 1);
+        for (state, vmsa) in states.iter().zip(&loaded.image.vcpus) {
+            assert_eq!(state.to_vmsa(), *vmsa);
+        }
+        let mut vcpu = states.iter();
+        let pages: Vec<Value> = ours
+            .pages
+            .iter()
+            .map(|p| match (p.page_type, p.what) {
+                (PageType::Normal, "SEV kernel hashes table") => json!({"type": "hashes", "gpa": p.gpa}),
+                (PageType::Normal, _) => {
+                    let mut page = vec![0u8; PAGE_SIZE];
+                    scratch.read_slice(&mut page, GuestAddress(p.gpa)).unwrap();
+                    json!({"type": "normal", "gpa": p.gpa, "data": hex(&page)})
+                }
+                (PageType::Vmsa, _) => {
+                    json!({"type": "vmsa", "gpa": p.gpa, "state": state_json(vcpu.next().unwrap())})
+                }
+                (t, _) => json!({"type": t.name(), "gpa": p.gpa}),
+            })
+            .collect();
+        assert!(vcpu.next().is_none(), "one VMSA entry per vCPU");
+        let listing = json!({
+            "pages": pages,
+            "vcpu_type": case.vcpu_type,
+            "hashes": {
+                "kernel": case.kernel.as_ref().map(|k| k.display().to_string()),
+                "initrd": case.initrd.as_ref().map(|k| k.display().to_string()),
+                "cmdline": case.cmdline,
+                "offset": TABLE_OFFSET,
+            },
+        });
+        let file = dir.join(format!("case{n}.json"));
+        std::fs::write(&file, listing.to_string()).unwrap();
+        let script = format!(
+            "import sys\nsys.argv = ['x', {:?}]\n{REFERENCE_DIGEST}",
+            file.display().to_string()
+        );
+        let theirs = sev_snp_measure(&script)?;
+        Some((hex(&ours.digest), theirs))
+    }
+
+    /// covm's SEV-SNP launch digest equals sev-snp-measure's for the same
+    /// page sequence and VMSA contents: 1, 2 and 4 vCPUs (plus the
+    /// agent's), five vCPU types and none, the built-in firmware, a small
+    /// ELF kernel (64-bit entry, page tables) and the firmware booted as a
+    /// PVH kernel, with and without an initrd, and with and without the
+    /// kernel hashes table.
+    #[test]
+    fn snp_digest_agrees_with_sev_snp_measure() {
+        let dir = std::env::temp_dir().join(format!("covm-snp-measure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (elf, pvh, initrd) = (dir.join("tiny.elf"), dir.join("firmware.elf"), dir.join("initrd"));
+        std::fs::write(&elf, tiny_elf()).unwrap();
+        std::fs::write(&pvh, crate::boot::firmware::ELF).unwrap();
+        std::fs::write(&initrd, (0..9000u32).map(|i| (i * 31 % 256) as u8).collect::<Vec<u8>>()).unwrap();
+        let case = |vcpus, vcpu_type, kernel: Option<&PathBuf>, initrd: Option<&PathBuf>, cmdline, hashes| Case {
+            vcpus,
+            vcpu_type,
+            kernel: kernel.cloned(),
+            initrd: initrd.cloned(),
+            cmdline,
+            hashes,
+        };
+        let cases = [
+            case(1, Some("EPYC"), None, None, "workload=hello", false),
+            case(2, Some("EPYC-Milan"), None, None, "workload=hello", false),
+            case(4, Some("EPYC-Genoa"), None, None, "workload=dirty mib=4", false),
+            case(2, None, None, None, "workload=hello", false),
+            case(
+                1,
+                Some("EPYC-Rome"),
+                Some(&elf),
+                Some(&initrd),
+                "console=ttyS0 quiet",
+                true,
+            ),
+            case(2, Some("EPYC-Milan"), Some(&elf), None, "", true),
+            case(4, Some("EPYC-Genoa"), Some(&pvh), Some(&initrd), "workload=hello", true),
+            case(2, Some("EPYC-v4"), Some(&elf), Some(&initrd), "console=ttyS0", false),
+            case(1, Some("EPYC-Turin"), Some(&pvh), None, "workload=hello", true),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (n, case) in cases.iter().enumerate() {
+            let Some((ours, theirs)) = digests(case, &dir, n) else {
+                break;
+            };
+            assert_eq!(
+                ours, theirs,
+                "case {n}: {} vCPUs, {:?}, hashes {}",
+                case.vcpus, case.vcpu_type, case.hashes
+            );
+            assert!(seen.insert(ours), "case {n} repeats an earlier digest");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// covm's vCPU types and signatures are sev-snp-measure's `CPU_SIGS`,
+    /// name for name.
+    #[test]
+    fn vcpu_types_agree_with_sev_snp_measure() {
+        let script = "from sevsnpmeasure.vcpu_types import CPU_SIGS\n\
+                      print(' '.join(f'{k}={v:x}' for k, v in CPU_SIGS.items()))";
+        let Some(theirs) = sev_snp_measure(script) else {
+            return;
+        };
+        let ours: Vec<String> = VCPU_TYPES
+            .iter()
+            .map(|(name, _)| format!("{name}={:x}", vcpu_type_signature(name).unwrap()))
+            .collect();
+        assert_eq!(ours.join(" "), theirs);
+    }
+
+    #[test]
+    fn snp_additions() {
+        let config = confidential(2, Payload::BuiltinFirmware, "workload=hello");
+        let plain = measure_sev_snp(&config, &SnpLaunch::default()).unwrap();
+        let scratch = memory::allocate(config.memory.size).unwrap();
+        let loaded = image::load(&scratch, &config).unwrap();
+        assert_eq!(
+            plain,
+            launch_digest(&scratch, &loaded.image).unwrap(),
+            "no additions: emulated_cvm's"
+        );
+        let hashes = KernelHashes::new(b"k", None, "");
+        let launch = SnpLaunch {
+            vcpu_signature: 0xa00f11,
+            kernel_hashes: Some(hashes),
+        };
+        let applied = launch.apply(&scratch, &loaded.image).unwrap();
+        let mut table = [0u8; 176];
+        scratch.read_slice(&mut table, GuestAddress(SEV_HASHES_GPA)).unwrap();
+        assert_eq!(table, hashes.table(), "the page is written for the launch to update");
+        assert_eq!(applied.pages.last().unwrap().gpa, SEV_HASHES_GPA);
+        assert!(applied
+            .vcpus
+            .iter()
+            .all(|v| v[0x310..0x318] == 0xa00f11u64.to_le_bytes()));
+        let snp = snp_launch_digest(&scratch, &loaded.image, &launch).unwrap();
+        assert_eq!(snp, launch_digest(&scratch, &applied).unwrap());
+        assert_ne!(snp.digest, plain.digest);
+        let n = loaded.image.pages.len();
+        assert_eq!(snp.pages.len(), plain.pages.len() + 1);
+        assert_eq!(&snp.pages[..n], &plain.pages[..n]);
+        assert_eq!(
+            (snp.pages[n].gpa, snp.pages[n].page_type, snp.pages[n].what),
+            (SEV_HASHES_GPA, PageType::Normal, "SEV kernel hashes table")
+        );
+        assert!(snp.pages[n + 1..].iter().all(|p| p.page_type == PageType::Vmsa));
+        // The page must be free.
+        let mut taken = loaded.image.clone();
+        taken.pages[0].gpa = SEV_HASHES_GPA;
+        let err = snp_launch_digest(&scratch, &taken, &launch).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot place the SEV kernel hashes table at 0x5000: the image already loads that page"
+        );
+    }
+
+    /// `covm measure --platform sev_snp=on` / `tdx=on` is read without
+    /// `parse_platform` (which probes the host, and refuses both here):
+    /// a confidential configuration, `--kernel` allowed.
+    #[test]
+    fn for_measure_reads_hardware_platforms_without_probing() {
+        use crate::cli::VmArgs;
+        let args = |platform: &str| VmArgs {
+            platform: Some(platform.into()),
+            cmdline: Some("workload=hello".into()),
+            ..Default::default()
+        };
+        let host = 1 << 40;
+        for (text, hardware) in [
+            ("sev_snp=on", HardwarePlatform::SevSnp),
+            ("tdx=on,sev_snp=off", HardwarePlatform::Tdx),
+        ] {
+            let (config, found, no_policy) = VmConfig::for_measure(&args(text), host).unwrap();
+            assert_eq!(found, Some(hardware));
+            assert!(no_policy);
+            assert!(config.platform.is_confidential());
+            assert_eq!(config.kvm_vcpus(), 2, "the agent's vCPU too");
+        }
+        let (config, found, _) = VmConfig::for_measure(&args("emulated_cvm=on"), host).unwrap();
+        assert_eq!((found, config.platform.name()), (None, "emulated_cvm"));
+        let dir = std::env::temp_dir().join(format!("covm-for-measure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kernel = dir.join("tiny.elf");
+        std::fs::write(&kernel, tiny_elf()).unwrap();
+        let with_kernel = VmArgs {
+            kernel: Some(kernel.clone()),
+            ..args("sev_snp=on")
+        };
+        let (config, _, _) = VmConfig::for_measure(&with_kernel, host).unwrap();
+        assert!(matches!(config.payload, Payload::Kernel { .. }));
+        let _ = std::fs::remove_dir_all(&dir);
+        let refused = |text: &str| VmConfig::for_measure(&args(text), host).unwrap_err().to_string();
+        assert_eq!(
+            refused("sev_snp=on,tdx=on"),
+            "--platform: invalid tdx=on: give sev_snp=on or tdx=on, not both"
+        );
+        assert_eq!(
+            refused("tdx=on,emulated_cvm=on"),
+            "--platform: invalid emulated_cvm=on: not with tdx=on"
+        );
+        assert_eq!(
+            refused("sev_snp=on,root_key=/k"),
+            "--platform: invalid root_key=/k: not with sev_snp=on"
+        );
+        assert!(refused("sev_snp=maybe").contains("'maybe' is not on or off"));
+        let too_many = VmArgs {
+            cpus: Some("boot=32".into()),
+            ..args("sev_snp=on")
+        };
+        assert_eq!(
+            VmConfig::for_measure(&too_many, host).unwrap_err().to_string(),
+            "a sev_snp VM has at most 31 vCPUs: its migration agent runs on a vCPU of its own"
+        );
     }
 }

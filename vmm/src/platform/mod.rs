@@ -25,9 +25,13 @@
 
 pub mod emulated;
 pub mod image;
+pub mod kernel_hashes;
 pub mod measure;
+pub mod mrtd;
 pub mod policy;
 pub mod root_key;
+pub mod snp;
+pub mod tdx;
 pub mod vmsa;
 
 pub use emulated::EmulatedCvm;

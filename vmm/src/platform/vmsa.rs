@@ -58,6 +58,62 @@ pub mod offset {
     pub const X87_FCW: usize = 0x410;
 }
 
+/// A CPU model's CPUID signature: CPUID Fn0000_0001_EAX as AMD defines it
+/// (CPUID Specification, publication 25481, "Family, Model, Stepping
+/// Identifiers"): stepping in bits 3:0, the model's low nibble in 7:4, the
+/// base family in 11:8 (0xF once the family exceeds 15), the model's high
+/// nibble in 19:16 and the extended family (family - 0xF) in 27:20.
+pub const fn cpu_signature(family: u32, model: u32, stepping: u32) -> u32 {
+    let (base_family, ext_family) = if family > 0xf {
+        (0xf, (family - 0xf) & 0xff)
+    } else {
+        (family, 0)
+    };
+    ext_family << 20 | ((model >> 4) & 0xf) << 16 | base_family << 8 | (model & 0xf) << 4 | (stepping & 0xf)
+}
+
+/// The vCPU types an SEV-SNP launch can name (QEMU's `-cpu` model names of
+/// AMD's EPYC generations, as `sev-snp-measure --vcpu-type` takes them),
+/// with the family, model and stepping QEMU's model reports. On SEV-SNP
+/// the hypervisor starts every vCPU with this signature in RDX, so it is
+/// part of each VMSA and therefore of the launch digest.
+pub const VCPU_TYPES: &[(&str, (u32, u32, u32))] = &[
+    ("EPYC", (23, 1, 2)),
+    ("EPYC-v1", (23, 1, 2)),
+    ("EPYC-v2", (23, 1, 2)),
+    ("EPYC-IBPB", (23, 1, 2)),
+    ("EPYC-v3", (23, 1, 2)),
+    ("EPYC-v4", (23, 1, 2)),
+    ("EPYC-Rome", (23, 49, 0)),
+    ("EPYC-Rome-v1", (23, 49, 0)),
+    ("EPYC-Rome-v2", (23, 49, 0)),
+    ("EPYC-Rome-v3", (23, 49, 0)),
+    ("EPYC-Milan", (25, 1, 1)),
+    ("EPYC-Milan-v1", (25, 1, 1)),
+    ("EPYC-Milan-v2", (25, 1, 1)),
+    ("EPYC-Genoa", (25, 17, 0)),
+    ("EPYC-Genoa-v1", (25, 17, 0)),
+    ("EPYC-Turin", (26, 0, 0)),
+];
+
+/// The CPUID signature of the vCPU type `name` (exactly as
+/// [`VCPU_TYPES`] spells it), or an error listing the known names.
+pub fn vcpu_type_signature(name: &str) -> Result<u32, String> {
+    VCPU_TYPES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, (family, model, stepping))| cpu_signature(family, model, stepping))
+        .ok_or_else(|| {
+            let known: Vec<&str> = VCPU_TYPES.iter().map(|(n, _)| *n).collect();
+            format!("unknown vCPU type '{name}' (known: {})", known.join(", "))
+        })
+}
+
+/// Sets RDX in an encoded VMSA (an SEV-SNP vCPU's CPUID signature).
+pub fn set_rdx(vmsa: &mut [u8; VMSA_LEN], rdx: u64) {
+    vmsa[offset::RDX..offset::RDX + 8].copy_from_slice(&rdx.to_le_bytes());
+}
+
 /// A VMCB segment register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Segment {
@@ -285,6 +341,37 @@ mod tests {
         assert_eq!(Segment::from_kvm(&cs), Segment::new(8, 0xc9b, 0xffff_ffff, 0));
         let long = kvm_segment { l: 1, db: 0, ..cs };
         assert_eq!(Segment::from_kvm(&long).attrib, 0xa9b);
+    }
+
+    /// Signatures worked by hand from the CPUID specification's layout, and
+    /// the ones real parts report (Naples 0x800f12, Rome 0x830f10, Milan
+    /// 0xa00f11, Genoa 0xa10f10, Turin 0xb00f00).
+    #[test]
+    fn vcpu_type_signatures() {
+        assert_eq!(cpu_signature(6, 0x55, 7), 0x50657);
+        assert_eq!(cpu_signature(0xf, 0x21, 1), 0x20f11);
+        let sig = |name| vcpu_type_signature(name).unwrap();
+        assert_eq!(sig("EPYC"), 0x800f12);
+        assert_eq!(sig("EPYC-v4"), 0x800f12);
+        assert_eq!(sig("EPYC-Rome"), 0x830f10);
+        assert_eq!(sig("EPYC-Milan-v2"), 0xa00f11);
+        assert_eq!(sig("EPYC-Genoa"), 0xa10f10);
+        assert_eq!(sig("EPYC-Turin"), 0xb00f00);
+        let err = vcpu_type_signature("epyc-milan").unwrap_err();
+        assert!(
+            err.starts_with("unknown vCPU type 'epyc-milan' (known: EPYC, EPYC-v1,"),
+            "{err}"
+        );
+        let mut page = VcpuState::reset().to_vmsa();
+        set_rdx(&mut page, 0xa00f11);
+        assert_eq!(
+            *page,
+            *VcpuState {
+                rdx: 0xa00f11,
+                ..VcpuState::reset()
+            }
+            .to_vmsa()
+        );
     }
 
     #[test]

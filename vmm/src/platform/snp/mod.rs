@@ -1,0 +1,56 @@
+//! AMD SEV-SNP on KVM: the launch sequence, its KVM calls, and the probe
+//! that says what a host lacks.
+//!
+//! The launch is the one current upstream Linux and QEMU use (Linux 6.11+,
+//! `Documentation/virt/kvm/x86/amd-memory-encryption.rst`):
+//!
+//! 1. `KVM_CREATE_VM` of type `KVM_X86_SNP_VM`;
+//! 2. `KVM_SEV_INIT2` (`struct kvm_sev_init`), through `KVM_MEMORY_ENCRYPT_OP`;
+//! 3. per RAM region: `KVM_CREATE_GUEST_MEMFD`, `KVM_SET_USER_MEMORY_REGION2`
+//!    with that guest_memfd, `KVM_SET_MEMORY_ATTRIBUTES` (PRIVATE); and
+//!    `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)` so the guest's page-state
+//!    changes reach covm as `KVM_HC_MAP_GPA_RANGE` exits ([`hypercall`]);
+//! 4. `KVM_SEV_SNP_LAUNCH_START` with the guest policy;
+//! 5. the vCPUs, with their boot state (KVM turns each into its VMSA);
+//! 6. `KVM_SEV_SNP_LAUNCH_UPDATE` for every page of the [`LaunchImage`], by
+//!    page type, in the image's order;
+//! 7. `KVM_SEV_SNP_LAUNCH_FINISH` with HOST_DATA (the migration policy's
+//!    SHA-256) and, optionally, an ID block and its authentication block;
+//!    KVM then encrypts and measures every vCPU's VMSA.
+//!
+//! So the PSP measures exactly the entries [`super::measure::launch_digest`]
+//! computes over the same image, which is what `covm measure` prints.
+//!
+//! Files, one job each: [`ops`] names every call (the [`SnpLaunchOps`]
+//! trait), [`plan`] turns a [`LaunchImage`] into the calls' arguments,
+//! [`launch`] drives the sequence, [`kvm`] makes the calls on a real VM
+//! fd, [`private`] is the private-memory part (shared with TDX),
+//! [`hypercall`] converts memory on the guest's request, [`error`] names
+//! the step that failed, [`host`] and [`probe`] check the host first.
+//!
+//! [`LaunchImage`]: super::LaunchImage
+
+pub mod bindings;
+pub mod error;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod host;
+pub mod hypercall;
+pub mod kvm;
+pub mod launch;
+pub mod ops;
+pub mod plan;
+pub mod private;
+pub mod probe;
+
+pub use error::{CallError, LaunchError};
+pub use launch::launch_snp;
+pub use ops::SnpLaunchOps;
+pub use plan::{SnpOptions, SnpPlan};
+pub use probe::probe_snp;
+
+/// What stands between a host that passes [`probe_snp`] and a running
+/// SEV-SNP VM: said when `--platform sev_snp=on` is refused on such a host.
+pub const NOT_WIRED: &str = "covm's VM construction (vm.rs) does not call the SNP launch yet: it creates a default \
+VM, registers plain memory slots (with dirty logging) and starts the vCPUs without KVM_SEV_SNP_LAUNCH_FINISH; its \
+vCPU loop does not route KVM_HC_MAP_GPA_RANGE exits; and no SNP Platform (PSP evidence) exists";

@@ -1,0 +1,128 @@
+//! The recording fake of a TDX launch (tests only), on the shared
+//! [`Fake`] recorder: a host offering SEPT_VE_DISABLE, XFAM 0x602ff, one
+//! configurable CPUID leaf and 8 vCPUs.
+
+use super::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm, ATTR_SEPT_VE_DISABLE};
+use super::ops::TdxLaunchOps;
+use crate::platform::snp::error::CallError;
+use crate::platform::snp::fake::{Fake, MemCall, Recorded};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
+
+/// The fake host's vCPU limit for a TD.
+pub(crate) const FAKE_MAX_VCPUS: usize = 8;
+
+/// The fake host's capabilities.
+pub(crate) fn fake_capabilities() -> TdxCapabilities {
+    TdxCapabilities {
+        supported_attrs: ATTR_SEPT_VE_DISABLE,
+        supported_xfam: 0x6_02ff,
+        cpuid: vec![kvm_cpuid_entry2 {
+            function: 1,
+            eax: 0x0fff_3fff,
+            ecx: 0x7ffe_fbff,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// One call of a TDX launch.
+#[derive(Debug, Clone)]
+pub(crate) enum TdxCall {
+    CreateVm(u64),
+    Capabilities,
+    MaxVcpus,
+    InitVm(TdxInitVm),
+    CreateGuestMemfd(kvm_create_guest_memfd),
+    SetUserMemoryRegion2(kvm_userspace_memory_region2),
+    SetMemoryAttributes(kvm_memory_attributes),
+    EnableExitHypercall(u64),
+    CreateVcpus(usize),
+    InitVcpu {
+        vcpu: usize,
+        rcx: u64,
+    },
+    InitMemRegion {
+        vcpu: usize,
+        region: TdxInitMemRegion,
+        flags: u32,
+    },
+    FinalizeVm,
+}
+
+impl TdxCall {
+    pub(crate) fn name(&self) -> &'static str {
+        Recorded::name(self)
+    }
+}
+
+impl Recorded for TdxCall {
+    fn name(&self) -> &'static str {
+        match self {
+            TdxCall::CreateVm(_) => "KVM_CREATE_VM",
+            TdxCall::Capabilities => "KVM_TDX_CAPABILITIES",
+            TdxCall::MaxVcpus => "KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS)",
+            TdxCall::InitVm(_) => "KVM_TDX_INIT_VM",
+            TdxCall::CreateGuestMemfd(g) => MemCall::CreateGuestMemfd(*g).name(),
+            TdxCall::SetUserMemoryRegion2(r) => MemCall::SetUserMemoryRegion2(*r).name(),
+            TdxCall::SetMemoryAttributes(a) => MemCall::SetMemoryAttributes(*a).name(),
+            TdxCall::EnableExitHypercall(m) => MemCall::EnableExitHypercall(*m).name(),
+            TdxCall::CreateVcpus(_) => "KVM_CREATE_VCPU",
+            TdxCall::InitVcpu { .. } => "KVM_TDX_INIT_VCPU",
+            TdxCall::InitMemRegion { .. } => "KVM_TDX_INIT_MEM_REGION",
+            TdxCall::FinalizeVm => "KVM_TDX_FINALIZE_VM",
+        }
+    }
+
+    fn from_mem(call: MemCall) -> Self {
+        match call {
+            MemCall::CreateGuestMemfd(g) => TdxCall::CreateGuestMemfd(g),
+            MemCall::SetUserMemoryRegion2(r) => TdxCall::SetUserMemoryRegion2(r),
+            MemCall::SetMemoryAttributes(a) => TdxCall::SetMemoryAttributes(a),
+            MemCall::EnableExitHypercall(m) => TdxCall::EnableExitHypercall(m),
+        }
+    }
+}
+
+/// The TDX fake.
+pub(crate) type TdxFake = Fake<TdxCall>;
+
+impl TdxLaunchOps for TdxFake {
+    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
+        self.record(TdxCall::CreateVm(vm_type))
+    }
+
+    fn tdx_capabilities(&mut self) -> Result<TdxCapabilities, CallError> {
+        self.record(TdxCall::Capabilities)?;
+        Ok(fake_capabilities())
+    }
+
+    fn max_vcpus(&mut self) -> Result<usize, CallError> {
+        self.record(TdxCall::MaxVcpus)?;
+        Ok(FAKE_MAX_VCPUS)
+    }
+
+    fn tdx_init_vm(&mut self, init: &TdxInitVm) -> Result<(), CallError> {
+        self.record(TdxCall::InitVm(init.clone()))
+    }
+
+    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
+        self.record(TdxCall::CreateVcpus(count))
+    }
+
+    fn tdx_init_vcpu(&mut self, vcpu: usize, rcx: u64) -> Result<(), CallError> {
+        self.record(TdxCall::InitVcpu { vcpu, rcx })
+    }
+
+    fn tdx_init_mem_region(&mut self, vcpu: usize, region: &TdxInitMemRegion, flags: u32) -> Result<(), CallError> {
+        self.record(TdxCall::InitMemRegion {
+            vcpu,
+            region: *region,
+            flags,
+        })
+    }
+
+    fn tdx_finalize_vm(&mut self) -> Result<(), CallError> {
+        self.record(TdxCall::FinalizeVm)
+    }
+}

@@ -1,0 +1,43 @@
+//! Every KVM call a TDX launch makes, as one trait: `KvmLaunch<TdxState>`
+//! makes them on a real VM, the tests' fake records them.
+
+use super::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm};
+use crate::platform::snp::error::CallError;
+use crate::platform::snp::private::PrivateMemoryOps;
+
+/// The calls of a TDX launch, in the order [`super::launch_tdx`] makes
+/// them (the private-memory calls come from [`PrivateMemoryOps`]). The
+/// `KVM_TDX_*` calls go through `KVM_MEMORY_ENCRYPT_OP` with a
+/// `struct kvm_tdx_cmd`, on the VM fd or a vCPU fd as noted.
+pub trait TdxLaunchOps: PrivateMemoryOps {
+    /// `KVM_CREATE_VM` of `vm_type` (`KVM_X86_TDX_VM`).
+    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError>;
+
+    /// `KVM_TDX_CAPABILITIES` (VM): the attributes, XFAM and CPUID bits a
+    /// TD may configure on this host.
+    fn tdx_capabilities(&mut self) -> Result<TdxCapabilities, CallError>;
+
+    /// `KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS)` on the VM: the TD's vCPU limit.
+    fn max_vcpus(&mut self) -> Result<usize, CallError>;
+
+    /// `KVM_TDX_INIT_VM` (VM): attributes, XFAM, MRCONFIGID, MROWNER,
+    /// MROWNERCONFIG and the CPUID configuration; before any vCPU.
+    fn tdx_init_vm(&mut self, init: &TdxInitVm) -> Result<(), CallError>;
+
+    /// `KVM_CREATE_VCPU` for vCPUs `0..count`.
+    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError>;
+
+    /// `KVM_TDX_INIT_VCPU` (vCPU `vcpu`): `TDH.VP.INIT` with the vCPU's
+    /// initial RCX (the TD HOB's address).
+    fn tdx_init_vcpu(&mut self, vcpu: usize, rcx: u64) -> Result<(), CallError>;
+
+    /// `KVM_TDX_INIT_MEM_REGION` (vCPU `vcpu`): adds the pages, copying
+    /// them from `region.source_addr`; `flags` has
+    /// `KVM_TDX_MEASURE_MEMORY_REGION` to extend MRTD with their contents.
+    /// KVM may take part of the range per call; the implementation calls
+    /// again until all of it is taken.
+    fn tdx_init_mem_region(&mut self, vcpu: usize, region: &TdxInitMemRegion, flags: u32) -> Result<(), CallError>;
+
+    /// `KVM_TDX_FINALIZE_VM` (VM): MRTD is final; the TD may run.
+    fn tdx_finalize_vm(&mut self) -> Result<(), CallError>;
+}
