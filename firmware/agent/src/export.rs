@@ -73,6 +73,15 @@ fn streaming<'s>(session: &'s mut Session<'_>, run: &Run, op: &str) -> Result<&'
     Ok(s)
 }
 
+/// The parts of the agent an export command uses.
+struct Exporting<'x, M> {
+    mem: &'x mut M,
+    map: &'x MemoryMap,
+    s: &'x mut SourceSession,
+    record: &'x mut [u8; PAGE_RECORD_LEN],
+    run: &'x mut Run,
+}
+
 /// Bytes of one `EXPORT_LIST` entry: gpa and page count, u64 LE each.
 const LIST_ENTRY_LEN: usize = 16;
 /// Most entries one `EXPORT_LIST` takes (all of `TO_AGENT`).
@@ -251,8 +260,9 @@ fn check_round(s: &SourceSession, op: &str, round: u64) -> Result<(), Fail> {
 }
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
-    pub(crate) fn export_pages(&mut self, args: &[u64; 8]) -> Outcome {
-        let (round, first, count) = (args[0], args[1], args[2]);
+    /// What an export command works with, once the session is streaming
+    /// in `round`.
+    fn exporting(&mut self, op: &str, round: u64) -> Result<Exporting<'_, M>, Fail> {
         let Agent {
             mem,
             session,
@@ -262,13 +272,31 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             ..
         } = self;
         let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
-        let s = streaming(session, run, "EXPORT_PAGES")?;
-        check_round(s, "EXPORT_PAGES", round)?;
+        let s = streaming(session, run, op)?;
+        check_round(s, op, round)?;
+        Ok(Exporting {
+            mem,
+            map,
+            s,
+            record: head::<PAGE_RECORD_LEN>(scratch),
+            run,
+        })
+    }
+
+    pub(crate) fn export_pages(&mut self, args: &[u64; 8]) -> Outcome {
+        let (round, first, count) = (args[0], args[1], args[2]);
+        let Exporting {
+            mem,
+            map,
+            s,
+            record,
+            run,
+        } = self.exporting("EXPORT_PAGES", round)?;
         let range = page_range("EXPORT_PAGES", first, count)?;
         check_cursor(run, s, map, range)?;
         let mut walk = Walk::new();
         let walked = walk
-            .range(s, mem, map, head::<PAGE_RECORD_LEN>(scratch), range)
+            .range(s, mem, map, record, range)
             .and_then(|stopped| walk.flush(s, mem).map(|_| stopped));
         let walked = finish(run, s, map, &walk, walked)?;
         Ok(Done::output(walk.out.len())
@@ -286,18 +314,13 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 "EXPORT_LIST: {entries} entries (1 to {MAX_LIST_ENTRIES})"
             ));
         }
-        let Agent {
+        let Exporting {
             mem,
-            session,
-            own,
-            scratch,
+            map,
+            s,
+            record,
             run,
-            ..
-        } = self;
-        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
-        let s = streaming(session, run, "EXPORT_LIST")?;
-        check_round(s, "EXPORT_LIST", round)?;
-        let record = head::<PAGE_RECORD_LEN>(scratch);
+        } = self.exporting("EXPORT_LIST", round)?;
         let mut walk = Walk::new();
         let (mut done, mut partial) = (0u64, 0u64);
         let mut walked = Ok(0);
