@@ -310,6 +310,26 @@ fn hardware_platforms_are_measured_without_hardware() {
     let milan: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(milan["vcpu_signature"], "0xa00f11", "{milan}");
     assert_ne!(milan["measurement"], snp["measurement"]);
+    // vcpu_type= (and policy=) in --platform, as a launch takes them, measure the same.
+    let (launch_keys, err) = measure("sev_snp=on,policy=0x70000,vcpu_type=EPYC-Milan", None, "workload=hello");
+    assert_eq!(launch_keys["measurement"], milan["measurement"], "{launch_keys} {err}");
+    assert_eq!(launch_keys["vcpu_type"], "EPYC-Milan");
+    assert_eq!(launch_keys["guest_policy"], "0x70000");
+    assert_eq!(snp["guest_policy"], "0x30000");
+    let mut args: Vec<String> = [
+        "measure",
+        "--platform",
+        "sev_snp=on,vcpu_type=EPYC-Rome",
+        "--vcpu-type",
+        "EPYC-Milan",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(vm_args("workload=hello"));
+    assert_refused(
+        &run(&args),
+        "covm measure: --vcpu-type EPYC-Milan and --platform vcpu_type=EPYC-Rome differ: give one",
+    );
     let (tdx, err) = measure("tdx=on", None, "workload=hello");
     assert_eq!(tdx["platform"], "tdx", "{tdx} {err}");
     assert_eq!(tdx["mrtd"].as_str().map(str::len), Some(96), "{tdx}");
@@ -464,6 +484,9 @@ fn help_says_no_hardware_protection_and_lists_measure() {
     assert!(help.contains("NO hardware protection"), "{help}");
     assert!(help.contains("--migration-policy"), "{help}");
     assert!(help.contains("measure"), "{help}");
+    assert!(help.contains("sev_snp=on[,policy=P][,vcpu_type=MODEL]"), "{help}");
+    assert!(help.contains("it needs SEV-SNP hardware"), "{help}");
+    assert!(!help.contains("not supported yet"), "{help}");
     let out = run(&["measure".to_string(), "--help".to_string()]);
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);

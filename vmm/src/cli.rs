@@ -10,8 +10,9 @@ use std::path::PathBuf;
 /// `--platform emulated_cvm=on` runs the VM on covm's emulated confidential
 /// platform (measured launch, migration policy, attestation evidence as on
 /// SEV-SNP), which provides NO hardware protection: covm, the host, can read
-/// and change all guest memory. `covm measure` prints the launch measurement
-/// the same options would give.
+/// and change all guest memory. `--platform sev_snp=on` launches on AMD
+/// SEV-SNP hardware. `covm measure` prints the launch measurement the same
+/// options would give, without the hardware.
 #[derive(Debug, Parser)]
 #[command(
     name = "covm",
@@ -91,15 +92,23 @@ pub struct VmArgs {
     /// Platform: emulated_cvm=on[,root_key=PATH] for the emulated
     /// confidential platform (NO hardware protection; root_key: the
     /// attestation root's key file, loaded, or created with mode 0600 if
-    /// missing; without it a key for this VM only). Cloud Hypervisor's
-    /// keys are recognised; sev_snp=on and tdx=on are refused (not on this
-    /// machine, not supported yet).
+    /// missing; without it a key for this VM only).
+    /// sev_snp=on[,policy=P][,vcpu_type=MODEL] launches an AMD SEV-SNP VM
+    /// (guest policy P, default 0x30000; MODEL's CPUID signature in every
+    /// vCPU's RDX, as covm measure --vcpu-type); it needs SEV-SNP hardware
+    /// (the host is probed first and every missing piece named), and
+    /// --migration-policy (HOST_DATA is its SHA-256). tdx=on is probed the
+    /// same way, but covm cannot launch a TD yet. Without the hardware,
+    /// `covm measure --platform sev_snp=on|tdx=on` prints the launch
+    /// measurement or MRTD such a launch would give. Cloud Hypervisor's
+    /// other keys are recognised.
     #[arg(long, value_name = "KEY=VALUE,...")]
     pub platform: Option<String>,
 
     /// The guest owner's migration policy (JSON; see resources/policies/),
-    /// required with --platform emulated_cvm=on. Bound at launch through
-    /// HOST_DATA and placed in guest memory for the migration agent.
+    /// required with --platform emulated_cvm=on or sev_snp=on. Bound at
+    /// launch through HOST_DATA and placed in guest memory for the
+    /// migration agent.
     #[arg(long = "migration-policy", value_name = "PATH")]
     pub migration_policy: Option<PathBuf>,
 }
@@ -117,8 +126,10 @@ pub enum Command {
     ///
     /// --platform sev_snp=on: the SEV-SNP launch digest (MEASUREMENT) of
     /// covm's SNP launch of the same image, with every VMSA's RDX set to the
-    /// --vcpu-type's CPUID signature and, with --kernel-hashes, QEMU's SEV
-    /// kernel hashes table measured at 0x5000.
+    /// --vcpu-type's (or vcpu_type=) CPUID signature and, with
+    /// --kernel-hashes, QEMU's SEV kernel hashes table measured at 0x5000.
+    /// A VM launched with the same options (no --kernel-hashes) reports it
+    /// in vm.info as its expected measurement.
     ///
     /// --platform tdx=on: MRTD of covm's TDX launch of the same image
     /// (NORMAL pages added and extended, the others and the TD HOB at 0x4000

@@ -86,7 +86,20 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
         .map(|p| p.version());
     let out = match hardware {
         Some(HardwarePlatform::SevSnp) => {
-            let signature = args.vcpu_type.as_deref().map(vmsa::vcpu_type_signature).transpose()?;
+            // --vcpu-type, or vcpu_type= in --platform as a launch takes it.
+            let (launch_type, guest_policy) = match &config.platform {
+                PlatformConfig::SevSnp(snp) => (snp.vcpu_type.clone(), snp.guest_policy),
+                _ => (None, platform::hardware::DEFAULT_GUEST_POLICY),
+            };
+            let vcpu_type = match (args.vcpu_type.clone(), launch_type) {
+                (Some(given), Some(launch)) if given != launch => {
+                    return Err(format!(
+                        "--vcpu-type {given} and --platform vcpu_type={launch} differ: give one"
+                    ))
+                }
+                (given, launch) => given.or(launch),
+            };
+            let signature = vcpu_type.as_deref().map(vmsa::vcpu_type_signature).transpose()?;
             let kernel_hashes = match (&config.payload, args.kernel_hashes) {
                 (_, false) => None,
                 (covm::config::Payload::Kernel { kernel, initramfs }, true) => Some(
@@ -110,7 +123,8 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
                 "host_data": host_data,
                 "policy_version": policy_version,
                 "vcpus": config.cpus.boot_vcpus,
-                "vcpu_type": args.vcpu_type,
+                "guest_policy": format!("{guest_policy:#x}"),
+                "vcpu_type": vcpu_type,
                 "vcpu_signature": signature.map(|s| format!("{s:#x}")),
                 "kernel_hashes": launch.kernel_hashes.map(|h| serde_json::json!({
                     "gpa": format!("{:#x}", platform::kernel_hashes::SEV_HASHES_GPA),

@@ -1,4 +1,11 @@
 //! A VM: KVM objects, guest memory, devices and vCPUs, and running it.
+//!
+//! A plain or emulated_cvm VM is built here; an SEV-SNP VM through its
+//! launch ([`snp`]); a TDX VM is refused ([`crate::platform::tdx::NOT_WIRED`]).
+
+mod snp;
+#[cfg(test)]
+pub(crate) use snp::tests as snp_tests;
 
 use crate::arch::{cpuid, regs};
 use crate::boot::BootError;
@@ -9,7 +16,7 @@ use crate::dirty_ring::{self, DirtyRings};
 use crate::exit::VmExit;
 use crate::kvm::{self, KvmError};
 use crate::memory::{self, GuestMemory, MemoryError};
-use crate::platform::{self, image, Platform, PlatformError};
+use crate::platform::{self, image, Platform, PlatformConfig, PlatformError};
 use crate::vcpu::{ExitNotifier, Vcpu, VcpuCounters, VcpuError};
 use crate::vcpu_control::{Desired, RunControl, THROTTLE_PERIOD};
 use crate::vm_snapshot::{SnapshotError, VmSnapshot, SNAPSHOT_VERSION};
@@ -23,6 +30,7 @@ use covm_guest_abi::ports;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -117,6 +125,9 @@ pub enum VmError {
     /// The agent committed a migration: the guest runs elsewhere now.
     #[error("this VM's migration agent read the destination's Commit: the guest runs at the destination and never runs here again")]
     Retired,
+    /// An SEV-SNP VM's construction.
+    #[error(transparent)]
+    Snp(#[from] crate::platform::snp::vm::SnpVmError),
     /// An incoming confidential VM's firmware did not get ready.
     #[error("the incoming confidential VM's firmware was not ready within {seconds} s ({what})")]
     AgentNotReady {
@@ -165,8 +176,15 @@ pub struct Vm {
     agent_vcpu: Option<Vcpu>,
     agent_control: Arc<RunControl>,
     agent_thread: Option<JoinHandle<()>>,
-    // Kept open for the VM's lifetime: dropping it destroys the VM.
-    vm_fd: VmFd,
+    /// Why this VM cannot migrate (nor log dirty pages), if it cannot: an
+    /// SEV-SNP VM's memory is guest_memfd-backed.
+    migration_refusal: Option<&'static str>,
+    // Kept open for the VM's lifetime: dropping it destroys the VM (the
+    // vCPUs of a VM with private memory share it for their conversions).
+    vm_fd: Arc<VmFd>,
+    /// The guest_memfds backing an SEV-SNP VM's private memory, kept open
+    /// with the VM.
+    _guest_memfds: Vec<OwnedFd>,
 }
 
 /// COM1, shared by the port bus and the VM (for its state and counters).
@@ -206,6 +224,17 @@ impl Vm {
     }
 
     fn build(config: &VmConfig, start: Instant, notify: ExitNotifier, origin: Origin) -> Result<Self, VmError> {
+        match &config.platform {
+            PlatformConfig::SevSnp(snp) => return Self::build_snp_on_kvm(config, snp, start, notify, origin),
+            PlatformConfig::Tdx(_) => {
+                return Err(PlatformError::Unsupported(format!(
+                    "cannot launch an Intel TDX VM: {}",
+                    platform::tdx::NOT_WIRED
+                ))
+                .into())
+            }
+            PlatformConfig::Plain | PlatformConfig::EmulatedCvm(_) => {}
+        }
         let kvm = kvm::open()?;
         let call = |what| move |source| VmError::KvmCall { what, source };
         let vm_fd = kvm.create_vm().map_err(call("create a VM"))?;
@@ -290,8 +319,16 @@ impl Vm {
             agent_vcpu,
             agent_control: Arc::new(RunControl::default()),
             agent_thread: None,
-            vm_fd,
+            migration_refusal: None,
+            vm_fd: Arc::new(vm_fd),
+            _guest_memfds: Vec::new(),
         })
+    }
+
+    /// Why this VM cannot migrate, if it cannot (`vm.send-migration` and
+    /// dirty logging are refused with it).
+    pub fn migration_refusal(&self) -> Option<&'static str> {
+        self.migration_refusal
     }
 
     /// The VM's platform, chosen at launch.
@@ -458,6 +495,9 @@ impl Vm {
 
     /// Turns dirty-page logging on or off for all of guest memory.
     pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        if let Some(why) = self.migration_refusal {
+            return if on { Err(VmError::Unsupported(why)) } else { Ok(()) };
+        }
         if let Some(rings) = &self.dirty_rings {
             dirty_log::set_logging(&self.vm_fd, &self.memory, on)?;
             // Off: whatever was gathered belongs to a migration that ended.
@@ -476,6 +516,9 @@ impl Vm {
 
     /// Pages written since last cleared: (region start, length, one bit per page).
     pub fn dirty_bitmaps(&self) -> Result<Vec<(u64, u64, Vec<u64>)>, VmError> {
+        if let Some(why) = self.migration_refusal {
+            return Err(VmError::Unsupported(why));
+        }
         match &self.dirty_rings {
             Some(rings) => Ok(rings.dirty_bitmaps(&self.memory)?),
             None => Ok(dirty_log::dirty_bitmaps(&self.vm_fd, &self.memory)?),
@@ -501,6 +544,9 @@ impl Vm {
 
     /// Clears and re-arms dirty tracking of `pages` pages from `gpa`.
     pub fn clear_dirty(&self, gpa: u64, pages: u64) -> Result<(), VmError> {
+        if let Some(why) = self.migration_refusal {
+            return Err(VmError::Unsupported(why));
+        }
         let Some(rings) = &self.dirty_rings else {
             return Ok(dirty_log::clear(&self.vm_fd, &self.memory, gpa, pages)?);
         };

@@ -524,6 +524,9 @@ impl Vmm {
                     .into(),
             ));
         }
+        if let Some(why) = self.vm.as_ref().and_then(Vm::migration_refusal) {
+            return Err(ApiError::BadRequest(format!("cannot migrate the VM: {why}")));
+        }
         // A confidential VM moves only through its agent's sealed session;
         // a plain one has nothing to verify.
         let confidential = self.vm.as_ref().is_some_and(|vm| vm.platform().confidential());
@@ -673,5 +676,42 @@ impl Vmm {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::platform::hardware::SNP_NOT_MIGRATABLE;
+    use crate::vm::snp_tests;
+
+    /// `vm.send-migration` of an SEV-SNP VM is refused with the reason,
+    /// before anything is sent (the VM stays here, running).
+    #[test]
+    fn an_snp_vm_refuses_to_migrate() {
+        let config = snp_tests::snp_config();
+        let Some((vm, _)) = snp_tests::snp_vm(&config) else {
+            return;
+        };
+        let mut vmm = Vmm::new(Instant::now(), vec![], false, 1 << 40, None);
+        vmm.config = Some(config);
+        vmm.vm = Some(vm);
+        vmm.state = VmState::Running;
+        let request = Request::SendMigration {
+            endpoint: "tcp:127.0.0.1:9".parse().unwrap(),
+            options: Box::default(),
+            verified: false,
+        };
+        assert_eq!(
+            vmm.handle(request).unwrap_err(),
+            ApiError::BadRequest(format!("cannot migrate the VM: {SNP_NOT_MIGRATABLE}"))
+        );
+        assert!(vmm.migration.is_none(), "no migration started");
+        assert!(vmm.vm.is_some(), "the VM stays");
+        let Reply::Info { platform, .. } = vmm.handle(Request::Info).unwrap() else {
+            panic!()
+        };
+        assert_eq!(platform["kind"], "sev_snp");
+        vmm.finish();
     }
 }

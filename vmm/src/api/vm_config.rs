@@ -5,16 +5,20 @@
 //! honour yet is refused by name unless it holds its default (null, false,
 //! empty). Fields CH does not define are refused by serde, by name, except
 //! covm's extensions: `dirty_tracking` (see `--dirty-tracking`) and, in
-//! `platform`, `emulated_cvm`, `root_key` and `migration_policy` (the
+//! `platform`, `emulated_cvm`, `root_key`, `migration_policy` (the
 //! policy inline, as its JSON file holds it; see `--platform` and
-//! docs/platforms.md). They travel with a migration, so an incoming VM is
+//! docs/platforms.md), and `sev_snp`'s `policy` and `vcpu_type`.
+//! `platform.sev_snp` and `platform.tdx` probe the host as `--platform`
+//! does and say what it lacks. They travel with a migration, so an incoming VM is
 //! built on the same platform with the same policy, and measures the same.
 
 use crate::config::{
     check_readable, ApiSocket, CpusConfig, DirtyTracking, MemoryConfig, Payload, SerialMode, VmConfig,
 };
 use crate::config::{MAX_VCPUS, MIN_MEMORY};
-use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
+use crate::platform::hardware::{check_guest_policy, parse_guest_policy};
+use crate::platform::snp::host::Unavailable;
+use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig, SevSnpConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -211,7 +215,7 @@ pub struct PayloadJson {
     /// An IGVM file (refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub igvm: Option<PathBuf>,
-    /// SEV-SNP host data (refused until the SNP platform exists).
+    /// SEV-SNP host data (refused: covm binds HOST_DATA to the migration policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_data: Option<String>,
 }
@@ -352,29 +356,52 @@ const CH_PLATFORM_KEYS: &[&str] = &[
 ];
 
 /// covm's keys in `PlatformConfig`.
-const COVM_PLATFORM_KEYS: &[&str] = &["emulated_cvm", "root_key", "migration_policy"];
+const COVM_PLATFORM_KEYS: &[&str] = &["emulated_cvm", "root_key", "migration_policy", "policy", "vcpu_type"];
 
-/// The platform from CH's `platform` object and covm's keys in it.
-fn platform_from_json(platform: Option<&Value>, payload: &Payload) -> Result<PlatformConfig, String> {
+/// The platform from CH's `platform` object and covm's keys in it, with
+/// the hardware probes given (`sev_snp`, `tdx`).
+fn platform_from_json_probed(
+    platform: Option<&Value>,
+    payload: &Payload,
+    probe: &dyn Fn(&str) -> Result<(), Unavailable>,
+) -> Result<PlatformConfig, String> {
+    use crate::platform::tdx;
     let Some(platform) = platform else {
         return Ok(PlatformConfig::Plain);
     };
     let map = platform.as_object().ok_or("platform must be an object")?;
-    for (key, what) in [("sev_snp", "AMD SEV-SNP"), ("tdx", "Intel TDX")] {
-        if map.get(key).is_some_and(|v| !is_default(v)) {
+    let mut sev_snp = false;
+    for key in ["sev_snp", "tdx"] {
+        match map.get(key) {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => continue,
+            Some(Value::Bool(true)) => {}
+            Some(other) => return Err(format!("platform.{key} must be true or false, not {other}")),
+        }
+        // The same probe as --platform: nothing is created, and the host's
+        // missing pieces are named.
+        if let Err(missing) = probe(key) {
             return Err(format!(
-                "field 'platform.{key}' cannot be honoured: {what} is not available on this machine and covm \
-                 does not support it yet (platform.emulated_cvm is covm's emulated confidential platform)"
+                "field 'platform.{key}' cannot be honoured: {missing}. platform.emulated_cvm is covm's emulated \
+                 confidential platform, without hardware protection"
             ));
         }
+        if key == "tdx" {
+            return Err(format!(
+                "field 'platform.tdx' cannot be honoured: this host offers {}, but covm cannot launch it yet: {}",
+                tdx::probe::WHAT,
+                tdx::NOT_WIRED
+            ));
+        }
+        sev_snp = true;
     }
     let ch: serde_json::Map<String, Value> = map
         .iter()
         .filter(|(k, _)| !COVM_PLATFORM_KEYS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    // No VFIO devices, so peer-to-peer DMA (default on) is moot.
-    other_keys("platform", &ch, CH_PLATFORM_KEYS, &["vfio_p2p_dma"])?;
+    // No VFIO devices, so peer-to-peer DMA (default on) is moot; sev_snp
+    // was read above.
+    other_keys("platform", &ch, CH_PLATFORM_KEYS, &["vfio_p2p_dma", "sev_snp"])?;
     let emulated_cvm = match map.get("emulated_cvm") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -389,23 +416,58 @@ fn platform_from_json(platform: Option<&Value>, payload: &Payload) -> Result<Pla
         None | Some(Value::Null) => None,
         Some(value) => Some(MigrationPolicy::from_value(value).map_err(|e| format!("platform.migration_policy: {e}"))?),
     };
-    match (emulated_cvm, policy) {
-        (false, None) if root_key.is_some() => Err("platform.root_key needs platform.emulated_cvm: true".into()),
-        (false, None) => Ok(PlatformConfig::Plain),
-        (false, Some(_)) => {
+    let guest_policy = match map.get("policy") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(parse_guest_policy(text).map_err(|e| format!("platform.policy: {e}"))?),
+        Some(Value::Number(n)) if n.as_u64().is_some() => {
+            Some(check_guest_policy(n.as_u64().expect("checked")).map_err(|e| format!("platform.policy: {e}"))?)
+        }
+        Some(other) => {
+            return Err(format!(
+                "platform.policy must be a guest policy (\"0x30000\"), not {other}"
+            ))
+        }
+    };
+    let vcpu_type = match map.get("vcpu_type") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => {
+            crate::platform::vmsa::vcpu_type_signature(name).map_err(|e| format!("platform.vcpu_type: {e}"))?;
+            Some(name.clone())
+        }
+        Some(other) => return Err(format!("platform.vcpu_type must be a vCPU model name, not {other}")),
+    };
+    if !sev_snp && (guest_policy.is_some() || vcpu_type.is_some()) {
+        return Err("platform.policy and platform.vcpu_type need platform.sev_snp: true".into());
+    }
+    let name = match (emulated_cvm, sev_snp) {
+        (true, true) => return Err("give platform.emulated_cvm or platform.sev_snp, not both".into()),
+        (true, false) => Some("emulated_cvm"),
+        (false, true) => Some("sev_snp"),
+        (false, false) => None,
+    };
+    if root_key.is_some() && !emulated_cvm {
+        return Err("platform.root_key needs platform.emulated_cvm: true".into());
+    }
+    match (name, policy) {
+        (None, None) => Ok(PlatformConfig::Plain),
+        (None, Some(_)) => {
             Err("platform.migration_policy needs a confidential platform (platform.emulated_cvm: true)".into())
         }
-        (true, None) => Err(
-            "platform.emulated_cvm needs platform.migration_policy: the guest owner's migration policy \
+        (Some(name), None) => Err(format!(
+            "platform.{name} needs platform.migration_policy: the guest owner's migration policy \
              (its JSON inline, see resources/policies/)"
-                .into(),
-        ),
-        (true, Some(_)) if matches!(payload, Payload::Kernel { .. }) => Err(
-            "platform.emulated_cvm boots firmware (the built-in one or payload.firmware), not payload.kernel: \
+        )),
+        (Some(name), Some(_)) if matches!(payload, Payload::Kernel { .. }) => Err(format!(
+            "platform.{name} boots firmware (the built-in one or payload.firmware), not payload.kernel: \
              the migration agent lives in the firmware"
-                .into(),
-        ),
-        (true, Some(policy)) => Ok(PlatformConfig::EmulatedCvm(EmulatedCvmConfig { root_key, policy })),
+        )),
+        (Some(_), Some(policy)) if sev_snp => {
+            let mut snp = SevSnpConfig::new(policy);
+            snp.guest_policy = guest_policy.unwrap_or(snp.guest_policy);
+            snp.vcpu_type = vcpu_type;
+            Ok(PlatformConfig::SevSnp(snp))
+        }
+        (Some(_), Some(policy)) => Ok(PlatformConfig::EmulatedCvm(EmulatedCvmConfig { root_key, policy })),
     }
 }
 
@@ -414,11 +476,19 @@ fn platform_to_json(platform: &PlatformConfig) -> Option<Value> {
     let policy = platform.migration_policy()?;
     let mut map = serde_json::Map::new();
     map.insert(platform.name().into(), Value::Bool(true));
-    if let PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
-        root_key: Some(path), ..
-    }) = platform
-    {
-        map.insert("root_key".into(), Value::String(path.display().to_string()));
+    match platform {
+        PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
+            root_key: Some(path), ..
+        }) => {
+            map.insert("root_key".into(), Value::String(path.display().to_string()));
+        }
+        PlatformConfig::SevSnp(snp) => {
+            map.insert("policy".into(), Value::String(format!("{:#x}", snp.guest_policy)));
+            if let Some(vcpu_type) = &snp.vcpu_type {
+                map.insert("vcpu_type".into(), Value::String(vcpu_type.clone()));
+            }
+        }
+        _ => {}
     }
     map.insert(
         "migration_policy".into(),
@@ -444,6 +514,19 @@ fn other_keys(section: &str, map: &serde_json::Map<String, Value>, known: &[&str
 
 /// Checks a CH `VmConfig` as the command line is checked, and converts it.
 pub fn to_vm_config(json: VmConfigJson, host_ram: u64) -> Result<VmConfig, String> {
+    use crate::platform::{snp, tdx};
+    to_vm_config_probed(json, host_ram, &|key| match key {
+        "sev_snp" => snp::probe_snp(),
+        _ => tdx::probe_tdx(),
+    })
+}
+
+/// [`to_vm_config`] with the hardware probes given (`sev_snp`, `tdx`).
+fn to_vm_config_probed(
+    json: VmConfigJson,
+    host_ram: u64,
+    probe: &dyn Fn(&str) -> Result<(), Unavailable>,
+) -> Result<VmConfig, String> {
     json.unsupported.check()?;
     // CH's nested=true and thp=true are defaults covm meets (KVM decides nesting, the kernel THP).
     let cpus = match json.cpus {
@@ -493,7 +576,7 @@ pub fn to_vm_config(json: VmConfigJson, host_ram: u64) -> Result<VmConfig, Strin
     refuse_unless_default(
         "payload.host_data",
         p.host_data.clone().map(Value::String).as_ref(),
-        "needs a confidential platform",
+        "covm binds HOST_DATA to the SHA-256 of platform.migration_policy",
     )?;
     let payload = match (p.kernel, p.firmware, p.initramfs) {
         (Some(_), Some(_), _) => return Err("payload: give kernel or firmware, not both".into()),
@@ -534,7 +617,7 @@ pub fn to_vm_config(json: VmConfigJson, host_ram: u64) -> Result<VmConfig, Strin
             ));
         }
     }
-    let platform = platform_from_json(json.platform.as_ref(), &payload)?;
+    let platform = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
     crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
     Ok(VmConfig {
         cpus,
@@ -639,13 +722,24 @@ mod tests {
         assert_eq!(e, "field 'disks' cannot be honoured: covm has no block devices yet");
         let e = parse_str(r#"{"payload": {}, "memory": {"size": 268435456, "hugepages": true}}"#).unwrap_err();
         assert!(e.contains("'memory.hugepages'"), "{e}");
+        // The hardware platforms are probed as --platform probes them: on
+        // this machine the message names what is missing.
         let e = parse_str(r#"{"payload": {}, "platform": {"sev_snp": true}}"#).unwrap_err();
-        assert!(
-            e.contains("'platform.sev_snp'") && e.contains("not available on this machine"),
-            "{e}"
-        );
+        match crate::platform::snp::probe_snp() {
+            Err(missing) => assert_eq!(
+                e,
+                format!(
+                    "field 'platform.sev_snp' cannot be honoured: {missing}. platform.emulated_cvm is covm's \
+                     emulated confidential platform, without hardware protection"
+                )
+            ),
+            Ok(()) => assert!(e.contains("platform.sev_snp needs platform.migration_policy"), "{e}"),
+        }
         let e = parse_str(r#"{"payload": {}, "platform": {"tdx": true}}"#).unwrap_err();
-        assert!(e.contains("'platform.tdx'"), "{e}");
+        assert!(e.starts_with("field 'platform.tdx' cannot be honoured: "), "{e}");
+        if let Err(missing) = crate::platform::tdx::probe_tdx() {
+            assert!(e.contains(&missing.to_string()), "{e}");
+        }
         let e = parse_str(r#"{"payload": {"host_data": "ab"}}"#).unwrap_err();
         assert!(e.contains("'payload.host_data'"), "{e}");
     }
@@ -756,6 +850,84 @@ mod tests {
             let e = parse_str(&body).unwrap_err();
             assert!(e.contains(needle), "expected {needle:?} in {e:?}");
         }
+    }
+
+    fn snp_json(extra: &str) -> String {
+        format!(
+            r#"{{"payload": {{"cmdline": "workload=hello"}}, "platform": {{"sev_snp": true{extra},
+                "migration_policy": {}}}}}"#,
+            crate::platform::policy::tests::valid_json()
+        )
+    }
+
+    fn parse_with(body: &str, probe: &dyn Fn(&str) -> Result<(), Unavailable>) -> Result<VmConfig, String> {
+        let json: VmConfigJson = serde_json::from_str(body).map_err(|e| e.to_string())?;
+        to_vm_config_probed(json, RAM, probe)
+    }
+
+    /// On a host that passes the probe, `platform.sev_snp` is an SEV-SNP
+    /// VM with its guest policy and vCPU type, and round-trips through
+    /// vm.info's JSON; `platform.tdx` says what covm lacks.
+    #[test]
+    fn sev_snp_on_a_host_that_has_it() {
+        let present = |_: &str| Ok(());
+        let c = parse_with(
+            &snp_json(r#", "policy": "0x70000", "vcpu_type": "EPYC-Rome""#),
+            &present,
+        )
+        .unwrap();
+        let PlatformConfig::SevSnp(snp) = &c.platform else {
+            panic!("{:?}", c.platform)
+        };
+        assert_eq!(
+            (snp.guest_policy, snp.vcpu_type.as_deref()),
+            (0x70000, Some("EPYC-Rome"))
+        );
+        assert_eq!(snp.policy.version(), 3);
+        let json = serde_json::to_string(&to_json(&c)).unwrap();
+        assert_eq!(parse_with(&json, &present).unwrap(), c);
+        let info = serde_json::to_value(to_json(&c)).unwrap();
+        assert_eq!(info["platform"]["sev_snp"], true);
+        assert_eq!(info["platform"]["policy"], "0x70000");
+        let default = parse_with(&snp_json(""), &present).unwrap();
+        assert!(matches!(&default.platform, PlatformConfig::SevSnp(s) if s.guest_policy == 0x30000));
+        let numeric = parse_with(&snp_json(r#", "policy": 196608"#), &present).unwrap();
+        assert!(matches!(&numeric.platform, PlatformConfig::SevSnp(s) if s.guest_policy == 0x30000));
+
+        let refused = |body: &str| parse_with(body, &present).unwrap_err();
+        assert!(refused(&snp_json(r#", "policy": "0x10000""#)).starts_with("platform.policy: guest policy 0x10000"));
+        assert!(refused(&snp_json(r#", "vcpu_type": "486""#)).contains("unknown vCPU type '486'"));
+        assert!(refused(&snp_json(r#", "emulated_cvm": true"#)).contains("not both"));
+        assert!(refused(&snp_json(r#", "root_key": "/k""#)).contains("platform.root_key needs platform.emulated_cvm"));
+        assert!(refused(r#"{"payload": {}, "platform": {"sev_snp": true}}"#)
+            .starts_with("platform.sev_snp needs platform.migration_policy"));
+        assert!(refused(r#"{"payload": {}, "platform": {"sev_snp": "yes"}}"#)
+            .starts_with("platform.sev_snp must be true or false"));
+        assert_eq!(
+            refused(&emulated(r#", "policy": "0x30000""#)),
+            "platform.policy and platform.vcpu_type need platform.sev_snp: true"
+        );
+        let tdx = refused(r#"{"payload": {}, "platform": {"tdx": true}}"#);
+        assert_eq!(
+            tdx,
+            format!(
+                "field 'platform.tdx' cannot be honoured: this host offers Intel TDX, but covm cannot launch it \
+                 yet: {}",
+                crate::platform::tdx::NOT_WIRED
+            )
+        );
+        // Lacking: the probe's words, before anything else is read.
+        let lacking = |key: &str| {
+            Err(Unavailable {
+                what: "AMD SEV-SNP",
+                missing: vec![format!("no {key}")],
+            })
+        };
+        assert_eq!(
+            parse_with(&snp_json(r#", "policy": "junk""#), &lacking).unwrap_err(),
+            "field 'platform.sev_snp' cannot be honoured: AMD SEV-SNP is not available on this machine: no \
+             sev_snp. platform.emulated_cvm is covm's emulated confidential platform, without hardware protection"
+        );
     }
 
     #[test]

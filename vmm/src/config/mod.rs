@@ -4,8 +4,9 @@ pub mod options;
 pub mod size;
 
 use crate::cli::{Cli, VmArgs};
+use crate::platform::hardware::{parse_guest_policy, DEFAULT_GUEST_POLICY};
 use crate::platform::measure::HardwarePlatform;
-use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
+use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
 use options::{parse_toggle, OptionError, OptionMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -183,13 +184,13 @@ impl VmConfig {
     ///
     /// `--platform sev_snp=on` or `tdx=on` is measured without the
     /// hardware: nothing is probed (`parse_platform`, which probes, is not
-    /// asked), the hardware platform is returned beside a configuration
-    /// that loads what every confidential launch loads (the migration
-    /// policy page, the agent's vCPU: emulated_cvm's loading, which the
-    /// SEV-SNP and TDX launches share), and `--kernel` is allowed.
+    /// asked), the hardware platform is returned beside a configuration on
+    /// that platform (`policy=` and `vcpu_type=` read as a launch reads
+    /// them), which loads what every confidential launch loads (the
+    /// migration policy page, the agent's vCPU), and `--kernel` is allowed.
     pub fn for_measure(cli: &VmArgs, host_ram: u64) -> Result<(Self, Option<HardwarePlatform>, bool), ConfigError> {
         let no_policy = cli.migration_policy.is_none();
-        let Some(hardware) = Self::hardware_to_measure(cli.platform.as_deref().unwrap_or(""))? else {
+        let Some((hardware, snp)) = Self::hardware_to_measure(cli.platform.as_deref().unwrap_or(""))? else {
             return Ok((Self::build(cli, host_ram, PolicyNeed::Optional)?, None, no_policy));
         };
         let args = VmArgs {
@@ -204,32 +205,25 @@ impl VmConfig {
         };
         let mut config = Self::build(&args, host_ram, PolicyNeed::Optional)?;
         let policy = cli.migration_policy.as_deref().map(read_policy).transpose()?;
-        config.platform = PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
-            root_key: None,
-            policy: policy.unwrap_or_else(MigrationPolicy::empty),
-        });
+        let policy = policy.unwrap_or_else(MigrationPolicy::empty);
+        config.platform = match hardware {
+            HardwarePlatform::SevSnp => PlatformConfig::SevSnp(SevSnpConfig {
+                guest_policy: snp.guest_policy,
+                vcpu_type: snp.vcpu_type,
+                policy,
+            }),
+            HardwarePlatform::Tdx => PlatformConfig::Tdx(TdxConfig { policy }),
+        };
         check_confidential_shape(&config.platform, config.cpus.boot_vcpus, config.memory.size)
-            .map_err(|e| ConfigError::Platform(e.replacen("emulated_cvm", hardware.name(), 1)))?;
+            .map_err(ConfigError::Platform)?;
         Ok((config, Some(hardware), no_policy))
     }
 
     /// Whether `--platform` asks `covm measure` for SEV-SNP or TDX, read
-    /// without probing; None also when `parse_platform` is to report the
-    /// text's errors.
-    fn hardware_to_measure(text: &str) -> Result<Option<HardwarePlatform>, ConfigError> {
-        // parse_platform's keys.
-        let known = [
-            "num_pci_segments",
-            "iommu_segments",
-            "serial_number",
-            "uuid",
-            "oem_strings",
-            "tdx",
-            "sev_snp",
-            "emulated_cvm",
-            "root_key",
-        ];
-        let Ok(m) = OptionMap::parse("platform", text, &known) else {
+    /// without probing (with SEV-SNP's `policy=` and `vcpu_type=`); None
+    /// also when `parse_platform` is to report the text's errors.
+    fn hardware_to_measure(text: &str) -> Result<Option<(HardwarePlatform, SnpOption)>, ConfigError> {
+        let Ok(m) = OptionMap::parse("platform", text, PLATFORM_KEYS) else {
             return Ok(None);
         };
         let on = |key| m.get_with(key, parse_toggle).map(|v| v == Some(true));
@@ -240,19 +234,23 @@ impl VmConfig {
             (false, true) => HardwarePlatform::Tdx,
         };
         let name = hardware.name();
-        for key in [
+        let mut refused = vec![
             "emulated_cvm",
             "root_key",
             "num_pci_segments",
             "iommu_segments",
             "oem_strings",
-        ] {
+        ];
+        if hardware == HardwarePlatform::Tdx {
+            refused.extend(["policy", "vcpu_type"]);
+        }
+        for key in refused {
             let value = m.get(key).unwrap_or_default();
             if m.has(key) && !(key == "emulated_cvm" && parse_toggle(value) == Ok(false)) {
                 return Err(m.invalid(key, value, format!("not with {name}=on")).into());
             }
         }
-        Ok(Some(hardware))
+        Ok(Some((hardware, snp_option(&m)?)))
     }
 
     fn build(cli: &VmArgs, host_ram: u64, need: PolicyNeed) -> Result<Self, ConfigError> {
@@ -297,12 +295,19 @@ impl VmConfig {
 /// a VM: the platform its incoming confidential VMs launch with.
 pub fn incoming_platform(cli: &VmArgs) -> Result<PlatformConfig, ConfigError> {
     let platform = parse_platform(cli.platform.as_deref().unwrap_or(""))?;
-    platform_config(
+    let platform = platform_config(
         platform,
         cli.migration_policy.as_deref(),
         &Payload::BuiltinFirmware,
         PolicyNeed::Required,
-    )
+    )?;
+    if let PlatformConfig::SevSnp(_) = platform {
+        return Err(ConfigError::Platform(format!(
+            "--platform sev_snp=on cannot receive VMs: {}",
+            crate::platform::hardware::SNP_NOT_MIGRATABLE
+        )));
+    }
+    Ok(platform)
 }
 
 /// What `--platform` asks for.
@@ -312,6 +317,56 @@ pub struct PlatformOption {
     pub emulated_cvm: bool,
     /// `root_key=PATH`.
     pub root_key: Option<PathBuf>,
+    /// `sev_snp=on`, on a host that passed the probe.
+    pub sev_snp: Option<SnpOption>,
+}
+
+/// `sev_snp=on`'s own keys (covm's extension: Cloud Hypervisor's
+/// `--platform` has only `sev_snp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnpOption {
+    /// `policy=P`: the guest policy (QEMU's `sev-snp-guest` name for it),
+    /// default 0x30000.
+    pub guest_policy: u64,
+    /// `vcpu_type=MODEL`: the vCPU model whose signature is in every
+    /// vCPU's RDX (as `covm measure --vcpu-type`).
+    pub vcpu_type: Option<String>,
+}
+
+impl Default for SnpOption {
+    fn default() -> Self {
+        SnpOption {
+            guest_policy: DEFAULT_GUEST_POLICY,
+            vcpu_type: None,
+        }
+    }
+}
+
+/// `--platform`'s keys: Cloud Hypervisor's, then covm's.
+const PLATFORM_KEYS: &[&str] = &[
+    "num_pci_segments",
+    "iommu_segments",
+    "serial_number",
+    "uuid",
+    "oem_strings",
+    "tdx",
+    "sev_snp",
+    "emulated_cvm",
+    "root_key",
+    "policy",
+    "vcpu_type",
+];
+
+/// `policy=` and `vcpu_type=`, checked.
+fn snp_option(m: &OptionMap) -> Result<SnpOption, OptionError> {
+    Ok(SnpOption {
+        guest_policy: m
+            .get_with("policy", parse_guest_policy)?
+            .unwrap_or(DEFAULT_GUEST_POLICY),
+        vcpu_type: m.get_with("vcpu_type", |v| {
+            crate::platform::vmsa::vcpu_type_signature(v).map(|_| v.to_string())
+        })?,
+    })
 }
 
 /// Whether a confidential platform must come with a migration policy.
@@ -333,30 +388,45 @@ fn platform_config(
     need: PolicyNeed,
 ) -> Result<PlatformConfig, ConfigError> {
     let mut policy = policy.map(read_policy).transpose()?;
-    if option.emulated_cvm && policy.is_none() && need == PolicyNeed::Optional {
+    let name = match (option.emulated_cvm, &option.sev_snp) {
+        (true, Some(_)) => {
+            return Err(ConfigError::Platform(
+                "--platform: give emulated_cvm=on or sev_snp=on, not both".into(),
+            ))
+        }
+        (true, None) => Some("emulated_cvm"),
+        (false, Some(_)) => Some("sev_snp"),
+        (false, None) => None,
+    };
+    if name.is_some() && policy.is_none() && need == PolicyNeed::Optional {
         policy = Some(MigrationPolicy::empty());
     }
-    match (option.emulated_cvm, policy) {
-        (false, None) => Ok(PlatformConfig::Plain),
-        (false, Some(_)) => Err(ConfigError::Platform(
+    match (name, policy) {
+        (None, None) => Ok(PlatformConfig::Plain),
+        (None, Some(_)) => Err(ConfigError::Platform(
             "--migration-policy needs a confidential platform (--platform emulated_cvm=on)".into(),
         )),
-        (true, None) => Err(ConfigError::Platform(
-            "--platform emulated_cvm=on needs --migration-policy PATH: the guest owner's migration policy \
+        (Some(name), None) => Err(ConfigError::Platform(format!(
+            "--platform {name}=on needs --migration-policy PATH: the guest owner's migration policy \
              (JSON, see resources/policies/)"
-                .into(),
-        )),
-        (true, Some(_)) if matches!(payload, Payload::Kernel { .. }) => Err(ConfigError::Platform(
-            "--platform emulated_cvm=on boots firmware (the built-in one or --firmware), not --kernel: \
+        ))),
+        (Some(name), Some(_)) if matches!(payload, Payload::Kernel { .. }) => Err(ConfigError::Platform(format!(
+            "--platform {name}=on boots firmware (the built-in one or --firmware), not --kernel: \
              the migration agent lives in the firmware"
-                .into(),
-        )),
-        (true, Some(policy)) => Ok(PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
-            // Absolute: the path travels in the VM's configuration (vm.info,
-            // a migration's destination), read where covm's directory differs.
-            root_key: option.root_key.map(|p| std::path::absolute(&p).unwrap_or(p)),
-            policy,
-        })),
+        ))),
+        (Some(_), Some(policy)) => Ok(match option.sev_snp {
+            Some(snp) => PlatformConfig::SevSnp(SevSnpConfig {
+                guest_policy: snp.guest_policy,
+                vcpu_type: snp.vcpu_type,
+                policy,
+            }),
+            None => PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
+                // Absolute: the path travels in the VM's configuration (vm.info,
+                // a migration's destination), read where covm's directory differs.
+                root_key: option.root_key.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                policy,
+            }),
+        }),
     }
 }
 
@@ -564,10 +634,12 @@ pub fn parse_api_socket(text: &str) -> Result<ApiSocket, OptionError> {
     }
 }
 
-/// `--platform`: Cloud Hypervisor's keys and covm's `emulated_cvm` and
-/// `root_key`. Those covm cannot honour are refused by name; `sev_snp=on`
-/// and `tdx=on` probe the host first (nothing is created) and say exactly
-/// what it lacks, or, on a host that has it all, what covm lacks.
+/// `--platform`: Cloud Hypervisor's keys and covm's `emulated_cvm`,
+/// `root_key`, and SEV-SNP's `policy` and `vcpu_type`. Those covm cannot
+/// honour are refused by name; `sev_snp=on` and `tdx=on` probe the host
+/// first (nothing is created) and say exactly what it lacks. On a host
+/// that has it all, `sev_snp=on` is accepted (`vm.rs` launches it) and
+/// `tdx=on` says what covm still lacks ([`crate::platform::tdx::NOT_WIRED`]).
 pub fn parse_platform(text: &str) -> Result<PlatformOption, OptionError> {
     use crate::platform::{snp, tdx};
     parse_platform_probed(text, &|key| match key {
@@ -581,38 +653,40 @@ fn parse_platform_probed(
     text: &str,
     probe: &dyn Fn(&str) -> Result<(), crate::platform::snp::host::Unavailable>,
 ) -> Result<PlatformOption, OptionError> {
-    use crate::platform::{snp, tdx};
-    let known = [
-        "num_pci_segments",
-        "iommu_segments",
-        "serial_number",
-        "uuid",
-        "oem_strings",
-        "tdx",
-        "sev_snp",
-        "emulated_cvm",
-        "root_key",
-    ];
-    let m = OptionMap::parse("platform", text, &known)?;
-    let hardware = [
-        ("sev_snp", snp::probe::WHAT, snp::NOT_WIRED),
-        ("tdx", tdx::probe::WHAT, tdx::NOT_WIRED),
-    ];
-    for (key, what, not_wired) in hardware {
+    use crate::platform::tdx;
+    let m = OptionMap::parse("platform", text, PLATFORM_KEYS)?;
+    let mut on = Vec::new();
+    for key in ["sev_snp", "tdx"] {
         if m.get_with(key, parse_toggle)? == Some(true) {
-            let reason = match probe(key) {
-                Err(missing) => format!(
+            if let Err(missing) = probe(key) {
+                let reason = format!(
                     "{missing}. emulated_cvm=on runs covm's emulated confidential platform instead, without \
                      hardware protection"
-                ),
-                Ok(()) => format!("this host offers {what}, but covm cannot launch it yet: {not_wired}"),
-            };
-            return Err(m.invalid(key, m.get(key).unwrap_or_default(), reason));
+                );
+                return Err(m.invalid(key, m.get(key).unwrap_or_default(), reason));
+            }
+            on.push(key);
         }
     }
+    if on.contains(&"tdx") {
+        let reason = format!(
+            "this host offers {}, but covm cannot launch it yet: {}",
+            tdx::probe::WHAT,
+            tdx::NOT_WIRED
+        );
+        return Err(m.invalid("tdx", m.get("tdx").unwrap_or_default(), reason));
+    }
+    let sev_snp = on.contains(&"sev_snp");
     for key in ["num_pci_segments", "iommu_segments", "oem_strings"] {
         if let Some(value) = m.get(key) {
             return Err(m.invalid(key, value, "covm has no PCI bus or SMBIOS tables"));
+        }
+    }
+    if !sev_snp {
+        for key in ["policy", "vcpu_type"] {
+            if let Some(value) = m.get(key) {
+                return Err(m.invalid(key, value, "only sev_snp=on has a guest policy and vCPU type"));
+            }
         }
     }
     let emulated_cvm = m.get_with("emulated_cvm", parse_toggle)?.unwrap_or(false);
@@ -622,7 +696,11 @@ fn parse_platform_probed(
         Some(path) if !emulated_cvm => return Err(m.invalid("root_key", path, "only emulated_cvm=on has a root key")),
         Some(path) => Some(PathBuf::from(path)),
     };
-    Ok(PlatformOption { emulated_cvm, root_key })
+    Ok(PlatformOption {
+        emulated_cvm,
+        root_key,
+        sev_snp: sev_snp.then(|| snp_option(&m)).transpose()?,
+    })
 }
 
 /// This host's RAM, from /proc/meminfo.
@@ -754,7 +832,9 @@ mod tests {
             .contains("unknown key 'bogus'"));
     }
 
-    /// `sev_snp=on` and `tdx=on` say what the host lacks, or what covm does.
+    /// `sev_snp=on` and `tdx=on` say what the host lacks; on a host that
+    /// has it all, `sev_snp=on` is taken with its keys and `tdx=on` says
+    /// what covm lacks.
     #[test]
     fn hardware_platforms_are_probed() {
         use crate::platform::snp::host::Unavailable;
@@ -777,16 +857,45 @@ mod tests {
             "--platform: invalid tdx=on: Intel TDX is not available on this machine: tdx piece one; piece two. \
              emulated_cvm=on runs covm's emulated confidential platform instead, without hardware protection"
         );
+        // The probe comes first: bad SNP keys on a host without SNP hear
+        // what the host lacks.
+        assert!(refused("sev_snp=on,policy=junk").contains("sev_snp piece one"));
         let present = |_: &str| Ok(());
-        let refused = |text: &str| parse_platform_probed(text, &present).unwrap_err().to_string();
+        let parsed = |text: &str| parse_platform_probed(text, &present);
+        let refused = |text: &str| parsed(text).unwrap_err().to_string();
         assert_eq!(
-            refused("sev_snp=on"),
+            parsed("sev_snp=on").unwrap().sev_snp,
+            Some(SnpOption {
+                guest_policy: 0x30000,
+                vcpu_type: None
+            })
+        );
+        assert_eq!(
+            parsed("sev_snp=on,policy=0x70000,vcpu_type=EPYC-Genoa")
+                .unwrap()
+                .sev_snp,
+            Some(SnpOption {
+                guest_policy: 0x70000,
+                vcpu_type: Some("EPYC-Genoa".into())
+            })
+        );
+        assert_eq!(
+            refused("sev_snp=on,policy=0x10000"),
+            "--platform: invalid policy=0x10000: guest policy 0x10000 has bit 17 clear, which the SNP firmware \
+             requires set"
+        );
+        assert!(refused("sev_snp=on,vcpu_type=Pentium").contains("unknown vCPU type 'Pentium'"));
+        assert_eq!(
+            refused("emulated_cvm=on,policy=0x30000"),
+            "--platform: invalid policy=0x30000: only sev_snp=on has a guest policy and vCPU type"
+        );
+        assert_eq!(
+            refused("tdx=on"),
             format!(
-                "--platform: invalid sev_snp=on: this host offers AMD SEV-SNP, but covm cannot launch it yet: {}",
-                snp::NOT_WIRED
+                "--platform: invalid tdx=on: this host offers Intel TDX, but covm cannot launch it yet: {}",
+                tdx::NOT_WIRED
             )
         );
-        assert!(refused("tdx=on").ends_with(tdx::NOT_WIRED));
         // Off, nothing is probed.
         let never = |key: &str| -> Result<(), Unavailable> { panic!("probed {key}") };
         assert_eq!(
@@ -794,13 +903,18 @@ mod tests {
             PlatformOption::default()
         );
         // On this machine the real probes say what is missing (or, on a host
-        // that has it all, what covm lacks).
-        for (text, probe) in [("sev_snp=on", snp::probe_snp()), ("tdx=on", tdx::probe_tdx())] {
-            let message = parse_platform(text).unwrap_err().to_string();
-            match probe {
-                Err(missing) => assert!(message.contains(&missing.to_string()), "{message}"),
-                Ok(()) => assert!(message.contains("covm cannot launch it yet"), "{message}"),
+        // that has it all, sev_snp=on is taken and tdx=on says what covm lacks).
+        match snp::probe_snp() {
+            Err(missing) => {
+                let message = parse_platform("sev_snp=on").unwrap_err().to_string();
+                assert!(message.contains(&missing.to_string()), "{message}");
             }
+            Ok(()) => assert!(parse_platform("sev_snp=on").unwrap().sev_snp.is_some()),
+        }
+        let message = parse_platform("tdx=on").unwrap_err().to_string();
+        match tdx::probe_tdx() {
+            Err(missing) => assert!(message.contains(&missing.to_string()), "{message}"),
+            Ok(()) => assert!(message.contains("covm cannot launch it yet"), "{message}"),
         }
     }
 
@@ -810,20 +924,24 @@ mod tests {
             parse_platform("emulated_cvm=on").unwrap(),
             PlatformOption {
                 emulated_cvm: true,
-                root_key: None
+                root_key: None,
+                sev_snp: None
             }
         );
         assert_eq!(
             parse_platform("emulated_cvm,root_key=/k/root.key").unwrap(),
             PlatformOption {
                 emulated_cvm: true,
-                root_key: Some("/k/root.key".into())
+                root_key: Some("/k/root.key".into()),
+                sev_snp: None
             }
         );
         assert!(!parse_platform("emulated_cvm=off").unwrap().emulated_cvm);
         let refused = |text: &str| parse_platform(text).unwrap_err().to_string();
         // On this machine: whatever the probes find, refused by name.
-        assert!(refused("sev_snp=on").starts_with("--platform: invalid sev_snp=on: "));
+        if crate::platform::snp::probe_snp().is_err() {
+            assert!(refused("sev_snp=on").starts_with("--platform: invalid sev_snp=on: "));
+        }
         assert!(refused("tdx=on").starts_with("--platform: invalid tdx=on: "));
         assert!(refused("emulated_cvm=maybe").contains("'maybe' is not on or off"));
         assert_eq!(
@@ -835,6 +953,55 @@ mod tests {
             "--platform: invalid root_key=: needs a path"
         );
         assert!(refused("emulated_cvm=on,emulated_cvm=off").contains("given twice"));
+    }
+
+    /// `sev_snp=on` (once probed) needs a policy and firmware, as
+    /// emulated_cvm does, and becomes an SEV-SNP configuration.
+    #[test]
+    fn sev_snp_platform_config() {
+        let good = policy_file("snp", &crate::platform::policy::tests::valid_json());
+        let snp = |guest_policy, vcpu_type: Option<&str>| PlatformOption {
+            sev_snp: Some(SnpOption {
+                guest_policy,
+                vcpu_type: vcpu_type.map(str::to_string),
+            }),
+            ..Default::default()
+        };
+        let config = platform_config(
+            snp(0x70000, Some("EPYC-Milan")),
+            Some(&good),
+            &Payload::BuiltinFirmware,
+            PolicyNeed::Required,
+        )
+        .unwrap();
+        let PlatformConfig::SevSnp(c) = &config else {
+            panic!("{config:?}")
+        };
+        assert_eq!((c.guest_policy, c.vcpu_type.as_deref()), (0x70000, Some("EPYC-Milan")));
+        assert_eq!(c.policy.version(), 3);
+        assert_eq!(config.host_data(), Some(c.policy.host_data()));
+        let refused = |option, policy: Option<&Path>, payload: &Payload| {
+            platform_config(option, policy, payload, PolicyNeed::Required)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(snp(0x30000, None), None, &Payload::BuiltinFirmware)
+            .starts_with("--platform sev_snp=on needs --migration-policy PATH"));
+        let kernel = Payload::Kernel {
+            kernel: "/k".into(),
+            initramfs: None,
+        };
+        assert!(refused(snp(0x30000, None), Some(&good), &kernel)
+            .starts_with("--platform sev_snp=on boots firmware (the built-in one or --firmware), not --kernel"));
+        let both = PlatformOption {
+            emulated_cvm: true,
+            ..snp(0x30000, None)
+        };
+        assert_eq!(
+            refused(both, Some(&good), &Payload::BuiltinFirmware),
+            "--platform: give emulated_cvm=on or sev_snp=on, not both"
+        );
+        std::fs::remove_dir_all(good.parent().unwrap()).unwrap();
     }
 
     /// A policy file in a scratch directory, removed by the caller.

@@ -833,8 +833,19 @@ print(g.hex_ld())
             assert_eq!(found, Some(hardware));
             assert!(no_policy);
             assert!(config.platform.is_confidential());
+            assert_eq!(config.platform.name(), hardware.name());
             assert_eq!(config.kvm_vcpus(), 2, "the agent's vCPU too");
         }
+        // SEV-SNP's keys, read as a launch reads them.
+        let (config, _, _) =
+            VmConfig::for_measure(&args("sev_snp=on,policy=0x70000,vcpu_type=EPYC-Genoa"), host).unwrap();
+        let crate::platform::PlatformConfig::SevSnp(snp) = &config.platform else {
+            panic!("{:?}", config.platform)
+        };
+        assert_eq!(
+            (snp.guest_policy, snp.vcpu_type.as_deref()),
+            (0x70000, Some("EPYC-Genoa"))
+        );
         let (config, found, _) = VmConfig::for_measure(&args("emulated_cvm=on"), host).unwrap();
         assert_eq!((found, config.platform.name()), (None, "emulated_cvm"));
         let dir = std::env::temp_dir().join(format!("covm-for-measure-{}", std::process::id()));
@@ -862,6 +873,11 @@ print(g.hex_ld())
             "--platform: invalid root_key=/k: not with sev_snp=on"
         );
         assert!(refused("sev_snp=maybe").contains("'maybe' is not on or off"));
+        assert_eq!(
+            refused("tdx=on,vcpu_type=EPYC"),
+            "--platform: invalid vcpu_type=EPYC: not with tdx=on"
+        );
+        assert!(refused("sev_snp=on,policy=0x1").contains("bit 17 clear"));
         let too_many = VmArgs {
             cpus: Some("boot=32".into()),
             ..args("sev_snp=on")

@@ -10,20 +10,18 @@
 //! - [`EmulatedCvm`] (`emulated_cvm=on`): measured as SEV-SNP measures,
 //!   policy bound by HOST_DATA, SNP-layout evidence signed by an emulated
 //!   root key. No hardware protection (see its module).
-//!
-//! How SEV-SNP and TDX fit: both get their own [`Platform`] and a branch
-//! in [`PlatformConfig::launch`], which receives the [`LaunchImage`] — the
-//! pages covm loaded, in order, with their SNP page types, and one VMSA per
-//! vCPU. SNP issues `SNP_LAUNCH_UPDATE` for exactly those pages and VMSAs
-//! and `SNP_LAUNCH_FINISH` with [`PlatformConfig::host_data`], and its
-//! [`Platform::measurement`] must then equal [`measure::launch_digest`] of
-//! the same image (what `covm measure` prints); TDX adds the pages with
-//! `TDH.MEM.PAGE.ADD`/`TDH.MR.EXTEND` and carries the HOST_DATA hash in
-//! MRCONFIGID. Their evidence comes from the PSP / the TDX module instead
-//! of an emulated root. (Both will also need a step before guest memory is
-//! registered, for private memory; the trait grows it then.)
+//! - [`SevSnp`] (`sev_snp=on`, on a host that passes [`snp::probe_snp`]):
+//!   `vm.rs` builds the VM through the SEV-SNP launch ([`snp::vm`]): the
+//!   pages and VMSAs of the [`LaunchImage`] as [`measure::SnpLaunch::apply`]
+//!   hands them over, `SNP_LAUNCH_FINISH` with [`PlatformConfig::host_data`];
+//!   its [`Platform::measurement`] is the digest covm expects (what `covm
+//!   measure` prints). Its evidence needs the guest's own request to the
+//!   secure processor, which the built-in firmware cannot make yet.
+//! - [`Td`] (`tdx=on`): measured (MRTD, [`mrtd`]) for `covm measure`; the
+//!   launch is not wired into VM construction ([`tdx::NOT_WIRED`]).
 
 pub mod emulated;
+pub mod hardware;
 pub mod image;
 pub mod kernel_hashes;
 pub mod measure;
@@ -35,6 +33,7 @@ pub mod tdx;
 pub mod vmsa;
 
 pub use emulated::EmulatedCvm;
+pub use hardware::{SevSnp, SevSnpConfig, Td, TdxConfig};
 pub use image::LaunchImage;
 pub use policy::MigrationPolicy;
 
@@ -96,6 +95,23 @@ pub enum PlatformError {
     /// Evidence asked of a platform that has none.
     #[error("a {0} VM has no attestation evidence")]
     NoEvidence(&'static str),
+    /// Evidence only the guest itself can obtain, and covm's firmware does not yet.
+    #[error(
+        "{platform} attestation evidence is not available: it needs the guest's own request to {needs}, which \
+         covm's built-in firmware cannot make yet"
+    )]
+    EvidenceUnavailable {
+        /// The platform.
+        platform: &'static str,
+        /// Whom the guest must ask.
+        needs: &'static str,
+    },
+    /// Something this platform cannot do (yet), said precisely.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A TD's measurement.
+    #[error(transparent)]
+    Mrtd(Box<mrtd::MrtdError>),
 }
 
 /// The choice of platform, as configured.
@@ -106,6 +122,10 @@ pub enum PlatformConfig {
     Plain,
     /// The emulated confidential platform.
     EmulatedCvm(EmulatedCvmConfig),
+    /// AMD SEV-SNP.
+    SevSnp(SevSnpConfig),
+    /// Intel TDX (measured; not launched yet).
+    Tdx(TdxConfig),
 }
 
 /// `--platform emulated_cvm=on[,root_key=PATH] --migration-policy PATH`.
@@ -119,11 +139,13 @@ pub struct EmulatedCvmConfig {
 }
 
 impl PlatformConfig {
-    /// The platform's name (`plain`, `emulated_cvm`).
+    /// The platform's name (`plain`, `emulated_cvm`, `sev_snp`, `tdx`).
     pub fn name(&self) -> &'static str {
         match self {
             PlatformConfig::Plain => "plain",
             PlatformConfig::EmulatedCvm(_) => "emulated_cvm",
+            PlatformConfig::SevSnp(_) => "sev_snp",
+            PlatformConfig::Tdx(_) => "tdx",
         }
     }
 
@@ -137,6 +159,8 @@ impl PlatformConfig {
         match self {
             PlatformConfig::Plain => None,
             PlatformConfig::EmulatedCvm(c) => Some(&c.policy),
+            PlatformConfig::SevSnp(c) => Some(&c.policy),
+            PlatformConfig::Tdx(c) => Some(&c.policy),
         }
     }
 
@@ -161,6 +185,10 @@ impl PlatformConfig {
     }
 
     /// The platform of a VM whose image was just loaded into `memory`.
+    ///
+    /// For SEV-SNP and TDX this is covm's side only (the expected
+    /// measurement, as `covm measure` computes it): the hardware launch is
+    /// `vm.rs`'s ([`snp::vm`]).
     pub fn launch(&self, memory: &GuestMemory, image: &LaunchImage) -> Result<Box<dyn Platform>, PlatformError> {
         match self {
             PlatformConfig::Plain => Ok(Box::new(Plain)),
@@ -178,6 +206,15 @@ impl PlatformConfig {
                 );
                 Ok(Box::new(EmulatedCvm::new(config, key, measurement)))
             }
+            PlatformConfig::SevSnp(config) => {
+                let expected = hardware::snp_expected(memory, image, config)?;
+                Ok(Box::new(SevSnp::new(config, expected.measurement)))
+            }
+            PlatformConfig::Tdx(config) => {
+                let td = mrtd::launch_mrtd(memory, image, mrtd::TD_HOB_GPA, mrtd::TD_HOB_PAGES)
+                    .map_err(|e| PlatformError::Mrtd(Box::new(e)))?;
+                Ok(Box::new(Td::new(config, td)))
+            }
         }
     }
 
@@ -186,6 +223,8 @@ impl PlatformConfig {
         match self {
             PlatformConfig::Plain => Plain.info(),
             PlatformConfig::EmulatedCvm(config) => emulated::info(config, None),
+            PlatformConfig::SevSnp(config) => hardware::snp_info(config, None),
+            PlatformConfig::Tdx(config) => hardware::tdx_info(config, None),
         }
     }
 }
@@ -243,6 +282,17 @@ pub fn measure(config: &VmConfig) -> Result<Measurement, PlatformError> {
 pub fn launch_incoming(config: &VmConfig) -> Result<Box<dyn Platform>, PlatformError> {
     if !config.platform.is_confidential() {
         return Ok(Box::new(Plain));
+    }
+    let refused = match &config.platform {
+        PlatformConfig::SevSnp(_) => Some(hardware::SNP_NOT_MIGRATABLE),
+        PlatformConfig::Tdx(_) => Some(tdx::NOT_WIRED),
+        _ => None,
+    };
+    if let Some(why) = refused {
+        return Err(PlatformError::Unsupported(format!(
+            "a {} VM cannot be received: {why}",
+            config.platform.name()
+        )));
     }
     let scratch = memory::allocate(config.memory.size)?;
     let loaded = image::load(&scratch, config)?;

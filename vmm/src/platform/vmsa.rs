@@ -114,6 +114,12 @@ pub fn set_rdx(vmsa: &mut [u8; VMSA_LEN], rdx: u64) {
     vmsa[offset::RDX..offset::RDX + 8].copy_from_slice(&rdx.to_le_bytes());
 }
 
+/// RDX in an encoded VMSA: what an SEV-SNP launch gives the vCPU's RDX so
+/// that KVM's VMSA carries the measured value.
+pub fn rdx(vmsa: &[u8; VMSA_LEN]) -> u64 {
+    u64::from_le_bytes(vmsa[offset::RDX..offset::RDX + 8].try_into().expect("8 bytes"))
+}
+
 /// A VMCB segment register.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Segment {

@@ -4,8 +4,10 @@
 //! [`Fake`] is generic over the call record so TDX's fake shares it.
 
 use super::error::{CallError, LaunchError};
+use super::host::Unavailable;
 use super::ops::SnpLaunchOps;
 use super::private::{PrivateMemoryOps, RamRegion};
+use super::vm::{SnpVmOps, VcpuBoot};
 use crate::config::{CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
 use crate::memory::GuestMemory;
 use crate::platform::image::{self, Loaded};
@@ -127,6 +129,10 @@ pub(crate) enum SnpCall {
     CreateVcpus(usize),
     LaunchUpdate(kvm_sev_snp_launch_update),
     LaunchFinish(kvm_sev_snp_launch_finish),
+    // covm's VM construction (`super::vm::SnpVmOps`).
+    Probe,
+    CreateChips,
+    SetBootState { vcpu: usize, rdx: u64, rip: Option<u64> },
 }
 
 impl SnpCall {
@@ -148,6 +154,9 @@ impl Recorded for SnpCall {
             SnpCall::CreateVcpus(_) => "KVM_CREATE_VCPU",
             SnpCall::LaunchUpdate(_) => "KVM_SEV_SNP_LAUNCH_UPDATE",
             SnpCall::LaunchFinish(_) => "KVM_SEV_SNP_LAUNCH_FINISH",
+            SnpCall::Probe => "probe",
+            SnpCall::CreateChips => "KVM_CREATE_IRQCHIP",
+            SnpCall::SetBootState { .. } => "KVM_SET_REGS",
         }
     }
 
@@ -187,6 +196,27 @@ impl SnpLaunchOps for SnpFake {
 
     fn snp_launch_finish(&mut self, finish: &kvm_sev_snp_launch_finish) -> Result<(), CallError> {
         self.record(SnpCall::LaunchFinish(*finish))
+    }
+}
+
+impl SnpVmOps for SnpFake {
+    fn probe(&mut self) -> Result<(), Unavailable> {
+        self.record(SnpCall::Probe).map_err(|e| Unavailable {
+            what: super::probe::WHAT,
+            missing: vec![e.to_string()],
+        })
+    }
+
+    fn create_chips(&mut self) -> Result<(), CallError> {
+        self.record(SnpCall::CreateChips)
+    }
+
+    fn set_boot_state(&mut self, vcpu: usize, boot: &VcpuBoot) -> Result<(), CallError> {
+        self.record(SnpCall::SetBootState {
+            vcpu,
+            rdx: boot.rdx,
+            rip: boot.bsp.map(|b| b.rip),
+        })
     }
 }
 

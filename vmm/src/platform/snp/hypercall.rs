@@ -102,7 +102,7 @@ impl MapGpaError {
 /// Handles one `KVM_EXIT_HYPERCALL` (`nr`, `args`) on a VM whose RAM is
 /// `ram`: checks the arguments and sets the range's attributes.
 pub fn handle_map_gpa_range(
-    ops: &mut impl PrivateMemoryOps,
+    ops: &mut (impl PrivateMemoryOps + ?Sized),
     ram: &[RamRegion],
     nr: u64,
     args: &[u64; 6],

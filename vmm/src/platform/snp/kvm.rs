@@ -202,9 +202,9 @@ pub(crate) fn until_done<T>(
 }
 
 /// SEV-SNP's part of a launch: the SEV device every SEV command names.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SnpState {
-    sev: File,
+    sev: Option<File>,
 }
 
 impl SnpState {
@@ -220,7 +220,21 @@ impl SnpState {
             .write(true)
             .open(path)
             .map_err(|e| CallError::Refused(format!("cannot open {}: {e}", path.display())))?;
-        Ok(SnpState { sev })
+        Ok(SnpState { sev: Some(sev) })
+    }
+
+    /// No SEV device yet: [`SnpState::ensure_open`] opens it (after the
+    /// probe, so that a host without one hears what it lacks first).
+    pub fn unopened() -> Self {
+        SnpState { sev: None }
+    }
+
+    /// Opens `/dev/sev` unless open.
+    pub fn ensure_open(&mut self) -> Result<(), CallError> {
+        if self.sev.is_none() {
+            *self = Self::open()?;
+        }
+        Ok(())
     }
 }
 
@@ -233,10 +247,15 @@ impl KvmLaunch<'_, SnpState> {
     /// back that many bytes at `data`).
     unsafe fn sev_command<T>(&self, id: u32, data: &mut T) -> Result<(), CallError> {
         let vm = self.vm()?;
+        let sev = self
+            .platform
+            .sev
+            .as_ref()
+            .ok_or_else(|| CallError::Refused(format!("{SEV_DEVICE} is not open")))?;
         let mut cmd = kvm_sev_cmd {
             id,
             data: data as *mut T as u64,
-            sev_fd: self.platform.sev.as_raw_fd() as u32,
+            sev_fd: sev.as_raw_fd() as u32,
             ..Default::default()
         };
         vm.encrypt_op_sev(&mut cmd).map_err(|e| {

@@ -26,7 +26,8 @@
 //! [`launch`] drives the sequence, [`kvm`] makes the calls on a real VM
 //! fd, [`private`] is the private-memory part (shared with TDX),
 //! [`hypercall`] converts memory on the guest's request, [`error`] names
-//! the step that failed, [`host`] and [`probe`] check the host first.
+//! the step that failed, [`host`] and [`probe`] check the host first,
+//! [`vm`] is covm's VM construction around the launch.
 //!
 //! [`LaunchImage`]: super::LaunchImage
 
@@ -42,6 +43,7 @@ pub mod ops;
 pub mod plan;
 pub mod private;
 pub mod probe;
+pub mod vm;
 
 pub use error::{CallError, LaunchError};
 pub use launch::launch_snp;
@@ -49,8 +51,9 @@ pub use ops::SnpLaunchOps;
 pub use plan::{SnpOptions, SnpPlan};
 pub use probe::probe_snp;
 
-/// What stands between a host that passes [`probe_snp`] and a running
-/// SEV-SNP VM: said when `--platform sev_snp=on` is refused on such a host.
-pub const NOT_WIRED: &str = "covm's VM construction (vm.rs) does not call the SNP launch yet: it creates a default \
-VM, registers plain memory slots (with dirty logging) and starts the vCPUs without KVM_SEV_SNP_LAUNCH_FINISH; its \
-vCPU loop does not route KVM_HC_MAP_GPA_RANGE exits; and no SNP Platform (PSP evidence) exists";
+/// What still stands between covm's SEV-SNP launch and a guest that runs
+/// on SEV-SNP hardware: logged when such a VM is launched, and in its
+/// `vm.info`.
+pub const GUEST_NOT_READY: &str = "covm's built-in firmware is not SEV-SNP-enlightened yet: it has no #VC \
+handler or GHCB protocol for its port I/O and MSR accesses, does not PVALIDATE its memory, and has no CPUID or \
+secrets page in the launch; on SEV-SNP hardware it stops at its first intercepted instruction";

@@ -35,8 +35,13 @@ pub use plan::{TdxOptions, TdxPlan};
 pub use probe::probe_tdx;
 
 /// What stands between a host that passes [`probe_tdx`] and a running TD:
-/// said when `--platform tdx=on` is refused on such a host.
-pub const NOT_WIRED: &str = "covm's VM construction (vm.rs) does not call the TDX launch yet (it creates a default \
-VM with plain memory slots and sets the vCPUs' registers, which a TD ignores); the built-in firmware has no TDX \
-reset vector at 0xFFFFFFF0 and reads no TD HOB; the vCPU loop does not route KVM_HC_MAP_GPA_RANGE or TDVMCALL \
-exits; no MRTD is computed for `covm measure`; and no TDX Platform (TD quote evidence) exists";
+/// said when `--platform tdx=on` is refused on such a host. (What exists:
+/// the launch over [`TdxLaunchOps`], real on `KvmLaunch<TdxState>`, with
+/// the TD HOB at `mrtd::TD_HOB_GPA`; MRTD, which `covm measure` prints;
+/// `platform::Td`, the TD's platform object.)
+pub const NOT_WIRED: &str = "covm's VM construction (vm.rs) does not call the TDX launch yet: its vCPU setup \
+(KVM_SET_CPUID2, MSRs, FPU, LAPIC and boot registers) does not apply to a TD, whose register state KVM keeps from \
+the host and whose CPUID comes from KVM_TDX_INIT_VM, and it creates a full in-kernel irqchip and PIT where KVM \
+creates a TD's vCPUs only with a split irqchip; the built-in firmware has no TDX reset vector at 0xFFFFFFF0, \
+reads no TD HOB, accepts no memory (TDG.MEM.PAGE.ACCEPT) and makes no TDVMCALL for its port I/O; the vCPU loop \
+does not route KVM_EXIT_TDX (TDVMCALL GetQuote); and a TD's evidence (a quote of TDG.MR.REPORT) needs the guest";

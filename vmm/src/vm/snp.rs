@@ -1,0 +1,469 @@
+//! An SEV-SNP VM: built through its launch ([`SnpVmLaunch`]) on a
+//! [`SnpVmBackend`] (real KVM: `KvmLaunch<SnpState>`), then assembled
+//! into a [`Vm`] like any other: devices, vCPU threads, the migration
+//! agent's vCPU.
+//!
+//! What differs from the other VMs: the VM is `KVM_X86_SNP_VM`, its RAM
+//! slots are guest_memfd-backed and private, its vCPUs' first state is
+//! measured (so every vCPU's RDX is set to the measured value), the
+//! guest's `KVM_HC_MAP_GPA_RANGE` exits reach
+//! `platform::snp::hypercall`, and it can neither log dirty pages nor
+//! migrate ([`SNP_NOT_MIGRATABLE`]). Its platform's measurement is the
+//! one `covm measure` computes for the same options.
+
+use super::{build_bus, create_chips, ExitSink, Origin, SharedSerial, Vm, VmError};
+use crate::arch::{cpuid, regs};
+use crate::config::{DirtyTracking, VmConfig};
+use crate::cvm::{CvmRuntime, LaunchMode};
+use crate::kvm;
+use crate::memory::{self, GuestMemory};
+use crate::platform::hardware::SNP_NOT_MIGRATABLE;
+use crate::platform::snp::error::CallError;
+use crate::platform::snp::host::Unavailable;
+use crate::platform::snp::kvm::{KvmLaunch, Launched, SnpState, VcpuSetup};
+use crate::platform::snp::private::PrivateMemoryOps;
+use crate::platform::snp::vm::{SnpVmError, SnpVmLaunch, SnpVmOps, VcpuBoot};
+use crate::platform::snp::{self, probe::WHAT};
+use crate::platform::{image, Platform, SevSnpConfig};
+use crate::vcpu::{self, ExitNotifier, PrivateMemoryExits, Vcpu};
+use crate::vcpu_control::RunControl;
+use covm_devices::PowerSink;
+use kvm_bindings::{
+    kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What builds an SEV-SNP VM: the construction's calls, then the KVM
+/// objects they made.
+pub(crate) trait SnpVmBackend: SnpVmOps {
+    /// The VM, its vCPUs and guest_memfds.
+    fn into_launched(self) -> Result<Launched, CallError>;
+}
+
+impl SnpVmOps for KvmLaunch<'_, SnpState> {
+    fn probe(&mut self) -> Result<(), Unavailable> {
+        snp::probe_snp()?;
+        self.platform.ensure_open().map_err(|e| Unavailable {
+            what: WHAT,
+            missing: vec![e.to_string()],
+        })
+    }
+
+    fn create_chips(&mut self) -> Result<(), CallError> {
+        chips(self.vm()?)
+    }
+
+    fn set_boot_state(&mut self, vcpu: usize, boot: &VcpuBoot) -> Result<(), CallError> {
+        let fd = self
+            .vcpus
+            .get(vcpu)
+            .ok_or_else(|| CallError::Refused(format!("no vCPU {vcpu}: KVM_CREATE_VCPU comes first")))?;
+        boot_state(fd, boot)
+    }
+}
+
+impl SnpVmBackend for KvmLaunch<'_, SnpState> {
+    fn into_launched(self) -> Result<Launched, CallError> {
+        KvmLaunch::into_launched(self)
+    }
+}
+
+/// The in-kernel irqchip and PIT, as every covm VM has them.
+fn chips(vm: &VmFd) -> Result<(), CallError> {
+    create_chips(vm).map_err(|e| match e {
+        VmError::KvmCall { source, .. } => CallError::from(source),
+        other => CallError::Refused(other.to_string()),
+    })
+}
+
+/// Sets a vCPU's boot state: covm's boot registers for vCPU 0, then RDX.
+fn boot_state(fd: &VcpuFd, boot: &VcpuBoot) -> Result<(), CallError> {
+    if let Some(bsp) = &boot.bsp {
+        regs::apply_bsp(fd, bsp).map_err(|e| match e {
+            regs::RegsError::Kvm { source, .. } => CallError::from(source),
+            other => CallError::Refused(other.to_string()),
+        })?;
+    }
+    let mut regs = fd.get_regs()?;
+    regs.rdx = boot.rdx;
+    fd.set_regs(&regs)?;
+    Ok(())
+}
+
+/// The running VM's conversions: `KVM_SET_MEMORY_ATTRIBUTES` on its fd,
+/// shared by its vCPUs. Nothing else is done once the VM runs.
+struct VmAttributes(Arc<VmFd>);
+
+impl PrivateMemoryOps for VmAttributes {
+    fn create_guest_memfd(&mut self, _: &kvm_create_guest_memfd) -> Result<u32, CallError> {
+        Err(CallError::Refused("the VM runs: its memory is set up".into()))
+    }
+
+    fn set_user_memory_region2(&mut self, _: &kvm_userspace_memory_region2) -> Result<(), CallError> {
+        Err(CallError::Refused("the VM runs: its memory is set up".into()))
+    }
+
+    fn set_memory_attributes(&mut self, attributes: &kvm_memory_attributes) -> Result<(), CallError> {
+        Ok(self.0.set_memory_attributes(*attributes)?)
+    }
+
+    fn enable_exit_hypercall(&mut self, _: u64) -> Result<(), CallError> {
+        Err(CallError::Refused("the VM runs: its exits are set up".into()))
+    }
+}
+
+impl Vm {
+    /// An SEV-SNP VM on this host's KVM.
+    pub(super) fn build_snp_on_kvm(
+        config: &VmConfig,
+        snp: &SevSnpConfig,
+        start: Instant,
+        notify: ExitNotifier,
+        origin: Origin,
+    ) -> Result<Self, VmError> {
+        let kvm = kvm::open()?;
+        Self::build_snp(config, snp, start, notify, origin, &kvm, |memory, setup| {
+            KvmLaunch::new(&kvm, memory, SnpState::unopened()).with_vcpu_setup(setup)
+        })
+    }
+
+    /// An SEV-SNP VM built on the backend `backend` makes from its guest
+    /// memory and the vCPUs' setup.
+    pub(super) fn build_snp<'k, B: SnpVmBackend>(
+        config: &VmConfig,
+        snp: &SevSnpConfig,
+        start: Instant,
+        notify: ExitNotifier,
+        origin: Origin,
+        kvm: &Kvm,
+        backend: impl FnOnce(GuestMemory, VcpuSetup<'k>) -> B,
+    ) -> Result<Self, VmError> {
+        if origin != Origin::Boot {
+            return Err(VmError::Unsupported(SNP_NOT_MIGRATABLE));
+        }
+        if let DirtyTracking::Ring { .. } = config.dirty_tracking {
+            return Err(VmError::Unsupported(
+                "--dirty-tracking mode=ring: KVM has no dirty ring for an AMD SEV-SNP VM's private \
+                 (guest_memfd-backed) memory, and such a VM cannot migrate",
+            ));
+        }
+        let call = |what| move |source| VmError::KvmCall { what, source };
+        let memory = memory::allocate(config.memory.size)?;
+        let loaded = image::load(&memory, config)?;
+        tracing::info!("booting {:?} entry at {:#x}", loaded.entry.mode, loaded.entry.entry);
+        let launch = SnpVmLaunch::new(&memory, &loaded, snp)?;
+        tracing::warn!("{}", snp::GUEST_NOT_READY);
+
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(call("read the supported CPUID"))?;
+        let vcpus = config.kvm_vcpus();
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let setup: VcpuSetup<'k> = Box::new(move |fd: &VcpuFd, index: usize| {
+            let topo = cpuid::Topology {
+                vcpus,
+                // Every vCPU runs at the host's TSC rate.
+                tsc_khz: fd
+                    .get_tsc_khz()
+                    .map_err(|e| format!("cannot read the TSC frequency: {e}"))?,
+                tsc_deadline,
+            };
+            vcpu::configure_fd(fd, index as u8, &supported, topo).map_err(|e| e.to_string())
+        });
+        let mut ops = backend(memory.clone(), setup);
+        launch.run(&mut ops)?;
+        let Launched {
+            vcpus: fds,
+            vm,
+            guest_memfds,
+            memory: _,
+        } = ops.into_launched().map_err(SnpVmError::from)?;
+        tracing::info!(
+            "AMD SEV-SNP launch finished: expected measurement {} over {} entries",
+            crate::platform::hex(&launch.expected.digest),
+            launch.expected.pages.len()
+        );
+
+        let vm_fd = Arc::new(vm);
+        let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
+        let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
+        let (bus, serial): (_, Option<SharedSerial>) = build_bus(&vm_fd, config, sink, start, Some(&cvm))?;
+        let platform: Arc<dyn Platform> = Arc::new(launch.platform());
+        cvm.set_platform(platform.clone());
+        let exits = Arc::new(PrivateMemoryExits::new(
+            Box::new(VmAttributes(vm_fd.clone())),
+            launch.plan.ram.clone(),
+        ));
+        let mut vcpus: Vec<Vcpu> = fds
+            .into_iter()
+            .enumerate()
+            .map(|(index, fd)| {
+                let mut vcpu = Vcpu::from_fd(fd, index as u8);
+                vcpu.set_runtime(cvm.clone());
+                vcpu.set_private_memory(exits.clone());
+                vcpu
+            })
+            .collect();
+        // The agent's vCPU is the last one (the highest APIC ID).
+        let agent_vcpu = vcpus.pop().expect("a confidential VM has an agent vCPU");
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map_err(call("list the MSRs"))?
+            .as_slice()
+            .to_vec();
+        Ok(Self {
+            vcpu_counters: vcpus.iter().chain([&agent_vcpu]).map(Vcpu::counters).collect(),
+            vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
+            memory,
+            vcpus,
+            threads: Arc::default(),
+            throttler: None,
+            manual_dirty_protect: false,
+            dirty_rings: None,
+            bus: Arc::new(bus),
+            control: Arc::new(RunControl::default()),
+            notify,
+            serial,
+            msr_indices,
+            platform,
+            cvm: Some(cvm),
+            agent_vcpu: Some(agent_vcpu),
+            agent_control: Arc::new(RunControl::default()),
+            agent_thread: None,
+            migration_refusal: Some(SNP_NOT_MIGRATABLE),
+            vm_fd,
+            _guest_memfds: guest_memfds,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cli::VmArgs;
+    use crate::platform::measure::{measure_sev_snp, SnpLaunch};
+    use crate::platform::snp::fake::{SnpCall, SnpFake};
+    use crate::platform::snp::ops::SnpLaunchOps;
+    use crate::platform::PlatformConfig;
+    use kvm_bindings::{
+        kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update,
+        KVM_X86_DEFAULT_VM,
+    };
+
+    /// The recording fake for every SEV-SNP call, with this machine's KVM
+    /// (a default VM) making the VM, its chips and vCPUs (with their
+    /// registers) real, so that a whole [`Vm`] comes out: nothing here
+    /// needs SEV-SNP hardware.
+    struct Hybrid<'k, 'f> {
+        fake: &'f mut SnpFake,
+        real: KvmLaunch<'k, ()>,
+    }
+
+    impl PrivateMemoryOps for Hybrid<'_, '_> {
+        fn create_guest_memfd(&mut self, g: &kvm_create_guest_memfd) -> Result<u32, CallError> {
+            self.fake.create_guest_memfd(g)
+        }
+        fn set_user_memory_region2(&mut self, r: &kvm_userspace_memory_region2) -> Result<(), CallError> {
+            self.fake.set_user_memory_region2(r)
+        }
+        fn set_memory_attributes(&mut self, a: &kvm_memory_attributes) -> Result<(), CallError> {
+            self.fake.set_memory_attributes(a)
+        }
+        fn enable_exit_hypercall(&mut self, h: u64) -> Result<(), CallError> {
+            self.fake.enable_exit_hypercall(h)
+        }
+    }
+
+    impl SnpLaunchOps for Hybrid<'_, '_> {
+        fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
+            self.fake.create_vm(vm_type)?;
+            self.real.create_vm_of(u64::from(KVM_X86_DEFAULT_VM))
+        }
+        fn sev_init2(&mut self, init: &kvm_sev_init) -> Result<(), CallError> {
+            self.fake.sev_init2(init)
+        }
+        fn snp_launch_start(&mut self, start: &kvm_sev_snp_launch_start) -> Result<(), CallError> {
+            self.fake.snp_launch_start(start)
+        }
+        fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
+            self.fake.create_vcpus(count)?;
+            self.real.create_vcpus_of(count)
+        }
+        fn snp_launch_update(&mut self, update: &kvm_sev_snp_launch_update) -> Result<(), CallError> {
+            self.fake.snp_launch_update(update)
+        }
+        fn snp_launch_finish(&mut self, finish: &kvm_sev_snp_launch_finish) -> Result<(), CallError> {
+            self.fake.snp_launch_finish(finish)
+        }
+    }
+
+    impl SnpVmOps for Hybrid<'_, '_> {
+        fn probe(&mut self) -> Result<(), Unavailable> {
+            self.fake.probe()
+        }
+        fn create_chips(&mut self) -> Result<(), CallError> {
+            self.fake.create_chips()?;
+            chips(self.real.vm()?)
+        }
+        fn set_boot_state(&mut self, vcpu: usize, boot: &VcpuBoot) -> Result<(), CallError> {
+            self.fake.set_boot_state(vcpu, boot)?;
+            boot_state(&self.real.vcpus[vcpu], boot)
+        }
+    }
+
+    impl SnpVmBackend for Hybrid<'_, '_> {
+        fn into_launched(self) -> Result<Launched, CallError> {
+            self.real.into_launched()
+        }
+    }
+
+    /// `--platform sev_snp=on,policy=0x70000,vcpu_type=EPYC-Milan --cpus
+    /// boot=2 --memory size=64M --cmdline workload=hello` and the empty
+    /// migration policy, as `covm measure` reads the same options.
+    pub(crate) fn snp_config() -> VmConfig {
+        let args = VmArgs {
+            cpus: Some("boot=2".into()),
+            memory: Some("size=64M".into()),
+            cmdline: Some("workload=hello".into()),
+            platform: Some("sev_snp=on,policy=0x70000,vcpu_type=EPYC-Milan".into()),
+            ..Default::default()
+        };
+        VmConfig::for_measure(&args, 1 << 40).unwrap().0
+    }
+
+    /// An SEV-SNP [`Vm`] built on [`Hybrid`] (None without KVM), and the
+    /// calls the fake recorded.
+    pub(crate) fn snp_vm(config: &VmConfig) -> Option<(Vm, Vec<SnpCall>)> {
+        let kvm = match crate::kvm::open() {
+            Ok(kvm) => kvm,
+            Err(e) => {
+                eprintln!("SKIP: {e}");
+                return None;
+            }
+        };
+        let PlatformConfig::SevSnp(snp) = &config.platform else {
+            panic!("{:?}", config.platform)
+        };
+        let mut fake = SnpFake::default();
+        let notify: ExitNotifier = Arc::new(|_| {});
+        let vm = Vm::build_snp(
+            config,
+            snp,
+            Instant::now(),
+            notify,
+            Origin::Boot,
+            &kvm,
+            |memory, setup| Hybrid {
+                fake: &mut fake,
+                real: KvmLaunch::new(&kvm, memory, ()).with_vcpu_setup(setup),
+            },
+        )
+        .unwrap();
+        Some((vm, fake.calls))
+    }
+
+    /// A whole SEV-SNP VM comes out of the construction: the launch's
+    /// calls in order, real vCPUs whose registers the launch set (RDX the
+    /// signature), the platform measuring what `covm measure` prints, and
+    /// dirty logging refused with the reason.
+    #[test]
+    fn an_snp_vm_is_built_on_its_launch() {
+        let config = snp_config();
+        let Some((vm, calls)) = snp_vm(&config) else { return };
+
+        // The same calls, in the same order, as the construction alone.
+        let memory = crate::memory::allocate(config.memory.size).unwrap();
+        let loaded = image::load(&memory, &config).unwrap();
+        let PlatformConfig::SevSnp(snp) = &config.platform else {
+            unreachable!()
+        };
+        let launch = SnpVmLaunch::new(&memory, &loaded, snp).unwrap();
+        let mut alone = SnpFake::default();
+        launch.run(&mut alone).unwrap();
+        let names = |calls: &[SnpCall]| calls.iter().map(SnpCall::name).collect::<Vec<_>>();
+        assert_eq!(names(&calls), names(&alone.calls));
+        assert_eq!(&names(&calls)[..3], ["probe", "KVM_CREATE_VM", "KVM_SEV_INIT2"]);
+        assert!(matches!(calls[1], SnpCall::CreateVm(4)));
+        let SnpCall::LaunchFinish(finish) = calls.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(finish.host_data, snp.policy.host_data());
+
+        // The platform: covm measure's measurement for the same options.
+        let measured = measure_sev_snp(
+            &config,
+            &SnpLaunch {
+                vcpu_signature: 0xa00f11,
+                kernel_hashes: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(vm.platform().kind(), "sev_snp");
+        assert!(vm.platform().hardware_protection());
+        assert_eq!(vm.platform().measurement(), Some(measured.digest));
+        assert_eq!(vm.platform().host_data(), Some(snp.policy.host_data()));
+        assert!(vm.platform().evidence(&[0; 64]).is_err());
+
+        // The vCPUs KVM holds carry the launch's registers.
+        let mut fds = vm.vcpu_fds.clone();
+        fds.push(vm.agent_vcpu.as_ref().unwrap().shared_fd());
+        assert_eq!(fds.len(), 3, "2 vCPUs and the agent's");
+        for (index, fd) in fds.iter().enumerate() {
+            let regs = fd.lock().unwrap().get_regs().unwrap();
+            assert_eq!(regs.rdx, 0xa00f11, "vCPU {index}");
+            if index == 0 {
+                assert_eq!(regs.rip, loaded.bsp.rip);
+                assert_eq!(regs.rbx, loaded.bsp.rbx);
+            }
+        }
+
+        // No dirty logging, no migration: said why.
+        assert_eq!(vm.migration_refusal(), Some(SNP_NOT_MIGRATABLE));
+        let err = vm.set_dirty_logging(true).unwrap_err().to_string();
+        assert_eq!(err, SNP_NOT_MIGRATABLE);
+        assert!(vm.dirty_bitmaps().is_err());
+        assert!(vm.clear_dirty(0, 1).is_err());
+        vm.set_dirty_logging(false).unwrap();
+        vm.stop();
+    }
+
+    /// Neither an incoming SEV-SNP VM nor one with a dirty ring is built.
+    #[test]
+    fn incoming_and_dirty_ring_are_refused() {
+        let config = snp_config();
+        let notify: ExitNotifier = Arc::new(|_| {});
+        let err = Vm::new_incoming(&config, Instant::now(), notify.clone())
+            .err()
+            .expect("refused")
+            .to_string();
+        if crate::kvm::open().is_ok() {
+            assert_eq!(err, SNP_NOT_MIGRATABLE);
+        }
+        let ring = VmConfig {
+            dirty_tracking: DirtyTracking::Ring { entries: 4096 },
+            ..config
+        };
+        let Some(kvm) = crate::kvm::open().ok() else { return };
+        let PlatformConfig::SevSnp(snp) = &ring.platform else {
+            unreachable!()
+        };
+        let err = Vm::build_snp(
+            &ring,
+            snp,
+            Instant::now(),
+            notify,
+            Origin::Boot,
+            &kvm,
+            |_, _| -> Hybrid { panic!("nothing is built") },
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.starts_with("--dirty-tracking mode=ring: KVM has no dirty ring"),
+            "{err}"
+        );
+    }
+}
