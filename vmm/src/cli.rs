@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// platform (measured launch, migration policy, attestation evidence as on
 /// SEV-SNP), which provides NO hardware protection: covm, the host, can read
 /// and change all guest memory. `--platform sev_snp=on` launches on AMD
-/// SEV-SNP hardware. `covm measure` prints the launch measurement the same
+/// SEV-SNP hardware, `--platform tdx=on` on Intel TDX. `covm measure` prints the launch measurement the same
 /// options would give, without the hardware.
 #[derive(Debug, Parser)]
 #[command(
@@ -97,8 +97,11 @@ pub struct VmArgs {
     /// (guest policy P, default 0x30000; MODEL's CPUID signature in every
     /// vCPU's RDX, as covm measure --vcpu-type); it needs SEV-SNP hardware
     /// (the host is probed first and every missing piece named), and
-    /// --migration-policy (HOST_DATA is its SHA-256). tdx=on is probed the
-    /// same way, but covm cannot launch a TD yet. Without the hardware,
+    /// --migration-policy (HOST_DATA is its SHA-256). tdx=on launches an
+    /// Intel TDX VM (a TD), probed the same way, with --migration-policy
+    /// (its SHA-256 in MRCONFIGID); neither can receive or send a
+    /// migration, and the built-in firmware cannot run as either guest yet
+    /// (covm warns at launch). Without the hardware,
     /// `covm measure --platform sev_snp=on|tdx=on` prints the launch
     /// measurement or MRTD such a launch would give. Cloud Hypervisor's
     /// other keys are recognised.
@@ -106,7 +109,7 @@ pub struct VmArgs {
     pub platform: Option<String>,
 
     /// The guest owner's migration policy (JSON; see resources/policies/),
-    /// required with --platform emulated_cvm=on or sev_snp=on. Bound at
+    /// required with --platform emulated_cvm=on, sev_snp=on or tdx=on. Bound at
     /// launch through HOST_DATA and placed in guest memory for the
     /// migration agent.
     #[arg(long = "migration-policy", value_name = "PATH")]

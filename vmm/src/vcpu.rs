@@ -6,10 +6,13 @@ use crate::dirty_ring::DirtyRings;
 use crate::exit::VmExit;
 use crate::platform::snp::hypercall::{handle_map_gpa_range, Conversion};
 use crate::platform::snp::private::{PrivateMemoryOps, RamRegion};
+use crate::platform::tdx::exit::{
+    handle_tdx_exit, leaf_name, TdvmcallAnswer, TdxExit, KVM_EXIT_TDX, KVM_SYSTEM_EVENT_TDX_FATAL, TDX_EXIT_LEN,
+};
 use crate::vcpu_control::RunControl;
 use covm_devices::{PioBus, PowerAction};
 use covm_guest_abi::ports;
-use kvm_bindings::{CpuId, KVM_EXIT_DIRTY_RING_FULL};
+use kvm_bindings::{kvm_run, CpuId, KVM_EXIT_DIRTY_RING_FULL};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +40,35 @@ const SYSTEM_EVENT_RESET: u32 = 2;
 /// An SEV-ES/SNP guest's GHCB termination request (`data[0]`: the GHCB MSR).
 const SYSTEM_EVENT_SEV_TERM: u32 = 6;
 
-/// Where a vCPU of a VM with private memory (SEV-SNP) sends the guest's
+/// Answers the TDVMCALL of a `KVM_EXIT_TDX` in `run` (what covm does not
+/// implement gets `TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED`,
+/// `platform::tdx::exit`), logs it, and returns the answer.
+fn answer_tdvmcall(vcpu: u8, run: &mut kvm_run) -> TdvmcallAnswer {
+    // SAFETY: on KVM_EXIT_TDX KVM filled the exit union's `tdx` member, its
+    // first 64 bytes; `padding` spans the whole union as plain bytes, which
+    // any value is valid for.
+    let padding = unsafe { &mut run.__bindgen_anon_1.padding };
+    let mut bytes = [0u8; TDX_EXIT_LEN];
+    for (byte, raw) in bytes.iter_mut().zip(padding.iter()) {
+        *byte = *raw as u8;
+    }
+    let mut exit = TdxExit::read(&bytes);
+    let nr = exit.nr;
+    let answer = handle_tdx_exit(&mut exit);
+    exit.write(&mut bytes);
+    for (raw, byte) in padding.iter_mut().zip(bytes) {
+        *raw = byte as std::os::raw::c_char;
+    }
+    match &answer {
+        TdvmcallAnswer::Answered(what) => tracing::debug!("vCPU {vcpu}: TDVMCALL {}: {what}", leaf_name(nr)),
+        TdvmcallAnswer::Unsupported(why) => {
+            tracing::warn!("vCPU {vcpu}: TDVMCALL answered TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED: {why}")
+        }
+    }
+    answer
+}
+
+/// Where a vCPU of a VM with private memory (SEV-SNP, TDX) sends the guest's
 /// `KVM_HC_MAP_GPA_RANGE` exits: the checks and the attribute change of
 /// `platform::snp::hypercall`, on the VM's RAM.
 pub struct PrivateMemoryExits {
@@ -263,6 +294,13 @@ impl Vcpu {
                         None => "dirty ring full but the VM has no dirty rings".to_string(),
                     }
                 }
+                Ok(VcpuExit::Unsupported(KVM_EXIT_TDX)) => {
+                    // A TD's TDVMCALL that KVM forwards (GetQuote,
+                    // SetupEventNotifyInterrupt, GetTdVmCallInfo leaf 1):
+                    // answered, and the TD resumes.
+                    answer_tdvmcall(self.index, fd.get_kvm_run());
+                    continue;
+                }
                 Ok(VcpuExit::Hypercall(exit)) => match &self.private_memory {
                     Some(exits) => match exits.handle(self.index, exit.nr, &exit.args) {
                         Ok(ret) => {
@@ -278,6 +316,12 @@ impl Vcpu {
                 Ok(VcpuExit::SystemEvent(SYSTEM_EVENT_SEV_TERM, data)) => format!(
                     "the guest asked to terminate (GHCB termination request, GHCB MSR {:#x})",
                     data.first().copied().unwrap_or_default()
+                ),
+                Ok(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_TDX_FATAL, data)) => format!(
+                    "the TD reported a fatal error (TDG.VP.VMCALL ReportFatalError: error code R12 {:#x}, \
+                     additional information GPA R13 {:#x})",
+                    data.get(12).copied().unwrap_or_default(),
+                    data.get(13).copied().unwrap_or_default()
                 ),
                 Ok(VcpuExit::Shutdown) => "triple fault".to_string(),
                 Ok(VcpuExit::InternalError) => {
@@ -385,6 +429,46 @@ mod tests {
             err.contains("KVM_SET_MEMORY_ATTRIBUTES over 0x2000..0x3000 failed"),
             "{err}"
         );
+    }
+
+    /// A `KVM_EXIT_TDX` in a `kvm_run` as KVM leaves it is answered in
+    /// place: GetQuote and SetupEventNotifyInterrupt get
+    /// TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED in `ret`, their operands and the
+    /// rest of the union untouched.
+    #[test]
+    fn tdvmcall_exits_are_answered_in_kvm_run() {
+        use crate::platform::tdx::exit::{
+            TDVMCALL_GET_QUOTE, TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT, TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED,
+        };
+        for (nr, operand) in [
+            (TDVMCALL_GET_QUOTE, 0x7000u64),
+            (TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT, 0x40),
+        ] {
+            let mut run = kvm_run::default();
+            let mut bytes = [0u8; 256];
+            bytes[8..16].copy_from_slice(&nr.to_le_bytes());
+            bytes[16..24].copy_from_slice(&0u64.to_le_bytes()); // a status covm must overwrite
+            bytes[24..32].copy_from_slice(&operand.to_le_bytes());
+            bytes[100] = 0x5a;
+            let mut padding = [0 as std::os::raw::c_char; 256];
+            for (raw, byte) in padding.iter_mut().zip(bytes) {
+                *raw = byte as std::os::raw::c_char;
+            }
+            run.__bindgen_anon_1.padding = padding;
+            let answer = answer_tdvmcall(0, &mut run);
+            assert!(matches!(answer, TdvmcallAnswer::Unsupported(_)), "{answer:?}");
+            // SAFETY: the test wrote the union through `padding`.
+            let after: Vec<u8> = unsafe { run.__bindgen_anon_1.padding }
+                .iter()
+                .map(|b| *b as u8)
+                .collect();
+            assert_eq!(
+                u64::from_le_bytes(after[16..24].try_into().unwrap()),
+                TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED
+            );
+            assert_eq!(&after[..16], &bytes[..16]);
+            assert_eq!(&after[24..], &bytes[24..]);
+        }
     }
 
     struct Channel(Mutex<Sender<PowerAction>>);

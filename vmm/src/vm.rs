@@ -1,11 +1,14 @@
 //! A VM: KVM objects, guest memory, devices and vCPUs, and running it.
 //!
 //! A plain or emulated_cvm VM is built here; an SEV-SNP VM through its
-//! launch ([`snp`]); a TDX VM is refused ([`crate::platform::tdx::NOT_WIRED`]).
+//! launch ([`snp`]); a TDX VM through its launch ([`tdx`]).
 
 mod snp;
+mod tdx;
 #[cfg(test)]
 pub(crate) use snp::tests as snp_tests;
+#[cfg(test)]
+pub(crate) use tdx::tests as tdx_tests;
 
 use crate::arch::{cpuid, regs};
 use crate::boot::BootError;
@@ -128,6 +131,9 @@ pub enum VmError {
     /// An SEV-SNP VM's construction.
     #[error(transparent)]
     Snp(#[from] crate::platform::snp::vm::SnpVmError),
+    /// A TDX VM's construction.
+    #[error(transparent)]
+    Tdx(#[from] crate::platform::tdx::vm::TdxVmError),
     /// An incoming confidential VM's firmware did not get ready.
     #[error("the incoming confidential VM's firmware was not ready within {seconds} s ({what})")]
     AgentNotReady {
@@ -177,13 +183,13 @@ pub struct Vm {
     agent_control: Arc<RunControl>,
     agent_thread: Option<JoinHandle<()>>,
     /// Why this VM cannot migrate (nor log dirty pages), if it cannot: an
-    /// SEV-SNP VM's memory is guest_memfd-backed.
+    /// SEV-SNP VM's or a TD's memory is guest_memfd-backed.
     migration_refusal: Option<&'static str>,
     // Kept open for the VM's lifetime: dropping it destroys the VM (the
     // vCPUs of a VM with private memory share it for their conversions).
     vm_fd: Arc<VmFd>,
-    /// The guest_memfds backing an SEV-SNP VM's private memory, kept open
-    /// with the VM.
+    /// The guest_memfds backing an SEV-SNP VM's or a TD's private memory,
+    /// kept open with the VM.
     _guest_memfds: Vec<OwnedFd>,
 }
 
@@ -226,13 +232,7 @@ impl Vm {
     fn build(config: &VmConfig, start: Instant, notify: ExitNotifier, origin: Origin) -> Result<Self, VmError> {
         match &config.platform {
             PlatformConfig::SevSnp(snp) => return Self::build_snp_on_kvm(config, snp, start, notify, origin),
-            PlatformConfig::Tdx(_) => {
-                return Err(PlatformError::Unsupported(format!(
-                    "cannot launch an Intel TDX VM: {}",
-                    platform::tdx::NOT_WIRED
-                ))
-                .into())
-            }
+            PlatformConfig::Tdx(tdx) => return Self::build_tdx_on_kvm(config, tdx, start, notify, origin),
             PlatformConfig::Plain | PlatformConfig::EmulatedCvm(_) => {}
         }
         let kvm = kvm::open()?;
@@ -265,7 +265,7 @@ impl Vm {
         register_memory(&vm_fd, &memory)?;
         create_chips(&vm_fd)?;
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
-        let (bus, serial) = build_bus(&vm_fd, config, sink, start, cvm.as_ref())?;
+        let (bus, serial) = build_bus(&vm_fd, config, sink, start, cvm.as_ref(), SerialIrq::Wired)?;
         let (mut vcpus, platform) = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
         let platform: Arc<dyn Platform> = Arc::from(platform);
         if let Some(cvm) = &cvm {
@@ -662,6 +662,16 @@ fn register_memory(vm_fd: &VmFd, memory: &GuestMemory) -> Result<(), VmError> {
     Ok(())
 }
 
+/// Whether COM1's interrupt reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SerialIrq {
+    /// IRQ 4 through the in-kernel irqchip (an irqfd on GSI 4).
+    Wired,
+    /// Not wired: the VM has no in-kernel PIC or IOAPIC to route GSI 4 to
+    /// (a TD's split irqchip); the guest polls COM1.
+    Unwired,
+}
+
 /// Places the legacy devices on the port bus.
 fn build_bus(
     vm_fd: &VmFd,
@@ -669,6 +679,7 @@ fn build_bus(
     sink: Arc<dyn PowerSink>,
     start: Instant,
     cvm: Option<&Arc<CvmRuntime>>,
+    serial_irq: SerialIrq,
 ) -> Result<(PioBus, Option<SharedSerial>), VmError> {
     let mut bus = PioBus::new();
     let mut serial = None;
@@ -686,12 +697,14 @@ fn build_bus(
     };
     if let Some(output) = output {
         let irq = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
-        vm_fd
-            .register_irqfd(&irq, serial::COM1_IRQ)
-            .map_err(|source| VmError::KvmCall {
-                what: "wire the serial interrupt",
-                source,
-            })?;
+        if serial_irq == SerialIrq::Wired {
+            vm_fd
+                .register_irqfd(&irq, serial::COM1_IRQ)
+                .map_err(|source| VmError::KvmCall {
+                    what: "wire the serial interrupt",
+                    source,
+                })?;
+        }
         let uart = Arc::new(Mutex::new(SerialDevice::new(irq, output)));
         serial = Some(uart.clone());
         bus.insert(serial::COM1_PORT, serial::PORT_COUNT, uart)?;

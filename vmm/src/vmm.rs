@@ -682,8 +682,8 @@ impl Vmm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::hardware::SNP_NOT_MIGRATABLE;
-    use crate::vm::snp_tests;
+    use crate::platform::hardware::{SNP_NOT_MIGRATABLE, TDX_NOT_MIGRATABLE};
+    use crate::vm::{snp_tests, tdx_tests};
 
     /// `vm.send-migration` of an SEV-SNP VM is refused with the reason,
     /// before anything is sent (the VM stays here, running).
@@ -712,6 +712,37 @@ mod tests {
             panic!()
         };
         assert_eq!(platform["kind"], "sev_snp");
+        vmm.finish();
+    }
+
+    /// `vm.send-migration` of a TD is refused with the reason, before
+    /// anything is sent; `vm.info` says it is a TD.
+    #[test]
+    fn a_td_refuses_to_migrate() {
+        let config = tdx_tests::tdx_config();
+        let Some((vm, _)) = tdx_tests::tdx_vm(&config) else {
+            return;
+        };
+        let mut vmm = Vmm::new(Instant::now(), vec![], false, 1 << 40, None);
+        vmm.config = Some(config);
+        vmm.vm = Some(vm);
+        vmm.state = VmState::Running;
+        let request = Request::SendMigration {
+            endpoint: "tcp:127.0.0.1:9".parse().unwrap(),
+            options: Box::default(),
+            verified: false,
+        };
+        assert_eq!(
+            vmm.handle(request).unwrap_err(),
+            ApiError::BadRequest(format!("cannot migrate the VM: {TDX_NOT_MIGRATABLE}"))
+        );
+        assert!(vmm.migration.is_none(), "no migration started");
+        assert!(vmm.vm.is_some(), "the VM stays");
+        let Reply::Info { platform, .. } = vmm.handle(Request::Info).unwrap() else {
+            panic!()
+        };
+        assert_eq!(platform["kind"], "tdx");
+        assert_eq!(platform["note"], crate::platform::tdx::GUEST_NOT_READY);
         vmm.finish();
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{
 use crate::config::{MAX_VCPUS, MIN_MEMORY};
 use crate::platform::hardware::{check_guest_policy, parse_guest_policy};
 use crate::platform::snp::host::Unavailable;
-use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig, SevSnpConfig};
+use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -365,12 +365,11 @@ fn platform_from_json_probed(
     payload: &Payload,
     probe: &dyn Fn(&str) -> Result<(), Unavailable>,
 ) -> Result<PlatformConfig, String> {
-    use crate::platform::tdx;
     let Some(platform) = platform else {
         return Ok(PlatformConfig::Plain);
     };
     let map = platform.as_object().ok_or("platform must be an object")?;
-    let mut sev_snp = false;
+    let (mut sev_snp, mut tdx) = (false, false);
     for key in ["sev_snp", "tdx"] {
         match map.get(key) {
             None | Some(Value::Null) | Some(Value::Bool(false)) => continue,
@@ -385,14 +384,10 @@ fn platform_from_json_probed(
                  confidential platform, without hardware protection"
             ));
         }
-        if key == "tdx" {
-            return Err(format!(
-                "field 'platform.tdx' cannot be honoured: this host offers {}, but covm cannot launch it yet: {}",
-                tdx::probe::WHAT,
-                tdx::NOT_WIRED
-            ));
+        match key {
+            "tdx" => tdx = true,
+            _ => sev_snp = true,
         }
-        sev_snp = true;
     }
     let ch: serde_json::Map<String, Value> = map
         .iter()
@@ -400,8 +395,8 @@ fn platform_from_json_probed(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     // No VFIO devices, so peer-to-peer DMA (default on) is moot; sev_snp
-    // was read above.
-    other_keys("platform", &ch, CH_PLATFORM_KEYS, &["vfio_p2p_dma", "sev_snp"])?;
+    // and tdx were read above.
+    other_keys("platform", &ch, CH_PLATFORM_KEYS, &["vfio_p2p_dma", "sev_snp", "tdx"])?;
     let emulated_cvm = match map.get("emulated_cvm") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -439,11 +434,14 @@ fn platform_from_json_probed(
     if !sev_snp && (guest_policy.is_some() || vcpu_type.is_some()) {
         return Err("platform.policy and platform.vcpu_type need platform.sev_snp: true".into());
     }
-    let name = match (emulated_cvm, sev_snp) {
-        (true, true) => return Err("give platform.emulated_cvm or platform.sev_snp, not both".into()),
-        (true, false) => Some("emulated_cvm"),
-        (false, true) => Some("sev_snp"),
-        (false, false) => None,
+    let chosen: Vec<&str> = [(emulated_cvm, "emulated_cvm"), (sev_snp, "sev_snp"), (tdx, "tdx")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    let name = match chosen.as_slice() {
+        [] => None,
+        [one] => Some(*one),
+        [first, second, ..] => return Err(format!("give platform.{first} or platform.{second}, not both")),
     };
     if root_key.is_some() && !emulated_cvm {
         return Err("platform.root_key needs platform.emulated_cvm: true".into());
@@ -461,6 +459,7 @@ fn platform_from_json_probed(
             "platform.{name} boots firmware (the built-in one or payload.firmware), not payload.kernel: \
              the migration agent lives in the firmware"
         )),
+        (Some(_), Some(policy)) if tdx => Ok(PlatformConfig::Tdx(TdxConfig { policy })),
         (Some(_), Some(policy)) if sev_snp => {
             let mut snp = SevSnpConfig::new(policy);
             snp.guest_policy = guest_policy.unwrap_or(snp.guest_policy);
@@ -736,9 +735,12 @@ mod tests {
             Ok(()) => assert!(e.contains("platform.sev_snp needs platform.migration_policy"), "{e}"),
         }
         let e = parse_str(r#"{"payload": {}, "platform": {"tdx": true}}"#).unwrap_err();
-        assert!(e.starts_with("field 'platform.tdx' cannot be honoured: "), "{e}");
-        if let Err(missing) = crate::platform::tdx::probe_tdx() {
-            assert!(e.contains(&missing.to_string()), "{e}");
+        match crate::platform::tdx::probe_tdx() {
+            Err(missing) => {
+                assert!(e.starts_with("field 'platform.tdx' cannot be honoured: "), "{e}");
+                assert!(e.contains(&missing.to_string()), "{e}");
+            }
+            Ok(()) => assert!(e.contains("platform.tdx needs platform.migration_policy"), "{e}"),
         }
         let e = parse_str(r#"{"payload": {"host_data": "ab"}}"#).unwrap_err();
         assert!(e.contains("'payload.host_data'"), "{e}");
@@ -867,7 +869,7 @@ mod tests {
 
     /// On a host that passes the probe, `platform.sev_snp` is an SEV-SNP
     /// VM with its guest policy and vCPU type, and round-trips through
-    /// vm.info's JSON; `platform.tdx` says what covm lacks.
+    /// vm.info's JSON; so is `platform.tdx`, a TD.
     #[test]
     fn sev_snp_on_a_host_that_has_it() {
         let present = |_: &str| Ok(());
@@ -907,14 +909,24 @@ mod tests {
             refused(&emulated(r#", "policy": "0x30000""#)),
             "platform.policy and platform.vcpu_type need platform.sev_snp: true"
         );
-        let tdx = refused(r#"{"payload": {}, "platform": {"tdx": true}}"#);
+        let tdx_json = snp_json("").replace("\"sev_snp\"", "\"tdx\"");
+        let c = parse_with(&tdx_json, &present).unwrap();
+        let PlatformConfig::Tdx(tdx) = &c.platform else {
+            panic!("{:?}", c.platform)
+        };
+        assert_eq!(tdx.policy.version(), 3);
+        let json = serde_json::to_string(&to_json(&c)).unwrap();
+        assert_eq!(parse_with(&json, &present).unwrap(), c);
+        assert_eq!(serde_json::to_value(to_json(&c)).unwrap()["platform"]["tdx"], true);
+        assert!(refused(r#"{"payload": {}, "platform": {"tdx": true}}"#)
+            .starts_with("platform.tdx needs platform.migration_policy"));
         assert_eq!(
-            tdx,
-            format!(
-                "field 'platform.tdx' cannot be honoured: this host offers Intel TDX, but covm cannot launch it \
-                 yet: {}",
-                crate::platform::tdx::NOT_WIRED
-            )
+            refused(&tdx_json.replace("\"tdx\": true", "\"tdx\": true, \"sev_snp\": true")),
+            "give platform.sev_snp or platform.tdx, not both"
+        );
+        assert_eq!(
+            refused(&tdx_json.replace("\"tdx\": true", "\"tdx\": true, \"policy\": \"0x30000\"")),
+            "platform.policy and platform.vcpu_type need platform.sev_snp: true"
         );
         // Lacking: the probe's words, before anything else is read.
         let lacking = |key: &str| {

@@ -301,10 +301,14 @@ pub fn incoming_platform(cli: &VmArgs) -> Result<PlatformConfig, ConfigError> {
         &Payload::BuiltinFirmware,
         PolicyNeed::Required,
     )?;
-    if let PlatformConfig::SevSnp(_) = platform {
+    let refusal = match platform {
+        PlatformConfig::SevSnp(_) => Some(("sev_snp", crate::platform::hardware::SNP_NOT_MIGRATABLE)),
+        PlatformConfig::Tdx(_) => Some(("tdx", crate::platform::hardware::TDX_NOT_MIGRATABLE)),
+        _ => None,
+    };
+    if let Some((name, why)) = refusal {
         return Err(ConfigError::Platform(format!(
-            "--platform sev_snp=on cannot receive VMs: {}",
-            crate::platform::hardware::SNP_NOT_MIGRATABLE
+            "--platform {name}=on cannot receive VMs: {why}"
         )));
     }
     Ok(platform)
@@ -319,6 +323,8 @@ pub struct PlatformOption {
     pub root_key: Option<PathBuf>,
     /// `sev_snp=on`, on a host that passed the probe.
     pub sev_snp: Option<SnpOption>,
+    /// `tdx=on`, on a host that passed the probe.
+    pub tdx: bool,
 }
 
 /// `sev_snp=on`'s own keys (covm's extension: Cloud Hypervisor's
@@ -388,15 +394,22 @@ fn platform_config(
     need: PolicyNeed,
 ) -> Result<PlatformConfig, ConfigError> {
     let mut policy = policy.map(read_policy).transpose()?;
-    let name = match (option.emulated_cvm, &option.sev_snp) {
-        (true, Some(_)) => {
-            return Err(ConfigError::Platform(
-                "--platform: give emulated_cvm=on or sev_snp=on, not both".into(),
-            ))
+    let chosen: Vec<&str> = [
+        (option.emulated_cvm, "emulated_cvm"),
+        (option.sev_snp.is_some(), "sev_snp"),
+        (option.tdx, "tdx"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let name = match chosen.as_slice() {
+        [] => None,
+        [one] => Some(*one),
+        [first, second, ..] => {
+            return Err(ConfigError::Platform(format!(
+                "--platform: give {first}=on or {second}=on, not both"
+            )))
         }
-        (true, None) => Some("emulated_cvm"),
-        (false, Some(_)) => Some("sev_snp"),
-        (false, None) => None,
     };
     if name.is_some() && policy.is_none() && need == PolicyNeed::Optional {
         policy = Some(MigrationPolicy::empty());
@@ -414,6 +427,7 @@ fn platform_config(
             "--platform {name}=on boots firmware (the built-in one or --firmware), not --kernel: \
              the migration agent lives in the firmware"
         ))),
+        (Some("tdx"), Some(policy)) => Ok(PlatformConfig::Tdx(TdxConfig { policy })),
         (Some(_), Some(policy)) => Ok(match option.sev_snp {
             Some(snp) => PlatformConfig::SevSnp(SevSnpConfig {
                 guest_policy: snp.guest_policy,
@@ -638,8 +652,9 @@ pub fn parse_api_socket(text: &str) -> Result<ApiSocket, OptionError> {
 /// `root_key`, and SEV-SNP's `policy` and `vcpu_type`. Those covm cannot
 /// honour are refused by name; `sev_snp=on` and `tdx=on` probe the host
 /// first (nothing is created) and say exactly what it lacks. On a host
-/// that has it all, `sev_snp=on` is accepted (`vm.rs` launches it) and
-/// `tdx=on` says what covm still lacks ([`crate::platform::tdx::NOT_WIRED`]).
+/// that has it all, `sev_snp=on` and `tdx=on` are accepted (`vm.rs`
+/// launches them; the built-in firmware cannot run as either guest yet,
+/// which the launch warns about).
 pub fn parse_platform(text: &str) -> Result<PlatformOption, OptionError> {
     use crate::platform::{snp, tdx};
     parse_platform_probed(text, &|key| match key {
@@ -653,7 +668,6 @@ fn parse_platform_probed(
     text: &str,
     probe: &dyn Fn(&str) -> Result<(), crate::platform::snp::host::Unavailable>,
 ) -> Result<PlatformOption, OptionError> {
-    use crate::platform::tdx;
     let m = OptionMap::parse("platform", text, PLATFORM_KEYS)?;
     let mut on = Vec::new();
     for key in ["sev_snp", "tdx"] {
@@ -668,15 +682,10 @@ fn parse_platform_probed(
             on.push(key);
         }
     }
-    if on.contains(&"tdx") {
-        let reason = format!(
-            "this host offers {}, but covm cannot launch it yet: {}",
-            tdx::probe::WHAT,
-            tdx::NOT_WIRED
-        );
-        return Err(m.invalid("tdx", m.get("tdx").unwrap_or_default(), reason));
+    let (sev_snp, tdx) = (on.contains(&"sev_snp"), on.contains(&"tdx"));
+    if sev_snp && tdx {
+        return Err(m.invalid("tdx", "on", "give sev_snp=on or tdx=on, not both"));
     }
-    let sev_snp = on.contains(&"sev_snp");
     for key in ["num_pci_segments", "iommu_segments", "oem_strings"] {
         if let Some(value) = m.get(key) {
             return Err(m.invalid(key, value, "covm has no PCI bus or SMBIOS tables"));
@@ -700,6 +709,7 @@ fn parse_platform_probed(
         emulated_cvm,
         root_key,
         sev_snp: sev_snp.then(|| snp_option(&m)).transpose()?,
+        tdx,
     })
 }
 
@@ -833,8 +843,7 @@ mod tests {
     }
 
     /// `sev_snp=on` and `tdx=on` say what the host lacks; on a host that
-    /// has it all, `sev_snp=on` is taken with its keys and `tdx=on` says
-    /// what covm lacks.
+    /// has it all, `sev_snp=on` is taken with its keys and `tdx=on` is taken.
     #[test]
     fn hardware_platforms_are_probed() {
         use crate::platform::snp::host::Unavailable;
@@ -890,11 +899,19 @@ mod tests {
             "--platform: invalid policy=0x30000: only sev_snp=on has a guest policy and vCPU type"
         );
         assert_eq!(
-            refused("tdx=on"),
-            format!(
-                "--platform: invalid tdx=on: this host offers Intel TDX, but covm cannot launch it yet: {}",
-                tdx::NOT_WIRED
-            )
+            parsed("tdx=on").unwrap(),
+            PlatformOption {
+                tdx: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            refused("tdx=on,policy=0x30000"),
+            "--platform: invalid policy=0x30000: only sev_snp=on has a guest policy and vCPU type"
+        );
+        assert_eq!(
+            refused("tdx=on,sev_snp=on"),
+            "--platform: invalid tdx=on: give sev_snp=on or tdx=on, not both"
         );
         // Off, nothing is probed.
         let never = |key: &str| -> Result<(), Unavailable> { panic!("probed {key}") };
@@ -903,7 +920,7 @@ mod tests {
             PlatformOption::default()
         );
         // On this machine the real probes say what is missing (or, on a host
-        // that has it all, sev_snp=on is taken and tdx=on says what covm lacks).
+        // that has it all, the platform is taken).
         match snp::probe_snp() {
             Err(missing) => {
                 let message = parse_platform("sev_snp=on").unwrap_err().to_string();
@@ -911,10 +928,12 @@ mod tests {
             }
             Ok(()) => assert!(parse_platform("sev_snp=on").unwrap().sev_snp.is_some()),
         }
-        let message = parse_platform("tdx=on").unwrap_err().to_string();
         match tdx::probe_tdx() {
-            Err(missing) => assert!(message.contains(&missing.to_string()), "{message}"),
-            Ok(()) => assert!(message.contains("covm cannot launch it yet"), "{message}"),
+            Err(missing) => {
+                let message = parse_platform("tdx=on").unwrap_err().to_string();
+                assert!(message.contains(&missing.to_string()), "{message}");
+            }
+            Ok(()) => assert!(parse_platform("tdx=on").unwrap().tdx),
         }
     }
 
@@ -924,8 +943,7 @@ mod tests {
             parse_platform("emulated_cvm=on").unwrap(),
             PlatformOption {
                 emulated_cvm: true,
-                root_key: None,
-                sev_snp: None
+                ..Default::default()
             }
         );
         assert_eq!(
@@ -933,7 +951,7 @@ mod tests {
             PlatformOption {
                 emulated_cvm: true,
                 root_key: Some("/k/root.key".into()),
-                sev_snp: None
+                ..Default::default()
             }
         );
         assert!(!parse_platform("emulated_cvm=off").unwrap().emulated_cvm);
@@ -942,7 +960,9 @@ mod tests {
         if crate::platform::snp::probe_snp().is_err() {
             assert!(refused("sev_snp=on").starts_with("--platform: invalid sev_snp=on: "));
         }
-        assert!(refused("tdx=on").starts_with("--platform: invalid tdx=on: "));
+        if crate::platform::tdx::probe_tdx().is_err() {
+            assert!(refused("tdx=on").starts_with("--platform: invalid tdx=on: "));
+        }
         assert!(refused("emulated_cvm=maybe").contains("'maybe' is not on or off"));
         assert_eq!(
             refused("root_key=/k"),
@@ -1000,6 +1020,45 @@ mod tests {
         assert_eq!(
             refused(both, Some(&good), &Payload::BuiltinFirmware),
             "--platform: give emulated_cvm=on or sev_snp=on, not both"
+        );
+        std::fs::remove_dir_all(good.parent().unwrap()).unwrap();
+    }
+
+    /// `tdx=on` (once probed) needs a policy and firmware, as the other
+    /// confidential platforms do, and becomes a TDX configuration.
+    #[test]
+    fn tdx_platform_config() {
+        let good = policy_file("tdx", &crate::platform::policy::tests::valid_json());
+        let tdx = || PlatformOption {
+            tdx: true,
+            ..Default::default()
+        };
+        let config = platform_config(tdx(), Some(&good), &Payload::BuiltinFirmware, PolicyNeed::Required).unwrap();
+        let PlatformConfig::Tdx(c) = &config else {
+            panic!("{config:?}")
+        };
+        assert_eq!(c.policy.version(), 3);
+        assert_eq!(config.host_data(), Some(c.policy.host_data()));
+        let refused = |option, policy: Option<&Path>, payload: &Payload| {
+            platform_config(option, policy, payload, PolicyNeed::Required)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(tdx(), None, &Payload::BuiltinFirmware)
+            .starts_with("--platform tdx=on needs --migration-policy PATH"));
+        let kernel = Payload::Kernel {
+            kernel: "/k".into(),
+            initramfs: None,
+        };
+        assert!(refused(tdx(), Some(&good), &kernel)
+            .starts_with("--platform tdx=on boots firmware (the built-in one or --firmware), not --kernel"));
+        let both = PlatformOption {
+            emulated_cvm: true,
+            ..tdx()
+        };
+        assert_eq!(
+            refused(both, Some(&good), &Payload::BuiltinFirmware),
+            "--platform: give emulated_cvm=on or tdx=on, not both"
         );
         std::fs::remove_dir_all(good.parent().unwrap()).unwrap();
     }

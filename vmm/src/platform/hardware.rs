@@ -1,7 +1,7 @@
 //! The hardware confidential platforms as covm's [`Platform`] objects:
 //! AMD SEV-SNP ([`SevSnp`], launched by `vm.rs` through
-//! [`super::snp::vm`]) and Intel TDX ([`Td`], measured; its launch is not
-//! wired into VM construction yet, [`super::tdx::NOT_WIRED`]).
+//! [`super::snp::vm`]) and Intel TDX ([`Td`], launched through
+//! [`super::tdx::vm`]).
 //!
 //! Their measurement is the one covm *expects*: computed over what covm
 //! loads, exactly as `covm measure` computes it (for SEV-SNP the same
@@ -35,6 +35,12 @@ pub const GUEST_POLICY_RESERVED: u64 = !((1 << 26) - 1);
 pub const SNP_NOT_MIGRATABLE: &str = "an AMD SEV-SNP VM cannot migrate yet: its memory is private \
 (guest_memfd-backed), whose pages KVM cannot log as dirty, and covm's migration agent path runs only on \
 emulated_cvm for now";
+
+/// Why a TD's migration is refused.
+pub const TDX_NOT_MIGRATABLE: &str = "an Intel TDX VM cannot migrate yet: its memory is private \
+(guest_memfd-backed), whose pages KVM cannot log as dirty, its state is the TDX module's (TDX live migration \
+needs a migration TD and the TDX module's export calls, which KVM does not offer), and covm's migration agent path \
+runs only on emulated_cvm for now";
 
 /// What an SEV-SNP VM's evidence needs.
 const SNP_EVIDENCE: &str = "the AMD secure processor (an SNP_GUEST_REQUEST MSG_REPORT_REQ through the GHCB)";
@@ -210,7 +216,7 @@ impl Platform for SevSnp {
 }
 
 /// `--platform tdx=on --migration-policy PATH` (measured by `covm
-/// measure`; a launch is refused, [`super::tdx::NOT_WIRED`]).
+/// measure`, launched by `vm.rs` through [`super::tdx::vm`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TdxConfig {
     /// The guest owner's migration policy: its SHA-256 is MRCONFIGID's
@@ -241,12 +247,15 @@ pub(super) fn tdx_info(config: &TdxConfig, launched: Option<&TdMeasurement>) -> 
     json!({
         "kind": "tdx",
         "hardware_protection": true,
+        "note": super::tdx::GUEST_NOT_READY,
+        "devices": super::tdx::TD_DEVICES,
         "measurement": launched.map(|m| hex(&m.mrtd)),
         "measurement_source": "expected MRTD: computed by covm as covm measure computes it",
         "host_data": hex(&config.policy.host_data()),
         "policy_version": config.policy.version(),
         "td_hob": format!("{TD_HOB_GPA:#x}"),
         "evidence": format!("not available: needs the guest's own request to {TDX_EVIDENCE}"),
+        "migration": format!("refused: {TDX_NOT_MIGRATABLE}"),
     })
 }
 

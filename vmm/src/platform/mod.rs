@@ -17,8 +17,11 @@
 //!   its [`Platform::measurement`] is the digest covm expects (what `covm
 //!   measure` prints). Its evidence needs the guest's own request to the
 //!   secure processor, which the built-in firmware cannot make yet.
-//! - [`Td`] (`tdx=on`): measured (MRTD, [`mrtd`]) for `covm measure`; the
-//!   launch is not wired into VM construction ([`tdx::NOT_WIRED`]).
+//! - [`Td`] (`tdx=on`, on a host that passes [`tdx::probe_tdx`]): `vm.rs`
+//!   builds the VM through the TDX launch ([`tdx::vm`]); its
+//!   [`Platform::measurement`] is the MRTD covm expects ([`mrtd`], what
+//!   `covm measure` prints). Its evidence (a quote) needs the guest's own
+//!   request, which the built-in firmware cannot make yet.
 
 pub mod emulated;
 pub mod hardware;
@@ -124,7 +127,7 @@ pub enum PlatformConfig {
     EmulatedCvm(EmulatedCvmConfig),
     /// AMD SEV-SNP.
     SevSnp(SevSnpConfig),
-    /// Intel TDX (measured; not launched yet).
+    /// Intel TDX.
     Tdx(TdxConfig),
 }
 
@@ -188,7 +191,7 @@ impl PlatformConfig {
     ///
     /// For SEV-SNP and TDX this is covm's side only (the expected
     /// measurement, as `covm measure` computes it): the hardware launch is
-    /// `vm.rs`'s ([`snp::vm`]).
+    /// `vm.rs`'s ([`snp::vm`], [`tdx::vm`]).
     pub fn launch(&self, memory: &GuestMemory, image: &LaunchImage) -> Result<Box<dyn Platform>, PlatformError> {
         match self {
             PlatformConfig::Plain => Ok(Box::new(Plain)),
@@ -285,7 +288,7 @@ pub fn launch_incoming(config: &VmConfig) -> Result<Box<dyn Platform>, PlatformE
     }
     let refused = match &config.platform {
         PlatformConfig::SevSnp(_) => Some(hardware::SNP_NOT_MIGRATABLE),
-        PlatformConfig::Tdx(_) => Some(tdx::NOT_WIRED),
+        PlatformConfig::Tdx(_) => Some(hardware::TDX_NOT_MIGRATABLE),
         _ => None,
     };
     if let Some(why) = refused {

@@ -11,7 +11,7 @@
 //! migrate ([`SNP_NOT_MIGRATABLE`]). Its platform's measurement is the
 //! one `covm measure` computes for the same options.
 
-use super::{build_bus, create_chips, ExitSink, Origin, SharedSerial, Vm, VmError};
+use super::{build_bus, create_chips, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
 use crate::arch::{cpuid, regs};
 use crate::config::{DirtyTracking, VmConfig};
 use crate::cvm::{CvmRuntime, LaunchMode};
@@ -93,8 +93,9 @@ fn boot_state(fd: &VcpuFd, boot: &VcpuBoot) -> Result<(), CallError> {
 }
 
 /// The running VM's conversions: `KVM_SET_MEMORY_ATTRIBUTES` on its fd,
-/// shared by its vCPUs. Nothing else is done once the VM runs.
-struct VmAttributes(Arc<VmFd>);
+/// shared by its vCPUs. Nothing else is done once the VM runs. (A TD's
+/// too: `vm/tdx.rs`.)
+pub(super) struct VmAttributes(pub(super) Arc<VmFd>);
 
 impl PrivateMemoryOps for VmAttributes {
     fn create_guest_memfd(&mut self, _: &kvm_create_guest_memfd) -> Result<u32, CallError> {
@@ -189,7 +190,8 @@ impl Vm {
         let vm_fd = Arc::new(vm);
         let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
-        let (bus, serial): (_, Option<SharedSerial>) = build_bus(&vm_fd, config, sink, start, Some(&cvm))?;
+        let (bus, serial): (_, Option<SharedSerial>) =
+            build_bus(&vm_fd, config, sink, start, Some(&cvm), SerialIrq::Wired)?;
         let platform: Arc<dyn Platform> = Arc::new(launch.platform());
         cvm.set_platform(platform.clone());
         let exits = Arc::new(PrivateMemoryExits::new(

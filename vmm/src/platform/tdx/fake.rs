@@ -4,8 +4,10 @@
 
 use super::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm, ATTR_SEPT_VE_DISABLE};
 use super::ops::TdxLaunchOps;
+use super::vm::TdxVmOps;
 use crate::platform::snp::error::CallError;
 use crate::platform::snp::fake::{Fake, MemCall, Recorded};
+use crate::platform::snp::host::Unavailable;
 use kvm_bindings::{kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
 
 /// The fake host's vCPU limit for a TD.
@@ -29,6 +31,7 @@ pub(crate) fn fake_capabilities() -> TdxCapabilities {
 /// One call of a TDX launch.
 #[derive(Debug, Clone)]
 pub(crate) enum TdxCall {
+    Probe,
     CreateVm(u64),
     Capabilities,
     MaxVcpus,
@@ -37,6 +40,7 @@ pub(crate) enum TdxCall {
     SetUserMemoryRegion2(kvm_userspace_memory_region2),
     SetMemoryAttributes(kvm_memory_attributes),
     EnableExitHypercall(u64),
+    SplitIrqchip(u64),
     CreateVcpus(usize),
     InitVcpu {
         vcpu: usize,
@@ -59,6 +63,7 @@ impl TdxCall {
 impl Recorded for TdxCall {
     fn name(&self) -> &'static str {
         match self {
+            TdxCall::Probe => "probe",
             TdxCall::CreateVm(_) => "KVM_CREATE_VM",
             TdxCall::Capabilities => "KVM_TDX_CAPABILITIES",
             TdxCall::MaxVcpus => "KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS)",
@@ -67,6 +72,7 @@ impl Recorded for TdxCall {
             TdxCall::SetUserMemoryRegion2(r) => MemCall::SetUserMemoryRegion2(*r).name(),
             TdxCall::SetMemoryAttributes(a) => MemCall::SetMemoryAttributes(*a).name(),
             TdxCall::EnableExitHypercall(m) => MemCall::EnableExitHypercall(*m).name(),
+            TdxCall::SplitIrqchip(_) => "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)",
             TdxCall::CreateVcpus(_) => "KVM_CREATE_VCPU",
             TdxCall::InitVcpu { .. } => "KVM_TDX_INIT_VCPU",
             TdxCall::InitMemRegion { .. } => "KVM_TDX_INIT_MEM_REGION",
@@ -124,5 +130,18 @@ impl TdxLaunchOps for TdxFake {
 
     fn tdx_finalize_vm(&mut self) -> Result<(), CallError> {
         self.record(TdxCall::FinalizeVm)
+    }
+}
+
+impl TdxVmOps for TdxFake {
+    fn probe(&mut self) -> Result<(), Unavailable> {
+        self.record(TdxCall::Probe).map_err(|e| Unavailable {
+            what: super::probe::WHAT,
+            missing: vec![e.to_string()],
+        })
+    }
+
+    fn enable_split_irqchip(&mut self, ioapic_pins: u64) -> Result<(), CallError> {
+        self.record(TdxCall::SplitIrqchip(ioapic_pins))
     }
 }

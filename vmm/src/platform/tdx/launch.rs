@@ -13,8 +13,25 @@ pub const PLATFORM: &str = "Intel TDX";
 
 /// The whole launch of `plan`: the VM and its TD parameters, private
 /// memory, the vCPUs (each `TDH.VP.INIT` with the TD HOB's address in
-/// RCX), the initial memory, then the finalization.
+/// RCX), the initial memory, then the finalization. covm's VM
+/// construction (`super::vm`) runs [`prepare`] and [`finish`] with its
+/// own steps (the split irqchip) and the vCPUs between them.
 pub fn launch_tdx(ops: &mut impl TdxLaunchOps, plan: &TdxPlan) -> Result<(), LaunchError> {
+    prepare(ops, plan)?;
+    at(
+        PLATFORM,
+        "KVM_CREATE_VCPU",
+        || format!("{} vCPUs", plan.vcpus),
+        ops.create_vcpus(plan.vcpus),
+    )?;
+    finish(ops, plan)
+}
+
+/// The launch up to the vCPUs: `KVM_CREATE_VM` (`KVM_X86_TDX_VM`),
+/// `KVM_TDX_CAPABILITIES`, the vCPU limit, `KVM_TDX_INIT_VM` (attributes,
+/// XFAM, MRCONFIGID, CPUID), and the private memory (guest_memfd slots,
+/// PRIVATE attributes, `KVM_HC_MAP_GPA_RANGE` exits).
+pub fn prepare(ops: &mut impl TdxLaunchOps, plan: &TdxPlan) -> Result<(), LaunchError> {
     at(
         PLATFORM,
         "KVM_CREATE_VM",
@@ -58,13 +75,13 @@ pub fn launch_tdx(ops: &mut impl TdxLaunchOps, plan: &TdxPlan) -> Result<(), Lau
         },
         ops.tdx_init_vm(&init),
     )?;
-    register_private(ops, &plan.ram, PLATFORM)?;
-    at(
-        PLATFORM,
-        "KVM_CREATE_VCPU",
-        || format!("{} vCPUs", plan.vcpus),
-        ops.create_vcpus(plan.vcpus),
-    )?;
+    register_private(ops, &plan.ram, PLATFORM)
+}
+
+/// The launch once the vCPUs exist: `KVM_TDX_INIT_VCPU` for each (RCX the
+/// TD HOB's address), `KVM_TDX_INIT_MEM_REGION` for every page run of the
+/// plan (the TD HOB last), `KVM_TDX_FINALIZE_VM`.
+pub fn finish(ops: &mut impl TdxLaunchOps, plan: &TdxPlan) -> Result<(), LaunchError> {
     for vcpu in 0..plan.vcpus {
         at(
             PLATFORM,

@@ -16,10 +16,14 @@
 //!
 //! Files: [`bindings`] (the uapi kvm-bindings lacks), [`ops`] (the
 //! [`TdxLaunchOps`] trait), [`plan`], [`hob`], [`launch`], [`kvm`],
-//! [`probe`]. The errors, the private-memory calls and the real
-//! `KvmLaunch` are SEV-SNP's ([`crate::platform::snp`]), shared.
+//! [`probe`], [`vm`] (covm's VM construction around the launch, over the
+//! [`TdxVmOps`] seam; `vm/tdx.rs` assembles the `Vm`), [`exit`] (the
+//! TDVMCALLs KVM forwards as `KVM_EXIT_TDX`). The errors, the
+//! private-memory calls and exits and the real `KvmLaunch` are SEV-SNP's
+//! ([`crate::platform::snp`]), shared.
 
 pub mod bindings;
+pub mod exit;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod hob;
@@ -28,20 +32,23 @@ pub mod launch;
 pub mod ops;
 pub mod plan;
 pub mod probe;
+pub mod vm;
 
 pub use launch::launch_tdx;
 pub use ops::TdxLaunchOps;
 pub use plan::{TdxOptions, TdxPlan};
 pub use probe::probe_tdx;
+pub use vm::{TdxVmLaunch, TdxVmOps};
 
-/// What stands between a host that passes [`probe_tdx`] and a running TD:
-/// said when `--platform tdx=on` is refused on such a host. (What exists:
-/// the launch over [`TdxLaunchOps`], real on `KvmLaunch<TdxState>`, with
-/// the TD HOB at `mrtd::TD_HOB_GPA`; MRTD, which `covm measure` prints;
-/// `platform::Td`, the TD's platform object.)
-pub const NOT_WIRED: &str = "covm's VM construction (vm.rs) does not call the TDX launch yet: its vCPU setup \
-(KVM_SET_CPUID2, MSRs, FPU, LAPIC and boot registers) does not apply to a TD, whose register state KVM keeps from \
-the host and whose CPUID comes from KVM_TDX_INIT_VM, and it creates a full in-kernel irqchip and PIT where KVM \
-creates a TD's vCPUs only with a split irqchip; the built-in firmware has no TDX reset vector at 0xFFFFFFF0, \
-reads no TD HOB, accepts no memory (TDG.MEM.PAGE.ACCEPT) and makes no TDVMCALL for its port I/O; the vCPU loop \
-does not route KVM_EXIT_TDX (TDVMCALL GetQuote); and a TD's evidence (a quote of TDG.MR.REPORT) needs the guest";
+/// What keeps covm's built-in firmware from running as a TD, on TDX
+/// hardware: logged when a TD is launched, and in its `vm.info`.
+pub const GUEST_NOT_READY: &str = "covm's built-in firmware cannot run as a TD yet: it has no TDX reset vector at \
+0xFFFFFFF0 (the TDX module starts a TD's vCPUs in 32-bit protected mode there, RCX the TD HOB), reads no TD HOB, \
+accepts no memory (TDG.MEM.PAGE.ACCEPT) and makes no TDVMCALL for its port I/O; on TDX hardware it stops at its \
+first instruction that needs one";
+
+/// What a TD's devices lack, said when one is launched and in its
+/// `vm.info`: a TD has a split irqchip (KVM refuses it the in-kernel PIC,
+/// IOAPIC and PIT) and covm has no userspace IOAPIC.
+pub const TD_DEVICES: &str = "a TD has no in-kernel PIC, IOAPIC or PIT (KVM gives it a split irqchip only) and \
+covm has no userspace IOAPIC: there is no PIT timer, and COM1's IRQ 4 is not wired (its output works, polled)";

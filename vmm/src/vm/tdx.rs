@@ -1,0 +1,411 @@
+//! A TDX VM (a TD): built through its launch ([`TdxVmLaunch`]) on a
+//! [`TdxVmBackend`] (real KVM: `KvmLaunch<TdxState>`), then assembled
+//! into a [`Vm`] like any other: devices, vCPU threads, the migration
+//! agent's vCPU.
+//!
+//! What differs from the other VMs: the VM is `KVM_X86_TDX_VM`, its RAM
+//! slots are guest_memfd-backed and private, it has a split irqchip (no
+//! in-kernel PIC, IOAPIC or PIT: KVM refuses them a TD, and covm has no
+//! userspace IOAPIC, so COM1's IRQ is not wired, [`TD_DEVICES`]), nothing
+//! is set on its vCPUs (the TDX module owns their state; CPUID is
+//! `KVM_TDX_INIT_VM`'s), the guest's MapGPA (`KVM_HC_MAP_GPA_RANGE`
+//! exits) reaches `platform::snp::hypercall` and its other forwarded
+//! TDVMCALLs (`KVM_EXIT_TDX`) `platform::tdx::exit`, and it can neither
+//! log dirty pages nor migrate ([`TDX_NOT_MIGRATABLE`]). Its platform's
+//! measurement is the MRTD `covm measure --platform tdx=on` computes for
+//! the same options.
+
+use super::snp::VmAttributes;
+use super::{build_bus, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
+use crate::config::{DirtyTracking, VmConfig};
+use crate::cvm::{CvmRuntime, LaunchMode};
+use crate::kvm;
+use crate::memory::{self, GuestMemory};
+use crate::platform::hardware::TDX_NOT_MIGRATABLE;
+use crate::platform::snp::error::CallError;
+use crate::platform::snp::host::Unavailable;
+use crate::platform::snp::kvm::{KvmLaunch, Launched};
+use crate::platform::tdx::kvm::TdxState;
+use crate::platform::tdx::vm::{TdxVmError, TdxVmLaunch, TdxVmOps};
+use crate::platform::tdx::{self, TD_DEVICES};
+use crate::platform::{image, Platform, TdxConfig};
+use crate::vcpu::{ExitNotifier, PrivateMemoryExits, Vcpu};
+use crate::vcpu_control::RunControl;
+use covm_devices::PowerSink;
+use kvm_bindings::{kvm_enable_cap, KVM_CAP_SPLIT_IRQCHIP, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VmFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What builds a TD: the construction's calls, then the KVM objects they
+/// made.
+pub(crate) trait TdxVmBackend: TdxVmOps {
+    /// The VM, its vCPUs and guest_memfds.
+    fn into_launched(self) -> Result<Launched, CallError>;
+}
+
+impl TdxVmOps for KvmLaunch<'_, TdxState> {
+    fn probe(&mut self) -> Result<(), Unavailable> {
+        tdx::probe_tdx()
+    }
+
+    fn enable_split_irqchip(&mut self, ioapic_pins: u64) -> Result<(), CallError> {
+        split_irqchip(self.vm()?, ioapic_pins)
+    }
+}
+
+impl TdxVmBackend for KvmLaunch<'_, TdxState> {
+    fn into_launched(self) -> Result<Launched, CallError> {
+        KvmLaunch::into_launched(self)
+    }
+}
+
+/// `KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)` on `vm`, `ioapic_pins` routes
+/// reserved.
+fn split_irqchip(vm: &VmFd, ioapic_pins: u64) -> Result<(), CallError> {
+    let mut cap = kvm_enable_cap {
+        cap: KVM_CAP_SPLIT_IRQCHIP,
+        ..Default::default()
+    };
+    cap.args[0] = ioapic_pins;
+    Ok(vm.enable_cap(&cap)?)
+}
+
+impl Vm {
+    /// A TD on this host's KVM.
+    pub(super) fn build_tdx_on_kvm(
+        config: &VmConfig,
+        tdx: &TdxConfig,
+        start: Instant,
+        notify: ExitNotifier,
+        origin: Origin,
+    ) -> Result<Self, VmError> {
+        let kvm = kvm::open()?;
+        Self::build_tdx(config, tdx, start, notify, origin, &kvm, |memory| {
+            KvmLaunch::new(&kvm, memory, TdxState)
+        })
+    }
+
+    /// A TD built on the backend `backend` makes from its guest memory.
+    pub(super) fn build_tdx<B: TdxVmBackend>(
+        config: &VmConfig,
+        tdx: &TdxConfig,
+        start: Instant,
+        notify: ExitNotifier,
+        origin: Origin,
+        kvm: &Kvm,
+        backend: impl FnOnce(GuestMemory) -> B,
+    ) -> Result<Self, VmError> {
+        if origin != Origin::Boot {
+            return Err(VmError::Unsupported(TDX_NOT_MIGRATABLE));
+        }
+        if let DirtyTracking::Ring { .. } = config.dirty_tracking {
+            return Err(VmError::Unsupported(
+                "--dirty-tracking mode=ring: KVM has no dirty ring for an Intel TDX VM's private \
+                 (guest_memfd-backed) memory, and a TD cannot migrate",
+            ));
+        }
+        let call = |what| move |source| VmError::KvmCall { what, source };
+        let memory = memory::allocate(config.memory.size)?;
+        let loaded = image::load(&memory, config)?;
+        tracing::info!(
+            "loaded {:?} entry at {:#x} (a TD starts at the reset vector, RCX the TD HOB at {:#x})",
+            loaded.entry.mode,
+            loaded.entry.entry,
+            crate::platform::mrtd::TD_HOB_GPA
+        );
+        // What covm would give a plain VM's vCPUs; INIT_VM keeps the bits
+        // the host lets a TD configure.
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(call("read the supported CPUID"))?
+            .as_slice()
+            .to_vec();
+        let launch = TdxVmLaunch::new(&memory, &loaded, tdx, cpuid).map_err(VmError::from)?;
+        tracing::warn!("{}", tdx::GUEST_NOT_READY);
+        tracing::warn!("{TD_DEVICES}");
+
+        let mut ops = backend(memory.clone());
+        launch.run(&mut ops)?;
+        let Launched {
+            vcpus: fds,
+            vm,
+            guest_memfds,
+            memory: _,
+        } = ops.into_launched().map_err(TdxVmError::from)?;
+        tracing::info!(
+            "Intel TDX launch finished: expected MRTD {} over {} pages",
+            crate::platform::hex(&launch.expected.mrtd),
+            launch.expected.pages.len()
+        );
+
+        let vm_fd = Arc::new(vm);
+        let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
+        let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
+        let (bus, serial): (_, Option<SharedSerial>) =
+            build_bus(&vm_fd, config, sink, start, Some(&cvm), SerialIrq::Unwired)?;
+        let platform: Arc<dyn Platform> = Arc::new(launch.platform());
+        cvm.set_platform(platform.clone());
+        let exits = Arc::new(PrivateMemoryExits::new(
+            Box::new(VmAttributes(vm_fd.clone())),
+            launch.plan.ram.clone(),
+        ));
+        let mut vcpus: Vec<Vcpu> = fds
+            .into_iter()
+            .enumerate()
+            .map(|(index, fd)| {
+                let mut vcpu = Vcpu::from_fd(fd, index as u8);
+                vcpu.set_runtime(cvm.clone());
+                vcpu.set_private_memory(exits.clone());
+                vcpu
+            })
+            .collect();
+        // The agent's vCPU is the last one (the highest APIC ID).
+        let agent_vcpu = vcpus.pop().expect("a confidential VM has an agent vCPU");
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map_err(call("list the MSRs"))?
+            .as_slice()
+            .to_vec();
+        Ok(Self {
+            vcpu_counters: vcpus.iter().chain([&agent_vcpu]).map(Vcpu::counters).collect(),
+            vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
+            memory,
+            vcpus,
+            threads: Arc::default(),
+            throttler: None,
+            manual_dirty_protect: false,
+            dirty_rings: None,
+            bus: Arc::new(bus),
+            control: Arc::new(RunControl::default()),
+            notify,
+            serial,
+            msr_indices,
+            platform,
+            cvm: Some(cvm),
+            agent_vcpu: Some(agent_vcpu),
+            agent_control: Arc::new(RunControl::default()),
+            agent_thread: None,
+            migration_refusal: Some(TDX_NOT_MIGRATABLE),
+            vm_fd,
+            _guest_memfds: guest_memfds,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cli::VmArgs;
+    use crate::platform::mrtd::measure_tdx;
+    use crate::platform::snp::private::PrivateMemoryOps;
+    use crate::platform::tdx::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm};
+    use crate::platform::tdx::fake::{TdxCall, TdxFake};
+    use crate::platform::tdx::ops::TdxLaunchOps;
+    use crate::platform::PlatformConfig;
+    use kvm_bindings::{
+        kvm_create_guest_memfd, kvm_memory_attributes, kvm_pit_config, kvm_userspace_memory_region2, KVM_X86_DEFAULT_VM,
+    };
+
+    /// The recording fake for every TDX call, with this machine's KVM (a
+    /// default VM) making the VM, its split irqchip and its vCPUs real, so
+    /// that a whole [`Vm`] comes out: nothing here needs TDX hardware.
+    struct Hybrid<'k, 'f> {
+        fake: &'f mut TdxFake,
+        real: KvmLaunch<'k, ()>,
+    }
+
+    impl PrivateMemoryOps for Hybrid<'_, '_> {
+        fn create_guest_memfd(&mut self, g: &kvm_create_guest_memfd) -> Result<u32, CallError> {
+            self.fake.create_guest_memfd(g)
+        }
+        fn set_user_memory_region2(&mut self, r: &kvm_userspace_memory_region2) -> Result<(), CallError> {
+            self.fake.set_user_memory_region2(r)
+        }
+        fn set_memory_attributes(&mut self, a: &kvm_memory_attributes) -> Result<(), CallError> {
+            self.fake.set_memory_attributes(a)
+        }
+        fn enable_exit_hypercall(&mut self, h: u64) -> Result<(), CallError> {
+            self.fake.enable_exit_hypercall(h)
+        }
+    }
+
+    impl TdxLaunchOps for Hybrid<'_, '_> {
+        fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
+            self.fake.create_vm(vm_type)?;
+            self.real.create_vm_of(u64::from(KVM_X86_DEFAULT_VM))
+        }
+        fn tdx_capabilities(&mut self) -> Result<TdxCapabilities, CallError> {
+            self.fake.tdx_capabilities()
+        }
+        fn max_vcpus(&mut self) -> Result<usize, CallError> {
+            self.fake.max_vcpus()
+        }
+        fn tdx_init_vm(&mut self, init: &TdxInitVm) -> Result<(), CallError> {
+            self.fake.tdx_init_vm(init)
+        }
+        fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
+            self.fake.create_vcpus(count)?;
+            self.real.create_vcpus_of(count)
+        }
+        fn tdx_init_vcpu(&mut self, vcpu: usize, rcx: u64) -> Result<(), CallError> {
+            self.fake.tdx_init_vcpu(vcpu, rcx)
+        }
+        fn tdx_init_mem_region(&mut self, vcpu: usize, r: &TdxInitMemRegion, flags: u32) -> Result<(), CallError> {
+            self.fake.tdx_init_mem_region(vcpu, r, flags)
+        }
+        fn tdx_finalize_vm(&mut self) -> Result<(), CallError> {
+            self.fake.tdx_finalize_vm()
+        }
+    }
+
+    impl TdxVmOps for Hybrid<'_, '_> {
+        fn probe(&mut self) -> Result<(), Unavailable> {
+            self.fake.probe()
+        }
+        fn enable_split_irqchip(&mut self, ioapic_pins: u64) -> Result<(), CallError> {
+            self.fake.enable_split_irqchip(ioapic_pins)?;
+            split_irqchip(self.real.vm()?, ioapic_pins)
+        }
+    }
+
+    impl TdxVmBackend for Hybrid<'_, '_> {
+        fn into_launched(self) -> Result<Launched, CallError> {
+            self.real.into_launched()
+        }
+    }
+
+    /// `--platform tdx=on --cpus boot=2 --memory size=64M --cmdline
+    /// workload=hello` and the empty migration policy, as `covm measure`
+    /// reads the same options.
+    pub(crate) fn tdx_config() -> VmConfig {
+        let args = VmArgs {
+            cpus: Some("boot=2".into()),
+            memory: Some("size=64M".into()),
+            cmdline: Some("workload=hello".into()),
+            platform: Some("tdx=on".into()),
+            ..Default::default()
+        };
+        VmConfig::for_measure(&args, 1 << 40).unwrap().0
+    }
+
+    /// A TD [`Vm`] built on [`Hybrid`] (None without KVM), and the calls
+    /// the fake recorded.
+    pub(crate) fn tdx_vm(config: &VmConfig) -> Option<(Vm, Vec<TdxCall>)> {
+        let kvm = match crate::kvm::open() {
+            Ok(kvm) => kvm,
+            Err(e) => {
+                eprintln!("SKIP: {e}");
+                return None;
+            }
+        };
+        let PlatformConfig::Tdx(tdx) = &config.platform else {
+            panic!("{:?}", config.platform)
+        };
+        let mut fake = TdxFake::default();
+        let notify: ExitNotifier = Arc::new(|_| {});
+        let vm = Vm::build_tdx(config, tdx, Instant::now(), notify, Origin::Boot, &kvm, |memory| {
+            Hybrid {
+                fake: &mut fake,
+                real: KvmLaunch::new(&kvm, memory, ()),
+            }
+        })
+        .unwrap();
+        Some((vm, fake.calls))
+    }
+
+    /// A whole TD comes out of the construction: the launch's calls in
+    /// order, a real VM with a split irqchip and no in-kernel PIC or PIT,
+    /// real vCPUs, the platform measuring the MRTD `covm measure` prints,
+    /// and dirty logging and migration refused with the reason.
+    #[test]
+    fn a_td_is_built_on_its_launch() {
+        let config = tdx_config();
+        let Some((vm, calls)) = tdx_vm(&config) else { return };
+        let names: Vec<&str> = calls.iter().map(TdxCall::name).collect();
+        assert_eq!(&names[..2], ["probe", "KVM_CREATE_VM"]);
+        assert!(matches!(calls[1], TdxCall::CreateVm(5)));
+        let split = names
+            .iter()
+            .position(|n| *n == "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)")
+            .unwrap();
+        assert_eq!(
+            names[split + 1],
+            "KVM_CREATE_VCPU",
+            "split irqchip right before the vCPUs"
+        );
+        assert!(!names.contains(&"KVM_CREATE_IRQCHIP"));
+        assert_eq!(names.last(), Some(&"KVM_TDX_FINALIZE_VM"));
+        let hob: Vec<u64> = calls
+            .iter()
+            .filter_map(|c| match c {
+                TdxCall::InitVcpu { rcx, .. } => Some(*rcx),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(hob, vec![0x4000; 3]);
+
+        // The platform: covm measure's MRTD for the same options.
+        let measured = measure_tdx(&config).unwrap();
+        assert_eq!(vm.platform().kind(), "tdx");
+        assert!(vm.platform().hardware_protection());
+        assert_eq!(vm.platform().measurement(), Some(measured.mrtd));
+        assert_eq!(vm.platform().host_data(), config.platform.host_data());
+        let err = vm.platform().evidence(&[0; 64]).unwrap_err().to_string();
+        assert!(err.contains("needs the guest's own request to the TDX module"), "{err}");
+        let info = vm.platform().info();
+        assert_eq!(info["note"], tdx::GUEST_NOT_READY);
+        assert_eq!(info["devices"], TD_DEVICES);
+        assert!(info["migration"].as_str().unwrap().starts_with("refused: "));
+
+        // The real VM has the split irqchip: a full irqchip exists already
+        // (EEXIST) and there is no in-kernel PIC for a PIT (ENOENT).
+        let err = vm.vm_fd.create_irq_chip().unwrap_err();
+        assert_eq!(err.errno(), libc::EEXIST, "{err}");
+        let err = vm.vm_fd.create_pit2(kvm_pit_config::default()).unwrap_err();
+        assert_eq!(err.errno(), libc::ENOENT, "{err}");
+        assert_eq!(vm.vcpu_fds.len() + 1, 3, "2 vCPUs and the agent's");
+        assert!(vm.agent_vcpu.is_some());
+
+        // No dirty logging, no migration: said why.
+        assert_eq!(vm.migration_refusal(), Some(TDX_NOT_MIGRATABLE));
+        assert_eq!(vm.set_dirty_logging(true).unwrap_err().to_string(), TDX_NOT_MIGRATABLE);
+        assert!(vm.dirty_bitmaps().is_err());
+        vm.set_dirty_logging(false).unwrap();
+        vm.stop();
+    }
+
+    /// Neither an incoming TD nor one with a dirty ring is built.
+    #[test]
+    fn incoming_and_dirty_ring_are_refused() {
+        let config = tdx_config();
+        let notify: ExitNotifier = Arc::new(|_| {});
+        let err = Vm::new_incoming(&config, Instant::now(), notify.clone())
+            .err()
+            .expect("refused")
+            .to_string();
+        if crate::kvm::open().is_ok() {
+            assert_eq!(err, TDX_NOT_MIGRATABLE);
+        }
+        let err = crate::platform::launch_incoming(&config).unwrap_err().to_string();
+        assert_eq!(err, format!("a tdx VM cannot be received: {TDX_NOT_MIGRATABLE}"));
+        let ring = VmConfig {
+            dirty_tracking: DirtyTracking::Ring { entries: 4096 },
+            ..config
+        };
+        let Some(kvm) = crate::kvm::open().ok() else { return };
+        let PlatformConfig::Tdx(tdx) = &ring.platform else {
+            unreachable!()
+        };
+        let err = Vm::build_tdx(&ring, tdx, Instant::now(), notify, Origin::Boot, &kvm, |_| -> Hybrid {
+            panic!("nothing is built")
+        })
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.starts_with("--dirty-tracking mode=ring: KVM has no dirty ring for an Intel TDX VM"),
+            "{err}"
+        );
+    }
+}
