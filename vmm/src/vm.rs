@@ -3,6 +3,7 @@
 //! A plain or emulated_cvm VM is built here; an SEV-SNP VM through its
 //! launch ([`snp`]); a TDX VM through its launch ([`tdx`]).
 
+mod private;
 mod snp;
 mod tdx;
 #[cfg(test)]

@@ -11,10 +11,10 @@
 //! migrate ([`SNP_NOT_MIGRATABLE`]). Its platform's measurement is the
 //! one `covm measure` computes for the same options.
 
-use super::{build_bus, create_chips, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
+use super::private::PrivateLaunch;
+use super::{create_chips, Origin, SerialIrq, Vm, VmError};
 use crate::arch::{cpuid, regs};
 use crate::config::{DirtyTracking, VmConfig};
-use crate::cvm::{CvmRuntime, LaunchMode};
 use crate::kvm;
 use crate::memory::{self, GuestMemory};
 use crate::platform::hardware::SNP_NOT_MIGRATABLE;
@@ -24,10 +24,8 @@ use crate::platform::snp::kvm::{KvmLaunch, Launched, SnpState, VcpuSetup};
 use crate::platform::snp::private::PrivateMemoryOps;
 use crate::platform::snp::vm::{SnpVmError, SnpVmLaunch, SnpVmOps, VcpuBoot};
 use crate::platform::snp::{self, probe::WHAT};
-use crate::platform::{image, Platform, SevSnpConfig};
-use crate::vcpu::{self, ExitNotifier, PrivateMemoryExits, Vcpu};
-use crate::vcpu_control::RunControl;
-use covm_devices::PowerSink;
+use crate::platform::{image, SevSnpConfig};
+use crate::vcpu::{self, ExitNotifier};
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, KVM_MAX_CPUID_ENTRIES,
 };
@@ -187,57 +185,22 @@ impl Vm {
             launch.expected.pages.len()
         );
 
-        let vm_fd = Arc::new(vm);
-        let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
-        let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
-        let (bus, serial): (_, Option<SharedSerial>) =
-            build_bus(&vm_fd, config, sink, start, Some(&cvm), SerialIrq::Wired)?;
-        let platform: Arc<dyn Platform> = Arc::new(launch.platform());
-        cvm.set_platform(platform.clone());
-        let exits = Arc::new(PrivateMemoryExits::new(
-            Box::new(VmAttributes(vm_fd.clone())),
-            launch.plan.ram.clone(),
-        ));
-        let mut vcpus: Vec<Vcpu> = fds
-            .into_iter()
-            .enumerate()
-            .map(|(index, fd)| {
-                let mut vcpu = Vcpu::from_fd(fd, index as u8);
-                vcpu.set_runtime(cvm.clone());
-                vcpu.set_private_memory(exits.clone());
-                vcpu
-            })
-            .collect();
-        // The agent's vCPU is the last one (the highest APIC ID).
-        let agent_vcpu = vcpus.pop().expect("a confidential VM has an agent vCPU");
-        let msr_indices = kvm
-            .get_msr_index_list()
-            .map_err(call("list the MSRs"))?
-            .as_slice()
-            .to_vec();
-        Ok(Self {
-            vcpu_counters: vcpus.iter().chain([&agent_vcpu]).map(Vcpu::counters).collect(),
-            vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
-            memory,
-            vcpus,
-            threads: Arc::default(),
-            throttler: None,
-            manual_dirty_protect: false,
-            dirty_rings: None,
-            bus: Arc::new(bus),
-            control: Arc::new(RunControl::default()),
+        Self::assemble_private(
+            config,
+            start,
             notify,
-            serial,
-            msr_indices,
-            platform,
-            cvm: Some(cvm),
-            agent_vcpu: Some(agent_vcpu),
-            agent_control: Arc::new(RunControl::default()),
-            agent_thread: None,
-            migration_refusal: Some(SNP_NOT_MIGRATABLE),
-            vm_fd,
-            _guest_memfds: guest_memfds,
-        })
+            kvm,
+            PrivateLaunch {
+                vm,
+                vcpus: fds,
+                guest_memfds,
+                memory,
+                ram: launch.plan.ram.clone(),
+                platform: Arc::new(launch.platform()),
+                serial_irq: SerialIrq::Wired,
+                refusal: SNP_NOT_MIGRATABLE,
+            },
+        )
     }
 }
 

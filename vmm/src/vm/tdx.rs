@@ -15,10 +15,9 @@
 //! measurement is the MRTD `covm measure --platform tdx=on` computes for
 //! the same options.
 
-use super::snp::VmAttributes;
-use super::{build_bus, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
+use super::private::PrivateLaunch;
+use super::{Origin, SerialIrq, Vm, VmError};
 use crate::config::{DirtyTracking, VmConfig};
-use crate::cvm::{CvmRuntime, LaunchMode};
 use crate::kvm;
 use crate::memory::{self, GuestMemory};
 use crate::platform::hardware::TDX_NOT_MIGRATABLE;
@@ -28,10 +27,8 @@ use crate::platform::snp::kvm::{KvmLaunch, Launched};
 use crate::platform::tdx::kvm::TdxState;
 use crate::platform::tdx::vm::{TdxVmError, TdxVmLaunch, TdxVmOps};
 use crate::platform::tdx::{self, TD_DEVICES};
-use crate::platform::{image, Platform, TdxConfig};
-use crate::vcpu::{ExitNotifier, PrivateMemoryExits, Vcpu};
-use crate::vcpu_control::RunControl;
-use covm_devices::PowerSink;
+use crate::platform::{image, TdxConfig};
+use crate::vcpu::ExitNotifier;
 use kvm_bindings::{kvm_enable_cap, KVM_CAP_SPLIT_IRQCHIP, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 use std::sync::Arc;
@@ -139,57 +136,22 @@ impl Vm {
             launch.expected.pages.len()
         );
 
-        let vm_fd = Arc::new(vm);
-        let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
-        let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
-        let (bus, serial): (_, Option<SharedSerial>) =
-            build_bus(&vm_fd, config, sink, start, Some(&cvm), SerialIrq::Unwired)?;
-        let platform: Arc<dyn Platform> = Arc::new(launch.platform());
-        cvm.set_platform(platform.clone());
-        let exits = Arc::new(PrivateMemoryExits::new(
-            Box::new(VmAttributes(vm_fd.clone())),
-            launch.plan.ram.clone(),
-        ));
-        let mut vcpus: Vec<Vcpu> = fds
-            .into_iter()
-            .enumerate()
-            .map(|(index, fd)| {
-                let mut vcpu = Vcpu::from_fd(fd, index as u8);
-                vcpu.set_runtime(cvm.clone());
-                vcpu.set_private_memory(exits.clone());
-                vcpu
-            })
-            .collect();
-        // The agent's vCPU is the last one (the highest APIC ID).
-        let agent_vcpu = vcpus.pop().expect("a confidential VM has an agent vCPU");
-        let msr_indices = kvm
-            .get_msr_index_list()
-            .map_err(call("list the MSRs"))?
-            .as_slice()
-            .to_vec();
-        Ok(Self {
-            vcpu_counters: vcpus.iter().chain([&agent_vcpu]).map(Vcpu::counters).collect(),
-            vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
-            memory,
-            vcpus,
-            threads: Arc::default(),
-            throttler: None,
-            manual_dirty_protect: false,
-            dirty_rings: None,
-            bus: Arc::new(bus),
-            control: Arc::new(RunControl::default()),
+        Self::assemble_private(
+            config,
+            start,
             notify,
-            serial,
-            msr_indices,
-            platform,
-            cvm: Some(cvm),
-            agent_vcpu: Some(agent_vcpu),
-            agent_control: Arc::new(RunControl::default()),
-            agent_thread: None,
-            migration_refusal: Some(TDX_NOT_MIGRATABLE),
-            vm_fd,
-            _guest_memfds: guest_memfds,
-        })
+            kvm,
+            PrivateLaunch {
+                vm,
+                vcpus: fds,
+                guest_memfds,
+                memory,
+                ram: launch.plan.ram.clone(),
+                platform: Arc::new(launch.platform()),
+                serial_irq: SerialIrq::Unwired,
+                refusal: TDX_NOT_MIGRATABLE,
+            },
+        )
     }
 }
 

@@ -1,0 +1,109 @@
+//! A VM with private memory (SEV-SNP, TDX), assembled around what its
+//! hardware launch made: the same devices, confidential runtime, vCPU
+//! threads and agent vCPU as any confidential VM, plus the private-memory
+//! exits of its vCPUs and the reason it cannot migrate.
+
+use super::snp::VmAttributes;
+use super::{build_bus, ExitSink, SerialIrq, SharedSerial, Vm, VmError};
+use crate::config::VmConfig;
+use crate::cvm::{CvmRuntime, LaunchMode};
+use crate::memory::GuestMemory;
+use crate::platform::snp::private::RamRegion;
+use crate::platform::Platform;
+use crate::vcpu::{ExitNotifier, PrivateMemoryExits, Vcpu};
+use crate::vcpu_control::RunControl;
+use covm_devices::PowerSink;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a hardware launch hands over.
+pub(super) struct PrivateLaunch {
+    /// The launched VM.
+    pub vm: VmFd,
+    /// Its vCPUs, the agent's last (the highest APIC ID).
+    pub vcpus: Vec<VcpuFd>,
+    /// The guest_memfds behind its private memory.
+    pub guest_memfds: Vec<OwnedFd>,
+    /// Its guest memory (the shared view).
+    pub memory: GuestMemory,
+    /// Its RAM, for the guest's private/shared conversions.
+    pub ram: Vec<RamRegion>,
+    /// Its platform object.
+    pub platform: Arc<dyn Platform>,
+    /// Whether COM1's interrupt line reaches an in-kernel interrupt
+    /// controller (a TD has none).
+    pub serial_irq: SerialIrq,
+    /// Why it cannot migrate.
+    pub refusal: &'static str,
+}
+
+impl Vm {
+    /// The VM around `launch`.
+    pub(super) fn assemble_private(
+        config: &VmConfig,
+        start: Instant,
+        notify: ExitNotifier,
+        kvm: &Kvm,
+        launch: PrivateLaunch,
+    ) -> Result<Self, VmError> {
+        let call = |what| move |source| VmError::KvmCall { what, source };
+        let PrivateLaunch {
+            vm,
+            vcpus: fds,
+            guest_memfds,
+            memory,
+            ram,
+            platform,
+            serial_irq,
+            refusal,
+        } = launch;
+        let vm_fd = Arc::new(vm);
+        let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
+        let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
+        let (bus, serial): (_, Option<SharedSerial>) = build_bus(&vm_fd, config, sink, start, Some(&cvm), serial_irq)?;
+        cvm.set_platform(platform.clone());
+        let exits = Arc::new(PrivateMemoryExits::new(Box::new(VmAttributes(vm_fd.clone())), ram));
+        let mut vcpus: Vec<Vcpu> = fds
+            .into_iter()
+            .enumerate()
+            .map(|(index, fd)| {
+                let mut vcpu = Vcpu::from_fd(fd, index as u8);
+                vcpu.set_runtime(cvm.clone());
+                vcpu.set_private_memory(exits.clone());
+                vcpu
+            })
+            .collect();
+        // The agent's vCPU is the last one (the highest APIC ID).
+        let agent_vcpu = vcpus.pop().expect("a confidential VM has an agent vCPU");
+        let msr_indices = kvm
+            .get_msr_index_list()
+            .map_err(call("list the MSRs"))?
+            .as_slice()
+            .to_vec();
+        Ok(Self {
+            vcpu_counters: vcpus.iter().chain([&agent_vcpu]).map(Vcpu::counters).collect(),
+            vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
+            memory,
+            vcpus,
+            threads: Arc::default(),
+            throttler: None,
+            manual_dirty_protect: false,
+            dirty_rings: None,
+            bus: Arc::new(bus),
+            control: Arc::new(RunControl::default()),
+            notify,
+            serial,
+            msr_indices,
+            platform,
+            cvm: Some(cvm),
+            agent_vcpu: Some(agent_vcpu),
+            agent_control: Arc::new(RunControl::default()),
+            agent_thread: None,
+            migration_refusal: Some(refusal),
+            vm_fd,
+            _guest_memfds: guest_memfds,
+        })
+    }
+}
