@@ -293,14 +293,21 @@ fn refusals_name_the_problem() {
 }
 
 /// `covm measure` needs no hardware for sev_snp and tdx: the SNP digest of
-/// the same launch equals emulated_cvm's (same pages, same VMSAs, RDX 0
-/// without a vCPU type); a vCPU type changes it; TDX gives an MRTD.
+/// the same launch is emulated_cvm's sequence plus the four pages the
+/// firmware's launch metadata declares (SNP_SEC_MEM, secrets, CPUID,
+/// kernel hashes; same VMSAs, RDX 0 without a vCPU type); a vCPU type
+/// changes it; TDX gives an MRTD.
 #[test]
 fn hardware_platforms_are_measured_without_hardware() {
     let (emulated, _) = measure("emulated_cvm=on", None, "workload=hello");
     let (snp, err) = measure("sev_snp=on", None, "workload=hello");
     assert_eq!(snp["platform"], "sev_snp", "{snp} {err}");
-    assert_eq!(snp["measurement"], emulated["measurement"], "{snp}");
+    assert_ne!(snp["measurement"], emulated["measurement"], "{snp}");
+    assert_eq!(
+        snp["entries"].as_u64().unwrap(),
+        emulated["entries"].as_u64().unwrap() + 4,
+        "{snp} {emulated}"
+    );
     let mut args: Vec<String> = ["measure", "--platform", "sev_snp=on", "--vcpu-type", "EPYC-Milan"]
         .map(String::from)
         .to_vec();

@@ -115,6 +115,7 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
             let launch = SnpLaunch {
                 vcpu_signature: signature.unwrap_or(0),
                 kernel_hashes,
+                cpuid_page: None,
             };
             let measurement = measure::measure_sev_snp(&config, &launch).map_err(|e| e.to_string())?;
             let mut out = serde_json::json!({

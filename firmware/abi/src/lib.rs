@@ -11,6 +11,7 @@
 
 pub mod layout;
 pub mod mailbox;
+pub mod metadata;
 pub mod pattern;
 pub mod ports;
 pub mod workload;

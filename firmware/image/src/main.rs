@@ -41,6 +41,14 @@ unsafe impl Sync for Shared {}
 static PARAMS: Shared = Shared(UnsafeCell::new(None));
 static GO: AtomicBool = AtomicBool::new(false);
 
+/// The launch metadata (`covm_guest_abi::metadata`): the pages a
+/// confidential launch adds for this firmware. In a section of its own that
+/// link.ld keeps out of every segment: covm reads it from the ELF, nothing
+/// loads it.
+#[used]
+#[link_section = ".covm_metadata"]
+static METADATA: covm_guest_abi::metadata::Table<4> = covm_guest_abi::metadata::COVM_FIRMWARE;
+
 /// How this VM was launched; every CPU asks the platform itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Launch {

@@ -10,6 +10,7 @@ pub mod firmware;
 pub mod image;
 pub mod layout;
 mod linux;
+pub mod metadata;
 mod pvh;
 
 use crate::config::{Payload, VmConfig};
@@ -94,6 +95,14 @@ pub enum BootError {
         /// Highest address it may reach.
         limit: u64,
     },
+    /// The ELF's launch metadata is malformed or does not fit the VM.
+    #[error("the launch metadata of {what} (section .covm_metadata) is refused: {reason}")]
+    Metadata {
+        /// The image.
+        what: String,
+        /// Why.
+        reason: String,
+    },
     /// Writing a boot structure into guest memory failed.
     #[error("cannot write the {what} into guest memory: {reason}")]
     Write {
@@ -151,6 +160,15 @@ fn load_with<L: KernelLoader, F: Read + ReadVolatile + Seek>(
 
 /// Loads the configured payload and writes its boot structures.
 pub fn load(mem: &GuestMemory, config: &VmConfig) -> Result<BootEntry, BootError> {
+    load_with_metadata(mem, config).map(|(entry, _)| entry)
+}
+
+/// As [`load`], and the launch metadata the ELF carries ([`metadata`];
+/// empty for an ELF without it and for a bzImage).
+pub fn load_with_metadata(
+    mem: &GuestMemory,
+    config: &VmConfig,
+) -> Result<(BootEntry, Vec<metadata::FirmwareSection>), BootError> {
     let (image, initramfs) = match &config.payload {
         Payload::BuiltinFirmware => (
             Image {
@@ -172,6 +190,10 @@ pub fn load(mem: &GuestMemory, config: &VmConfig) -> Result<BootEntry, BootError
     let size = config.memory.size;
     match image.kind() {
         Some(ImageKind::Elf) => {
+            let sections = metadata::read(&image.bytes, mem).map_err(|reason| BootError::Metadata {
+                what: image.name.display().to_string(),
+                reason,
+            })?;
             let loaded = image.load::<Elf>(mem)?;
             let initrd = initramfs
                 .map(|p| load_initramfs(mem, p, loaded.kernel_end, low_ram_end(size)))
@@ -179,19 +201,25 @@ pub fn load(mem: &GuestMemory, config: &VmConfig) -> Result<BootEntry, BootError
             match loaded.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(entry) => {
                     pvh::write_start_info(mem, size, initrd)?;
-                    Ok(BootEntry {
-                        mode: EntryMode::Pvh,
-                        entry: entry.0,
-                        boot_info: layout::PVH_START_INFO,
-                    })
+                    Ok((
+                        BootEntry {
+                            mode: EntryMode::Pvh,
+                            entry: entry.0,
+                            boot_info: layout::PVH_START_INFO,
+                        },
+                        sections,
+                    ))
                 }
                 _ => {
                     linux::write_zero_page(mem, size, None, cmdline_len, initrd)?;
-                    Ok(BootEntry {
-                        mode: EntryMode::Linux64,
-                        entry: loaded.kernel_load.0,
-                        boot_info: layout::ZERO_PAGE,
-                    })
+                    Ok((
+                        BootEntry {
+                            mode: EntryMode::Linux64,
+                            entry: loaded.kernel_load.0,
+                            boot_info: layout::ZERO_PAGE,
+                        },
+                        sections,
+                    ))
                 }
             }
         }
@@ -204,11 +232,14 @@ pub fn load(mem: &GuestMemory, config: &VmConfig) -> Result<BootEntry, BootError
                 .transpose()?;
             linux::write_zero_page(mem, size, Some(header), cmdline_len, initrd)?;
             // startup_64 sits 0x200 past the 32-bit entry (Linux boot protocol).
-            Ok(BootEntry {
-                mode: EntryMode::Linux64,
-                entry: loaded.kernel_load.0 + 0x200,
-                boot_info: layout::ZERO_PAGE,
-            })
+            Ok((
+                BootEntry {
+                    mode: EntryMode::Linux64,
+                    entry: loaded.kernel_load.0 + 0x200,
+                    boot_info: layout::ZERO_PAGE,
+                },
+                Vec::new(),
+            ))
         }
         None => Err(BootError::UnknownFormat { path: image.name }),
     }

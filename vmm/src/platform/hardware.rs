@@ -81,6 +81,7 @@ impl SevSnpConfig {
         Ok(SnpLaunch {
             vcpu_signature: self.vcpu_signature()?,
             kernel_hashes: None,
+            cpuid_page: None,
         })
     }
 }

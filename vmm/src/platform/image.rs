@@ -15,6 +15,7 @@ use super::measure::PageType;
 use super::vmsa::{VcpuState, VMSA_LEN};
 use super::PlatformConfig;
 use crate::arch::regs::{self, BootRegs, RegsError};
+use crate::boot::metadata::FirmwareSection;
 use crate::boot::{self, layout, BootEntry, BootError};
 use crate::config::VmConfig;
 use crate::memory::{self, GuestMemory};
@@ -57,6 +58,10 @@ pub struct LaunchImage {
     pub pages: Vec<LaunchPage>,
     /// One VMSA page per vCPU, vCPU 0 (the bootstrap vCPU) first.
     pub vcpus: Vec<Box<[u8; VMSA_LEN]>>,
+    /// The payload ELF's launch metadata (`covm_guest_abi::metadata`),
+    /// checked, in its order: pages only an SEV-SNP launch adds
+    /// ([`super::measure::SnpLaunch::apply`]); empty without metadata.
+    pub metadata: Vec<FirmwareSection>,
 }
 
 /// A loaded VM: where it enters, the bootstrap vCPU's registers and the
@@ -141,7 +146,7 @@ pub fn load(memory: &GuestMemory, config: &VmConfig) -> Result<Loaded, LoadError
     if let Some(&gpa) = written_pages(memory).first() {
         return Err(LoadError::NotFresh(gpa));
     }
-    let entry = boot::load(memory, config)?;
+    let (entry, metadata) = boot::load_with_metadata(memory, config)?;
     let bsp = regs::boot_regs(memory, &entry)?;
     let mut pages: Vec<LaunchPage> = written_pages(memory)
         .into_iter()
@@ -162,7 +167,7 @@ pub fn load(memory: &GuestMemory, config: &VmConfig) -> Result<Loaded, LoadError
     Ok(Loaded {
         entry,
         bsp,
-        image: LaunchImage { pages, vcpus },
+        image: LaunchImage { pages, vcpus, metadata },
     })
 }
 

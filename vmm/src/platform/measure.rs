@@ -42,6 +42,7 @@ use super::vmsa::{set_rdx, VMSA_GPA};
 use super::PlatformError;
 use crate::config::VmConfig;
 use crate::memory::{self, GuestMemory};
+use covm_guest_abi::metadata::SectionKind;
 use sha2::{Digest, Sha384};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -211,6 +212,11 @@ pub enum MeasureError {
         /// What the platform adds there.
         what: &'static str,
     },
+    /// Kernel hashes for a payload whose metadata has no place for them.
+    #[error(
+        "the payload's launch metadata has no KERNEL_HASHES section: it has no place for the SEV kernel hashes table"
+    )]
+    NoHashesSection,
     /// A page the platform adds that cannot be written.
     #[error("cannot place the {what} at {gpa:#x}: {reason}")]
     Write {
@@ -249,34 +255,87 @@ pub struct SnpLaunch {
     pub vcpu_signature: u32,
     /// The SEV kernel hashes table, measured at [`SEV_HASHES_GPA`].
     pub kernel_hashes: Option<KernelHashes>,
+    /// The CPUID page's contents ([`super::cpuid_page`]) where the
+    /// firmware's metadata asks for one; None: an empty table (count 0).
+    /// The contents are not measured, so `covm measure` needs none; the
+    /// launch writes the vCPUs' own table there before it updates the page.
+    pub cpuid_page: Option<Box<[u8; PAGE_SIZE]>>,
 }
 
+/// What the launch puts in each kind of metadata section, for listings.
+pub const SEC_MEM_WHAT: &str = "pre-validated firmware memory (SNP_SEC_MEM)";
+/// The secrets page's listing.
+pub const SECRETS_WHAT: &str = "SEV-SNP secrets page";
+/// The CPUID page's listing.
+pub const CPUID_WHAT: &str = "SEV-SNP CPUID page";
+/// The kernel hashes table's listing.
+pub const HASHES_WHAT: &str = "SEV kernel hashes table";
+/// The kernel hashes page's listing without a table.
+pub const NO_HASHES_WHAT: &str = "SEV kernel hashes page (no hashes: zero)";
+
 impl SnpLaunch {
-    /// The image an SEV-SNP launch of `image` measures: the kernel hashes
-    /// page (if any) written to `memory` at [`SEV_HASHES_GPA`] and listed as
-    /// a NORMAL page after the image's own, and every VMSA's RDX set to the
-    /// vCPU signature. An SNP launch that updates exactly these pages, with
-    /// vCPUs in exactly these states, measures [`launch_digest`] of it.
+    /// The image an SEV-SNP launch of `image` measures: the image's pages,
+    /// then the pages the payload's launch metadata asks for, in its order
+    /// (SNP_SEC_MEM as ZERO pages, the SECRETS page, the CPUID page,
+    /// KERNEL_HASHES as the kernel hashes table, NORMAL, or a ZERO page
+    /// without one); without metadata, the kernel hashes page (if any) at
+    /// [`SEV_HASHES_GPA`] as a NORMAL page. The secrets, CPUID and hashes
+    /// pages are written to `memory` for the launch to update. Every VMSA's
+    /// RDX is set to the vCPU signature. An SNP launch that updates exactly
+    /// these pages, with vCPUs in exactly these states, measures
+    /// [`launch_digest`] of it.
     pub fn apply(&self, memory: &GuestMemory, image: &LaunchImage) -> Result<LaunchImage, MeasureError> {
         let mut snp = image.clone();
-        if let Some(hashes) = &self.kernel_hashes {
-            const WHAT: &str = "SEV kernel hashes table";
-            let gpa = SEV_HASHES_GPA;
-            if image.pages.iter().any(|p| p.gpa == gpa) {
-                return Err(MeasureError::Occupied { gpa, what: WHAT });
+        let add = |snp: &mut LaunchImage, gpa: u64, page_type: PageType, what: &'static str, bytes: Option<&[u8]>| {
+            if snp.pages.iter().any(|p| p.gpa == gpa) {
+                return Err(MeasureError::Occupied { gpa, what });
             }
-            memory
-                .write_slice(&hashes.page()[..], GuestAddress(gpa))
-                .map_err(|e| MeasureError::Write {
-                    gpa,
-                    what: WHAT,
-                    reason: e.to_string(),
-                })?;
-            snp.pages.push(LaunchPage {
-                gpa,
-                page_type: PageType::Normal,
-                what: WHAT,
-            });
+            if let Some(bytes) = bytes {
+                let mut page = [0u8; PAGE_SIZE];
+                page[..bytes.len()].copy_from_slice(bytes);
+                memory
+                    .write_slice(&page, GuestAddress(gpa))
+                    .map_err(|e| MeasureError::Write {
+                        gpa,
+                        what,
+                        reason: e.to_string(),
+                    })?;
+            }
+            snp.pages.push(LaunchPage { gpa, page_type, what });
+            Ok(())
+        };
+        let hashes = self.kernel_hashes.as_ref().map(|h| h.page());
+        let mut hashes_placed = false;
+        for section in &image.metadata {
+            let gpa = section.gpa;
+            match section.kind {
+                SectionKind::SnpSecMem => {
+                    for i in 0..section.pages {
+                        add(&mut snp, gpa + i * PAGE_SIZE as u64, PageType::Zero, SEC_MEM_WHAT, None)?;
+                    }
+                }
+                SectionKind::SnpSecrets => add(&mut snp, gpa, PageType::Secrets, SECRETS_WHAT, Some(&[]))?,
+                SectionKind::Cpuid => {
+                    let empty = [0u8; PAGE_SIZE];
+                    let page = self.cpuid_page.as_deref().unwrap_or(&empty);
+                    add(&mut snp, gpa, PageType::Cpuid, CPUID_WHAT, Some(&page[..]))?
+                }
+                SectionKind::KernelHashes => {
+                    match &hashes {
+                        Some(page) => add(&mut snp, gpa, PageType::Normal, HASHES_WHAT, Some(&page[..]))?,
+                        None => add(&mut snp, gpa, PageType::Zero, NO_HASHES_WHAT, None)?,
+                    }
+                    hashes_placed = true;
+                }
+            }
+        }
+        if let Some(page) = &hashes {
+            if !hashes_placed {
+                if !image.metadata.is_empty() {
+                    return Err(MeasureError::NoHashesSection);
+                }
+                add(&mut snp, SEV_HASHES_GPA, PageType::Normal, HASHES_WHAT, Some(&page[..]))?;
+            }
         }
         for vmsa in &mut snp.vcpus {
             set_rdx(vmsa, u64::from(self.vcpu_signature));
@@ -595,6 +654,10 @@ for p in d["pages"]:
         g.update_unmeasured_pages(gpa, 4096)
     elif t == "zero":
         g.update_zero_pages(gpa, 4096)
+    elif t == "secrets":
+        g.update_secrets_page(gpa)
+    elif t == "cpuid":
+        g.update_cpuid_page(gpa)
     elif t == "hashes":
         h = d["hashes"]
         g.update_normal_pages(gpa, SevHashes(h["kernel"], h["initrd"], h["cmdline"]).construct_page(h["offset"]))
@@ -638,6 +701,7 @@ print(g.hex_ld())
                 let kernel = case.kernel.as_deref().unwrap();
                 KernelHashes::from_files(kernel, case.initrd.as_deref(), case.cmdline).unwrap()
             }),
+            cpuid_page: None,
         };
         let scratch = memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&scratch, &config).unwrap();
@@ -676,6 +740,12 @@ print(g.hex_ld())
             })
             .collect();
         assert!(vcpu.next().is_none(), "one VMSA entry per vCPU");
+        // The firmware (built in or as a PVH kernel) carries metadata: its
+        // secrets and CPUID pages are in the sequence; the tiny ELF has none.
+        let firmware = case.kernel.as_ref().is_none_or(|k| k.ends_with("firmware.elf"));
+        for t in ["secrets", "cpuid"] {
+            assert_eq!(pages.iter().any(|p| p["type"] == t), firmware, "{t} page");
+        }
         let listing = json!({
             "pages": pages,
             "vcpu_type": case.vcpu_type,
@@ -773,21 +843,30 @@ print(g.hex_ld())
         let plain = measure_sev_snp(&config, &SnpLaunch::default()).unwrap();
         let scratch = memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&scratch, &config).unwrap();
+        // No additions and no metadata: emulated_cvm's.
+        let mut bare = loaded.image.clone();
+        bare.metadata.clear();
         assert_eq!(
-            plain,
+            snp_launch_digest(&scratch, &bare, &SnpLaunch::default()).unwrap(),
             launch_digest(&scratch, &loaded.image).unwrap(),
             "no additions: emulated_cvm's"
         );
+        assert_ne!(
+            plain,
+            launch_digest(&scratch, &loaded.image).unwrap(),
+            "the metadata pages"
+        );
+        let plain = launch_digest(&scratch, &loaded.image).unwrap();
         let hashes = KernelHashes::new(b"k", None, "");
         let launch = SnpLaunch {
             vcpu_signature: 0xa00f11,
             kernel_hashes: Some(hashes),
+            cpuid_page: None,
         };
         let applied = launch.apply(&scratch, &loaded.image).unwrap();
         let mut table = [0u8; 176];
         scratch.read_slice(&mut table, GuestAddress(SEV_HASHES_GPA)).unwrap();
         assert_eq!(table, hashes.table(), "the page is written for the launch to update");
-        assert_eq!(applied.pages.last().unwrap().gpa, SEV_HASHES_GPA);
         assert!(applied
             .vcpus
             .iter()
@@ -795,22 +874,160 @@ print(g.hex_ld())
         let snp = snp_launch_digest(&scratch, &loaded.image, &launch).unwrap();
         assert_eq!(snp, launch_digest(&scratch, &applied).unwrap());
         assert_ne!(snp.digest, plain.digest);
+        // The firmware's metadata pages follow the image's, in its order,
+        // the hashes table in the KERNEL_HASHES section's place.
         let n = loaded.image.pages.len();
-        assert_eq!(snp.pages.len(), plain.pages.len() + 1);
         assert_eq!(&snp.pages[..n], &plain.pages[..n]);
+        let added: Vec<(u64, PageType, &str)> = snp.pages[n..]
+            .iter()
+            .filter(|p| p.page_type != PageType::Vmsa)
+            .map(|p| (p.gpa, p.page_type, p.what))
+            .collect();
         assert_eq!(
-            (snp.pages[n].gpa, snp.pages[n].page_type, snp.pages[n].what),
-            (SEV_HASHES_GPA, PageType::Normal, "SEV kernel hashes table")
+            added,
+            [
+                (0x8000, PageType::Zero, SEC_MEM_WHAT),
+                (0x2000, PageType::Secrets, SECRETS_WHAT),
+                (0x3000, PageType::Cpuid, CPUID_WHAT),
+                (SEV_HASHES_GPA, PageType::Normal, HASHES_WHAT),
+            ]
         );
-        assert!(snp.pages[n + 1..].iter().all(|p| p.page_type == PageType::Vmsa));
+        assert!(snp.pages[n + 4..].iter().all(|p| p.page_type == PageType::Vmsa));
+        assert_eq!(snp.pages.len(), n + 4 + 3);
         // The page must be free.
         let mut taken = loaded.image.clone();
-        taken.pages[0].gpa = SEV_HASHES_GPA;
+        taken.pages[0].gpa = 0x2000;
         let err = snp_launch_digest(&scratch, &taken, &launch).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "cannot place the SEV kernel hashes table at 0x5000: the image already loads that page"
+            "cannot place the SEV-SNP secrets page at 0x2000: the image already loads that page"
         );
+    }
+
+    /// The SNP launch of the built-in firmware adds the pages its metadata
+    /// declares: SNP_SEC_MEM as ZERO, the SECRETS and CPUID pages (the
+    /// CPUID page holding the given table, or an empty one), a ZERO page
+    /// for KERNEL_HASHES without hashes. emulated_cvm and TDX measure none
+    /// of them.
+    #[test]
+    fn snp_metadata_pages() {
+        let config = confidential(2, Payload::BuiltinFirmware, "workload=hello");
+        let scratch = memory::allocate(config.memory.size).unwrap();
+        let loaded = image::load(&scratch, &config).unwrap();
+        assert_eq!(loaded.image.metadata.len(), 4);
+        let mut cpuid = Box::new([0u8; PAGE_SIZE]);
+        cpuid[0] = 7;
+        cpuid[16] = 0xaa;
+        let launch = SnpLaunch {
+            cpuid_page: Some(cpuid.clone()),
+            ..Default::default()
+        };
+        let applied = launch.apply(&scratch, &loaded.image).unwrap();
+        let n = loaded.image.pages.len();
+        let added: Vec<(u64, PageType)> = applied.pages[n..].iter().map(|p| (p.gpa, p.page_type)).collect();
+        assert_eq!(
+            added,
+            [
+                (0x8000, PageType::Zero),
+                (0x2000, PageType::Secrets),
+                (0x3000, PageType::Cpuid),
+                (0x5000, PageType::Zero)
+            ]
+        );
+        assert_eq!(applied.pages[n + 3].what, NO_HASHES_WHAT);
+        let mut page = [0u8; PAGE_SIZE];
+        scratch.read_slice(&mut page, GuestAddress(0x3000)).unwrap();
+        assert_eq!(page, *cpuid, "the CPUID page is written for the launch");
+        scratch.read_slice(&mut page, GuestAddress(0x2000)).unwrap();
+        assert_eq!(page, [0; PAGE_SIZE], "the secrets page is zero");
+        // The CPUID page's contents are not measured.
+        let other = SnpLaunch::default();
+        let scratch2 = memory::allocate(config.memory.size).unwrap();
+        let loaded2 = image::load(&scratch2, &config).unwrap();
+        assert_eq!(
+            snp_launch_digest(&scratch2, &loaded2.image, &other).unwrap(),
+            snp_launch_digest(&scratch, &loaded.image, &launch).unwrap()
+        );
+        // Each type's entry: SECRETS and CPUID by type and address alone.
+        let mut d = LaunchDigest::new();
+        d.update_page(PageType::Secrets, 0x2000, &[0xff; PAGE_SIZE]);
+        let mut e = LaunchDigest::new();
+        e.update_page(PageType::Secrets, 0x2000, &[0; PAGE_SIZE]);
+        assert_eq!(d, e);
+        // emulated_cvm measures the image alone: none of these pages.
+        let emulated = launch_digest(&scratch, &loaded.image).unwrap();
+        assert!(emulated
+            .pages
+            .iter()
+            .all(|p| ![0x2000, 0x3000, 0x5000, 0x8000].contains(&p.gpa)));
+        // TDX ignores the metadata.
+        let mut tdx = config.clone();
+        tdx.platform = PlatformConfig::Tdx(crate::platform::TdxConfig {
+            policy: MigrationPolicy::empty(),
+        });
+        let td = super::super::mrtd::measure_tdx(&tdx).unwrap();
+        assert!(td.pages.iter().all(|p| ![0x2000, 0x3000, 0x8000].contains(&p.gpa)));
+    }
+
+    /// Metadata from any ELF: SNP_SEC_MEM of several pages, a payload
+    /// without metadata keeps today's hashes page, and one with metadata
+    /// but no KERNEL_HASHES section refuses hashes.
+    #[test]
+    fn snp_metadata_of_other_elfs() {
+        use crate::boot::metadata::tests::{table, with_section};
+        let dir = std::env::temp_dir().join(format!("covm-snp-metadata-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let plain_elf = dir.join("plain.elf");
+        std::fs::write(&plain_elf, tiny_elf()).unwrap();
+        let meta_elf = dir.join("meta.elf");
+        let t = table(&[(0x1000, 0x2000, 1), (0x4000, 4096, 3), (0x3000, 4096, 2)]);
+        std::fs::write(&meta_elf, with_section(&tiny_elf(), ".covm_metadata", &t, 0)).unwrap();
+        let kernel = |path: &PathBuf| Payload::Kernel {
+            kernel: path.clone(),
+            initramfs: None,
+        };
+        let hashes = SnpLaunch {
+            kernel_hashes: Some(KernelHashes::new(b"k", None, "")),
+            ..Default::default()
+        };
+        // Without metadata: the hashes page after the image, as before.
+        let config = confidential(1, kernel(&plain_elf), "");
+        let m = measure_sev_snp(&config, &hashes).unwrap();
+        let tail: Vec<(u64, PageType)> = m
+            .pages
+            .iter()
+            .filter(|p| p.page_type != PageType::Vmsa)
+            .rev()
+            .take(2)
+            .map(|p| (p.gpa, p.page_type))
+            .collect();
+        assert_eq!(
+            tail,
+            [(SEV_HASHES_GPA, PageType::Normal), (0x6000, PageType::Unmeasured)]
+        );
+        // With metadata: its pages in its order.
+        let config = confidential(1, kernel(&meta_elf), "");
+        let m = measure_sev_snp(&config, &SnpLaunch::default()).unwrap();
+        let tail: Vec<(u64, PageType)> = m
+            .pages
+            .iter()
+            .skip_while(|p| p.gpa != 0x6000)
+            .skip(1)
+            .filter(|p| p.page_type != PageType::Vmsa)
+            .map(|p| (p.gpa, p.page_type))
+            .collect();
+        assert_eq!(
+            tail,
+            [
+                (0x1000, PageType::Zero),
+                (0x2000, PageType::Zero),
+                (0x4000, PageType::Cpuid),
+                (0x3000, PageType::Secrets)
+            ]
+        );
+        let err = measure_sev_snp(&config, &hashes).unwrap_err().to_string();
+        assert!(err.contains("no KERNEL_HASHES section"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// `covm measure --platform sev_snp=on` / `tdx=on` is read without

@@ -23,6 +23,7 @@
 //!   `covm measure` prints). Its evidence (a quote) needs the guest's own
 //!   request, which the built-in firmware cannot make yet.
 
+pub mod cpuid_page;
 pub mod emulated;
 pub mod hardware;
 pub mod image;

@@ -348,6 +348,7 @@ mod tests {
     fn refusals() {
         let mem = memory::allocate(16 << 20).unwrap();
         let image = |page_type| LaunchImage {
+            metadata: Vec::new(),
             pages: vec![LaunchPage {
                 gpa: 0x1000,
                 page_type,

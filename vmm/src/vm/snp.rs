@@ -33,6 +33,15 @@ use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Writes the SEV-SNP CPUID page for `cpuid` at `gpa`.
+pub(crate) fn write_cpuid_page(memory: &GuestMemory, gpa: u64, cpuid: &kvm_bindings::CpuId) -> Result<(), String> {
+    use vm_memory::Bytes;
+    let page = crate::platform::cpuid_page::cpuid_page(cpuid.as_slice())?;
+    memory
+        .write_slice(&page[..], vm_memory::GuestAddress(gpa))
+        .map_err(|e| format!("cannot write the SEV-SNP CPUID page at {gpa:#x}: {e}"))
+}
+
 /// What builds an SEV-SNP VM: the construction's calls, then the KVM
 /// objects they made.
 pub(crate) trait SnpVmBackend: SnpVmOps {
@@ -160,6 +169,16 @@ impl Vm {
             .map_err(call("read the supported CPUID"))?;
         let vcpus = config.kvm_vcpus();
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        // The CPUID page the firmware's metadata asks for holds vCPU 0's
+        // CPUID as covm sets it: written when vCPU 0 is set up, before the
+        // launch updates the page (its contents are not measured).
+        let cpuid_gpa = loaded
+            .image
+            .metadata
+            .iter()
+            .find(|s| s.kind == covm_guest_abi::metadata::SectionKind::Cpuid)
+            .map(|s| s.gpa);
+        let cpuid_memory = memory.clone();
         let setup: VcpuSetup<'k> = Box::new(move |fd: &VcpuFd, index: usize| {
             let topo = cpuid::Topology {
                 vcpus,
@@ -169,6 +188,9 @@ impl Vm {
                     .map_err(|e| format!("cannot read the TSC frequency: {e}"))?,
                 tsc_deadline,
             };
+            if let (0, Some(gpa)) = (index, cpuid_gpa) {
+                write_cpuid_page(&cpuid_memory, gpa, &cpuid::for_vcpu(&supported, topo, 0))?;
+            }
             vcpu::configure_fd(fd, index as u8, &supported, topo).map_err(|e| e.to_string())
         });
         let mut ops = backend(memory.clone(), setup);
@@ -208,14 +230,16 @@ impl Vm {
 pub(crate) mod tests {
     use super::*;
     use crate::cli::VmArgs;
-    use crate::platform::measure::{measure_sev_snp, SnpLaunch};
+    use crate::platform::measure::{measure_sev_snp, PageType, SnpLaunch};
     use crate::platform::snp::fake::{SnpCall, SnpFake};
     use crate::platform::snp::ops::SnpLaunchOps;
     use crate::platform::PlatformConfig;
+    use covm_guest_abi::metadata::SNP_CPUID_GPA;
     use kvm_bindings::{
         kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update,
         KVM_X86_DEFAULT_VM,
     };
+    use vm_memory::Bytes;
 
     /// The recording fake for every SEV-SNP call, with this machine's KVM
     /// (a default VM) making the VM, its chips and vCPUs (with their
@@ -362,6 +386,7 @@ pub(crate) mod tests {
             &SnpLaunch {
                 vcpu_signature: 0xa00f11,
                 kernel_hashes: None,
+                cpuid_page: None,
             },
         )
         .unwrap();
@@ -383,6 +408,32 @@ pub(crate) mod tests {
                 assert_eq!(regs.rbx, loaded.bsp.rbx);
             }
         }
+
+        // The firmware's metadata pages were launched with their types, and
+        // the CPUID page holds vCPU 0's CPUID as covm set it: leaf 1 with
+        // three logical processors and APIC ID 0.
+        let updates: Vec<(u64, u64, u8)> = calls
+            .iter()
+            .filter_map(|c| match c {
+                SnpCall::LaunchUpdate(u) => Some((u.gfn_start, u.len, u.type_)),
+                _ => None,
+            })
+            .collect();
+        assert!(updates.contains(&(0x2, 4096, PageType::Secrets as u8)), "{updates:x?}");
+        assert!(updates.contains(&(0x3, 4096, PageType::Cpuid as u8)), "{updates:x?}");
+        let mut page = [0u8; 4096];
+        vm.memory()
+            .read_slice(&mut page, vm_memory::GuestAddress(SNP_CPUID_GPA))
+            .unwrap();
+        let word = |at: usize| u32::from_le_bytes(page[at..at + 4].try_into().unwrap());
+        let count = word(0) as usize;
+        assert!((1..=64).contains(&count), "{count}");
+        let leaf1 = (0..count)
+            .map(|i| 16 + i * 48)
+            .find(|&at| word(at) == 1)
+            .expect("leaf 1 in the CPUID page");
+        assert_eq!((word(leaf1 + 0x1c) >> 16) & 0xff, 3, "three logical processors");
+        assert_eq!(word(leaf1 + 0x1c) >> 24, 0, "vCPU 0's APIC ID");
 
         // No dirty logging, no migration: said why.
         assert_eq!(vm.migration_refusal(), Some(SNP_NOT_MIGRATABLE));

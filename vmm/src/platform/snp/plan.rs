@@ -257,6 +257,7 @@ mod tests {
 
     fn image(pages: Vec<LaunchPage>) -> LaunchImage {
         LaunchImage {
+            metadata: Vec::new(),
             pages,
             vcpus: vec![Box::new([0; 4096])],
         }
@@ -337,6 +338,7 @@ mod tests {
             PlanError::VmsaPage(0x1000)
         );
         let none = LaunchImage {
+            metadata: Vec::new(),
             pages: vec![],
             vcpus: vec![],
         };

@@ -273,6 +273,7 @@ mod tests {
             &SnpLaunch {
                 vcpu_signature: SIGNATURE as u32,
                 kernel_hashes: None,
+                cpuid_page: None,
             },
         )
         .unwrap();
@@ -291,6 +292,17 @@ mod tests {
             .map(|p| (p.gpa, p.page_type as u8))
             .collect();
         assert_eq!(launched, listed);
+        // The firmware's metadata pages, after the loaded ones, in its order.
+        let tail: Vec<(u64, u8)> = launched.iter().rev().take(4).rev().copied().collect();
+        assert_eq!(
+            tail,
+            [
+                (0x8000, PageType::Zero as u8),
+                (0x2000, PageType::Secrets as u8),
+                (0x3000, PageType::Cpuid as u8),
+                (0x5000, PageType::Zero as u8)
+            ]
+        );
         assert_eq!(measured.pages.len() - listed.len(), vcpus, "one VMSA per vCPU");
         assert_eq!(launch.expected, measured);
         assert_eq!(launch.platform().launch_measurement().digest, measured.digest);

@@ -273,6 +273,7 @@ mod tests {
         );
 
         let image = image::LaunchImage {
+            metadata: Vec::new(),
             pages: loaded.image.pages.clone(),
             vcpus: vec![Box::new([0; 4096]); FAKE_MAX_VCPUS + 1],
         };

@@ -313,6 +313,7 @@ mod tests {
 
     fn image(pages: &[(u64, PageType)]) -> LaunchImage {
         LaunchImage {
+            metadata: Vec::new(),
             pages: pages
                 .iter()
                 .map(|&(gpa, page_type)| LaunchPage {
