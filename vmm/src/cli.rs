@@ -93,9 +93,12 @@ pub struct VmArgs {
     /// confidential platform (NO hardware protection; root_key: the
     /// attestation root's key file, loaded, or created with mode 0600 if
     /// missing; without it a key for this VM only).
-    /// sev_snp=on[,policy=P][,vcpu_type=MODEL] launches an AMD SEV-SNP VM
-    /// (guest policy P, default 0x30000; MODEL's CPUID signature in every
-    /// vCPU's RDX, as covm measure --vcpu-type); it needs SEV-SNP hardware
+    /// sev_snp=on[,policy=P][,vcpu_type=MODEL][,id_block=PATH,id_auth=PATH
+    /// [,author_key=on]] launches an AMD SEV-SNP VM (guest policy P,
+    /// default 0x30000; MODEL's CPUID signature in every vCPU's RDX, as
+    /// covm measure --vcpu-type; the guest owner's signed 96-byte ID block
+    /// and 4096-byte ID authentication structure for SNP_LAUNCH_FINISH,
+    /// as QEMU's id-block/id-auth); it needs SEV-SNP hardware
     /// (the host is probed first and every missing piece named), and
     /// --migration-policy (HOST_DATA is its SHA-256). tdx=on launches an
     /// Intel TDX VM (a TD), probed the same way, with --migration-policy

@@ -6,6 +6,7 @@ pub mod size;
 use crate::cli::{Cli, VmArgs};
 use crate::platform::hardware::{parse_guest_policy, DEFAULT_GUEST_POLICY};
 use crate::platform::measure::HardwarePlatform;
+use crate::platform::snp::plan::IdBlock;
 use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
 use options::{parse_toggle, OptionError, OptionMap};
 use std::fs::File;
@@ -210,6 +211,7 @@ impl VmConfig {
             HardwarePlatform::SevSnp => PlatformConfig::SevSnp(SevSnpConfig {
                 guest_policy: snp.guest_policy,
                 vcpu_type: snp.vcpu_type,
+                id: snp.id,
                 policy,
             }),
             HardwarePlatform::Tdx => PlatformConfig::Tdx(TdxConfig { policy }),
@@ -337,6 +339,10 @@ pub struct SnpOption {
     /// `vcpu_type=MODEL`: the vCPU model whose signature is in every
     /// vCPU's RDX (as `covm measure --vcpu-type`).
     pub vcpu_type: Option<String>,
+    /// `id_block=PATH,id_auth=PATH[,author_key=on]`: the guest owner's
+    /// signed ID block for `SNP_LAUNCH_FINISH` (QEMU's `id-block`,
+    /// `id-auth`, `author-key-enabled`), read at parse time.
+    pub id: Option<IdBlock>,
 }
 
 impl Default for SnpOption {
@@ -344,6 +350,7 @@ impl Default for SnpOption {
         SnpOption {
             guest_policy: DEFAULT_GUEST_POLICY,
             vcpu_type: None,
+            id: None,
         }
     }
 }
@@ -361,6 +368,9 @@ const PLATFORM_KEYS: &[&str] = &[
     "root_key",
     "policy",
     "vcpu_type",
+    "id_block",
+    "id_auth",
+    "author_key",
 ];
 
 /// `policy=` and `vcpu_type=`, checked.
@@ -372,7 +382,48 @@ fn snp_option(m: &OptionMap) -> Result<SnpOption, OptionError> {
         vcpu_type: m.get_with("vcpu_type", |v| {
             crate::platform::vmsa::vcpu_type_signature(v).map(|_| v.to_string())
         })?,
+        id: id_block_option(m)?,
     })
+}
+
+/// `id_block=`, `id_auth=` and `author_key=`: both files or neither, each
+/// exactly its structure's size (SEV-SNP firmware ABI: the ID block is
+/// 96 bytes, the ID authentication information 4096).
+fn id_block_option(m: &OptionMap) -> Result<Option<IdBlock>, OptionError> {
+    fn read<const N: usize>(m: &OptionMap, key: &str, what: &str) -> Result<Option<Box<[u8; N]>>, OptionError> {
+        let Some(path) = m.get(key) else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(path).map_err(|e| m.invalid(key, path, format!("cannot read it: {e}")))?;
+        let len = bytes.len();
+        bytes
+            .into_boxed_slice()
+            .try_into()
+            .map(Some)
+            .map_err(|_| m.invalid(key, path, format!("{len} bytes; {what} is {N} bytes")))
+    }
+    let block = read::<96>(m, "id_block", "an SEV-SNP ID block")?;
+    let auth = read::<4096>(m, "id_auth", "an ID authentication information structure")?;
+    let author_key = m.get_with("author_key", parse_toggle)?.unwrap_or(false);
+    match (block, auth) {
+        (Some(block), Some(auth)) => Ok(Some(IdBlock {
+            block: *block,
+            auth,
+            author_key,
+        })),
+        (None, None) if author_key => Err(m.invalid("author_key", "on", "needs id_block=PATH and id_auth=PATH")),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(m.invalid(
+            "id_block",
+            m.get("id_block").unwrap_or_default(),
+            "needs id_auth=PATH too",
+        )),
+        (None, Some(_)) => Err(m.invalid(
+            "id_auth",
+            m.get("id_auth").unwrap_or_default(),
+            "needs id_block=PATH too",
+        )),
+    }
 }
 
 /// Whether a confidential platform must come with a migration policy.
@@ -432,6 +483,7 @@ fn platform_config(
             Some(snp) => PlatformConfig::SevSnp(SevSnpConfig {
                 guest_policy: snp.guest_policy,
                 vcpu_type: snp.vcpu_type,
+                id: snp.id,
                 policy,
             }),
             None => PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
@@ -692,9 +744,9 @@ fn parse_platform_probed(
         }
     }
     if !sev_snp {
-        for key in ["policy", "vcpu_type"] {
+        for key in ["policy", "vcpu_type", "id_block", "id_auth", "author_key"] {
             if let Some(value) = m.get(key) {
-                return Err(m.invalid(key, value, "only sev_snp=on has a guest policy and vCPU type"));
+                return Err(m.invalid(key, value, "only sev_snp=on has a guest policy, vCPU type and ID block"));
             }
         }
     }
@@ -876,7 +928,8 @@ mod tests {
             parsed("sev_snp=on").unwrap().sev_snp,
             Some(SnpOption {
                 guest_policy: 0x30000,
-                vcpu_type: None
+                vcpu_type: None,
+                id: None,
             })
         );
         assert_eq!(
@@ -885,7 +938,8 @@ mod tests {
                 .sev_snp,
             Some(SnpOption {
                 guest_policy: 0x70000,
-                vcpu_type: Some("EPYC-Genoa".into())
+                vcpu_type: Some("EPYC-Genoa".into()),
+                id: None,
             })
         );
         assert_eq!(
@@ -896,7 +950,7 @@ mod tests {
         assert!(refused("sev_snp=on,vcpu_type=Pentium").contains("unknown vCPU type 'Pentium'"));
         assert_eq!(
             refused("emulated_cvm=on,policy=0x30000"),
-            "--platform: invalid policy=0x30000: only sev_snp=on has a guest policy and vCPU type"
+            "--platform: invalid policy=0x30000: only sev_snp=on has a guest policy, vCPU type and ID block"
         );
         assert_eq!(
             parsed("tdx=on").unwrap(),
@@ -907,7 +961,7 @@ mod tests {
         );
         assert_eq!(
             refused("tdx=on,policy=0x30000"),
-            "--platform: invalid policy=0x30000: only sev_snp=on has a guest policy and vCPU type"
+            "--platform: invalid policy=0x30000: only sev_snp=on has a guest policy, vCPU type and ID block"
         );
         assert_eq!(
             refused("tdx=on,sev_snp=on"),
@@ -975,6 +1029,47 @@ mod tests {
         assert!(refused("emulated_cvm=on,emulated_cvm=off").contains("given twice"));
     }
 
+    /// `id_block=`/`id_auth=`/`author_key=`: both files of the right
+    /// sizes, read into the option; anything else refused by name.
+    #[test]
+    fn sev_snp_id_block_files() {
+        let dir = std::env::temp_dir().join(format!("covm-idblock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, len: usize, byte: u8| {
+            let path = dir.join(name);
+            std::fs::write(&path, vec![byte; len]).unwrap();
+            path.display().to_string()
+        };
+        let (block, auth) = (file("block", 96, 0xb1), file("auth", 4096, 0xa2));
+        let (short, long) = (file("short", 95, 0), file("long", 4097, 0));
+        let present = |_: &str| Ok(());
+        let parsed = |text: &str| parse_platform_probed(text, &present);
+        let refused = |text: &str| parsed(text).unwrap_err().to_string();
+        let id = parsed(&format!("sev_snp=on,id_block={block},id_auth={auth},author_key=on"))
+            .unwrap()
+            .sev_snp
+            .unwrap()
+            .id
+            .unwrap();
+        assert_eq!((id.block, id.auth[4095], id.author_key), ([0xb1; 96], 0xa2, true));
+        let id = parsed(&format!("sev_snp=on,id_block={block},id_auth={auth}"))
+            .unwrap()
+            .sev_snp
+            .unwrap()
+            .id;
+        assert!(!id.unwrap().author_key);
+        assert!(refused(&format!("sev_snp=on,id_block={short},id_auth={auth}"))
+            .contains("95 bytes; an SEV-SNP ID block is 96 bytes"));
+        assert!(refused(&format!("sev_snp=on,id_block={block},id_auth={long}"))
+            .contains("4097 bytes; an ID authentication information structure is 4096 bytes"));
+        assert!(refused(&format!("sev_snp=on,id_block={block}")).contains("needs id_auth=PATH too"));
+        assert!(refused(&format!("sev_snp=on,id_auth={auth}")).contains("needs id_block=PATH too"));
+        assert!(refused("sev_snp=on,author_key=on").contains("needs id_block=PATH and id_auth=PATH"));
+        assert!(refused("sev_snp=on,id_block=/nonexistent/b,id_auth=/x").contains("cannot read it"));
+        assert!(refused(&format!("emulated_cvm=on,id_block={block}")).contains("only sev_snp=on"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// `sev_snp=on` (once probed) needs a policy and firmware, as
     /// emulated_cvm does, and becomes an SEV-SNP configuration.
     #[test]
@@ -984,6 +1079,7 @@ mod tests {
             sev_snp: Some(SnpOption {
                 guest_policy,
                 vcpu_type: vcpu_type.map(str::to_string),
+                id: None,
             }),
             ..Default::default()
         };

@@ -15,6 +15,7 @@ use super::image::LaunchImage;
 use super::measure::{launch_digest, Measurement, SnpLaunch};
 use super::mrtd::{TdMeasurement, TD_HOB_GPA};
 use super::policy::MigrationPolicy;
+use super::snp::plan::IdBlock;
 use super::vmsa::vcpu_type_signature;
 use super::{hex, Platform, PlatformError};
 use crate::memory::GuestMemory;
@@ -56,6 +57,9 @@ pub struct SevSnpConfig {
     /// (and so every VMSA carries), as `covm measure --vcpu-type` names it;
     /// None: RDX 0.
     pub vcpu_type: Option<String>,
+    /// The guest owner's signed ID block for `SNP_LAUNCH_FINISH`, if any
+    /// (`--platform sev_snp=on,id_block=PATH,id_auth=PATH`).
+    pub id: Option<IdBlock>,
     /// The guest owner's migration policy: HOST_DATA is its SHA-256.
     pub policy: MigrationPolicy,
 }
@@ -66,6 +70,7 @@ impl SevSnpConfig {
         SevSnpConfig {
             guest_policy: DEFAULT_GUEST_POLICY,
             vcpu_type: None,
+            id: None,
             policy,
         }
     }
@@ -174,6 +179,7 @@ pub(super) fn snp_info(config: &SevSnpConfig, launched: Option<&Measurement>) ->
         "guest_policy": format!("{:#x}", config.guest_policy),
         "vcpu_type": config.vcpu_type,
         "vcpu_signature": config.vcpu_signature().ok().map(|s| format!("{s:#x}")),
+        "id_block": config.id.as_ref().map(|id| json!({"author_key": id.author_key})),
         "evidence": format!("not available: needs the guest's own request to {SNP_EVIDENCE}"),
         "migration": format!("refused: {SNP_NOT_MIGRATABLE}"),
     })

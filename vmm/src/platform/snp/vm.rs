@@ -98,7 +98,8 @@ impl SnpVmLaunch {
     /// The launch of `loaded` (in `memory`) under `config`.
     pub fn new(memory: &GuestMemory, loaded: &Loaded, config: &SevSnpConfig) -> Result<Self, SnpVmError> {
         let expected = snp_expected(memory, &loaded.image, config)?;
-        let options = SnpOptions::new(config.guest_policy, config.policy.host_data());
+        let mut options = SnpOptions::new(config.guest_policy, config.policy.host_data());
+        options.id = config.id.clone();
         let plan = SnpPlan::new(memory, &expected.image, options)?;
         let boots = expected
             .image
@@ -163,6 +164,7 @@ impl SnpVmLaunch {
 #[cfg(test)]
 mod tests {
     use super::super::fake::{SnpCall, SnpFake};
+    use super::super::plan::IdBlock;
     use super::*;
     use crate::cli::VmArgs;
     use crate::config::VmConfig;
@@ -315,6 +317,35 @@ mod tests {
             MigrationPolicy::empty().host_data(),
             "the policy's hash"
         );
+    }
+
+    /// The guest owner's ID block (`--platform sev_snp=on,id_block=,
+    /// id_auth=,author_key=on`) reaches LAUNCH_FINISH: enabled, pointing at
+    /// the plan's copies of both structures, author key flagged.
+    #[test]
+    fn the_id_block_reaches_launch_finish() {
+        let mut config = measured_config();
+        if let PlatformConfig::SevSnp(snp) = &mut config.platform {
+            snp.id = Some(IdBlock {
+                block: [0x1d; 96],
+                auth: Box::new([0xa7; 4096]),
+                author_key: true,
+            });
+        }
+        let memory = crate::memory::allocate(config.memory.size).unwrap();
+        let loaded = image::load(&memory, &config).unwrap();
+        let launch = SnpVmLaunch::new(&memory, &loaded, snp(&config)).unwrap();
+        let mut fake = SnpFake::default();
+        launch.run(&mut fake).unwrap();
+        let SnpCall::LaunchFinish(finish) = fake.calls.last().unwrap() else {
+            panic!()
+        };
+        let id = launch.plan.id.as_ref().expect("the plan holds the ID block");
+        assert_eq!((id.block, id.auth[0]), ([0x1d; 96], 0xa7));
+        assert_eq!((finish.id_block_en, finish.auth_key_en), (1, 1));
+        assert_eq!(finish.id_block_uaddr, id.block.as_ptr() as u64);
+        assert_eq!(finish.id_auth_uaddr, id.auth.as_ptr() as u64);
+        assert_eq!(finish.host_data, MigrationPolicy::empty().host_data());
     }
 
     /// Without a vCPU type every vCPU's RDX is 0, as measured (not KVM's
