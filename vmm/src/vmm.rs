@@ -685,14 +685,10 @@ mod tests {
     use crate::platform::hardware::{SNP_NOT_MIGRATABLE, TDX_NOT_MIGRATABLE};
     use crate::vm::{snp_tests, tdx_tests};
 
-    /// `vm.send-migration` of an SEV-SNP VM is refused with the reason,
-    /// before anything is sent (the VM stays here, running).
-    #[test]
-    fn an_snp_vm_refuses_to_migrate() {
-        let config = snp_tests::snp_config();
-        let Some((vm, _)) = snp_tests::snp_vm(&config) else {
-            return;
-        };
+    /// A running VMM holding `vm` (built from `config`) refuses
+    /// `vm.send-migration` with `reason`, before anything is sent (the VM
+    /// stays here); its `vm.info` platform block, then the VMM finished.
+    fn refuses_to_migrate(config: VmConfig, vm: Vm, reason: &str) -> serde_json::Value {
         let mut vmm = Vmm::new(Instant::now(), vec![], false, 1 << 40, None);
         vmm.config = Some(config);
         vmm.vm = Some(vm);
@@ -704,15 +700,27 @@ mod tests {
         };
         assert_eq!(
             vmm.handle(request).unwrap_err(),
-            ApiError::BadRequest(format!("cannot migrate the VM: {SNP_NOT_MIGRATABLE}"))
+            ApiError::BadRequest(format!("cannot migrate the VM: {reason}"))
         );
         assert!(vmm.migration.is_none(), "no migration started");
         assert!(vmm.vm.is_some(), "the VM stays");
         let Reply::Info { platform, .. } = vmm.handle(Request::Info).unwrap() else {
             panic!()
         };
-        assert_eq!(platform["kind"], "sev_snp");
         vmm.finish();
+        platform
+    }
+
+    /// `vm.send-migration` of an SEV-SNP VM is refused with the reason,
+    /// before anything is sent (the VM stays here, running).
+    #[test]
+    fn an_snp_vm_refuses_to_migrate() {
+        let config = snp_tests::snp_config();
+        let Some((vm, _)) = snp_tests::snp_vm(&config) else {
+            return;
+        };
+        let platform = refuses_to_migrate(config, vm, SNP_NOT_MIGRATABLE);
+        assert_eq!(platform["kind"], "sev_snp");
     }
 
     /// `vm.send-migration` of a TD is refused with the reason, before
@@ -723,26 +731,8 @@ mod tests {
         let Some((vm, _)) = tdx_tests::tdx_vm(&config) else {
             return;
         };
-        let mut vmm = Vmm::new(Instant::now(), vec![], false, 1 << 40, None);
-        vmm.config = Some(config);
-        vmm.vm = Some(vm);
-        vmm.state = VmState::Running;
-        let request = Request::SendMigration {
-            endpoint: "tcp:127.0.0.1:9".parse().unwrap(),
-            options: Box::default(),
-            verified: false,
-        };
-        assert_eq!(
-            vmm.handle(request).unwrap_err(),
-            ApiError::BadRequest(format!("cannot migrate the VM: {TDX_NOT_MIGRATABLE}"))
-        );
-        assert!(vmm.migration.is_none(), "no migration started");
-        assert!(vmm.vm.is_some(), "the VM stays");
-        let Reply::Info { platform, .. } = vmm.handle(Request::Info).unwrap() else {
-            panic!()
-        };
+        let platform = refuses_to_migrate(config, vm, TDX_NOT_MIGRATABLE);
         assert_eq!(platform["kind"], "tdx");
         assert_eq!(platform["note"], crate::platform::tdx::GUEST_NOT_READY);
-        vmm.finish();
     }
 }

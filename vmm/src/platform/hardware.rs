@@ -303,6 +303,28 @@ impl Platform for Td {
     }
 }
 
+/// `--platform` of the SEV-SNP VM the tests build: guest policy 0x70000,
+/// vCPU type EPYC-Milan.
+#[cfg(test)]
+pub(crate) const SNP_TEST_PLATFORM: &str = "sev_snp=on,policy=0x70000,vcpu_type=EPYC-Milan";
+
+/// The configuration `covm --platform PLATFORM --cpus boot=2 --memory
+/// size=64M --cmdline workload=hello` would launch on a host that has the
+/// hardware (the probe aside), with the empty migration policy: what
+/// `covm measure` reads from the same options. The hardware platforms'
+/// tests build their VMs from it.
+#[cfg(test)]
+pub(crate) fn test_config(platform: &str) -> crate::config::VmConfig {
+    let args = crate::cli::VmArgs {
+        cpus: Some("boot=2".into()),
+        memory: Some("size=64M".into()),
+        cmdline: Some("workload=hello".into()),
+        platform: Some(platform.into()),
+        ..Default::default()
+    };
+    crate::config::VmConfig::for_measure(&args, 1 << 40).unwrap().0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

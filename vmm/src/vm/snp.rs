@@ -229,7 +229,6 @@ impl Vm {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cli::VmArgs;
     use crate::platform::measure::{measure_sev_snp, PageType, SnpLaunch};
     use crate::platform::snp::fake::{SnpCall, SnpFake};
     use crate::platform::snp::ops::SnpLaunchOps;
@@ -312,14 +311,7 @@ pub(crate) mod tests {
     /// boot=2 --memory size=64M --cmdline workload=hello` and the empty
     /// migration policy, as `covm measure` reads the same options.
     pub(crate) fn snp_config() -> VmConfig {
-        let args = VmArgs {
-            cpus: Some("boot=2".into()),
-            memory: Some("size=64M".into()),
-            cmdline: Some("workload=hello".into()),
-            platform: Some("sev_snp=on,policy=0x70000,vcpu_type=EPYC-Milan".into()),
-            ..Default::default()
-        };
-        VmConfig::for_measure(&args, 1 << 40).unwrap().0
+        crate::platform::hardware::test_config(crate::platform::hardware::SNP_TEST_PLATFORM)
     }
 
     /// An SEV-SNP [`Vm`] built on [`Hybrid`] (None without KVM), and the

@@ -158,7 +158,6 @@ impl Vm {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cli::VmArgs;
     use crate::platform::mrtd::measure_tdx;
     use crate::platform::snp::private::PrivateMemoryOps;
     use crate::platform::tdx::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm};
@@ -241,14 +240,7 @@ pub(crate) mod tests {
     /// workload=hello` and the empty migration policy, as `covm measure`
     /// reads the same options.
     pub(crate) fn tdx_config() -> VmConfig {
-        let args = VmArgs {
-            cpus: Some("boot=2".into()),
-            memory: Some("size=64M".into()),
-            cmdline: Some("workload=hello".into()),
-            platform: Some("tdx=on".into()),
-            ..Default::default()
-        };
-        VmConfig::for_measure(&args, 1 << 40).unwrap().0
+        crate::platform::hardware::test_config("tdx=on")
     }
 
     /// A TD [`Vm`] built on [`Hybrid`] (None without KVM), and the calls

@@ -166,7 +166,6 @@ mod tests {
     use super::super::fake::{SnpCall, SnpFake};
     use super::super::plan::IdBlock;
     use super::*;
-    use crate::cli::VmArgs;
     use crate::config::VmConfig;
     use crate::platform::measure::{measure_sev_snp, PageType, SnpLaunch};
     use crate::platform::{image, MigrationPolicy, PlatformConfig};
@@ -179,15 +178,7 @@ mod tests {
     /// workload=hello` would launch (the probe aside), as `covm measure`
     /// reads the same options.
     fn measured_config() -> VmConfig {
-        let args = VmArgs {
-            cpus: Some("boot=2".into()),
-            memory: Some("size=64M".into()),
-            cmdline: Some("workload=hello".into()),
-            platform: Some("sev_snp=on,policy=0x70000,vcpu_type=EPYC-Milan".into()),
-            ..Default::default()
-        };
-        let (config, _, _) = VmConfig::for_measure(&args, 1 << 40).unwrap();
-        config
+        crate::platform::hardware::test_config(crate::platform::hardware::SNP_TEST_PLATFORM)
     }
 
     fn snp(config: &VmConfig) -> &SevSnpConfig {

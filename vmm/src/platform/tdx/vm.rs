@@ -143,7 +143,6 @@ mod tests {
     use super::super::bindings::{TdxInitVm, ATTR_SEPT_VE_DISABLE, MEASURE_MEMORY_REGION, XFAM_FIXED};
     use super::super::fake::{fake_capabilities, TdxCall, TdxFake};
     use super::*;
-    use crate::cli::VmArgs;
     use crate::config::VmConfig;
     use crate::platform::mrtd::measure_tdx;
     use crate::platform::{image, MigrationPolicy, Platform, PlatformConfig};
@@ -153,14 +152,7 @@ mod tests {
     /// size=64M --cmdline workload=hello` would launch (the probe aside),
     /// as `covm measure --platform tdx=on` reads the same options.
     pub(crate) fn measured_config() -> VmConfig {
-        let args = VmArgs {
-            cpus: Some("boot=2".into()),
-            memory: Some("size=64M".into()),
-            cmdline: Some("workload=hello".into()),
-            platform: Some("tdx=on".into()),
-            ..Default::default()
-        };
-        VmConfig::for_measure(&args, 1 << 40).unwrap().0
+        crate::platform::hardware::test_config("tdx=on")
     }
 
     fn tdx(config: &VmConfig) -> &TdxConfig {
