@@ -7,27 +7,21 @@ use super::snp::VmAttributes;
 use super::{build_bus, ExitSink, SerialIrq, SharedSerial, Vm, VmError};
 use crate::config::VmConfig;
 use crate::cvm::{CvmRuntime, LaunchMode};
-use crate::memory::GuestMemory;
+use crate::platform::snp::kvm::Launched;
 use crate::platform::snp::private::RamRegion;
 use crate::platform::Platform;
 use crate::vcpu::{ExitNotifier, PrivateMemoryExits, Vcpu};
 use crate::vcpu_control::RunControl;
 use covm_devices::PowerSink;
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use std::os::fd::OwnedFd;
+use kvm_ioctls::Kvm;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// What a hardware launch hands over.
 pub(super) struct PrivateLaunch {
-    /// The launched VM.
-    pub vm: VmFd,
-    /// Its vCPUs, the agent's last (the highest APIC ID).
-    pub vcpus: Vec<VcpuFd>,
-    /// The guest_memfds behind its private memory.
-    pub guest_memfds: Vec<OwnedFd>,
-    /// Its guest memory (the shared view).
-    pub memory: GuestMemory,
+    /// The launched VM, its vCPUs (the agent's last: the highest APIC
+    /// ID), guest_memfds and covm's mapping of its memory.
+    pub launched: Launched,
     /// Its RAM, for the guest's private/shared conversions.
     pub ram: Vec<RamRegion>,
     /// Its platform object.
@@ -50,10 +44,13 @@ impl Vm {
     ) -> Result<Self, VmError> {
         let call = |what| move |source| VmError::KvmCall { what, source };
         let PrivateLaunch {
-            vm,
-            vcpus: fds,
-            guest_memfds,
-            memory,
+            launched:
+                Launched {
+                    vcpus: fds,
+                    vm,
+                    guest_memfds,
+                    memory,
+                },
             ram,
             platform,
             serial_irq,

@@ -195,12 +195,7 @@ impl Vm {
         });
         let mut ops = backend(memory.clone(), setup);
         launch.run(&mut ops)?;
-        let Launched {
-            vcpus: fds,
-            vm,
-            guest_memfds,
-            memory: _,
-        } = ops.into_launched().map_err(SnpVmError::from)?;
+        let launched = ops.into_launched().map_err(SnpVmError::from)?;
         tracing::info!(
             "AMD SEV-SNP launch finished: expected measurement {} over {} entries",
             crate::platform::hex(&launch.expected.digest),
@@ -213,10 +208,7 @@ impl Vm {
             notify,
             kvm,
             PrivateLaunch {
-                vm,
-                vcpus: fds,
-                guest_memfds,
-                memory,
+                launched,
                 ram: launch.plan.ram.clone(),
                 platform: Arc::new(launch.platform()),
                 serial_irq: SerialIrq::Wired,

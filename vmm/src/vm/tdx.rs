@@ -124,12 +124,7 @@ impl Vm {
 
         let mut ops = backend(memory.clone());
         launch.run(&mut ops)?;
-        let Launched {
-            vcpus: fds,
-            vm,
-            guest_memfds,
-            memory: _,
-        } = ops.into_launched().map_err(TdxVmError::from)?;
+        let launched = ops.into_launched().map_err(TdxVmError::from)?;
         tracing::info!(
             "Intel TDX launch finished: expected MRTD {} over {} pages",
             crate::platform::hex(&launch.expected.mrtd),
@@ -142,10 +137,7 @@ impl Vm {
             notify,
             kvm,
             PrivateLaunch {
-                vm,
-                vcpus: fds,
-                guest_memfds,
-                memory,
+                launched,
                 ram: launch.plan.ram.clone(),
                 platform: Arc::new(launch.platform()),
                 serial_irq: SerialIrq::Unwired,
