@@ -158,8 +158,7 @@ pub trait Sealer: Send {
     ) -> Result<Carried, MigrationError> {
         let mut carried = Carried {
             round,
-            pages: 0,
-            zero_pages: 0,
+            ..Carried::default()
         };
         for &(gpa, count) in runs {
             let c = self.seal_pages(vm, round, gpa, count, out)?;

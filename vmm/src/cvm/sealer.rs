@@ -52,6 +52,22 @@ impl ConfidentialSealer {
         call::timed(&mut self.mailbox, &self.info, command, args, input)
     }
 
+    /// Passes one export call's output on (one `Sealed` frame) and counts
+    /// the pages it sealed (`results[0]`, `results[1]` of them zero).
+    fn forward_export(
+        &mut self,
+        results: &[u64; 8],
+        out: &mut RecordSink<'_>,
+        carried: &mut Carried,
+    ) -> Result<(), MigrationError> {
+        let records = u64::from(!self.mailbox.output().is_empty());
+        self.forward(carried.round, out)?;
+        self.info.add(records, results[0], self.epoch);
+        carried.pages += results[0];
+        carried.zero_pages += results[1];
+        Ok(())
+    }
+
     /// Sends the agent's output (if any) as one `Sealed` message.
     fn forward(&mut self, round: u32, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
         if self.mailbox.output().is_empty() {
@@ -92,8 +108,7 @@ impl Sealer for ConfidentialSealer {
     ) -> Result<Carried, MigrationError> {
         let mut carried = Carried {
             round,
-            pages: 0,
-            zero_pages: 0,
+            ..Carried::default()
         };
         // The agent window is never migrated (the agent would skip it):
         // its dirty pages (the mailbox itself) cost no agent call.
@@ -113,11 +128,7 @@ impl Sealer for ConfidentialSealer {
                     count - done
                 )));
             }
-            let records = if self.mailbox.output().is_empty() { 0 } else { 1 };
-            self.forward(round, out)?;
-            self.info.add(records, results[0], self.epoch);
-            carried.pages += results[0];
-            carried.zero_pages += results[1];
+            self.forward_export(&results, out, &mut carried)?;
             done += walked;
         }
         Ok(carried)
@@ -137,8 +148,7 @@ impl Sealer for ConfidentialSealer {
         }
         let mut carried = Carried {
             round,
-            pages: 0,
-            zero_pages: 0,
+            ..Carried::default()
         };
         // One EXPORT_LIST per output: the agent says how many entries it
         // finished and how far it got into the next; ask again from there.
@@ -161,11 +171,7 @@ impl Sealer for ConfidentialSealer {
                     todo.len()
                 )));
             }
-            let records = if self.mailbox.output().is_empty() { 0 } else { 1 };
-            self.forward(round, out)?;
-            self.info.add(records, results[0], self.epoch);
-            carried.pages += results[0];
-            carried.zero_pages += results[1];
+            self.forward_export(&results, out, &mut carried)?;
             todo.drain(..done as usize);
             if let Some(next) = todo.first_mut() {
                 *next = (next.0 + partial * PAGE_SIZE, next.1 - partial);
