@@ -29,17 +29,19 @@ pub const MIGRATION_POLICY: u64 = 0x0000_6000;
 /// Where the firmware image is linked and loaded.
 pub const FIRMWARE_BASE: u64 = 0x0010_0000;
 
-/// Where write tracking starts. The firmware's page tables map memory in
-/// 2 MiB pages; below this address (everything covm loads at launch, and
-/// everything the firmware writes before paging is on) their dirty bits
-/// are preset, above it they start clear and the CPU sets one on the first
+/// Where write tracking starts: the first 2 MiB boundary above the
+/// firmware image (link.ld asserts the image ends below it). The
+/// firmware's page tables map memory in 2 MiB pages; below this address
+/// (everything covm loads at launch, and everything the firmware writes
+/// before paging is on) their dirty bits are preset, above it they start
+/// clear and the CPU sets one on the first
 /// write through that 2 MiB page. The guest uses no other mapping, and a
 /// confidential VM's private memory is written by no one but the guest,
 /// so above this address a clear dirty bit means "zeros, as launch left
 /// them": the migration agent seals such pages as zeros without reading
 /// them, and the destination's agent need not clear them. Covm never
 /// loads anything at or above it into a firmware VM.
-pub const WRITE_TRACKED_START: u64 = 0x0200_0000;
+pub const WRITE_TRACKED_START: u64 = 0x0040_0000;
 
 /// Where the `dirty` workload keeps one little-endian `u32` generation per
 /// page of its region (0 means never written).

@@ -18,7 +18,7 @@
 #
 # Constants shared with Rust (keep in sync with src/hw.rs):
 .set MAX_CPUS, 32
-.set WRITE_TRACKED_START, 0x2000000 # covm_guest_abi::layout::WRITE_TRACKED_START
+.set WRITE_TRACKED_START, 0x400000 # covm_guest_abi::layout::WRITE_TRACKED_START
 .set KSTACK_SIZE, 4096          # ring-0 stack per CPU (exceptions, syscalls)
 .set USTACK_SIZE, 65536         # ring-3 stack per CPU
 .set TIMER_VECTOR, 0x30
@@ -491,7 +491,7 @@ idt_ptr:
 
 # Identity map of 0-4 GiB with 2 MiB pages, user-accessible (ring 3 does
 # all the work); the top 32 MiB (LAPIC, IOAPIC) is uncached. Accessed is
-# preset everywhere, dirty below WRITE_TRACKED_START (32 MiB: everything
+# preset everywhere, dirty below WRITE_TRACKED_START (4 MiB: everything
 # covm loads and the firmware writes before paging lives there). Above
 # it the CPU sets a 2 MiB page's dirty bit on its first write, so a clear
 # bit tells the migration agent the 2 MiB still hold what launch left

@@ -43,7 +43,7 @@ pub fn take_workload_index() -> u32 {
     NEXT_WORKLOAD_INDEX.fetch_add(1, Ordering::AcqRel)
 }
 
-/// INIT, SIPI, SIPI to all other CPUs, then waits up to 2 s for `n - 1`
+/// INIT, SIPI, SIPI (200 µs apart) to all other CPUs, then waits up to 2 s for `n - 1`
 /// check-ins. Returns how many checked in when that falls short.
 pub fn start_aps(n: u32, tsc_khz: u64) -> Result<(), u32> {
     if n <= 1 {
@@ -57,8 +57,12 @@ pub fn start_aps(n: u32, tsc_khz: u64) -> Result<(), u32> {
         let len = (&raw const ap_trampoline_end).offset_from(start) as usize;
         core::ptr::copy_nonoverlapping(start, TRAMPOLINE as *mut u8, len);
     }
+    // No 10 ms wait after INIT: the MP specification's wait covers a
+    // physical CPU's self-test, and KVM applies a pending INIT before a
+    // SIPI sent after it. Linux skips it too on every processor it calls
+    // modern (smp_quirk_init_udelay). Every launch, and every migration's
+    // destination, would otherwise wait those 10 ms.
     hw::send_ipi(ICR_INIT);
-    sleep_until(rdtsc() + 10 * ms);
     hw::send_ipi(ICR_SIPI);
     sleep_until(rdtsc() + ms / 5);
     hw::send_ipi(ICR_SIPI);
