@@ -151,6 +151,11 @@ impl MemoryMap {
         &self.ranges[..self.n]
     }
 
+    /// The end of the highest private range (0 for an empty map).
+    pub fn end(&self) -> u64 {
+        self.ranges().last().map_or(0, |&(_, e)| e)
+    }
+
     /// Whether the page at `gpa` (4 KiB aligned) is private.
     pub fn is_private(&self, gpa: u64) -> bool {
         gpa % PAGE == 0 && self.ranges().iter().any(|&(s, e)| s <= gpa && gpa < e)

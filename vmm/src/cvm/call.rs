@@ -26,14 +26,7 @@ pub fn timed(
 ) -> Result<[u64; 8], MigrationError> {
     let started = Instant::now();
     let result = mailbox.call(command, args, input);
-    let took = started.elapsed();
-    info.add_crypto(took);
-    tracing::debug!(
-        command,
-        input = input.len(),
-        us = took.as_micros() as u64,
-        "agent command"
-    );
+    info.add_crypto(started.elapsed());
     result.map(|reply| reply.results).map_err(|e| {
         let e = agent_err(e);
         info.fail(e.to_string());

@@ -76,6 +76,7 @@ pub fn command_name(command: u32) -> &'static str {
         command::COMMIT => "Commit",
         command::MINT_ABORT => "MintAbort",
         command::STATUS => "Status",
+        command::EXPORT_LIST => "ExportList",
         _ => "an unknown command",
     }
 }
@@ -120,7 +121,23 @@ impl AgentMailbox {
     }
 
     /// Runs `command` with `args` and `input` (copied to `TO_AGENT`).
+    /// Every command's time is logged at debug level (`covm -vv`).
     pub fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<Reply, AgentError> {
+        let started = std::time::Instant::now();
+        let reply = self.exchange(command, args, input);
+        tracing::debug!(
+            command = command_name(command),
+            input = input.len(),
+            output = self.output.len(),
+            us = started.elapsed().as_micros() as u64,
+            "agent command"
+        );
+        reply
+    }
+
+    /// One command through the mailbox: writes it, waits for the agent,
+    /// reads the reply and the output.
+    fn exchange(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<Reply, AgentError> {
         let name = command_name(command);
         if input.len() as u64 > mailbox::TO_AGENT_SIZE {
             return Err(AgentError::TooLarge {
@@ -212,4 +229,21 @@ pub struct PeerInfo {
     pub tcb: u64,
     /// Its launch measurement.
     pub measurement: [u8; 48],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Errors and the debug log name every command of the ABI.
+    #[test]
+    fn every_command_has_a_name() {
+        let names: Vec<_> = (command::BEGIN..=command::EXPORT_LIST).map(command_name).collect();
+        assert!(!names.contains(&"an unknown command"), "{names:?}");
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        assert_eq!(command_name(command::EXPORT_LIST + 1), "an unknown command");
+    }
 }
