@@ -1,11 +1,9 @@
 use super::*;
 use std::path::Path;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("covm-mig-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A scratch directory, removed when the test drops it.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("covm-mig-").tempdir().unwrap()
 }
 
 fn echo_once(listener: Listener) -> std::thread::JoinHandle<()> {
@@ -71,8 +69,8 @@ fn tcp_loopback_round_trip() {
 
 #[test]
 fn unix_round_trip_and_socket_file_removed() {
-    let dir = temp_dir("unix");
-    let path = dir.join("m.sock");
+    let dir = temp_dir();
+    let path = dir.path().join("m.sock");
     let endpoint = Endpoint::Unix(path.clone());
     let l = Listener::bind(&endpoint).unwrap();
     let t = echo_once(l);
@@ -83,8 +81,8 @@ fn unix_round_trip_and_socket_file_removed() {
 
 #[test]
 fn stale_unix_socket_is_replaced_but_other_files_are_not() {
-    let dir = temp_dir("stale");
-    let path = dir.join("stale.sock");
+    let dir = temp_dir();
+    let path = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // leaves the file behind
     assert!(path.exists());
     let endpoint = Endpoint::Unix(path.clone());
@@ -92,7 +90,7 @@ fn stale_unix_socket_is_replaced_but_other_files_are_not() {
     // While it listens, nobody else may take the path.
     assert!(matches!(Listener::bind(&endpoint), Err(TransportError::Listen { .. })));
     drop(l);
-    let plain = dir.join("file");
+    let plain = dir.path().join("file");
     std::fs::write(&plain, b"x").unwrap();
     let e = Listener::bind(&Endpoint::Unix(plain.clone())).err().unwrap();
     assert!(e.to_string().contains("already exists"), "{e}");

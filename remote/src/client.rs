@@ -155,12 +155,15 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixListener;
 
-    fn temp_path(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("covm-remote-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join(name);
-        let _ = std::fs::remove_file(&path);
-        path
+    /// A path named `name` in a scratch directory the returned guard
+    /// removes.
+    fn temp_path(name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("covm-remote-test-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join(name);
+        (dir, path)
     }
 
     fn get(endpoint: &'static str) -> ApiRequest {
@@ -203,7 +206,7 @@ mod tests {
 
     #[test]
     fn missing_socket_is_named() {
-        let path = temp_path("missing.sock");
+        let (_dir, path) = temp_path("missing.sock");
         let err = send(&path, &get("/vmm.ping")).unwrap_err();
         assert!(matches!(err, ClientError::SocketMissing(_)), "{err}");
         assert!(err.to_string().contains(&path.display().to_string()));
@@ -212,7 +215,7 @@ mod tests {
 
     #[test]
     fn stale_socket_says_nobody_listens() {
-        let path = temp_path("stale.sock");
+        let (_dir, path) = temp_path("stale.sock");
         drop(UnixListener::bind(&path).expect("bind"));
         let err = send(&path, &get("/vmm.ping")).unwrap_err();
         assert!(matches!(err, ClientError::NotListening(_)), "{err}");
@@ -221,7 +224,7 @@ mod tests {
 
     #[test]
     fn regular_file_is_not_a_socket() {
-        let path = temp_path("plain-file");
+        let (_dir, path) = temp_path("plain-file");
         std::fs::write(&path, b"x").expect("write");
         let err = send(&path, &get("/vmm.ping")).unwrap_err();
         assert!(matches!(err, ClientError::NotASocket(_)), "{err}");
@@ -229,7 +232,7 @@ mod tests {
 
     #[test]
     fn success_returns_body_and_sends_origin_form() {
-        let path = temp_path("ok.sock");
+        let (_dir, path) = temp_path("ok.sock");
         let server = fake_server(
             &path,
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"version\":\"0.1\"}",
@@ -244,7 +247,7 @@ mod tests {
 
     #[test]
     fn put_with_body_is_sent_whole() {
-        let path = temp_path("put.sock");
+        let (_dir, path) = temp_path("put.sock");
         let server = fake_server(&path, "HTTP/1.1 204 No Content\r\n\r\n");
         let request = ApiRequest {
             method: Method::PUT,
@@ -261,7 +264,7 @@ mod tests {
 
     #[test]
     fn bodiless_put_says_content_length_zero() {
-        let path = temp_path("empty-put.sock");
+        let (_dir, path) = temp_path("empty-put.sock");
         let server = fake_server(&path, "HTTP/1.1 204 No Content\r\n\r\n");
         let request = ApiRequest {
             method: Method::PUT,
@@ -277,7 +280,7 @@ mod tests {
 
     #[test]
     fn closed_without_answer_is_recognised() {
-        let path = temp_path("closed.sock");
+        let (_dir, path) = temp_path("closed.sock");
         let listener = UnixListener::bind(&path).expect("bind");
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().expect("accept");
@@ -296,7 +299,7 @@ mod tests {
 
     #[test]
     fn server_error_carries_status_and_message() {
-        let path = temp_path("err.sock");
+        let (_dir, path) = temp_path("err.sock");
         let server = fake_server(
             &path,
             "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 32\r\n\r\n{\"error\":\"VM is already paused\"}",

@@ -330,8 +330,11 @@ mod tests {
 
     #[test]
     fn create_reads_and_checks_the_file() {
-        let dir = std::env::temp_dir().join(format!("covm-remote-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let scratch = tempfile::Builder::new()
+            .prefix("covm-remote-cfg-")
+            .tempdir()
+            .expect("dir");
+        let dir = scratch.path();
 
         let good = dir.join("good.json");
         std::fs::write(&good, br#"{"payload": {"cmdline": "workload=hello"}}"#).expect("write");

@@ -88,16 +88,16 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("covm-sock-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir.join("api.sock")
+    /// A socket path in a scratch directory the returned guard removes.
+    fn temp() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::Builder::new().prefix("covm-sock-").tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        (dir, path)
     }
 
     #[test]
     fn private_stale_replaced_live_refused() {
-        let path = temp("lifecycle");
+        let (_dir, path) = temp();
         let first = open(&ApiSocket::Path(path.clone())).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn regular_file_is_not_replaced() {
-        let path = temp("file");
+        let (_dir, path) = temp();
         std::fs::write(&path, b"keep me").unwrap();
         let err = open(&ApiSocket::Path(path.clone())).unwrap_err();
         assert!(err.to_string().ends_with("exists and is not a socket"), "{err}");
