@@ -48,6 +48,63 @@ const SNP_EVIDENCE: &str = "the AMD secure processor (an SNP_GUEST_REQUEST MSG_R
 /// What a TD's evidence needs.
 const TDX_EVIDENCE: &str = "the TDX module (TDG.MR.REPORT, turned into a quote by a quoting enclave)";
 
+/// What sets a launched hardware platform apart from the others; the rest
+/// of it as a [`Platform`] is the same for all of them: hardware protects
+/// the guest, the measurement is covm's expectation, HOST_DATA binds the
+/// migration policy, and only the guest can ask for evidence.
+trait HardwarePlatform: Send + Sync + std::fmt::Debug {
+    /// [`Platform::kind`].
+    const KIND: &'static str;
+    /// Whom the guest must ask for its evidence.
+    const EVIDENCE: &'static str;
+
+    /// The measurement covm expects the hardware to arrive at.
+    fn expected_measurement(&self) -> [u8; 48];
+
+    /// The migration policy fixed at launch.
+    fn policy(&self) -> &MigrationPolicy;
+
+    /// [`Platform::info`].
+    fn launched_info(&self) -> Value;
+}
+
+impl<T: HardwarePlatform> Platform for T {
+    fn kind(&self) -> &'static str {
+        T::KIND
+    }
+
+    fn hardware_protection(&self) -> bool {
+        true
+    }
+
+    fn confidential(&self) -> bool {
+        true
+    }
+
+    fn measurement(&self) -> Option<[u8; 48]> {
+        Some(self.expected_measurement())
+    }
+
+    fn host_data(&self) -> Option<[u8; 32]> {
+        Some(self.policy().host_data())
+    }
+
+    fn migration_policy(&self) -> Option<&MigrationPolicy> {
+        Some(self.policy())
+    }
+
+    fn evidence(&self, _: &[u8; 64]) -> Result<Evidence, PlatformError> {
+        Err(PlatformError::EvidenceUnavailable {
+            platform: T::KIND,
+            needs: T::EVIDENCE,
+        })
+    }
+
+    fn info(&self) -> Value {
+        self.launched_info()
+    }
+}
+
 /// `--platform sev_snp=on[,policy=P][,vcpu_type=MODEL] --migration-policy PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SevSnpConfig {
@@ -185,39 +242,19 @@ pub(super) fn snp_info(config: &SevSnpConfig, launched: Option<&Measurement>) ->
     })
 }
 
-impl Platform for SevSnp {
-    fn kind(&self) -> &'static str {
-        "sev_snp"
+impl HardwarePlatform for SevSnp {
+    const KIND: &'static str = "sev_snp";
+    const EVIDENCE: &'static str = SNP_EVIDENCE;
+
+    fn expected_measurement(&self) -> [u8; 48] {
+        self.measurement.digest
     }
 
-    fn hardware_protection(&self) -> bool {
-        true
+    fn policy(&self) -> &MigrationPolicy {
+        &self.config.policy
     }
 
-    fn confidential(&self) -> bool {
-        true
-    }
-
-    fn measurement(&self) -> Option<[u8; 48]> {
-        Some(self.measurement.digest)
-    }
-
-    fn host_data(&self) -> Option<[u8; 32]> {
-        Some(self.config.policy.host_data())
-    }
-
-    fn migration_policy(&self) -> Option<&MigrationPolicy> {
-        Some(&self.config.policy)
-    }
-
-    fn evidence(&self, _: &[u8; 64]) -> Result<Evidence, PlatformError> {
-        Err(PlatformError::EvidenceUnavailable {
-            platform: "sev_snp",
-            needs: SNP_EVIDENCE,
-        })
-    }
-
-    fn info(&self) -> Value {
+    fn launched_info(&self) -> Value {
         snp_info(&self.config, Some(&self.measurement))
     }
 }
@@ -266,39 +303,19 @@ pub(super) fn tdx_info(config: &TdxConfig, launched: Option<&TdMeasurement>) -> 
     })
 }
 
-impl Platform for Td {
-    fn kind(&self) -> &'static str {
-        "tdx"
+impl HardwarePlatform for Td {
+    const KIND: &'static str = "tdx";
+    const EVIDENCE: &'static str = TDX_EVIDENCE;
+
+    fn expected_measurement(&self) -> [u8; 48] {
+        self.measurement.mrtd
     }
 
-    fn hardware_protection(&self) -> bool {
-        true
+    fn policy(&self) -> &MigrationPolicy {
+        &self.config.policy
     }
 
-    fn confidential(&self) -> bool {
-        true
-    }
-
-    fn measurement(&self) -> Option<[u8; 48]> {
-        Some(self.measurement.mrtd)
-    }
-
-    fn host_data(&self) -> Option<[u8; 32]> {
-        Some(self.config.policy.host_data())
-    }
-
-    fn migration_policy(&self) -> Option<&MigrationPolicy> {
-        Some(&self.config.policy)
-    }
-
-    fn evidence(&self, _: &[u8; 64]) -> Result<Evidence, PlatformError> {
-        Err(PlatformError::EvidenceUnavailable {
-            platform: "tdx",
-            needs: TDX_EVIDENCE,
-        })
-    }
-
-    fn info(&self) -> Value {
+    fn launched_info(&self) -> Value {
         tdx_info(&self.config, Some(&self.measurement))
     }
 }

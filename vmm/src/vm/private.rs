@@ -4,8 +4,8 @@
 //! exits of its vCPUs and the reason it cannot migrate.
 
 use super::snp::VmAttributes;
-use super::{build_bus, ExitSink, SerialIrq, SharedSerial, Vm, VmError};
-use crate::config::VmConfig;
+use super::{build_bus, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
+use crate::config::{DirtyTracking, VmConfig};
 use crate::cvm::{CvmRuntime, LaunchMode};
 use crate::platform::snp::kvm::Launched;
 use crate::platform::snp::private::RamRegion;
@@ -31,6 +31,25 @@ pub(super) struct PrivateLaunch {
     pub serial_irq: SerialIrq,
     /// Why it cannot migrate.
     pub refusal: &'static str,
+}
+
+/// Refuses what a VM with private memory cannot be: an incoming one (it
+/// cannot migrate: `refusal` says why) or one with a dirty ring (KVM has
+/// none for guest_memfd-backed memory: `ring_refusal` says so). Checked
+/// before anything is made.
+pub(super) fn refuse_unsupported(
+    config: &VmConfig,
+    origin: Origin,
+    refusal: &'static str,
+    ring_refusal: &'static str,
+) -> Result<(), VmError> {
+    if origin != Origin::Boot {
+        return Err(VmError::Unsupported(refusal));
+    }
+    if let DirtyTracking::Ring { .. } = config.dirty_tracking {
+        return Err(VmError::Unsupported(ring_refusal));
+    }
+    Ok(())
 }
 
 impl Vm {
@@ -102,5 +121,49 @@ impl Vm {
             vm_fd,
             _guest_memfds: guest_memfds,
         })
+    }
+}
+
+/// What every VM with private memory must refuse, checked alike for
+/// SEV-SNP (`vm/snp.rs`) and TDX (`vm/tdx.rs`).
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use kvm_ioctls::Kvm;
+
+    /// Checks that `vm` neither logs dirty pages nor migrates, saying
+    /// `refusal` why; turning dirty logging off is no error.
+    pub(crate) fn assert_not_migratable(vm: &Vm, refusal: &str) {
+        assert_eq!(vm.migration_refusal(), Some(refusal));
+        assert_eq!(vm.set_dirty_logging(true).unwrap_err().to_string(), refusal);
+        assert!(vm.dirty_bitmaps().is_err());
+        assert!(vm.clear_dirty(0, 1).is_err());
+        vm.set_dirty_logging(false).unwrap();
+    }
+
+    /// Checks that `config`'s VM is refused as an incoming one (with
+    /// `refusal`, where this machine has KVM), then has `build` make it
+    /// with a dirty ring on this machine's KVM and returns why that was
+    /// refused (None without KVM).
+    pub(crate) fn dirty_ring_refusal(
+        config: VmConfig,
+        refusal: &str,
+        build: impl FnOnce(&VmConfig, &Kvm, ExitNotifier) -> Result<Vm, VmError>,
+    ) -> Option<String> {
+        let notify: ExitNotifier = Arc::new(|_| {});
+        let err = Vm::new_incoming(&config, Instant::now(), notify.clone())
+            .err()
+            .expect("refused")
+            .to_string();
+        if crate::kvm::open().is_ok() {
+            assert_eq!(err, refusal);
+        }
+        let ring = VmConfig {
+            dirty_tracking: DirtyTracking::Ring { entries: 4096 },
+            ..config
+        };
+        let kvm = crate::kvm::open().ok()?;
+        let err = build(&ring, &kvm, notify).err().expect("refused");
+        Some(err.to_string())
     }
 }

@@ -1,5 +1,6 @@
 //! An SEV-SNP VM: built through its launch ([`SnpVmLaunch`]) on a
-//! [`SnpVmBackend`] (real KVM: `KvmLaunch<SnpState>`), then assembled
+//! backend ([`SnpVmOps`] and [`IntoLaunched`]; real KVM:
+//! `KvmLaunch<SnpState>`), then assembled
 //! into a [`Vm`] like any other: devices, vCPU threads, the migration
 //! agent's vCPU.
 //!
@@ -11,16 +12,16 @@
 //! migrate ([`SNP_NOT_MIGRATABLE`]). Its platform's measurement is the
 //! one `covm measure` computes for the same options.
 
-use super::private::PrivateLaunch;
+use super::private::{refuse_unsupported, PrivateLaunch};
 use super::{create_chips, Origin, SerialIrq, Vm, VmError};
 use crate::arch::{cpuid, regs};
-use crate::config::{DirtyTracking, VmConfig};
+use crate::config::VmConfig;
 use crate::kvm;
 use crate::memory::{self, GuestMemory};
 use crate::platform::hardware::SNP_NOT_MIGRATABLE;
 use crate::platform::snp::error::CallError;
 use crate::platform::snp::host::Unavailable;
-use crate::platform::snp::kvm::{KvmLaunch, Launched, SnpState, VcpuSetup};
+use crate::platform::snp::kvm::{IntoLaunched, KvmLaunch, SnpState, VcpuSetup};
 use crate::platform::snp::private::PrivateMemoryOps;
 use crate::platform::snp::vm::{SnpVmError, SnpVmLaunch, SnpVmOps, VcpuBoot};
 use crate::platform::snp::{self, probe::WHAT};
@@ -42,13 +43,6 @@ pub(crate) fn write_cpuid_page(memory: &GuestMemory, gpa: u64, cpuid: &kvm_bindi
         .map_err(|e| format!("cannot write the SEV-SNP CPUID page at {gpa:#x}: {e}"))
 }
 
-/// What builds an SEV-SNP VM: the construction's calls, then the KVM
-/// objects they made.
-pub(crate) trait SnpVmBackend: SnpVmOps {
-    /// The VM, its vCPUs and guest_memfds.
-    fn into_launched(self) -> Result<Launched, CallError>;
-}
-
 impl SnpVmOps for KvmLaunch<'_, SnpState> {
     fn probe(&mut self) -> Result<(), Unavailable> {
         snp::probe_snp()?;
@@ -68,12 +62,6 @@ impl SnpVmOps for KvmLaunch<'_, SnpState> {
             .get(vcpu)
             .ok_or_else(|| CallError::Refused(format!("no vCPU {vcpu}: KVM_CREATE_VCPU comes first")))?;
         boot_state(fd, boot)
-    }
-}
-
-impl SnpVmBackend for KvmLaunch<'_, SnpState> {
-    fn into_launched(self) -> Result<Launched, CallError> {
-        KvmLaunch::into_launched(self)
     }
 }
 
@@ -138,8 +126,9 @@ impl Vm {
     }
 
     /// An SEV-SNP VM built on the backend `backend` makes from its guest
-    /// memory and the vCPUs' setup.
-    pub(super) fn build_snp<'k, B: SnpVmBackend>(
+    /// memory and the vCPUs' setup: the construction's calls, then the KVM
+    /// objects they made.
+    pub(super) fn build_snp<'k, B: SnpVmOps + IntoLaunched>(
         config: &VmConfig,
         snp: &SevSnpConfig,
         start: Instant,
@@ -148,15 +137,13 @@ impl Vm {
         kvm: &Kvm,
         backend: impl FnOnce(GuestMemory, VcpuSetup<'k>) -> B,
     ) -> Result<Self, VmError> {
-        if origin != Origin::Boot {
-            return Err(VmError::Unsupported(SNP_NOT_MIGRATABLE));
-        }
-        if let DirtyTracking::Ring { .. } = config.dirty_tracking {
-            return Err(VmError::Unsupported(
-                "--dirty-tracking mode=ring: KVM has no dirty ring for an AMD SEV-SNP VM's private \
-                 (guest_memfd-backed) memory, and such a VM cannot migrate",
-            ));
-        }
+        refuse_unsupported(
+            config,
+            origin,
+            SNP_NOT_MIGRATABLE,
+            "--dirty-tracking mode=ring: KVM has no dirty ring for an AMD SEV-SNP VM's private \
+             (guest_memfd-backed) memory, and such a VM cannot migrate",
+        )?;
         let call = |what| move |source| VmError::KvmCall { what, source };
         let memory = memory::allocate(config.memory.size)?;
         let loaded = image::load(&memory, config)?;
@@ -220,56 +207,28 @@ impl Vm {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::super::private::tests::{assert_not_migratable, dirty_ring_refusal};
     use super::*;
     use crate::platform::measure::{measure_sev_snp, PageType, SnpLaunch};
     use crate::platform::snp::fake::{SnpCall, SnpFake};
+    use crate::platform::snp::hybrid::{kvm_or_skip, Hybrid};
     use crate::platform::snp::ops::SnpLaunchOps;
     use crate::platform::PlatformConfig;
     use covm_guest_abi::metadata::SNP_CPUID_GPA;
-    use kvm_bindings::{
-        kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update,
-        KVM_X86_DEFAULT_VM,
-    };
+    use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
     use vm_memory::Bytes;
 
-    /// The recording fake for every SEV-SNP call, with this machine's KVM
-    /// (a default VM) making the VM, its chips and vCPUs (with their
-    /// registers) real, so that a whole [`Vm`] comes out: nothing here
-    /// needs SEV-SNP hardware.
-    struct Hybrid<'k, 'f> {
-        fake: &'f mut SnpFake,
-        real: KvmLaunch<'k, ()>,
-    }
+    // The SEV-SNP VM on the shared `Hybrid`: the SEV-SNP calls are the
+    // fake's only, and this machine's KVM makes the chips and the vCPUs'
+    // registers real too, so that a whole `Vm` comes out: nothing here
+    // needs SEV-SNP hardware.
 
-    impl PrivateMemoryOps for Hybrid<'_, '_> {
-        fn create_guest_memfd(&mut self, g: &kvm_create_guest_memfd) -> Result<u32, CallError> {
-            self.fake.create_guest_memfd(g)
-        }
-        fn set_user_memory_region2(&mut self, r: &kvm_userspace_memory_region2) -> Result<(), CallError> {
-            self.fake.set_user_memory_region2(r)
-        }
-        fn set_memory_attributes(&mut self, a: &kvm_memory_attributes) -> Result<(), CallError> {
-            self.fake.set_memory_attributes(a)
-        }
-        fn enable_exit_hypercall(&mut self, h: u64) -> Result<(), CallError> {
-            self.fake.enable_exit_hypercall(h)
-        }
-    }
-
-    impl SnpLaunchOps for Hybrid<'_, '_> {
-        fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
-            self.fake.create_vm(vm_type)?;
-            self.real.create_vm_of(u64::from(KVM_X86_DEFAULT_VM))
-        }
+    impl SnpLaunchOps for Hybrid<'_, '_, SnpCall> {
         fn sev_init2(&mut self, init: &kvm_sev_init) -> Result<(), CallError> {
             self.fake.sev_init2(init)
         }
         fn snp_launch_start(&mut self, start: &kvm_sev_snp_launch_start) -> Result<(), CallError> {
             self.fake.snp_launch_start(start)
-        }
-        fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
-            self.fake.create_vcpus(count)?;
-            self.real.create_vcpus_of(count)
         }
         fn snp_launch_update(&mut self, update: &kvm_sev_snp_launch_update) -> Result<(), CallError> {
             self.fake.snp_launch_update(update)
@@ -279,7 +238,7 @@ pub(crate) mod tests {
         }
     }
 
-    impl SnpVmOps for Hybrid<'_, '_> {
+    impl SnpVmOps for Hybrid<'_, '_, SnpCall> {
         fn probe(&mut self) -> Result<(), Unavailable> {
             self.fake.probe()
         }
@@ -293,12 +252,6 @@ pub(crate) mod tests {
         }
     }
 
-    impl SnpVmBackend for Hybrid<'_, '_> {
-        fn into_launched(self) -> Result<Launched, CallError> {
-            self.real.into_launched()
-        }
-    }
-
     /// `--platform sev_snp=on,policy=0x70000,vcpu_type=EPYC-Milan --cpus
     /// boot=2 --memory size=64M --cmdline workload=hello` and the empty
     /// migration policy, as `covm measure` reads the same options.
@@ -309,13 +262,7 @@ pub(crate) mod tests {
     /// An SEV-SNP [`Vm`] built on [`Hybrid`] (None without KVM), and the
     /// calls the fake recorded.
     pub(crate) fn snp_vm(config: &VmConfig) -> Option<(Vm, Vec<SnpCall>)> {
-        let kvm = match crate::kvm::open() {
-            Ok(kvm) => kvm,
-            Err(e) => {
-                eprintln!("SKIP: {e}");
-                return None;
-            }
-        };
+        let kvm = kvm_or_skip()?;
         let PlatformConfig::SevSnp(snp) = &config.platform else {
             panic!("{:?}", config.platform)
         };
@@ -420,47 +367,28 @@ pub(crate) mod tests {
         assert_eq!(word(leaf1 + 0x1c) >> 24, 0, "vCPU 0's APIC ID");
 
         // No dirty logging, no migration: said why.
-        assert_eq!(vm.migration_refusal(), Some(SNP_NOT_MIGRATABLE));
-        let err = vm.set_dirty_logging(true).unwrap_err().to_string();
-        assert_eq!(err, SNP_NOT_MIGRATABLE);
-        assert!(vm.dirty_bitmaps().is_err());
-        assert!(vm.clear_dirty(0, 1).is_err());
-        vm.set_dirty_logging(false).unwrap();
+        assert_not_migratable(&vm, SNP_NOT_MIGRATABLE);
         vm.stop();
     }
 
     /// Neither an incoming SEV-SNP VM nor one with a dirty ring is built.
     #[test]
     fn incoming_and_dirty_ring_are_refused() {
-        let config = snp_config();
-        let notify: ExitNotifier = Arc::new(|_| {});
-        let err = Vm::new_incoming(&config, Instant::now(), notify.clone())
-            .err()
-            .expect("refused")
-            .to_string();
-        if crate::kvm::open().is_ok() {
-            assert_eq!(err, SNP_NOT_MIGRATABLE);
-        }
-        let ring = VmConfig {
-            dirty_tracking: DirtyTracking::Ring { entries: 4096 },
-            ..config
-        };
-        let Some(kvm) = crate::kvm::open().ok() else { return };
-        let PlatformConfig::SevSnp(snp) = &ring.platform else {
-            unreachable!()
-        };
-        let err = Vm::build_snp(
-            &ring,
-            snp,
-            Instant::now(),
-            notify,
-            Origin::Boot,
-            &kvm,
-            |_, _| -> Hybrid { panic!("nothing is built") },
-        )
-        .err()
-        .expect("refused")
-        .to_string();
+        let refused = dirty_ring_refusal(snp_config(), SNP_NOT_MIGRATABLE, |ring, kvm, notify| {
+            let PlatformConfig::SevSnp(snp) = &ring.platform else {
+                unreachable!()
+            };
+            Vm::build_snp(
+                ring,
+                snp,
+                Instant::now(),
+                notify,
+                Origin::Boot,
+                kvm,
+                |_, _| -> Hybrid<SnpCall> { panic!("nothing is built") },
+            )
+        });
+        let Some(err) = refused else { return };
         assert!(
             err.starts_with("--dirty-tracking mode=ring: KVM has no dirty ring"),
             "{err}"

@@ -1,5 +1,6 @@
 //! A TDX VM (a TD): built through its launch ([`TdxVmLaunch`]) on a
-//! [`TdxVmBackend`] (real KVM: `KvmLaunch<TdxState>`), then assembled
+//! backend ([`TdxVmOps`] and [`IntoLaunched`]; real KVM:
+//! `KvmLaunch<TdxState>`), then assembled
 //! into a [`Vm`] like any other: devices, vCPU threads, the migration
 //! agent's vCPU.
 //!
@@ -15,15 +16,15 @@
 //! measurement is the MRTD `covm measure --platform tdx=on` computes for
 //! the same options.
 
-use super::private::PrivateLaunch;
+use super::private::{refuse_unsupported, PrivateLaunch};
 use super::{Origin, SerialIrq, Vm, VmError};
-use crate::config::{DirtyTracking, VmConfig};
+use crate::config::VmConfig;
 use crate::kvm;
 use crate::memory::{self, GuestMemory};
 use crate::platform::hardware::TDX_NOT_MIGRATABLE;
 use crate::platform::snp::error::CallError;
 use crate::platform::snp::host::Unavailable;
-use crate::platform::snp::kvm::{KvmLaunch, Launched};
+use crate::platform::snp::kvm::{IntoLaunched, KvmLaunch};
 use crate::platform::tdx::kvm::TdxState;
 use crate::platform::tdx::vm::{TdxVmError, TdxVmLaunch, TdxVmOps};
 use crate::platform::tdx::{self, TD_DEVICES};
@@ -34,13 +35,6 @@ use kvm_ioctls::{Kvm, VmFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// What builds a TD: the construction's calls, then the KVM objects they
-/// made.
-pub(crate) trait TdxVmBackend: TdxVmOps {
-    /// The VM, its vCPUs and guest_memfds.
-    fn into_launched(self) -> Result<Launched, CallError>;
-}
-
 impl TdxVmOps for KvmLaunch<'_, TdxState> {
     fn probe(&mut self) -> Result<(), Unavailable> {
         tdx::probe_tdx()
@@ -48,12 +42,6 @@ impl TdxVmOps for KvmLaunch<'_, TdxState> {
 
     fn enable_split_irqchip(&mut self, ioapic_pins: u64) -> Result<(), CallError> {
         split_irqchip(self.vm()?, ioapic_pins)
-    }
-}
-
-impl TdxVmBackend for KvmLaunch<'_, TdxState> {
-    fn into_launched(self) -> Result<Launched, CallError> {
-        KvmLaunch::into_launched(self)
     }
 }
 
@@ -83,8 +71,9 @@ impl Vm {
         })
     }
 
-    /// A TD built on the backend `backend` makes from its guest memory.
-    pub(super) fn build_tdx<B: TdxVmBackend>(
+    /// A TD built on the backend `backend` makes from its guest memory:
+    /// the construction's calls, then the KVM objects they made.
+    pub(super) fn build_tdx<B: TdxVmOps + IntoLaunched>(
         config: &VmConfig,
         tdx: &TdxConfig,
         start: Instant,
@@ -93,15 +82,13 @@ impl Vm {
         kvm: &Kvm,
         backend: impl FnOnce(GuestMemory) -> B,
     ) -> Result<Self, VmError> {
-        if origin != Origin::Boot {
-            return Err(VmError::Unsupported(TDX_NOT_MIGRATABLE));
-        }
-        if let DirtyTracking::Ring { .. } = config.dirty_tracking {
-            return Err(VmError::Unsupported(
-                "--dirty-tracking mode=ring: KVM has no dirty ring for an Intel TDX VM's private \
-                 (guest_memfd-backed) memory, and a TD cannot migrate",
-            ));
-        }
+        refuse_unsupported(
+            config,
+            origin,
+            TDX_NOT_MIGRATABLE,
+            "--dirty-tracking mode=ring: KVM has no dirty ring for an Intel TDX VM's private \
+             (guest_memfd-backed) memory, and a TD cannot migrate",
+        )?;
         let call = |what| move |source| VmError::KvmCall { what, source };
         let memory = memory::allocate(config.memory.size)?;
         let loaded = image::load(&memory, config)?;
@@ -149,45 +136,21 @@ impl Vm {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::super::private::tests::{assert_not_migratable, dirty_ring_refusal};
     use super::*;
     use crate::platform::mrtd::measure_tdx;
-    use crate::platform::snp::private::PrivateMemoryOps;
+    use crate::platform::snp::hybrid::{kvm_or_skip, Hybrid};
     use crate::platform::tdx::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm};
     use crate::platform::tdx::fake::{TdxCall, TdxFake};
     use crate::platform::tdx::ops::TdxLaunchOps;
     use crate::platform::PlatformConfig;
-    use kvm_bindings::{
-        kvm_create_guest_memfd, kvm_memory_attributes, kvm_pit_config, kvm_userspace_memory_region2, KVM_X86_DEFAULT_VM,
-    };
+    use kvm_bindings::kvm_pit_config;
 
-    /// The recording fake for every TDX call, with this machine's KVM (a
-    /// default VM) making the VM, its split irqchip and its vCPUs real, so
-    /// that a whole [`Vm`] comes out: nothing here needs TDX hardware.
-    struct Hybrid<'k, 'f> {
-        fake: &'f mut TdxFake,
-        real: KvmLaunch<'k, ()>,
-    }
+    // The TD on the shared `Hybrid`: the TDX calls are the fake's only, and
+    // this machine's KVM makes the split irqchip real too, so that a whole
+    // `Vm` comes out: nothing here needs TDX hardware.
 
-    impl PrivateMemoryOps for Hybrid<'_, '_> {
-        fn create_guest_memfd(&mut self, g: &kvm_create_guest_memfd) -> Result<u32, CallError> {
-            self.fake.create_guest_memfd(g)
-        }
-        fn set_user_memory_region2(&mut self, r: &kvm_userspace_memory_region2) -> Result<(), CallError> {
-            self.fake.set_user_memory_region2(r)
-        }
-        fn set_memory_attributes(&mut self, a: &kvm_memory_attributes) -> Result<(), CallError> {
-            self.fake.set_memory_attributes(a)
-        }
-        fn enable_exit_hypercall(&mut self, h: u64) -> Result<(), CallError> {
-            self.fake.enable_exit_hypercall(h)
-        }
-    }
-
-    impl TdxLaunchOps for Hybrid<'_, '_> {
-        fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
-            self.fake.create_vm(vm_type)?;
-            self.real.create_vm_of(u64::from(KVM_X86_DEFAULT_VM))
-        }
+    impl TdxLaunchOps for Hybrid<'_, '_, TdxCall> {
         fn tdx_capabilities(&mut self) -> Result<TdxCapabilities, CallError> {
             self.fake.tdx_capabilities()
         }
@@ -196,10 +159,6 @@ pub(crate) mod tests {
         }
         fn tdx_init_vm(&mut self, init: &TdxInitVm) -> Result<(), CallError> {
             self.fake.tdx_init_vm(init)
-        }
-        fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
-            self.fake.create_vcpus(count)?;
-            self.real.create_vcpus_of(count)
         }
         fn tdx_init_vcpu(&mut self, vcpu: usize, rcx: u64) -> Result<(), CallError> {
             self.fake.tdx_init_vcpu(vcpu, rcx)
@@ -212,19 +171,13 @@ pub(crate) mod tests {
         }
     }
 
-    impl TdxVmOps for Hybrid<'_, '_> {
+    impl TdxVmOps for Hybrid<'_, '_, TdxCall> {
         fn probe(&mut self) -> Result<(), Unavailable> {
             self.fake.probe()
         }
         fn enable_split_irqchip(&mut self, ioapic_pins: u64) -> Result<(), CallError> {
             self.fake.enable_split_irqchip(ioapic_pins)?;
             split_irqchip(self.real.vm()?, ioapic_pins)
-        }
-    }
-
-    impl TdxVmBackend for Hybrid<'_, '_> {
-        fn into_launched(self) -> Result<Launched, CallError> {
-            self.real.into_launched()
         }
     }
 
@@ -238,13 +191,7 @@ pub(crate) mod tests {
     /// A TD [`Vm`] built on [`Hybrid`] (None without KVM), and the calls
     /// the fake recorded.
     pub(crate) fn tdx_vm(config: &VmConfig) -> Option<(Vm, Vec<TdxCall>)> {
-        let kvm = match crate::kvm::open() {
-            Ok(kvm) => kvm,
-            Err(e) => {
-                eprintln!("SKIP: {e}");
-                return None;
-            }
-        };
+        let kvm = kvm_or_skip()?;
         let PlatformConfig::Tdx(tdx) = &config.platform else {
             panic!("{:?}", config.platform)
         };
@@ -314,10 +261,7 @@ pub(crate) mod tests {
         assert!(vm.agent_vcpu.is_some());
 
         // No dirty logging, no migration: said why.
-        assert_eq!(vm.migration_refusal(), Some(TDX_NOT_MIGRATABLE));
-        assert_eq!(vm.set_dirty_logging(true).unwrap_err().to_string(), TDX_NOT_MIGRATABLE);
-        assert!(vm.dirty_bitmaps().is_err());
-        vm.set_dirty_logging(false).unwrap();
+        assert_not_migratable(&vm, TDX_NOT_MIGRATABLE);
         vm.stop();
     }
 
@@ -325,30 +269,23 @@ pub(crate) mod tests {
     #[test]
     fn incoming_and_dirty_ring_are_refused() {
         let config = tdx_config();
-        let notify: ExitNotifier = Arc::new(|_| {});
-        let err = Vm::new_incoming(&config, Instant::now(), notify.clone())
-            .err()
-            .expect("refused")
-            .to_string();
-        if crate::kvm::open().is_ok() {
-            assert_eq!(err, TDX_NOT_MIGRATABLE);
-        }
         let err = crate::platform::launch_incoming(&config).unwrap_err().to_string();
         assert_eq!(err, format!("a tdx VM cannot be received: {TDX_NOT_MIGRATABLE}"));
-        let ring = VmConfig {
-            dirty_tracking: DirtyTracking::Ring { entries: 4096 },
-            ..config
-        };
-        let Some(kvm) = crate::kvm::open().ok() else { return };
-        let PlatformConfig::Tdx(tdx) = &ring.platform else {
-            unreachable!()
-        };
-        let err = Vm::build_tdx(&ring, tdx, Instant::now(), notify, Origin::Boot, &kvm, |_| -> Hybrid {
-            panic!("nothing is built")
-        })
-        .err()
-        .expect("refused")
-        .to_string();
+        let refused = dirty_ring_refusal(config, TDX_NOT_MIGRATABLE, |ring, kvm, notify| {
+            let PlatformConfig::Tdx(tdx) = &ring.platform else {
+                unreachable!()
+            };
+            Vm::build_tdx(
+                ring,
+                tdx,
+                Instant::now(),
+                notify,
+                Origin::Boot,
+                kvm,
+                |_| -> Hybrid<TdxCall> { panic!("nothing is built") },
+            )
+        });
+        let Some(err) = refused else { return };
         assert!(
             err.starts_with("--dirty-tracking mode=ring: KVM has no dirty ring for an Intel TDX VM"),
             "{err}"

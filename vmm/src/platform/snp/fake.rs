@@ -3,6 +3,7 @@
 //! order and the arguments of a launch and that a failure stops it.
 //! [`Fake`] is generic over the call record so TDX's fake shares it.
 
+use super::create::CreateOps;
 use super::error::{CallError, LaunchError};
 use super::host::Unavailable;
 use super::ops::SnpLaunchOps;
@@ -17,22 +18,27 @@ use kvm_bindings::{
     kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
 };
 
-/// A private-memory call.
+/// A call both launches make: the VM and vCPU creation ([`CreateOps`])
+/// and the private-memory calls ([`PrivateMemoryOps`]).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum MemCall {
+pub(crate) enum SharedCall {
+    CreateVm(u64),
+    CreateVcpus(usize),
     CreateGuestMemfd(kvm_create_guest_memfd),
     SetUserMemoryRegion2(kvm_userspace_memory_region2),
     SetMemoryAttributes(kvm_memory_attributes),
     EnableExitHypercall(u64),
 }
 
-impl MemCall {
+impl SharedCall {
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            MemCall::CreateGuestMemfd(_) => "KVM_CREATE_GUEST_MEMFD",
-            MemCall::SetUserMemoryRegion2(_) => "KVM_SET_USER_MEMORY_REGION2",
-            MemCall::SetMemoryAttributes(_) => "KVM_SET_MEMORY_ATTRIBUTES",
-            MemCall::EnableExitHypercall(_) => "KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)",
+            SharedCall::CreateVm(_) => "KVM_CREATE_VM",
+            SharedCall::CreateVcpus(_) => "KVM_CREATE_VCPU",
+            SharedCall::CreateGuestMemfd(_) => "KVM_CREATE_GUEST_MEMFD",
+            SharedCall::SetUserMemoryRegion2(_) => "KVM_SET_USER_MEMORY_REGION2",
+            SharedCall::SetMemoryAttributes(_) => "KVM_SET_MEMORY_ATTRIBUTES",
+            SharedCall::EnableExitHypercall(_) => "KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)",
         }
     }
 }
@@ -41,8 +47,8 @@ impl MemCall {
 pub(crate) trait Recorded {
     /// The KVM call, as the launch errors name it.
     fn name(&self) -> &'static str;
-    /// The record of a private-memory call.
-    fn from_mem(call: MemCall) -> Self;
+    /// The record of a call both launches make.
+    fn from_shared(call: SharedCall) -> Self;
 }
 
 /// The recording fake.
@@ -96,23 +102,33 @@ impl<C: Recorded> Fake<C> {
     }
 }
 
+impl<C: Recorded> CreateOps for Fake<C> {
+    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
+        self.record(C::from_shared(SharedCall::CreateVm(vm_type)))
+    }
+
+    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
+        self.record(C::from_shared(SharedCall::CreateVcpus(count)))
+    }
+}
+
 impl<C: Recorded> PrivateMemoryOps for Fake<C> {
     fn create_guest_memfd(&mut self, gmem: &kvm_create_guest_memfd) -> Result<u32, CallError> {
-        self.record(C::from_mem(MemCall::CreateGuestMemfd(*gmem)))?;
+        self.record(C::from_shared(SharedCall::CreateGuestMemfd(*gmem)))?;
         self.next_fd += 1;
         Ok(self.next_fd - 1)
     }
 
     fn set_user_memory_region2(&mut self, region: &kvm_userspace_memory_region2) -> Result<(), CallError> {
-        self.record(C::from_mem(MemCall::SetUserMemoryRegion2(*region)))
+        self.record(C::from_shared(SharedCall::SetUserMemoryRegion2(*region)))
     }
 
     fn set_memory_attributes(&mut self, attributes: &kvm_memory_attributes) -> Result<(), CallError> {
-        self.record(C::from_mem(MemCall::SetMemoryAttributes(*attributes)))
+        self.record(C::from_shared(SharedCall::SetMemoryAttributes(*attributes)))
     }
 
     fn enable_exit_hypercall(&mut self, hypercalls: u64) -> Result<(), CallError> {
-        self.record(C::from_mem(MemCall::EnableExitHypercall(hypercalls)))
+        self.record(C::from_shared(SharedCall::EnableExitHypercall(hypercalls)))
     }
 }
 
@@ -144,14 +160,14 @@ impl SnpCall {
 impl Recorded for SnpCall {
     fn name(&self) -> &'static str {
         match self {
-            SnpCall::CreateVm(_) => "KVM_CREATE_VM",
+            SnpCall::CreateVm(t) => SharedCall::CreateVm(*t).name(),
             SnpCall::SevInit2(_) => "KVM_SEV_INIT2",
-            SnpCall::CreateGuestMemfd(g) => MemCall::CreateGuestMemfd(*g).name(),
-            SnpCall::SetUserMemoryRegion2(r) => MemCall::SetUserMemoryRegion2(*r).name(),
-            SnpCall::SetMemoryAttributes(a) => MemCall::SetMemoryAttributes(*a).name(),
-            SnpCall::EnableExitHypercall(m) => MemCall::EnableExitHypercall(*m).name(),
+            SnpCall::CreateGuestMemfd(g) => SharedCall::CreateGuestMemfd(*g).name(),
+            SnpCall::SetUserMemoryRegion2(r) => SharedCall::SetUserMemoryRegion2(*r).name(),
+            SnpCall::SetMemoryAttributes(a) => SharedCall::SetMemoryAttributes(*a).name(),
+            SnpCall::EnableExitHypercall(m) => SharedCall::EnableExitHypercall(*m).name(),
             SnpCall::LaunchStart(_) => "KVM_SEV_SNP_LAUNCH_START",
-            SnpCall::CreateVcpus(_) => "KVM_CREATE_VCPU",
+            SnpCall::CreateVcpus(n) => SharedCall::CreateVcpus(*n).name(),
             SnpCall::LaunchUpdate(_) => "KVM_SEV_SNP_LAUNCH_UPDATE",
             SnpCall::LaunchFinish(_) => "KVM_SEV_SNP_LAUNCH_FINISH",
             SnpCall::Probe => "probe",
@@ -160,34 +176,40 @@ impl Recorded for SnpCall {
         }
     }
 
-    fn from_mem(call: MemCall) -> Self {
+    fn from_shared(call: SharedCall) -> Self {
         match call {
-            MemCall::CreateGuestMemfd(g) => SnpCall::CreateGuestMemfd(g),
-            MemCall::SetUserMemoryRegion2(r) => SnpCall::SetUserMemoryRegion2(r),
-            MemCall::SetMemoryAttributes(a) => SnpCall::SetMemoryAttributes(a),
-            MemCall::EnableExitHypercall(m) => SnpCall::EnableExitHypercall(m),
+            SharedCall::CreateVm(t) => SnpCall::CreateVm(t),
+            SharedCall::CreateVcpus(n) => SnpCall::CreateVcpus(n),
+            SharedCall::CreateGuestMemfd(g) => SnpCall::CreateGuestMemfd(g),
+            SharedCall::SetUserMemoryRegion2(r) => SnpCall::SetUserMemoryRegion2(r),
+            SharedCall::SetMemoryAttributes(a) => SnpCall::SetMemoryAttributes(a),
+            SharedCall::EnableExitHypercall(m) => SnpCall::EnableExitHypercall(m),
         }
     }
 }
+
+/// The calls of [`super::launch::prepare`], in order: the launch's tests
+/// and the VM construction's expect them alike.
+pub(crate) const PREPARE_CALLS: [&str; 7] = [
+    "KVM_CREATE_VM",
+    "KVM_SEV_INIT2",
+    "KVM_CREATE_GUEST_MEMFD",
+    "KVM_SET_USER_MEMORY_REGION2",
+    "KVM_SET_MEMORY_ATTRIBUTES",
+    "KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)",
+    "KVM_SEV_SNP_LAUNCH_START",
+];
 
 /// The SEV-SNP fake.
 pub(crate) type SnpFake = Fake<SnpCall>;
 
 impl SnpLaunchOps for SnpFake {
-    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
-        self.record(SnpCall::CreateVm(vm_type))
-    }
-
     fn sev_init2(&mut self, init: &kvm_sev_init) -> Result<(), CallError> {
         self.record(SnpCall::SevInit2(*init))
     }
 
     fn snp_launch_start(&mut self, start: &kvm_sev_snp_launch_start) -> Result<(), CallError> {
         self.record(SnpCall::LaunchStart(*start))
-    }
-
-    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
-        self.record(SnpCall::CreateVcpus(count))
     }
 
     fn snp_launch_update(&mut self, update: &kvm_sev_snp_launch_update) -> Result<(), CallError> {

@@ -1,10 +1,11 @@
 //! The launch calls made on real KVM: [`KvmLaunch`] owns the VM it creates,
-//! its guest_memfds and vCPUs. The private-memory calls and vCPU creation
-//! are shared by every platform; [`SnpState`] adds the SEV device for the
+//! its guest_memfds and vCPUs. The VM and vCPU creation and the
+//! private-memory calls are shared by every platform; [`SnpState`] adds the SEV device for the
 //! SEV-SNP commands (TDX's are in `platform::tdx::kvm`).
 
 use super::bindings::firmware_status_name;
 use super::bindings::{SEV_DEVICE, SEV_INIT2, SNP_LAUNCH_FINISH, SNP_LAUNCH_START, SNP_LAUNCH_UPDATE};
+use super::create::CreateOps;
 use super::error::CallError;
 use super::ops::SnpLaunchOps;
 use super::private::{ram_regions, PrivateMemoryOps};
@@ -90,9 +91,29 @@ impl<'a, P> KvmLaunch<'a, P> {
             .as_ref()
             .ok_or_else(|| CallError::Refused("no VM yet: KVM_CREATE_VM comes first".into()))
     }
+}
 
-    /// `KVM_CREATE_VM` of `vm_type`.
-    pub(crate) fn create_vm_of(&mut self, vm_type: u64) -> Result<(), CallError> {
+/// A launch's backend once the launch is done: it hands over the KVM
+/// objects its calls made (real KVM's [`KvmLaunch`], or a test's).
+pub trait IntoLaunched {
+    /// The VM, vCPUs and guest_memfds, once launched.
+    fn into_launched(self) -> Result<Launched, CallError>;
+}
+
+impl<P> IntoLaunched for KvmLaunch<'_, P> {
+    fn into_launched(self) -> Result<Launched, CallError> {
+        let vm = self.vm.ok_or_else(|| CallError::Refused("no VM was created".into()))?;
+        Ok(Launched {
+            vm,
+            vcpus: self.vcpus,
+            guest_memfds: self.memfds,
+            memory: self.memory,
+        })
+    }
+}
+
+impl<P> CreateOps for KvmLaunch<'_, P> {
+    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
         if self.vm.is_some() {
             return Err(CallError::Refused("the VM exists already".into()));
         }
@@ -100,8 +121,8 @@ impl<'a, P> KvmLaunch<'a, P> {
         Ok(())
     }
 
-    /// `KVM_CREATE_VCPU` for vCPUs `0..count`, each set up as it comes.
-    pub(crate) fn create_vcpus_of(&mut self, count: usize) -> Result<(), CallError> {
+    /// Sets each vCPU up as it comes.
+    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
         for index in self.vcpus.len()..count {
             let vcpu = self.vm()?.create_vcpu(index as u64)?;
             if let Some(setup) = &mut self.vcpu_setup {
@@ -110,17 +131,6 @@ impl<'a, P> KvmLaunch<'a, P> {
             self.vcpus.push(vcpu);
         }
         Ok(())
-    }
-
-    /// The VM, vCPUs and guest_memfds, once launched.
-    pub fn into_launched(self) -> Result<Launched, CallError> {
-        let vm = self.vm.ok_or_else(|| CallError::Refused("no VM was created".into()))?;
-        Ok(Launched {
-            vm,
-            vcpus: self.vcpus,
-            guest_memfds: self.memfds,
-            memory: self.memory,
-        })
     }
 }
 
@@ -273,10 +283,6 @@ impl KvmLaunch<'_, SnpState> {
 }
 
 impl SnpLaunchOps for KvmLaunch<'_, SnpState> {
-    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
-        self.create_vm_of(vm_type)
-    }
-
     fn sev_init2(&mut self, init: &kvm_sev_init) -> Result<(), CallError> {
         let mut init = *init;
         // SAFETY: KVM_SEV_INIT2 takes a `struct kvm_sev_init`.
@@ -287,10 +293,6 @@ impl SnpLaunchOps for KvmLaunch<'_, SnpState> {
         let mut start = *start;
         // SAFETY: KVM_SEV_SNP_LAUNCH_START takes a `struct kvm_sev_snp_launch_start`.
         unsafe { self.sev_command(SNP_LAUNCH_START, &mut start) }
-    }
-
-    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
-        self.create_vcpus_of(count)
     }
 
     fn snp_launch_update(&mut self, update: &kvm_sev_snp_launch_update) -> Result<(), CallError> {
@@ -319,26 +321,17 @@ impl SnpLaunchOps for KvmLaunch<'_, SnpState> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::hybrid::kvm_or_skip;
     use super::super::private::{ram_regions, register_private};
     use super::*;
     use kvm_bindings::{KVM_CAP_GUEST_MEMFD, KVM_X86_DEFAULT_VM};
-
-    fn kvm() -> Option<Kvm> {
-        match crate::kvm::open() {
-            Ok(kvm) => Some(kvm),
-            Err(e) => {
-                eprintln!("SKIP: {e}");
-                None
-            }
-        }
-    }
 
     /// The real calls on this machine's KVM, which has no SEV: an SNP VM
     /// cannot be created, SEV commands are refused by KVM, and private
     /// memory gets as far as KVM allows on a default VM.
     #[test]
     fn real_calls_reach_kvm_and_failures_are_named() {
-        let Some(kvm) = kvm() else { return };
+        let Some(kvm) = kvm_or_skip() else { return };
         let memory = crate::memory::allocate(4 << 20).unwrap();
         let state = SnpState::open_device(Path::new("/dev/null")).unwrap();
         let mut launch = KvmLaunch::new(&kvm, memory.clone(), state);

@@ -5,9 +5,10 @@
 //! configure its vCPUs between them (the vCPUs must exist, with their boot
 //! registers, before `KVM_SEV_SNP_LAUNCH_FINISH` turns them into VMSAs,
 //! and after `KVM_SEV_INIT2`): [`prepare`] and [`finish`]; [`launch_snp`]
-//! runs both with [`SnpLaunchOps::create_vcpus`] between.
+//! runs both with [`create_vcpus_step`] between.
 
 use super::bindings::SNP_VM_TYPE;
+use super::create::create_vcpus_step;
 use super::error::{at, LaunchError};
 use super::ops::SnpLaunchOps;
 use super::plan::SnpPlan;
@@ -20,12 +21,7 @@ pub const PLATFORM: &str = "AMD SEV-SNP";
 /// The whole launch of `plan`.
 pub fn launch_snp(ops: &mut impl SnpLaunchOps, plan: &SnpPlan) -> Result<(), LaunchError> {
     prepare(ops, plan)?;
-    at(
-        PLATFORM,
-        "KVM_CREATE_VCPU",
-        || format!("{} vCPUs", plan.vcpus),
-        ops.create_vcpus(plan.vcpus),
-    )?;
+    create_vcpus_step(ops, plan.vcpus, PLATFORM)?;
     finish(ops, plan)
 }
 
@@ -92,7 +88,7 @@ pub fn finish(ops: &mut impl SnpLaunchOps, plan: &SnpPlan) -> Result<(), LaunchE
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{each_call_failing, loaded_firmware, SnpCall, SnpFake as Fake, MEMORY};
+    use super::super::fake::{each_call_failing, loaded_firmware, SnpCall, SnpFake as Fake, MEMORY, PREPARE_CALLS};
     use super::super::plan::SnpOptions;
     use super::*;
     use crate::platform::image::Loaded;
@@ -115,16 +111,8 @@ mod tests {
         launch_snp(&mut fake, &plan).unwrap();
         let names: Vec<&str> = fake.calls.iter().map(SnpCall::name).collect();
         let updates = plan.updates.len();
-        let mut expected = vec![
-            "KVM_CREATE_VM",
-            "KVM_SEV_INIT2",
-            "KVM_CREATE_GUEST_MEMFD",
-            "KVM_SET_USER_MEMORY_REGION2",
-            "KVM_SET_MEMORY_ATTRIBUTES",
-            "KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)",
-            "KVM_SEV_SNP_LAUNCH_START",
-            "KVM_CREATE_VCPU",
-        ];
+        let mut expected = PREPARE_CALLS.to_vec();
+        expected.push("KVM_CREATE_VCPU");
         expected.extend(std::iter::repeat_n("KVM_SEV_SNP_LAUNCH_UPDATE", updates));
         expected.push("KVM_SEV_SNP_LAUNCH_FINISH");
         assert_eq!(names, expected);

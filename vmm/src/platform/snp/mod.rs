@@ -24,7 +24,8 @@
 //! Files, one job each: [`ops`] names every call (the [`SnpLaunchOps`]
 //! trait), [`plan`] turns a [`LaunchImage`] into the calls' arguments,
 //! [`launch`] drives the sequence, [`kvm`] makes the calls on a real VM
-//! fd, [`private`] is the private-memory part (shared with TDX),
+//! fd, [`create`] is the VM and vCPU creation and [`private`] the
+//! private-memory part (both shared with TDX),
 //! [`hypercall`] converts memory on the guest's request, [`error`] names
 //! the step that failed, [`host`] and [`probe`] check the host first,
 //! [`vm`] is covm's VM construction around the launch.
@@ -32,10 +33,13 @@
 //! [`LaunchImage`]: super::LaunchImage
 
 pub mod bindings;
+pub mod create;
 pub mod error;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod host;
+#[cfg(test)]
+pub(crate) mod hybrid;
 pub mod hypercall;
 pub mod kvm;
 pub mod launch;

@@ -27,6 +27,7 @@
 //! uses, so launch and `covm measure` agree by construction; the secure
 //! processor's own value, in the guest's report, is the check.
 
+use super::create::create_vcpus_step;
 use super::error::{at, CallError, LaunchError};
 use super::host::Unavailable;
 use super::launch::{finish, prepare, PLATFORM};
@@ -130,12 +131,7 @@ impl SnpVmLaunch {
             || "in-kernel irqchip and PIT".into(),
             ops.create_chips(),
         )?;
-        at(
-            PLATFORM,
-            "KVM_CREATE_VCPU",
-            || format!("{} vCPUs", self.plan.vcpus),
-            ops.create_vcpus(self.plan.vcpus),
-        )?;
+        create_vcpus_step(ops, self.plan.vcpus, PLATFORM)?;
         for (index, boot) in self.boots.iter().enumerate() {
             at(
                 PLATFORM,
@@ -163,7 +159,7 @@ impl SnpVmLaunch {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{SnpCall, SnpFake};
+    use super::super::fake::{SnpCall, SnpFake, PREPARE_CALLS};
     use super::super::plan::IdBlock;
     use super::*;
     use crate::config::VmConfig;
@@ -208,18 +204,9 @@ mod tests {
         let names: Vec<&str> = fake.calls.iter().map(SnpCall::name).collect();
         let vcpus = config.kvm_vcpus() as usize;
         assert_eq!(vcpus, 3, "2 vCPUs and the agent's");
-        let mut expected = vec![
-            "probe",
-            "KVM_CREATE_VM",
-            "KVM_SEV_INIT2",
-            "KVM_CREATE_GUEST_MEMFD",
-            "KVM_SET_USER_MEMORY_REGION2",
-            "KVM_SET_MEMORY_ATTRIBUTES",
-            "KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)",
-            "KVM_SEV_SNP_LAUNCH_START",
-            "KVM_CREATE_IRQCHIP",
-            "KVM_CREATE_VCPU",
-        ];
+        let mut expected = vec!["probe"];
+        expected.extend(PREPARE_CALLS);
+        expected.extend(["KVM_CREATE_IRQCHIP", "KVM_CREATE_VCPU"]);
         expected.extend(std::iter::repeat_n("KVM_SET_REGS", vcpus));
         expected.extend(std::iter::repeat_n(
             "KVM_SEV_SNP_LAUNCH_UPDATE",

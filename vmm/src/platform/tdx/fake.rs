@@ -6,7 +6,7 @@ use super::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm, ATTR_SEPT_VE
 use super::ops::TdxLaunchOps;
 use super::vm::TdxVmOps;
 use crate::platform::snp::error::CallError;
-use crate::platform::snp::fake::{Fake, MemCall, Recorded};
+use crate::platform::snp::fake::{Fake, Recorded, SharedCall};
 use crate::platform::snp::host::Unavailable;
 use kvm_bindings::{kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
 
@@ -26,6 +26,17 @@ pub(crate) fn fake_capabilities() -> TdxCapabilities {
         }],
         ..Default::default()
     }
+}
+
+/// CPUID covm wants: leaf 1 all ones (the fake host lets a TD configure
+/// some of it: [`fake_capabilities`]).
+pub(crate) fn wanted_cpuid() -> Vec<kvm_cpuid_entry2> {
+    vec![kvm_cpuid_entry2 {
+        function: 1,
+        eax: 0xffff_ffff,
+        ecx: 0xffff_ffff,
+        ..Default::default()
+    }]
 }
 
 /// One call of a TDX launch.
@@ -64,40 +75,51 @@ impl Recorded for TdxCall {
     fn name(&self) -> &'static str {
         match self {
             TdxCall::Probe => "probe",
-            TdxCall::CreateVm(_) => "KVM_CREATE_VM",
+            TdxCall::CreateVm(t) => SharedCall::CreateVm(*t).name(),
             TdxCall::Capabilities => "KVM_TDX_CAPABILITIES",
             TdxCall::MaxVcpus => "KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS)",
             TdxCall::InitVm(_) => "KVM_TDX_INIT_VM",
-            TdxCall::CreateGuestMemfd(g) => MemCall::CreateGuestMemfd(*g).name(),
-            TdxCall::SetUserMemoryRegion2(r) => MemCall::SetUserMemoryRegion2(*r).name(),
-            TdxCall::SetMemoryAttributes(a) => MemCall::SetMemoryAttributes(*a).name(),
-            TdxCall::EnableExitHypercall(m) => MemCall::EnableExitHypercall(*m).name(),
+            TdxCall::CreateGuestMemfd(g) => SharedCall::CreateGuestMemfd(*g).name(),
+            TdxCall::SetUserMemoryRegion2(r) => SharedCall::SetUserMemoryRegion2(*r).name(),
+            TdxCall::SetMemoryAttributes(a) => SharedCall::SetMemoryAttributes(*a).name(),
+            TdxCall::EnableExitHypercall(m) => SharedCall::EnableExitHypercall(*m).name(),
             TdxCall::SplitIrqchip(_) => "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)",
-            TdxCall::CreateVcpus(_) => "KVM_CREATE_VCPU",
+            TdxCall::CreateVcpus(n) => SharedCall::CreateVcpus(*n).name(),
             TdxCall::InitVcpu { .. } => "KVM_TDX_INIT_VCPU",
             TdxCall::InitMemRegion { .. } => "KVM_TDX_INIT_MEM_REGION",
             TdxCall::FinalizeVm => "KVM_TDX_FINALIZE_VM",
         }
     }
 
-    fn from_mem(call: MemCall) -> Self {
+    fn from_shared(call: SharedCall) -> Self {
         match call {
-            MemCall::CreateGuestMemfd(g) => TdxCall::CreateGuestMemfd(g),
-            MemCall::SetUserMemoryRegion2(r) => TdxCall::SetUserMemoryRegion2(r),
-            MemCall::SetMemoryAttributes(a) => TdxCall::SetMemoryAttributes(a),
-            MemCall::EnableExitHypercall(m) => TdxCall::EnableExitHypercall(m),
+            SharedCall::CreateVm(t) => TdxCall::CreateVm(t),
+            SharedCall::CreateVcpus(n) => TdxCall::CreateVcpus(n),
+            SharedCall::CreateGuestMemfd(g) => TdxCall::CreateGuestMemfd(g),
+            SharedCall::SetUserMemoryRegion2(r) => TdxCall::SetUserMemoryRegion2(r),
+            SharedCall::SetMemoryAttributes(a) => TdxCall::SetMemoryAttributes(a),
+            SharedCall::EnableExitHypercall(m) => TdxCall::EnableExitHypercall(m),
         }
     }
 }
+
+/// The calls of [`super::launch::prepare`], in order: the launch's tests
+/// and the VM construction's expect them alike.
+pub(crate) const PREPARE_CALLS: [&str; 8] = [
+    "KVM_CREATE_VM",
+    "KVM_TDX_CAPABILITIES",
+    "KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS)",
+    "KVM_TDX_INIT_VM",
+    "KVM_CREATE_GUEST_MEMFD",
+    "KVM_SET_USER_MEMORY_REGION2",
+    "KVM_SET_MEMORY_ATTRIBUTES",
+    "KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)",
+];
 
 /// The TDX fake.
 pub(crate) type TdxFake = Fake<TdxCall>;
 
 impl TdxLaunchOps for TdxFake {
-    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
-        self.record(TdxCall::CreateVm(vm_type))
-    }
-
     fn tdx_capabilities(&mut self) -> Result<TdxCapabilities, CallError> {
         self.record(TdxCall::Capabilities)?;
         Ok(fake_capabilities())
@@ -110,10 +132,6 @@ impl TdxLaunchOps for TdxFake {
 
     fn tdx_init_vm(&mut self, init: &TdxInitVm) -> Result<(), CallError> {
         self.record(TdxCall::InitVm(init.clone()))
-    }
-
-    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
-        self.record(TdxCall::CreateVcpus(count))
     }
 
     fn tdx_init_vcpu(&mut self, vcpu: usize, rcx: u64) -> Result<(), CallError> {

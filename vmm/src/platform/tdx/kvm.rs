@@ -57,10 +57,6 @@ impl KvmLaunch<'_, TdxState> {
 }
 
 impl TdxLaunchOps for KvmLaunch<'_, TdxState> {
-    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError> {
-        self.create_vm_of(vm_type)
-    }
-
     fn tdx_capabilities(&mut self) -> Result<TdxCapabilities, CallError> {
         let vm = self.vm()?;
         let mut nent = FIRST_NENT;
@@ -88,10 +84,6 @@ impl TdxLaunchOps for KvmLaunch<'_, TdxState> {
         // SAFETY: `bytes` is a whole `struct kvm_tdx_init_vm` with its
         // `cpuid.nent` entries.
         unsafe { tdx_command(vm, cmd::INIT_VM, 0, bytes.as_mut_ptr() as u64) }
-    }
-
-    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError> {
-        self.create_vcpus_of(count)
     }
 
     fn tdx_init_vcpu(&mut self, vcpu: usize, rcx: u64) -> Result<(), CallError> {
@@ -125,16 +117,15 @@ impl TdxLaunchOps for KvmLaunch<'_, TdxState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::platform::snp::create::CreateOps;
+    use crate::platform::snp::hybrid::kvm_or_skip;
     use kvm_bindings::KVM_X86_DEFAULT_VM;
 
     /// The real calls on this machine's KVM, which has no TDX: a TD cannot
     /// be created, and a TDX sub-command on a default VM is refused.
     #[test]
     fn real_calls_reach_kvm() {
-        let kvm = match crate::kvm::open() {
-            Ok(kvm) => kvm,
-            Err(e) => return eprintln!("SKIP: {e}"),
-        };
+        let Some(kvm) = kvm_or_skip() else { return };
         let memory = crate::memory::allocate(4 << 20).unwrap();
         let mut launch = KvmLaunch::new(&kvm, memory, TdxState);
         assert!(

@@ -5,6 +5,7 @@
 use super::bindings::TDX_VM_TYPE;
 use super::ops::TdxLaunchOps;
 use super::plan::TdxPlan;
+use crate::platform::snp::create::create_vcpus_step;
 use crate::platform::snp::error::{at, CallError, LaunchError};
 use crate::platform::snp::private::register_private;
 
@@ -18,12 +19,7 @@ pub const PLATFORM: &str = "Intel TDX";
 /// own steps (the split irqchip) and the vCPUs between them.
 pub fn launch_tdx(ops: &mut impl TdxLaunchOps, plan: &TdxPlan) -> Result<(), LaunchError> {
     prepare(ops, plan)?;
-    at(
-        PLATFORM,
-        "KVM_CREATE_VCPU",
-        || format!("{} vCPUs", plan.vcpus),
-        ops.create_vcpus(plan.vcpus),
-    )?;
+    create_vcpus_step(ops, plan.vcpus, PLATFORM)?;
     finish(ops, plan)
 }
 
@@ -112,25 +108,18 @@ pub fn finish(ops: &mut impl TdxLaunchOps, plan: &TdxPlan) -> Result<(), LaunchE
 #[cfg(test)]
 mod tests {
     use super::super::bindings::{TdxInitVm, MEASURE_MEMORY_REGION};
-    use super::super::fake::{fake_capabilities, TdxCall, TdxFake as Fake, FAKE_MAX_VCPUS};
+    use super::super::fake::{
+        fake_capabilities, wanted_cpuid, TdxCall, TdxFake as Fake, FAKE_MAX_VCPUS, PREPARE_CALLS,
+    };
     use super::super::plan::{Source, TdxOptions};
     use super::*;
     use crate::platform::image;
     use crate::platform::measure::PageType;
     use crate::platform::snp::fake::{each_call_failing, loaded_firmware, MEMORY};
     use crate::platform::MigrationPolicy;
-    use kvm_bindings::{kvm_cpuid_entry2, KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD};
+    use kvm_bindings::{KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD};
 
     const HOB: u64 = 0x80_0000;
-
-    fn wanted_cpuid() -> Vec<kvm_cpuid_entry2> {
-        vec![kvm_cpuid_entry2 {
-            function: 1,
-            eax: 0xffff_ffff,
-            ecx: 0xffff_ffff,
-            ..Default::default()
-        }]
-    }
 
     fn plan() -> (crate::memory::GuestMemory, image::Loaded, TdxPlan) {
         let (memory, loaded, host_data) = loaded_firmware();
@@ -147,17 +136,8 @@ mod tests {
         let names: Vec<&str> = fake.calls.iter().map(TdxCall::name).collect();
         let vcpus = loaded.image.vcpus.len();
         assert_eq!(vcpus, 3, "2 vCPUs and the agent's");
-        let mut expected = vec![
-            "KVM_CREATE_VM",
-            "KVM_TDX_CAPABILITIES",
-            "KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS)",
-            "KVM_TDX_INIT_VM",
-            "KVM_CREATE_GUEST_MEMFD",
-            "KVM_SET_USER_MEMORY_REGION2",
-            "KVM_SET_MEMORY_ATTRIBUTES",
-            "KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)",
-            "KVM_CREATE_VCPU",
-        ];
+        let mut expected = PREPARE_CALLS.to_vec();
+        expected.push("KVM_CREATE_VCPU");
         expected.extend(std::iter::repeat_n("KVM_TDX_INIT_VCPU", vcpus));
         expected.extend(std::iter::repeat_n("KVM_TDX_INIT_MEM_REGION", plan.regions.len()));
         expected.push("KVM_TDX_FINALIZE_VM");

@@ -18,9 +18,9 @@
 //! [`TdxLaunchOps`] trait), [`plan`], [`hob`], [`launch`], [`kvm`],
 //! [`probe`], [`vm`] (covm's VM construction around the launch, over the
 //! [`TdxVmOps`] seam; `vm/tdx.rs` assembles the `Vm`), [`exit`] (the
-//! TDVMCALLs KVM forwards as `KVM_EXIT_TDX`). The errors, the
-//! private-memory calls and exits and the real `KvmLaunch` are SEV-SNP's
-//! ([`crate::platform::snp`]), shared.
+//! TDVMCALLs KVM forwards as `KVM_EXIT_TDX`). The errors, the VM and
+//! vCPU creation, the private-memory calls and exits and the real
+//! `KvmLaunch` are SEV-SNP's ([`crate::platform::snp`]), shared.
 
 pub mod bindings;
 pub mod exit;

@@ -2,17 +2,16 @@
 //! makes them on a real VM, the tests' fake records them.
 
 use super::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm};
+use crate::platform::snp::create::CreateOps;
 use crate::platform::snp::error::CallError;
 use crate::platform::snp::private::PrivateMemoryOps;
 
 /// The calls of a TDX launch, in the order [`super::launch_tdx`] makes
-/// them (the private-memory calls come from [`PrivateMemoryOps`]). The
-/// `KVM_TDX_*` calls go through `KVM_MEMORY_ENCRYPT_OP` with a
-/// `struct kvm_tdx_cmd`, on the VM fd or a vCPU fd as noted.
-pub trait TdxLaunchOps: PrivateMemoryOps {
-    /// `KVM_CREATE_VM` of `vm_type` (`KVM_X86_TDX_VM`).
-    fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError>;
-
+/// them (`KVM_CREATE_VM` and `KVM_CREATE_VCPU` come from [`CreateOps`],
+/// the private-memory calls from [`PrivateMemoryOps`]). The `KVM_TDX_*`
+/// calls go through `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_tdx_cmd`,
+/// on the VM fd or a vCPU fd as noted.
+pub trait TdxLaunchOps: CreateOps + PrivateMemoryOps {
     /// `KVM_TDX_CAPABILITIES` (VM): the attributes, XFAM and CPUID bits a
     /// TD may configure on this host.
     fn tdx_capabilities(&mut self) -> Result<TdxCapabilities, CallError>;
@@ -23,9 +22,6 @@ pub trait TdxLaunchOps: PrivateMemoryOps {
     /// `KVM_TDX_INIT_VM` (VM): attributes, XFAM, MRCONFIGID, MROWNER,
     /// MROWNERCONFIG and the CPUID configuration; before any vCPU.
     fn tdx_init_vm(&mut self, init: &TdxInitVm) -> Result<(), CallError>;
-
-    /// `KVM_CREATE_VCPU` for vCPUs `0..count`.
-    fn create_vcpus(&mut self, count: usize) -> Result<(), CallError>;
 
     /// `KVM_TDX_INIT_VCPU` (vCPU `vcpu`): `TDH.VP.INIT` with the vCPU's
     /// initial RCX (the TD HOB's address).

@@ -40,6 +40,7 @@ use crate::memory::GuestMemory;
 use crate::platform::hardware::{Td, TdxConfig};
 use crate::platform::image::Loaded;
 use crate::platform::mrtd::{launch_mrtd, MrtdError, TdMeasurement, TD_HOB_GPA, TD_HOB_PAGES};
+use crate::platform::snp::create::create_vcpus_step;
 use crate::platform::snp::error::{at, CallError, LaunchError};
 use crate::platform::snp::host::Unavailable;
 use kvm_bindings::kvm_cpuid_entry2;
@@ -122,12 +123,7 @@ impl TdxVmLaunch {
             || format!("{SPLIT_IRQCHIP_IOAPIC_PINS} IOAPIC routes reserved"),
             ops.enable_split_irqchip(SPLIT_IRQCHIP_IOAPIC_PINS),
         )?;
-        at(
-            PLATFORM,
-            "KVM_CREATE_VCPU",
-            || format!("{} vCPUs", self.plan.vcpus),
-            ops.create_vcpus(self.plan.vcpus),
-        )?;
+        create_vcpus_step(ops, self.plan.vcpus, PLATFORM)?;
         finish(ops, &self.plan)?;
         Ok(())
     }
@@ -141,7 +137,7 @@ impl TdxVmLaunch {
 #[cfg(test)]
 mod tests {
     use super::super::bindings::{TdxInitVm, ATTR_SEPT_VE_DISABLE, MEASURE_MEMORY_REGION, XFAM_FIXED};
-    use super::super::fake::{fake_capabilities, TdxCall, TdxFake};
+    use super::super::fake::{fake_capabilities, wanted_cpuid, TdxCall, TdxFake, PREPARE_CALLS};
     use super::*;
     use crate::config::VmConfig;
     use crate::platform::mrtd::measure_tdx;
@@ -160,17 +156,6 @@ mod tests {
             panic!("{:?}", config.platform)
         };
         tdx
-    }
-
-    /// CPUID covm wants: leaf 1 all ones (the fake host lets a TD
-    /// configure some of it).
-    fn wanted_cpuid() -> Vec<kvm_cpuid_entry2> {
-        vec![kvm_cpuid_entry2 {
-            function: 1,
-            eax: 0xffff_ffff,
-            ecx: 0xffff_ffff,
-            ..Default::default()
-        }]
     }
 
     fn launch(config: &VmConfig) -> (GuestMemory, Loaded, TdxVmLaunch) {
@@ -193,19 +178,9 @@ mod tests {
         let names: Vec<&str> = fake.calls.iter().map(TdxCall::name).collect();
         let vcpus = config.kvm_vcpus() as usize;
         assert_eq!(vcpus, 3, "2 vCPUs and the agent's");
-        let mut expected = vec![
-            "probe",
-            "KVM_CREATE_VM",
-            "KVM_TDX_CAPABILITIES",
-            "KVM_CHECK_EXTENSION(KVM_CAP_MAX_VCPUS)",
-            "KVM_TDX_INIT_VM",
-            "KVM_CREATE_GUEST_MEMFD",
-            "KVM_SET_USER_MEMORY_REGION2",
-            "KVM_SET_MEMORY_ATTRIBUTES",
-            "KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)",
-            "KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)",
-            "KVM_CREATE_VCPU",
-        ];
+        let mut expected = vec!["probe"];
+        expected.extend(PREPARE_CALLS);
+        expected.extend(["KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", "KVM_CREATE_VCPU"]);
         expected.extend(std::iter::repeat_n("KVM_TDX_INIT_VCPU", vcpus));
         expected.extend(std::iter::repeat_n(
             "KVM_TDX_INIT_MEM_REGION",
