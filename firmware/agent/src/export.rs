@@ -78,7 +78,7 @@ struct Exporting<'x, M> {
     mem: &'x mut M,
     map: &'x MemoryMap,
     s: &'x mut SourceSession,
-    record: &'x mut [u8; PAGE_RECORD_LEN],
+    scratch: &'x mut [u8],
     run: &'x mut Run,
 }
 
@@ -260,27 +260,25 @@ fn check_round(s: &SourceSession, op: &str, round: u64) -> Result<(), Fail> {
 }
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
-    /// What an export command works with, once the session is streaming
-    /// in `round`.
-    fn exporting(&mut self, op: &str, round: u64) -> Result<Exporting<'_, M>, Fail> {
-        let Agent {
-            mem,
-            session,
-            own,
-            scratch,
-            run,
-            ..
-        } = self;
-        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
-        let s = streaming(session, run, op)?;
-        check_round(s, op, round)?;
+    /// What an export command works with, once the session is streaming.
+    fn streaming_parts(&mut self, op: &str) -> Result<Exporting<'_, M>, Fail> {
+        let parts = self.parts()?;
+        let s = streaming(parts.session, parts.run, op)?;
         Ok(Exporting {
-            mem,
-            map,
+            mem: parts.mem,
+            map: parts.map,
             s,
-            record: head::<PAGE_RECORD_LEN>(scratch),
-            run,
+            scratch: parts.scratch,
+            run: parts.run,
         })
+    }
+
+    /// What a page export command works with, once the session is
+    /// streaming in `round`.
+    fn exporting(&mut self, op: &str, round: u64) -> Result<Exporting<'_, M>, Fail> {
+        let exporting = self.streaming_parts(op)?;
+        check_round(exporting.s, op, round)?;
+        Ok(exporting)
     }
 
     pub(crate) fn export_pages(&mut self, args: &[u64; 8]) -> Outcome {
@@ -289,9 +287,10 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             mem,
             map,
             s,
-            record,
+            scratch,
             run,
         } = self.exporting("EXPORT_PAGES", round)?;
+        let record = head::<PAGE_RECORD_LEN>(scratch);
         let range = page_range("EXPORT_PAGES", first, count)?;
         check_cursor(run, s, map, range)?;
         let mut walk = Walk::new();
@@ -318,9 +317,10 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             mem,
             map,
             s,
-            record,
+            scratch,
             run,
         } = self.exporting("EXPORT_LIST", round)?;
+        let record = head::<PAGE_RECORD_LEN>(scratch);
         let mut walk = Walk::new();
         let (mut done, mut partial) = (0u64, 0u64);
         let mut walked = Ok(0);
@@ -392,16 +392,13 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     pub(crate) fn export_final(&mut self, args: &[u64; 8]) -> Outcome {
         let (vcpus, verified) = (args[0], args[1]);
         let workload = self.config.workload_vcpus;
-        let Agent {
+        let Exporting {
             mem,
-            session,
-            own,
+            map,
+            s,
             scratch,
             run,
-            ..
-        } = self;
-        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
-        let s = streaming(session, run, "EXPORT_FINAL")?;
+        } = self.streaming_parts("EXPORT_FINAL")?;
         if s.epoch() == 0 {
             return Err(fail!(status::BAD_STATE, "EXPORT_FINAL: round 0 has not ended"));
         }

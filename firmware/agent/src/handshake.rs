@@ -14,7 +14,8 @@ use crate::{Agent, Role, Run, Session};
 use covm_agent_protocol::evidence::report::offset::MEASUREMENT;
 use covm_agent_protocol::handshake::messages::{kind, FINISHED_MSG_LEN, MAX_HANDSHAKE_MSG_LEN};
 use covm_agent_protocol::{
-    DestinationHandshake, EmulatedRootVerifier, Error, ImportChecker, PeerIdentity, SourceHandshake, PAGE_SIZE,
+    DestinationHandshake, EmulatedRootVerifier, Error, Evidence, ImportChecker, PeerIdentity, SourceHandshake,
+    PAGE_SIZE,
 };
 use covm_guest_abi::mailbox::status;
 
@@ -107,10 +108,9 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                         return Err(own_step("SrcHello", e));
                     }
                 };
-                let mut out = Output::new();
-                out.put_message(&mut self.mem, &msg[..n])?;
+                let len = self.send_messages(&[&msg[..n]])?;
                 self.session = Session::SourceHandshake(hs);
-                Ok(Done::output(out.len()))
+                Ok(Done::output(len))
             }
             Role::Destination => {
                 let hs = DestinationHandshake::new(&own.policy, &mut rng);
@@ -158,6 +158,35 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         Done::default().with(0, 1)
     }
 
+    /// Copies our handshake `messages` out to `FROM_AGENT`, in order;
+    /// returns the output's length.
+    fn send_messages(&mut self, messages: &[&[u8]]) -> Result<usize, Fail> {
+        let mut out = Output::new();
+        for message in messages {
+            out.put_message(&mut self.mem, message)?;
+        }
+        Ok(out.len())
+    }
+
+    /// Gets the platform's report for the handshake's `report_data` and
+    /// has the handshake `write` it into `out` as our evidence message
+    /// (`what`, named in errors); the same on either side. Returns the
+    /// message's length.
+    fn own_evidence(
+        &mut self,
+        what: &str,
+        report_data: Result<[u8; 64], Error>,
+        out: &mut [u8],
+        write: impl FnOnce(&Evidence, &mut [u8]) -> Result<usize, Error>,
+    ) -> Result<usize, Fail> {
+        let report_data = report_data.map_err(|e| own_step(what, e))?;
+        let evidence = self
+            .platform
+            .report(&report_data)
+            .map_err(|e| fail!(status::PLATFORM, "{what}: {e}"))?;
+        write(&evidence, out).map_err(|e| own_step(what, e))
+    }
+
     fn source_step(&mut self, mut hs: SourceHandshake, msg: &[u8]) -> (Session<'a>, Outcome) {
         let failed = Session::HandshakeFailed(Role::Source);
         match msg[0] {
@@ -169,30 +198,21 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 if let Err(e) = hs.read_dst_evidence(msg, &EmulatedRootVerifier) {
                     return (failed, Err(refused("destination", "evidence", msg, e)));
                 }
-                let report_data = match hs.report_data() {
-                    Ok(rd) => rd,
-                    Err(e) => return (failed, Err(own_step("SrcEvidence", e))),
-                };
-                let evidence = match self.platform.report(&report_data) {
-                    Ok(ev) => ev,
-                    Err(e) => return (failed, Err(fail!(status::PLATFORM, "SrcEvidence: {e}"))),
-                };
                 let mut ev_msg = [0u8; MAX_HANDSHAKE_MSG_LEN];
-                let n = match hs.write_evidence(&evidence, &mut ev_msg) {
+                let ev_len = self.own_evidence("SrcEvidence", hs.report_data(), &mut ev_msg, |ev, out| {
+                    hs.write_evidence(ev, out)
+                });
+                let n = match ev_len {
                     Ok(n) => n,
-                    Err(e) => return (failed, Err(own_step("SrcEvidence", e))),
+                    Err(fail) => return (failed, Err(fail)),
                 };
                 let mut fin = [0u8; FINISHED_MSG_LEN];
                 let m = match hs.write_finished(&mut fin) {
                     Ok(m) => m,
                     Err(e) => return (failed, Err(own_step("SrcFinished", e))),
                 };
-                let mut out = Output::new();
-                let written = out
-                    .put_message(&mut self.mem, &ev_msg[..n])
-                    .and_then(|()| out.put_message(&mut self.mem, &fin[..m]));
-                match written {
-                    Ok(()) => (Session::SourceHandshake(hs), Ok(Done::output(out.len()))),
+                match self.send_messages(&[&ev_msg[..n], &fin[..m]]) {
+                    Ok(len) => (Session::SourceHandshake(hs), Ok(Done::output(len))),
                     Err(fail) => (failed, Err(fail)),
                 }
             }
@@ -226,25 +246,16 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     Ok(n) => n,
                     Err(e) => return (failed, Err(own_step("DstHello", e))),
                 };
-                let report_data = match hs.report_data() {
-                    Ok(rd) => rd,
-                    Err(e) => return (failed, Err(own_step("DstEvidence", e))),
-                };
-                let evidence = match self.platform.report(&report_data) {
-                    Ok(ev) => ev,
-                    Err(e) => return (failed, Err(fail!(status::PLATFORM, "DstEvidence: {e}"))),
-                };
                 let mut ev_msg = [0u8; MAX_HANDSHAKE_MSG_LEN];
-                let m = match hs.write_evidence(&evidence, &mut ev_msg) {
+                let ev_len = self.own_evidence("DstEvidence", hs.report_data(), &mut ev_msg, |ev, out| {
+                    hs.write_evidence(ev, out)
+                });
+                let m = match ev_len {
                     Ok(m) => m,
-                    Err(e) => return (failed, Err(own_step("DstEvidence", e))),
+                    Err(fail) => return (failed, Err(fail)),
                 };
-                let mut out = Output::new();
-                let written = out
-                    .put_message(&mut self.mem, &hello[..n])
-                    .and_then(|()| out.put_message(&mut self.mem, &ev_msg[..m]));
-                match written {
-                    Ok(()) => (Session::DestinationHandshake(hs), Ok(Done::output(out.len()))),
+                match self.send_messages(&[&hello[..n], &ev_msg[..m]]) {
+                    Ok(len) => (Session::DestinationHandshake(hs), Ok(Done::output(len))),
                     Err(fail) => (failed, Err(fail)),
                 }
             }
@@ -261,10 +272,10 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     Ok(done) => done,
                     Err(e) => return (failed, Err(own_step("DstFinished", e))),
                 };
-                let mut out = Output::new();
-                if let Err(fail) = out.put_message(&mut self.mem, &fin[..n]) {
-                    return (failed, Err(fail));
-                }
+                let len = match self.send_messages(&[&fin[..n]]) {
+                    Ok(len) => len,
+                    Err(fail) => return (failed, Err(fail)),
+                };
                 let done = self.peer_confirmed(session.peer());
                 // No checker is alive: the session in `self` is Idle
                 // while a step runs, and BEGIN dropped any earlier one.
@@ -276,7 +287,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 let table = self.epochs.lend();
                 let frames = (frames as usize).min(table.len());
                 let checker = ImportChecker::new(session, table.split_at_mut(frames).0);
-                (Session::Destination(checker), Ok(done.with_output(out.len())))
+                (Session::Destination(checker), Ok(done.with_output(len)))
             }
             other => (
                 failed,

@@ -8,15 +8,16 @@
 use crate::env::{EpochTables, GuestMemory, Platform};
 use crate::export::{fail_run, head, memory_digest};
 use crate::mailbox::{self, Output};
-use crate::reply::{fail, Done, Outcome};
-use crate::{Agent, Session};
+use crate::memmap::MemoryMap;
+use crate::reply::{fail, Done, Fail, Outcome};
+use crate::{Agent, Run, Session};
 use covm_agent_protocol::record::{record_len, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN};
 use covm_agent_protocol::{ImportChecker, ImportEvent, ImportPhase, PAGE_SIZE};
 use covm_guest_abi::mailbox::{result, status, AGENT_VCPU_STATES, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, VCPU_STATE_SLOT};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
-fn checker<'s, 'a>(session: &'s mut Session<'a>, op: &str) -> Result<&'s mut ImportChecker<'a>, crate::reply::Fail> {
+fn checker<'s, 'a>(session: &'s mut Session<'a>, op: &str) -> Result<&'s mut ImportChecker<'a>, Fail> {
     match session {
         Session::Destination(c) => Ok(c),
         Session::DestinationHandshake(_) => Err(fail!(
@@ -27,20 +28,41 @@ fn checker<'s, 'a>(session: &'s mut Session<'a>, op: &str) -> Result<&'s mut Imp
     }
 }
 
+/// The parts of the agent `IMPORT` and `COMMIT` use.
+struct Importing<'x, 'a, M> {
+    mem: &'x mut M,
+    map: &'x MemoryMap,
+    checker: &'x mut ImportChecker<'a>,
+    scratch: &'x mut [u8],
+    run: &'x mut Run,
+    imported: &'x mut bool,
+}
+
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
+    /// What `op` works with, once a destination session is confirmed.
+    fn importing(&mut self, op: &str) -> Result<Importing<'_, 'a, M>, Fail> {
+        let parts = self.parts()?;
+        Ok(Importing {
+            checker: checker(parts.session, op)?,
+            mem: parts.mem,
+            map: parts.map,
+            scratch: parts.scratch,
+            run: parts.run,
+            imported: parts.imported,
+        })
+    }
+
     pub(crate) fn import(&mut self, args: &[u64; 8]) -> Outcome {
         let len = mailbox::input_len(args[0], "IMPORT")?;
         let workload = self.config.workload_vcpus;
-        let Agent {
+        let Importing {
             mem,
-            session,
-            own,
+            map,
+            checker,
             scratch,
             run,
             ..
-        } = self;
-        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
-        let checker = checker(session, "IMPORT")?;
+        } = self.importing("IMPORT")?;
         if run.failed {
             return Err(fail!(
                 status::BAD_STATE,
@@ -157,17 +179,14 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
 
     pub(crate) fn commit(&mut self, args: &[u64; 8]) -> Outcome {
         let workload = self.config.workload_vcpus;
-        let Agent {
+        let Importing {
             mem,
-            session,
-            own,
+            map,
+            checker,
             scratch,
             run,
             imported,
-            ..
-        } = self;
-        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
-        let checker = checker(session, "COMMIT")?;
+        } = self.importing("COMMIT")?;
         let mut out = Output::new();
         if let Some(record) = &run.commit {
             // Committed already: the same record again (a lost one can be

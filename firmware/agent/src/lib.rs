@@ -44,6 +44,7 @@ mod handshake;
 mod import;
 pub mod mailbox;
 mod memmap;
+mod parts;
 mod reply;
 mod rng;
 mod startup;

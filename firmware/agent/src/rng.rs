@@ -6,7 +6,7 @@
 //! is an error it can report) and hands the constructor these bytes.
 
 use crate::env::{Platform, PlatformError};
-use rand_core::{CryptoRng, RngCore};
+use rand_core::{impls, CryptoRng, RngCore};
 use zeroize::Zeroize;
 
 /// Bytes a handshake constructor draws: a 32-byte nonce, then a 32-byte
@@ -48,16 +48,13 @@ impl Drop for Drawn {
 }
 
 impl RngCore for Drawn {
+    // Whole words come out of fill_bytes like any other bytes (little-endian).
     fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
+        impls::next_u32_via_fill(self)
     }
 
     fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
+        impls::next_u64_via_fill(self)
     }
 
     fn fill_bytes(&mut self, dest: &mut [u8]) {

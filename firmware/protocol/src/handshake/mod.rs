@@ -20,10 +20,18 @@
 //! machines are [`SourceHandshake`] and [`DestinationHandshake`]. Both are
 //! sans-I/O: each `write_*` fills a caller buffer, each `read_*` takes
 //! the bytes the caller received. Any failure poisons the handshake.
+//!
+//! The two sides mirror each other: what both keep and the steps they
+//! take alike (evidence, key derivation, Finished) are written once in
+//! `exchange`, told apart by `side` (labels, message types, keys), and
+//! both advance through the guard in `step`.
 
 mod destination;
+mod exchange;
 pub mod messages;
+mod side;
 mod source;
+mod step;
 
 pub use destination::{DestinationHandshake, DestinationSession};
 pub use source::SourceHandshake;

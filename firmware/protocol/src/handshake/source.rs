@@ -1,40 +1,25 @@
 //! The source's side of the handshake.
 
-use super::messages::{self, kind, DstHello, Offers, SrcHello};
-use super::NONCE_LEN;
+use super::exchange::Exchange;
+use super::messages::{DstHello, Offers, SrcHello};
+use super::side::Side;
+use super::step::{self, steps, StepMachine};
 use crate::error::{Error, Result};
 use crate::evidence::{Evidence, EvidenceVerifier};
-use crate::keys::{check_finished, finished_mac, Ephemeral, KeySchedule};
-use crate::policy::{check_peer, EncodedPolicy, PeerIdentity, Policy};
+use crate::policy::{PeerIdentity, Policy};
 use crate::source::SourceSession;
 use crate::suite::{Suite, MAX_OFFERS, SUPPORTED_SUITES, SUPPORTED_VERSIONS};
-use crate::transcript::{report_data, Role, Transcript, DST_EVIDENCE_LABEL, SRC_EVIDENCE_LABEL};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    Start,
-    HelloSent,
-    DstHelloRead,
-    DstEvidenceRead,
-    EvidenceSent,
-    FinishedSent,
-    Done,
-    Failed,
-}
-
-impl Step {
-    fn name(self) -> &'static str {
-        match self {
-            Step::Start => "start",
-            Step::HelloSent => "SrcHello sent",
-            Step::DstHelloRead => "DstHello read",
-            Step::DstEvidenceRead => "DstEvidence read",
-            Step::EvidenceSent => "SrcEvidence sent",
-            Step::FinishedSent => "SrcFinished sent",
-            Step::Done => "done",
-            Step::Failed => "failed",
-        }
-    }
+steps! {
+    /// Where the source's handshake stands: the last message it sent or read.
+    SourceHandshake:
+    Start => "start",
+    HelloSent => "SrcHello sent",
+    DstHelloRead => "DstHello read",
+    DstEvidenceRead => "DstEvidence read",
+    EvidenceSent => "SrcEvidence sent",
+    FinishedSent => "SrcFinished sent",
+    Done => "done",
 }
 
 /// The source (initiator) of a handshake.
@@ -49,64 +34,25 @@ impl Step {
 /// confirmed [`SourceSession`]. Until then the session never confirmed
 /// and the guest may simply go on running here.
 pub struct SourceHandshake {
-    policy: Policy,
     step: Step,
-    transcript: Transcript,
-    ephemeral: Ephemeral,
-    nonce: [u8; NONCE_LEN],
-    suite: Suite,
-    version: u16,
-    peer_public: [u8; 32],
-    peer_policy: Option<EncodedPolicy>,
-    peer: Option<PeerIdentity>,
-    keys: Option<KeySchedule>,
+    exchange: Exchange,
 }
 
 impl SourceHandshake {
     /// A handshake under `policy`. Draws from `rng`: first the 32-byte
     /// nonce, then the 32-byte X25519 secret.
     pub fn new(policy: &Policy, rng: &mut (impl rand_core::CryptoRngCore + ?Sized)) -> Self {
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill_bytes(&mut nonce);
-        let ephemeral = Ephemeral::generate(rng);
         SourceHandshake {
-            policy: policy.clone(),
             step: Step::Start,
-            transcript: Transcript::new(),
-            ephemeral,
-            nonce,
-            suite: SUPPORTED_SUITES[0],
-            version: 0,
-            peer_public: [0; 32],
-            peer_policy: None,
-            peer: None,
-            keys: None,
+            exchange: Exchange::new(Side::Source, policy, rng),
         }
-    }
-
-    /// Runs one step: refuses if poisoned or not at `at`, poisons on failure.
-    fn run<T>(&mut self, at: Step, op: &'static str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        if self.step == Step::Failed {
-            return Err(Error::Poisoned);
-        }
-        let result = if self.step != at {
-            Err(Error::State {
-                op,
-                state: self.step.name(),
-            })
-        } else {
-            f(self)
-        };
-        if result.is_err() {
-            self.step = Step::Failed;
-        }
-        result
     }
 
     /// Writes SrcHello into `out`; returns its length.
     pub fn write_hello(&mut self, out: &mut [u8]) -> Result<usize> {
-        self.run(Step::Start, "write SrcHello", |s| {
-            let policy = s.policy.to_encoded();
+        self.advance(Step::Start, Step::HelloSent, "write SrcHello", |s| {
+            let x = &mut s.exchange;
+            let policy = x.policy.to_encoded();
             let mut offered_suites = [0u16; MAX_OFFERS];
             for (code, suite) in offered_suites.iter_mut().zip(SUPPORTED_SUITES) {
                 *code = suite.code();
@@ -114,20 +60,20 @@ impl SourceHandshake {
             let hello = SrcHello {
                 versions: Offers::from_slice(SUPPORTED_VERSIONS),
                 suites: Offers::from_slice(&offered_suites[..SUPPORTED_SUITES.len()]),
-                nonce: s.nonce,
-                public: *s.ephemeral.public(),
+                nonce: x.nonce,
+                public: *x.ephemeral.public(),
                 policy: policy.as_bytes(),
             };
             let n = hello.encode(out)?;
-            s.transcript.add(Role::Source, &out[..n]);
-            s.step = Step::HelloSent;
+            x.sent(&out[..n]);
             Ok(n)
         })
     }
 
     /// Reads DstHello: the destination's choices, key share and policy.
     pub fn read_dst_hello(&mut self, msg: &[u8]) -> Result<()> {
-        self.run(Step::HelloSent, "read DstHello", |s| {
+        self.advance(Step::HelloSent, Step::DstHelloRead, "read DstHello", |s| {
+            let x = &mut s.exchange;
             let hello = DstHello::decode(msg)?;
             if !SUPPORTED_VERSIONS.contains(&hello.version) {
                 return Err(Error::NotOffered {
@@ -135,94 +81,66 @@ impl SourceHandshake {
                     value: hello.version,
                 });
             }
-            s.suite = Suite::from_code(hello.suite).ok_or(Error::NotOffered {
+            x.suite = Suite::from_code(hello.suite).ok_or(Error::NotOffered {
                 what: "suite",
                 value: hello.suite,
             })?;
-            if hello.public == *s.ephemeral.public() || hello.nonce == s.nonce {
-                return Err(Error::Invalid {
-                    what: "DstHello (our own nonce or key share reflected)",
-                });
-            }
-            s.version = hello.version;
-            s.peer_public = hello.public;
-            s.peer_policy = Some(EncodedPolicy::copy_of(hello.policy)?);
-            s.transcript.add(Role::Destination, msg);
-            s.step = Step::DstHelloRead;
-            Ok(())
+            x.refuse_reflection(
+                &hello.public,
+                &hello.nonce,
+                "DstHello (our own nonce or key share reflected)",
+            )?;
+            x.version = hello.version;
+            x.accept_hello(hello.public, hello.policy, msg)
         })
     }
 
     /// Reads DstEvidence and checks the destination against our policy
-    /// (see [`check_peer`]). No secret has left the source before this
-    /// succeeds.
+    /// (see [`crate::check_peer`]). No secret has left the source before
+    /// this succeeds.
     pub fn read_dst_evidence(&mut self, msg: &[u8], verifier: &dyn EvidenceVerifier) -> Result<PeerIdentity> {
-        self.run(Step::DstHelloRead, "read DstEvidence", |s| {
-            let evidence = messages::decode_evidence(kind::DST_EVIDENCE, msg)?;
-            let expected = report_data(DST_EVIDENCE_LABEL, &s.transcript.hash());
-            let peer_policy = s.peer_policy.as_ref().expect("set with DstHello");
-            let peer = check_peer(&s.policy, verifier, &evidence, peer_policy.as_bytes(), &expected)?;
-            s.transcript.add(Role::Destination, msg);
-            s.peer = Some(peer);
-            s.step = Step::DstEvidenceRead;
-            Ok(peer)
+        self.advance(Step::DstHelloRead, Step::DstEvidenceRead, "read DstEvidence", |s| {
+            s.exchange.read_evidence(msg, verifier)
         })
     }
 
     /// The report_data our own evidence must carry (after DstEvidence).
     pub fn report_data(&self) -> Result<[u8; 64]> {
-        if self.step != Step::DstEvidenceRead {
-            return Err(Error::State {
-                op: "compute the source's report_data",
-                state: self.step.name(),
-            });
-        }
-        Ok(report_data(SRC_EVIDENCE_LABEL, &self.transcript.hash()))
+        step::Step::expect(self.step, Step::DstEvidenceRead, "compute the source's report_data")?;
+        Ok(self.exchange.own_report_data())
     }
 
     /// Writes SrcEvidence with our platform's `evidence` (whose
     /// report_data must be [`report_data`](Self::report_data)) and
     /// derives the session keys.
     pub fn write_evidence(&mut self, evidence: &Evidence, out: &mut [u8]) -> Result<usize> {
-        self.run(Step::DstEvidenceRead, "write SrcEvidence", |s| {
-            let expected = report_data(SRC_EVIDENCE_LABEL, &s.transcript.hash());
-            if evidence.report().report_data != expected {
-                return Err(Error::OwnEvidenceNotBound);
-            }
-            let n = messages::encode_evidence(kind::SRC_EVIDENCE, evidence, out)?;
-            s.transcript.add(Role::Source, &out[..n]);
-            let shared = s.ephemeral.agree(&s.peer_public)?;
-            s.keys = Some(KeySchedule::derive(shared.as_bytes(), &s.transcript.hash()));
-            s.step = Step::EvidenceSent;
+        self.advance(Step::DstEvidenceRead, Step::EvidenceSent, "write SrcEvidence", |s| {
+            let n = s.exchange.write_evidence(evidence, out)?;
+            s.exchange.derive_keys()?;
             Ok(n)
         })
     }
 
     /// Writes SrcFinished: proves we hold the keys of this transcript.
     pub fn write_finished(&mut self, out: &mut [u8]) -> Result<usize> {
-        self.run(Step::EvidenceSent, "write SrcFinished", |s| {
-            let keys = s.keys.as_ref().expect("derived with SrcEvidence");
-            let mac = finished_mac(&keys.s2d_finished, &s.transcript.hash());
-            let n = messages::encode_finished(kind::SRC_FINISHED, &mac, out)?;
-            s.transcript.add(Role::Source, &out[..n]);
-            s.step = Step::FinishedSent;
-            Ok(n)
+        self.advance(Step::EvidenceSent, Step::FinishedSent, "write SrcFinished", |s| {
+            s.exchange.write_finished(out)
         })
     }
 
     /// Reads DstFinished. On success the session is confirmed: the
     /// destination holds the same keys and accepted our evidence.
     pub fn read_dst_finished(&mut self, msg: &[u8]) -> Result<SourceSession> {
-        self.run(Step::FinishedSent, "read DstFinished", |s| {
-            let mac = messages::decode_finished(kind::DST_FINISHED, msg)?;
-            let keys = s.keys.take().expect("derived with SrcEvidence");
-            check_finished(&keys.d2s_finished, &s.transcript.hash(), mac)?;
-            s.step = Step::Done;
+        self.advance(Step::FinishedSent, Step::Done, "read DstFinished", |s| {
+            let x = &mut s.exchange;
+            // Taken first: a failed confirmation leaves no keys behind.
+            let keys = x.keys.take().expect("derived with SrcEvidence");
+            x.check_finished(&keys, msg)?;
             Ok(SourceSession::new(
                 keys,
-                s.peer.expect("checked with DstEvidence"),
-                s.version,
-                s.suite,
+                x.peer.expect("checked with DstEvidence"),
+                x.version,
+                x.suite,
             ))
         })
     }

@@ -52,30 +52,21 @@ fn downgrade_by_rewriting_offers_is_caught() {
 
 #[test]
 fn destination_choosing_what_was_not_offered() {
-    let mut relay = |k: u8, m: &mut Vec<u8>| {
-        if k == kind::DST_HELLO {
-            m[2] = 2; // version 2
-        }
-    };
-    assert_eq!(
-        fails_with(&Setup::new(82), &mut relay),
-        Error::NotOffered {
-            what: "version",
-            value: 2
-        }
-    );
-    let mut relay = |k: u8, m: &mut Vec<u8>| {
-        if k == kind::DST_HELLO {
-            m[4] = 9; // suite 9
-        }
-    };
-    assert_eq!(
-        fails_with(&Setup::new(83), &mut relay),
-        Error::NotOffered {
-            what: "suite",
-            value: 9
-        }
-    );
+    // DstHello's chosen version is at byte 2, its suite at byte 4.
+    for (seed, at, what, value) in [(82, 2, "version", 2u8), (83, 4, "suite", 9)] {
+        let mut relay = |k: u8, m: &mut Vec<u8>| {
+            if k == kind::DST_HELLO {
+                m[at] = value;
+            }
+        };
+        assert_eq!(
+            fails_with(&Setup::new(seed), &mut relay),
+            Error::NotOffered {
+                what,
+                value: u16::from(value)
+            }
+        );
+    }
 }
 
 #[test]

@@ -28,6 +28,19 @@ fn expect_failure(records: &[Vec<u8>], dst: crate::DestinationSession, index: us
     assert_eq!(checker.phase(), ImportPhase::Aborted);
 }
 
+/// [`expect_failure`] where the record at `index` is a `ty` the checker
+/// does not take `during` its current phase.
+fn expect_out_of_place(
+    records: &[Vec<u8>],
+    dst: crate::DestinationSession,
+    index: usize,
+    ty: RecordType,
+    during: &'static str,
+) {
+    let error = Error::UnexpectedRecord { got: ty as u8, during };
+    expect_failure(records, dst, index, error);
+}
+
 #[test]
 fn the_good_stream_passes() {
     let (records, dst) = stream(20);
@@ -106,6 +119,36 @@ fn raw_seal(src: &mut SourceSession, ty: RecordType, epoch: u32, address: u64, p
     let seq = sealer.reserve().unwrap();
     sealer.seal(seq, ty, epoch, address, &mut r).unwrap();
     r
+}
+
+/// A Final (sealed in round 1, no memory digest) claiming `rounds`,
+/// `vcpus` and `total_pages`, whatever the source really sent.
+fn raw_final(src: &mut SourceSession, rounds: u32, vcpus: u32, total_pages: u64) -> Vec<u8> {
+    let summary = Summary {
+        rounds,
+        vcpus,
+        total_pages,
+        memory_digest: None,
+    };
+    raw_seal(src, RecordType::Final, 1, 0, &summary.encode())
+}
+
+/// [`expect_failure`] where the Final at `index` claims `claimed` of
+/// `what`, but `received` arrived.
+fn expect_final_mismatch(
+    records: &[Vec<u8>],
+    dst: crate::DestinationSession,
+    index: usize,
+    what: &'static str,
+    claimed: u64,
+    received: u64,
+) {
+    let error = Error::FinalMismatch {
+        what,
+        claimed,
+        received,
+    };
+    expect_failure(records, dst, index, error);
 }
 
 #[test]
@@ -217,23 +260,8 @@ fn wrong_vcpu_count() {
     let mut records = vec![seal_page(&mut src, 0, &page(0, 0)), seal_round_end(&mut src)];
     records.push(seal_vcpu(&mut src, 0, b"a"));
     records.push(seal_vcpu(&mut src, 1, b"b"));
-    let summary = Summary {
-        rounds: 1,
-        vcpus: 3,
-        total_pages: 1,
-        memory_digest: None,
-    };
-    records.push(raw_seal(&mut src, RecordType::Final, 1, 0, &summary.encode()));
-    expect_failure(
-        &records,
-        dst,
-        4,
-        Error::FinalMismatch {
-            what: "vcpus",
-            claimed: 3,
-            received: 2,
-        },
-    );
+    records.push(raw_final(&mut src, 1, 3, 1));
+    expect_final_mismatch(&records, dst, 4, "vcpus", 3, 2);
 
     // Two states, but of vCPUs 0 and 2: not 0..2.
     let (mut src, dst) = sessions(41);
@@ -241,16 +269,7 @@ fn wrong_vcpu_count() {
     records.push(seal_vcpu(&mut src, 0, b"a"));
     records.push(seal_vcpu(&mut src, 2, b"c"));
     records.push(seal_final(&mut src, None));
-    expect_failure(
-        &records,
-        dst,
-        3,
-        Error::FinalMismatch {
-            what: "vcpus (highest index + 1)",
-            claimed: 2,
-            received: 3,
-        },
-    );
+    expect_final_mismatch(&records, dst, 3, "vcpus (highest index + 1)", 2, 3);
 }
 
 #[test]
@@ -259,23 +278,8 @@ fn final_totals_must_match() {
         let (mut src, dst) = sessions(42);
         let mut records = vec![seal_page(&mut src, 0, &page(0, 0)), seal_round_end(&mut src)];
         records.push(seal_vcpu(&mut src, 0, b"a"));
-        let summary = Summary {
-            rounds,
-            vcpus: 1,
-            total_pages: pages,
-            memory_digest: None,
-        };
-        records.push(raw_seal(&mut src, RecordType::Final, 1, 0, &summary.encode()));
-        expect_failure(
-            &records,
-            dst,
-            3,
-            Error::FinalMismatch {
-                what,
-                claimed,
-                received,
-            },
-        );
+        records.push(raw_final(&mut src, rounds, 1, pages));
+        expect_final_mismatch(&records, dst, 3, what, claimed, received);
     }
 }
 
@@ -293,30 +297,14 @@ fn memory_after_vcpu_state_or_state_before_round_end() {
         seal_vcpu(&mut src, 0, b"a"),
         raw_seal(&mut src, RecordType::Page, 0, 0, &page(0, 0)),
     ];
-    expect_failure(
-        &records,
-        dst,
-        1,
-        Error::UnexpectedRecord {
-            got: RecordType::Page as u8,
-            during: "after the first vCPU state",
-        },
-    );
+    expect_out_of_place(&records, dst, 1, RecordType::Page, "after the first vCPU state");
 
     let (mut src, dst) = sessions(45);
     let records = vec![
         seal_page(&mut src, 0, &page(0, 0)),
         raw_seal(&mut src, RecordType::VcpuState, 0, 0, b"too early"),
     ];
-    expect_failure(
-        &records,
-        dst,
-        1,
-        Error::UnexpectedRecord {
-            got: RecordType::VcpuState as u8,
-            during: "while memory is imported",
-        },
-    );
+    expect_out_of_place(&records, dst, 1, RecordType::VcpuState, "while memory is imported");
     // The source refuses the same mistake itself.
     let (mut src, _) = sessions(46);
     seal_page(&mut src, 0, &page(0, 0));
@@ -332,15 +320,7 @@ fn records_after_final_or_commit() {
     let (mut src, dst) = sessions(47);
     let mut records = small_stream(&mut src);
     records.push(raw_seal(&mut src, RecordType::VcpuState, 2, 5, b"late"));
-    expect_failure(
-        &records,
-        dst,
-        10,
-        Error::UnexpectedRecord {
-            got: RecordType::VcpuState as u8,
-            during: "after the final record",
-        },
-    );
+    expect_out_of_place(&records, dst, 10, RecordType::VcpuState, "after the final record");
 
     let (mut src, dst) = sessions(48);
     let records = small_stream(&mut src);

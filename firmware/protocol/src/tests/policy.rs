@@ -11,8 +11,13 @@ const RD: [u8; 64] = [0x77; 64];
 /// Checks a peer running `peer` whose report was edited by `edit`,
 /// against our `own` policy.
 fn check(own: &Policy, peer: &Policy, edit: &dyn Fn(&mut AttestationReport)) -> Result<crate::PeerIdentity> {
-    let ev = evidence(peer, RD, edit);
-    check_peer(own, &EmulatedRootVerifier, &ev, peer.to_encoded().as_bytes(), &RD)
+    check_evidence(own, peer, &evidence(peer, RD, edit))
+}
+
+/// Checks `ev`, presented by a peer running `peer`, against our `own`
+/// policy; the report_data it must carry is [`RD`].
+fn check_evidence(own: &Policy, peer: &Policy, ev: &Evidence) -> Result<crate::PeerIdentity> {
+    check_peer(own, &EmulatedRootVerifier, ev, peer.to_encoded().as_bytes(), &RD)
 }
 
 #[test]
@@ -66,31 +71,24 @@ fn refused_platform() {
     let ev = Evidence::new(Platform::SevSnp, &r);
     own.allow_platform(Platform::SevSnp);
     assert_eq!(
-        check_peer(&own, &EmulatedRootVerifier, &ev, policy(1).to_encoded().as_bytes(), &RD),
+        check_evidence(&own, &policy(1), &ev),
         Err(Error::UnsupportedPlatform(Platform::SevSnp))
     );
 }
 
 #[test]
 fn tcb_too_low() {
-    assert_eq!(
-        check(&policy(1), &policy(1), &|r| r.reported_tcb =
-            TcbVersion::new(2, 0, 7, 200)),
-        Err(Error::TcbTooLow {
-            component: "snp",
-            have: 7,
-            min: 8
-        })
-    );
-    assert_eq!(
-        check(&policy(1), &policy(1), &|r| r.reported_tcb =
-            TcbVersion::new(2, 0, 9, 99)),
-        Err(Error::TcbTooLow {
-            component: "microcode",
-            have: 99,
-            min: 100
-        })
-    );
+    // The policy wants at least 1/0/8/100; one component below is enough.
+    for (reported, component, have, min) in [
+        (TcbVersion::new(2, 0, 7, 200), "snp", 7, 8),
+        (TcbVersion::new(2, 0, 9, 99), "microcode", 99, 100),
+    ] {
+        assert_eq!(
+            check(&policy(1), &policy(1), &|r| r.reported_tcb = reported),
+            Err(Error::TcbTooLow { component, have, min }),
+            "reported TCB {reported:?}"
+        );
+    }
     assert_eq!(
         check(&policy(1), &policy(1), &|r| r.guest_svn = 0),
         Err(Error::GuestSvnTooLow { have: 0, min: 1 })
@@ -124,13 +122,7 @@ fn host_data_mismatch() {
     // The report vouches for policy v1, the peer presents v2.
     let ev = evidence(&policy(1), RD, &as_is);
     assert_eq!(
-        check_peer(
-            &policy(1),
-            &EmulatedRootVerifier,
-            &ev,
-            policy(2).to_encoded().as_bytes(),
-            &RD
-        ),
+        check_evidence(&policy(1), &policy(2), &ev),
         Err(Error::HostDataMismatch)
     );
 }
@@ -142,48 +134,24 @@ fn bad_signature() {
     let mut r = report(&policy(1), RD);
     other.sign(&mut r);
     let ev = Evidence::new(Platform::EmulatedCvm, &r);
-    assert_eq!(
-        check_peer(
-            &policy(1),
-            &EmulatedRootVerifier,
-            &ev,
-            policy(1).to_encoded().as_bytes(),
-            &RD
-        ),
-        Err(Error::BadSignature)
-    );
+    assert_eq!(check_evidence(&policy(1), &policy(1), &ev), Err(Error::BadSignature));
     // With that root trusted too (by both sides' policy) it passes.
     let mut both = policy(1);
     both.trust_root(&other.public_key()).unwrap();
     let mut r = report(&both, RD);
     other.sign(&mut r);
     let ev = Evidence::new(Platform::EmulatedCvm, &r);
-    assert!(check_peer(&both, &EmulatedRootVerifier, &ev, both.to_encoded().as_bytes(), &RD).is_ok());
+    assert!(check_evidence(&both, &both, &ev).is_ok());
     // No root at all.
     let mut none = Policy::new(1);
     none.allow_platform(Platform::EmulatedCvm)
         .allow_measurement(&MEASUREMENT)
         .unwrap();
-    assert_eq!(
-        check_peer(
-            &none,
-            &EmulatedRootVerifier,
-            &ev,
-            policy(1).to_encoded().as_bytes(),
-            &RD
-        ),
-        Err(Error::NoTrustedRoot)
-    );
+    assert_eq!(check_evidence(&none, &policy(1), &ev), Err(Error::NoTrustedRoot));
     // Unsigned, and another signature algorithm.
     let unsigned = Evidence::new(Platform::EmulatedCvm, &report(&policy(1), RD));
     assert_eq!(
-        check_peer(
-            &policy(1),
-            &EmulatedRootVerifier,
-            &unsigned,
-            policy(1).to_encoded().as_bytes(),
-            &RD
-        ),
+        check_evidence(&policy(1), &policy(1), &unsigned),
         Err(Error::SignatureAlgorithm(0))
     );
 }
@@ -193,13 +161,7 @@ fn report_data_bound_to_another_transcript() {
     let other = report_data(DST_EVIDENCE_LABEL, &[9; 32]);
     let ev = evidence(&policy(1), other, &as_is);
     assert_eq!(
-        check_peer(
-            &policy(1),
-            &EmulatedRootVerifier,
-            &ev,
-            policy(1).to_encoded().as_bytes(),
-            &RD
-        ),
+        check_evidence(&policy(1), &policy(1), &ev),
         Err(Error::ReportDataMismatch)
     );
 }

@@ -7,7 +7,7 @@ use crate::{
     DestinationHandshake, DestinationSession, EmulatedRoot, EmulatedRootVerifier, Evidence, ImportChecker, ImportEvent,
     Platform, Policy, Result, SourceHandshake, SourceSession, TcbVersion, PAGE_SIZE,
 };
-use rand_core::{CryptoRng, RngCore};
+use rand_core::{impls, CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 
 /// A deterministic RNG for tests: SHA-256(seed ‖ counter) blocks. Not for
@@ -31,16 +31,13 @@ impl TestRng {
 }
 
 impl RngCore for TestRng {
+    // Whole words come out of fill_bytes like any other bytes (little-endian).
     fn next_u32(&mut self) -> u32 {
-        let mut b = [0u8; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
+        impls::next_u32_via_fill(self)
     }
 
     fn next_u64(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
+        impls::next_u64_via_fill(self)
     }
 
     fn fill_bytes(&mut self, dest: &mut [u8]) {

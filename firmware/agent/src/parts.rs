@@ -1,0 +1,44 @@
+//! The agent's fields that the session commands work with, borrowed
+//! apart: a command needs the memory, the memory map, the session and
+//! the run side by side, which one `&mut Agent` cannot lend at once.
+
+use crate::env::{EpochTables, GuestMemory, Platform};
+use crate::memmap::MemoryMap;
+use crate::reply::{fail, Fail};
+use crate::{Agent, Run, Session};
+use covm_guest_abi::mailbox::status;
+
+/// The agent's fields a session command uses, each borrowed on its own.
+pub(crate) struct Parts<'x, 'a, M> {
+    pub(crate) mem: &'x mut M,
+    /// The private memory map (the agent started).
+    pub(crate) map: &'x MemoryMap,
+    pub(crate) session: &'x mut Session<'a>,
+    pub(crate) scratch: &'x mut [u8],
+    pub(crate) run: &'x mut Run,
+    pub(crate) imported: &'x mut bool,
+}
+
+impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
+    /// The agent's parts, once it started.
+    pub(crate) fn parts(&mut self) -> Result<Parts<'_, 'a, M>, Fail> {
+        let Agent {
+            mem,
+            own,
+            session,
+            scratch,
+            run,
+            imported,
+            ..
+        } = self;
+        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
+        Ok(Parts {
+            mem,
+            map,
+            session,
+            scratch,
+            run,
+            imported,
+        })
+    }
+}
