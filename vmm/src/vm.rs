@@ -436,7 +436,9 @@ impl Vm {
                     ),
                 });
             }
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            // Short polls: the firmware parks within a few milliseconds,
+            // and every migration's handshake waits for this.
+            std::thread::sleep(std::time::Duration::from_micros(250));
         }
     }
 
