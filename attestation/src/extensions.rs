@@ -18,37 +18,22 @@ struct Ext {
     oid: &'static str,
 }
 
-const BL_SPL: Ext = Ext {
-    name: "blSPL",
-    oid: "1.3.6.1.4.1.3704.1.3.1",
-};
-const TEE_SPL: Ext = Ext {
-    name: "teeSPL",
-    oid: "1.3.6.1.4.1.3704.1.3.2",
-};
-const SNP_SPL: Ext = Ext {
-    name: "snpSPL",
-    oid: "1.3.6.1.4.1.3704.1.3.3",
-};
-const UCODE_SPL: Ext = Ext {
-    name: "ucodeSPL",
-    oid: "1.3.6.1.4.1.3704.1.3.8",
-};
+impl Ext {
+    const fn new(name: &'static str, oid: &'static str) -> Self {
+        Ext { name, oid }
+    }
+}
+
+const BL_SPL: Ext = Ext::new("blSPL", "1.3.6.1.4.1.3704.1.3.1");
+const TEE_SPL: Ext = Ext::new("teeSPL", "1.3.6.1.4.1.3704.1.3.2");
+const SNP_SPL: Ext = Ext::new("snpSPL", "1.3.6.1.4.1.3704.1.3.3");
+const UCODE_SPL: Ext = Ext::new("ucodeSPL", "1.3.6.1.4.1.3704.1.3.8");
 /// Turin and later.
-const FMC_SPL: Ext = Ext {
-    name: "fmcSPL",
-    oid: "1.3.6.1.4.1.3704.1.3.9",
-};
+const FMC_SPL: Ext = Ext::new("fmcSPL", "1.3.6.1.4.1.3704.1.3.9");
 /// VCEK only: the CHIP_ID (64 bytes before Turin, 8 from Turin on).
-const HW_ID: Ext = Ext {
-    name: "hwID",
-    oid: "1.3.6.1.4.1.3704.1.4",
-};
+const HW_ID: Ext = Ext::new("hwID", "1.3.6.1.4.1.3704.1.4");
 /// VLEK only: the cloud provider the key was loaded for.
-const CSP_ID: Ext = Ext {
-    name: "cspId",
-    oid: "1.3.6.1.4.1.3704.1.5",
-};
+const CSP_ID: Ext = Ext::new("cspId", "1.3.6.1.4.1.3704.1.5");
 
 /// What the VCEK/VLEK certificate says about the key.
 #[derive(Debug, Clone)]

@@ -81,6 +81,15 @@ impl Parts {
         }
     }
 
+    /// The DER of `cert`.
+    fn cert_mut(&mut self, cert: ChainCert) -> &mut Vec<u8> {
+        match cert {
+            ChainCert::Ark => &mut self.ark,
+            ChainCert::Ask => &mut self.ask,
+            ChainCert::Vek => &mut self.vek,
+        }
+    }
+
     fn verify(&self) -> Result<covm_attestation::VerifiedReport, AttestationError> {
         let chain = SnpChain::from_bytes(&self.ark, &self.ask, &self.vek)?;
         verify_snp(&self.report, &chain)
@@ -91,6 +100,38 @@ fn flip(bytes: &mut [u8], at: usize) {
     bytes[at] ^= 0x01;
 }
 
+/// Flips a byte of a DER certificate's signature, which ends it.
+fn flip_in_signature(cert: &mut [u8]) {
+    let at = cert.len() - 8;
+    flip(cert, at);
+}
+
+/// The chain of the sample's files, loaded as a verifier loads it.
+fn chain_of(sample: &Sample) -> SnpChain {
+    SnpChain::load(
+        path(sample, "ark.pem"),
+        path(sample, "ask.pem"),
+        path(sample, sample.vek_file),
+    )
+    .unwrap()
+}
+
+/// Asserts that the sample's report, with the byte at `at` flipped, fails
+/// its signature check.
+fn assert_report_signature_fails(sample: &Sample, at: usize) {
+    let mut parts = Parts::of(sample);
+    flip(&mut parts.report, at);
+    assert!(
+        matches!(
+            parts.verify(),
+            Err(AttestationError::ReportSignature { key: SigningKey::Vcek })
+        ),
+        "{} byte {at:#x}: {:?}",
+        sample.dir,
+        parts.verify()
+    );
+}
+
 /// Where `needle` starts in `haystack`.
 fn find(haystack: &[u8], needle: &[u8]) -> usize {
     haystack.windows(needle.len()).position(|w| w == needle).unwrap()
@@ -99,14 +140,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> usize {
 #[test]
 fn every_sample_verifies_from_its_files() {
     for sample in &SAMPLES {
-        let chain = SnpChain::load(
-            path(sample, "ark.pem"),
-            path(sample, "ask.pem"),
-            path(sample, sample.vek_file),
-        )
-        .unwrap();
-        let verified =
-            verify(&read(sample, "report.bin"), &Root::Amd(chain)).unwrap_or_else(|e| panic!("{}: {e}", sample.dir));
+        let verified = verify(&read(sample, "report.bin"), &Root::Amd(chain_of(sample)))
+            .unwrap_or_else(|e| panic!("{}: {e}", sample.dir));
         let (boot_loader, tee, snp, microcode) = sample.tcb;
         assert_eq!(verified.signing_key(), SigningKey::Vcek, "{}", sample.dir);
         assert_eq!(verified.product(), Some(sample.product), "{}", sample.dir);
@@ -139,17 +174,7 @@ fn a_flipped_byte_in_the_signed_body_is_refused() {
     for sample in &SAMPLES {
         // MEASUREMENT, REPORT_DATA, POLICY, GUEST_SVN: all under the signature.
         for at in [0x90, 0x50, 0x08, 0x04] {
-            let mut parts = Parts::of(sample);
-            flip(&mut parts.report, at);
-            assert!(
-                matches!(
-                    parts.verify(),
-                    Err(AttestationError::ReportSignature { key: SigningKey::Vcek })
-                ),
-                "{} byte {at:#x}: {:?}",
-                sample.dir,
-                parts.verify()
-            );
+            assert_report_signature_fails(sample, at);
         }
     }
 }
@@ -159,17 +184,7 @@ fn a_flipped_byte_in_the_report_signature_is_refused() {
     for sample in &SAMPLES {
         // A byte of r, a byte of s.
         for at in [0x2A0 + 10, 0x2E8 + 20] {
-            let mut parts = Parts::of(sample);
-            flip(&mut parts.report, at);
-            assert!(
-                matches!(
-                    parts.verify(),
-                    Err(AttestationError::ReportSignature { key: SigningKey::Vcek })
-                ),
-                "{} byte {at:#x}: {:?}",
-                sample.dir,
-                parts.verify()
-            );
+            assert_report_signature_fails(sample, at);
         }
         // Above the 48-byte scalar: not what ECDSA checks, refused anyway.
         let mut parts = Parts::of(sample);
@@ -201,19 +216,19 @@ fn assert_link_fails(sample: &Sample, edit: impl Fn(&mut Parts), subject: ChainC
     }
 }
 
+/// Asserts, for every sample, that a flipped byte in the signature of
+/// `subject` (the last bytes of its DER) fails the link from `signer`.
+fn assert_signature_flip_fails(subject: ChainCert, signer: ChainCert) {
+    for sample in &SAMPLES {
+        assert_link_fails(sample, |p| flip_in_signature(p.cert_mut(subject)), subject, signer);
+    }
+}
+
 #[test]
 fn a_flipped_byte_in_the_vcek_is_refused() {
+    // In its signature ...
+    assert_signature_flip_fails(ChainCert::Vek, ChainCert::Ask);
     for sample in &SAMPLES {
-        // In its signature (the last bytes of the DER) ...
-        assert_link_fails(
-            sample,
-            |p| {
-                let at = p.vek.len() - 8;
-                flip(&mut p.vek, at)
-            },
-            ChainCert::Vek,
-            ChainCert::Ask,
-        );
         // ... and in its public key, the key that signs reports.
         assert_link_fails(
             sample,
@@ -230,32 +245,12 @@ fn a_flipped_byte_in_the_vcek_is_refused() {
 
 #[test]
 fn a_flipped_byte_in_the_ask_is_refused() {
-    for sample in &SAMPLES {
-        assert_link_fails(
-            sample,
-            |p| {
-                let at = p.ask.len() - 8;
-                flip(&mut p.ask, at)
-            },
-            ChainCert::Ask,
-            ChainCert::Ark,
-        );
-    }
+    assert_signature_flip_fails(ChainCert::Ask, ChainCert::Ark);
 }
 
 #[test]
 fn a_flipped_byte_in_the_ark_is_refused() {
-    for sample in &SAMPLES {
-        assert_link_fails(
-            sample,
-            |p| {
-                let at = p.ark.len() - 8;
-                flip(&mut p.ark, at)
-            },
-            ChainCert::Ark,
-            ChainCert::Ark,
-        );
-    }
+    assert_signature_flip_fails(ChainCert::Ark, ChainCert::Ark);
 }
 
 #[test]
@@ -355,8 +350,7 @@ fn malformed_inputs_name_what_is_wrong() {
 #[test]
 fn errors_read_as_sentences() {
     let mut parts = Parts::of(&SAMPLES[1]);
-    let at = parts.ask.len() - 8;
-    flip(&mut parts.ask, at);
+    flip_in_signature(&mut parts.ask);
     let message = parts.verify().unwrap_err().to_string();
     assert!(
         message.starts_with("ASK/ASVK certificate: its signature by the ARK does not verify"),
@@ -368,15 +362,6 @@ fn errors_read_as_sentences() {
         parts.verify().unwrap_err().to_string(),
         "attestation report: SIGNATURE is not the VCEK's ECDSA P-384 signature over bytes 0..0x2A0"
     );
-}
-
-fn chain_of(sample: &Sample) -> SnpChain {
-    SnpChain::load(
-        path(sample, "ark.pem"),
-        path(sample, "ask.pem"),
-        path(sample, sample.vek_file),
-    )
-    .unwrap()
 }
 
 /// The migration protocol's policy check on real SNP evidence: with the

@@ -86,37 +86,35 @@ pub struct SerialDeviceState {
     pub in_buffer: Vec<u8>,
 }
 
+/// `Self` with the UART registers of `$state`, which vm-superio's
+/// `SerialState` and [`SerialDeviceState`] name alike, and `$in_buffer`:
+/// one field list for the conversions both ways.
+macro_rules! uart_state_from {
+    ($state:ident, $in_buffer:expr) => {
+        Self {
+            baud_divisor_low: $state.baud_divisor_low,
+            baud_divisor_high: $state.baud_divisor_high,
+            interrupt_enable: $state.interrupt_enable,
+            interrupt_identification: $state.interrupt_identification,
+            line_control: $state.line_control,
+            line_status: $state.line_status,
+            modem_control: $state.modem_control,
+            modem_status: $state.modem_status,
+            scratch: $state.scratch,
+            in_buffer: $in_buffer,
+        }
+    };
+}
+
 impl From<vm_superio::serial::SerialState> for SerialDeviceState {
     fn from(s: vm_superio::serial::SerialState) -> Self {
-        Self {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer,
-        }
+        uart_state_from!(s, s.in_buffer)
     }
 }
 
 impl From<&SerialDeviceState> for vm_superio::serial::SerialState {
     fn from(s: &SerialDeviceState) -> Self {
-        Self {
-            baud_divisor_low: s.baud_divisor_low,
-            baud_divisor_high: s.baud_divisor_high,
-            interrupt_enable: s.interrupt_enable,
-            interrupt_identification: s.interrupt_identification,
-            line_control: s.line_control,
-            line_status: s.line_status,
-            modem_control: s.modem_control,
-            modem_status: s.modem_status,
-            scratch: s.scratch,
-            in_buffer: s.in_buffer.clone(),
-        }
+        uart_state_from!(s, s.in_buffer.clone())
     }
 }
 

@@ -105,43 +105,33 @@ pub fn for_vcpu(supported: &CpuId, topo: Topology, index: u8) -> CpuId {
     CpuId::from_entries(&entries).expect("CPUID entry count stays within KVM's limit")
 }
 
+/// A CPUID entry for tests: leaf `function`, subleaf `index`, outputs
+/// `[eax, ebx, ecx, edx]`, no flags.
+#[cfg(test)]
+pub(crate) fn test_entry(function: u32, index: u32, [eax, ebx, ecx, edx]: [u32; 4]) -> kvm_cpuid_entry2 {
+    kvm_cpuid_entry2 {
+        function,
+        index,
+        eax,
+        ebx,
+        ecx,
+        edx,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn supported() -> CpuId {
         let entries = [
-            kvm_cpuid_entry2 {
-                function: 0,
-                eax: 0x10,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 1,
-                ebx: 0xff00_0000,
-                edx: EDX_HTT,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xb,
-                index: 0,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xb,
-                index: 1,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0x4000_0000,
-                eax: 0x4000_0001,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0x8000_0008,
-                ecx: 0xffff,
-                ..Default::default()
-            },
+            test_entry(0, 0, [0x10, 0, 0, 0]),
+            test_entry(1, 0, [0, 0xff00_0000, 0, EDX_HTT]),
+            test_entry(0xb, 0, [0; 4]),
+            test_entry(0xb, 1, [0; 4]),
+            test_entry(0x4000_0000, 0, [0x4000_0001, 0, 0, 0]),
+            test_entry(0x8000_0008, 0, [0, 0, 0xffff, 0]),
         ];
         CpuId::from_entries(&entries).unwrap()
     }

@@ -76,7 +76,7 @@ pub fn cpuid_page(entries: &[kvm_cpuid_entry2]) -> Result<Box<[u8; PAGE_LEN]>, S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::cpuid::{for_vcpu, Topology, LEAF_TIMING};
+    use crate::arch::cpuid::{for_vcpu, test_entry, Topology, LEAF_TIMING};
     use kvm_bindings::CpuId;
 
     fn u32_at(p: &[u8], at: usize) -> u32 {
@@ -98,29 +98,12 @@ mod tests {
     #[test]
     fn table_of_covms_cpuid() {
         let supported = CpuId::from_entries(&[
+            test_entry(0, 0, [0xd, 0x6874_7541, 0, 0]),
+            test_entry(1, 0, [0xa00f11, 0, 0, 0]),
+            test_entry(0xb, 1, [0; 4]),
             kvm_cpuid_entry2 {
-                function: 0,
-                eax: 0xd,
-                ebx: 0x6874_7541,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 1,
-                eax: 0xa00f11,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xb,
-                index: 1,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 0xd,
-                index: 1,
                 flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-                eax: 0xf,
-                ebx: 0x240,
-                ..Default::default()
+                ..test_entry(0xd, 1, [0xf, 0x240, 0, 0])
             },
         ])
         .unwrap();
@@ -165,10 +148,7 @@ mod tests {
 
     #[test]
     fn too_many_entries_are_refused() {
-        let one = kvm_cpuid_entry2 {
-            eax: 1,
-            ..Default::default()
-        };
+        let one = test_entry(0, 0, [1, 0, 0, 0]);
         let mut entries = vec![one; COUNT_MAX + 1];
         assert_eq!(
             cpuid_page(&entries).unwrap_err(),

@@ -47,44 +47,26 @@ pub const PADDED_TABLE_LEN: usize = TABLE_LEN.div_ceil(16) * 16;
 pub const ENTRY_LEN: usize = 16 + 2 + 32;
 
 /// A GUID in its in-memory (mixed-endian) form: the first three fields
-/// little-endian, the last eight bytes as written.
-const fn guid(d1: u32, d2: u16, d3: u16, d4: [u8; 8]) -> [u8; 16] {
+/// little-endian, the last eight bytes as written (`d4` holds them as the
+/// GUID's text does, most significant first).
+const fn guid(d1: u32, d2: u16, d3: u16, d4: u64) -> [u8; 16] {
     let a = d1.to_le_bytes();
     let b = d2.to_le_bytes();
     let c = d3.to_le_bytes();
+    let d = d4.to_be_bytes();
     [
-        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d4[0], d4[1], d4[2], d4[3], d4[4], d4[5], d4[6], d4[7],
+        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
     ]
 }
 
 /// `SEV_HASH_TABLE_HEADER_GUID`.
-pub const TABLE_GUID: [u8; 16] = guid(
-    0x9438_d606,
-    0x4f22,
-    0x4cc9,
-    [0xb4, 0x79, 0xa7, 0x93, 0xd4, 0x11, 0xfd, 0x21],
-);
+pub const TABLE_GUID: [u8; 16] = guid(0x9438_d606, 0x4f22, 0x4cc9, 0xb479_a793_d411_fd21);
 /// `SEV_CMDLINE_ENTRY_GUID`.
-pub const CMDLINE_GUID: [u8; 16] = guid(
-    0x97d0_2dd8,
-    0xbd20,
-    0x4c94,
-    [0xaa, 0x78, 0xe7, 0x71, 0x4d, 0x36, 0xab, 0x2a],
-);
+pub const CMDLINE_GUID: [u8; 16] = guid(0x97d0_2dd8, 0xbd20, 0x4c94, 0xaa78_e771_4d36_ab2a);
 /// `SEV_INITRD_ENTRY_GUID`.
-pub const INITRD_GUID: [u8; 16] = guid(
-    0x44ba_f731,
-    0x3a2f,
-    0x4bd7,
-    [0x9a, 0xf1, 0x41, 0xe2, 0x91, 0x69, 0x78, 0x1d],
-);
+pub const INITRD_GUID: [u8; 16] = guid(0x44ba_f731, 0x3a2f, 0x4bd7, 0x9af1_41e2_9169_781d);
 /// `SEV_KERNEL_ENTRY_GUID`.
-pub const KERNEL_GUID: [u8; 16] = guid(
-    0x4de7_9437,
-    0xabd2,
-    0x427f,
-    [0xb8, 0x35, 0xd5, 0xb1, 0x72, 0xd2, 0x04, 0x5b],
-);
+pub const KERNEL_GUID: [u8; 16] = guid(0x4de7_9437, 0xabd2, 0x427f, 0xb835_d5b1_72d2_045b);
 
 /// The three hashes the table carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -477,14 +477,36 @@ pub(crate) fn tiny_elf() -> Vec<u8> {
     elf
 }
 
+/// A confidential configuration of `vcpus` for tests (the migration
+/// policy page and the agent's vCPU, as every confidential launch loads
+/// them): 64 MiB, emulated_cvm with an empty migration policy.
+#[cfg(test)]
+pub(crate) fn confidential_config(vcpus: u8, payload: crate::config::Payload, cmdline: &str) -> VmConfig {
+    use crate::config::{CpusConfig, MemoryConfig, SerialMode};
+    use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
+    VmConfig {
+        cpus: CpusConfig { boot_vcpus: vcpus },
+        memory: MemoryConfig { size: 64 << 20 },
+        payload,
+        cmdline: cmdline.into(),
+        serial: SerialMode::Off,
+        api_socket: None,
+        dirty_tracking: Default::default(),
+        platform: PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
+            root_key: None,
+            policy: MigrationPolicy::empty(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CpusConfig, MemoryConfig, Payload, SerialMode};
+    use crate::config::Payload;
     use crate::platform::hex;
     use crate::platform::kernel_hashes::TABLE_OFFSET;
     use crate::platform::vmsa::{vcpu_type_signature, Segment, VcpuState, VCPU_TYPES};
-    use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
+    use crate::platform::{MigrationPolicy, PlatformConfig};
     use serde_json::{json, Value};
     use std::path::{Path, PathBuf};
 
@@ -601,23 +623,6 @@ print(bytes(area).hex())
         };
         assert_eq!(hex(&state.to_vmsa()[..]), theirs);
     }
-    /// A confidential configuration of `vcpus` (the migration policy page
-    /// and the agent's vCPU, as every confidential launch loads them).
-    fn confidential(vcpus: u8, payload: Payload, cmdline: &str) -> VmConfig {
-        VmConfig {
-            cpus: CpusConfig { boot_vcpus: vcpus },
-            memory: MemoryConfig { size: 64 << 20 },
-            payload,
-            cmdline: cmdline.into(),
-            serial: SerialMode::Off,
-            api_socket: None,
-            dirty_tracking: Default::default(),
-            platform: PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
-                root_key: None,
-                policy: MigrationPolicy::empty(),
-            }),
-        }
-    }
 
     /// The VMSA fields covm sets but RDX, by sev-snp-measure's names.
     fn state_json(s: &VcpuState) -> Value {
@@ -694,7 +699,7 @@ print(g.hex_ld())
                 initramfs: case.initrd.clone(),
             },
         };
-        let config = confidential(case.vcpus, payload, case.cmdline);
+        let config = confidential_config(case.vcpus, payload, case.cmdline);
         let launch = SnpLaunch {
             vcpu_signature: case.vcpu_type.map_or(0, |t| vcpu_type_signature(t).unwrap()),
             kernel_hashes: case.hashes.then(|| {
@@ -839,7 +844,7 @@ print(g.hex_ld())
 
     #[test]
     fn snp_additions() {
-        let config = confidential(2, Payload::BuiltinFirmware, "workload=hello");
+        let config = confidential_config(2, Payload::BuiltinFirmware, "workload=hello");
         let plain = measure_sev_snp(&config, &SnpLaunch::default()).unwrap();
         let scratch = memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&scratch, &config).unwrap();
@@ -911,7 +916,7 @@ print(g.hex_ld())
     /// of them.
     #[test]
     fn snp_metadata_pages() {
-        let config = confidential(2, Payload::BuiltinFirmware, "workload=hello");
+        let config = confidential_config(2, Payload::BuiltinFirmware, "workload=hello");
         let scratch = memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&scratch, &config).unwrap();
         assert_eq!(loaded.image.metadata.len(), 4);
@@ -991,7 +996,7 @@ print(g.hex_ld())
             ..Default::default()
         };
         // Without metadata: the hashes page after the image, as before.
-        let config = confidential(1, kernel(&plain_elf), "");
+        let config = confidential_config(1, kernel(&plain_elf), "");
         let m = measure_sev_snp(&config, &hashes).unwrap();
         let tail: Vec<(u64, PageType)> = m
             .pages
@@ -1006,7 +1011,7 @@ print(g.hex_ld())
             [(SEV_HASHES_GPA, PageType::Normal), (0x6000, PageType::Unmeasured)]
         );
         // With metadata: its pages in its order.
-        let config = confidential(1, kernel(&meta_elf), "");
+        let config = confidential_config(1, kernel(&meta_elf), "");
         let m = measure_sev_snp(&config, &SnpLaunch::default()).unwrap();
         let tail: Vec<(u64, PageType)> = m
             .pages

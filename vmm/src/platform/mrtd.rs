@@ -235,10 +235,11 @@ pub fn measure_tdx(config: &VmConfig) -> Result<TdMeasurement, MrtdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CpusConfig, MemoryConfig, Payload, SerialMode};
+    use crate::config::Payload;
+    use crate::platform::hex;
     use crate::platform::image::LaunchPage;
+    use crate::platform::measure::{confidential_config, tiny_elf};
     use crate::platform::tdx::plan::{TdxOptions, TdxPlan};
-    use crate::platform::{hex, EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
 
     /// The page of the fixed vectors: byte i is i * 7 + 3 (mod 256).
     fn pattern() -> [u8; PAGE_SIZE] {
@@ -292,25 +293,14 @@ mod tests {
         );
     }
 
-    fn confidential(vcpus: u8, cmdline: &str) -> VmConfig {
-        VmConfig {
-            cpus: CpusConfig { boot_vcpus: vcpus },
-            memory: MemoryConfig { size: 64 << 20 },
-            payload: Payload::BuiltinFirmware,
-            cmdline: cmdline.into(),
-            serial: SerialMode::Off,
-            api_socket: None,
-            dirty_tracking: Default::default(),
-            platform: PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
-                root_key: None,
-                policy: MigrationPolicy::empty(),
-            }),
-        }
+    /// A confidential configuration of the built-in firmware.
+    fn firmware_config(vcpus: u8, cmdline: &str) -> VmConfig {
+        confidential_config(vcpus, Payload::BuiltinFirmware, cmdline)
     }
 
     #[test]
     fn covm_launch_pages() {
-        let td = measure_tdx(&confidential(2, "workload=hello")).unwrap();
+        let td = measure_tdx(&firmware_config(2, "workload=hello")).unwrap();
         let last = td.pages.last().unwrap();
         assert_eq!((last.gpa, last.extended, last.what), (TD_HOB_GPA, false, "TD HOB"));
         let policy = td.pages.iter().find(|p| p.what == "migration policy").unwrap();
@@ -321,15 +311,21 @@ mod tests {
             .filter(|p| p.what == "payload image")
             .all(|p| p.extended));
         // The vCPU count does not enter MRTD; the command line does.
-        assert_eq!(td.mrtd, measure_tdx(&confidential(4, "workload=hello")).unwrap().mrtd);
-        assert_ne!(td.mrtd, measure_tdx(&confidential(2, "workload=dirty")).unwrap().mrtd);
+        assert_eq!(
+            td.mrtd,
+            measure_tdx(&firmware_config(4, "workload=hello")).unwrap().mrtd
+        );
+        assert_ne!(
+            td.mrtd,
+            measure_tdx(&firmware_config(2, "workload=dirty")).unwrap().mrtd
+        );
     }
 
     /// covm's MRTD follows exactly the adds and extends the TDX launch
     /// plan (`platform::tdx::plan`) makes for the same image and HOB.
     #[test]
     fn pages_are_the_tdx_plans() {
-        let config = confidential(2, "workload=hello");
+        let config = firmware_config(2, "workload=hello");
         let scratch = memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&scratch, &config).unwrap();
         let td = launch_mrtd(&scratch, &loaded.image, TD_HOB_GPA, TD_HOB_PAGES).unwrap();
@@ -387,13 +383,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("covm-mrtd-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let kernel = dir.join("kernel.elf");
-        std::fs::write(&kernel, crate::platform::measure::tiny_elf()).unwrap();
-        let mut kernel_config = confidential(1, "console=ttyS0");
-        kernel_config.payload = Payload::Kernel {
+        std::fs::write(&kernel, tiny_elf()).unwrap();
+        let kernel_payload = Payload::Kernel {
             kernel: kernel.clone(),
             initramfs: None,
         };
-        for config in [confidential(2, "workload=hello"), kernel_config] {
+        let kernel_config = confidential_config(1, kernel_payload, "console=ttyS0");
+        for config in [firmware_config(2, "workload=hello"), kernel_config] {
             let scratch = memory::allocate(config.memory.size).unwrap();
             let loaded = image::load(&scratch, &config).unwrap();
             let td = launch_mrtd(&scratch, &loaded.image, TD_HOB_GPA, TD_HOB_PAGES).unwrap();
