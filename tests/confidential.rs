@@ -20,7 +20,7 @@ use covm_guest_abi::pattern::{fill_page, WORDS};
 use proxy::{Frame, Proxy, Tamper, Verdict};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// One migration at a time: two guests already fill this machine's cores.
@@ -32,8 +32,10 @@ const WORKLOAD: &str = "workload=dirty mib=24 rate=64 seed=7";
 const CPUS: &str = "boot=2";
 const MEMORY: &str = "size=128M";
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+/// Where KVM is usable, the turn of the calling test (held until it
+/// ends); `None` and the test skips elsewhere.
+fn kvm_turn() -> Option<MutexGuard<'static, ()>> {
+    kvm_available().then(|| SERIAL.lock().unwrap_or_else(|p| p.into_inner()))
 }
 
 fn info(api: &Api) -> Value {
@@ -124,6 +126,40 @@ impl Owner {
         let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
         (child, api, serial)
     }
+
+    /// Starts a source `{prefix}a` and a destination `{prefix}b` (with
+    /// `extra` options) and, once the source's guest beat three times,
+    /// migrates through a proxy with `forward` (S→D) and `backward` (D→S)
+    /// tampering until the source reports the migration failed.
+    fn failed_migration(&self, prefix: &str, extra: &[&str], forward: Tamper, backward: Tamper) -> Failed {
+        let (a, a_api, a_serial) = self.source(&format!("{prefix}a"));
+        let (b, b_api, b_serial) = self.destination(&format!("{prefix}b"), extra);
+        wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
+        let proxy = migrate_through(self, &a_api, &b_api, &format!("{prefix}ab"), forward, backward, "");
+        let error = wait_failed(&a_api);
+        Failed {
+            a_api,
+            a_serial,
+            b_api,
+            b_serial,
+            proxy,
+            error,
+            _vms: (a, b),
+        }
+    }
+}
+
+/// A migration the source reported as failed, and its two VMs (killed on
+/// drop).
+struct Failed {
+    a_api: Api,
+    a_serial: PathBuf,
+    b_api: Api,
+    b_serial: PathBuf,
+    proxy: Proxy,
+    /// The source's migration error.
+    error: String,
+    _vms: (Process, Process),
 }
 
 /// Starts receiving on `dst` and sending from `src` through a proxy with
@@ -167,14 +203,20 @@ fn wait_failed(src: &Api) -> String {
     }
 }
 
+/// Waits up to a minute for `at_least` heartbeats numbered above `after`
+/// in `serial`; whether they came, and the serial output.
+fn heartbeats_after(serial: &Path, after: u64, at_least: usize) -> (bool, String) {
+    let enough = || heartbeat_numbers(serial).iter().filter(|&&n| n > after).count() >= at_least;
+    let text = wait_for_serial(serial, Duration::from_secs(60), |_| enough());
+    (enough(), text)
+}
+
 /// The guest keeps running at the source: new heartbeats, no FAIL.
 fn source_keeps_running(serial: &Path) {
     let before = heartbeat_numbers(serial).last().copied().unwrap_or(0);
-    let text = wait_for_serial(serial, Duration::from_secs(60), |_| {
-        heartbeat_numbers(serial).iter().filter(|&&n| n > before).count() >= 3
-    });
+    let (resumed, text) = heartbeats_after(serial, before, 3);
     assert!(
-        heartbeat_numbers(serial).iter().filter(|&&n| n > before).count() >= 3,
+        resumed,
         "the source's guest did not resume after the refused migration:\n{text}"
     );
     no_fail(serial);
@@ -183,11 +225,9 @@ fn source_keeps_running(serial: &Path) {
 /// The destination continues the heartbeat from where the source stopped.
 fn destination_continues(src_serial: &Path, dst_serial: &Path) {
     let last = *heartbeat_numbers(src_serial).last().expect("heartbeats at the source");
-    let text = wait_for_serial(dst_serial, Duration::from_secs(60), |_| {
-        heartbeat_numbers(dst_serial).iter().filter(|&&n| n > last).count() >= 5
-    });
+    let (continued, text) = heartbeats_after(dst_serial, last, 5);
     assert!(
-        heartbeat_numbers(dst_serial).iter().filter(|&&n| n > last).count() >= 5,
+        continued,
         "the destination did not continue the heartbeat after {last}:\n{text}"
     );
     no_fail(src_serial);
@@ -245,10 +285,9 @@ fn found(haystack: &[u8], needles: &[Vec<u8>]) -> usize {
 
 #[test]
 fn confidential_migration_moves_the_workload_and_only_ciphertext_crosses() {
-    if !kvm_available() {
+    let Some(_one) = kvm_turn() else {
         return;
-    }
-    let _one = lock();
+    };
     let owner = Owner::new("cm-basic", None);
     let (mut a, a_api, a_serial) = owner.source("a");
     let (mut b, b_api, b_serial) = owner.destination("b", &[]);
@@ -312,10 +351,9 @@ fn confidential_migration_moves_the_workload_and_only_ciphertext_crosses() {
 
 #[test]
 fn the_same_check_finds_the_pages_in_a_plain_migration() {
-    if !kvm_available() {
+    let Some(_one) = kvm_turn() else {
         return;
-    }
-    let _one = lock();
+    };
     let dir = Scratch::new("cm-plain-check");
     let serial = dir.path("a.txt");
     let serial_option = format!("file={}", serial.display());
@@ -364,28 +402,23 @@ fn the_same_check_finds_the_pages_in_a_plain_migration() {
 /// A source and destination with a tampering proxy; checks the source got
 /// its guest back and the destination holds no VM.
 fn refused_and_source_resumes(name: &str, forward: Tamper, expect: &str) {
-    if !kvm_available() {
+    let Some(_one) = kvm_turn() else {
         return;
-    }
-    let _one = lock();
+    };
     let owner = Owner::new(name, None);
-    let (_a, a_api, a_serial) = owner.source("a");
-    let (_b, b_api, _b_serial) = owner.destination("b", &[]);
-    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
-    let proxy = migrate_through(&owner, &a_api, &b_api, "ab", forward, proxy::pass(), "");
-    let error = wait_failed(&a_api);
+    let f = owner.failed_migration("", &[], forward, proxy::pass());
+    let error = &f.error;
     assert!(
         error.contains(expect),
         "expected {expect:?} in the source's error: {error}"
     );
-    assert_eq!(a_api.state(), "Running", "{}", info(&a_api));
-    source_keeps_running(&a_serial);
-    let b = info_or_none(&b_api);
+    assert_eq!(f.a_api.state(), "Running", "{}", info(&f.a_api));
+    source_keeps_running(&f.a_serial);
+    let b = info_or_none(&f.b_api);
     assert!(
         b.is_none() || b.unwrap()["state"] != "Running",
         "the destination runs a refused VM"
     );
-    drop(proxy);
 }
 
 fn info_or_none(api: &Api) -> Option<Value> {
@@ -401,21 +434,30 @@ fn page_records(payload: &[u8]) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Applies `act` once, to the `n`th `Sealed` frame carrying at least two
-/// page records.
-fn nth_sealed(n: usize, mut act: impl FnMut(Frame) -> Verdict + Send + 'static) -> Tamper {
+/// Passes every frame on but the `Sealed` ones `pick` accepts: those go to
+/// `act` with their number among them (from 1).
+fn sealed_frames(
+    pick: impl Fn(&Frame) -> bool + Send + 'static,
+    mut act: impl FnMut(usize, Frame) -> Verdict + Send + 'static,
+) -> Tamper {
     let mut seen = 0;
     Box::new(move |f: Frame| {
-        if f.kind != proxy::KIND_SEALED || page_records(&f.payload).len() < 2 {
+        if f.kind != proxy::KIND_SEALED || !pick(&f) {
             return Verdict::Send(vec![f]);
         }
         seen += 1;
-        if seen == n {
-            act(f)
-        } else {
-            Verdict::Send(vec![f])
-        }
+        act(seen, f)
     })
+}
+
+/// Applies `act` once, to the `n`th `Sealed` frame carrying at least two
+/// page records.
+fn nth_sealed(n: usize, mut act: impl FnMut(Frame) -> Verdict + Send + 'static) -> Tamper {
+    let pages = |f: &Frame| page_records(&f.payload).len() >= 2;
+    sealed_frames(
+        pages,
+        move |seen, f| if seen == n { act(f) } else { Verdict::Send(vec![f]) },
+    )
 }
 
 #[test]
@@ -433,44 +475,38 @@ fn a_flipped_bit_in_a_page_record_is_refused() {
 fn a_record_replayed_in_a_later_round_is_refused() {
     // Keep a page record batch of round 0 and send it again later.
     let mut kept: Option<Frame> = None;
-    let mut sealed = 0;
-    let replay: Tamper = Box::new(move |f: Frame| {
-        if f.kind != proxy::KIND_SEALED {
-            return Verdict::Send(vec![f]);
-        }
-        sealed += 1;
-        let round = u32::from_le_bytes(f.payload[..4].try_into().unwrap());
-        if sealed == 3 {
-            kept = Some(f.clone());
-        }
-        if round >= 1 {
-            if let Some(old) = kept.take() {
-                return Verdict::Send(vec![old, f]);
+    let replay = sealed_frames(
+        |_| true,
+        move |sealed, f| {
+            let round = u32::from_le_bytes(f.payload[..4].try_into().unwrap());
+            if sealed == 3 {
+                kept = Some(f.clone());
             }
-        }
-        Verdict::Send(vec![f])
-    });
+            if round >= 1 {
+                if let Some(old) = kept.take() {
+                    return Verdict::Send(vec![old, f]);
+                }
+            }
+            Verdict::Send(vec![f])
+        },
+    );
     refused_and_source_resumes("cm-replay", replay, "refused");
 }
 
 #[test]
 fn two_records_swapped_are_refused() {
     let mut held: Option<Frame> = None;
-    let mut sealed = 0;
-    let swap: Tamper = Box::new(move |f: Frame| {
-        if f.kind != proxy::KIND_SEALED {
-            return Verdict::Send(vec![f]);
-        }
-        sealed += 1;
-        match sealed {
+    let swap = sealed_frames(
+        |_| true,
+        move |sealed, f| match sealed {
             4 => {
                 held = Some(f);
                 Verdict::Send(vec![])
             }
             5 => Verdict::Send(vec![f, held.take().unwrap()]),
             _ => Verdict::Send(vec![f]),
-        }
-    });
+        },
+    );
     refused_and_source_resumes("cm-swap", swap, "refused");
 }
 
@@ -495,64 +531,47 @@ fn a_truncated_stream_is_refused() {
 
 #[test]
 fn a_destination_measurement_the_policy_does_not_allow_is_refused_before_any_page() {
-    if !kvm_available() {
+    let Some(_one) = kvm_turn() else {
         return;
-    }
-    let _one = lock();
+    };
     // The guest owner allows only another build's measurement.
     let owner = Owner::new("cm-measurement", Some(&"ab".repeat(48)));
-    let (_a, a_api, a_serial) = owner.source("a");
-    let (_b, b_api, _) = owner.destination("b", &[]);
-    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
-    let proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
-    let error = wait_failed(&a_api);
-    assert!(error.contains("measurement"), "{error}");
-    let wire = proxy.to_destination.lock().unwrap().clone();
-    let mut at = 0;
-    while at + proxy::HEADER <= wire.len() {
-        let kind = u16::from_le_bytes([wire[at + 6], wire[at + 7]]);
+    let f = owner.failed_migration("", &[], proxy::pass(), proxy::pass());
+    assert!(f.error.contains("measurement"), "{}", f.error);
+    let wire = f.proxy.to_destination.lock().unwrap().clone();
+    for (kind, _) in proxy::frames(&wire) {
         assert_ne!(
             kind,
             proxy::KIND_SEALED,
             "a sealed record left before the destination was accepted"
         );
-        at += proxy::HEADER + u32::from_le_bytes(wire[at + 12..at + 16].try_into().unwrap()) as usize;
     }
-    source_keeps_running(&a_serial);
+    source_keeps_running(&f.a_serial);
 }
 
 #[test]
 fn a_destination_with_an_older_policy_version_is_refused() {
-    if !kvm_available() {
+    let Some(_one) = kvm_turn() else {
         return;
-    }
-    let _one = lock();
+    };
     let owner = Owner::new("cm-older-policy", None);
     let older = owner.write_policy("older.json", 1, &owner.measurement);
     let older = older.display().to_string();
-    let (_a, a_api, a_serial) = owner.source("a");
     // This destination host launches incoming VMs with policy version 1.
-    let (_b, b_api, _) = owner.destination("b", &["--platform", &owner.platform, "--migration-policy", &older]);
-    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
-    let _proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
-    let error = wait_failed(&a_api);
-    assert!(error.contains("older"), "{error}");
-    source_keeps_running(&a_serial);
+    let extra = ["--platform", &owner.platform, "--migration-policy", &older];
+    let f = owner.failed_migration("", &extra, proxy::pass(), proxy::pass());
+    assert!(f.error.contains("older"), "{}", f.error);
+    source_keeps_running(&f.a_serial);
 }
 
 /// After the destination committed, the proxy replaces its Commit with
 /// `control`: the source must not run its guest again.
 fn after_commit_the_source_never_runs(name: &str, control: impl FnOnce(&Owner) -> Vec<u8> + Send + 'static) {
-    if !kvm_available() {
+    let Some(_one) = kvm_turn() else {
         return;
-    }
-    let _one = lock();
+    };
     let owner = Owner::new(name, None);
-    let replacement = control(&owner);
-    let (_a, a_api, a_serial) = owner.source("a");
-    let (_b, b_api, b_serial) = owner.destination("b", &[]);
-    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
-    let mut replacement = Some(replacement);
+    let mut replacement = Some(control(&owner));
     let backward: Tamper = Box::new(move |mut f: Frame| {
         if f.kind == proxy::KIND_CONTROL {
             if let Some(r) = replacement.take() {
@@ -561,24 +580,27 @@ fn after_commit_the_source_never_runs(name: &str, control: impl FnOnce(&Owner) -
         }
         Verdict::Send(vec![f])
     });
-    let _proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), backward, "");
-    let error = wait_failed(&a_api);
+    let Failed {
+        a_api,
+        a_serial,
+        b_serial,
+        error,
+        ..
+    } = &owner.failed_migration("", &[], proxy::pass(), backward);
     assert!(error.contains("paused"), "{error}");
     // The destination committed and runs the guest.
-    let last = *heartbeat_numbers(&a_serial).last().unwrap();
-    wait_for_serial(&b_serial, Duration::from_secs(60), |_| {
-        heartbeat_numbers(&b_serial).iter().filter(|&&n| n > last).count() >= 3
-    });
-    assert!(heartbeat_numbers(&b_serial).iter().any(|&n| n > last + 2));
+    let last = *heartbeat_numbers(a_serial).last().unwrap();
+    heartbeats_after(b_serial, last, 3);
+    assert!(heartbeat_numbers(b_serial).iter().any(|&n| n > last + 2));
     // The source stays paused and refuses to resume.
-    let a = info(&a_api);
+    let a = info(a_api);
     assert_eq!(a["state"], "Paused", "{a}");
     assert_eq!(a["migration"]["session"]["state"], "undecided", "{a}");
     let (status, body) = a_api.put("/vm.resume", None);
     assert_ne!(status, 204, "{body}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
-        *heartbeat_numbers(&a_serial).last().unwrap(),
+        *heartbeat_numbers(a_serial).last().unwrap(),
         last,
         "the source ran again"
     );
@@ -610,27 +632,19 @@ fn after_commit_a_replayed_abort_token_does_not_resume_the_source() {
     after_commit_the_source_never_runs("cm-replayed-abort", |owner| {
         // A genuine abort token from an earlier, refused session of the
         // same owner (a flipped bit made its destination abort).
-        let (_a, a_api, a_serial) = owner.source("old-a");
-        let (_b, b_api, _) = owner.destination("old-b", &[]);
-        wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
         let flip = nth_sealed(3, |mut f| {
             let (start, end) = page_records(&f.payload)[0];
             f.payload[(start + end) / 2] ^= 1;
             Verdict::Send(vec![f])
         });
-        let proxy = migrate_through(owner, &a_api, &b_api, "old", flip, proxy::pass(), "");
-        wait_failed(&a_api);
-        let back = proxy.to_source.lock().unwrap().clone();
-        let mut at = 0;
-        let mut token = None;
-        while at + proxy::HEADER <= back.len() {
-            let kind = u16::from_le_bytes([back[at + 6], back[at + 7]]);
-            let len = u32::from_le_bytes(back[at + 12..at + 16].try_into().unwrap()) as usize;
-            if kind == proxy::KIND_CONTROL {
-                token = Some(back[at + proxy::HEADER..at + proxy::HEADER + len].to_vec());
-            }
-            at += proxy::HEADER + len;
-        }
-        token.expect("the refused session's destination sent an abort token")
+        let old = owner.failed_migration("old-", &[], flip, proxy::pass());
+        let back = old.proxy.to_source.lock().unwrap().clone();
+        let token = proxy::frames(&back)
+            .into_iter()
+            .rfind(|&(kind, _)| kind == proxy::KIND_CONTROL);
+        token
+            .expect("the refused session's destination sent an abort token")
+            .1
+            .to_vec()
     });
 }

@@ -21,7 +21,7 @@ use covm_migration::protocol::{
 };
 use covm_migration::transport::Stream;
 use covm_migration::vm::{DestinationVm, SourceVm, VmError};
-use fake::{FakeSource, Guest, Received};
+use fake::{assert_same_memory, options, pair, FakeSource, Guest, Received};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -354,10 +354,7 @@ impl Opener for ToyOpener {
         if self.aborted || round != self.epoch {
             return Err(MigrationError::stream("toy agent: a record out of its epoch"));
         }
-        let mut carried = Carried {
-            round,
-            ..Carried::default()
-        };
+        let mut carried = Carried::empty(round);
         let key = self
             .key
             .ok_or_else(|| MigrationError::stream("toy agent: no session key"))?;
@@ -447,20 +444,6 @@ impl Opener for ToyOpener {
 // Harness
 // ---------------------------------------------------------------------------
 
-fn pair() -> (Box<dyn Stream>, Box<dyn Stream>) {
-    let (a, b) = UnixStream::pair().unwrap();
-    (Box::new(a), Box::new(b))
-}
-
-fn options() -> SendOptions {
-    SendOptions {
-        downtime: Duration::ZERO,
-        io_timeout: Duration::from_secs(5),
-        commit_timeout: Duration::from_secs(5),
-        ..SendOptions::default()
-    }
-}
-
 type Built = (Box<dyn DestinationVm>, Box<dyn Opener>);
 
 /// The destination VMM's factory for a confidential VM: version 2 only.
@@ -520,16 +503,6 @@ fn migrate(
     (result, log, progress, destination)
 }
 
-fn assert_same_memory(source: &Guest, destination: &Received) {
-    for (range, (a, b)) in source.mem.iter().zip(&destination.mem).enumerate() {
-        if let Some(page) = a.chunks(PAGE_BYTES).zip(b.chunks(PAGE_BYTES)).position(|(x, y)| x != y) {
-            panic!("range {range} page {page} differs");
-        }
-    }
-    assert!(source.saved_state.is_some());
-    assert_eq!(destination.state, source.saved_state);
-}
-
 /// After Final without a decision: paused, never resumed, but unthrottled
 /// and untracked.
 fn assert_left_paused(g: &Guest) {
@@ -554,7 +527,7 @@ fn assert_resumed(g: &Guest) {
 #[test]
 fn confidential_migration_moves_the_guest_in_sealed_records() {
     let mut vm = FakeSource::new(0.25);
-    let (result, source_log, progress, destination) = migrate(&mut vm, Behaviour::Honest, &options());
+    let (result, source_log, progress, destination) = migrate(&mut vm, Behaviour::Honest, &options(0));
     let report = result.expect("the source succeeds");
     let received = destination.handle.join().unwrap().expect("the destination succeeds");
     assert_eq!(progress.snapshot().phase, Phase::Completed);
@@ -595,7 +568,7 @@ fn confidential_migration_moves_the_guest_in_sealed_records() {
 #[test]
 fn a_refusing_destination_sends_its_token_and_the_source_resumes() {
     let mut vm = FakeSource::new(0.25);
-    let (result, source_log, progress, destination) = migrate(&mut vm, Behaviour::RefuseCommit, &options());
+    let (result, source_log, progress, destination) = migrate(&mut vm, Behaviour::RefuseCommit, &options(0));
     let e = result.unwrap_err();
     // The token freed the guest; the Abort that followed gave the reason.
     assert!(
@@ -618,7 +591,7 @@ fn a_refusing_destination_sends_its_token_and_the_source_resumes() {
 #[test]
 fn an_invalid_decision_after_final_leaves_the_guest_paused() {
     let mut vm = FakeSource::new(0.25);
-    let (result, _, progress, destination) = migrate(&mut vm, Behaviour::ForgeCommit, &options());
+    let (result, _, progress, destination) = migrate(&mut vm, Behaviour::ForgeCommit, &options(0));
     let e = result.unwrap_err();
     let MigrationError::Undecided { error } = &e else {
         panic!("expected Undecided, got {e}");
@@ -637,7 +610,7 @@ fn an_invalid_decision_after_final_leaves_the_guest_paused() {
 #[test]
 fn a_plain_abort_after_final_does_not_free_the_guest() {
     let mut vm = FakeSource::new(0.0);
-    let (result, source_log, _, destination) = migrate(&mut vm, Behaviour::Tokenless, &options());
+    let (result, source_log, _, destination) = migrate(&mut vm, Behaviour::Tokenless, &options(0));
     let e = result.unwrap_err();
     assert!(
         matches!(&e, MigrationError::Undecided { error }
@@ -654,7 +627,7 @@ fn a_token_that_comes_after_the_commit_timeout_still_frees_the_guest() {
     let mut vm = FakeSource::new(0.0);
     let options = SendOptions {
         commit_timeout: Duration::from_millis(150),
-        ..options()
+        ..options(0)
     };
     let (result, source_log, _, destination) = migrate(
         &mut vm,
@@ -712,7 +685,7 @@ fn a_failed_handshake_reports_the_peers_reason() {
     });
     let mut vm = FakeSource::new(0.0);
     let mut sealer = ToySealer::new(SharedLog::default());
-    let e = engine::send_with(a, &mut vm, &fake::config(), &mut sealer, &options(), &Progress::new()).unwrap_err();
+    let e = engine::send_with(a, &mut vm, &fake::config(), &mut sealer, &options(0), &Progress::new()).unwrap_err();
     script.join().unwrap();
     assert!(
         matches!(&e, MigrationError::PeerAborted { reason } if reason.contains("evidence")),
@@ -733,7 +706,7 @@ fn confidential_source_and_plain_destination_refuse_each_other_by_name() {
     let mut vm = FakeSource::new(0.0);
     let log = SharedLog::default();
     let mut sealer = ToySealer::new(log.clone());
-    let e = engine::send_with(a, &mut vm, &fake::config(), &mut sealer, &options(), &Progress::new()).unwrap_err();
+    let e = engine::send_with(a, &mut vm, &fake::config(), &mut sealer, &options(0), &Progress::new()).unwrap_err();
     assert!(
         matches!(&e, MigrationError::Refused { reason }
             if reason.contains("version 2") && reason.contains("accepts version 1")),
@@ -752,7 +725,7 @@ fn confidential_source_and_plain_destination_refuse_each_other_by_name() {
     let (a, b) = pair();
     let destination = confidential_destination(b, Behaviour::Honest);
     let mut vm = FakeSource::new(0.0);
-    let e = engine::send(a, &mut vm, &fake::config(), &options(), &Progress::new()).unwrap_err();
+    let e = engine::send(a, &mut vm, &fake::config(), &options(0), &Progress::new()).unwrap_err();
     assert!(
         matches!(&e, MigrationError::Refused { reason } if reason.contains("only over protocol version 2")),
         "{e}"

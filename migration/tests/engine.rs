@@ -8,28 +8,12 @@ use covm_migration::engine::{
 };
 use covm_migration::protocol::{read_frame, write_frame, Message, ProtocolError, Wire, PAGE_BYTES};
 use covm_migration::transport::{self, Listener, Stream};
-use fake::{factory, FakeSource, Guest, Received};
+use fake::{assert_same_memory, factory, options, pair, FakeSource, Guest, Received};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
-
-fn pair() -> (Box<dyn Stream>, Box<dyn Stream>) {
-    let (a, b) = UnixStream::pair().unwrap();
-    (Box::new(a), Box::new(b))
-}
-
-/// Options for tests: a downtime of 0 ms converges only when nothing is
-/// dirty, which makes round counts independent of the machine's speed.
-fn options(downtime_ms: u64) -> SendOptions {
-    SendOptions {
-        downtime: Duration::from_millis(downtime_ms),
-        io_timeout: Duration::from_secs(5),
-        commit_timeout: Duration::from_secs(5),
-        ..SendOptions::default()
-    }
-}
 
 type Outcome = (Result<ReceiveReport, MigrationError>, Arc<Mutex<Received>>);
 
@@ -49,14 +33,19 @@ fn peer(stream: Box<dyn Stream>, script: impl FnOnce(&mut Wire<Box<dyn Stream>>)
     thread::spawn(move || script(&mut Wire::new(stream)))
 }
 
-fn assert_same_memory(source: &Guest, destination: &Received) {
-    for (range, (a, b)) in source.mem.iter().zip(&destination.mem).enumerate() {
-        if let Some(page) = a.chunks(PAGE_BYTES).zip(b.chunks(PAGE_BYTES)).position(|(x, y)| x != y) {
-            panic!("range {range} page {page} differs");
-        }
-    }
-    assert!(source.saved_state.is_some());
-    assert_eq!(destination.state, source.saved_state);
+/// Sends a guest dirtying `rate` pages per page sent to a destination
+/// played by `script`; the source's error (once the script ended) and the
+/// source.
+fn fail_against(
+    rate: f64,
+    script: impl FnOnce(&mut Wire<Box<dyn Stream>>) + Send + 'static,
+) -> (MigrationError, FakeSource) {
+    let (a, b) = pair();
+    let dst = peer(b, script);
+    let mut vm = FakeSource::new(rate);
+    let e = engine::send(a, &mut vm, &fake::config(), &options(0), &Progress::new()).unwrap_err();
+    dst.join().unwrap();
+    (e, vm)
 }
 
 /// The guest is back in the source's hands: running, unthrottled, untracked.
@@ -265,8 +254,7 @@ fn refused_hello_leaves_the_source_untouched() {
 
 #[test]
 fn destination_dropping_mid_precopy_hands_the_guest_back() {
-    let (a, b) = pair();
-    let dst = peer(b, |w| {
+    let (e, vm) = fail_against(2.0, |w| {
         assert!(matches!(w.receive().unwrap(), Message::Hello { .. }));
         w.send_now(&Message::HelloAck).unwrap();
         for _ in 0..3 {
@@ -274,9 +262,6 @@ fn destination_dropping_mid_precopy_hands_the_guest_back() {
         }
         // Dropped here: the connection closes mid-stream.
     });
-    let mut vm = FakeSource::new(2.0);
-    let e = engine::send(a, &mut vm, &fake::config(), &options(0), &Progress::new()).unwrap_err();
-    dst.join().unwrap();
     assert!(matches!(e, MigrationError::Protocol(_)), "{e}");
     assert_handed_back(&vm.guest());
     assert_eq!(vm.guest().tracking_stopped, 1);
@@ -284,16 +269,12 @@ fn destination_dropping_mid_precopy_hands_the_guest_back() {
 
 #[test]
 fn destination_dropping_after_the_pause_resumes_the_guest() {
-    let (a, b) = pair();
-    let dst = peer(b, |w| {
+    let (e, vm) = fail_against(0.5, |w| {
         w.receive().unwrap();
         w.send_now(&Message::HelloAck).unwrap();
         while !matches!(w.receive().unwrap(), Message::Complete { .. }) {}
         // Everything arrived, but no Commit: the destination died.
     });
-    let mut vm = FakeSource::new(0.5);
-    let e = engine::send(a, &mut vm, &fake::config(), &options(0), &Progress::new()).unwrap_err();
-    dst.join().unwrap();
     assert!(matches!(e, MigrationError::Protocol(ProtocolError::Closed)), "{e}");
     let g = vm.guest();
     assert_handed_back(&g);
@@ -302,8 +283,7 @@ fn destination_dropping_after_the_pause_resumes_the_guest() {
 
 #[test]
 fn destination_abort_after_the_pause_resumes_the_guest() {
-    let (a, b) = pair();
-    let dst = peer(b, |w| {
+    let (e, vm) = fail_against(0.0, |w| {
         w.receive().unwrap();
         w.send_now(&Message::HelloAck).unwrap();
         while !matches!(w.receive().unwrap(), Message::State { .. }) {}
@@ -312,9 +292,6 @@ fn destination_abort_after_the_pause_resumes_the_guest() {
         })
         .unwrap();
     });
-    let mut vm = FakeSource::new(0.0);
-    let e = engine::send(a, &mut vm, &fake::config(), &options(0), &Progress::new()).unwrap_err();
-    dst.join().unwrap();
     assert!(
         matches!(&e, MigrationError::PeerAborted { reason } if reason == "restore failed"),
         "{e}"
@@ -528,8 +505,7 @@ fn raw_handshake() -> (UnixStream, JoinHandle<Outcome>) {
 
 #[test]
 fn destination_abort_mid_precopy_is_reported_with_its_reason() {
-    let (a, b) = pair();
-    let dst = peer(b, |w| {
+    let (e, vm) = fail_against(1.0, |w| {
         w.receive().unwrap();
         w.send_now(&Message::HelloAck).unwrap();
         for _ in 0..3 {
@@ -540,9 +516,6 @@ fn destination_abort_mid_precopy_is_reported_with_its_reason() {
         })
         .unwrap();
     });
-    let mut vm = FakeSource::new(1.0);
-    let e = engine::send(a, &mut vm, &fake::config(), &options(0), &Progress::new()).unwrap_err();
-    dst.join().unwrap();
     assert!(
         matches!(&e, MigrationError::PeerAborted { reason } if reason.contains("write failed")),
         "{e}"

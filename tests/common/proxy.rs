@@ -105,6 +105,26 @@ impl Proxy {
     }
 }
 
+/// A frame header's message kind and payload length.
+fn kind_and_len(header: &[u8]) -> (u16, usize) {
+    let kind = u16::from_le_bytes([header[6], header[7]]);
+    (kind, u32::from_le_bytes(header[12..16].try_into().unwrap()) as usize)
+}
+
+/// The frames recorded in `bytes` (one direction's stream), as their kinds
+/// and payloads; a last frame cut short keeps what arrived of its payload.
+pub fn frames(bytes: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + HEADER <= bytes.len() {
+        let (kind, len) = kind_and_len(&bytes[at..]);
+        let start = at + HEADER;
+        frames.push((kind, &bytes[start..(start + len).min(bytes.len())]));
+        at = start + len;
+    }
+    frames
+}
+
 fn read_exact_or_end(from: &mut UnixStream, buf: &mut [u8]) -> bool {
     from.read_exact(buf).is_ok()
 }
@@ -118,7 +138,7 @@ fn pump(mut from: UnixStream, mut to: UnixStream, record: Arc<Mutex<Vec<u8>>>, m
         if !read_exact_or_end(&mut from, &mut header) {
             break;
         }
-        let len = u32::from_le_bytes(header[12..16].try_into().unwrap()) as usize;
+        let (kind, len) = kind_and_len(&header);
         let mut payload = vec![0u8; len];
         if !read_exact_or_end(&mut from, &mut payload) {
             break;
@@ -130,7 +150,7 @@ fn pump(mut from: UnixStream, mut to: UnixStream, record: Arc<Mutex<Vec<u8>>>, m
         }
         let frame = Frame {
             prefix: header[..6].try_into().unwrap(),
-            kind: u16::from_le_bytes([header[6], header[7]]),
+            kind,
             payload,
         };
         match tamper(frame) {

@@ -118,6 +118,15 @@ where
     }
 }
 
+/// Refuses the source's Hello with `error` as the reason, then fails with
+/// `error` (or with the write's error if the Refuse cannot be sent).
+fn refuse<T>(wire: &mut Wire<Box<dyn Stream>>, error: MigrationError) -> Result<T, MigrationError> {
+    wire.send_now(&Message::Refuse {
+        reason: fit_reason(&error.to_string()),
+    })?;
+    Err(error)
+}
+
 /// The destination's bookkeeping: the open round and what arrived.
 struct Receiver<'a> {
     progress: &'a Progress,
@@ -174,10 +183,7 @@ impl<'a> Receiver<'a> {
         } else {
             return Ok((version, config));
         };
-        wire.send_now(&Message::Refuse {
-            reason: fit_reason(&error.to_string()),
-        })?;
-        Err(error)
+        refuse(wire, error)
     }
 
     fn run<F, V>(
@@ -196,14 +202,8 @@ impl<'a> Receiver<'a> {
         let (mut vm, built) = match build(version, &config) {
             Ok(built) => built,
             Err(source) => {
-                let error = MigrationError::Vm {
-                    op: "build the incoming VM",
-                    source,
-                };
-                wire.send_now(&Message::Refuse {
-                    reason: fit_reason(&error.to_string()),
-                })?;
-                return Err(error);
+                let op = "build the incoming VM";
+                return refuse(wire, MigrationError::Vm { op, source });
             }
         };
         let opener = opener.insert(built);

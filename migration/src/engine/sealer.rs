@@ -53,6 +53,16 @@ pub struct Carried {
     pub zero_pages: u64,
 }
 
+impl Carried {
+    /// Nothing carried yet in `round`: what a sealer adds its records to.
+    pub fn empty(round: u32) -> Self {
+        Carried {
+            round,
+            ..Carried::default()
+        }
+    }
+}
+
 /// Sends and receives whole messages during a sealer's or opener's
 /// handshake (the engine's connection, in its version).
 pub trait Link {
@@ -156,10 +166,7 @@ pub trait Sealer: Send {
         runs: &[(u64, u64)],
         out: &mut RecordSink<'_>,
     ) -> Result<Carried, MigrationError> {
-        let mut carried = Carried {
-            round,
-            ..Carried::default()
-        };
+        let mut carried = Carried::empty(round);
         for &(gpa, count) in runs {
             let c = self.seal_pages(vm, round, gpa, count, out)?;
             carried.pages += c.pages;

@@ -237,11 +237,18 @@ fn long_reasons_are_cut_on_a_char_boundary() {
     assert!(cut.chars().all(|c| c == 'é'));
 }
 
+/// Two wires over the ends of one socket pair.
+fn wire_pair() -> (
+    Wire<std::os::unix::net::UnixStream>,
+    Wire<std::os::unix::net::UnixStream>,
+) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    (Wire::new(a), Wire::new(b))
+}
+
 #[test]
 fn wire_counts_sequences_both_ways() {
-    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut a = Wire::new(a);
-    let mut b = Wire::new(b);
+    let (mut a, mut b) = wire_pair();
     for m in samples() {
         a.send(&m).unwrap();
     }
@@ -461,8 +468,7 @@ fn frames_carry_the_connections_version() {
 #[test]
 fn wire_learns_or_is_told_its_version() {
     // Told by the Hello it sends; the peer learns it from the first frame.
-    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let (mut a, mut b) = (Wire::new(a), Wire::new(b));
+    let (mut a, mut b) = wire_pair();
     assert_eq!(a.version(), None);
     a.send_now(&Message::Hello {
         version: 2,
@@ -482,8 +488,7 @@ fn wire_learns_or_is_told_its_version() {
 
     // A Hello of a version nobody speaks goes out in a version-1 frame, so
     // the destination can read it and refuse it by name.
-    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-    let (mut a, mut b) = (Wire::new(a), Wire::new(b));
+    let (mut a, mut b) = wire_pair();
     a.send_now(&Message::Hello {
         version: 7,
         config: vec![],
@@ -493,9 +498,7 @@ fn wire_learns_or_is_told_its_version() {
     assert!(matches!(b.receive().unwrap(), Message::Hello { version: 7, .. }));
     assert_eq!(b.version(), Some(1));
     // A version-1 wire refuses a version-2 frame from its peer.
-    let (c, d) = std::os::unix::net::UnixStream::pair().unwrap();
-    let mut c = Wire::new(c);
-    let mut d = Wire::new(d);
+    let (mut c, mut d) = wire_pair();
     c.send_now(&Message::HelloAck).unwrap(); // c: version 1
     d.send_now(&Message::Hello {
         version: 2,

@@ -4,8 +4,13 @@
 //! slowed by the throttle as real vCPUs would be).
 #![allow(dead_code)]
 
+use covm_migration::engine::SendOptions;
+use covm_migration::protocol::PAGE_BYTES;
+use covm_migration::transport::Stream;
 use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmError, PAGE_SIZE};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const PAGE: usize = PAGE_SIZE as usize;
 
@@ -218,4 +223,33 @@ impl DestinationVm for FakeDestination {
         self.0.lock().unwrap().state = Some(state.to_vec());
         Ok(())
     }
+}
+
+/// Both ends of a connected socket pair: the source's and the destination's.
+pub fn pair() -> (Box<dyn Stream>, Box<dyn Stream>) {
+    let (a, b) = UnixStream::pair().unwrap();
+    (Box::new(a), Box::new(b))
+}
+
+/// Options for tests: a downtime of 0 ms converges only when nothing is
+/// dirty, which makes round counts independent of the machine's speed.
+pub fn options(downtime_ms: u64) -> SendOptions {
+    SendOptions {
+        downtime: Duration::from_millis(downtime_ms),
+        io_timeout: Duration::from_secs(5),
+        commit_timeout: Duration::from_secs(5),
+        ..SendOptions::default()
+    }
+}
+
+/// The destination holds the source's memory, page for page, and its
+/// saved state.
+pub fn assert_same_memory(source: &Guest, destination: &Received) {
+    for (range, (a, b)) in source.mem.iter().zip(&destination.mem).enumerate() {
+        if let Some(page) = a.chunks(PAGE_BYTES).zip(b.chunks(PAGE_BYTES)).position(|(x, y)| x != y) {
+            panic!("range {range} page {page} differs");
+        }
+    }
+    assert!(source.saved_state.is_some());
+    assert_eq!(destination.state, source.saved_state);
 }

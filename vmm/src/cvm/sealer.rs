@@ -106,10 +106,7 @@ impl Sealer for ConfidentialSealer {
         count: u64,
         out: &mut RecordSink<'_>,
     ) -> Result<Carried, MigrationError> {
-        let mut carried = Carried {
-            round,
-            ..Carried::default()
-        };
+        let mut carried = Carried::empty(round);
         // The agent window is never migrated (the agent would skip it):
         // its dirty pages (the mailbox itself) cost no agent call.
         if in_agent_window((gpa, count)) {
@@ -146,10 +143,7 @@ impl Sealer for ConfidentialSealer {
         if let [(gpa, count)] = todo[..] {
             return self.seal_pages(vm, round, gpa, count, out);
         }
-        let mut carried = Carried {
-            round,
-            ..Carried::default()
-        };
+        let mut carried = Carried::empty(round);
         // One EXPORT_LIST per output: the agent says how many entries it
         // finished and how far it got into the next; ask again from there.
         let mut list = Vec::with_capacity(todo.len() * 16);
