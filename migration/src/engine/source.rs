@@ -194,7 +194,8 @@ impl Source<'_> {
                 .dirty_pages()
                 .map_err(MigrationError::vm("read the dirty log"))?;
             let dirty = count_dirty(&bitmaps);
-            if !std::mem::take(&mut synced) {
+            let just_synced = std::mem::take(&mut synced);
+            if !just_synced {
                 self.estimator.observe(last.wire_bytes, last.elapsed, dirty);
             }
             let expected = self.estimator.expected_downtime(dirty);
@@ -202,8 +203,15 @@ impl Source<'_> {
             tracing::debug!(round, dirty, expected_ms = expected.as_millis() as u64, "pre-copy");
             let target_met = expected <= self.options.downtime;
             if target_met {
-                let shrinking = previous.is_none_or(|p| dirty * 4 < p * 3);
-                if expected <= self.options.downtime_floor || !shrinking || extra >= super::MAX_EXTRA_ROUNDS {
+                let polish = Polish {
+                    dirty,
+                    previous,
+                    just_synced,
+                    expected,
+                    floor: self.options.downtime_floor,
+                    extra,
+                };
+                if !polish.another_round() {
                     if std::mem::take(&mut sync_due) {
                         self.sync(round)?;
                         syncs_left -= 1;
@@ -453,5 +461,78 @@ impl Source<'_> {
             }
         }
         self.sealer.may_resume()
+    }
+}
+
+/// Where pre-copy stands once the downtime target is met: it polishes
+/// with more rounds while they pay off, then (after a `Sync` if one is
+/// due) pauses.
+struct Polish {
+    /// Dirty pages now.
+    dirty: u64,
+    /// Dirty pages found after the round before (None after round 0).
+    previous: Option<u64>,
+    /// Whether the dirty log was read again right after a `Sync`.
+    just_synced: bool,
+    /// The downtime a pause now is expected to cost.
+    expected: Duration,
+    /// Below this a pause is cheap enough ([`SendOptions::downtime_floor`]).
+    floor: Duration,
+    /// Rounds run since the target was met.
+    extra: u32,
+}
+
+impl Polish {
+    /// Whether one more round beats pausing now: the pause still costs
+    /// more than the floor, rounds still shrink the dirty set by a quarter,
+    /// and fewer than [`super::MAX_EXTRA_ROUNDS`] ran. Right after a `Sync`
+    /// the dirty set holds what the guest wrote while the source waited: it
+    /// says nothing about convergence, so it counts as shrinking (pausing on
+    /// it made the final round several times larger than the rounds before
+    /// it).
+    fn another_round(&self) -> bool {
+        let shrinking = self.just_synced || self.previous.is_none_or(|p| self.dirty * 4 < p * 3);
+        self.expected > self.floor && shrinking && self.extra < super::MAX_EXTRA_ROUNDS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Polish;
+    use crate::engine::MAX_EXTRA_ROUNDS;
+    use std::time::Duration;
+
+    fn polish(dirty: u64, previous: Option<u64>, just_synced: bool, expected_ms: u64, extra: u32) -> bool {
+        Polish {
+            dirty,
+            previous,
+            just_synced,
+            expected: Duration::from_millis(expected_ms),
+            floor: Duration::from_millis(1),
+            extra,
+        }
+        .another_round()
+    }
+
+    #[test]
+    fn rounds_continue_while_they_shrink_the_dirty_set() {
+        assert!(polish(100, None, false, 5, 0));
+        assert!(polish(74, Some(100), false, 5, 1));
+        // Not a quarter smaller: pause.
+        assert!(!polish(75, Some(100), false, 5, 1));
+        // Cheap enough already, or out of extra rounds: pause.
+        assert!(!polish(10, Some(100), false, 1, 1));
+        assert!(!polish(10, Some(100), false, 5, MAX_EXTRA_ROUNDS));
+    }
+
+    /// The dirty set grew while the source waited for `Synced`: that is
+    /// not a failure to converge, so one more round sends it before the
+    /// pause, unless the pause is cheap already or the rounds ran out.
+    #[test]
+    fn a_set_grown_during_a_sync_gets_one_more_round() {
+        assert!(!polish(327, Some(100), false, 5, 2));
+        assert!(polish(327, Some(100), true, 5, 2));
+        assert!(!polish(327, Some(100), true, 1, 2));
+        assert!(!polish(327, Some(100), true, 5, MAX_EXTRA_ROUNDS));
     }
 }
