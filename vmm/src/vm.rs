@@ -296,11 +296,7 @@ impl Vm {
         let agent_vcpu = cvm
             .as_ref()
             .map(|_| vcpus.pop().expect("a confidential VM has an agent vCPU"));
-        let msr_indices = kvm
-            .get_msr_index_list()
-            .map_err(call("list the MSRs"))?
-            .as_slice()
-            .to_vec();
+        let msr_indices = msr_indices(&kvm)?;
         Ok(Self {
             vcpu_counters: vcpus.iter().chain(agent_vcpu.as_ref()).map(Vcpu::counters).collect(),
             vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
@@ -584,6 +580,19 @@ impl Vm {
         }
         all
     }
+}
+
+/// The MSRs KVM can save and restore: what a snapshot or migration of
+/// each vCPU carries.
+fn msr_indices(kvm: &kvm_ioctls::Kvm) -> Result<Vec<u32>, VmError> {
+    Ok(kvm
+        .get_msr_index_list()
+        .map_err(|source| VmError::KvmCall {
+            what: "list the MSRs",
+            source,
+        })?
+        .as_slice()
+        .to_vec())
 }
 
 /// The in-kernel interrupt controllers and timer, and KVM's real-mode helpers.

@@ -434,15 +434,8 @@ fn platform_from_json_probed(
     if !sev_snp && (guest_policy.is_some() || vcpu_type.is_some()) {
         return Err("platform.policy and platform.vcpu_type need platform.sev_snp: true".into());
     }
-    let chosen: Vec<&str> = [(emulated_cvm, "emulated_cvm"), (sev_snp, "sev_snp"), (tdx, "tdx")]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name))
-        .collect();
-    let name = match chosen.as_slice() {
-        [] => None,
-        [one] => Some(*one),
-        [first, second, ..] => return Err(format!("give platform.{first} or platform.{second}, not both")),
-    };
+    let name = crate::platform::chosen_platform(emulated_cvm, sev_snp, tdx)
+        .map_err(|(first, second)| format!("give platform.{first} or platform.{second}, not both"))?;
     if root_key.is_some() && !emulated_cvm {
         return Err("platform.root_key needs platform.emulated_cvm: true".into());
     }

@@ -10,7 +10,7 @@ mod tests {
     use object::{Object, ObjectSection, ObjectSymbol};
 
     /// The bytes of `words`.
-    fn bytemuck_bytes(words: &mut [u64]) -> &mut [u8] {
+    fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
         // SAFETY: a u64 slice is valid as bytes (no padding, any value of
         // u8 is valid), the length covers exactly its memory, and the
         // returned borrow keeps `words` borrowed.
@@ -37,7 +37,7 @@ mod tests {
         // `object` reads headers in place and wants them aligned, which
         // include_bytes! does not promise: an 8-aligned copy.
         let mut words = vec![0u64; ELF.len().div_ceil(8)];
-        let aligned: &mut [u8] = bytemuck_bytes(&mut words);
+        let aligned: &mut [u8] = as_bytes_mut(&mut words);
         aligned[..ELF.len()].copy_from_slice(ELF);
         let elf = object::File::parse(&aligned[..ELF.len()]).expect("the built-in firmware is an ELF");
         let image_end = symbol(&elf, "__image_end");

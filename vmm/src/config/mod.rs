@@ -445,23 +445,9 @@ fn platform_config(
     need: PolicyNeed,
 ) -> Result<PlatformConfig, ConfigError> {
     let mut policy = policy.map(read_policy).transpose()?;
-    let chosen: Vec<&str> = [
-        (option.emulated_cvm, "emulated_cvm"),
-        (option.sev_snp.is_some(), "sev_snp"),
-        (option.tdx, "tdx"),
-    ]
-    .into_iter()
-    .filter_map(|(on, name)| on.then_some(name))
-    .collect();
-    let name = match chosen.as_slice() {
-        [] => None,
-        [one] => Some(*one),
-        [first, second, ..] => {
-            return Err(ConfigError::Platform(format!(
-                "--platform: give {first}=on or {second}=on, not both"
-            )))
-        }
-    };
+    let name = crate::platform::chosen_platform(option.emulated_cvm, option.sev_snp.is_some(), option.tdx).map_err(
+        |(first, second)| ConfigError::Platform(format!("--platform: give {first}=on or {second}=on, not both")),
+    )?;
     if name.is_some() && policy.is_none() && need == PolicyNeed::Optional {
         policy = Some(MigrationPolicy::empty());
     }

@@ -4,7 +4,7 @@
 //! exits of its vCPUs and the reason it cannot migrate.
 
 use super::snp::VmAttributes;
-use super::{build_bus, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
+use super::{build_bus, msr_indices, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
 use crate::config::{DirtyTracking, VmConfig};
 use crate::cvm::{CvmRuntime, LaunchMode};
 use crate::platform::snp::kvm::Launched;
@@ -61,7 +61,6 @@ impl Vm {
         kvm: &Kvm,
         launch: PrivateLaunch,
     ) -> Result<Self, VmError> {
-        let call = |what| move |source| VmError::KvmCall { what, source };
         let PrivateLaunch {
             launched:
                 Launched {
@@ -93,11 +92,7 @@ impl Vm {
             .collect();
         // The agent's vCPU is the last one (the highest APIC ID).
         let agent_vcpu = vcpus.pop().expect("a confidential VM has an agent vCPU");
-        let msr_indices = kvm
-            .get_msr_index_list()
-            .map_err(call("list the MSRs"))?
-            .as_slice()
-            .to_vec();
+        let msr_indices = msr_indices(kvm)?;
         Ok(Self {
             vcpu_counters: vcpus.iter().chain([&agent_vcpu]).map(Vcpu::counters).collect(),
             vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
