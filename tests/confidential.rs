@@ -564,6 +564,80 @@ fn a_destination_with_an_older_policy_version_is_refused() {
     source_keeps_running(&f.a_serial);
 }
 
+/// A DstEvidence message carrying the Milan sample of
+/// resources/attestation/snp/: AMD's real report with its real VCEK, ASK
+/// and ARK in the certificate table, the VCEK's signature byte flipped
+/// when `corrupt`.
+fn real_snp_dst_evidence(corrupt: bool) -> Vec<u8> {
+    use covm_agent_protocol::{Evidence, Platform};
+    use covm_snp_verify::{CertKind, CertTable};
+    use x509_cert::der::{DecodePem, Encode};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/attestation/snp/milan-virtee-sev");
+    let read = |file: &str| std::fs::read(dir.join(file)).unwrap();
+    let der = |file: &str| x509_cert::Certificate::from_pem(read(file)).unwrap().to_der().unwrap();
+    let mut vcek = read("vcek.der");
+    if corrupt {
+        let at = vcek.len() - 8; // in the ASK's signature, which ends the certificate
+        vcek[at] ^= 1;
+    }
+    let mut table = vec![0u8; 8192];
+    let certs = [
+        (CertKind::Vcek, &vcek[..]),
+        (CertKind::Ask, &der("ask.pem")[..]),
+        (CertKind::Ark, &der("ark.pem")[..]),
+    ];
+    let n = CertTable::encode(&certs, &mut table).unwrap();
+    let evidence = Evidence::with_certs(Platform::SevSnp, &read("report.bin"), &table[..n]).unwrap();
+    // Type DstEvidence (3), 7 reserved bytes, then the evidence.
+    let mut message = vec![3, 0, 0, 0, 0, 0, 0, 0];
+    message.resize(8 + evidence.encoded_len(), 0);
+    evidence.encode(&mut message[8..]).unwrap();
+    message
+}
+
+/// The source's agent checks SEV-SNP evidence against AMD's chain inside
+/// the guest (covm-snp-verify: X.509 and RSA on the agent's heap). The
+/// proxy, standing where the host stands, swaps the destination's evidence
+/// for a real AMD report with its real chain: the chain check passes and
+/// the agent refuses at the next question, since the report binds another
+/// handshake. With one flipped byte in the VCEK's signature the chain
+/// check itself refuses. Either way no sealed record leaves and the source
+/// keeps running.
+#[test]
+fn real_amd_evidence_is_judged_by_the_chain_check_in_the_source_guest() {
+    let cases = [
+        ("cm-snp-genuine", false, "report_data does not bind this handshake"),
+        (
+            "cm-snp-vcek",
+            true,
+            "SEV-SNP endorsement refused: the VCEK/VLEK's signature by the ASK does not verify",
+        ),
+    ];
+    for (name, corrupt, expect) in cases {
+        let Some(_one) = kvm_turn() else {
+            return;
+        };
+        let owner = Owner::new(name, None);
+        let evidence = real_snp_dst_evidence(corrupt);
+        let swap: Tamper = Box::new(move |mut f: Frame| {
+            if f.kind == proxy::KIND_HANDSHAKE && f.payload.first() == Some(&3) {
+                f.payload = evidence.clone();
+            }
+            Verdict::Send(vec![f])
+        });
+        let f = owner.failed_migration("", &[], proxy::pass(), swap);
+        eprintln!("{name}: the source reports: {}", f.error);
+        assert!(f.error.contains(expect), "{name}: expected {expect:?} in {}", f.error);
+        let wire = f.proxy.to_destination.lock().unwrap().clone();
+        assert!(
+            proxy::frames(&wire).iter().all(|(kind, _)| *kind != proxy::KIND_SEALED),
+            "{name}: a sealed record left before the destination was accepted"
+        );
+        assert_eq!(f.a_api.state(), "Running", "{}", info(&f.a_api));
+        source_keeps_running(&f.a_serial);
+    }
+}
+
 /// After the destination committed, the proxy replaces its Commit with
 /// `control`: the source must not run its guest again.
 fn after_commit_the_source_never_runs(name: &str, control: impl FnOnce(&Owner) -> Vec<u8> + Send + 'static) {

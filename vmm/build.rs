@@ -15,15 +15,18 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let image_dir = manifest_dir.join("../firmware/image");
     let abi_dir = manifest_dir.join("../firmware/abi");
-    // The agent and the protocol crate are compiled into the image too.
+    // The agent, the protocol crate and the SEV-SNP verifier (with its
+    // pinned roots) are compiled into the image too.
     let agent_dir = manifest_dir.join("../firmware/agent");
     let protocol_dir = manifest_dir.join("../firmware/protocol");
+    let snp_verify_dir = manifest_dir.join("../firmware/snp-verify");
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("firmware-target");
 
-    for dir in [&image_dir, &abi_dir, &agent_dir, &protocol_dir] {
+    for dir in [&image_dir, &abi_dir, &agent_dir, &protocol_dir, &snp_verify_dir] {
         for entry in [
             "src",
+            "roots",
             "Cargo.toml",
             "Cargo.lock",
             "build.rs",

@@ -3,14 +3,16 @@
 //! `covm_agent_protocol::check_peer` asks an [`EvidenceVerifier`] whether
 //! a peer's evidence is genuine before it judges measurement, TCB and
 //! policy. [`SnpVerifier`] answers for `sev_snp` evidence with this
-//! crate's full check ([`crate::verify_snp`]). A report names its chip and
-//! TCB but carries no certificate, so the verifier holds the VCEK (or VLEK)
-//! chains it may need, from a certificate cache or AMD's KDS: handing it
-//! chains needs no trust, since every chain must end at one of AMD's ARKs
-//! and the report must verify under its VCEK.
+//! crate's full check ([`crate::verify_snp`]). The chain comes with the
+//! evidence (its certificate table, as the guest's extended report request
+//! returns it) or from chains the verifier holds (a certificate cache or
+//! AMD's KDS). Neither needs trust: every chain must end at one of AMD's
+//! ARKs and the report must verify under its VCEK. The in-guest agent's
+//! verifier (`covm-snp-verify`) reads the same table.
 
 use crate::{verify_snp, SnpChain};
 use covm_agent_protocol::{Error, Evidence, EvidenceVerifier, Platform, Policy};
+use covm_snp_verify::CertTable;
 
 /// Verifies `sev_snp` evidence against a set of AMD certificate chains.
 pub struct SnpVerifier {
@@ -33,14 +35,38 @@ impl EvidenceVerifier for SnpVerifier {
         if evidence.platform() != Platform::SevSnp {
             return Err(Error::UnsupportedPlatform(evidence.platform()));
         }
-        if self.chains.is_empty() {
+        let carried = carried_chain(evidence.certs())?;
+        if self.chains.is_empty() && carried.is_none() {
             return Err(Error::NoTrustedRoot);
         }
         let report = evidence.raw_report();
-        if self.chains.iter().any(|chain| verify_snp(report, chain).is_ok()) {
+        if carried
+            .iter()
+            .chain(&self.chains)
+            .any(|chain| verify_snp(report, chain).is_ok())
+        {
             Ok(())
         } else {
             Err(Error::BadSignature)
         }
     }
+}
+
+/// The chain in the evidence's certificate table, if it has one (an empty
+/// table is none; a malformed one is refused).
+fn carried_chain(certs: &[u8]) -> Result<Option<SnpChain>, Error> {
+    if certs.is_empty() {
+        return Ok(None);
+    }
+    let table = CertTable::parse(certs)?;
+    let refused = |what| Error::Endorsement { what };
+    let ark = table.ark.ok_or(refused("the certificate table has no ARK"))?;
+    let ask = table.ask.ok_or(refused("the certificate table has no ASK"))?;
+    let vek = table
+        .vcek
+        .or(table.vlek)
+        .ok_or(refused("the certificate table has no VCEK or VLEK"))?;
+    SnpChain::from_bytes(ark, ask, vek)
+        .map(Some)
+        .map_err(|_| refused("a certificate in the table does not parse"))
 }

@@ -15,7 +15,9 @@ use std::thread::JoinHandle;
 
 /// Frame header bytes.
 pub const HEADER: usize = 24;
-/// Message kinds (covm_migration::protocol::MessageKind): `Sealed`.
+/// Message kinds (covm_migration::protocol::MessageKind): `Handshake`.
+pub const KIND_HANDSHAKE: u16 = 11;
+/// `Sealed`.
 pub const KIND_SEALED: u16 = 12;
 /// `Control`.
 pub const KIND_CONTROL: u16 = 13;

@@ -24,7 +24,9 @@
 //!                                   here before they are copied out
 //!   0x0180_0000  AGENT_VCPU_STATES  2 MiB: one 64 KiB slot per workload
 //!                                   vCPU (`u32` length, then the state)
-//!   0x01A0_0000  AGENT_DATA         2 MiB: the agent's session objects
+//!   0x01A0_0000  AGENT_DATA         1 MiB: the agent's session objects
+//!   0x01B0_0000  AGENT_HEAP         1 MiB: the heap of the SEV-SNP
+//!                                   evidence check (RSA, X.509)
 //!   0x01C0_0000  AGENT_EPOCHS       4 MiB: one `u32` per 4 KiB frame
 //!                                   below 4 GiB (the destination's checks)
 //! 0x0200_0000  end of the window
@@ -89,7 +91,15 @@ pub const MAX_VCPU_STATE: u64 = VCPU_STATE_SLOT - 4;
 /// The agent's session objects.
 pub const AGENT_DATA: u64 = 0x01A0_0000;
 /// Size of [`AGENT_DATA`].
-pub const AGENT_DATA_SIZE: u64 = 2 << 20;
+pub const AGENT_DATA_SIZE: u64 = 1 << 20;
+/// The agent's heap: only the SEV-SNP evidence check allocates (RSA and
+/// X.509 in `covm-snp-verify`, some tens of KiB a check, all freed).
+pub const AGENT_HEAP: u64 = 0x01B0_0000;
+/// Size of [`AGENT_HEAP`].
+pub const AGENT_HEAP_SIZE: u64 = 1 << 20;
+
+const _: () = assert!(AGENT_DATA + AGENT_DATA_SIZE <= AGENT_HEAP);
+const _: () = assert!(AGENT_HEAP + AGENT_HEAP_SIZE <= AGENT_EPOCHS);
 /// The destination's epoch table: one `u32` per 4 KiB frame.
 pub const AGENT_EPOCHS: u64 = 0x01C0_0000;
 /// Frames the epoch table covers (all of the first 4 GiB, the most an

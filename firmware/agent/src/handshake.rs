@@ -10,17 +10,18 @@ use crate::env::{EpochTables, GuestMemory, Platform};
 use crate::mailbox::{self, Output};
 use crate::reply::{fail, Done, Fail, Hex, Outcome};
 use crate::rng::Drawn;
+use crate::verifier::PeerVerifier;
 use crate::{Agent, Role, Run, Session};
 use covm_agent_protocol::evidence::report::offset::MEASUREMENT;
 use covm_agent_protocol::handshake::messages::{kind, FINISHED_MSG_LEN, MAX_HANDSHAKE_MSG_LEN};
 use covm_agent_protocol::{
-    DestinationHandshake, EmulatedRootVerifier, Error, Evidence, ImportChecker, PeerIdentity, SourceHandshake,
-    PAGE_SIZE,
+    DestinationHandshake, Error, Evidence, ImportChecker, PeerIdentity, SourceHandshake, PAGE_SIZE,
 };
 use covm_guest_abi::mailbox::status;
 
 /// Where a report sits in an evidence message: type and reserved (8),
-/// then the evidence's platform, reserved and length (8).
+/// then the evidence's platform, certificate table length and report
+/// length (8).
 const REPORT_IN_MESSAGE: usize = 16;
 
 /// "peer refused: …": the peer's message failed our checks.
@@ -195,7 +196,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 Err(e) => (failed, Err(refused("destination", "hello", msg, e))),
             },
             kind::DST_EVIDENCE => {
-                if let Err(e) = hs.read_dst_evidence(msg, &EmulatedRootVerifier) {
+                if let Err(e) = hs.read_dst_evidence(msg, &PeerVerifier) {
                     return (failed, Err(refused("destination", "evidence", msg, e)));
                 }
                 let mut ev_msg = [0u8; MAX_HANDSHAKE_MSG_LEN];
@@ -259,7 +260,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     Err(fail) => (failed, Err(fail)),
                 }
             }
-            kind::SRC_EVIDENCE => match hs.read_src_evidence(msg, &EmulatedRootVerifier) {
+            kind::SRC_EVIDENCE => match hs.read_src_evidence(msg, &PeerVerifier) {
                 Ok(_) => (Session::DestinationHandshake(hs), Ok(Done::default())),
                 Err(e) => (failed, Err(refused("source", "evidence", msg, e))),
             },

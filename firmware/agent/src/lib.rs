@@ -12,9 +12,11 @@
 //! memory, the platform (evidence, randomness, "retire") and the epoch
 //! table are traits ([`GuestMemory`], [`Platform`], [`EpochTables`]). The
 //! firmware (`firmware/image`) implements them over identity-mapped memory
-//! and I/O ports; the tests over vectors. No allocator, no statics: the
-//! [`Agent`] and everything it holds live where its owner puts it (the
-//! firmware: the agent-private `AGENT_DATA` area and stack).
+//! and I/O ports; the tests over vectors. No statics: the [`Agent`] and
+//! everything it holds live where its owner puts it (the firmware: the
+//! agent-private `AGENT_DATA` area and stack). Only the SEV-SNP evidence
+//! check allocates (RSA and X.509, in `covm-snp-verify`); the firmware
+//! gives it a heap in the agent's private window (`AGENT_HEAP`).
 //!
 //! Rules it keeps (docs/confidential-migration.md, protocol §11):
 //! - every buffer handed to the protocol crate is private: records,
@@ -48,6 +50,7 @@ mod parts;
 mod reply;
 mod rng;
 mod startup;
+mod verifier;
 
 pub use env::{request_report, EpochTables, GuestMemory, Platform, PlatformError};
 pub use memmap::{E820Entry, MapError, MemoryMap, E820_RAM, MAX_RANGES, PRIVATE_END};

@@ -414,7 +414,7 @@ fn commands_out_of_place_are_refused() {
     vm.call(command::MINT_ABORT, &[1], &[])
         .refused(status::BAD_STATE, "the source may simply resume");
     vm.call(command::HANDSHAKE, &[0], &[])
-        .refused(status::BAD_COMMAND, "1 to 1200 bytes");
+        .refused(status::BAD_COMMAND, "1 to 9392 bytes");
     vm.call(command::HANDSHAKE, &[3 << 20], &[])
         .refused(status::BAD_COMMAND, "the mailbox holds");
     // A message of the wrong side fails the handshake.

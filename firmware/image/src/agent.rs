@@ -103,6 +103,7 @@ extern "C" fn agent_main(start_info: u64, launch: u64) -> ! {
     while smp::checked_in() < cpus - 1 {
         core::hint::spin_loop();
     }
+    crate::heap::init();
     // SAFETY: AGENT_SCRATCH is agent-private RAM, used only through this
     // one reference.
     let scratch = unsafe { core::slice::from_raw_parts_mut(AGENT_SCRATCH as *mut u8, AGENT_SCRATCH_SIZE as usize) };

@@ -12,8 +12,11 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
 mod agent;
 mod dirty;
+mod heap;
 mod hw;
 mod mem;
 mod pvh;

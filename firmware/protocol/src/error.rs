@@ -93,6 +93,14 @@ pub enum Error {
     NoTrustedRoot,
     /// A trusted root key in a policy is not a valid P-384 point.
     BadRootKey,
+    /// SEV-SNP evidence whose AMD endorsement does not hold: a malformed
+    /// or incomplete certificate table, a certificate that does not parse,
+    /// an ARK that is not AMD's, a broken chain link, or a report that
+    /// contradicts its VCEK/VLEK certificate.
+    Endorsement {
+        /// What failed, as a sentence fragment.
+        what: &'static str,
+    },
 
     // ---- policy ---------------------------------------------------------
     /// The policy encoding does not start with its magic.
@@ -278,6 +286,7 @@ impl fmt::Display for Error {
             BadSignature => f.write_str("the report signature does not verify under any trusted key"),
             NoTrustedRoot => f.write_str("the policy trusts no emulated attestation root"),
             BadRootKey => f.write_str("a trusted root key is not a valid compressed P-384 point"),
+            Endorsement { what } => write!(f, "SEV-SNP endorsement refused: {what}"),
             PolicyMagic => f.write_str("not a covm migration policy (bad magic)"),
             PolicyFormat(v) => write!(f, "policy encoding format {v} is not supported"),
             PolicyTooMany { what, max } => write!(f, "policy lists more than {max} {what}"),

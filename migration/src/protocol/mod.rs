@@ -37,7 +37,7 @@
 //! | 8    | Complete   | 1, 2     | S → D     | pages u64 (all rounds, zero pages included), rounds u32     | 12 |
 //! | 9    | Commit     | 1        | D → S     | empty: "I have everything and I am running it now"          | 0 |
 //! | 10   | Abort      | 1, 2     | both      | reason, UTF-8                                               | 4 KiB |
-//! | 11   | Handshake  | 2        | both      | one agent handshake message, opaque (≥ 1 byte)              | 4 KiB |
+//! | 11   | Handshake  | 2        | both      | one agent handshake message, opaque (≥ 1 byte)              | 16 KiB |
 //! | 12   | Sealed     | 2        | S → D     | round u32, then the agent's sealed records, opaque (≥ 1 byte) | 4 MiB + 4 |
 //! | 13   | Control    | 2        | D → S     | one sealed control record: the agent's Commit or abort token, opaque (≥ 1 byte) | 4 KiB |
 //! | 14   | Sync       | 2        | S → D     | round u32: the last round ended                             | 4 |
@@ -220,8 +220,11 @@ pub const MAX_REASON_BYTES: usize = 4096;
 /// Largest `State` payload.
 pub const MAX_STATE_BYTES: usize = 64 << 20;
 
-/// Largest agent handshake message a `Handshake` carries.
-pub const MAX_HANDSHAKE_BYTES: usize = 4096;
+/// Largest agent handshake message a `Handshake` carries: an evidence
+/// message with a full SEV-SNP certificate table is 9392 bytes
+/// (`covm_agent_protocol::handshake::messages::MAX_HANDSHAKE_MSG_LEN`;
+/// the VMM asserts it fits).
+pub const MAX_HANDSHAKE_BYTES: usize = 16 << 10;
 
 /// Largest batch of sealed records a `Sealed` carries (its round aside).
 pub const MAX_SEALED_BYTES: usize = 4 << 20;

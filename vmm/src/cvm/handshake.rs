@@ -9,6 +9,11 @@ use covm_migration::engine::{Link, MigrationError};
 use covm_migration::protocol::Message;
 use std::time::Instant;
 
+// Any message an agent sends must fit the frame that carries it.
+const _: () = assert!(
+    covm_agent_protocol::handshake::messages::MAX_HANDSHAKE_MSG_LEN <= covm_migration::protocol::MAX_HANDSHAKE_BYTES
+);
+
 /// Role argument of `Begin`.
 pub const ROLE_SOURCE: u64 = 0;
 /// Role argument of `Begin`.

@@ -61,6 +61,12 @@ impl EvidenceVerifier for EmulatedRootVerifier {
         if evidence.platform() != Platform::EmulatedCvm {
             return Err(Error::UnsupportedPlatform(evidence.platform()));
         }
+        // No chain: a table here would be bytes nothing checks.
+        if !evidence.certs().is_empty() {
+            return Err(Error::Invalid {
+                what: "emulated evidence: it carries a certificate table (only SEV-SNP evidence has one)",
+            });
+        }
         let report = evidence.report();
         if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384 {
             return Err(Error::SignatureAlgorithm(report.signature_algo));
@@ -69,11 +75,10 @@ impl EvidenceVerifier for EmulatedRootVerifier {
         if roots.is_empty() {
             return Err(Error::NoTrustedRoot);
         }
-        let signed = &evidence.raw_report()[..SIGNED_LEN];
         for root in roots {
             // Policy::decode already checked every key is a valid point.
             let key = VerifyingKey::from_sec1_bytes(root).map_err(|_| Error::BadRootKey)?;
-            if signature::verify(&key, signed, &report.signature).is_ok() {
+            if signature::verify_report_signature(&key, evidence.raw_report()).is_ok() {
                 return Ok(());
             }
         }

@@ -4,7 +4,10 @@
 //! wants 48-byte big-endian scalars. Only the conversion lives here; the
 //! signing and verifying are the `p384`/`ecdsa` crates'.
 
-use super::report::{ReportSignature, SIGNATURE_COMPONENT_LEN, SIGNED_LEN};
+use super::report::{
+    AttestationReport, ReportSignature, REPORT_LEN, SIGNATURE_ALGO_ECDSA_P384_SHA384, SIGNATURE_COMPONENT_LEN,
+    SIGNED_LEN,
+};
 use crate::error::{Error, Result};
 use p384::ecdsa::signature::{Signer, Verifier};
 use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
@@ -47,4 +50,15 @@ pub(super) fn sign(key: &SigningKey, signed: &[u8]) -> ReportSignature {
 pub(super) fn verify(key: &VerifyingKey, signed: &[u8], sig: &ReportSignature) -> Result<()> {
     let sig = Signature::from_scalars(to_be(&sig.r)?, to_be(&sig.s)?).map_err(|_| Error::BadSignature)?;
     key.verify(signed, &sig).map_err(|_| Error::BadSignature)
+}
+
+/// Whether `raw` (a report as received) carries `key`'s ECDSA P-384
+/// signature over its first [`SIGNED_LEN`] bytes: the one report signature
+/// check, for an emulated root and for a VCEK or VLEK alike.
+pub fn verify_report_signature(key: &VerifyingKey, raw: &[u8; REPORT_LEN]) -> Result<()> {
+    let report = AttestationReport::from_bytes(raw)?;
+    if report.signature_algo != SIGNATURE_ALGO_ECDSA_P384_SHA384 {
+        return Err(Error::SignatureAlgorithm(report.signature_algo));
+    }
+    verify(key, &raw[..SIGNED_LEN], &report.signature)
 }

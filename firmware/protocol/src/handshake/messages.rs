@@ -34,23 +34,27 @@
 //! | 72     | p    | the destination's policy (canonical encoding)    |
 //!
 //! **DstEvidence** (type 3, D → S) and **SrcEvidence** (type 4, S → D),
-//! 1200 bytes:
+//! 1200 + c bytes:
 //!
 //! | offset | size | field                                            |
 //! |-------:|-----:|--------------------------------------------------|
 //! | 0      | 1    | type                                             |
 //! | 1      | 7    | reserved, 0                                      |
 //! | 8      | 2    | platform code                                    |
-//! | 10     | 2    | reserved, 0                                      |
+//! | 10     | 2    | c = certificate table length (≤ 8192)            |
 //! | 12     | 4    | report length = 0x4A0                            |
 //! | 16     | 1184 | attestation report (SEV-SNP layout)              |
+//! | 1200   | c    | certificate table (GHCB layout; SEV-SNP only)    |
+//!
+//! Emulated evidence has c = 0, so its messages are the 1200 bytes of the
+//! first layout, whose bytes 10..12 were reserved zeros.
 //!
 //! **SrcFinished** (type 5, S → D) and **DstFinished** (type 6, D → S),
 //! 33 bytes: type, then the 32-byte HMAC-SHA256.
 
 use super::NONCE_LEN;
 use crate::error::{Error, Result};
-use crate::evidence::{Evidence, EVIDENCE_LEN};
+use crate::evidence::{Evidence, EVIDENCE_LEN, MAX_EVIDENCE_LEN};
 use crate::keys::FINISHED_LEN;
 use crate::policy::MAX_POLICY_LEN;
 use crate::suite::MAX_OFFERS;
@@ -76,14 +80,16 @@ pub mod kind {
 pub const SRC_HELLO_FIXED_LEN: usize = 70;
 /// Bytes of the fixed part of a DstHello.
 pub const DST_HELLO_FIXED_LEN: usize = 72;
-/// Bytes of a DstEvidence or SrcEvidence message.
+/// Bytes of a DstEvidence or SrcEvidence message without certificates.
 pub const EVIDENCE_MSG_LEN: usize = 8 + EVIDENCE_LEN;
+/// Most bytes of a DstEvidence or SrcEvidence message.
+pub const MAX_EVIDENCE_MSG_LEN: usize = 8 + MAX_EVIDENCE_LEN;
 /// Bytes of a Finished message.
 pub const FINISHED_MSG_LEN: usize = 1 + FINISHED_LEN;
 /// Largest SrcHello.
 pub const MAX_SRC_HELLO_LEN: usize = SRC_HELLO_FIXED_LEN + 4 * MAX_OFFERS + MAX_POLICY_LEN;
 /// Largest handshake message of any type: a buffer this big always fits.
-pub const MAX_HANDSHAKE_MSG_LEN: usize = EVIDENCE_MSG_LEN;
+pub const MAX_HANDSHAKE_MSG_LEN: usize = MAX_EVIDENCE_MSG_LEN;
 
 const _: () = assert!(MAX_SRC_HELLO_LEN <= MAX_HANDSHAKE_MSG_LEN);
 
@@ -248,7 +254,7 @@ impl DstHello<'_> {
 
 /// Writes a DstEvidence or SrcEvidence message.
 pub(crate) fn encode_evidence(kind: u8, evidence: &Evidence, out: &mut [u8]) -> Result<usize> {
-    check_room(out, EVIDENCE_MSG_LEN)?;
+    check_room(out, 8 + evidence.encoded_len())?;
     let mut w = Writer::new(out);
     w.u8(kind)?;
     w.zeros(7)?;

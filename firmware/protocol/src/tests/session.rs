@@ -189,6 +189,7 @@ fn record_sizes_are_as_documented() {
     assert_eq!(COMMIT_RECORD_LEN, 104);
     assert_eq!(crate::record::ABORT_RECORD_LEN, 56);
     assert_eq!(crate::handshake::messages::EVIDENCE_MSG_LEN, 1200);
+    assert_eq!(crate::handshake::messages::MAX_EVIDENCE_MSG_LEN, 1200 + 8192);
     assert_eq!(crate::policy::MAX_POLICY_LEN, 996);
     assert_eq!(crate::handshake::messages::MAX_SRC_HELLO_LEN, 1098);
     assert_eq!(policy(1).encoded_len(), 32 + 48 + 49);
