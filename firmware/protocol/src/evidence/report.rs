@@ -10,8 +10,9 @@
 //! P-384 uses the low 48 bytes.
 //!
 //! TCB_VERSION is read with the Milan/Genoa layout (boot loader, TEE,
-//! 4 reserved bytes, SNP, microcode). Turin moved the components; a real
-//! SNP verifier (a later issue) must pick the layout from the CPUID fields.
+//! 4 reserved bytes, SNP, microcode). Turin moved the components:
+//! [`AttestationReport::reported_tcb_for_policy`] picks the layout from the
+//! report's CPUID fields.
 
 use crate::error::{Error, Result};
 use core::fmt;
@@ -238,7 +239,25 @@ fn put(raw: &mut [u8; REPORT_LEN], at: usize, data: &[u8]) {
     raw[at..at + data.len()].copy_from_slice(data);
 }
 
+/// CPUID family of AMD's EPYC 9005 (Turin) and later, whose TCB_VERSION
+/// layout differs from Milan's and Genoa's.
+pub const CPUID_FAMILY_TURIN: u8 = 0x1A;
+
 impl AttestationReport {
+    /// REPORTED_TCB in the layout [`TcbVersion`] reads and policies use
+    /// (Milan/Genoa: boot loader, TEE, 4 reserved, SNP, microcode). From
+    /// version 3 a report names its CPU; on family 1Ah (Turin) the stored
+    /// bytes are FMC, boot loader, TEE, SNP, 3 reserved, microcode, and are
+    /// moved into place here (the FMC has no slot in a policy).
+    pub fn reported_tcb_for_policy(&self) -> TcbVersion {
+        if self.version >= 3 && self.cpuid_fam_id == CPUID_FAMILY_TURIN {
+            let b = self.reported_tcb.0.to_le_bytes();
+            TcbVersion::new(b[1], b[2], b[3], b[7])
+        } else {
+            self.reported_tcb
+        }
+    }
+
     /// A report with every field zero.
     pub fn zeroed() -> Self {
         AttestationReport {

@@ -21,7 +21,8 @@ pub struct PeerIdentity {
     pub platform: Platform,
     /// The peer's launch measurement.
     pub measurement: [u8; MEASUREMENT_LEN],
-    /// The TCB its report was signed at.
+    /// The TCB its report was signed at (Milan/Genoa layout, moved from
+    /// Turin's when the report names a Turin CPU).
     pub reported_tcb: TcbVersion,
     /// The peer's guest SVN.
     pub guest_svn: u32,
@@ -89,7 +90,8 @@ pub fn check_peer(
     if !own.allows_measurement(&report.measurement) {
         return Err(Error::MeasurementNotAllowed);
     }
-    report.reported_tcb.check_at_least(own.min_tcb())?;
+    let reported_tcb = report.reported_tcb_for_policy();
+    reported_tcb.check_at_least(own.min_tcb())?;
     if report.guest_svn < own.min_guest_svn() {
         return Err(Error::GuestSvnTooLow {
             have: report.guest_svn,
@@ -102,7 +104,7 @@ pub fn check_peer(
     Ok(PeerIdentity {
         platform: evidence.platform(),
         measurement: report.measurement,
-        reported_tcb: report.reported_tcb,
+        reported_tcb,
         guest_svn: report.guest_svn,
         policy_version: peer.version(),
     })

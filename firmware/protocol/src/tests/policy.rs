@@ -95,6 +95,41 @@ fn tcb_too_low() {
     );
 }
 
+/// A Turin report stores FMC, boot loader, TEE, SNP, 3 reserved,
+/// microcode: the policy's minimum is compared component by component
+/// after moving them, and only from report version 3 (which names the CPU).
+#[test]
+fn a_turin_reports_tcb_is_read_with_the_turin_layout() {
+    let turin = |version: u32, raw: [u8; 8]| {
+        move |r: &mut AttestationReport| {
+            r.version = version;
+            r.cpuid_fam_id = crate::evidence::report::CPUID_FAMILY_TURIN;
+            r.cpuid_mod_id = 0x02;
+            r.reported_tcb = TcbVersion(u64::from_le_bytes(raw));
+        }
+    };
+    // Policy minimum 1/0/8/100 (boot loader, TEE, SNP, microcode).
+    let id = check(&policy(1), &policy(1), &turin(3, [7, 2, 0, 9, 0, 0, 0, 120])).unwrap();
+    assert_eq!(id.reported_tcb, TcbVersion::new(2, 0, 9, 120));
+    assert_eq!(
+        check(&policy(1), &policy(1), &turin(3, [7, 2, 0, 7, 0, 0, 0, 120])),
+        Err(Error::TcbTooLow {
+            component: "snp",
+            have: 7,
+            min: 8
+        })
+    );
+    // Read with the Milan layout, these bytes would say SNP 0.
+    assert_eq!(
+        check(&policy(1), &policy(1), &turin(2, [7, 2, 0, 9, 0, 0, 0, 120])),
+        Err(Error::TcbTooLow {
+            component: "snp",
+            have: 0,
+            min: 8
+        })
+    );
+}
+
 #[test]
 fn older_peer_policy_version() {
     assert_eq!(
