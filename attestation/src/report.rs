@@ -12,41 +12,29 @@ use sev::parser::ByteParser;
 use sev::Generation;
 use std::fmt;
 
-/// An AMD EPYC product line with SEV-SNP, as named by its ARK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Product {
-    /// 3rd generation EPYC (family 0x19).
-    Milan,
-    /// 4th generation EPYC (family 0x19).
-    Genoa,
-    /// 5th generation EPYC (family 0x1A): another TCB_VERSION layout.
-    Turin,
-}
+/// An AMD EPYC product line with SEV-SNP, as named by its ARK: the type
+/// the agent's verifier uses (`covm-snp-verify`), so the two verifiers'
+/// answers compare directly. Its CPUID and TCB readings here are the
+/// `sev` crate's, not that crate's.
+pub use covm_snp_verify::Product;
 
-impl Product {
-    pub(crate) fn generation(self) -> Generation {
-        match self {
-            Product::Milan => Generation::Milan,
-            Product::Genoa => Generation::Genoa,
-            Product::Turin => Generation::Turin,
-        }
-    }
-
-    /// The product line a report's CPUID_FAM_ID and CPUID_MOD_ID name
-    /// (report version 3 and later), if known.
-    pub(crate) fn from_cpuid(family: u8, model: u8) -> Option<Product> {
-        match Generation::identify_cpu(family, model).ok()? {
-            Generation::Milan => Some(Product::Milan),
-            Generation::Genoa => Some(Product::Genoa),
-            Generation::Turin => Some(Product::Turin),
-            _ => None,
-        }
+/// The `sev` crate's name for `product`.
+pub(crate) fn generation(product: Product) -> Generation {
+    match product {
+        Product::Milan => Generation::Milan,
+        Product::Genoa => Generation::Genoa,
+        Product::Turin => Generation::Turin,
     }
 }
 
-impl fmt::Display for Product {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+/// The product line a report's CPUID_FAM_ID and CPUID_MOD_ID name (report
+/// version 3 and later), if known, by the `sev` crate's table.
+pub(crate) fn product_from_cpuid(family: u8, model: u8) -> Option<Product> {
+    match Generation::identify_cpu(family, model).ok()? {
+        Generation::Milan => Some(Product::Milan),
+        Generation::Genoa => Some(Product::Genoa),
+        Generation::Turin => Some(Product::Turin),
+        _ => None,
     }
 }
 
@@ -103,7 +91,7 @@ impl Tcb {
     /// Decodes `stored` with `product`'s layout; `None` (the emulated
     /// platform) means the Milan/Genoa layout covm's protocol writes.
     pub(crate) fn decode(stored: covm_agent_protocol::TcbVersion, product: Option<Product>) -> Tcb {
-        let generation = product.map_or(Generation::Genoa, Product::generation);
+        let generation = product.map_or(Generation::Genoa, generation);
         // Reading 8 bytes with a Milan, Genoa or Turin layout cannot fail.
         let tcb = SevTcb::from_bytes_with(&stored.0.to_le_bytes(), generation).expect("a TCB_VERSION is any 8 bytes");
         Tcb {

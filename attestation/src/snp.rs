@@ -2,7 +2,7 @@
 
 use crate::chain::{verify_chain, SnpChain};
 use crate::error::{AttestationError, Result};
-use crate::report::{parse, Product, SigningKey, Tcb, VerifiedReport};
+use crate::report::{parse, product_from_cpuid, Product, SigningKey, Tcb, VerifiedReport};
 use crate::signature::verify_report;
 
 /// Verifies an SEV-SNP report against its certificate chain.
@@ -54,7 +54,7 @@ pub fn verify_snp(report: &[u8], chain: &SnpChain) -> Result<VerifiedReport> {
 /// be the ARK's product line, or the TCB would be decoded with the wrong
 /// layout. Version 2 reports do not, and the ARK alone decides.
 fn check_product(chain: Product, version: u32, family: u8, model: u8) -> Result<()> {
-    if version >= 3 && Product::from_cpuid(family, model) != Some(chain) {
+    if version >= 3 && product_from_cpuid(family, model) != Some(chain) {
         return Err(AttestationError::ProductMismatch { chain, family, model });
     }
     Ok(())

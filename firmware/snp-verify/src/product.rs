@@ -7,14 +7,14 @@ const MILAN_ARK: &[u8] = include_bytes!("../roots/milan-ark.der");
 const GENOA_ARK: &[u8] = include_bytes!("../roots/genoa-ark.der");
 const TURIN_ARK: &[u8] = include_bytes!("../roots/turin-ark.der");
 
-/// An EPYC generation with SEV-SNP.
+/// An AMD EPYC product line with SEV-SNP, as named by its ARK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Product {
-    /// EPYC 7003.
+    /// 3rd generation EPYC (family 19h): EPYC 7003.
     Milan,
-    /// EPYC 9004 and 8004 (Genoa, Bergamo, Siena).
+    /// 4th generation EPYC (family 19h): EPYC 9004 and 8004.
     Genoa,
-    /// EPYC 9005.
+    /// 5th generation EPYC (family 1Ah): another TCB_VERSION layout.
     Turin,
 }
 
@@ -47,6 +47,12 @@ impl Product {
             (0x1A, 0x00..=0x11) => Some(Product::Turin),
             _ => None,
         }
+    }
+}
+
+impl core::fmt::Display for Product {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self, f)
     }
 }
 
