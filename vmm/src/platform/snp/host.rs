@@ -22,11 +22,30 @@ pub enum KvmAnswers {
     Unusable(String),
 }
 
+/// The SEV firmware, as SNP_PLATFORM_STATUS reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnpFirmware {
+    /// The SNP API version (major, minor).
+    pub api: (u8, u8),
+    /// The firmware's build ID.
+    pub build: u32,
+}
+
+/// Where the SEV firmware's status comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SevAnswers {
+    /// Ask this machine's `/dev/sev` (SNP_PLATFORM_STATUS, the `sev` crate).
+    Device,
+    /// A fixed answer, or why there is none.
+    Fixed(Result<SnpFirmware, String>),
+}
+
 /// The host a probe examines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     root: PathBuf,
     kvm: KvmAnswers,
+    sev: SevAnswers,
 }
 
 /// A kernel module parameter's state.
@@ -56,12 +75,33 @@ impl Host {
         Host {
             root: PathBuf::from("/"),
             kvm: KvmAnswers::Device,
+            sev: SevAnswers::Device,
         }
     }
 
-    /// A host whose files are under `root` and whose KVM answers `kvm`.
-    pub fn at(root: impl Into<PathBuf>, kvm: KvmAnswers) -> Self {
-        Host { root: root.into(), kvm }
+    /// A host whose files are under `root`, whose KVM answers `kvm` and
+    /// whose SEV firmware answers `sev`.
+    pub fn at(root: impl Into<PathBuf>, kvm: KvmAnswers, sev: SevAnswers) -> Self {
+        Host {
+            root: root.into(),
+            kvm,
+            sev,
+        }
+    }
+
+    /// The SEV firmware's SNP status (asked only when `/dev/sev` exists).
+    pub fn snp_firmware(&self) -> Result<SnpFirmware, String> {
+        match &self.sev {
+            SevAnswers::Fixed(answer) => answer.clone(),
+            SevAnswers::Device => {
+                let mut firmware = sev::firmware::host::Firmware::open().map_err(|e| e.to_string())?;
+                let status = firmware.snp_platform_status().map_err(|e| e.to_string())?;
+                Ok(SnpFirmware {
+                    api: status.version,
+                    build: status.build_id,
+                })
+            }
+        }
     }
 
     /// The host's file at absolute path `path`.
@@ -272,8 +312,22 @@ impl ScratchHost {
         self
     }
 
+    /// The host under the root, with KVM answering `kvm` and an SEV
+    /// firmware of SNP API 1.55 (one recent enough).
     pub fn host(&self, kvm: KvmAnswers) -> Host {
-        Host::at(&self.root, kvm)
+        self.host_with_sev(
+            kvm,
+            SevAnswers::Fixed(Ok(SnpFirmware {
+                api: (1, 55),
+                build: 21,
+            })),
+        )
+    }
+
+    /// The host under the root, with KVM answering `kvm` and the SEV
+    /// firmware `sev`.
+    pub fn host_with_sev(&self, kvm: KvmAnswers, sev: SevAnswers) -> Host {
+        Host::at(&self.root, kvm, sev)
     }
 }
 

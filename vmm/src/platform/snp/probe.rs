@@ -3,6 +3,11 @@
 
 use super::bindings::SEV_DEVICE;
 use super::host::{cpu_offers, kvm_private_vm, module_param_on, verdict, CpuNeed, Host, Unavailable};
+
+/// The oldest SNP API the kernel accepts (Linux's `SNP_MIN_API_MAJOR` and
+/// `SNP_MIN_API_MINOR` in drivers/crypto/ccp/sev-dev.c): an older firmware
+/// leaves SEV-SNP off.
+pub const MIN_SNP_API: (u8, u8) = (1, 51);
 use kvm_bindings::KVM_X86_SNP_VM;
 
 /// The platform's name in messages.
@@ -32,6 +37,18 @@ pub fn probe_snp_on(host: &Host) -> Result<(), Unavailable> {
             "{SEV_DEVICE} does not exist (the ccp driver is not loaded, or the AMD secure processor offers no SEV \
              firmware)"
         ));
+    } else {
+        match host.snp_firmware() {
+            Ok(fw) if fw.api < MIN_SNP_API => missing.push(format!(
+                "the SEV firmware is too old: SNP API {}.{} (build {}), SEV-SNP needs {}.{} or later (update the \
+                 platform's SEV firmware)",
+                fw.api.0, fw.api.1, fw.build, MIN_SNP_API.0, MIN_SNP_API.1
+            )),
+            Ok(_) => {}
+            Err(why) => missing.push(format!(
+                "the SEV firmware does not answer SNP_PLATFORM_STATUS on {SEV_DEVICE}: {why}"
+            )),
+        }
     }
     kvm_private_vm(host, KVM_X86_SNP_VM, "KVM_X86_SNP_VM", &mut missing);
     verdict(WHAT, missing)
@@ -39,7 +56,7 @@ pub fn probe_snp_on(host: &Host) -> Result<(), Unavailable> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::host::{KvmAnswers, ScratchHost};
+    use super::super::host::{KvmAnswers, ScratchHost, SevAnswers, SnpFirmware};
     use super::*;
     use kvm_bindings::{
         KVM_CAP_EXIT_HYPERCALL, KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
@@ -127,6 +144,29 @@ mod tests {
             probe(snp_kvm()).to_string(),
             "AMD SEV-SNP is not available on this machine: /dev/sev does not exist (the ccp driver is not loaded, \
              or the AMD secure processor offers no SEV firmware)"
+        );
+    }
+
+    #[test]
+    fn a_firmware_too_old_or_silent_is_named() {
+        let scratch = snp_host("snp-firmware");
+        let probe = |sev| probe_snp_on(&scratch.host_with_sev(KvmAnswers::Fixed(snp_kvm()), sev));
+        let old = SevAnswers::Fixed(Ok(SnpFirmware { api: (1, 49), build: 3 }));
+        assert_eq!(
+            probe(old).unwrap_err().missing,
+            [
+                "the SEV firmware is too old: SNP API 1.49 (build 3), SEV-SNP needs 1.51 or later (update the \
+              platform's SEV firmware)"
+            ]
+        );
+        let oldest = SevAnswers::Fixed(Ok(SnpFirmware { api: (1, 51), build: 0 }));
+        assert_eq!(probe(oldest), Ok(()));
+        let major = SevAnswers::Fixed(Ok(SnpFirmware { api: (2, 0), build: 0 }));
+        assert_eq!(probe(major), Ok(()));
+        let silent = SevAnswers::Fixed(Err("Permission denied (os error 13)".into()));
+        assert_eq!(
+            probe(silent).unwrap_err().missing,
+            ["the SEV firmware does not answer SNP_PLATFORM_STATUS on /dev/sev: Permission denied (os error 13)"]
         );
     }
 
