@@ -4,144 +4,71 @@
 //! Interface Specification" (57230) puts the TCB the key was derived for
 //! and, for a VCEK, the chip's ID into private extensions under
 //! 1.3.6.1.4.1.3704.1. The `sev` crate verifies certificates but does not
-//! read these, so this module does, with the `der` decoder x509-cert uses.
+//! read these. The agent's verifier (`covm-snp-verify`) has the one reader
+//! and the comparisons with a report; this module gives their outcomes this
+//! crate's errors.
 
 use crate::error::{AttestationError, Result};
 use crate::report::{SigningKey, Tcb};
+use covm_snp_verify::extensions::VekExtensions as Read;
+use covm_snp_verify::SnpTcb;
 use sev::certs::snp::Certificate;
-use x509_cert::der::asn1::ObjectIdentifier;
-use x509_cert::der::Decode;
-
-/// One extension: its name in the specification and its OID.
-struct Ext {
-    name: &'static str,
-    oid: &'static str,
-}
-
-impl Ext {
-    const fn new(name: &'static str, oid: &'static str) -> Self {
-        Ext { name, oid }
-    }
-}
-
-const BL_SPL: Ext = Ext::new("blSPL", "1.3.6.1.4.1.3704.1.3.1");
-const TEE_SPL: Ext = Ext::new("teeSPL", "1.3.6.1.4.1.3704.1.3.2");
-const SNP_SPL: Ext = Ext::new("snpSPL", "1.3.6.1.4.1.3704.1.3.3");
-const UCODE_SPL: Ext = Ext::new("ucodeSPL", "1.3.6.1.4.1.3704.1.3.8");
-/// Turin and later.
-const FMC_SPL: Ext = Ext::new("fmcSPL", "1.3.6.1.4.1.3704.1.3.9");
-/// VCEK only: the CHIP_ID (64 bytes before Turin, 8 from Turin on).
-const HW_ID: Ext = Ext::new("hwID", "1.3.6.1.4.1.3704.1.4");
-/// VLEK only: the cloud provider the key was loaded for.
-const CSP_ID: Ext = Ext::new("cspId", "1.3.6.1.4.1.3704.1.5");
 
 /// What the VCEK/VLEK certificate says about the key.
 #[derive(Debug, Clone)]
-pub(crate) struct VekExtensions {
-    pub boot_loader: u8,
-    pub tee: u8,
-    pub snp: u8,
-    pub microcode: u8,
-    pub fmc: Option<u8>,
-    pub hw_id: Option<Vec<u8>>,
-    pub csp_id: bool,
-}
+pub(crate) struct VekExtensions(Read);
 
 impl VekExtensions {
     pub(crate) fn read(vek: &Certificate) -> Result<Self> {
         let cert: x509_cert::Certificate = vek.clone().into();
-        let extensions = cert.tbs_certificate.extensions.unwrap_or_default();
-        let value = |ext: &Ext| -> Option<Vec<u8>> {
-            let oid = ObjectIdentifier::new_unwrap(ext.oid);
-            extensions
-                .iter()
-                .find(|e| e.extn_id == oid)
-                .map(|e| e.extn_value.as_bytes().to_vec())
-        };
-        // An SPL is a DER INTEGER inside the extension's OCTET STRING.
-        let spl = |ext: &Ext| -> Result<Option<u8>> {
-            value(ext)
-                .map(|der| u8::from_der(&der).map_err(|e| malformed(ext, e.to_string())))
-                .transpose()
-        };
-        let required = |ext: &Ext| spl(ext)?.ok_or_else(|| malformed(ext, "missing".into()));
-        // hwID is the raw chip ID as the OCTET STRING's contents.
-        let hw_id = value(&HW_ID);
-        if let Some(id) = &hw_id {
-            if !matches!(id.len(), 8 | 64) {
-                return Err(malformed(&HW_ID, format!("{} bytes, expected 64 or 8", id.len())));
-            }
-        }
-        Ok(VekExtensions {
-            boot_loader: required(&BL_SPL)?,
-            tee: required(&TEE_SPL)?,
-            snp: required(&SNP_SPL)?,
-            microcode: required(&UCODE_SPL)?,
-            fmc: spl(&FMC_SPL)?,
-            hw_id,
-            csp_id: value(&CSP_ID).is_some(),
-        })
+        Read::read(&cert)
+            .map(VekExtensions)
+            .map_err(|e| AttestationError::Extension {
+                name: e.name,
+                oid: e.oid,
+                reason: e.problem.to_string(),
+            })
     }
 
     /// A VCEK names its chip, a VLEK its cloud provider; never both.
     pub(crate) fn kind(&self) -> Result<SigningKey> {
-        match (self.hw_id.is_some(), self.csp_id) {
-            (true, false) => Ok(SigningKey::Vcek),
-            (false, true) => Ok(SigningKey::Vlek),
-            (hw_id, csp_id) => Err(AttestationError::LeafKind { hw_id, csp_id }),
+        match self.0.is_vlek() {
+            Some(false) => Ok(SigningKey::Vcek),
+            Some(true) => Ok(SigningKey::Vlek),
+            None => Err(AttestationError::LeafKind {
+                hw_id: self.0.hw_id.is_some(),
+                csp_id: self.0.csp_id,
+            }),
         }
     }
 
-    /// Fails unless `reported` is the TCB this key was issued for: a VCEK
-    /// is derived from the TCB, so a mismatch means the wrong certificate
-    /// (or a report claiming a TCB its key does not have).
+    /// Fails unless `reported` is the TCB this key was issued for.
     pub(crate) fn check_tcb(&self, reported: &Tcb, key: SigningKey) -> Result<()> {
-        let mut pairs = vec![
-            ("boot_loader", reported.boot_loader, self.boot_loader),
-            ("tee", reported.tee, self.tee),
-            ("snp", reported.snp, self.snp),
-            ("microcode", reported.microcode, self.microcode),
-        ];
-        // Only a Turin-layout TCB has an FMC component to compare.
-        if let (Some(report), Some(certificate)) = (reported.fmc, self.fmc) {
-            pairs.push(("fmc", report, certificate));
-        }
-        for (component, report, certificate) in pairs {
-            if report != certificate {
-                return Err(AttestationError::TcbMismatch {
-                    component,
-                    report,
-                    certificate,
-                    key,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Fails unless `chip_id` is the VCEK's hwID. A zero CHIP_ID (the
-    /// host set MASK_CHIP_ID) cannot be compared and is let through: the
-    /// signature already binds the report to this chip's key.
-    pub(crate) fn check_chip_id(&self, chip_id: &[u8; 64]) -> Result<()> {
-        let Some(hw_id) = &self.hw_id else {
-            return Ok(());
+        let reported = SnpTcb {
+            fmc: reported.fmc,
+            boot_loader: reported.boot_loader,
+            tee: reported.tee,
+            snp: reported.snp,
+            microcode: reported.microcode,
         };
-        if chip_id.iter().all(|&b| b == 0) {
-            return Ok(());
+        match self.0.tcb_mismatch(&reported) {
+            None => Ok(()),
+            Some(m) => Err(AttestationError::TcbMismatch {
+                component: m.component,
+                report: m.report,
+                certificate: m.certificate,
+                key,
+            }),
         }
-        // Turin's hwID is the 8 significant bytes of its CHIP_ID.
-        if chip_id[..hw_id.len()] != hw_id[..] || chip_id[hw_id.len()..].iter().any(|&b| b != 0) {
-            return Err(AttestationError::ChipIdMismatch);
-        }
-        Ok(())
     }
-}
 
-fn malformed(ext: &Ext, reason: String) -> AttestationError {
-    AttestationError::Extension {
-        name: ext.name,
-        oid: ext.oid,
-        reason,
+    /// Fails unless `chip_id` is the VCEK's hwID (or masked to zeros).
+    pub(crate) fn check_chip_id(&self, chip_id: &[u8; 64]) -> Result<()> {
+        if self.0.chip_id_matches(chip_id) {
+            Ok(())
+        } else {
+            Err(AttestationError::ChipIdMismatch)
+        }
     }
 }
 
@@ -174,10 +101,16 @@ mod tests {
     fn milan_vcek_extensions() {
         let ext = milan();
         assert_eq!(
-            (ext.boot_loader, ext.tee, ext.snp, ext.microcode, ext.fmc),
+            (
+                ext.0.tcb.boot_loader,
+                ext.0.tcb.tee,
+                ext.0.tcb.snp,
+                ext.0.tcb.microcode,
+                ext.0.tcb.fmc
+            ),
             (3, 0, 8, 0x73, None)
         );
-        assert_eq!(ext.hw_id.as_ref().map(Vec::len), Some(64));
+        assert_eq!(ext.0.hw_id.as_ref().map(Vec::len), Some(64));
         assert_eq!(ext.kind().unwrap(), SigningKey::Vcek);
     }
 
@@ -202,7 +135,7 @@ mod tests {
     fn chip_id_must_be_the_hw_id_unless_masked() {
         let ext = milan();
         let mut chip_id = [0u8; 64];
-        chip_id.copy_from_slice(ext.hw_id.as_ref().unwrap());
+        chip_id.copy_from_slice(ext.0.hw_id.as_ref().unwrap());
         assert!(ext.check_chip_id(&chip_id).is_ok());
         assert!(ext.check_chip_id(&[0; 64]).is_ok());
         chip_id[63] ^= 1;
@@ -219,8 +152,8 @@ mod tests {
         assert_eq!(endorsement.product, Product::Turin);
         assert_eq!(endorsement.kind, SigningKey::Vcek);
         let ext = endorsement.extensions;
-        assert_eq!(ext.fmc, Some(0));
-        let hw_id = ext.hw_id.clone().unwrap();
+        assert_eq!(ext.0.tcb.fmc, Some(0));
+        let hw_id = ext.0.hw_id.clone().unwrap();
         assert_eq!(hw_id.len(), 8);
 
         let mut chip_id = [0u8; 64];
@@ -232,9 +165,21 @@ mod tests {
             Err(AttestationError::ChipIdMismatch)
         ));
 
-        let reported = tcb(Some(0), ext.boot_loader, ext.tee, ext.snp, ext.microcode);
+        let reported = tcb(
+            Some(0),
+            ext.0.tcb.boot_loader,
+            ext.0.tcb.tee,
+            ext.0.tcb.snp,
+            ext.0.tcb.microcode,
+        );
         assert!(ext.check_tcb(&reported, SigningKey::Vcek).is_ok());
-        let reported = tcb(Some(1), ext.boot_loader, ext.tee, ext.snp, ext.microcode);
+        let reported = tcb(
+            Some(1),
+            ext.0.tcb.boot_loader,
+            ext.0.tcb.tee,
+            ext.0.tcb.snp,
+            ext.0.tcb.microcode,
+        );
         assert!(matches!(
             ext.check_tcb(&reported, SigningKey::Vcek),
             Err(AttestationError::TcbMismatch { component: "fmc", .. })

@@ -12,7 +12,7 @@
 
 use crate::{verify_snp, SnpChain};
 use covm_agent_protocol::{Error, Evidence, EvidenceVerifier, Platform, Policy};
-use covm_snp_verify::CertTable;
+use covm_snp_verify::{CertTable, SigningKey};
 
 /// Verifies `sev_snp` evidence against a set of AMD certificate chains.
 pub struct SnpVerifier {
@@ -35,7 +35,7 @@ impl EvidenceVerifier for SnpVerifier {
         if evidence.platform() != Platform::SevSnp {
             return Err(Error::UnsupportedPlatform(evidence.platform()));
         }
-        let carried = carried_chain(evidence.certs())?;
+        let carried = carried_chain(evidence)?;
         if self.chains.is_empty() && carried.is_none() {
             return Err(Error::NoTrustedRoot);
         }
@@ -52,21 +52,18 @@ impl EvidenceVerifier for SnpVerifier {
     }
 }
 
-/// The chain in the evidence's certificate table, if it has one (an empty
-/// table is none; a malformed one is refused).
-fn carried_chain(certs: &[u8]) -> Result<Option<SnpChain>, Error> {
-    if certs.is_empty() {
+/// The chain in the evidence's certificate table, ending in the key the
+/// report's KEY_INFO names, if it has a table (an empty table is none; a
+/// malformed or incomplete one is refused).
+fn carried_chain(evidence: &Evidence) -> Result<Option<SnpChain>, Error> {
+    if evidence.certs().is_empty() {
         return Ok(None);
     }
-    let table = CertTable::parse(certs)?;
-    let refused = |what| Error::Endorsement { what };
-    let ark = table.ark.ok_or(refused("the certificate table has no ARK"))?;
-    let ask = table.ask.ok_or(refused("the certificate table has no ASK"))?;
-    let vek = table
-        .vcek
-        .or(table.vlek)
-        .ok_or(refused("the certificate table has no VCEK or VLEK"))?;
-    SnpChain::from_bytes(ark, ask, vek)
+    let leaf = SigningKey::from_key_info(evidence.report().key_info)?;
+    let der = CertTable::parse(evidence.certs())?.chain(leaf)?;
+    SnpChain::from_bytes(der.ark, der.ask, der.vek)
         .map(Some)
-        .map_err(|_| refused("a certificate in the table does not parse"))
+        .map_err(|_| Error::Endorsement {
+            what: "a certificate in the table does not parse",
+        })
 }

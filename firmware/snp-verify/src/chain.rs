@@ -55,12 +55,14 @@ pub fn parse(which: Link, der: &[u8]) -> Result<Certificate, Error> {
 
 /// The product whose pinned ARK `der` is, once the ARK signs itself.
 pub fn pinned_ark(ark: &Certificate, der: &[u8]) -> Result<Product, Error> {
-    signs(ark, ark).map_err(|_| bad("the ARK's self-signature does not verify"))?;
+    const NOT_SELF_SIGNED: &str = "the ARK's self-signature does not verify";
+    signs(ark, ark, NOT_SELF_SIGNED).map_err(|_| bad(NOT_SELF_SIGNED))?;
     Product::pinned(der).ok_or(bad("the ARK is not one of AMD's (Milan, Genoa, Turin)"))
 }
 
-/// Whether `issuer`'s RSA key signs `subject` with RSASSA-PSS SHA-384.
-pub fn signs(issuer: &Certificate, subject: &Certificate) -> Result<(), Error> {
+/// Whether `issuer`'s RSA key signs `subject` with RSASSA-PSS SHA-384;
+/// `refusal` names a signature that does not verify.
+pub fn signs(issuer: &Certificate, subject: &Certificate, refusal: &'static str) -> Result<(), Error> {
     if subject.signature_algorithm.oid != RSASSA_PSS {
         return Err(bad("a chain certificate is not signed with RSASSA-PSS"));
     }
@@ -74,16 +76,16 @@ pub fn signs(issuer: &Certificate, subject: &Certificate) -> Result<(), Error> {
         .map_err(|_| bad("a chain certificate's signature is malformed"))?;
     PssKey::<Sha384>::new(key)
         .verify(&tbs, &signature)
-        .map_err(|_| bad("a chain signature does not verify"))
+        .map_err(|_| bad(refusal))
 }
 
 /// `issuer` signs `subject`, or the error names the link.
 pub fn check_link(issuer: &Certificate, subject: &Certificate, link: Link) -> Result<(), Error> {
-    signs(issuer, subject).map_err(|e| match (e, link) {
-        (Error::Endorsement { what }, _) if !what.ends_with("does not verify") => e,
-        (_, Link::Ask) => bad("the ASK's signature by the ARK does not verify"),
-        (_, _) => bad("the VCEK/VLEK's signature by the ASK does not verify"),
-    })
+    let refusal = match link {
+        Link::Ask => "the ASK's signature by the ARK does not verify",
+        Link::Ark | Link::Vek => "the VCEK/VLEK's signature by the ASK does not verify",
+    };
+    signs(issuer, subject, refusal)
 }
 
 /// The VCEK/VLEK's P-384 public key.

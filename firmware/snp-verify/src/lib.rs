@@ -23,9 +23,11 @@
 //!    certificate's hwID (unless the host masked it to zeros).
 //!
 //! The host's `covm-attestation` does the same with the `sev` crate (which
-//! needs `std`, so cannot run here); the two are checked against each
-//! other on real AMD reports and chains, and on every one-byte corruption
-//! of them the tests try.
+//! needs `std`, so cannot run here) for the chain, the report's signature,
+//! the CPUID product and the TCB layouts, and uses this crate's
+//! [`extensions`] reader for step 6 (the `sev` crate has none); the two
+//! are checked against each other on real AMD reports and chains, and on
+//! every one-byte corruption of them the tests try.
 //!
 //! Not checked, as in `covm-attestation`: certificate validity dates (the
 //! guest has no trusted clock), AMD's revocation lists, and name chaining
@@ -44,5 +46,5 @@ pub mod table;
 mod verify;
 
 pub use product::{Product, SnpTcb};
-pub use table::{CertKind, CertTable};
+pub use table::{CertKind, CertTable, ChainDer};
 pub use verify::{verify_snp, Endorsed, SigningKey, SnpChainVerifier};

@@ -12,6 +12,7 @@
 //! GUIDs are stored in RFC 4122 byte order, as the `sev` crate writes and
 //! reads them; integers little-endian.
 
+use crate::verify::SigningKey;
 use covm_agent_protocol::Error;
 
 const ENTRY_LEN: usize = 24;
@@ -77,6 +78,17 @@ pub struct CertTable<'a> {
     pub vlek: Option<&'a [u8]>,
 }
 
+/// The DER certificates of one chain, root first.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainDer<'a> {
+    /// The ARK.
+    pub ark: &'a [u8],
+    /// The ASK or ASVK.
+    pub ask: &'a [u8],
+    /// The VCEK or VLEK.
+    pub vek: &'a [u8],
+}
+
 fn bad(what: &'static str) -> Error {
     Error::Endorsement { what }
 }
@@ -135,6 +147,23 @@ impl<'a> CertTable<'a> {
             }
         }
         Ok(table)
+    }
+
+    /// The chain ending in the key `leaf` names, or which certificate the
+    /// table lacks.
+    pub fn chain(&self, leaf: SigningKey) -> Result<ChainDer<'a>, Error> {
+        Ok(ChainDer {
+            ark: self.ark.ok_or(bad("the certificate table has no ARK"))?,
+            ask: self.ask.ok_or(bad("the certificate table has no ASK"))?,
+            vek: match leaf {
+                SigningKey::Vcek => self
+                    .vcek
+                    .ok_or(bad("the certificate table has no VCEK, the key KEY_INFO names"))?,
+                SigningKey::Vlek => self
+                    .vlek
+                    .ok_or(bad("the certificate table has no VLEK, the key KEY_INFO names"))?,
+            },
+        })
     }
 
     /// Writes a table of `certs` into `out`; returns its length.

@@ -48,27 +48,21 @@ pub fn verify_snp(raw: &[u8; REPORT_LEN], certs: &[u8]) -> Result<Endorsed, Erro
     let report = AttestationReport::from_bytes(raw)?;
     let table = CertTable::parse(certs)?;
     let signing_key = SigningKey::from_key_info(report.key_info)?;
-    let ark_der = table.ark.ok_or(bad("the certificate table has no ARK"))?;
-    let ask_der = table.ask.ok_or(bad("the certificate table has no ASK"))?;
-    let vek_der = match signing_key {
-        SigningKey::Vcek => table
-            .vcek
-            .ok_or(bad("the certificate table has no VCEK, the key KEY_INFO names"))?,
-        SigningKey::Vlek => table
-            .vlek
-            .ok_or(bad("the certificate table has no VLEK, the key KEY_INFO names"))?,
-    };
+    let der = table.chain(signing_key)?;
 
     // Top down, so the first failure names the highest broken link.
-    let ark = chain::parse(Link::Ark, ark_der)?;
-    let product = chain::pinned_ark(&ark, ark_der)?;
-    let ask = chain::parse(Link::Ask, ask_der)?;
+    let ark = chain::parse(Link::Ark, der.ark)?;
+    let product = chain::pinned_ark(&ark, der.ark)?;
+    let ask = chain::parse(Link::Ask, der.ask)?;
     chain::check_link(&ark, &ask, Link::Ask)?;
-    let vek = chain::parse(Link::Vek, vek_der)?;
+    let vek = chain::parse(Link::Vek, der.vek)?;
     chain::check_link(&ask, &vek, Link::Vek)?;
 
     let extensions = VekExtensions::read(&vek)?;
-    if extensions.is_vlek()? != (signing_key == SigningKey::Vlek) {
+    let is_vlek = extensions.is_vlek().ok_or(bad(
+        "the VCEK/VLEK certificate carries neither or both of hwID and cspId",
+    ))?;
+    if is_vlek != (signing_key == SigningKey::Vlek) {
         return Err(bad(
             "KEY_INFO names another kind of key (VCEK or VLEK) than the certificate is",
         ));
@@ -83,8 +77,12 @@ pub fn verify_snp(raw: &[u8; REPORT_LEN], certs: &[u8]) -> Result<Endorsed, Erro
         ));
     }
     let reported_tcb = SnpTcb::decode(report.reported_tcb.0, product);
-    extensions.check_tcb(&reported_tcb)?;
-    extensions.check_chip_id(&report.chip_id)?;
+    if let Some(mismatch) = extensions.tcb_mismatch(&reported_tcb) {
+        return Err(mismatch.into());
+    }
+    if !extensions.chip_id_matches(&report.chip_id) {
+        return Err(bad("CHIP_ID is not the VCEK's hwID"));
+    }
     Ok(Endorsed {
         product,
         signing_key,
