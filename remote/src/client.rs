@@ -57,8 +57,9 @@ pub enum ClientError {
 }
 
 /// Sends `request` to the API server listening on `socket` and waits for its
-/// answer. Non-2xx answers become [`ClientError::Server`] with the message of
-/// the `{"error": "..."}` body.
+/// answer. Non-2xx answers become [`ClientError::Server`] with the messages
+/// of the error body (Cloud Hypervisor's form, which covm writes too: a JSON
+/// array of messages, top to root cause).
 pub fn send(socket: &Path, request: &ApiRequest) -> Result<ApiResponse, ClientError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -128,12 +129,14 @@ fn connect_error(path: &Path, error: io::Error) -> ClientError {
     }
 }
 
-/// The one-line message of an error body: the `error` field of
-/// `{"error": "..."}`, else the body text itself, else a placeholder.
+/// The one-line message of an error body: its messages (a JSON array of
+/// strings, top to root cause) joined with `: `, else the body text itself,
+/// else a placeholder.
 pub fn error_message(body: &[u8]) -> String {
-    let from_json = serde_json::from_slice::<serde_json::Value>(body)
+    let from_json = serde_json::from_slice::<Vec<String>>(body)
         .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
+        .filter(|messages| !messages.is_empty())
+        .map(|messages| messages.join(": "));
     let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.is_empty() {
@@ -302,7 +305,7 @@ mod tests {
         let (_dir, path) = temp_path("err.sock");
         let server = fake_server(
             &path,
-            "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 32\r\n\r\n{\"error\":\"VM is already paused\"}",
+            "HTTP/1.1 405 \r\nContent-Length: 24\r\n\r\n[\"VM is already paused\"]",
         );
         let err = send(&path, &get("/vm.pause")).unwrap_err();
         server.join().expect("server");
@@ -314,7 +317,9 @@ mod tests {
 
     #[test]
     fn error_message_fallbacks() {
-        assert_eq!(error_message(br#"{"error":"bad\nthing"}"#), "bad thing");
+        assert_eq!(error_message(br#"["bad\nthing"]"#), "bad thing");
+        assert_eq!(error_message(br#"["top", "cause"]"#), "top: cause");
+        assert_eq!(error_message(b"[]"), "[]");
         assert_eq!(error_message(b"plain text\r\n"), "plain text");
         assert_eq!(error_message(b""), "(no error message)");
         assert_eq!(error_message(br#"{"other":1}"#), r#"{"other":1}"#);

@@ -370,7 +370,7 @@ mod tests {
     fn errors_are_one_line() {
         let err = Error::Client(ClientError::Server {
             status: hyper::StatusCode::NOT_FOUND,
-            message: client::error_message(b"{\"error\": \"VM is not\\ncreated\"}"),
+            message: client::error_message(b"[\"VM is not\\ncreated\"]"),
         });
         let text = err.to_string();
         assert!(!text.contains('\n'), "{text}");

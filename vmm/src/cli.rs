@@ -39,6 +39,11 @@ pub struct Cli {
     #[arg(long = "api-socket", value_name = "path=PATH")]
     pub api_socket: Option<String>,
 
+    /// Report lifecycle and migration events as JSON, one object a line
+    /// (Cloud Hypervisor's events): path=FILE | fd=N. See docs/api.md.
+    #[arg(long = "event-monitor", value_name = "path=FILE|fd=N")]
+    pub event_monitor: Option<String>,
+
     /// How a migration tracks dirty pages: mode=log (KVM's dirty bitmap,
     /// default) or mode=ring[,ring_entries=N] (KVM's per-vCPU dirty ring,
     /// N a power of two, default 4096). See docs/migration.md.

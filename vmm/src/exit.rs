@@ -32,6 +32,16 @@ pub enum VmExit {
 }
 
 impl VmExit {
+    /// How the event monitor names this ending (`reason` of `vm` `shutdown`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Power(PowerAction::Off) => "guest-power-off",
+            Self::Power(PowerAction::Reset) => "guest-reset",
+            Self::Power(PowerAction::Fail(_)) => "guest-failure",
+            Self::Crashed(_) => "guest-crashed",
+        }
+    }
+
     /// The process exit status for this ending.
     pub fn status(&self) -> i32 {
         match self {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod cvm;
 pub mod dirty_log;
 pub mod dirty_ring;
+pub mod event_monitor;
 pub mod exit;
 pub mod kvm;
 pub mod logging;

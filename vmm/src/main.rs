@@ -42,13 +42,17 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(&mut cli, start) {
-        Ok(status) => ExitCode::from(status as u8),
+    let status = match run(&mut cli, start) {
+        Ok(status) => status,
         Err(message) => {
             report(&cli, &message);
-            ExitCode::from(STATUS_ERROR as u8)
+            // The control loop never ran, so it reported no shutdown.
+            covm::event_monitor::emit("vmm", "shutdown", &[]);
+            STATUS_ERROR
         }
-    }
+    };
+    covm::event_monitor::flush();
+    ExitCode::from(status as u8)
 }
 
 /// One line on standard error; also in the log when the log is a file
@@ -216,6 +220,11 @@ fn run(cli: &mut Cli, start: Instant) -> Result<i32, String> {
             cli.log_file.as_deref().unwrap_or("".as_ref()).display()
         )
     })?;
+    if let Some(text) = &cli.event_monitor {
+        let sink = covm::event_monitor::parse(text).map_err(|e| e.to_string())?;
+        covm::event_monitor::start(&sink, start).map_err(|e| e.to_string())?;
+    }
+    covm::event_monitor::emit("vmm", "starting", &[]);
     let host_ram = config::host_ram().map_err(|e| format!("cannot read this host's memory size: {e}"))?;
     // A destination's own platform for incoming confidential VMs.
     let incoming_platform = (cli.api_socket.is_some() && cli.only_incoming_platform())

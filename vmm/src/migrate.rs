@@ -12,81 +12,13 @@ use crate::vm::Vm;
 use crate::vmm::Event;
 use covm_migration::engine::{
     self, MigrationError, Opener, PlainOpener, PlainSealer, Progress, ReceiveOptions, Sealer, SendOptions,
-    TimeoutStrategy,
 };
 use covm_migration::protocol::PROTOCOL_VERSION_CONFIDENTIAL;
 use covm_migration::transport::{self, Endpoint, Listener};
 use covm_migration::vm::VmError as EngineVmError;
-use serde::Deserialize;
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// CH's `SendMigrationData`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SendMigrationData {
-    /// `tcp:HOST:PORT` or `unix:PATH`.
-    pub destination_url: String,
-    /// Same-host migration by sharing memory (not supported).
-    #[serde(default)]
-    pub local: bool,
-    /// Downtime target in ms (default 300).
-    #[serde(default)]
-    pub downtime_ms: Option<u64>,
-    /// Longest pre-copy in s (default 3600).
-    #[serde(default)]
-    pub timeout_s: Option<u64>,
-    /// `Cancel` (default) or `Ignore`.
-    #[serde(default)]
-    pub timeout_strategy: Option<TimeoutStrategy>,
-    /// covm extension, confidential VMs only: verified mode. The source's
-    /// agent digests the paused guest's memory into its Final record and
-    /// the destination's agent commits only if its memory has the same
-    /// digest (the host's dirty log is then only a hint).
-    #[serde(default)]
-    pub verified: bool,
-}
-
-/// CH's `ReceiveMigrationData`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiveMigrationData {
-    /// `tcp:HOST:PORT` or `unix:PATH`.
-    pub receiver_url: String,
-}
-
-/// Parses a `vm.send-migration` body into the endpoint, engine options and
-/// verified mode.
-pub fn send_options(body: &[u8]) -> Result<(Endpoint, SendOptions, bool), String> {
-    let data: SendMigrationData =
-        serde_json::from_slice(body).map_err(|e| format!("invalid SendMigrationData: {e}"))?;
-    if data.local {
-        return Err("local migration (sharing memory on one host) is not supported: set local to false".into());
-    }
-    let endpoint: Endpoint = data
-        .destination_url
-        .parse()
-        .map_err(|e| format!("destination_url: {e}"))?;
-    let mut options = SendOptions::default();
-    if let Some(ms) = data.downtime_ms {
-        options.downtime = Duration::from_millis(ms);
-    }
-    if let Some(s) = data.timeout_s {
-        options.timeout = Duration::from_secs(s);
-    }
-    if let Some(strategy) = data.timeout_strategy {
-        options.timeout_strategy = strategy;
-    }
-    Ok((endpoint, options, data.verified))
-}
-
-/// Parses a `vm.receive-migration` body.
-pub fn receive_endpoint(body: &[u8]) -> Result<Endpoint, String> {
-    let data: ReceiveMigrationData =
-        serde_json::from_slice(body).map_err(|e| format!("invalid ReceiveMigrationData: {e}"))?;
-    data.receiver_url.parse().map_err(|e| format!("receiver_url: {e}"))
-}
 
 /// An outgoing migration.
 pub struct Outgoing {
@@ -257,7 +189,10 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                     });
                     return;
                 }
-                Err(e) => tracing::warn!("migration: incoming attempt failed ({e}); ready for another"),
+                Err(e) => {
+                    tracing::warn!("migration: incoming attempt failed ({e}); ready for another");
+                    crate::event_monitor::emit("vm", "migration-receive-failed", &[("error", e.to_string())]);
+                }
             }
         })
         .expect("spawning the migration thread");

@@ -9,13 +9,14 @@
 use crate::api::server::ApiServer;
 use crate::config::{SerialMode, VmConfig};
 use crate::cvm::SessionInfo;
+use crate::event_monitor::emit;
 use crate::exit::VmExit;
 use crate::migrate;
 use crate::platform::PlatformConfig;
 use crate::test_hooks::TestHook;
 use crate::vcpu::ExitNotifier;
 use crate::vm::{Counters, Vm};
-use covm_migration::engine::{Progress, ReceiveReport, SendOptions};
+use covm_migration::engine::{Milestone, Observer, Phase, Progress, ReceiveReport, SendOptions};
 use covm_migration::transport::{Endpoint, Listener};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -193,6 +194,38 @@ struct MigrationStatus {
     session: Option<SessionInfo>,
 }
 
+/// Tells the event monitor a migration's phases and pre-copy rounds; the
+/// control loop reports the start, the end and failures itself. `receive`
+/// selects the destination's names (`migration-receive-...`).
+fn migration_events(receive: bool) -> Observer {
+    Arc::new(move |milestone| {
+        let name = match (milestone, receive) {
+            (Milestone::Phase(Phase::Handshake), false) => "migration-handshake",
+            // The source connected: CH's name for the destination's start.
+            (Milestone::Phase(Phase::Handshake), true) => "migration-receive-started",
+            (Milestone::Phase(Phase::PreCopy), false) => "migration-precopy",
+            (Milestone::Phase(Phase::PreCopy), true) => "migration-receive-precopy",
+            (Milestone::Phase(Phase::StopAndCopy), false) => "migration-stop-and-copy",
+            (Milestone::Phase(Phase::StopAndCopy), true) => "migration-receive-stop-and-copy",
+            (Milestone::Phase(Phase::Completing), false) => "migration-completing",
+            (Milestone::Phase(Phase::Completing), true) => "migration-receive-completing",
+            (Milestone::Round(round), receive) => {
+                let name = if receive {
+                    "migration-receive-memory-iteration"
+                } else {
+                    "migration-memory-iteration"
+                };
+                emit("vm", name, &[("id", round.to_string())]);
+                return;
+            }
+            // Connecting is the start, Completed and Failed the end: the
+            // control loop reports those with what it knows of them.
+            (Milestone::Phase(Phase::Connecting | Phase::Completed | Phase::Failed), _) => return,
+        };
+        emit("vm", name, &[]);
+    })
+}
+
 /// The VMM: at most one VM, its configuration and its state.
 pub struct Vmm {
     start: Instant,
@@ -261,9 +294,19 @@ impl Vmm {
         self.api = Some(server);
     }
 
-    /// Stops the VM and the API server: covm is about to exit.
-    fn finish(&mut self) {
-        self.stop_vm();
+    /// Stops the VM and the API server: covm is about to exit. Reports, as
+    /// CH does when its VMM shuts down, the VM's shutdown (with `reason` when
+    /// the guest ended it), its deletion and the VMM's shutdown.
+    fn finish(&mut self, reason: Option<&str>) {
+        if self.vm.is_some() {
+            let properties: Vec<(&str, String)> = reason.map(|r| ("reason", r.to_owned())).into_iter().collect();
+            self.stop_vm();
+            emit("vm", "shutdown", &properties);
+        }
+        if self.config.is_some() {
+            emit("vm", "deleted", &[]);
+        }
+        emit("vmm", "shutdown", &[]);
         if let Some(api) = self.api.take() {
             api.stop();
         }
@@ -295,7 +338,7 @@ impl Vmm {
                 {
                     Ok(event) => event,
                     Err(_) => {
-                        self.finish();
+                        self.finish(None);
                         return 0;
                     }
                 },
@@ -308,7 +351,7 @@ impl Vmm {
                     // A client that hung up does not care about the answer.
                     let _ = responder.send(reply);
                     if exit_after {
-                        self.finish();
+                        self.finish(None);
                         return 0;
                     }
                 }
@@ -322,10 +365,11 @@ impl Vmm {
                 }
                 Event::VmExit { generation, exit } if generation == self.generation && self.vm.is_some() => {
                     let ended = self.start.elapsed();
-                    self.finish();
+                    self.finish(Some(exit.reason()));
                     return self.report_exit(exit, ended);
                 }
                 Event::MigrationSent { result: Ok(report), .. } => {
+                    emit("vm", "migration-finished", &[]);
                     tracing::info!("migration completed; the destination runs the guest: {report}");
                     eprintln!("covm: migration completed: {report}");
                     self.state = VmState::Shutdown;
@@ -340,6 +384,11 @@ impl Vmm {
                     vm,
                     undecided,
                 } => {
+                    emit(
+                        "vm",
+                        "migration-failed",
+                        &[("error", error.clone()), ("undecided", undecided.to_string())],
+                    );
                     if undecided {
                         tracing::error!("migration undecided, the guest stays paused here: {error}");
                         self.state = VmState::Paused;
@@ -353,7 +402,7 @@ impl Vmm {
                     }
                     if let Some(exit) = self.pending_exit.take() {
                         let ended = self.start.elapsed();
-                        self.finish();
+                        self.finish(Some(exit.reason()));
                         return self.report_exit(exit, ended);
                     }
                 }
@@ -363,6 +412,7 @@ impl Vmm {
                     mut report,
                     committed,
                 } => {
+                    emit("vm", "resuming", &[]);
                     let started = vm.start();
                     report.resume_ms = committed.elapsed().as_secs_f64() * 1e3;
                     let report = report.to_json();
@@ -371,9 +421,12 @@ impl Vmm {
                         // The source has released the guest: nothing to go back to.
                         tracing::error!("cannot run the received VM: {e}");
                         eprintln!("covm: cannot run the received VM: {e}");
-                        self.finish();
+                        emit("vm", "migration-receive-failed", &[("error", e.to_string())]);
+                        self.finish(None);
                         return crate::exit::STATUS_ERROR;
                     }
+                    emit("vm", "resumed", &[]);
+                    emit("vm", "migration-receive-finished", &[]);
                     self.config = Some(*config);
                     self.platform_info = Some(vm.platform().info());
                     self.vm = Some(vm);
@@ -440,8 +493,10 @@ impl Vmm {
             }
             Request::Pause => {
                 self.expect_state(VmState::Running, "pause")?;
+                emit("vm", "pausing", &[]);
                 self.vm.as_ref().expect("a running VM exists").pause();
                 self.state = VmState::Paused;
+                emit("vm", "paused", &[]);
                 Ok(Reply::Done)
             }
             Request::Resume => {
@@ -454,25 +509,31 @@ impl Vmm {
                             .into(),
                     ));
                 }
+                emit("vm", "resuming", &[]);
                 self.vm
                     .as_ref()
                     .expect("a paused VM exists")
                     .resume()
                     .map_err(|e| ApiError::InvalidState(format!("cannot resume the VM: {e}")))?;
                 self.state = VmState::Running;
+                emit("vm", "resumed", &[]);
                 Ok(Reply::Done)
             }
             Request::ShutdownVm => {
                 self.expect_booted("shut down")?;
                 self.stop_vm();
                 self.state = VmState::Shutdown;
+                emit("vm", "shutdown", &[]);
                 Ok(Reply::Done)
             }
             Request::Reboot => {
                 self.expect_booted("reboot")?;
+                emit("vm", "rebooting", &[]);
                 self.stop_vm();
                 self.state = VmState::Shutdown;
-                self.boot().map(|()| Reply::Done)
+                self.start_vm()?;
+                emit("vm", "rebooted", &[]);
+                Ok(Reply::Done)
             }
             Request::PowerButton => {
                 self.expect_booted("press the power button of")?;
@@ -481,7 +542,13 @@ impl Vmm {
                 ))
             }
             Request::Delete => {
-                self.stop_vm();
+                if self.vm.is_some() {
+                    self.stop_vm();
+                    emit("vm", "shutdown", &[]);
+                }
+                if self.config.is_some() {
+                    emit("vm", "deleted", &[]);
+                }
                 self.config = None;
                 self.platform_info = None;
                 self.state = VmState::Created;
@@ -538,10 +605,11 @@ impl Vmm {
         let session = confidential.then(|| SessionInfo::new("source"));
         let config = self.created()?.clone();
         let vm = self.vm.take().expect("a booted VM exists");
-        let progress = Progress::new();
+        let url = endpoint.to_string();
+        let progress = Progress::with_observer(migration_events(false));
         self.migration = Some(MigrationStatus {
             direction: "send",
-            url: endpoint.to_string(),
+            url: url.clone(),
             progress: progress.clone(),
             outcome: None,
             session: session.clone(),
@@ -553,6 +621,7 @@ impl Vmm {
             session,
             verified,
         };
+        emit("vm", "migration-started", &[("destination_url", url)]);
         migrate::start_send(send, &config, progress, self.events_tx.clone());
         Ok(Reply::Done)
     }
@@ -568,7 +637,7 @@ impl Vmm {
         }
         let listener = Listener::bind(&endpoint).map_err(|e| ApiError::BadRequest(format!("receiver_url: {e}")))?;
         self.generation += 1;
-        let progress = Progress::new();
+        let progress = Progress::with_observer(migration_events(true));
         let session = SessionInfo::new("destination");
         self.migration = Some(MigrationStatus {
             direction: "receive",
@@ -586,6 +655,11 @@ impl Vmm {
             notify: self.exit_notifier(),
             session,
         };
+        emit(
+            "vm",
+            "migration-receive-ready",
+            &[("receiver_url", endpoint.to_string())],
+        );
         migrate::start_receive(incoming, progress, self.events_tx.clone());
         Ok(Reply::Done)
     }
@@ -616,13 +690,22 @@ impl Vmm {
 
     /// Builds and starts the VM (`vm.boot`).
     pub fn boot(&mut self) -> Result<(), ApiError> {
-        let config = self.created()?.clone();
+        self.created()?;
         if matches!(self.state, VmState::Running | VmState::Paused) {
             return Err(ApiError::InvalidState(format!(
                 "the VM is already booted ({})",
                 self.state.name()
             )));
         }
+        emit("vm", "booting", &[]);
+        self.start_vm()?;
+        emit("vm", "booted", &[]);
+        Ok(())
+    }
+
+    /// Builds the VM from its configuration and starts its vCPUs.
+    fn start_vm(&mut self) -> Result<(), ApiError> {
+        let config = self.created()?.clone();
         self.generation += 1;
         let generation = self.generation;
         let events = std::sync::Mutex::new(self.events_tx.clone());
@@ -707,7 +790,7 @@ mod tests {
         let Reply::Info { platform, .. } = vmm.handle(Request::Info).unwrap() else {
             panic!()
         };
-        vmm.finish();
+        vmm.finish(None);
         platform
     }
 

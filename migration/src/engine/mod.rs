@@ -70,7 +70,7 @@ mod throttle;
 
 pub use destination::{receive, receive_with, Incoming};
 pub use error::MigrationError;
-pub use progress::{Phase, Progress, ProgressSnapshot};
+pub use progress::{Milestone, Observer, Phase, Progress, ProgressSnapshot};
 pub use report::{DowntimeBreakdown, MigrationReport, ReceiveReport};
 pub use sealer::{Carried, Link, Opener, PlainOpener, PlainSealer, RecordSink, Sealer};
 pub use source::{send, send_with};

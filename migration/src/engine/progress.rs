@@ -50,10 +50,24 @@ pub struct ProgressSnapshot {
     pub error: Option<String>,
 }
 
+/// A step a migration reached, told to the progress's observer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Milestone {
+    /// The migration entered this phase.
+    Phase(Phase),
+    /// Pre-copy round `n` started (0 is the full pass, told on entering
+    /// [`Phase::PreCopy`]).
+    Round(u32),
+}
+
+/// Called with each [`Milestone`], on the engine's thread, outside any lock.
+pub type Observer = Arc<dyn Fn(Milestone) + Send + Sync>;
+
 #[derive(Default)]
 struct Shared {
     snapshot: Mutex<ProgressSnapshot>,
     cancelled: AtomicBool,
+    observer: Option<Observer>,
 }
 
 /// Shared handle on a migration's progress. Clones see the same state:
@@ -65,6 +79,15 @@ impl Progress {
     /// A fresh progress in phase `Connecting`.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A fresh progress whose phase changes and new rounds are told to
+    /// `observer` (the VMM's event monitor).
+    pub fn with_observer(observer: Observer) -> Self {
+        Self(Arc::new(Shared {
+            observer: Some(observer),
+            ..Shared::default()
+        }))
     }
 
     /// The progress now.
@@ -85,10 +108,56 @@ impl Progress {
     }
 
     pub(crate) fn update(&self, f: impl FnOnce(&mut ProgressSnapshot)) {
-        f(&mut self.0.snapshot.lock().unwrap_or_else(PoisonError::into_inner));
+        let (before, after) = {
+            let mut snapshot = self.0.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = (snapshot.phase, snapshot.round);
+            f(&mut snapshot);
+            (before, (snapshot.phase, snapshot.round))
+        };
+        let Some(observer) = &self.0.observer else { return };
+        if after.0 != before.0 {
+            observer(Milestone::Phase(after.0));
+            if after.0 == Phase::PreCopy {
+                observer(Milestone::Round(after.1));
+            }
+        }
+        if after.1 != before.1 && after.0 == Phase::PreCopy {
+            observer(Milestone::Round(after.1));
+        }
     }
 
     pub(crate) fn set_phase(&self, phase: Phase) {
         self.update(|s| s.phase = phase);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_observer_hears_each_phase_and_round_once() {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        let progress = Progress::with_observer(Arc::new(move |m| sink.lock().unwrap().push(m)));
+        progress.set_phase(Phase::Handshake);
+        progress.set_phase(Phase::PreCopy);
+        progress.update(|p| p.bytes_transferred = 10);
+        progress.update(|p| p.round = 1);
+        progress.update(|p| p.round = 1);
+        progress.update(|p| p.round = 2);
+        progress.set_phase(Phase::StopAndCopy);
+        progress.set_phase(Phase::StopAndCopy);
+        assert_eq!(
+            *heard.lock().unwrap(),
+            [
+                Milestone::Phase(Phase::Handshake),
+                Milestone::Phase(Phase::PreCopy),
+                Milestone::Round(0),
+                Milestone::Round(1),
+                Milestone::Round(2),
+                Milestone::Phase(Phase::StopAndCopy),
+            ]
+        );
     }
 }

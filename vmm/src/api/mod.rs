@@ -4,7 +4,10 @@
 //! becomes a [`crate::vmm::Request`] sent to the control loop, whose reply
 //! it renders. See docs/api.md and resources/openapi/covm.yaml.
 
+pub mod ch_defaults;
+pub mod migration_data;
 pub mod routes;
 pub mod server;
 pub mod socket;
 pub mod vm_config;
+pub mod wire;

@@ -1,8 +1,7 @@
 //! The route table: the one list the router is built from and the OpenAPI
 //! document is checked against.
 
-use super::vm_config;
-use crate::migrate;
+use super::{migration_data, vm_config};
 use crate::vmm::Request;
 use axum::http::Method;
 
@@ -30,15 +29,44 @@ pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
     ("/vm.power-button", Method::PUT, |_, _| Ok(Request::PowerButton)),
     ("/vm.delete", Method::PUT, |_, _| Ok(Request::Delete)),
     ("/vm.send-migration", Method::PUT, |body, _| {
-        migrate::send_options(body).map(|(endpoint, options, verified)| Request::SendMigration {
-            endpoint,
-            options: Box::new(options),
-            verified,
+        migration_data::send_request(body).map(|send| Request::SendMigration {
+            endpoint: send.endpoint,
+            options: Box::new(send.options),
+            verified: send.verified,
         })
     }),
     ("/vm.receive-migration", Method::PUT, |body, _| {
-        migrate::receive_endpoint(body).map(|endpoint| Request::ReceiveMigration { endpoint })
+        migration_data::receive_endpoint(body).map(|endpoint| Request::ReceiveMigration { endpoint })
     }),
+];
+
+/// Cloud Hypervisor's endpoints covm does not implement, with why: each is
+/// answered 404 with its name and the reason, as CH answers an endpoint its
+/// build lacks (`vm.coredump` without `guest_debug`), never left to hang.
+pub const UNIMPLEMENTED: &[(&str, &str)] = &[
+    ("/vm.add-device", "covm has no device passthrough (VFIO)"),
+    ("/vm.add-user-device", "covm has no vfio-user devices"),
+    ("/vm.add-disk", "covm has no block devices yet"),
+    ("/vm.add-fs", "covm has no virtio-fs devices"),
+    ("/vm.add-generic-vhost-user", "covm has no vhost-user devices"),
+    ("/vm.add-net", "covm has no network devices yet"),
+    ("/vm.add-pmem", "covm has no persistent memory devices"),
+    ("/vm.add-vdpa", "covm has no vDPA devices"),
+    ("/vm.add-vsock", "covm has no vsock devices yet"),
+    ("/vm.remove-device", "covm has no hot-pluggable devices"),
+    ("/vm.resize", "covm does not hot-plug vCPUs or memory"),
+    ("/vm.resize-disk", "covm has no block devices yet"),
+    ("/vm.resize-zone", "covm has no memory zones"),
+    (
+        "/vm.snapshot",
+        "covm has no snapshots yet (live migration moves a running VM)",
+    ),
+    (
+        "/vm.restore",
+        "covm has no snapshots yet (live migration moves a running VM)",
+    ),
+    ("/vm.coredump", "covm does not write guest core dumps"),
+    ("/vm.nmi", "covm does not inject NMIs"),
 ];
 
 #[cfg(test)]

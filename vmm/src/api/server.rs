@@ -1,21 +1,26 @@
-//! The HTTP server: axum on a current-thread tokio runtime, on its own
-//! thread. Handlers turn requests into [`Request`]s for the control loop and
-//! render its replies; they never touch the VM.
+//! The HTTP server: axum's router over hyper's HTTP/1.1 connections, on a
+//! current-thread tokio runtime of its own thread. Handlers turn requests
+//! into [`Request`]s for the control loop and render its replies; they never
+//! touch the VM. Every response is shaped by [`wire`] for CH's client.
 
-use super::routes::{MakeRequest, API_PREFIX, ROUTES};
+use super::routes::{MakeRequest, API_PREFIX, ROUTES, UNIMPLEMENTED};
 use super::vm_config;
+use super::wire;
 use crate::vmm::{ApiError, Event, Reply};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{on, MethodFilter};
-use axum::{Json, Router};
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use std::os::unix::net::UnixListener;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use tower::ServiceExt;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -46,14 +51,16 @@ async fn read_body(mut body: Body) -> Result<Vec<u8>, String> {
     Ok(kept)
 }
 
+/// Reads a body the answer does not need: a client that writes its body
+/// after the headers (CH's client does) would otherwise find the connection
+/// closed under it and never read the answer.
+async fn drain(body: Body) {
+    let _ = read_body(body).await;
+}
+
 struct ApiState {
     events: Sender<Event>,
     host_ram: u64,
-}
-
-/// An error response: the status and `{"error": message}`.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
 fn api_error(e: ApiError) -> Response {
@@ -63,73 +70,96 @@ fn api_error(e: ApiError) -> Response {
         ApiError::InvalidState(_) => StatusCode::METHOD_NOT_ALLOWED,
         ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error(status, e.message())
+    wire::error(status, &[e.message()])
 }
 
 fn render(reply: Reply) -> Response {
     match reply {
-        Reply::Done => StatusCode::NO_CONTENT.into_response(),
-        Reply::Ping { pid } => Json(json!({
-            "build_version": concat!("covm ", env!("CARGO_PKG_VERSION")),
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": pid,
-            "features": [],
-        }))
-        .into_response(),
+        Reply::Done => wire::no_content(),
+        Reply::Ping { pid } => wire::json(
+            StatusCode::OK,
+            &json!({
+                "build_version": concat!("covm ", env!("CARGO_PKG_VERSION")),
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": pid,
+                "features": [],
+            }),
+        ),
         Reply::Info {
             config,
             state,
             memory_actual_size,
             migration,
             platform,
-        } => Json(json!({
-            "config": vm_config::to_json(&config),
-            "state": state.name(),
-            "memory_actual_size": memory_actual_size,
-            "migration": migration,
-            "platform": platform,
-        }))
-        .into_response(),
-        Reply::Counters(counters) => Json(counters).into_response(),
+        } => wire::json(
+            StatusCode::OK,
+            &json!({
+                "config": vm_config::to_json(&config),
+                "state": state.name(),
+                "memory_actual_size": memory_actual_size,
+                "migration": migration,
+                "platform": platform,
+            }),
+        ),
+        Reply::Counters(counters) => wire::json(StatusCode::OK, &counters),
     }
 }
 
 async fn handle(state: Arc<ApiState>, make_request: MakeRequest, body: Body) -> Response {
     let bytes = match read_body(body).await {
         Ok(bytes) => bytes,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => return wire::error(StatusCode::BAD_REQUEST, &[&message]),
     };
     let request = match make_request(&bytes, state.host_ram) {
         Ok(request) => request,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => return wire::error(StatusCode::BAD_REQUEST, &[&message]),
     };
     let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
     if state.events.send(Event::Api(request, reply_tx)).is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "covm is shutting down");
+        return wire::error(StatusCode::SERVICE_UNAVAILABLE, &["covm is shutting down"]);
     }
     match reply_rx.await {
         Ok(Ok(reply)) => render(reply),
         Ok(Err(e)) => api_error(e),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "covm is shutting down"),
+        Err(_) => wire::error(StatusCode::SERVICE_UNAVAILABLE, &["covm is shutting down"]),
     }
 }
 
-/// The router for every route in [`ROUTES`].
+/// The router for every route in [`ROUTES`], with CH's endpoints covm does
+/// not implement ([`UNIMPLEMENTED`]) answered 404 by name, as CH answers an
+/// endpoint its build lacks.
 pub fn router(events: Sender<Event>, host_ram: u64) -> Router {
     let state = Arc::new(ApiState { events, host_ram });
     let mut api = Router::new();
     for (path, method, make_request) in ROUTES {
         let make_request = *make_request;
         let filter = MethodFilter::try_from(method.clone()).expect("routes use plain HTTP methods");
+        let allowed = method.clone();
         let route = on(filter, move |State(state): State<Arc<ApiState>>, body: Body| {
             handle(state, make_request, body)
         })
-        .fallback(|| async { error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint") });
+        .fallback(move |body: Body| async move {
+            drain(body).await;
+            wire::wrong_method(path, &allowed)
+        });
         api = api.route(path, route);
+    }
+    for (path, reason) in UNIMPLEMENTED {
+        let message = format!("{}: covm does not implement this endpoint", &path[1..]);
+        api = api.route(
+            path,
+            axum::routing::any(move |body: Body| async move {
+                drain(body).await;
+                wire::error(StatusCode::NOT_FOUND, &[&message, reason])
+            }),
+        );
     }
     Router::new()
         .nest(API_PREFIX, api)
-        .fallback(|uri: axum::http::Uri| async move { error(StatusCode::NOT_FOUND, format!("no endpoint {uri}")) })
+        .fallback(|uri: axum::http::Uri, body: Body| async move {
+            drain(body).await;
+            wire::error(StatusCode::NOT_FOUND, &[&format!("no endpoint {uri}")])
+        })
         .with_state(state)
 }
 
@@ -163,6 +193,46 @@ impl ApiServer {
     }
 }
 
+/// Serves `router` on `listener` until `stopped` fires, then lets the
+/// connections finish the responses they are writing. Each connection is
+/// HTTP/1.1 with title-case header names (CH's client looks headers up by
+/// exact name); [`wire::finish`] shapes every response.
+async fn serve(listener: tokio::net::UnixListener, router: Router, stopped: tokio::sync::oneshot::Receiver<()>) {
+    let graceful = GracefulShutdown::new();
+    let mut stopped = std::pin::pin!(stopped);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("API socket accept failed: {e}");
+                    continue;
+                }
+            },
+            _ = &mut stopped => break,
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request.map(Body::new)).await;
+                Ok::<_, std::convert::Infallible>(wire::finish(response.unwrap_or_else(|e| match e {})))
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .title_case_headers(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("API connection ended with an error: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 /// Serves the API on `listener` from a new thread; `socket_path`, the
 /// socket file covm created, is removed when the server stops.
 pub fn spawn(
@@ -179,18 +249,9 @@ pub fn spawn(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("api".into()).spawn(move || {
         runtime.block_on(async move {
-            let served = match tokio::net::UnixListener::from_std(listener) {
-                Ok(listener) => {
-                    axum::serve(listener, router(events, host_ram))
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                        })
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = served {
-                tracing::error!("the API server stopped: {e}");
+            match tokio::net::UnixListener::from_std(listener) {
+                Ok(listener) => serve(listener, router(events, host_ram), stopped).await,
+                Err(e) => tracing::error!("the API server stopped: {e}"),
             }
         })
     })?;

@@ -12,6 +12,7 @@
 //! does and say what it lacks. They travel with a migration, so an incoming VM is
 //! built on the same platform with the same policy, and measures the same.
 
+use super::ch_defaults;
 use crate::config::{
     check_readable, ApiSocket, CpusConfig, DirtyTracking, MemoryConfig, Payload, SerialMode, VmConfig,
 };
@@ -154,23 +155,9 @@ impl Unsupported {
     }
 }
 
-/// A field at its default: absent, null, false, 0, "" or empty.
-fn is_default(value: &Value) -> bool {
-    match value {
-        Value::Null => true,
-        Value::Bool(b) => !b,
-        Value::Number(n) => n.as_u64() == Some(0),
-        Value::String(s) => s.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.values().all(is_default),
-    }
-}
-
+/// [`ch_defaults::refuse_unless_default`] for a field that may be absent.
 fn refuse_unless_default(name: &str, value: Option<&Value>, reason: &str) -> Result<(), String> {
-    match value {
-        Some(v) if !is_default(v) => Err(format!("field '{name}' cannot be honoured: {reason}")),
-        _ => Ok(()),
-    }
+    value.map_or(Ok(()), |v| ch_defaults::refuse_unless_default(name, v, reason))
 }
 
 /// CH's `CpusConfig`.
@@ -286,9 +273,10 @@ pub enum ConsoleMode {
     Null,
 }
 
-/// CH's `ConsoleConfig`.
+/// CH's `ConsoleConfig` (and `SerialConfig`, its subset). Keys beyond those
+/// named here land in `placement`, where the caller refuses any CH does
+/// not define.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConsoleJson {
     /// The mode.
     pub mode: ConsoleMode,
@@ -301,7 +289,14 @@ pub struct ConsoleJson {
     /// Behind an IOMMU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iommu: Option<bool>,
+    /// CH's device placement keys (`id`, `pci_segment`, `pci_device_id`):
+    /// accepted at their defaults.
+    #[serde(flatten, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub placement: serde_json::Map<String, Value>,
 }
+
+/// CH's keys of `ConsoleConfig` beyond those covm reads.
+const CH_CONSOLE_KEYS: &[&str] = &["id", "pci_segment", "pci_device_id"];
 
 /// Parses a `vm.create` body into a checked [`VmConfig`].
 pub fn parse(body: &[u8], host_ram: u64) -> Result<VmConfig, String> {
@@ -318,6 +313,7 @@ const CH_CPUS_KEYS: &[&str] = &[
     "affinity",
     "features",
     "core_scheduling",
+    "profile",
 ];
 /// CH's other keys of `MemoryConfig`.
 const CH_MEMORY_KEYS: &[&str] = &[
@@ -498,7 +494,7 @@ fn other_keys(section: &str, map: &serde_json::Map<String, Value>, known: &[&str
             return Err(format!("invalid VmConfig: unknown field `{section}.{key}`"));
         }
         if !met.contains(&key.as_str()) {
-            refuse_unless_default(&format!("{section}.{key}"), Some(value), "covm does not support it yet")?;
+            ch_defaults::refuse_unless_default(&format!("{section}.{key}"), value, "covm does not support it yet")?;
         }
     }
     Ok(())
@@ -589,6 +585,11 @@ fn to_vm_config_probed(
     let serial = match json.serial {
         // CH's default serial mode.
         None => SerialMode::Null,
+        // CH's SerialConfig has no device placement keys.
+        Some(ConsoleJson { placement, .. }) if !placement.is_empty() => {
+            let key = placement.keys().next().expect("not empty");
+            return Err(format!("invalid VmConfig: unknown field `serial.{key}`"));
+        }
         Some(s) => match s.mode {
             ConsoleMode::Off => SerialMode::Off,
             ConsoleMode::Null => SerialMode::Null,
@@ -602,12 +603,15 @@ fn to_vm_config_probed(
         },
     };
     if let Some(c) = json.console {
-        if !matches!(c.mode, ConsoleMode::Off | ConsoleMode::Null) {
+        // Tty is CH's default, which a configuration CH wrote carries.
+        if !matches!(c.mode, ConsoleMode::Off | ConsoleMode::Null | ConsoleMode::Tty) {
             return Err(format!(
                 "console.mode {:?} is not supported: covm has no virtio console yet (use Off)",
                 c.mode
             ));
         }
+        other_keys("console", &c.placement, CH_CONSOLE_KEYS, &[])?;
+        refuse_unless_default("console.iommu", c.iommu.map(Value::Bool).as_ref(), "covm has no IOMMU")?;
     }
     let platform = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
     crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
@@ -659,12 +663,14 @@ pub fn to_json(config: &VmConfig) -> VmConfigJson {
             file,
             socket: None,
             iommu: None,
+            placement: Default::default(),
         }),
         console: Some(ConsoleJson {
             mode: ConsoleMode::Off,
             file: None,
             socket: None,
             iommu: None,
+            placement: Default::default(),
         }),
         platform: platform_to_json(&config.platform),
         dirty_tracking: dirty_tracking_to_json(config.dirty_tracking),
