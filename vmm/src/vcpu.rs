@@ -542,8 +542,12 @@ mod tests {
             let (tx, rx) = channel();
             let mut bus = PioBus::new();
             let sink: Arc<dyn PowerSink> = Arc::new(Channel(Mutex::new(tx)));
-            bus.insert(ports::POWER, 1, Arc::new(Mutex::new(PowerDevice::new(sink))))
-                .unwrap();
+            bus.insert(
+                ports::POWER,
+                1,
+                Arc::new(Mutex::new(PowerDevice::new(sink, Default::default()))),
+            )
+            .unwrap();
             let control = Arc::new(RunControl::default());
             let ended = Arc::new(Mutex::new(None));
             let seen = ended.clone();

@@ -27,7 +27,7 @@ use crate::vm_snapshot::{SnapshotError, VmSnapshot, SNAPSHOT_VERSION};
 use crate::{dirty_log, machine_state, vcpu_state};
 use covm_devices::debug_port::DebugPort;
 use covm_devices::i8042::{self, I8042};
-use covm_devices::power::PowerDevice;
+use covm_devices::power::{PowerButton, PowerDevice};
 use covm_devices::serial::{self, SerialDevice, SerialOutput};
 use covm_devices::{BusError, PioBus, PowerAction, PowerSink};
 use covm_guest_abi::ports;
@@ -174,6 +174,8 @@ pub struct Vm {
     vcpu_counters: Vec<Arc<VcpuCounters>>,
     vcpu_fds: Vec<Arc<Mutex<VcpuFd>>>,
     serial: Option<SharedSerial>,
+    /// Pressed by `vm.power-button`, read by the guest on the power port.
+    power_button: PowerButton,
     msr_indices: Vec<u32>,
     platform: Arc<dyn Platform>,
     /// A confidential VM's shared runtime (ports, agent, park gate).
@@ -266,7 +268,15 @@ impl Vm {
         register_memory(&vm_fd, &memory)?;
         create_chips(&vm_fd)?;
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
-        let (bus, serial) = build_bus(&vm_fd, config, sink, start, cvm.as_ref(), SerialIrq::Wired)?;
+        let power_button = PowerButton::default();
+        let (bus, serial) = build_bus(
+            &vm_fd,
+            config,
+            (sink, power_button.clone()),
+            start,
+            cvm.as_ref(),
+            SerialIrq::Wired,
+        )?;
         let (mut vcpus, platform) = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
         let platform: Arc<dyn Platform> = Arc::from(platform);
         if let Some(cvm) = &cvm {
@@ -310,6 +320,7 @@ impl Vm {
             control: Arc::new(RunControl::default()),
             notify,
             serial,
+            power_button,
             msr_indices,
             platform,
             cvm,
@@ -326,6 +337,13 @@ impl Vm {
     /// dirty logging are refused with it).
     pub fn migration_refusal(&self) -> Option<&'static str> {
         self.migration_refusal
+    }
+
+    /// Presses the VM's power button (`vm.power-button`): the guest sees it
+    /// on its next read of the power port (covm's built-in firmware then
+    /// powers off).
+    pub fn press_power_button(&self) {
+        self.power_button.press();
     }
 
     /// The VM's platform, chosen at launch.
@@ -688,7 +706,7 @@ enum SerialIrq {
 fn build_bus(
     vm_fd: &VmFd,
     config: &VmConfig,
-    sink: Arc<dyn PowerSink>,
+    (sink, power_button): (Arc<dyn PowerSink>, PowerButton),
     start: Instant,
     cvm: Option<&Arc<CvmRuntime>>,
     serial_irq: SerialIrq,
@@ -724,7 +742,11 @@ fn build_bus(
     let keyboard = Arc::new(Mutex::new(I8042::new(sink.clone())));
     bus.insert(i8042::DATA_PORT, i8042::COMMAND_PORT - i8042::DATA_PORT + 1, keyboard)?;
     bus.insert(ports::DEBUG_PORT, 1, Arc::new(Mutex::new(DebugPort::new(start))))?;
-    bus.insert(ports::POWER, 1, Arc::new(Mutex::new(PowerDevice::new(sink))))?;
+    bus.insert(
+        ports::POWER,
+        1,
+        Arc::new(Mutex::new(PowerDevice::new(sink, power_button))),
+    )?;
     for (port, device) in cvm.map(CvmPort::all).unwrap_or_default() {
         bus.insert(port, 4, Arc::new(Mutex::new(device)))?;
     }

@@ -537,9 +537,8 @@ impl Vmm {
             }
             Request::PowerButton => {
                 self.expect_booted("press the power button of")?;
-                Err(ApiError::InvalidState(
-                    "the VM has no power button: covm has no ACPI devices yet (use vm.shutdown)".into(),
-                ))
+                self.vm.as_ref().expect("a booted VM exists").press_power_button();
+                Ok(Reply::Done)
             }
             Request::Delete => {
                 if self.vm.is_some() {

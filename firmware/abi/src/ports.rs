@@ -34,8 +34,16 @@ pub const PARK: u16 = 0x620;
 /// must never run this VM's workload vCPUs again.
 pub const AGENT_RETIRE: u16 = 0x624;
 
-/// Values written to [`POWER`].
+/// Values written to and read from [`POWER`].
 pub mod power {
+    /// Read: nothing to report.
+    pub const READ_NOTHING: u8 = 0x00;
+    /// Read: the VM's power button was pressed (`vm.power-button`) since
+    /// the last read, which clears it. The built-in firmware then powers
+    /// off. (Under QEMU's isa-debug-exit a read gives another value, so the
+    /// firmware compares with this one exactly.)
+    pub const READ_BUTTON_PRESSED: u8 = 0x01;
+
     /// Power off: the guest finished successfully. covm exits 0.
     pub const OFF: u8 = 0x00;
     /// Reset the machine. covm exits with its "guest reset" status.

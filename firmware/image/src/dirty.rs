@@ -171,6 +171,11 @@ pub fn run(cpu: u32, p: &Params) -> ! {
             let total: u64 = WRITES.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
             println!("heartbeat {heartbeats} pages={total} ok");
             next_heartbeat = (next_heartbeat + heartbeat_ticks).max(now);
+            // The power button (vm.power-button): a clean power-off.
+            if hw::inb(covm_guest_abi::ports::POWER) == power::READ_BUTTON_PRESSED {
+                println!("power button pressed: powering off");
+                hw::power_off(power::OFF);
+            }
         }
         if !throttled || now >= next_write {
             write(p.seed, cpu + write_slot * p.cpus);

@@ -6,6 +6,8 @@
 
 pub mod ch_defaults;
 pub mod migration_data;
+#[cfg(test)]
+mod openapi_check;
 pub mod routes;
 pub mod server;
 pub mod socket;

@@ -12,6 +12,7 @@ use crate::platform::snp::private::RamRegion;
 use crate::platform::Platform;
 use crate::vcpu::{ExitNotifier, PrivateMemoryExits, Vcpu};
 use crate::vcpu_control::RunControl;
+use covm_devices::power::PowerButton;
 use covm_devices::PowerSink;
 use kvm_ioctls::Kvm;
 use std::sync::Arc;
@@ -77,7 +78,15 @@ impl Vm {
         let vm_fd = Arc::new(vm);
         let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
-        let (bus, serial): (_, Option<SharedSerial>) = build_bus(&vm_fd, config, sink, start, Some(&cvm), serial_irq)?;
+        let power_button = PowerButton::default();
+        let (bus, serial): (_, Option<SharedSerial>) = build_bus(
+            &vm_fd,
+            config,
+            (sink, power_button.clone()),
+            start,
+            Some(&cvm),
+            serial_irq,
+        )?;
         cvm.set_platform(platform.clone());
         let exits = Arc::new(PrivateMemoryExits::new(Box::new(VmAttributes(vm_fd.clone())), ram));
         let mut vcpus: Vec<Vcpu> = fds
@@ -106,6 +115,7 @@ impl Vm {
             control: Arc::new(RunControl::default()),
             notify,
             serial,
+            power_button,
             msr_indices,
             platform,
             cvm: Some(cvm),

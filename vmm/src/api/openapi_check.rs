@@ -1,0 +1,1 @@
+//! Checks resources/openapi/covm.yaml against Cloud Hypervisor's OpenAPI document.
