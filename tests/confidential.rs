@@ -15,6 +15,7 @@ mod common;
 #[path = "common/proxy.rs"]
 mod proxy;
 use common::api::*;
+use common::owner::*;
 use common::*;
 use covm_guest_abi::pattern::{fill_page, WORDS};
 use proxy::{Frame, Proxy, Tamper, Verdict};
@@ -26,11 +27,10 @@ use std::time::{Duration, Instant};
 /// One migration at a time: two guests already fill this machine's cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The seed and size of `owner::WORKLOAD`, whose pages the stream is
+/// searched for.
 const SEED: u64 = 7;
 const MIB: u64 = 24;
-const WORKLOAD: &str = "workload=dirty mib=24 rate=64 seed=7";
-const CPUS: &str = "boot=2";
-const MEMORY: &str = "size=128M";
 
 /// Where KVM is usable, the turn of the calling test (held until it
 /// ends); `None` and the test skips elsewhere.
@@ -44,108 +44,24 @@ fn info(api: &Api) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// The platform, root key and policy of one test's VMs.
-struct Owner {
-    dir: Scratch,
-    platform: String,
-    policy: PathBuf,
-    measurement: String,
-    root: String,
-}
-
-impl Owner {
-    /// A root key and a policy (version 2) allowing exactly the launch
-    /// measurement of the test VM (or `allow` instead).
-    fn new(name: &str, allow: Option<&str>) -> Owner {
-        let dir = Scratch::new(name);
-        let platform = format!("emulated_cvm=on,root_key={}", dir.path("root.key").display());
-        let out = covm()
-            .args(["measure", "--platform", &platform, "--cpus", CPUS, "--memory", MEMORY])
-            .args(["--cmdline", WORKLOAD])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "covm measure: {}", stderr(&out));
-        let measured: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let measurement = measured["measurement"].as_str().unwrap().to_string();
-        let root = measured["root_public_key"].as_str().unwrap().to_string();
-        let mut owner = Owner {
-            policy: dir.path("policy.json"),
-            dir,
-            platform,
-            measurement,
-            root,
-        };
-        let allowed = allow.map(str::to_string).unwrap_or(owner.measurement.clone());
-        owner.policy = owner.write_policy("policy.json", 2, &allowed);
-        owner
-    }
-
-    fn write_policy(&self, file: &str, version: u32, measurement: &str) -> PathBuf {
-        let path = self.dir.path(file);
-        let policy = serde_json::json!({
-            "version": version,
-            "allowed_platforms": ["emulated_cvm"],
-            "allowed_measurements": [measurement],
-            "min_tcb": {"bootloader": 1, "tee": 1, "snp": 1, "microcode": 1},
-            "min_guest_svn": 1,
-            "trusted_roots": [self.root],
-        });
-        std::fs::write(&path, policy.to_string()).unwrap();
-        path
-    }
-
-    /// A confidential VM running the workload.
-    fn source(&self, name: &str) -> (Process, Api, PathBuf) {
-        let serial = self.dir.path(&format!("{name}.txt"));
-        let serial_option = format!("file={}", serial.display());
-        let policy = self.policy.display().to_string();
-        let args = [
-            "--platform",
-            &self.platform,
-            "--migration-policy",
-            &policy,
-            "--cpus",
-            CPUS,
-            "--memory",
-            MEMORY,
-            "--cmdline",
-            WORKLOAD,
-            "--serial",
-            &serial_option,
-        ];
-        let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
-        (child, api, serial)
-    }
-
-    /// A covm waiting for a migration, with `extra` options.
-    fn destination(&self, name: &str, extra: &[&str]) -> (Process, Api, PathBuf) {
-        let serial = self.dir.path(&format!("{name}.txt"));
-        let mut args = vec!["--serial".to_string(), format!("file={}", serial.display())];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
-        (child, api, serial)
-    }
-
-    /// Starts a source `{prefix}a` and a destination `{prefix}b` (with
-    /// `extra` options) and, once the source's guest beat three times,
-    /// migrates through a proxy with `forward` (S→D) and `backward` (D→S)
-    /// tampering until the source reports the migration failed.
-    fn failed_migration(&self, prefix: &str, extra: &[&str], forward: Tamper, backward: Tamper) -> Failed {
-        let (a, a_api, a_serial) = self.source(&format!("{prefix}a"));
-        let (b, b_api, b_serial) = self.destination(&format!("{prefix}b"), extra);
-        wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
-        let proxy = migrate_through(self, &a_api, &b_api, &format!("{prefix}ab"), forward, backward, "");
-        let error = wait_failed(&a_api);
-        Failed {
-            a_api,
-            a_serial,
-            b_api,
-            b_serial,
-            proxy,
-            error,
-            _vms: (a, b),
-        }
+/// Starts a source `{prefix}a` and a destination `{prefix}b` (with
+/// `extra` options) and, once the source's guest beat three times,
+/// migrates through a proxy with `forward` (S→D) and `backward` (D→S)
+/// tampering until the source reports the migration failed.
+fn failed_migration(owner: &Owner, prefix: &str, extra: &[&str], forward: Tamper, backward: Tamper) -> Failed {
+    let (a, a_api, a_serial) = owner.source(&format!("{prefix}a"));
+    let (b, b_api, b_serial) = owner.destination(&format!("{prefix}b"), extra);
+    wait_heartbeats_within(&a_serial, 3, Duration::from_secs(60));
+    let proxy = migrate_through(owner, &a_api, &b_api, &format!("{prefix}ab"), forward, backward, "");
+    let error = wait_failed(&a_api);
+    Failed {
+        a_api,
+        a_serial,
+        b_api,
+        b_serial,
+        proxy,
+        error,
+        _vms: (a, b),
     }
 }
 
@@ -406,7 +322,7 @@ fn refused_and_source_resumes(name: &str, forward: Tamper, expect: &str) {
         return;
     };
     let owner = Owner::new(name, None);
-    let f = owner.failed_migration("", &[], forward, proxy::pass());
+    let f = failed_migration(&owner, "", &[], forward, proxy::pass());
     let error = &f.error;
     assert!(
         error.contains(expect),
@@ -536,7 +452,7 @@ fn a_destination_measurement_the_policy_does_not_allow_is_refused_before_any_pag
     };
     // The guest owner allows only another build's measurement.
     let owner = Owner::new("cm-measurement", Some(&"ab".repeat(48)));
-    let f = owner.failed_migration("", &[], proxy::pass(), proxy::pass());
+    let f = failed_migration(&owner, "", &[], proxy::pass(), proxy::pass());
     assert!(f.error.contains("measurement"), "{}", f.error);
     let wire = f.proxy.to_destination.lock().unwrap().clone();
     for (kind, _) in proxy::frames(&wire) {
@@ -559,7 +475,7 @@ fn a_destination_with_an_older_policy_version_is_refused() {
     let older = older.display().to_string();
     // This destination host launches incoming VMs with policy version 1.
     let extra = ["--platform", &owner.platform, "--migration-policy", &older];
-    let f = owner.failed_migration("", &extra, proxy::pass(), proxy::pass());
+    let f = failed_migration(&owner, "", &extra, proxy::pass(), proxy::pass());
     assert!(f.error.contains("older"), "{}", f.error);
     source_keeps_running(&f.a_serial);
 }
@@ -625,7 +541,7 @@ fn real_amd_evidence_is_judged_by_the_chain_check_in_the_source_guest() {
             }
             Verdict::Send(vec![f])
         });
-        let f = owner.failed_migration("", &[], proxy::pass(), swap);
+        let f = failed_migration(&owner, "", &[], proxy::pass(), swap);
         eprintln!("{name}: the source reports: {}", f.error);
         assert!(f.error.contains(expect), "{name}: expected {expect:?} in {}", f.error);
         let wire = f.proxy.to_destination.lock().unwrap().clone();
@@ -660,7 +576,7 @@ fn after_commit_the_source_never_runs(name: &str, control: impl FnOnce(&Owner) -
         b_serial,
         error,
         ..
-    } = &owner.failed_migration("", &[], proxy::pass(), backward);
+    } = &failed_migration(&owner, "", &[], proxy::pass(), backward);
     assert!(error.contains("paused"), "{error}");
     // The destination committed and runs the guest.
     let last = *heartbeat_numbers(a_serial).last().unwrap();
@@ -711,7 +627,7 @@ fn after_commit_a_replayed_abort_token_does_not_resume_the_source() {
             f.payload[(start + end) / 2] ^= 1;
             Verdict::Send(vec![f])
         });
-        let old = owner.failed_migration("old-", &[], flip, proxy::pass());
+        let old = failed_migration(owner, "old-", &[], flip, proxy::pass());
         let back = old.proxy.to_source.lock().unwrap().clone();
         let token = proxy::frames(&back)
             .into_iter()

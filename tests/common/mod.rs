@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod ch_remote;
+pub mod owner;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

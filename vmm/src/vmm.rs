@@ -370,6 +370,8 @@ impl Vmm {
                 }
                 Event::MigrationSent { result: Ok(report), .. } => {
                     emit("vm", "migration-finished", &[]);
+                    // The guest runs at the destination now, not here.
+                    emit("vm", "shutdown", &[("reason", "migrated".to_owned())]);
                     tracing::info!("migration completed; the destination runs the guest: {report}");
                     eprintln!("covm: migration completed: {report}");
                     self.state = VmState::Shutdown;

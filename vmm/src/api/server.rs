@@ -219,8 +219,11 @@ async fn serve(listener: tokio::net::UnixListener, router: Router, stopped: toki
                 Ok::<_, std::convert::Infallible>(wire::finish(response.unwrap_or_else(|e| match e {})))
             }
         });
+        // half_close: a client that shuts its sending side after the
+        // request (`nc -N`, socat) still gets the answer.
         let connection = hyper::server::conn::http1::Builder::new()
             .title_case_headers(true)
+            .half_close(true)
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

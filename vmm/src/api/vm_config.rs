@@ -101,8 +101,6 @@ pub struct Unsupported {
     landlock_enable: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     landlock_rules: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sgx_epc: Option<Value>,
 }
 
 impl Unsupported {
@@ -146,7 +144,6 @@ impl Unsupported {
                 &self.landlock_rules,
                 "covm does not sandbox with Landlock yet",
             ),
-            ("sgx_epc", &self.sgx_epc, "covm has no SGX support"),
         ];
         for (name, value, reason) in fields {
             refuse_unless_default(name, value.as_ref(), reason)?;
@@ -589,6 +586,9 @@ fn to_vm_config_probed(
         Some(ConsoleJson { placement, .. }) if !placement.is_empty() => {
             let key = placement.keys().next().expect("not empty");
             return Err(format!("invalid VmConfig: unknown field `serial.{key}`"));
+        }
+        Some(ConsoleJson { iommu: Some(true), .. }) => {
+            return Err("field 'serial.iommu' cannot be honoured: covm has no IOMMU".into())
         }
         Some(s) => match s.mode {
             ConsoleMode::Off => SerialMode::Off,

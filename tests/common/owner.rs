@@ -1,0 +1,103 @@
+//! A guest owner of the end-to-end tests' confidential VMs: an emulated
+//! root key, a migration policy allowing the test VM's measurement, and
+//! covm processes started on the emulated confidential platform.
+
+use super::api::*;
+use super::*;
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// The confidential test VM's workload and shape.
+pub const WORKLOAD: &str = "workload=dirty mib=24 rate=64 seed=7";
+pub const CPUS: &str = "boot=2";
+pub const MEMORY: &str = "size=128M";
+
+/// The platform, root key and policy of one test's VMs.
+pub struct Owner {
+    pub dir: Scratch,
+    pub platform: String,
+    pub policy: PathBuf,
+    pub measurement: String,
+    pub root: String,
+}
+
+impl Owner {
+    /// A root key and a policy (version 2) allowing exactly the launch
+    /// measurement of the test VM (or `allow` instead).
+    pub fn new(name: &str, allow: Option<&str>) -> Owner {
+        let dir = Scratch::new(name);
+        let platform = format!("emulated_cvm=on,root_key={}", dir.path("root.key").display());
+        let out = covm()
+            .args(["measure", "--platform", &platform, "--cpus", CPUS, "--memory", MEMORY])
+            .args(["--cmdline", WORKLOAD])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "covm measure: {}", stderr(&out));
+        let measured: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let measurement = measured["measurement"].as_str().unwrap().to_string();
+        let root = measured["root_public_key"].as_str().unwrap().to_string();
+        let mut owner = Owner {
+            policy: dir.path("policy.json"),
+            dir,
+            platform,
+            measurement,
+            root,
+        };
+        let allowed = allow.map(str::to_string).unwrap_or(owner.measurement.clone());
+        owner.policy = owner.write_policy("policy.json", 2, &allowed);
+        owner
+    }
+
+    pub fn write_policy(&self, file: &str, version: u32, measurement: &str) -> PathBuf {
+        let path = self.dir.path(file);
+        let policy = serde_json::json!({
+            "version": version,
+            "allowed_platforms": ["emulated_cvm"],
+            "allowed_measurements": [measurement],
+            "min_tcb": {"bootloader": 1, "tee": 1, "snp": 1, "microcode": 1},
+            "min_guest_svn": 1,
+            "trusted_roots": [self.root],
+        });
+        std::fs::write(&path, policy.to_string()).unwrap();
+        path
+    }
+
+    /// A confidential VM running the workload.
+    pub fn source(&self, name: &str) -> (Process, Api, PathBuf) {
+        self.source_with(name, &[])
+    }
+
+    /// A confidential VM running the workload, with `extra` options.
+    pub fn source_with(&self, name: &str, extra: &[&str]) -> (Process, Api, PathBuf) {
+        let serial = self.dir.path(&format!("{name}.txt"));
+        let serial_option = format!("file={}", serial.display());
+        let policy = self.policy.display().to_string();
+        let args = [
+            "--platform",
+            &self.platform,
+            "--migration-policy",
+            &policy,
+            "--cpus",
+            CPUS,
+            "--memory",
+            MEMORY,
+            "--cmdline",
+            WORKLOAD,
+            "--serial",
+            &serial_option,
+        ];
+        let args: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
+        let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
+        (child, api, serial)
+    }
+
+    /// A covm waiting for a migration, with `extra` options.
+    pub fn destination(&self, name: &str, extra: &[&str]) -> (Process, Api, PathBuf) {
+        let serial = self.dir.path(&format!("{name}.txt"));
+        let mut args = vec!["--serial".to_string(), format!("file={}", serial.display())];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
+        (child, api, serial)
+    }
+}
