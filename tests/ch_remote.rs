@@ -249,11 +249,14 @@ fn the_power_button_powers_the_guest_off() {
 
 /// Migrates a running guest from `src` to `dst` with ch-remote alone,
 /// and checks it beats on at the destination and both event files.
+/// `attested`: the migration is confidential, so each side reports the
+/// peer its agent attested.
 fn migrate_with_ch_remote(
     dir: &Scratch,
     (src, src_events): (&mut Process, &ChRemote),
     (dst, dst_serial): (&ChRemote, &Path),
     events_files: (&Path, &Path),
+    attested: bool,
 ) {
     let url = format!("unix:{}", dir.path("migration.sock").display());
     assert_eq!(dst.ok(&["receive-migration", &format!("receiver_url={url}")]), "");
@@ -270,43 +273,59 @@ fn migrate_with_ch_remote(
     assert_eq!(json(&dst.ok(&["info"]))["state"], "Running");
     dst.ok(&["shutdown-vmm"]);
 
+    let with_attestation = |names: &[&str], after: &str, attested_event: &str| -> Vec<String> {
+        let mut out: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        if attested {
+            let at = out.iter().position(|n| n == after).unwrap() + 1;
+            out.insert(at, attested_event.to_string());
+        }
+        out
+    };
     let source = sequence(&events(events_files.0));
     assert_eq!(
         source,
-        [
-            "vmm/starting",
-            "vm/booting",
-            "vm/booted",
-            "vm/migration-started",
+        with_attestation(
+            &[
+                "vmm/starting",
+                "vm/booting",
+                "vm/booted",
+                "vm/migration-started",
+                "vm/migration-handshake",
+                "vm/migration-precopy",
+                "vm/migration-memory-iteration*",
+                "vm/migration-stop-and-copy",
+                "vm/migration-completing",
+                "vm/migration-finished",
+                "vm/shutdown",
+                "vm/deleted",
+                "vmm/shutdown",
+            ],
             "vm/migration-handshake",
-            "vm/migration-precopy",
-            "vm/migration-memory-iteration*",
-            "vm/migration-stop-and-copy",
-            "vm/migration-completing",
-            "vm/migration-finished",
-            "vm/shutdown",
-            "vm/deleted",
-            "vmm/shutdown",
-        ]
+            "vm/migration-peer-attested",
+        )
     );
     let destination = wait_event(events_files.1, "vmm/shutdown", Duration::from_secs(20));
     assert_eq!(
         sequence(&destination),
-        [
-            "vmm/starting",
-            "vm/migration-receive-ready",
+        with_attestation(
+            &[
+                "vmm/starting",
+                "vm/migration-receive-ready",
+                "vm/migration-receive-started",
+                "vm/migration-receive-precopy",
+                "vm/migration-receive-memory-iteration*",
+                "vm/migration-receive-stop-and-copy",
+                "vm/migration-receive-completing",
+                "vm/resuming",
+                "vm/resumed",
+                "vm/migration-receive-finished",
+                "vm/shutdown",
+                "vm/deleted",
+                "vmm/shutdown",
+            ],
             "vm/migration-receive-started",
-            "vm/migration-receive-precopy",
-            "vm/migration-receive-memory-iteration*",
-            "vm/migration-receive-stop-and-copy",
-            "vm/migration-receive-completing",
-            "vm/resuming",
-            "vm/resumed",
-            "vm/migration-receive-finished",
-            "vm/shutdown",
-            "vm/deleted",
-            "vmm/shutdown",
-        ]
+            "vm/migration-receive-peer-attested",
+        )
     );
 }
 
@@ -349,7 +368,7 @@ fn a_plain_live_migration_driven_by_ch_remote_alone() {
         binary,
         socket: b_api.socket.clone(),
     };
-    migrate_with_ch_remote(&dir, (&mut a, &src), (&dst, &b_serial), (&a_events, &b_events));
+    migrate_with_ch_remote(&dir, (&mut a, &src), (&dst, &b_serial), (&a_events, &b_events), false);
     no_fail(&b_serial);
 }
 
@@ -371,7 +390,13 @@ fn a_confidential_live_migration_driven_by_ch_remote_alone() {
         binary,
         socket: b_api.socket.clone(),
     };
-    migrate_with_ch_remote(dir, (&mut a, &src), (&dst, &b_serial), (&a_events, &b_events));
+    migrate_with_ch_remote(dir, (&mut a, &src), (&dst, &b_serial), (&a_events, &b_events), true);
+    let attested = events(&a_events)
+        .into_iter()
+        .find(|e| e.event == "migration-peer-attested")
+        .unwrap();
+    assert_eq!(attested.properties["platform"], "emulated_cvm");
+    assert_eq!(attested.properties["measurement"], owner.measurement.as_str());
     no_fail(&b_serial);
 }
 

@@ -44,12 +44,31 @@ impl SessionInfo {
         self.update(|f| f.state = state);
     }
 
-    /// The handshake attested `peer`.
+    /// The handshake attested `peer`; the event monitor hears it.
     pub fn set_peer(&self, peer: PeerInfo) {
+        let mut role = "";
         self.update(|f| {
             f.peer = Some(peer);
             f.state = "streaming";
+            role = f.role;
         });
+        let event = match role {
+            "destination" => "migration-receive-peer-attested",
+            _ => "migration-peer-attested",
+        };
+        let facts = peer_json(peer);
+        let properties: Vec<(&str, String)> = ["platform", "measurement", "policy_version", "reported_tcb"]
+            .into_iter()
+            .map(|key| {
+                (
+                    key,
+                    facts[key]
+                        .as_str()
+                        .map_or_else(|| facts[key].to_string(), str::to_owned),
+                )
+            })
+            .collect();
+        crate::event_monitor::emit("vm", event, &properties);
     }
 
     /// Records and pages moved, the open epoch.
