@@ -223,6 +223,9 @@ def main():
     parser.add_argument("--examples", type=int, default=20, help="examples per operation")
     parser.add_argument("--seed", type=int, default=1, help="schemathesis' seed (a fixed run)")
     args = parser.parse_args()
+    # Absolute: schemathesis runs with the sandbox's tmpfs as its directory.
+    args.schemathesis = os.path.abspath(args.schemathesis)
+    args.covm = os.path.abspath(args.covm)
     scratch = os.environ.get(INSIDE)
     if scratch:
         return run_inside(args, Path(scratch))
