@@ -23,6 +23,8 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     let target_dir = out_dir.join("firmware-target");
 
+    // Only paths that exist: cargo takes a missing one as always changed,
+    // which made every build relink covm.
     for dir in [&image_dir, &abi_dir, &agent_dir, &protocol_dir, &snp_verify_dir] {
         for entry in [
             "src",
@@ -33,7 +35,10 @@ fn main() {
             "link.ld",
             ".cargo/config.toml",
         ] {
-            println!("cargo:rerun-if-changed={}", dir.join(entry).display());
+            let path = dir.join(entry);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
         }
     }
 

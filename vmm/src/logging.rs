@@ -24,7 +24,12 @@ pub fn init(verbosity: u8, file: Option<&Path>) -> std::io::Result<()> {
             let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colour codes only for a person at a terminal, not in a pipe or a
+        // file (`covm -v ... 2>log`).
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
     }
     Ok(())
 }
