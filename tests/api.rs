@@ -18,10 +18,6 @@ fn dirty_config(serial: &Path) -> String {
     )
 }
 
-fn wait_heartbeats(serial: &Path, at_least: usize) {
-    wait_heartbeats_within(serial, at_least, Duration::from_secs(30));
-}
-
 fn exit_status(mut child: Process) -> Option<i32> {
     wait_with_deadline_status(&mut child)
 }

@@ -169,7 +169,7 @@ fn no_permission_on_the_kvm_device() {
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
     if !setpriv.exists() || !is_root {
-        eprintln!("SKIP: needs root and /usr/bin/setpriv to run covm as an unprivileged user");
+        covm_test_support::skip("needs root and /usr/bin/setpriv to run covm as an unprivileged user");
         return;
     }
     let dir = Scratch::new("kvmperm");
@@ -186,10 +186,10 @@ fn no_permission_on_the_kvm_device() {
         .unwrap();
     if out.status.code() == Some(126) || stderr(&out).contains("Permission denied") && !stderr(&out).starts_with("covm")
     {
-        eprintln!(
-            "SKIP: the unprivileged user cannot execute the covm binary here: {}",
+        covm_test_support::skip(format!(
+            "the unprivileged user cannot execute the covm binary here: {}",
             stderr(&out)
-        );
+        ));
         return;
     }
     assert_refused(&out, 1, &format!("no permission to open {}", device.display()));

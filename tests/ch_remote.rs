@@ -333,10 +333,11 @@ fn migrate_with_ch_remote(
 fn a_plain_live_migration_driven_by_ch_remote_alone() {
     let Some((binary, _turn)) = setup() else { return };
     let dir = Scratch::new("ch-migrate");
-    let (a_serial, b_serial) = (dir.path("a.txt"), dir.path("b.txt"));
     let (a_events, b_events) = (dir.path("a.events"), dir.path("b.events"));
-    let (mut a, a_api) = start_at(
-        dir.path("a.sock"),
+    let a_monitor = format!("path={}", a_events.display());
+    let (mut a, a_api, a_serial) = covm_named(
+        &dir,
+        "a",
         &[
             "--cpus",
             "boot=2",
@@ -344,21 +345,12 @@ fn a_plain_live_migration_driven_by_ch_remote_alone() {
             "size=256M",
             "--cmdline",
             DIRTY,
-            "--serial",
-            &format!("file={}", a_serial.display()),
             "--event-monitor",
-            &format!("path={}", a_events.display()),
+            &a_monitor,
         ],
     );
-    let (_b, b_api) = start_at(
-        dir.path("b.sock"),
-        &[
-            "--serial",
-            &format!("file={}", b_serial.display()),
-            "--event-monitor",
-            &format!("path={}", b_events.display()),
-        ],
-    );
+    let b_monitor = format!("path={}", b_events.display());
+    let (_b, b_api, b_serial) = destination(&dir, "b", &["--event-monitor", &b_monitor]);
     wait_heartbeats_within(&a_serial, 3, Duration::from_secs(30));
     let src = ChRemote {
         binary: binary.clone(),

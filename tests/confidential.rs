@@ -272,22 +272,8 @@ fn the_same_check_finds_the_pages_in_a_plain_migration() {
     };
     let dir = Scratch::new("cm-plain-check");
     let serial = dir.path("a.txt");
-    let serial_option = format!("file={}", serial.display());
-    let args = [
-        "--cpus",
-        CPUS,
-        "--memory",
-        MEMORY,
-        "--cmdline",
-        WORKLOAD,
-        "--serial",
-        &serial_option,
-    ];
-    let (mut a, a_api) = start_at(dir.path("a.sock"), &args);
-    let (_b, b_api) = start_at(
-        dir.path("b.sock"),
-        &["--serial", &format!("file={}", dir.path("b.txt").display())],
-    );
+    let (mut a, a_api, _) = covm_named(&dir, "a", &["--cpus", CPUS, "--memory", MEMORY, "--cmdline", WORKLOAD]);
+    let (_b, b_api, _) = destination(&dir, "b", &[]);
     wait_heartbeats_within(&serial, 5, Duration::from_secs(60));
     let listen = dir.path("ab.mig");
     let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
@@ -316,11 +302,10 @@ fn the_same_check_finds_the_pages_in_a_plain_migration() {
 }
 
 /// A source and destination with a tampering proxy; checks the source got
-/// its guest back and the destination holds no VM.
-fn refused_and_source_resumes(name: &str, forward: Tamper, expect: &str) {
-    let Some(_one) = kvm_turn() else {
-        return;
-    };
+/// its guest back and the destination holds no VM. The source's error, or
+/// `None` where KVM is not usable.
+fn refused_and_source_resumes(name: &str, forward: Tamper, expect: &str) -> Option<String> {
+    let _one = kvm_turn()?;
     let owner = Owner::new(name, None);
     let f = failed_migration(&owner, "", &[], forward, proxy::pass());
     let error = &f.error;
@@ -335,6 +320,20 @@ fn refused_and_source_resumes(name: &str, forward: Tamper, expect: &str) {
         b.is_none() || b.unwrap()["state"] != "Running",
         "the destination runs a refused VM"
     );
+    Some(f.error.clone())
+}
+
+/// The destination's agent refused a record by its sequence number: the
+/// number the record carried and the one expected.
+fn sequence_refusal(error: &str) -> (u64, u64) {
+    let tail = error
+        .split("record sequence ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a sequence refusal: {error}"));
+    assert!(tail.contains("(dropped, replayed or reordered record)"), "{error}");
+    let (got, rest) = tail.split_once(", expected ").unwrap();
+    let expected = rest.split_whitespace().next().unwrap();
+    (got.parse().unwrap(), expected.parse().unwrap())
 }
 
 fn info_or_none(api: &Api) -> Option<Value> {
@@ -406,7 +405,12 @@ fn a_record_replayed_in_a_later_round_is_refused() {
             Verdict::Send(vec![f])
         },
     );
-    refused_and_source_resumes("cm-replay", replay, "refused");
+    let Some(error) = refused_and_source_resumes("cm-replay", replay, "record sequence ") else {
+        return;
+    };
+    // An old record: its number is below the next one.
+    let (got, expected) = sequence_refusal(&error);
+    assert!(got < expected, "{error}");
 }
 
 #[test]
@@ -423,7 +427,12 @@ fn two_records_swapped_are_refused() {
             _ => Verdict::Send(vec![f]),
         },
     );
-    refused_and_source_resumes("cm-swap", swap, "refused");
+    let Some(error) = refused_and_source_resumes("cm-swap", swap, "record sequence ") else {
+        return;
+    };
+    // The later batch first: its first record is a whole batch ahead.
+    let (got, expected) = sequence_refusal(&error);
+    assert!(got > expected + 1, "{error}");
 }
 
 #[test]
@@ -437,12 +446,23 @@ fn a_dropped_record_is_refused() {
         f.payload.drain(start..end);
         Verdict::Send(vec![f])
     });
-    refused_and_source_resumes("cm-drop", drop_one, "refused");
+    let Some(error) = refused_and_source_resumes("cm-drop", drop_one, "record sequence ") else {
+        return;
+    };
+    // One record missing: the next is exactly one ahead.
+    let (got, expected) = sequence_refusal(&error);
+    assert_eq!(got, expected + 1, "{error}");
 }
 
 #[test]
 fn a_truncated_stream_is_refused() {
-    refused_and_source_resumes("cm-cut", nth_sealed(8, |_| Verdict::Cut), "");
+    // The destination sees its stream end, gives up and hands the source
+    // a valid abort token, which alone lets the source resume.
+    refused_and_source_resumes(
+        "cm-cut",
+        nth_sealed(8, |_| Verdict::Cut),
+        "the peer aborted the migration: the destination's agent gave a valid abort token",
+    );
 }
 
 #[test]

@@ -62,10 +62,6 @@ fn write_policy(dir: &Scratch, measurement: &str, root: &str) -> PathBuf {
     path
 }
 
-fn wait_heartbeats(serial: &Path, at_least: usize) {
-    wait_heartbeats_within(serial, at_least, Duration::from_secs(60));
-}
-
 fn info(api: &Api) -> Value {
     let (status, body) = api.get("/vm.info");
     assert_eq!(status, 200, "{body}");

@@ -19,25 +19,15 @@ fn covm_binary() -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
-        eprintln!(
-            "SKIP: {} is not built (run the workspace's tests: cargo test --workspace)",
+        covm_test_support::skip(format!(
+            "{} is not built (run the workspace's tests: cargo test --workspace)",
             path.display()
-        );
+        ));
         None
     }
 }
 
-fn kvm_usable() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("SKIP: /dev/kvm is not usable here");
-    }
-    ok
-}
+use covm_test_support::kvm_usable;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -83,3 +83,21 @@ pub fn start_at(socket: PathBuf, extra: &[&str]) -> (Process, Api) {
     api.wait_ready();
     (child, api)
 }
+
+/// covm with its API on `{name}.sock` and its serial output in
+/// `{name}.txt` in `dir`, and `args`: with VM options, a source running
+/// its VM; without, a destination waiting (for a migration or vm.create).
+pub fn covm_named(dir: &Scratch, name: &str, args: &[&str]) -> (Process, Api, PathBuf) {
+    let serial = dir.path(&format!("{name}.txt"));
+    let serial_option = format!("file={}", serial.display());
+    let mut all = vec!["--serial", &serial_option];
+    all.extend_from_slice(args);
+    let (child, api) = start_at(dir.path(&format!("{name}.sock")), &all);
+    (child, api, serial)
+}
+
+/// A covm waiting for a migration, named `name` in `dir`, with `extra`
+/// options.
+pub fn destination(dir: &Scratch, name: &str, extra: &[&str]) -> (Process, Api, PathBuf) {
+    covm_named(dir, name, extra)
+}

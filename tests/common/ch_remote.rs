@@ -16,7 +16,7 @@ pub fn binary() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("SKIP: Cloud Hypervisor's ch-remote is not at {}", path.display());
+        covm_test_support::skip(format!("Cloud Hypervisor's ch-remote is not at {}", path.display()));
         None
     }
 }

@@ -39,6 +39,12 @@ pub fn wait_heartbeats_within(serial: &Path, at_least: usize, within: Duration) 
     );
 }
 
+/// Waits up to a minute for `at_least` heartbeats in `serial`; fails on
+/// too few or a FAIL line.
+pub fn wait_heartbeats(serial: &Path, at_least: usize) {
+    wait_heartbeats_within(serial, at_least, Duration::from_secs(60));
+}
+
 /// A scratch directory removed when dropped.
 pub struct Scratch(pub PathBuf);
 
@@ -67,13 +73,7 @@ impl Drop for Scratch {
 /// Whether this machine can run KVM guests; tests that need it skip (with
 /// the reason printed) where it cannot.
 pub fn kvm_available() -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIP: /dev/kvm is not usable here: {e}");
-            false
-        }
-    }
+    covm_test_support::kvm_usable()
 }
 
 /// Runs covm to completion with a deadline, returning its output and the

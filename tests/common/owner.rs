@@ -69,10 +69,8 @@ impl Owner {
 
     /// A confidential VM running the workload, with `extra` options.
     pub fn source_with(&self, name: &str, extra: &[&str]) -> (Process, Api, PathBuf) {
-        let serial = self.dir.path(&format!("{name}.txt"));
-        let serial_option = format!("file={}", serial.display());
         let policy = self.policy.display().to_string();
-        let args = [
+        let mut args = vec![
             "--platform",
             &self.platform,
             "--migration-policy",
@@ -83,21 +81,13 @@ impl Owner {
             MEMORY,
             "--cmdline",
             WORKLOAD,
-            "--serial",
-            &serial_option,
         ];
-        let args: Vec<&str> = args.iter().copied().chain(extra.iter().copied()).collect();
-        let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
-        (child, api, serial)
+        args.extend_from_slice(extra);
+        covm_named(&self.dir, name, &args)
     }
 
     /// A covm waiting for a migration, with `extra` options.
     pub fn destination(&self, name: &str, extra: &[&str]) -> (Process, Api, PathBuf) {
-        let serial = self.dir.path(&format!("{name}.txt"));
-        let mut args = vec!["--serial".to_string(), format!("file={}", serial.display())];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (child, api) = start_at(self.dir.path(&format!("{name}.sock")), &args);
-        (child, api, serial)
+        destination(&self.dir, name, extra)
     }
 }

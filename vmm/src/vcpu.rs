@@ -487,17 +487,17 @@ mod tests {
     #[test]
     fn hypercall_exits_reach_the_handler() {
         let Ok(kvm) = crate::kvm::open() else {
-            return eprintln!("SKIP: no KVM");
+            return covm_test_support::skip_without_kvm("no KVM");
         };
         if std::path::Path::new("/sys/module/kvm_pvm").exists() {
             // Measured on this project's hosts: under kvm_pvm a guest's
             // VMCALL or VMMCALL never completes (KVM_RUN re-enters it at
             // the same RIP, in real, protected and long mode alike, with or
             // without the exit enabled), so no hypercall exit can arrive.
-            return eprintln!("SKIP: this host's KVM (kvm_pvm) never completes a guest's VMCALL/VMMCALL");
+            return covm_test_support::skip("this host's KVM (kvm_pvm) never completes a guest's VMCALL/VMMCALL");
         }
         if kvm.check_extension_raw(u64::from(KVM_CAP_EXIT_HYPERCALL)) & (1 << 12) == 0 {
-            return eprintln!("SKIP: KVM cannot exit on KVM_HC_MAP_GPA_RANGE here");
+            return covm_test_support::skip("KVM cannot exit on KVM_HC_MAP_GPA_RANGE here");
         }
         let amd = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("AuthenticAMD"));
         let call: [u8; 3] = if amd { [0x0f, 0x01, 0xd9] } else { [0x0f, 0x01, 0xc1] };

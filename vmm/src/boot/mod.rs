@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn real_bzimage_loads_with_its_setup_header() {
         let Some(kernel) = real_bzimage() else {
-            eprintln!("SKIP: no real bzImage (set COVM_TEST_BZIMAGE or install linux-image-cloud-amd64)");
+            covm_test_support::skip("no real bzImage (set COVM_TEST_BZIMAGE or install linux-image-cloud-amd64)");
             return;
         };
         let mem = crate::memory::allocate(256 << 20).unwrap();

@@ -167,7 +167,7 @@ pub(super) mod tests {
             dirty_tracking: DirtyTracking::Ring { entries: 4096 },
             ..config
         };
-        let kvm = crate::kvm::open().ok()?;
+        let kvm = crate::platform::snp::hybrid::kvm_or_skip()?;
         let err = build(&ring, &kvm, notify).err().expect("refused");
         Some(err.to_string())
     }

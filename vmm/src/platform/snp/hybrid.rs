@@ -63,7 +63,7 @@ pub(crate) fn kvm_or_skip() -> Option<Kvm> {
     match crate::kvm::open() {
         Ok(kvm) => Some(kvm),
         Err(e) => {
-            eprintln!("SKIP: {e}");
+            covm_test_support::skip_without_kvm(e);
             None
         }
     }

@@ -378,7 +378,7 @@ mod tests {
         );
 
         if kvm.check_extension_raw(u64::from(KVM_CAP_GUEST_MEMFD)) <= 0 {
-            eprintln!("SKIP: no guest_memfd here");
+            covm_test_support::skip("this host's KVM has no guest_memfd");
             return;
         }
         match register_private(&mut launch, &ram_regions(&memory), "test") {
