@@ -9,19 +9,10 @@ median and p99, and checks the guest's heartbeat kept going.
 
 Usage: python3 scripts/bench_api.py [--requests N]   (after cargo build --release)
 """
-import argparse, http.client, os, socket, statistics, subprocess, tempfile, time
+import argparse, os, statistics, subprocess, tempfile, time
 
-from covm_paths import COVM
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost")
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
+from covmkit.api import UnixConnection
+from covmkit.build import release
 
 
 def timed(conn_factory, endpoint, n, reuse):
@@ -51,7 +42,7 @@ def main():
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     sock, serial = os.path.join(tmp, "api.sock"), os.path.join(tmp, "serial.txt")
-    covm = subprocess.Popen([COVM, "--api-socket", f"path={sock}", "--cpus", "boot=2", "--memory", "size=512M",
+    covm = subprocess.Popen([release().covm, "--api-socket", f"path={sock}", "--cpus", "boot=2", "--memory", "size=512M",
                              "--serial", f"file={serial}", "--cmdline", "workload=dirty mib=64 rate=100"])
     try:
         while not os.path.exists(sock):

@@ -16,7 +16,7 @@ Usage: python3 scripts/bench_boot.py [--runs N]   (after cargo build --release)
 """
 import argparse, os, re, shutil, statistics, subprocess, sys, time
 
-from covm_paths import COVM, firmware_elf
+from covmkit.build import release
 
 
 
@@ -46,7 +46,7 @@ def median_ms(xs):
 
 
 def vmm_overhead_kib():
-    p = subprocess.Popen([COVM, "--cpus", "boot=2", "--memory", "size=512M", "--serial", "null",
+    p = subprocess.Popen([release().covm, "--cpus", "boot=2", "--memory", "size=512M", "--serial", "null",
                           "--cmdline", "workload=dirty mib=16 rate=1"])
     time.sleep(2.0)
     guest_kib = total_kib = 0
@@ -72,7 +72,7 @@ def main():
     args = ap.parse_args()
     entry, ended, first, total = [], [], [], []
     for _ in range(args.runs):
-        f, t, err = timed([COVM, "-v", "--cpus", "boot=1", "--cmdline", "workload=hello"])
+        f, t, err = timed([release().covm, "-v", "--cpus", "boot=1", "--cmdline", "workload=hello"])
         m = re.search(r"debug port 0x01 at ([0-9.]+) ms", err)
         entry.append(float(m.group(1)) / 1e3)
         ended.append(float(re.search(r"guest ended at ([0-9.]+) ms", err).group(1)) / 1e3)
@@ -83,7 +83,7 @@ def main():
           f"spawn->first serial byte {median_ms(first):.2f} ms, spawn->exit {median_ms(total):.2f} ms")
     qemu = shutil.which("qemu-system-x86_64")
     if qemu:
-        fw = firmware_elf()
+        fw = release().firmware_elf
         qfirst, qtotal = [], []
         for _ in range(args.runs):
             f, t, _ = timed([qemu, "-accel", "kvm", "-machine", "microvm", "-cpu", "host,-arch-capabilities",

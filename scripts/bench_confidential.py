@@ -16,8 +16,8 @@ Usage: python3 scripts/bench_confidential.py [--runs 3]   (after cargo build --r
 """
 import argparse, json, os, statistics, subprocess, tempfile
 
-from covm_paths import COVM, ROOT
-from bench_migration import covm_migrate
+from covmkit.build import ROOT, release
+from covmkit.migrate import covm_migrate
 
 GUESTS = [(256, 128), (1024, 512)]
 LOADS = [("idle", 1), ("64 MiB/s", 64)]
@@ -25,7 +25,7 @@ LOADS = [("idle", 1), ("64 MiB/s", 64)]
 
 def policy_for(tmp, vm):
     platform = f"emulated_cvm=on,root_key={os.path.join(tmp, 'root.key')}"
-    m = json.loads(subprocess.run([COVM, "measure", "--platform", platform] + vm, check=True,
+    m = json.loads(subprocess.run([release().covm, "measure", "--platform", platform] + vm, check=True,
                                   capture_output=True, text=True).stdout)
     path = os.path.join(tmp, "policy.json")
     with open(path, "w") as f:
@@ -38,7 +38,7 @@ def policy_for(tmp, vm):
 def run(mem, region, rate, tmp, confidential):
     vm = ["--cpus", "boot=2", "--memory", f"size={mem}M", "--cmdline", f"workload=dirty mib={region} rate={rate}"]
     extra = policy_for(tmp, vm) if confidential else []
-    report, received = covm_migrate(extra + vm, tmp)
+    report, received, exit_ms = covm_migrate(extra + vm, tmp)
     total = report["total_ms"]
     return {
         "total": total,
@@ -47,6 +47,7 @@ def run(mem, region, rate, tmp, confidential):
         "page_rate": report["pages_sent"] * 4096 / (total / 1e3),
         "agent_rate": report["pages_sent"] * 4096 / (report["crypto_ms"] / 1e3) if report.get("crypto_ms") else 0,
         "crypto": report.get("crypto_ms", 0),
+        "exit": exit_ms,
     }
 
 
@@ -64,7 +65,7 @@ def main():
     raw = raw_aes_rate()
     print(f"raw AES-256-GCM on the host (seal_rate example): {raw / 1e9:.2f} GB/s")
     print(f"{'guest':>6} {'load':>9} {'mode':>13} {'total ms':>9} {'downtime ms':>12} {'page MB/s':>10} "
-          f"{'wire MB/s':>10} {'agent MB/s':>11} {'crypto ms':>10}")
+          f"{'wire MB/s':>10} {'agent MB/s':>11} {'crypto ms':>10} {'send->exit ms':>14}")
     with tempfile.TemporaryDirectory() as tmp:
         for mem, region in GUESTS:
             for load, rate in LOADS:
@@ -77,7 +78,7 @@ def main():
                     m = med[c]
                     print(f"{mem:>5}M {load:>9} {'confidential' if c else 'plain':>13} {m['total']:9.1f} "
                           f"{m['downtime']:12.1f} {m['page_rate'] / 1e6:10.0f} {m['throughput'] / 1e6:10.0f} "
-                          f"{m['agent_rate'] / 1e6 if c else 0:11.0f} {m['crypto'] if c else 0:10.0f}")
+                          f"{m['agent_rate'] / 1e6 if c else 0:11.0f} {m['crypto'] if c else 0:10.0f} {m['exit']:14.1f}")
                 p, c = med[False], med[True]
                 print(f"{'':>6} {'':>9} {'ratio':>13} {c['total'] / p['total']:9.2f}x "
                       f"{c['downtime'] / p['downtime']:11.2f}x {c['page_rate'] / p['page_rate']:9.2f}x")

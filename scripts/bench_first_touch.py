@@ -15,14 +15,14 @@ Usage: python3 scripts/bench_first_touch.py [--runs 3]   (after cargo build --re
 """
 import argparse, os, re, statistics, subprocess, tempfile
 
-from covm_paths import COVM
+from covmkit.build import release
 
 REGION_PAGES = 512 * 256
 
 
 def run(tmp, i):
     serial = os.path.join(tmp, f"serial-{i}.txt")
-    proc = subprocess.Popen([COVM, "--cpus", "boot=1", "--memory", "size=1G", "--serial", f"file={serial}",
+    proc = subprocess.Popen([release().covm, "--cpus", "boot=1", "--memory", "size=1G", "--serial", f"file={serial}",
                              "--cmdline", "workload=dirty mib=512 rate=0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

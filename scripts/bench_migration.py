@@ -15,50 +15,12 @@ Usage: python3 scripts/bench_migration.py [--runs 3] [--no-qemu] [--modes log,ri
        (after cargo build --release; QEMU from Debian's qemu-system-x86)
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, tempfile, time
-import http.client
 
-from covm_paths import COVM, firmware_elf
+from covmkit.api import call as api
+from covmkit.migrate import covm_migrate, free_port
+from covmkit.build import release
 GUESTS = [(256, 128), (1024, 512)]  # (memory MiB, dirty region MiB)
 LOADS = [("idle", 1), ("64 MiB/s", 64), ("256 MiB/s", 256)]
-
-
-class UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path):
-        super().__init__("localhost")
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(self.path)
-
-
-def api(sock, method, endpoint, body=None):
-    c = UnixHTTP(sock)
-    c.request(method, "/api/v1/" + endpoint, body=json.dumps(body) if body is not None else None)
-    r = c.getresponse()
-    data = r.read()
-    c.close()
-    return r.status, data
-
-
-def wait_socket(path):
-    for _ in range(500):
-        if os.path.exists(path):
-            try:
-                api(path, "GET", "vmm.ping")
-                return
-            except OSError:
-                pass
-        time.sleep(0.01)
-    raise RuntimeError(f"{path} never came up")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def loopback_bandwidth():
@@ -68,38 +30,13 @@ def loopback_bandwidth():
     return json.loads(out.stdout)["median_bytes_per_s"]
 
 
-def covm_migrate(source_args, tmp):
-    """Starts a destination covm and a source covm with `source_args` (VM
-    options), lets the workload touch its region, migrates over loopback
-    TCP with a 300 ms target; the source's and the destination's reports."""
-    src_sock, dst_sock = os.path.join(tmp, "s.sock"), os.path.join(tmp, "d.sock")
-    for p in (src_sock, dst_sock):
-        if os.path.exists(p):
-            os.unlink(p)
-    dst = subprocess.Popen([COVM, "--api-socket", dst_sock, "--serial", "null"], stderr=subprocess.DEVNULL)
-    src = subprocess.Popen([COVM, "--api-socket", src_sock, "--serial", "null"] + source_args,
-                           stderr=subprocess.PIPE, text=True)
-    wait_socket(src_sock)
-    wait_socket(dst_sock)
-    time.sleep(3)  # the workload touches its whole region
-    url = f"tcp:127.0.0.1:{free_port()}"
-    assert api(dst_sock, "PUT", "vm.receive-migration", {"receiver_url": url})[0] == 204
-    assert api(src_sock, "PUT", "vm.send-migration", {"destination_url": url, "downtime_ms": 300})[0] == 204
-    _, err = src.communicate(timeout=600)
-    line = next(l for l in err.splitlines() if "migration completed:" in l)
-    report = json.loads(line.split("migration completed:", 1)[1])
-    received = json.loads(api(dst_sock, "GET", "vm.info")[1])["migration"]["report"]
-    api(dst_sock, "PUT", "vmm.shutdown")
-    dst.wait(timeout=30)
-    return report, received
-
-
 def covm_run(mem, region, rate, tmp, mode="log"):
-    report, received = covm_migrate(["--cpus", "boot=2", "--memory", f"size={mem}M", "--cmdline",
-                                     f"workload=dirty mib={region} rate={rate}", "--dirty-tracking", f"mode={mode}"],
-                                    tmp)
+    report, received, exit_ms = covm_migrate(["--cpus", "boot=2", "--memory", f"size={mem}M", "--cmdline",
+                                              f"workload=dirty mib={region} rate={rate}",
+                                              "--dirty-tracking", f"mode={mode}"], tmp)
     downtime = report["downtime_ms"] + received["resume_ms"]
-    return report["total_ms"], downtime, report["bytes_sent"] / (report["total_ms"] / 1e3), report["rounds"]
+    return (report["total_ms"], downtime, report["bytes_sent"] / (report["total_ms"] / 1e3), report["rounds"],
+            exit_ms)
 
 
 
@@ -128,7 +65,7 @@ def qmp(sock_path):
 
 def qemu_run(mem, region, rate, tmp):
     qemu = shutil.which("qemu-system-x86_64")
-    fw = firmware_elf()
+    fw = release().firmware_elf
     port = free_port()
     base = [qemu, "-accel", "kvm", "-machine", "microvm", "-cpu", "host,-arch-capabilities", "-smp", "2",
             "-m", f"{mem}M", "-nographic", "-nodefaults", "-serial", "null", "-kernel", fw,
@@ -149,7 +86,8 @@ def qemu_run(mem, region, rate, tmp):
             if r.get("status") == "completed":
                 ram = r["ram"]
                 total = r["total-time"]
-                return total, r.get("downtime", 0), ram["transferred"] / (total / 1e3), ram.get("dirty-sync-count", 0)
+                return (total, r.get("downtime", 0), ram["transferred"] / (total / 1e3),
+                        ram.get("dirty-sync-count", 0), float("nan"))
             if r.get("status") == "failed":
                 raise RuntimeError(f"QEMU migration failed: {r}")
             time.sleep(0.05)
@@ -169,7 +107,8 @@ def main():
     tmp = tempfile.mkdtemp()
     bw = loopback_bandwidth()
     print(f"loopback TCP, one stream: {bw / 1e9:.2f} GB/s")
-    print(f"{'guest':>6} {'load':>10} {'vmm':>9} {'total ms':>9} {'downtime ms':>12} {'throughput GB/s':>16} {'% of loopback':>14} {'rounds':>7}")
+    print(f"{'guest':>6} {'load':>10} {'vmm':>9} {'total ms':>9} {'downtime ms':>12} {'throughput GB/s':>16} "
+          f"{'% of loopback':>14} {'rounds':>7} {'send->exit ms':>14}")
     for mem, region in GUESTS:
         for label, rate in LOADS:
             runners = [(f"covm-{m}", lambda *a, m=m: covm_run(*a, mode=m)) for m in args.modes.split(",")]
@@ -177,8 +116,11 @@ def main():
                 runners.append(("qemu", qemu_run))
             for name, run in runners:
                 results = [run(mem, region, rate, tmp) for _ in range(args.runs)]
-                total, down, thr, rounds = (statistics.median(x) for x in zip(*results))
-                print(f"{mem:>5}M {label:>10} {name:>9} {total:9.1f} {down:12.1f} {thr / 1e9:16.2f} {100 * thr / bw:13.0f}% {rounds:7.0f}")
+                total, down, thr, rounds, exit_ms = (statistics.median(x) for x in zip(*results))
+                # QEMU's source does not exit after a migration: no figure.
+                exit_text = "n/a" if exit_ms != exit_ms else f"{exit_ms:.1f}"
+                print(f"{mem:>5}M {label:>10} {name:>9} {total:9.1f} {down:12.1f} {thr / 1e9:16.2f} "
+                      f"{100 * thr / bw:13.0f}% {rounds:7.0f} {exit_text:>14}")
 
 
 if __name__ == "__main__":

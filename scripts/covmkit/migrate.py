@@ -1,0 +1,57 @@
+"""One covm-to-covm live migration over loopback TCP, for the benchmarks."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+from .api import call, get_json, wait_ready
+from .build import release
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def covm_migrate(source_args, tmp, settle_s=3.0):
+    """Starts a destination covm and a source covm with `source_args` (VM
+    options), lets the workload touch its region for `settle_s`, migrates
+    over loopback TCP with a 300 ms downtime target. Returns the source's
+    report, the destination's report, and the milliseconds from the
+    send-migration request to the source process's exit (what a user's
+    tooling waiting on the source sees)."""
+    covm = release().covm
+    src_sock, dst_sock = os.path.join(tmp, "s.sock"), os.path.join(tmp, "d.sock")
+    for p in (src_sock, dst_sock):
+        if os.path.exists(p):
+            os.unlink(p)
+    dst = subprocess.Popen([covm, "--api-socket", dst_sock, "--serial", "null"], stderr=subprocess.DEVNULL)
+    src = subprocess.Popen([covm, "--api-socket", src_sock, "--serial", "null"] + source_args,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(src_sock)
+        wait_ready(dst_sock)
+        time.sleep(settle_s)  # the workload touches its whole region
+        url = f"tcp:127.0.0.1:{free_port()}"
+        assert call(dst_sock, "PUT", "vm.receive-migration", {"receiver_url": url})[0] == 204
+        sent = time.monotonic()
+        status, body = call(src_sock, "PUT", "vm.send-migration", {"destination_url": url, "downtime_ms": 300})
+        assert status == 204, body
+        _, err = src.communicate(timeout=600)
+        exit_ms = (time.monotonic() - sent) * 1e3
+        line = next(l for l in err.splitlines() if "migration completed:" in l)
+        report = json.loads(line.split("migration completed:", 1)[1])
+        received = get_json(dst_sock, "vm.info")["migration"]["report"]
+        call(dst_sock, "PUT", "vmm.shutdown")
+        dst.wait(timeout=30)
+        return report, received, exit_ms
+    finally:
+        for p in (src, dst):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
