@@ -55,6 +55,8 @@
 //! [`header::REPORT`] before the `out` completes. (On SEV-SNP this is the
 //! encrypted guest request to the PSP; here it is covm's emulated root.)
 
+pub mod words;
+
 /// First byte of the agent window.
 pub const AGENT_WINDOW_START: u64 = 0x0100_0000;
 /// End (exclusive) of the agent window.
@@ -141,7 +143,7 @@ pub mod header {
     pub const COMMAND_SEQ: usize = 0x10;
     /// `u32` the command ([`super::command`]).
     pub const COMMAND: usize = 0x18;
-    /// `[u64; 8]` the command's arguments.
+    /// `[u64; 8]` the command's arguments ([`super::words`]).
     pub const ARGS: usize = 0x20;
     /// `u64` sequence number of the last completed command, written by the
     /// agent last.
@@ -152,7 +154,7 @@ pub mod header {
     pub const ERROR_LEN: usize = 0x6C;
     /// `u64` bytes of output at `FROM_AGENT`.
     pub const OUT_LEN: usize = 0x70;
-    /// `[u64; 8]` the command's results.
+    /// `[u64; 8]` the command's results ([`super::words`]).
     pub const RESULTS: usize = 0x78;
     /// The peer identity after a handshake ([`super::peer`]).
     pub const PEER: usize = 0xC0;
@@ -183,64 +185,72 @@ pub mod peer {
     pub const MEASUREMENT: usize = 16;
 }
 
-/// Commands (at [`header::COMMAND`]).
+/// Commands (at [`header::COMMAND`]). Each command's arguments and
+/// results are a type of [`words`] (`BEGIN`: [`words::BeginArgs`] and
+/// [`words::BeginReply`], and so on), which says what each word holds.
 pub mod command {
-    /// Start a session. args[0]: 0 source, 1 destination. The source's
-    /// output is its first handshake message. Any earlier session is
-    /// dropped (refused once a destination committed or a source saw its
+    /// Start a session in a role ([`super::words::BeginArgs`]). The
+    /// source's output is its first handshake message. Any earlier session
+    /// is dropped (refused once a destination committed or a source saw its
     /// Commit).
     pub const BEGIN: u32 = 1;
-    /// Feed the peer's next handshake message (`TO_AGENT`, args[0] bytes).
-    /// Output: the agent's next messages, each as a `u32` length then the
-    /// bytes. results[0] = 1 once the handshake is complete (the peer
-    /// identity is then in [`super::header::PEER`]).
+    /// Feed the peer's next handshake message (`TO_AGENT`,
+    /// [`super::words::HandshakeArgs`]). Output: the agent's next messages,
+    /// each as a `u32` length then the bytes. The reply says when the
+    /// handshake is complete (the peer identity is then in
+    /// [`super::header::PEER`]).
     pub const HANDSHAKE: u32 = 2;
-    /// Source: seal `args[2]` pages from gpa `args[1]` for round `args[0]`
-    /// (the host's dirty log: a hint). Round 0 must walk all of RAM in
-    /// ascending order. Pages in the agent window are skipped. The agent
-    /// stops early when the output might not hold the next page's
-    /// records. Output: the records; results[0] = pages sealed,
-    /// results[1] of which zero, results[2] = the 4 KiB frames of the
-    /// range it walked (`args[2]` when done; else ask again for the rest).
+    /// Source: seal `count` pages from gpa `first` for `round`
+    /// ([`super::words::ExportPagesArgs`]; the host's dirty log: a hint).
+    /// Round 0 must walk all of RAM in ascending order. Pages in the agent
+    /// window are skipped. The agent stops early when the output might not
+    /// hold the next page's records. Output: the records; the reply
+    /// ([`super::words::ExportPagesReply`]) counts the pages sealed, of
+    /// which zero, and the 4 KiB frames of the range it walked (`count`
+    /// when done; else ask again for the rest).
     pub const EXPORT_PAGES: u32 = 3;
-    /// Source: seal the open round's RoundEnd. Output: the record;
-    /// results[0] = pages of the round.
+    /// Source: seal the open round's RoundEnd. Output: the record; the
+    /// reply counts the round's pages ([`super::words::EndRoundReply`]).
     pub const END_ROUND: u32 = 4;
     /// Source, workload paused: seal the states of workload vCPUs
-    /// `0..args[0]` from the VMSA area, then Final (args[1] = 1: verified
-    /// mode, with the memory digest). Output: the records.
+    /// `0..vcpus` from the VMSA area, then Final (verified mode: with the
+    /// memory digest; [`super::words::ExportFinalArgs`]). Output: the
+    /// records.
     pub const EXPORT_FINAL: u32 = 5;
-    /// Source: read the destination's control record (`TO_AGENT`, args[0]
-    /// bytes): a Commit or an abort token. results[0]: 1 committed, 2
-    /// aborted (results[1] the reason code).
+    /// Source: read the destination's control record (`TO_AGENT`): a
+    /// Commit or an abort token ([`super::words::ReadControlReply`]: 1
+    /// committed, 2 aborted with the reason code).
     pub const READ_CONTROL: u32 = 6;
-    /// Destination: open and apply the records in `TO_AGENT` (args[0]
-    /// bytes). results[0] = pages, results[1] zero pages, results[2] = 1
-    /// once the Final record was accepted, results[3] vCPU states.
+    /// Destination: open and apply the records in `TO_AGENT`. The reply
+    /// ([`super::words::ImportReply`]) counts pages, zero pages and vCPU
+    /// states, says once the Final record was accepted, and whether it
+    /// carries a memory digest (the commit must then be in verified mode).
     pub const IMPORT: u32 = 7;
-    /// Destination: commit (args[0] = 1: verified mode, recompute the
-    /// memory digest first). Output: the Commit record.
+    /// Destination: commit (verified mode: recompute the memory digest
+    /// first; [`super::words::CommitArgs`]). Output: the Commit record.
     pub const COMMIT: u32 = 8;
-    /// Destination: give up (args[0] = reason code). Output: the abort
-    /// token. Refused after a commit.
+    /// Destination: give up with a reason code
+    /// ([`super::words::MintAbortArgs`]). Output: the abort token. Refused
+    /// after a commit.
     pub const MINT_ABORT: u32 = 9;
-    /// Where the session stands: results[0] role (0 none, 1 source, 2
-    /// destination), results[1] [`super::state`], results[2] = 1 when the
-    /// source may resume its guest, results[3] epoch, results[4] records
-    /// sealed or opened, results[5] pages.
+    /// Where the session stands ([`super::words::StatusReply`]): role,
+    /// [`super::state`], whether the source may resume its guest, epoch,
+    /// records sealed or opened, pages.
     pub const STATUS: u32 = 10;
     /// Source: `EXPORT_PAGES` over a list of ranges (the host's dirty log,
-    /// a hint): `TO_AGENT` holds `args[1]` entries of gpa u64 and page
-    /// count u64 (little-endian), for round `args[0]`, walked in order
-    /// with `EXPORT_PAGES`' rules and one output. The agent stops early
-    /// when the output might not hold the next page's records. Output: the
-    /// records; results[0] = pages sealed, results[1] of which zero,
-    /// results[2] = entries walked to their end, results[3] = the 4 KiB
+    /// a hint): `TO_AGENT` holds `entries` entries of gpa u64 and page
+    /// count u64 (little-endian), for `round`
+    /// ([`super::words::ExportListArgs`]), walked in order with
+    /// `EXPORT_PAGES`' rules and one output. The agent stops early when the
+    /// output might not hold the next page's records. Output: the records;
+    /// the reply ([`super::words::ExportListReply`]) counts the pages
+    /// sealed, of which zero, the entries walked to their end and the 4 KiB
     /// frames walked of the next entry (ask again from there).
     pub const EXPORT_LIST: u32 = 11;
 }
 
-/// Session states reported by [`command::STATUS`].
+/// Session states reported by [`command::STATUS`] (the codes of
+/// [`words::SessionState`]).
 pub mod state {
     /// No session.
     pub const IDLE: u64 = 0;
