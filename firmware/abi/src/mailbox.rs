@@ -286,11 +286,3 @@ pub mod status {
     /// The platform failed (no report, no randomness).
     pub const PLATFORM: u32 = 5;
 }
-
-/// Result slots beyond those each command's documentation lists.
-pub mod result {
-    /// [`super::command::IMPORT`]: `results[IMPORT_VERIFIED]` = 1 once the
-    /// accepted Final carries a memory digest, so the commit must be in
-    /// verified mode ([`super::command::COMMIT`] with args[0] = 1).
-    pub const IMPORT_VERIFIED: usize = 4;
-}

@@ -19,6 +19,10 @@ use covm_agent_protocol::record::{
     RECORD_OVERHEAD,
 };
 use covm_agent_protocol::{MemoryDigest, SourceSession, SourceState, PAGE_SIZE};
+use covm_guest_abi::mailbox::words::{
+    EndRoundArgs, EndRoundReply, ExportFinalArgs, ExportFinalReply, ExportListArgs, ExportListReply, ExportPagesArgs,
+    ExportPagesReply, ReadControlArgs, ReadControlReply,
+};
 use covm_guest_abi::mailbox::{
     status, AGENT_VCPU_STATES, FROM_AGENT_SIZE, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, TO_AGENT_SIZE, VCPU_STATE_SLOT,
 };
@@ -248,8 +252,8 @@ fn check_cursor(run: &mut Run, s: &SourceSession, map: &MemoryMap, (first, end):
 }
 
 /// Checks that `round` is the session's open round.
-fn check_round(s: &SourceSession, op: &str, round: u64) -> Result<(), Fail> {
-    if round != u64::from(s.epoch()) {
+fn check_round(s: &SourceSession, op: &str, round: u32) -> Result<(), Fail> {
+    if round != s.epoch() {
         return Err(fail!(
             status::BAD_COMMAND,
             "{op}: round {round}, but round {} is open",
@@ -275,14 +279,16 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
 
     /// What a page export command works with, once the session is
     /// streaming in `round`.
-    fn exporting(&mut self, op: &str, round: u64) -> Result<Exporting<'_, M>, Fail> {
+    fn exporting(&mut self, op: &str, round: u32) -> Result<Exporting<'_, M>, Fail> {
         let exporting = self.streaming_parts(op)?;
         check_round(exporting.s, op, round)?;
         Ok(exporting)
     }
 
-    pub(crate) fn export_pages(&mut self, args: &[u64; 8]) -> Outcome {
-        let (round, first, count) = (args[0], args[1], args[2]);
+    pub(crate) fn export_pages(
+        &mut self,
+        ExportPagesArgs { round, first, count }: ExportPagesArgs,
+    ) -> Outcome<ExportPagesReply> {
         let Exporting {
             mem,
             map,
@@ -298,15 +304,19 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             .range(s, mem, map, record, range)
             .and_then(|stopped| walk.flush(s, mem).map(|_| stopped));
         let walked = finish(run, s, map, &walk, walked)?;
-        Ok(Done::output(walk.out.len())
-            .with(0, walk.pages)
-            .with(1, walk.zeros)
-            .with(2, (walked - first) / PAGE))
+        Ok(Done::new(ExportPagesReply {
+            pages: walk.pages,
+            zero_pages: walk.zeros,
+            walked_frames: (walked - first) / PAGE,
+        })
+        .with_output(walk.out.len()))
     }
 
     /// `EXPORT_LIST`: the ranges listed in `TO_AGENT`, in order.
-    pub(crate) fn export_list(&mut self, args: &[u64; 8]) -> Outcome {
-        let (round, entries) = (args[0], args[1]);
+    pub(crate) fn export_list(
+        &mut self,
+        ExportListArgs { round, entries }: ExportListArgs,
+    ) -> Outcome<ExportListReply> {
         if entries == 0 || entries > MAX_LIST_ENTRIES {
             return Err(fail!(
                 status::BAD_COMMAND,
@@ -358,14 +368,16 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         }
         let walked = walked.and_then(|stopped| walk.flush(s, mem).map(|_| stopped));
         finish(run, s, map, &walk, walked)?;
-        Ok(Done::output(walk.out.len())
-            .with(0, walk.pages)
-            .with(1, walk.zeros)
-            .with(2, done)
-            .with(3, partial))
+        Ok(Done::new(ExportListReply {
+            pages: walk.pages,
+            zero_pages: walk.zeros,
+            entries_done: done,
+            next_entry_frames: partial,
+        })
+        .with_output(walk.out.len()))
     }
 
-    pub(crate) fn end_round(&mut self) -> Outcome {
+    pub(crate) fn end_round(&mut self, _: EndRoundArgs) -> Outcome<EndRoundReply> {
         let Agent { mem, session, run, .. } = self;
         let s = streaming(session, run, "END_ROUND")?;
         if s.epoch() == 0 {
@@ -386,11 +398,13 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             .map_err(|e| fail_run(run, fail!(status::REFUSED, "sealing the round's end: {e}")))?;
         let mut out = Output::new();
         out.put(mem, &record)?;
-        Ok(Done::output(out.len()).with(0, pages))
+        Ok(Done::new(EndRoundReply { pages }).with_output(out.len()))
     }
 
-    pub(crate) fn export_final(&mut self, args: &[u64; 8]) -> Outcome {
-        let (vcpus, verified) = (args[0], args[1]);
+    pub(crate) fn export_final(
+        &mut self,
+        ExportFinalArgs { vcpus, verified }: ExportFinalArgs,
+    ) -> Outcome<ExportFinalReply> {
         let workload = self.config.workload_vcpus;
         let Exporting {
             mem,
@@ -410,19 +424,13 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 s.pages_in_round()
             ));
         }
-        if verified > 1 {
-            return Err(fail!(
-                status::BAD_COMMAND,
-                "EXPORT_FINAL: verified is 0 or 1, not {verified}"
-            ));
-        }
-        if vcpus == 0 || vcpus > MAX_WORKLOAD_VCPUS {
+        if vcpus == 0 || u64::from(vcpus) > MAX_WORKLOAD_VCPUS {
             return Err(fail!(
                 status::BAD_COMMAND,
                 "EXPORT_FINAL: {vcpus} vCPUs (1 to {MAX_WORKLOAD_VCPUS})"
             ));
         }
-        if workload != 0 && vcpus != u64::from(workload) {
+        if workload != 0 && vcpus != workload {
             return Err(fail!(
                 status::REFUSED,
                 "EXPORT_FINAL: this guest has {workload} workload vCPUs, not {vcpus}"
@@ -451,7 +459,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             ));
         }
         let (record, state) = scratch.split_at_mut(MAX_RECORD_LEN);
-        let digest = if verified == 1 {
+        let digest = if verified {
             Some(memory_digest(mem, map, head::<PAGE_SIZE>(state))?)
         } else {
             None
@@ -476,11 +484,11 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         s.seal_final(digest.as_ref(), &mut record)
             .map_err(|e| fail_run(run, fail!(status::REFUSED, "sealing the Final record: {e}")))?;
         out.put(mem, &record)?;
-        Ok(Done::output(out.len()))
+        Ok(Done::new(ExportFinalReply).with_output(out.len()))
     }
 
-    pub(crate) fn read_control(&mut self, args: &[u64; 8]) -> Outcome {
-        let len = mailbox::input_len(args[0], "READ_CONTROL")?;
+    pub(crate) fn read_control(&mut self, args: ReadControlArgs) -> Outcome<ReadControlReply> {
+        let len = mailbox::input_len(args.len, "READ_CONTROL")?;
         let Agent {
             mem,
             platform,
@@ -518,14 +526,14 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 run.records += 1;
                 *retired = true;
                 platform.retire();
-                Ok(Done::default().with(0, 1))
+                Ok(Done::new(ReadControlReply::Committed))
             }
             RecordType::AbortToken => {
                 let reason = s
                     .read_abort(record)
                     .map_err(|e| fail!(status::REFUSED, "the abort token is refused: {e}"))?;
                 run.records += 1;
-                Ok(Done::default().with(0, 2).with(1, u64::from(reason)))
+                Ok(Done::new(ReadControlReply::Aborted { reason }))
             }
             other => Err(fail!(
                 status::REFUSED,

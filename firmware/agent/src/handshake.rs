@@ -18,6 +18,7 @@ use covm_agent_protocol::{
     DestinationHandshake, Error, Evidence, ImportChecker, PeerIdentity, SourceHandshake, PAGE_SIZE,
 };
 use covm_guest_abi::mailbox::status;
+use covm_guest_abi::mailbox::words::{BeginArgs, BeginReply, HandshakeArgs, HandshakeReply};
 
 /// Where a report sits in an evidence message: type and reserved (8),
 /// then the evidence's platform, certificate table length and report
@@ -44,17 +45,7 @@ fn own_step(what: &str, e: Error) -> Fail {
 }
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
-    pub(crate) fn begin(&mut self, args: &[u64; 8]) -> Outcome {
-        let role = match args[0] {
-            0 => Role::Source,
-            1 => Role::Destination,
-            other => {
-                return Err(fail!(
-                    status::BAD_COMMAND,
-                    "BEGIN: role {other} (0 source, 1 destination)"
-                ))
-            }
-        };
+    pub(crate) fn begin(&mut self, BeginArgs { role }: BeginArgs) -> Outcome<BeginReply> {
         match role {
             Role::Destination if !self.config.incoming => {
                 return Err(fail!(
@@ -111,7 +102,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 };
                 let len = self.send_messages(&[&msg[..n]])?;
                 self.session = Session::SourceHandshake(hs);
-                Ok(Done::output(len))
+                Ok(Done::new(BeginReply).with_output(len))
             }
             Role::Destination => {
                 let hs = DestinationHandshake::new(&own.policy, &mut rng);
@@ -119,13 +110,13 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     return Err(fail!(status::PLATFORM, "BEGIN: the handshake wanted more random bytes"));
                 }
                 self.session = Session::DestinationHandshake(hs);
-                Ok(Done::default())
+                Ok(Done::new(BeginReply))
             }
         }
     }
 
-    pub(crate) fn handshake(&mut self, args: &[u64; 8]) -> Outcome {
-        let len = mailbox::input_len(args[0], "HANDSHAKE")?;
+    pub(crate) fn handshake(&mut self, args: HandshakeArgs) -> Outcome<HandshakeReply> {
+        let len = mailbox::input_len(args.len, "HANDSHAKE")?;
         if len == 0 || len > MAX_HANDSHAKE_MSG_LEN {
             return Err(fail!(
                 status::BAD_COMMAND,
@@ -154,9 +145,14 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     }
 
     /// The handshake finished: say who the peer is.
-    fn peer_confirmed(&mut self, peer: &PeerIdentity) -> Done {
+    fn peer_confirmed(&mut self, peer: &PeerIdentity) -> Done<HandshakeReply> {
         mailbox::write_peer(&mut self.mem, Some(peer));
-        Done::default().with(0, 1)
+        Done::new(HandshakeReply { complete: true })
+    }
+
+    /// A handshake step that did not finish it, with `len` bytes of output.
+    fn step_done(len: usize) -> Done<HandshakeReply> {
+        Done::new(HandshakeReply { complete: false }).with_output(len)
     }
 
     /// Copies our handshake `messages` out to `FROM_AGENT`, in order;
@@ -188,11 +184,11 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         write(&evidence, out).map_err(|e| own_step(what, e))
     }
 
-    fn source_step(&mut self, mut hs: SourceHandshake, msg: &[u8]) -> (Session<'a>, Outcome) {
+    fn source_step(&mut self, mut hs: SourceHandshake, msg: &[u8]) -> (Session<'a>, Outcome<HandshakeReply>) {
         let failed = Session::HandshakeFailed(Role::Source);
         match msg[0] {
             kind::DST_HELLO => match hs.read_dst_hello(msg) {
-                Ok(()) => (Session::SourceHandshake(hs), Ok(Done::default())),
+                Ok(()) => (Session::SourceHandshake(hs), Ok(Self::step_done(0))),
                 Err(e) => (failed, Err(refused("destination", "hello", msg, e))),
             },
             kind::DST_EVIDENCE => {
@@ -213,7 +209,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     Err(e) => return (failed, Err(own_step("SrcFinished", e))),
                 };
                 match self.send_messages(&[&ev_msg[..n], &fin[..m]]) {
-                    Ok(len) => (Session::SourceHandshake(hs), Ok(Done::output(len))),
+                    Ok(len) => (Session::SourceHandshake(hs), Ok(Self::step_done(len))),
                     Err(fail) => (failed, Err(fail)),
                 }
             }
@@ -235,7 +231,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         }
     }
 
-    fn destination_step(&mut self, mut hs: DestinationHandshake, msg: &[u8]) -> (Session<'a>, Outcome) {
+    fn destination_step(&mut self, mut hs: DestinationHandshake, msg: &[u8]) -> (Session<'a>, Outcome<HandshakeReply>) {
         let failed = Session::HandshakeFailed(Role::Destination);
         match msg[0] {
             kind::SRC_HELLO => {
@@ -256,12 +252,12 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     Err(fail) => return (failed, Err(fail)),
                 };
                 match self.send_messages(&[&hello[..n], &ev_msg[..m]]) {
-                    Ok(len) => (Session::DestinationHandshake(hs), Ok(Done::output(len))),
+                    Ok(len) => (Session::DestinationHandshake(hs), Ok(Self::step_done(len))),
                     Err(fail) => (failed, Err(fail)),
                 }
             }
             kind::SRC_EVIDENCE => match hs.read_src_evidence(msg, &PeerVerifier) {
-                Ok(_) => (Session::DestinationHandshake(hs), Ok(Done::default())),
+                Ok(_) => (Session::DestinationHandshake(hs), Ok(Self::step_done(0))),
                 Err(e) => (failed, Err(refused("source", "evidence", msg, e))),
             },
             kind::SRC_FINISHED => {

@@ -13,7 +13,8 @@ use crate::reply::{fail, Done, Fail, Outcome};
 use crate::{Agent, Run, Session};
 use covm_agent_protocol::record::{record_len, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN};
 use covm_agent_protocol::{ImportChecker, ImportEvent, ImportPhase, PAGE_SIZE};
-use covm_guest_abi::mailbox::{result, status, AGENT_VCPU_STATES, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, VCPU_STATE_SLOT};
+use covm_guest_abi::mailbox::words::{CommitArgs, CommitReply, ImportArgs, ImportReply, MintAbortArgs, MintAbortReply};
+use covm_guest_abi::mailbox::{status, AGENT_VCPU_STATES, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, VCPU_STATE_SLOT};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -52,8 +53,8 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         })
     }
 
-    pub(crate) fn import(&mut self, args: &[u64; 8]) -> Outcome {
-        let len = mailbox::input_len(args[0], "IMPORT")?;
+    pub(crate) fn import(&mut self, args: ImportArgs) -> Outcome<ImportReply> {
+        let len = mailbox::input_len(args.len, "IMPORT")?;
         let workload = self.config.workload_vcpus;
         let Importing {
             mem,
@@ -69,10 +70,16 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 "IMPORT: an earlier record failed the agent's checks; only an abort token can follow"
             ));
         }
-        let (mut pages, mut zeros, mut vcpus) = (0u64, 0u64, 0u64);
+        let mut counts = ImportReply {
+            pages: 0,
+            zero_pages: 0,
+            complete: false,
+            vcpu_states: 0,
+            verified: false,
+        };
         let mut offset = 0;
         while offset < len {
-            let partial = Done::default().with(0, pages).with(1, zeros).with(3, vcpus);
+            let partial = counts;
             let rest = len - offset;
             // The header first, for the length; the whole record is then
             // copied again, and the checker reads the length from the
@@ -115,7 +122,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                         .with_partial(partial));
                     }
                     mem.write_page(gpa, data);
-                    pages += 1;
+                    counts.pages += 1;
                 }
                 ImportEvent::ZeroPages { gpa, count } => {
                     if !map.contains(gpa, count) {
@@ -135,8 +142,8 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                             mem.zero_page(page);
                         }
                     }
-                    pages += count;
-                    zeros += count;
+                    counts.pages += count;
+                    counts.zero_pages += count;
                 }
                 ImportEvent::RoundEnd { .. } => {}
                 ImportEvent::VcpuState { index, state } => {
@@ -160,24 +167,21 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     let slot = AGENT_VCPU_STATES + u64::from(index) * VCPU_STATE_SLOT;
                     mem.write_window(slot + 4, state);
                     mem.write_window(slot, &(state.len() as u32).to_le_bytes());
-                    vcpus += 1;
+                    counts.vcpu_states += 1;
                 }
                 ImportEvent::Complete(summary) => run.summary = Some(summary),
             }
             offset += size;
         }
-        run.pages += pages;
-        let complete = run.summary.is_some();
-        let verified = run.summary.is_some_and(|s| s.memory_digest.is_some());
-        Ok(Done::default()
-            .with(0, pages)
-            .with(1, zeros)
-            .with(2, u64::from(complete))
-            .with(3, vcpus)
-            .with(result::IMPORT_VERIFIED, u64::from(verified)))
+        run.pages += counts.pages;
+        Ok(Done::new(ImportReply {
+            complete: run.summary.is_some(),
+            verified: run.summary.is_some_and(|s| s.memory_digest.is_some()),
+            ..counts
+        }))
     }
 
-    pub(crate) fn commit(&mut self, args: &[u64; 8]) -> Outcome {
+    pub(crate) fn commit(&mut self, CommitArgs { verified }: CommitArgs) -> Outcome<CommitReply> {
         let workload = self.config.workload_vcpus;
         let Importing {
             mem,
@@ -192,7 +196,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             // Committed already: the same record again (a lost one can be
             // re-sent; nothing changes).
             out.put(mem, record)?;
-            return Ok(Done::output(out.len()));
+            return Ok(Done::new(CommitReply).with_output(out.len()));
         }
         if run.failed || checker.phase() == ImportPhase::Poisoned {
             return Err(fail!(
@@ -206,11 +210,6 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 "COMMIT: the migration is not complete (phase {})",
                 checker.phase()
             ));
-        };
-        let verified = match args[0] {
-            0 => false,
-            1 => true,
-            other => return Err(fail!(status::BAD_COMMAND, "COMMIT: verified is 0 or 1, not {other}")),
         };
         if verified != summary.memory_digest.is_some() {
             return Err(fail!(
@@ -247,14 +246,12 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         run.commit = Some(record);
         *imported = true;
         out.put(mem, &record)?;
-        Ok(Done::output(out.len()))
+        Ok(Done::new(CommitReply).with_output(out.len()))
     }
 
-    pub(crate) fn mint_abort(&mut self, args: &[u64; 8]) -> Outcome {
+    pub(crate) fn mint_abort(&mut self, MintAbortArgs { reason }: MintAbortArgs) -> Outcome<MintAbortReply> {
         let Agent { mem, session, run, .. } = self;
         let checker = checker(session, "MINT_ABORT")?;
-        let reason = u32::try_from(args[0])
-            .map_err(|_| fail!(status::BAD_COMMAND, "MINT_ABORT: reason {} is not a u32", args[0]))?;
         let mut token = [0u8; ABORT_RECORD_LEN];
         checker
             .mint_abort(reason, &mut token)
@@ -262,6 +259,6 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         run.records += 1;
         let mut out = Output::new();
         out.put(mem, &token)?;
-        Ok(Done::output(out.len()))
+        Ok(Done::new(MintAbortReply).with_output(out.len()))
     }
 }

@@ -60,8 +60,11 @@ use covm_agent_protocol::record::{COMMIT_RECORD_LEN, MAX_RECORD_LEN};
 use covm_agent_protocol::{
     DestinationHandshake, ImportChecker, ImportPhase, Policy, SourceHandshake, SourceSession, SourceState, Summary,
 };
-use covm_guest_abi::mailbox::{command, state, status, MAX_VCPU_STATE};
-use reply::{fail, Done};
+use covm_guest_abi::mailbox::words::{Args, SessionState, StatusArgs, StatusReply, WORDS};
+use covm_guest_abi::mailbox::{command, status, MAX_VCPU_STATE};
+use reply::{fail, Done, Outcome};
+
+pub use covm_guest_abi::mailbox::words::Role;
 
 /// Bytes of private scratch memory the agent needs: one record of any
 /// kind, plus one vCPU state it reads before sealing.
@@ -75,15 +78,6 @@ pub struct Config {
     /// Launched to receive a migration (`launch_mode::INCOMING`): the
     /// guest is not here until a destination session commits.
     pub incoming: bool,
-}
-
-/// Which end of a migration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Sends the guest.
-    Source,
-    /// Receives it.
-    Destination,
 }
 
 /// The session objects, by phase.
@@ -200,37 +194,47 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     }
 
     /// Executes one mailbox command (`covm_guest_abi::mailbox::command`)
-    /// with its arguments; input comes from `TO_AGENT`, output goes to
-    /// `FROM_AGENT`. The header's result fields are the caller's to write
-    /// ([`Agent::serve`] does).
-    pub fn handle(&mut self, command: u32, args: &[u64; 8]) -> Reply {
+    /// with its argument words; input comes from `TO_AGENT`, output goes
+    /// to `FROM_AGENT`. The header's result fields are the caller's to
+    /// write ([`Agent::serve`] does).
+    pub fn handle(&mut self, command: u32, args: &[u64; WORDS]) -> Reply {
         if self.own.is_err() && command != command::STATUS {
             self.own = startup::start(&self.mem, &mut self.platform, self.scratch.len(), self.boot_map.clone());
         }
-        let outcome = if command == command::STATUS {
-            Ok(self.status())
-        } else if let Err(why) = &self.own {
-            Err(fail!(status::REFUSED, "the migration agent did not start: {why}"))
-        } else if self.retired {
-            Err(fail!(
-                status::BAD_STATE,
-                "the destination committed: this VM's guest never runs here again and its agent answers only STATUS"
-            ))
-        } else {
-            match command {
-                command::BEGIN => self.begin(args),
-                command::HANDSHAKE => self.handshake(args),
-                command::EXPORT_PAGES => self.export_pages(args),
-                command::EXPORT_LIST => self.export_list(args),
-                command::END_ROUND => self.end_round(),
-                command::EXPORT_FINAL => self.export_final(args),
-                command::READ_CONTROL => self.read_control(args),
-                command::IMPORT => self.import(args),
-                command::COMMIT => self.commit(args),
-                command::MINT_ABORT => self.mint_abort(args),
-                other => Err(fail!(status::BAD_COMMAND, "unknown command {other}")),
+        if command != command::STATUS {
+            if let Err(why) = &self.own {
+                return Reply::from(fail!(status::REFUSED, "the migration agent did not start: {why}"));
             }
-        };
+            if self.retired {
+                return Reply::from(fail!(
+                    status::BAD_STATE,
+                    "the destination committed: this VM's guest never runs here again and its agent answers only STATUS"
+                ));
+            }
+        }
+        match command {
+            command::STATUS => self.run(args, |agent, _: StatusArgs| Ok(agent.status())),
+            command::BEGIN => self.run(args, Self::begin),
+            command::HANDSHAKE => self.run(args, Self::handshake),
+            command::EXPORT_PAGES => self.run(args, Self::export_pages),
+            command::EXPORT_LIST => self.run(args, Self::export_list),
+            command::END_ROUND => self.run(args, Self::end_round),
+            command::EXPORT_FINAL => self.run(args, Self::export_final),
+            command::READ_CONTROL => self.run(args, Self::read_control),
+            command::IMPORT => self.run(args, Self::import),
+            command::COMMIT => self.run(args, Self::commit),
+            command::MINT_ABORT => self.run(args, Self::mint_abort),
+            other => Reply::from(fail!(status::BAD_COMMAND, "unknown command {other}")),
+        }
+    }
+
+    /// Reads the argument `words` as `A` (refusing words `A` cannot hold)
+    /// and runs `command` with them; its reply is the only way its
+    /// results reach the header.
+    fn run<A: Args>(&mut self, words: &[u64; WORDS], command: impl FnOnce(&mut Self, A) -> Outcome<A::Reply>) -> Reply {
+        let outcome = A::from_words(words)
+            .map_err(|e| fail!(status::BAD_COMMAND, "{}: {e}", A::NAME))
+            .and_then(|args| command(self, args));
         Reply::from(outcome)
     }
 
@@ -274,25 +278,25 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     }
 
     /// The session's state as `STATUS` reports it.
-    fn state(&self) -> u64 {
+    fn state(&self) -> SessionState {
         match &self.session {
-            Session::Idle => state::IDLE,
-            Session::SourceHandshake(_) | Session::DestinationHandshake(_) => state::HANDSHAKE,
-            Session::HandshakeFailed(_) => state::FAILED,
+            Session::Idle => SessionState::Idle,
+            Session::SourceHandshake(_) | Session::DestinationHandshake(_) => SessionState::Handshake,
+            Session::HandshakeFailed(_) => SessionState::Failed,
             Session::Source(s) => match s.state() {
-                SourceState::Committed => state::COMMITTED,
-                SourceState::Aborted => state::ABORTED,
-                SourceState::FinalSealed => state::FINAL_SENT,
-                _ if self.run.failed => state::FAILED,
-                SourceState::Streaming | SourceState::SealingState => state::STREAMING,
+                SourceState::Committed => SessionState::Committed,
+                SourceState::Aborted => SessionState::Aborted,
+                SourceState::FinalSealed => SessionState::FinalSent,
+                _ if self.run.failed => SessionState::Failed,
+                SourceState::Streaming | SourceState::SealingState => SessionState::Streaming,
             },
             Session::Destination(c) => match c.phase() {
-                ImportPhase::Committed => state::COMMITTED,
-                ImportPhase::Aborted => state::ABORTED,
-                _ if self.run.failed => state::FAILED,
-                ImportPhase::Poisoned => state::FAILED,
-                ImportPhase::Complete => state::COMPLETE,
-                ImportPhase::Memory | ImportPhase::VcpuStates => state::STREAMING,
+                ImportPhase::Committed => SessionState::Committed,
+                ImportPhase::Aborted => SessionState::Aborted,
+                _ if self.run.failed => SessionState::Failed,
+                ImportPhase::Poisoned => SessionState::Failed,
+                ImportPhase::Complete => SessionState::Complete,
+                ImportPhase::Memory | ImportPhase::VcpuStates => SessionState::Streaming,
             },
         }
     }
@@ -308,24 +312,24 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         }
     }
 
-    fn status(&self) -> Done {
-        let role = match self.role() {
-            None => 0,
-            Some(Role::Source) => 1,
-            Some(Role::Destination) => 2,
-        };
+    fn status(&self) -> Done<StatusReply> {
         let epoch = match &self.session {
             Session::Source(s) => s.epoch(),
             Session::Destination(c) => c.epoch(),
             _ => 0,
         };
-        let state = if self.own.is_err() { state::FAILED } else { self.state() };
-        Done::default()
-            .with(0, role)
-            .with(1, state)
-            .with(2, u64::from(self.may_resume()))
-            .with(3, u64::from(epoch))
-            .with(4, self.run.records)
-            .with(5, self.run.pages)
+        let state = if self.own.is_err() {
+            SessionState::Failed
+        } else {
+            self.state()
+        };
+        Done::new(StatusReply {
+            role: self.role(),
+            state,
+            may_resume: self.may_resume(),
+            epoch,
+            records: self.run.records,
+            pages: self.run.pages,
+        })
     }
 }

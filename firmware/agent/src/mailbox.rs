@@ -7,6 +7,7 @@
 use crate::env::GuestMemory;
 use crate::reply::{fail, Fail, Reply};
 use covm_agent_protocol::PeerIdentity;
+use covm_guest_abi::mailbox::words::WORDS;
 use covm_guest_abi::mailbox::{header, peer, status, FROM_AGENT, FROM_AGENT_SIZE, HEADER, TO_AGENT, TO_AGENT_SIZE};
 
 fn at(offset: usize) -> u64 {
@@ -32,17 +33,17 @@ pub struct Posted {
     pub seq: u64,
     /// The command.
     pub command: u32,
-    /// Its arguments.
-    pub args: [u64; 8],
+    /// Its argument words (`covm_guest_abi::mailbox::words`).
+    pub args: [u64; WORDS],
 }
 
 /// Reads the posted command: sequence, command and arguments, in one copy.
 pub fn read_posted(memory: &impl GuestMemory) -> Posted {
     const FIRST: usize = header::COMMAND_SEQ;
-    const END: usize = header::ARGS + 64;
+    const END: usize = header::ARGS + 8 * WORDS;
     let mut raw = [0u8; END - FIRST];
     memory.read_window(at(FIRST), &mut raw);
-    let mut args = [0u64; 8];
+    let mut args = [0u64; WORDS];
     for (i, arg) in args.iter_mut().enumerate() {
         *arg = u64_at(&raw, header::ARGS - FIRST + 8 * i);
     }
@@ -57,7 +58,7 @@ pub fn read_posted(memory: &impl GuestMemory) -> Posted {
 /// results, then, last, `done_seq`.
 pub fn write_reply(memory: &mut impl GuestMemory, seq: u64, reply: &Reply) {
     const FIRST: usize = header::STATUS;
-    const END: usize = header::RESULTS + 64;
+    const END: usize = header::RESULTS + 8 * WORDS;
     let text = reply.error.as_bytes();
     memory.write_window(at(header::ERROR_TEXT), text);
     let mut raw = [0u8; END - FIRST];

@@ -1,6 +1,7 @@
 //! A command's answer: status, results, output length and the error text.
 
 use core::fmt;
+use covm_guest_abi::mailbox::words::{self, WORDS};
 use covm_guest_abi::mailbox::{header::ERROR_TEXT_MAX, status};
 
 /// Up to [`ERROR_TEXT_MAX`] bytes of UTF-8, cut at a character boundary.
@@ -78,32 +79,26 @@ impl fmt::Display for ErrorText {
 pub struct Reply {
     /// [`covm_guest_abi::mailbox::status`].
     pub status: u32,
-    /// `results[0..8]`.
-    pub results: [u64; 8],
+    /// The results' words (the command's reply type,
+    /// `covm_guest_abi::mailbox::words`).
+    pub results: [u64; WORDS],
     /// Bytes written to `FROM_AGENT`.
     pub out_len: u64,
     /// Why it failed (empty on success).
     pub error: ErrorText,
 }
 
-/// A command's success: its results and output length.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Done {
-    pub results: [u64; 8],
+/// A command's success: its reply and output length.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Done<R> {
+    pub reply: R,
     pub out_len: u64,
 }
 
-impl Done {
-    pub fn output(out_len: usize) -> Self {
-        Done {
-            results: [0; 8],
-            out_len: out_len as u64,
-        }
-    }
-
-    pub fn with(mut self, index: usize, value: u64) -> Self {
-        self.results[index] = value;
-        self
+impl<R: words::Reply> Done<R> {
+    /// `reply`, with no output.
+    pub fn new(reply: R) -> Self {
+        Done { reply, out_len: 0 }
     }
 
     pub fn with_output(mut self, out_len: usize) -> Self {
@@ -112,14 +107,14 @@ impl Done {
     }
 }
 
-/// A command's failure: a status and the text saying why. Results and
-/// output produced before the failure (e.g. records imported before a bad
-/// one) are kept.
+/// A command's failure: a status and the text saying why. Results
+/// produced before the failure (e.g. the counts of records imported
+/// before a bad one) are kept; its output is not handed out.
 #[derive(Debug, Clone)]
 pub(crate) struct Fail {
     pub status: u32,
     pub text: ErrorText,
-    pub partial: Done,
+    pub partial: [u64; WORDS],
 }
 
 impl Fail {
@@ -127,12 +122,13 @@ impl Fail {
         Fail {
             status,
             text: ErrorText::format(args),
-            partial: Done::default(),
+            partial: [0; WORDS],
         }
     }
 
-    pub fn with_partial(mut self, partial: Done) -> Self {
-        self.partial = partial;
+    /// The failure, with what the command did before it.
+    pub fn with_partial(mut self, partial: impl words::Reply) -> Self {
+        self.partial = partial.to_words();
         self
     }
 }
@@ -145,23 +141,29 @@ macro_rules! fail {
 }
 pub(crate) use fail;
 
-pub(crate) type Outcome = Result<Done, Fail>;
+pub(crate) type Outcome<R> = Result<Done<R>, Fail>;
 
-impl From<Outcome> for Reply {
-    fn from(outcome: Outcome) -> Self {
+impl From<Fail> for Reply {
+    fn from(fail: Fail) -> Self {
+        Reply {
+            status: fail.status,
+            results: fail.partial,
+            out_len: 0,
+            error: fail.text,
+        }
+    }
+}
+
+impl<R: words::Reply> From<Outcome<R>> for Reply {
+    fn from(outcome: Outcome<R>) -> Self {
         match outcome {
             Ok(done) => Reply {
                 status: status::OK,
-                results: done.results,
+                results: done.reply.to_words(),
                 out_len: done.out_len,
                 error: ErrorText::new(),
             },
-            Err(fail) => Reply {
-                status: fail.status,
-                results: fail.partial.results,
-                out_len: fail.partial.out_len,
-                error: fail.text,
-            },
+            Err(fail) => Reply::from(fail),
         }
     }
 }

@@ -7,7 +7,11 @@ mod common;
 use common::*;
 use covm_agent_protocol::record::COMMIT_RECORD_LEN;
 use covm_guest_abi::layout::MIGRATION_POLICY;
-use covm_guest_abi::mailbox::{command, result, state, status, AGENT_WINDOW_START};
+use covm_guest_abi::mailbox::words::{
+    BeginArgs, CommitArgs, EndRoundArgs, ExportFinalArgs, ExportListArgs, ExportPagesArgs, MintAbortArgs,
+    ReadControlReply, Role, SessionState, StatusReply,
+};
+use covm_guest_abi::mailbox::{status, AGENT_WINDOW_START};
 
 /// Pages the dirty round rewrites (some were zero, some not) and pages it
 /// clears (they travel as ZeroPages and must be cleared at the destination).
@@ -34,18 +38,27 @@ fn dirty_round(src: &mut Vm, dst: &mut Vm) -> u64 {
     ask.reverse();
     ask.push(AGENT_WINDOW_START);
     for gpa in ask {
-        let a = src.call(command::EXPORT_PAGES, &[1, gpa, 1], &[]).ok();
-        sent += a.results[0];
+        let a = src
+            .send(
+                ExportPagesArgs {
+                    round: 1,
+                    first: gpa,
+                    count: 1,
+                },
+                &[],
+            )
+            .ok();
+        sent += a.reply().pages;
         if !a.output.is_empty() {
-            let i = dst.call(command::IMPORT, &[a.output.len() as u64], &a.output).ok();
-            assert_eq!(i.results[0], a.results[0]);
-            assert_eq!(i.results[1], a.results[1]);
+            let i = dst.import(&a.output).ok();
+            assert_eq!(i.reply().pages, a.reply().pages);
+            assert_eq!(i.reply().zero_pages, a.reply().zero_pages);
         }
     }
     assert_eq!(sent, (written.len() + cleared.len()) as u64);
-    let end = src.call(command::END_ROUND, &[], &[]).ok();
-    assert_eq!(end.results[0], sent);
-    dst.call(command::IMPORT, &[end.output.len() as u64], &end.output).ok();
+    let end = src.send(EndRoundArgs, &[]).ok();
+    assert_eq!(end.reply().pages, sent);
+    dst.import(&end.output).ok();
     sent
 }
 
@@ -65,39 +78,45 @@ fn migrate(verified: bool) -> (Vm, Vm) {
     let mut src = Vm::source(1);
     let mut dst = Vm::destination(2);
     fill(&mut src);
-    assert_eq!(src.status(), [0, state::IDLE, 1, 0, 0, 0]);
+    assert_eq!(
+        src.status(),
+        StatusReply {
+            role: None,
+            state: SessionState::Idle,
+            may_resume: true,
+            epoch: 0,
+            records: 0,
+            pages: 0
+        }
+    );
 
     handshake(&mut src, &mut dst).expect("handshake");
-    assert_eq!(src.status()[..3], [1, state::STREAMING, 1]);
-    assert_eq!(dst.status()[..3], [2, state::STREAMING, 0]);
+    assert_eq!(src.session(), (Some(Role::Source), SessionState::Streaming, true));
+    assert_eq!(dst.session(), (Some(Role::Destination), SessionState::Streaming, false));
 
     let (pages, zeros) = round0(&mut src, &mut dst, 256);
     assert_eq!(pages, map().pages());
     assert!(zeros > pages / 2 && zeros < pages);
     let dirty = dirty_round(&mut src, &mut dst);
-    assert_eq!(src.status()[3], 2, "epoch");
+    assert_eq!(src.status().epoch, 2, "epoch");
 
     // The platform put the paused vCPUs' states in the VMSA area.
     src.put_vcpu_state(0, b"vcpu zero state");
     src.put_vcpu_state(1, &[0x5A; 3000]);
-    let fin = src
-        .call(command::EXPORT_FINAL, &[u64::from(VCPUS), u64::from(verified)], &[])
-        .ok();
-    assert_eq!(src.status()[..3], [1, state::FINAL_SENT, 0]);
-    let imported = dst.call(command::IMPORT, &[fin.output.len() as u64], &fin.output).ok();
-    assert_eq!(imported.results[2], 1, "Final accepted");
-    assert_eq!(imported.results[3], u64::from(VCPUS));
-    assert_eq!(imported.results[result::IMPORT_VERIFIED], u64::from(verified));
-    assert_eq!(dst.state(), state::COMPLETE);
+    let fin = src.send(ExportFinalArgs { vcpus: VCPUS, verified }, &[]).ok();
+    assert_eq!(src.session(), (Some(Role::Source), SessionState::FinalSent, false));
+    let imported = dst.import(&fin.output).ok().reply();
+    assert!(imported.complete, "Final accepted");
+    assert_eq!(imported.vcpu_states, u64::from(VCPUS));
+    assert_eq!(imported.verified, verified);
+    assert_eq!(dst.state(), SessionState::Complete);
 
-    let commit = dst.call(command::COMMIT, &[u64::from(verified)], &[]).ok();
+    let commit = dst.send(CommitArgs { verified }, &[]).ok();
     assert_eq!(commit.output.len(), COMMIT_RECORD_LEN);
-    assert_eq!(dst.state(), state::COMMITTED);
+    assert_eq!(dst.state(), SessionState::Committed);
     assert_eq!(src.agent.platform().retired, 0);
-    let read = src
-        .call(command::READ_CONTROL, &[commit.output.len() as u64], &commit.output)
-        .ok();
-    assert_eq!(read.results[0], 1, "committed");
+    let read = src.read_control(&commit.output).ok();
+    assert_eq!(read.reply(), ReadControlReply::Committed, "committed");
     assert_eq!(
         src.agent.platform().retired,
         1,
@@ -109,9 +128,12 @@ fn migrate(verified: bool) -> (Vm, Vm) {
     assert_eq!(dst.vcpu_slot(1), vec![0x5A; 3000]);
 
     let s = src.status();
-    assert_eq!(s[..4], [1, state::COMMITTED, 0, 2]);
-    assert_eq!(s[5], pages + dirty);
-    assert_eq!(dst.status()[..2], [2, state::COMMITTED]);
+    assert_eq!(
+        (s.role, s.state, s.may_resume, s.epoch),
+        (Some(Role::Source), SessionState::Committed, false, 2)
+    );
+    assert_eq!(s.pages, pages + dirty);
+    assert_eq!(dst.role_and_state(), (Some(Role::Destination), SessionState::Committed));
     (src, dst)
 }
 
@@ -119,22 +141,33 @@ fn migrate(verified: bool) -> (Vm, Vm) {
 fn verified_migration_moves_memory_and_vcpus() {
     let (mut src, mut dst) = migrate(true);
     // The source retired: only STATUS is answered, for good.
-    src.call(command::BEGIN, &[0], &[])
+    src.send(BeginArgs { role: Role::Source }, &[])
         .refused(status::BAD_STATE, "never runs here again");
-    src.call(command::EXPORT_PAGES, &[2, 0, 1], &[])
-        .refused(status::BAD_STATE, "never runs here again");
-    assert_eq!(src.status()[..3], [1, state::COMMITTED, 0]);
+    src.send(
+        ExportPagesArgs {
+            round: 2,
+            first: 0,
+            count: 1,
+        },
+        &[],
+    )
+    .refused(status::BAD_STATE, "never runs here again");
+    assert_eq!(src.session(), (Some(Role::Source), SessionState::Committed, false));
     // The destination runs the guest: no abort, no second import, the
     // Commit again (a lost one is re-sent).
-    dst.call(command::MINT_ABORT, &[1], &[])
+    dst.send(MintAbortArgs { reason: 1 }, &[])
         .refused(status::BAD_STATE, "committed");
-    let again = dst.call(command::COMMIT, &[1], &[]).ok();
+    let again = dst.send(CommitArgs { verified: true }, &[]).ok();
     assert_eq!(again.output.len(), COMMIT_RECORD_LEN);
-    dst.call(command::IMPORT, &[again.output.len() as u64], &again.output)
-        .refused(status::REFUSED, "committed");
-    dst.call(command::BEGIN, &[1], &[])
-        .refused(status::BAD_STATE, "it can only migrate on");
-    assert_eq!(dst.status()[..2], [2, state::COMMITTED]);
+    dst.import(&again.output).refused(status::REFUSED, "committed");
+    dst.send(
+        BeginArgs {
+            role: Role::Destination,
+        },
+        &[],
+    )
+    .refused(status::BAD_STATE, "it can only migrate on");
+    assert_eq!(dst.role_and_state(), (Some(Role::Destination), SessionState::Committed));
 }
 
 #[test]
@@ -148,11 +181,18 @@ fn a_migrated_guest_migrates_on() {
     round0(&mut b, &mut c, 200);
     b.put_vcpu_state(0, b"b0");
     b.put_vcpu_state(1, b"b1");
-    let fin = b.call(command::EXPORT_FINAL, &[2, 1], &[]).ok();
-    c.call(command::IMPORT, &[fin.output.len() as u64], &fin.output).ok();
-    let commit = c.call(command::COMMIT, &[1], &[]).ok();
-    b.call(command::READ_CONTROL, &[commit.output.len() as u64], &commit.output)
+    let fin = b
+        .send(
+            ExportFinalArgs {
+                vcpus: 2,
+                verified: true,
+            },
+            &[],
+        )
         .ok();
+    c.import(&fin.output).ok();
+    let commit = c.send(CommitArgs { verified: true }, &[]).ok();
+    b.read_control(&commit.output).ok();
     check_memory_moved(&b, &c);
     assert_eq!(c.vcpu_slot(1), b"b1");
     assert_eq!(b.agent.platform().retired, 1);
@@ -248,14 +288,29 @@ fn a_dirty_round_as_one_list() {
     src.memory_mut().page_mut(c).fill(0);
     let entries = [(b, 1), (AGENT_WINDOW_START, 4), (a, 2), (c, 1)];
     let r = src
-        .call(command::EXPORT_LIST, &[1, entries.len() as u64], &list(&entries))
+        .send(
+            ExportListArgs {
+                round: 1,
+                entries: entries.len() as u64,
+            },
+            &list(&entries),
+        )
         .ok();
-    assert_eq!(r.results[..4], [4, 1, 4, 0]);
-    let i = dst.call(command::IMPORT, &[r.output.len() as u64], &r.output).ok();
-    assert_eq!(i.results[..2], [4, 1]);
-    let end = src.call(command::END_ROUND, &[], &[]).ok();
-    assert_eq!(end.results[0], 4);
-    dst.call(command::IMPORT, &[end.output.len() as u64], &end.output).ok();
+    let sealed = r.reply();
+    assert_eq!(
+        (
+            sealed.pages,
+            sealed.zero_pages,
+            sealed.entries_done,
+            sealed.next_entry_frames
+        ),
+        (4, 1, 4, 0)
+    );
+    let i = dst.import(&r.output).ok().reply();
+    assert_eq!((i.pages, i.zero_pages), (4, 1));
+    let end = src.send(EndRoundArgs, &[]).ok();
+    assert_eq!(end.reply().pages, 4);
+    dst.import(&end.output).ok();
     check_memory_moved(&src, &dst);
 
     // Round 2: every page written again, asked as two entries of which
@@ -267,10 +322,16 @@ fn a_dirty_round_as_one_list() {
     let mut calls = 0;
     while !todo.is_empty() {
         let r = src
-            .call(command::EXPORT_LIST, &[2, todo.len() as u64], &list(&todo))
+            .send(
+                ExportListArgs {
+                    round: 2,
+                    entries: todo.len() as u64,
+                },
+                &list(&todo),
+            )
             .ok();
-        dst.call(command::IMPORT, &[r.output.len() as u64], &r.output).ok();
-        let (done, partial) = (r.results[2] as usize, r.results[3]);
+        dst.import(&r.output).ok();
+        let (done, partial) = (r.reply().entries_done as usize, r.reply().next_entry_frames);
         todo.drain(..done);
         if let Some(next) = todo.first_mut() {
             *next = (next.0 + partial * PAGE, next.1 - partial);
@@ -278,8 +339,8 @@ fn a_dirty_round_as_one_list() {
         calls += 1;
     }
     assert!(calls > 2, "{calls} calls: the list never stopped early");
-    let end = src.call(command::END_ROUND, &[], &[]).ok();
-    dst.call(command::IMPORT, &[end.output.len() as u64], &end.output).ok();
+    let end = src.send(EndRoundArgs, &[]).ok();
+    dst.import(&end.output).ok();
     check_memory_moved(&src, &dst);
 }
 
@@ -290,24 +351,29 @@ fn destination_can_start_again_after_an_abort() {
     fill(&mut src);
     handshake(&mut src, &mut dst).unwrap();
     round0(&mut src, &mut dst, 128);
-    let token = dst.call(command::MINT_ABORT, &[7], &[]).ok();
-    assert_eq!(dst.state(), state::ABORTED);
-    let read = src
-        .call(command::READ_CONTROL, &[token.output.len() as u64], &token.output)
-        .ok();
-    assert_eq!(read.results[..2], [2, 7]);
-    assert_eq!(src.status()[..3], [1, state::ABORTED, 1]);
+    let token = dst.send(MintAbortArgs { reason: 7 }, &[]).ok();
+    assert_eq!(dst.state(), SessionState::Aborted);
+    let read = src.read_control(&token.output).ok();
+    assert_eq!(read.reply(), ReadControlReply::Aborted { reason: 7 });
+    assert_eq!(src.session(), (Some(Role::Source), SessionState::Aborted, true));
     // A new session: a new epoch table, everything again.
     handshake(&mut src, &mut dst).unwrap();
     assert_eq!(dst.agent.platform().retired, 0);
     round0(&mut src, &mut dst, 300);
     src.put_vcpu_state(0, b"a");
     src.put_vcpu_state(1, b"b");
-    let fin = src.call(command::EXPORT_FINAL, &[2, 1], &[]).ok();
-    dst.call(command::IMPORT, &[fin.output.len() as u64], &fin.output).ok();
-    let commit = dst.call(command::COMMIT, &[1], &[]).ok();
-    src.call(command::READ_CONTROL, &[commit.output.len() as u64], &commit.output)
+    let fin = src
+        .send(
+            ExportFinalArgs {
+                vcpus: 2,
+                verified: true,
+            },
+            &[],
+        )
         .ok();
+    dst.import(&fin.output).ok();
+    let commit = dst.send(CommitArgs { verified: true }, &[]).ok();
+    src.read_control(&commit.output).ok();
     check_memory_moved(&src, &dst);
 }
 

@@ -6,10 +6,15 @@
 use covm_agent::{Agent, Config, E820Entry, EpochTables, GuestMemory, MemoryMap, Platform, PlatformError, SCRATCH_LEN};
 use covm_agent_protocol::{AttestationReport, EmulatedRoot, Evidence, Platform as Code, Policy, TcbVersion, PAGE_SIZE};
 use covm_guest_abi::layout::{MIGRATION_POLICY, WRITE_TRACKED_START};
+use covm_guest_abi::mailbox::words::{
+    Args, BeginArgs, EndRoundArgs, ExportPagesArgs, HandshakeArgs, HandshakeReply, ImportArgs, ImportReply,
+    ReadControlArgs, ReadControlReply, Reply, Role, SessionState, StatusArgs, StatusReply, WORDS,
+};
 use covm_guest_abi::mailbox::{
-    self, command, header, in_agent_window, AGENT_VCPU_STATES, AGENT_WINDOW_END, FROM_AGENT, FROM_AGENT_SIZE, TO_AGENT,
+    self, header, in_agent_window, AGENT_VCPU_STATES, AGENT_WINDOW_END, FROM_AGENT, FROM_AGENT_SIZE, TO_AGENT,
     VCPU_STATE_SLOT,
 };
+use std::marker::PhantomData;
 
 /// Guest memory of the test VMs: 40 MiB (the agent window is 16-32 MiB).
 pub const MEMORY: u64 = 40 << 20;
@@ -303,16 +308,39 @@ pub struct Vm {
     seq: u64,
 }
 
-/// One command's answer, as covm reads it from the mailbox.
+/// One command's answer, as covm reads it from the mailbox; `R` is the
+/// command's reply type (`()`: words posted raw, no reply type).
 #[derive(Debug, Clone)]
-pub struct Answer {
+pub struct Answer<R = ()> {
     pub status: u32,
-    pub results: [u64; 8],
+    /// The result words as read.
+    pub results: [u64; WORDS],
     pub output: Vec<u8>,
     pub error: String,
+    reply: PhantomData<R>,
 }
 
-impl Answer {
+impl<R: Reply> Answer<R> {
+    /// The results as the command's reply (they must be valid, even
+    /// after a refusal).
+    #[track_caller]
+    pub fn reply(&self) -> R {
+        R::from_words(&self.results).unwrap_or_else(|e| panic!("invalid results {:?}: {e}", self.results))
+    }
+}
+
+impl<R> Answer<R> {
+    /// The same answer without its reply type.
+    pub fn raw(self) -> Answer {
+        Answer {
+            status: self.status,
+            results: self.results,
+            output: self.output,
+            error: self.error,
+            reply: PhantomData,
+        }
+    }
+
     #[track_caller]
     pub fn ok(self) -> Self {
         assert_eq!(self.status, mailbox::status::OK, "command failed: {}", self.error);
@@ -378,15 +406,59 @@ impl Vm {
         self.agent.memory_mut()
     }
 
-    /// Posts `command` as covm does (input, args, command, sequence last),
-    /// lets the agent serve it, and reads the answer.
+    /// Posts the command `args` are for as covm does (input, argument
+    /// words, command, sequence last), lets the agent serve it, and reads
+    /// the answer.
+    pub fn send<A: Args>(&mut self, args: A, input: &[u8]) -> Answer<A::Reply> {
+        self.post(A::COMMAND, &args.to_words(), input)
+    }
+
+    /// `IMPORT` of `records`.
+    pub fn import(&mut self, records: &[u8]) -> Answer<ImportReply> {
+        self.send(
+            ImportArgs {
+                len: records.len() as u64,
+            },
+            records,
+        )
+    }
+
+    /// `READ_CONTROL` of `record`.
+    pub fn read_control(&mut self, record: &[u8]) -> Answer<ReadControlReply> {
+        self.send(
+            ReadControlArgs {
+                len: record.len() as u64,
+            },
+            record,
+        )
+    }
+
+    /// `HANDSHAKE` with the peer's `message`.
+    pub fn handshake_message(&mut self, message: &[u8]) -> Answer<HandshakeReply> {
+        self.send(
+            HandshakeArgs {
+                len: message.len() as u64,
+            },
+            message,
+        )
+    }
+
+    /// Posts `command` with raw argument words (a host that writes what
+    /// no arguments type holds), lets the agent serve it, and reads the
+    /// answer.
     pub fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Answer {
+        let mut words = [0u64; WORDS];
+        words[..args.len()].copy_from_slice(args);
+        self.post(command, &words, input)
+    }
+
+    /// Posts `command` as covm does (input, argument words, command,
+    /// sequence last), lets the agent serve it, and reads the answer.
+    fn post<R>(&mut self, command: u32, words: &[u64; WORDS], input: &[u8]) -> Answer<R> {
         self.seq += 1;
         let seq = self.seq;
         let mem = self.agent.memory_mut();
         mem.put(TO_AGENT, input);
-        let mut words = [0u64; 8];
-        words[..args.len()].copy_from_slice(args);
         for (i, w) in words.iter().enumerate() {
             mem.put(mailbox::HEADER + (header::ARGS + 8 * i) as u64, &w.to_le_bytes());
         }
@@ -407,7 +479,7 @@ impl Vm {
         .expect("the error text is UTF-8");
         let out_len = u64_at(header::OUT_LEN);
         assert!(out_len <= FROM_AGENT_SIZE);
-        let mut results = [0u64; 8];
+        let mut results = [0u64; WORDS];
         for (i, r) in results.iter_mut().enumerate() {
             *r = u64_at(header::RESULTS + 8 * i);
         }
@@ -416,17 +488,29 @@ impl Vm {
             results,
             output: mem.slice(FROM_AGENT, out_len as usize).to_vec(),
             error,
+            reply: PhantomData,
         }
     }
 
-    /// `STATUS`: (role, state, may_resume, epoch, records, pages).
-    pub fn status(&mut self) -> [u64; 6] {
-        let r = self.call(command::STATUS, &[], &[]).ok().results;
-        [r[0], r[1], r[2], r[3], r[4], r[5]]
+    /// `STATUS`.
+    pub fn status(&mut self) -> StatusReply {
+        self.send(StatusArgs, &[]).ok().reply()
     }
 
-    pub fn state(&mut self) -> u64 {
-        self.status()[1]
+    /// `STATUS`: role, state and whether the source may resume.
+    pub fn session(&mut self) -> (Option<Role>, SessionState, bool) {
+        let s = self.status();
+        (s.role, s.state, s.may_resume)
+    }
+
+    /// `STATUS`: role and state.
+    pub fn role_and_state(&mut self) -> (Option<Role>, SessionState) {
+        let s = self.status();
+        (s.role, s.state)
+    }
+
+    pub fn state(&mut self) -> SessionState {
+        self.status().state
     }
 
     /// Puts vCPU `index`'s state in its VMSA slot (the platform's job).
@@ -459,13 +543,18 @@ pub fn messages(output: &[u8]) -> Vec<Vec<u8>> {
 /// Relays the handshake between the two agents like covm's session
 /// driver; returns the first refusal as (which side, answer).
 pub fn handshake(src: &mut Vm, dst: &mut Vm) -> Result<(), Box<(&'static str, Answer)>> {
-    let begin = src.call(command::BEGIN, &[0], &[]);
+    let begin = src.send(BeginArgs { role: Role::Source }, &[]);
     if begin.status != 0 {
-        return Err(Box::new(("source", begin)));
+        return Err(Box::new(("source", begin.raw())));
     }
-    let begin_dst = dst.call(command::BEGIN, &[1], &[]);
+    let begin_dst = dst.send(
+        BeginArgs {
+            role: Role::Destination,
+        },
+        &[],
+    );
     if begin_dst.status != 0 {
-        return Err(Box::new(("destination", begin_dst)));
+        return Err(Box::new(("destination", begin_dst.raw())));
     }
     let mut to_dst = messages(&begin.output);
     let mut src_done = false;
@@ -473,19 +562,19 @@ pub fn handshake(src: &mut Vm, dst: &mut Vm) -> Result<(), Box<(&'static str, An
     for _ in 0..8 {
         let mut to_src = Vec::new();
         for m in to_dst.drain(..) {
-            let a = dst.call(command::HANDSHAKE, &[m.len() as u64], &m);
+            let a = dst.handshake_message(&m);
             if a.status != 0 {
-                return Err(Box::new(("destination", a)));
+                return Err(Box::new(("destination", a.raw())));
             }
-            dst_done |= a.results[0] == 1;
+            dst_done |= a.reply().complete;
             to_src.extend(messages(&a.output));
         }
         for m in to_src {
-            let a = src.call(command::HANDSHAKE, &[m.len() as u64], &m);
+            let a = src.handshake_message(&m);
             if a.status != 0 {
-                return Err(Box::new(("source", a)));
+                return Err(Box::new(("source", a.raw())));
             }
-            src_done |= a.results[0] == 1;
+            src_done |= a.reply().complete;
             to_dst.extend(messages(&a.output));
         }
         if src_done && dst_done {
@@ -521,15 +610,24 @@ pub fn fill(vm: &mut Vm) {
 pub fn round0(src: &mut Vm, dst: &mut Vm, chunk: u64) -> (u64, u64) {
     let (mut pages, mut zeros) = (0, 0);
     for gpa in (0..MEMORY).step_by((chunk * PAGE) as usize) {
-        let a = src.call(command::EXPORT_PAGES, &[0, gpa, chunk], &[]).ok();
-        pages += a.results[0];
-        zeros += a.results[1];
+        let a = src
+            .send(
+                ExportPagesArgs {
+                    round: 0,
+                    first: gpa,
+                    count: chunk,
+                },
+                &[],
+            )
+            .ok();
+        pages += a.reply().pages;
+        zeros += a.reply().zero_pages;
         if !a.output.is_empty() {
-            dst.call(command::IMPORT, &[a.output.len() as u64], &a.output).ok();
+            dst.import(&a.output).ok();
         }
     }
-    let end = src.call(command::END_ROUND, &[], &[]).ok();
-    assert_eq!(end.results[0], pages);
-    dst.call(command::IMPORT, &[end.output.len() as u64], &end.output).ok();
+    let end = src.send(EndRoundArgs, &[]).ok();
+    assert_eq!(end.reply().pages, pages);
+    dst.import(&end.output).ok();
     (pages, zeros)
 }
