@@ -4,6 +4,7 @@
 
 use super::mailbox::{AgentError, AgentMailbox};
 use super::session::SessionInfo;
+use covm_guest_abi::mailbox::words::Args;
 use covm_migration::engine::MigrationError;
 use std::time::Instant;
 
@@ -15,19 +16,19 @@ pub fn agent_err(e: AgentError) -> MigrationError {
     }
 }
 
-/// Runs `command` on `mailbox`, adds its time to `info`'s crypto time and
-/// records a failure in `info`; the command's results.
-pub fn timed(
+/// Runs the command `args` are for on `mailbox`, adds its time to
+/// `info`'s crypto time and records a failure in `info`; the command's
+/// reply.
+pub fn timed<A: Args>(
     mailbox: &mut AgentMailbox,
     info: &SessionInfo,
-    command: u32,
-    args: &[u64],
+    args: A,
     input: &[u8],
-) -> Result<[u64; 8], MigrationError> {
+) -> Result<A::Reply, MigrationError> {
     let started = Instant::now();
-    let result = mailbox.call(command, args, input);
+    let result = mailbox.call(args, input);
     info.add_crypto(started.elapsed());
-    result.map(|reply| reply.results).map_err(|e| {
+    result.map_err(|e| {
         let e = agent_err(e);
         info.fail(e.to_string());
         e

@@ -4,7 +4,7 @@
 use super::call::agent_err;
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
-use covm_guest_abi::mailbox::command;
+use covm_guest_abi::mailbox::words::{BeginArgs, HandshakeArgs, Role};
 use covm_migration::engine::{Link, MigrationError};
 use covm_migration::protocol::Message;
 use std::time::Instant;
@@ -13,11 +13,6 @@ use std::time::Instant;
 const _: () = assert!(
     covm_agent_protocol::handshake::messages::MAX_HANDSHAKE_MSG_LEN <= covm_migration::protocol::MAX_HANDSHAKE_BYTES
 );
-
-/// Role argument of `Begin`.
-pub const ROLE_SOURCE: u64 = 0;
-/// Role argument of `Begin`.
-pub const ROLE_DESTINATION: u64 = 1;
 
 /// Splits the agent's handshake output (`u32` length, message, …).
 fn messages(output: &[u8]) -> Result<Vec<Vec<u8>>, MigrationError> {
@@ -37,7 +32,7 @@ fn messages(output: &[u8]) -> Result<Vec<Vec<u8>>, MigrationError> {
 /// complete; records the attested peer in `info`.
 pub fn run(
     mailbox: &mut AgentMailbox,
-    role: u64,
+    role: Role,
     link: &mut dyn Link,
     info: &SessionInfo,
 ) -> Result<(), MigrationError> {
@@ -59,8 +54,8 @@ pub fn run(
     result
 }
 
-fn relay(mailbox: &mut AgentMailbox, role: u64, link: &mut dyn Link) -> Result<(), MigrationError> {
-    mailbox.call(command::BEGIN, &[role], &[]).map_err(agent_err)?;
+fn relay(mailbox: &mut AgentMailbox, role: Role, link: &mut dyn Link) -> Result<(), MigrationError> {
+    mailbox.call(BeginArgs { role }, &[]).map_err(agent_err)?;
     let mut pending = messages(mailbox.output())?;
     loop {
         for message in pending.drain(..) {
@@ -78,10 +73,15 @@ fn relay(mailbox: &mut AgentMailbox, role: u64, link: &mut dyn Link) -> Result<(
             }
         };
         let reply = mailbox
-            .call(command::HANDSHAKE, &[message.len() as u64], &message)
+            .call(
+                HandshakeArgs {
+                    len: message.len() as u64,
+                },
+                &message,
+            )
             .map_err(agent_err)?;
         pending = messages(mailbox.output())?;
-        if reply.results[0] == 1 {
+        if reply.complete {
             for message in pending.drain(..) {
                 link.send(&Message::Handshake { message })?;
             }

@@ -6,6 +6,7 @@
 //! guest page.
 
 use super::runtime::{CvmRuntime, WaitError};
+use covm_guest_abi::mailbox::words::{Args, Words, WordsError, WORDS};
 use covm_guest_abi::mailbox::{self, command, header, status};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,14 @@ pub enum AgentError {
         /// Why.
         message: String,
     },
+    /// The agent's results are not what the command's reply can be.
+    #[error("the migration agent's reply to {command} is malformed: {source}")]
+    Malformed {
+        /// The command's name.
+        command: &'static str,
+        /// What was wrong with the words.
+        source: WordsError,
+    },
     /// Input larger than the mailbox.
     #[error("{command}: {len} bytes of input exceed the mailbox's {max}")]
     TooLarge {
@@ -54,13 +63,6 @@ pub enum AgentError {
         /// Room.
         max: u64,
     },
-}
-
-/// What a completed command returned (its output is in [`AgentMailbox::output`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Reply {
-    /// `results[0..8]`.
-    pub results: [u64; 8],
 }
 
 /// The name of a command, for messages.
@@ -79,6 +81,14 @@ pub fn command_name(command: u32) -> &'static str {
         command::EXPORT_LIST => "ExportList",
         _ => "an unknown command",
     }
+}
+
+/// The reply to `A`'s command in the result words the agent wrote.
+fn read_reply<A: Args>(results: &[u64; WORDS]) -> Result<A::Reply, AgentError> {
+    A::Reply::from_words(results).map_err(|source| AgentError::Malformed {
+        command: command_name(A::COMMAND),
+        source,
+    })
 }
 
 /// covm's handle on one VM's agent.
@@ -120,13 +130,16 @@ impl AgentMailbox {
         }
     }
 
-    /// Runs `command` with `args` and `input` (copied to `TO_AGENT`).
+    /// Runs the command `args` are for, with `input` (copied to
+    /// `TO_AGENT`); its reply (its output is in [`AgentMailbox::output`]).
     /// Every command's time is logged at debug level (`covm -vv`).
-    pub fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<Reply, AgentError> {
+    pub fn call<A: Args>(&mut self, args: A, input: &[u8]) -> Result<A::Reply, AgentError> {
         let started = std::time::Instant::now();
-        let reply = self.exchange(command, args, input);
+        let reply = self
+            .exchange(A::COMMAND, &args.to_words(), input)
+            .and_then(|results| read_reply::<A>(&results));
         tracing::debug!(
-            command = command_name(command),
+            command = command_name(A::COMMAND),
             input = input.len(),
             output = self.output.len(),
             us = started.elapsed().as_micros() as u64,
@@ -136,8 +149,8 @@ impl AgentMailbox {
     }
 
     /// One command through the mailbox: writes it, waits for the agent,
-    /// reads the reply and the output.
-    fn exchange(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<Reply, AgentError> {
+    /// reads the result words and the output.
+    fn exchange(&mut self, command: u32, args: &[u64; WORDS], input: &[u8]) -> Result<[u64; WORDS], AgentError> {
         let name = command_name(command);
         if input.len() as u64 > mailbox::TO_AGENT_SIZE {
             return Err(AgentError::TooLarge {
@@ -152,10 +165,8 @@ impl AgentMailbox {
             message: e.to_string(),
         };
         self.seq = self.runtime.next_seq();
-        let mut words = [0u64; 8];
-        words[..args.len()].copy_from_slice(args);
         memory.write_slice(input, GuestAddress(mailbox::TO_AGENT)).map_err(io)?;
-        for (i, word) in words.iter().enumerate() {
+        for (i, word) in args.iter().enumerate() {
             memory.write_obj(*word, at(header::ARGS + 8 * i)).map_err(io)?;
         }
         memory.write_obj(command, at(header::COMMAND)).map_err(io)?;
@@ -175,8 +186,8 @@ impl AgentMailbox {
                 text: String::from_utf8_lossy(&text).into_owned(),
             });
         }
-        let mut reply = Reply::default();
-        for (i, result) in reply.results.iter_mut().enumerate() {
+        let mut results = [0u64; WORDS];
+        for (i, result) in results.iter_mut().enumerate() {
             *result = memory.read_obj(at(header::RESULTS + 8 * i)).map_err(io)?;
         }
         let out_len: u64 = memory.read_obj(at(header::OUT_LEN)).map_err(io)?;
@@ -190,7 +201,7 @@ impl AgentMailbox {
         memory
             .read_slice(&mut self.output, GuestAddress(mailbox::FROM_AGENT))
             .map_err(io)?;
-        Ok(reply)
+        Ok(results)
     }
 
     /// The peer identity block after a completed handshake.
@@ -245,5 +256,33 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
         assert_eq!(command_name(command::EXPORT_LIST + 1), "an unknown command");
+    }
+
+    /// Result words no agent writes are refused with the command's name
+    /// and what was wrong; valid ones are the reply.
+    #[test]
+    fn replies_are_read_through_their_types() {
+        use covm_guest_abi::mailbox::words::{ImportArgs, ReadControlArgs, ReadControlReply, SessionState, StatusArgs};
+        let status = read_reply::<StatusArgs>(&[1, 3, 0, 2, 10, 20, 0, 0]).unwrap();
+        assert_eq!(
+            (status.state, status.may_resume, status.epoch),
+            (SessionState::FinalSent, false, 2)
+        );
+        let e = read_reply::<StatusArgs>(&[1, 9, 0, 0, 0, 0, 0, 0]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the migration agent's reply to Status is malformed: state 9 (0 to 7)"
+        );
+        assert_eq!(
+            read_reply::<ReadControlArgs>(&[2, 4, 0, 0, 0, 0, 0, 0]).unwrap(),
+            ReadControlReply::Aborted { reason: 4 }
+        );
+        let e = read_reply::<ReadControlArgs>(&[7, 0, 0, 0, 0, 0, 0, 0]).unwrap_err();
+        assert!(
+            e.to_string().contains("reply to ReadControl is malformed: outcome 7"),
+            "{e}"
+        );
+        let e = read_reply::<ImportArgs>(&[1, 0, 2, 0, 0, 0, 0, 0]).unwrap_err();
+        assert!(e.to_string().ends_with("complete is 0 or 1, not 2"), "{e}");
     }
 }

@@ -3,17 +3,17 @@
 //! agent reports.
 
 use super::call;
-use super::handshake::{self, ROLE_DESTINATION};
+use super::handshake;
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
-use covm_guest_abi::mailbox::command;
+use covm_guest_abi::mailbox::words::{Args, CommitArgs, ImportArgs, MintAbortArgs, Role};
 use covm_migration::engine::{Carried, Link, MigrationError, Opener};
 use covm_migration::protocol::Message;
 use covm_migration::vm::DestinationVm;
 use std::time::Duration;
 
 /// The abort reason code the destination's agent puts in its token.
-const ABORT_REASON_FAILED: u64 = 1;
+const ABORT_REASON_FAILED: u32 = 1;
 
 /// Opens through the destination VM's agent.
 pub struct ConfidentialOpener {
@@ -35,14 +35,14 @@ impl ConfidentialOpener {
         }
     }
 
-    fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<[u64; 8], MigrationError> {
-        call::timed(&mut self.mailbox, &self.info, command, args, input)
+    fn call<A: Args>(&mut self, args: A, input: &[u8]) -> Result<A::Reply, MigrationError> {
+        call::timed(&mut self.mailbox, &self.info, args, input)
     }
 }
 
 impl Opener for ConfidentialOpener {
     fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
-        handshake::run(&mut self.mailbox, ROLE_DESTINATION, link, &self.info)
+        handshake::run(&mut self.mailbox, Role::Destination, link, &self.info)
     }
 
     fn is_page_record(&self, message: &Message) -> bool {
@@ -56,16 +56,21 @@ impl Opener for ConfidentialOpener {
                 during: "opening sealed records",
             });
         };
-        let results = self.call(command::IMPORT, &[records.len() as u64], &records)?;
-        if results[2] == 1 {
-            self.verified = results[4] == 1;
+        let reply = self.call(
+            ImportArgs {
+                len: records.len() as u64,
+            },
+            &records,
+        )?;
+        if reply.complete {
+            self.verified = reply.verified;
             self.info.set_state("complete");
         }
-        self.info.add(1, results[0], round);
+        self.info.add(1, reply.pages, round);
         Ok(Carried {
             round,
-            pages: results[0],
-            zero_pages: results[1],
+            pages: reply.pages,
+            zero_pages: reply.zero_pages,
         })
     }
 
@@ -77,7 +82,12 @@ impl Opener for ConfidentialOpener {
     }
 
     fn commit(&mut self, _vm: &mut dyn DestinationVm) -> Result<Message, MigrationError> {
-        self.call(command::COMMIT, &[u64::from(self.verified)], &[])?;
+        self.call(
+            CommitArgs {
+                verified: self.verified,
+            },
+            &[],
+        )?;
         self.committed = true;
         self.info.set_state("committed");
         Ok(Message::Control {
@@ -89,7 +99,12 @@ impl Opener for ConfidentialOpener {
         if self.committed {
             return None;
         }
-        match self.call(command::MINT_ABORT, &[ABORT_REASON_FAILED], &[]) {
+        match self.call(
+            MintAbortArgs {
+                reason: ABORT_REASON_FAILED,
+            },
+            &[],
+        ) {
             Ok(_) => {
                 tracing::info!("confidential migration: abort token minted ({reason})");
                 self.info.set_state("aborted");

@@ -4,10 +4,14 @@
 //! log, a hint) and carries what comes out of the mailbox.
 
 use super::call;
-use super::handshake::{self, ROLE_SOURCE};
+use super::handshake;
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
-use covm_guest_abi::mailbox::{command, state, AGENT_WINDOW_END, AGENT_WINDOW_START};
+use covm_guest_abi::mailbox::words::{
+    Args, EndRoundArgs, ExportFinalArgs, ExportListArgs, ExportPagesArgs, ReadControlArgs, ReadControlReply, Role,
+    SessionState, StatusArgs,
+};
+use covm_guest_abi::mailbox::{AGENT_WINDOW_END, AGENT_WINDOW_START};
 use covm_migration::engine::{Carried, Link, MigrationError, RecordSink, Sealer};
 use covm_migration::protocol::{Message, PROTOCOL_VERSION_CONFIDENTIAL};
 use covm_migration::vm::SourceVm;
@@ -48,23 +52,24 @@ impl ConfidentialSealer {
     }
 
     /// Runs one agent command, timing it as crypto time.
-    fn call(&mut self, command: u32, args: &[u64], input: &[u8]) -> Result<[u64; 8], MigrationError> {
-        call::timed(&mut self.mailbox, &self.info, command, args, input)
+    fn call<A: Args>(&mut self, args: A, input: &[u8]) -> Result<A::Reply, MigrationError> {
+        call::timed(&mut self.mailbox, &self.info, args, input)
     }
 
     /// Passes one export call's output on (one `Sealed` frame) and counts
-    /// the pages it sealed (`results[0]`, `results[1]` of them zero).
+    /// the `pages` it sealed, `zero_pages` of them zero.
     fn forward_export(
         &mut self,
-        results: &[u64; 8],
+        pages: u64,
+        zero_pages: u64,
         out: &mut RecordSink<'_>,
         carried: &mut Carried,
     ) -> Result<(), MigrationError> {
         let records = u64::from(!self.mailbox.output().is_empty());
         self.forward(carried.round, out)?;
-        self.info.add(records, results[0], self.epoch);
-        carried.pages += results[0];
-        carried.zero_pages += results[1];
+        self.info.add(records, pages, self.epoch);
+        carried.pages += pages;
+        carried.zero_pages += zero_pages;
         Ok(())
     }
 
@@ -91,7 +96,7 @@ impl Sealer for ConfidentialSealer {
     }
 
     fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
-        handshake::run(&mut self.mailbox, ROLE_SOURCE, link, &self.info)
+        handshake::run(&mut self.mailbox, Role::Source, link, &self.info)
     }
 
     fn chunk_pages(&self) -> u64 {
@@ -117,15 +122,22 @@ impl Sealer for ConfidentialSealer {
         let mut done = 0;
         while done < count {
             let first = gpa + done * PAGE_SIZE;
-            let results = self.call(command::EXPORT_PAGES, &[u64::from(round), first, count - done], &[])?;
-            let walked = results[2];
+            let reply = self.call(
+                ExportPagesArgs {
+                    round,
+                    first,
+                    count: count - done,
+                },
+                &[],
+            )?;
+            let walked = reply.walked_frames;
             if walked == 0 || walked > count - done {
                 return Err(MigrationError::stream(format!(
                     "the agent walked {walked} of the {} pages asked for from {first:#x}",
                     count - done
                 )));
             }
-            self.forward_export(&results, out, &mut carried)?;
+            self.forward_export(reply.pages, reply.zero_pages, out, &mut carried)?;
             done += walked;
         }
         Ok(carried)
@@ -153,8 +165,14 @@ impl Sealer for ConfidentialSealer {
                 list.extend_from_slice(&gpa.to_le_bytes());
                 list.extend_from_slice(&count.to_le_bytes());
             }
-            let results = self.call(command::EXPORT_LIST, &[u64::from(round), todo.len() as u64], &list)?;
-            let (done, partial) = (results[2], results[3]);
+            let reply = self.call(
+                ExportListArgs {
+                    round,
+                    entries: todo.len() as u64,
+                },
+                &list,
+            )?;
+            let (done, partial) = (reply.entries_done, reply.next_entry_frames);
             let progress_ok = match todo.get(done as usize) {
                 Some(&(_, count)) => partial < count && (done > 0 || partial > 0),
                 None => done as usize == todo.len() && partial == 0,
@@ -165,7 +183,7 @@ impl Sealer for ConfidentialSealer {
                     todo.len()
                 )));
             }
-            self.forward_export(&results, out, &mut carried)?;
+            self.forward_export(reply.pages, reply.zero_pages, out, &mut carried)?;
             todo.drain(..done as usize);
             if let Some(next) = todo.first_mut() {
                 *next = (next.0 + partial * PAGE_SIZE, next.1 - partial);
@@ -175,7 +193,7 @@ impl Sealer for ConfidentialSealer {
     }
 
     fn end_round(&mut self, round: u32, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
-        self.call(command::END_ROUND, &[], &[])?;
+        self.call(EndRoundArgs, &[])?;
         self.forward(round, out)?;
         self.epoch = round + 1;
         self.info.add(1, 0, self.epoch);
@@ -188,8 +206,10 @@ impl Sealer for ConfidentialSealer {
         // and the Final record. `state` is the host-owned device state.
         self.info.set_state("final");
         self.call(
-            command::EXPORT_FINAL,
-            &[u64::from(self.workload_vcpus), u64::from(self.verified)],
+            ExportFinalArgs {
+                vcpus: self.workload_vcpus,
+                verified: self.verified,
+            },
             &[],
         )?;
         self.forward(self.epoch, out)?;
@@ -200,24 +220,23 @@ impl Sealer for ConfidentialSealer {
     fn read_decision(&mut self, message: Message) -> Result<(), MigrationError> {
         match message {
             Message::Control { record } => {
-                let results = self.call(command::READ_CONTROL, &[record.len() as u64], &record)?;
-                match results[0] {
-                    1 => {
+                let reply = self.call(
+                    ReadControlArgs {
+                        len: record.len() as u64,
+                    },
+                    &record,
+                )?;
+                match reply {
+                    ReadControlReply::Committed => {
                         self.info.set_state("committed");
                         Ok(())
                     }
-                    2 => {
+                    ReadControlReply::Aborted { reason } => {
                         self.info.set_state("aborted");
                         Err(MigrationError::PeerAborted {
-                            reason: format!(
-                                "the destination's agent gave a valid abort token (reason code {})",
-                                results[1]
-                            ),
+                            reason: format!("the destination's agent gave a valid abort token (reason code {reason})"),
                         })
                     }
-                    other => Err(MigrationError::stream(format!(
-                        "the agent read a control record with outcome {other}"
-                    ))),
                 }
             }
             Message::Abort { reason } => Err(MigrationError::PeerAborted { reason }),
@@ -231,13 +250,12 @@ impl Sealer for ConfidentialSealer {
     fn may_resume(&mut self) -> bool {
         // Only the agent knows whether a Final record may exist; if it
         // cannot say, the guest stays paused (it may run elsewhere).
-        match self.mailbox.call(command::STATUS, &[], &[]) {
-            Ok(reply) => {
-                let may = reply.results[2] == 1;
-                if !may && reply.results[1] == state::FINAL_SENT {
+        match self.mailbox.call(StatusArgs, &[]) {
+            Ok(status) => {
+                if !status.may_resume && status.state == SessionState::FinalSent {
                     self.info.set_state("undecided");
                 }
-                may
+                status.may_resume
             }
             Err(e) => {
                 tracing::error!("cannot ask the migration agent whether the guest may resume: {e}");
