@@ -68,8 +68,12 @@ fn report(cli: &Cli, message: &str) {
 /// JSON, computed as a launch computes it but in scratch memory (no KVM, no
 /// SEV-SNP or TDX hardware).
 fn measure(args: &MeasureArgs) -> Result<String, String> {
-    use covm::platform::measure::{self, HardwarePlatform, SnpLaunch};
-    use covm::platform::{self, hex, kernel_hashes::KernelHashes, mrtd, root_key, vmsa, PlatformConfig};
+    use covm::platform::measure::{self, HardwarePlatform};
+    use covm::platform::{self, hex, root_key, PlatformConfig};
+    use covm_measure::kernel_hashes::{KernelHashes, SEV_HASHES_GPA};
+    use covm_measure::mrtd::TD_HOB_GPA;
+    use covm_measure::snp::SnpLaunch;
+    use covm_measure::vmsa;
     let host_ram = config::host_ram().map_err(|e| format!("cannot read this host's memory size: {e}"))?;
     let (config, hardware, no_policy) = VmConfig::for_measure(&args.vm, host_ram).map_err(|e| e.to_string())?;
     if hardware != Some(HardwarePlatform::SevSnp) {
@@ -103,7 +107,11 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
                 }
                 (given, launch) => given.or(launch),
             };
-            let signature = vcpu_type.as_deref().map(vmsa::vcpu_type_signature).transpose()?;
+            let signature = vcpu_type
+                .as_deref()
+                .map(vmsa::vcpu_type_signature)
+                .transpose()
+                .map_err(|e| e.to_string())?;
             let kernel_hashes = match (&config.payload, args.kernel_hashes) {
                 (_, false) => None,
                 (covm::config::Payload::Kernel { kernel, initramfs }, true) => Some(
@@ -132,7 +140,7 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
                 "vcpu_type": vcpu_type,
                 "vcpu_signature": signature.map(|s| format!("{s:#x}")),
                 "kernel_hashes": launch.kernel_hashes.map(|h| serde_json::json!({
-                    "gpa": format!("{:#x}", platform::kernel_hashes::SEV_HASHES_GPA),
+                    "gpa": format!("{SEV_HASHES_GPA:#x}"),
                     "kernel": hex(&h.kernel),
                     "initrd": hex(&h.initrd),
                     "cmdline": hex(&h.cmdline),
@@ -145,14 +153,14 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
             out
         }
         Some(HardwarePlatform::Tdx) => {
-            let td = mrtd::measure_tdx(&config).map_err(|e| e.to_string())?;
+            let td = measure::measure_tdx(&config).map_err(|e| e.to_string())?;
             let mut out = serde_json::json!({
                 "platform": "tdx",
                 "mrtd": hex(&td.mrtd),
                 "host_data": host_data,
                 "policy_version": policy_version,
                 "vcpus": config.cpus.boot_vcpus,
-                "td_hob": format!("{:#x}", mrtd::TD_HOB_GPA),
+                "td_hob": format!("{TD_HOB_GPA:#x}"),
                 "entries": td.pages.len(),
             });
             if args.pages {
@@ -206,7 +214,7 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
 }
 
 /// `--pages`: each entry's address, page type and contents.
-fn measured_pages(pages: &[covm::platform::measure::MeasuredPage]) -> serde_json::Value {
+fn measured_pages(pages: &[covm_measure::snp::MeasuredPage]) -> serde_json::Value {
     pages
         .iter()
         .map(|p| serde_json::json!({"gpa": format!("{:#x}", p.gpa), "type": p.page_type.name(), "what": p.what}))

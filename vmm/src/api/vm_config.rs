@@ -419,7 +419,7 @@ fn platform_from_json_probed(
     let vcpu_type = match map.get("vcpu_type") {
         None | Some(Value::Null) => None,
         Some(Value::String(name)) => {
-            crate::platform::vmsa::vcpu_type_signature(name).map_err(|e| format!("platform.vcpu_type: {e}"))?;
+            covm_measure::vmsa::vcpu_type_signature(name).map_err(|e| format!("platform.vcpu_type: {e}"))?;
             Some(name.clone())
         }
         Some(other) => return Err(format!("platform.vcpu_type must be a vCPU model name, not {other}")),

@@ -85,7 +85,7 @@ fn segment(entry: u64, index: u16) -> kvm_segment {
 
 /// The bootstrap vCPU's registers at the entry: what covm sets on top of
 /// KVM's INIT state. One value serves both KVM ([`apply_bsp`]) and the
-/// launch measurement (`platform::vmsa::VcpuState::boot`), so what is
+/// launch measurement (`platform::image::bsp_state`), so what is
 /// measured is what runs. General-purpose registers not named are zero.
 #[derive(Debug, Clone, Copy)]
 #[allow(missing_docs)]

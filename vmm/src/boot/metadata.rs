@@ -14,16 +14,9 @@ use crate::memory::GuestMemory;
 use covm_guest_abi::metadata::{Metadata, SectionKind, KERNEL_HASHES_GPA, PAGE, SECTION_NAME};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
-/// One section of the firmware's metadata, checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FirmwareSection {
-    /// Page-aligned guest-physical address.
-    pub gpa: u64,
-    /// Pages.
-    pub pages: u64,
-    /// What the launch adds there.
-    pub kind: SectionKind,
-}
+/// One section of the firmware's metadata, checked: the launch
+/// description's (`covm_measure::FirmwareSection`).
+pub use covm_measure::FirmwareSection;
 
 /// `SHF_ALLOC`: the section occupies memory at run time.
 const SHF_ALLOC: u64 = 2;

@@ -380,7 +380,9 @@ fn snp_option(m: &OptionMap) -> Result<SnpOption, OptionError> {
             .get_with("policy", parse_guest_policy)?
             .unwrap_or(DEFAULT_GUEST_POLICY),
         vcpu_type: m.get_with("vcpu_type", |v| {
-            crate::platform::vmsa::vcpu_type_signature(v).map(|_| v.to_string())
+            covm_measure::vmsa::vcpu_type_signature(v)
+                .map(|_| v.to_string())
+                .map_err(|e| e.to_string())
         })?,
         id: id_block_option(m)?,
     })

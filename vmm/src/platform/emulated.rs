@@ -1,19 +1,19 @@
 //! `emulated_cvm`: covm's emulated confidential platform.
 //!
 //! A normal KVM VM in which the built-in firmware plays the trust boundary.
-//! covm measures what it loads exactly as SEV-SNP would (module
-//! [`super::measure`]), binds the guest owner's migration policy through
+//! covm measures what it loads exactly as SEV-SNP would
+//! ([`super::measure::image_digest`]), binds the guest owner's migration policy through
 //! HOST_DATA, and signs SNP-layout attestation reports with an emulated
 //! root key. **It provides no hardware protection**: covm, the host, holds
 //! the root key and can read and change every byte of the guest. It exists
 //! to run the confidential migration protocol end to end where no SNP or
 //! TDX hardware is.
 
-use super::measure::Measurement;
 use super::policy::MigrationPolicy;
 use super::root_key::RootKey;
 use super::{hex, EmulatedCvmConfig, Platform, PlatformError};
 use covm_agent_protocol::{AttestationReport, Evidence, Platform as ProtocolPlatform, TcbVersion};
+use covm_measure::snp::Measurement;
 use serde_json::{json, Value};
 
 /// What `vm.info`, `covm measure` and the docs say about this platform.

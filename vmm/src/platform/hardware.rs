@@ -5,21 +5,22 @@
 //!
 //! Their measurement is the one covm *expects*: computed over what covm
 //! loads, exactly as `covm measure` computes it (for SEV-SNP the same
-//! [`SnpLaunch::apply`] and [`launch_digest`] whose pages and VMSAs the
-//! launch then hands to the secure processor). The hardware's own value is
+//! [`snp_launch`], `SnpLaunch::apply` and the launch digest, whose pages
+//! and VMSAs the launch then hands to the secure processor). The hardware's own value is
 //! in the guest's attestation report, which only the guest can ask for:
 //! covm's built-in firmware cannot yet, so [`Platform::evidence`] says so
 //! instead of making anything up.
 
-use super::image::LaunchImage;
-use super::measure::{launch_digest, Measurement, SnpLaunch};
-use super::mrtd::{TdMeasurement, TD_HOB_GPA};
+use super::measure::snp_launch;
 use super::policy::MigrationPolicy;
 use super::snp::plan::IdBlock;
-use super::vmsa::vcpu_type_signature;
 use super::{hex, Platform, PlatformError};
 use crate::memory::GuestMemory;
 use covm_agent_protocol::Evidence;
+use covm_measure::mrtd::{TdMeasurement, TD_HOB_GPA};
+use covm_measure::snp::{Measurement, SnpLaunch};
+use covm_measure::vmsa::vcpu_type_signature;
+use covm_measure::Launch;
 use serde_json::{json, Value};
 
 /// The guest policy of an SEV-SNP launch unless `policy=` says otherwise
@@ -134,7 +135,10 @@ impl SevSnpConfig {
 
     /// The vCPU type's signature (0 without one).
     pub fn vcpu_signature(&self) -> Result<u32, String> {
-        self.vcpu_type.as_deref().map_or(Ok(0), vcpu_type_signature)
+        self.vcpu_type
+            .as_deref()
+            .map_or(Ok(0), vcpu_type_signature)
+            .map_err(|e| e.to_string())
     }
 
     /// What the launch adds to covm's image: the vCPU signature in every
@@ -179,8 +183,8 @@ pub fn check_guest_policy(policy: u64) -> Result<u64, String> {
 /// hands it over ([`SnpLaunch::apply`]) and its digest.
 #[derive(Debug, Clone)]
 pub struct SnpExpected {
-    /// The pages to launch and the VMSAs (RDX set to the vCPU signature).
-    pub image: LaunchImage,
+    /// The pages to launch and the vCPUs' states (RDX the vCPU signature).
+    pub image: Launch,
     /// The digest the secure processor must arrive at.
     pub measurement: Measurement,
 }
@@ -188,14 +192,9 @@ pub struct SnpExpected {
 /// The SEV-SNP launch of `image` (loaded in `memory`) under `config`, and
 /// the measurement it must give: the computation `covm measure --platform
 /// sev_snp=on` makes.
-pub fn snp_expected(
-    memory: &GuestMemory,
-    image: &LaunchImage,
-    config: &SevSnpConfig,
-) -> Result<SnpExpected, PlatformError> {
+pub fn snp_expected(memory: &GuestMemory, image: &Launch, config: &SevSnpConfig) -> Result<SnpExpected, PlatformError> {
     let launch = config.snp_launch().map_err(PlatformError::Unsupported)?;
-    let image = launch.apply(memory, image)?;
-    let measurement = launch_digest(memory, &image)?;
+    let (image, measurement) = snp_launch(memory, image, &launch)?;
     Ok(SnpExpected { image, measurement })
 }
 
@@ -346,8 +345,10 @@ pub(crate) fn test_config(platform: &str) -> crate::config::VmConfig {
 mod tests {
     use super::*;
     use crate::config::{CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
-    use crate::platform::measure::{measure_sev_snp, PageType};
-    use crate::platform::{mrtd, PlatformConfig};
+    use crate::platform::measure::{measure_sev_snp, measure_tdx};
+    use crate::platform::PlatformConfig;
+    use covm_measure::vmsa::rdx;
+    use covm_measure::PageType;
 
     fn config(platform: PlatformConfig) -> VmConfig {
         VmConfig {
@@ -396,11 +397,7 @@ mod tests {
         assert!(platform.hardware_protection() && platform.confidential());
         assert_eq!(platform.host_data(), Some(MigrationPolicy::empty().host_data()));
         let expected = snp_expected(&memory, &loaded.image, &snp).unwrap();
-        assert!(expected
-            .image
-            .vcpus
-            .iter()
-            .all(|v| crate::platform::vmsa::rdx(v) == 0xa00f11));
+        assert!(expected.image.vcpus.iter().all(|v| rdx(&v.to_vmsa()) == 0xa00f11));
         assert_eq!(expected.measurement.pages.len(), measured.pages.len());
         assert_eq!(
             expected
@@ -438,7 +435,7 @@ mod tests {
         let memory = crate::memory::allocate(64 << 20).unwrap();
         let loaded = crate::platform::image::load(&memory, &vm).unwrap();
         let platform = vm.platform.launch(&memory, &loaded.image).unwrap();
-        let measured = mrtd::measure_tdx(&vm).unwrap();
+        let measured = measure_tdx(&vm).unwrap();
         assert_eq!(platform.measurement(), Some(measured.mrtd));
         assert_eq!(platform.kind(), "tdx");
         assert!(platform.hardware_protection());

@@ -10,31 +10,27 @@
 //! for a booting VM (in its memory), for `covm measure` and for an
 //! incoming VM (in scratch memory of the same size), so all three measure
 //! the same image.
+//!
+//! The image is covm-measure's launch description ([`Launch`]) without the
+//! pages' contents, which stay in guest memory: [`with_contents`] reads
+//! the measured ones for the measurement, [`write_pages`] writes the pages
+//! an SEV-SNP launch adds. Each vCPU's initial state is the VMSA
+//! encoding's input: the bootstrap vCPU's from covm's boot registers
+//! ([`bsp_state`]), the others the INIT state.
 
-use super::measure::PageType;
-use super::vmsa::{VcpuState, VMSA_LEN};
 use super::PlatformConfig;
 use crate::arch::regs::{self, BootRegs, RegsError};
-use crate::boot::metadata::FirmwareSection;
 use crate::boot::{self, layout, BootEntry, BootError};
 use crate::config::VmConfig;
 use crate::memory::{self, GuestMemory};
 use covm_guest_abi::layout::FIRMWARE_BASE;
+use covm_measure::vmsa::{Segment, VcpuState};
+use covm_measure::{Launch, Page, PageType};
+use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Bytes of a guest page.
 const PAGE: u64 = 4096;
-
-/// One page of the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LaunchPage {
-    /// Guest-physical address.
-    pub gpa: u64,
-    /// How the platform takes it in.
-    pub page_type: PageType,
-    /// What covm put there (for `covm measure --pages` and logs).
-    pub what: &'static str,
-}
 
 /// A page a platform places in guest memory itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,21 +45,6 @@ pub struct PlacedPage {
     pub what: &'static str,
 }
 
-/// The launch image: every page covm put in guest memory, in launch order,
-/// and each vCPU's initial state.
-#[derive(Debug, Clone)]
-pub struct LaunchImage {
-    /// Pages in launch order: covm's writes as NORMAL pages in ascending
-    /// address, then the platform's own pages in the order it lists them.
-    pub pages: Vec<LaunchPage>,
-    /// One VMSA page per vCPU, vCPU 0 (the bootstrap vCPU) first.
-    pub vcpus: Vec<Box<[u8; VMSA_LEN]>>,
-    /// The payload ELF's launch metadata (`covm_guest_abi::metadata`),
-    /// checked, in its order: pages only an SEV-SNP launch adds
-    /// ([`super::measure::SnpLaunch::apply`]); empty without metadata.
-    pub metadata: Vec<FirmwareSection>,
-}
-
 /// A loaded VM: where it enters, the bootstrap vCPU's registers and the
 /// image that was loaded.
 #[derive(Debug, Clone)]
@@ -72,8 +53,10 @@ pub struct Loaded {
     pub entry: BootEntry,
     /// The bootstrap vCPU's registers.
     pub bsp: BootRegs,
-    /// The launch image.
-    pub image: LaunchImage,
+    /// The launch image: every page covm put in guest memory, in launch
+    /// order (no contents), each vCPU's initial state and the payload's
+    /// launch metadata.
+    pub image: Launch,
 }
 
 /// Errors loading.
@@ -103,6 +86,14 @@ pub enum LoadError {
         gpa: u64,
         /// What.
         what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A page of the image that cannot be read back to measure it.
+    #[error("cannot read guest page {gpa:#x} to measure it: {reason}")]
+    Read {
+        /// The page.
+        gpa: u64,
         /// Why.
         reason: String,
     },
@@ -148,31 +139,99 @@ pub fn load(memory: &GuestMemory, config: &VmConfig) -> Result<Loaded, LoadError
     }
     let (entry, metadata) = boot::load_with_metadata(memory, config)?;
     let bsp = regs::boot_regs(memory, &entry)?;
-    let mut pages: Vec<LaunchPage> = written_pages(memory)
+    let mut pages: Vec<Page> = written_pages(memory)
         .into_iter()
-        .map(|gpa| LaunchPage {
-            gpa,
-            page_type: PageType::Normal,
-            what: describe(gpa, &entry),
-        })
+        .map(|gpa| Page::new(gpa, PageType::Normal, describe(gpa, &entry)))
         .collect();
     place(memory, &config.platform, &mut pages)?;
     // One VMSA per KVM vCPU: the agent's vCPU is measured too.
     let vcpus = (0..config.kvm_vcpus())
         .map(|i| match i {
-            0 => VcpuState::boot(&bsp).to_vmsa(),
-            _ => VcpuState::reset().to_vmsa(),
+            0 => bsp_state(&bsp),
+            _ => VcpuState::reset(),
         })
         .collect();
     Ok(Loaded {
         entry,
         bsp,
-        image: LaunchImage { pages, vcpus, metadata },
+        image: Launch { pages, vcpus, metadata },
     })
 }
 
+/// The VMCB form of a KVM segment register.
+pub fn segment(s: &kvm_segment) -> Segment {
+    let attrib = Segment::attributes(s.type_, s.s, s.dpl, s.present, s.avl, s.l, s.db, s.g);
+    Segment::new(s.selector, attrib, s.limit, s.base)
+}
+
+/// The bootstrap vCPU's initial state: the INIT state with covm's boot
+/// registers applied (`arch::regs::apply_bsp` writes exactly these to
+/// KVM; every general-purpose register it does not name is zero).
+pub fn bsp_state(regs: &BootRegs) -> VcpuState {
+    VcpuState {
+        cs: segment(&regs.cs),
+        ds: segment(&regs.ds),
+        es: segment(&regs.es),
+        fs: segment(&regs.fs),
+        gs: segment(&regs.gs),
+        ss: segment(&regs.ss),
+        tr: segment(&regs.tr),
+        gdtr: Segment::table(regs.gdt_base, regs.gdt_limit),
+        idtr: Segment::table(regs.idt_base, regs.idt_limit),
+        efer: regs.efer,
+        cr0: regs.cr0,
+        cr3: regs.cr3,
+        cr4: regs.cr4,
+        rflags: regs.rflags,
+        rip: regs.rip,
+        rsp: regs.rsp,
+        rbx: regs.rbx,
+        rbp: regs.rbp,
+        rsi: regs.rsi,
+        ..VcpuState::reset()
+    }
+}
+
+/// `image` with the contents of its measured pages read from `memory`
+/// (where it was loaded): the launch description covm-measure measures.
+pub fn with_contents(memory: &GuestMemory, image: &Launch) -> Result<Launch, LoadError> {
+    let mut described = image.clone();
+    for page in &mut described.pages {
+        if page.contents.is_some() || !page.page_type.measures_contents() {
+            continue;
+        }
+        let mut contents = Box::new([0u8; PAGE as usize]);
+        memory
+            .read_slice(&mut contents[..], GuestAddress(page.gpa))
+            .map_err(|e| LoadError::Read {
+                gpa: page.gpa,
+                reason: e.to_string(),
+            })?;
+        page.contents = Some(contents);
+    }
+    Ok(described)
+}
+
+/// Writes into `memory` the contents `pages` carry (those without contents
+/// are left alone): the pages an SEV-SNP launch adds to covm's image
+/// ([`covm_measure::snp::SnpLaunch::apply`]), for the launch to update.
+pub fn write_pages(memory: &GuestMemory, pages: &[Page]) -> Result<(), LoadError> {
+    for page in pages {
+        if let Some(contents) = &page.contents {
+            memory
+                .write_slice(&contents[..], GuestAddress(page.gpa))
+                .map_err(|e| LoadError::Place {
+                    gpa: page.gpa,
+                    what: page.what,
+                    reason: e.to_string(),
+                })?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes the platform's own pages after the payload's.
-fn place(memory: &GuestMemory, platform: &PlatformConfig, pages: &mut Vec<LaunchPage>) -> Result<(), LoadError> {
+fn place(memory: &GuestMemory, platform: &PlatformConfig, pages: &mut Vec<Page>) -> Result<(), LoadError> {
     for placed in platform.placed_pages() {
         let gpa = placed.gpa;
         if pages.iter().any(|p| p.gpa == gpa) {
@@ -194,11 +253,7 @@ fn place(memory: &GuestMemory, platform: &PlatformConfig, pages: &mut Vec<Launch
                 what: placed.what,
                 reason: e.to_string(),
             })?;
-        pages.push(LaunchPage {
-            gpa,
-            page_type: placed.page_type,
-            what: placed.what,
-        });
+        pages.push(Page::new(gpa, placed.page_type, placed.what));
     }
     Ok(())
 }
@@ -245,6 +300,68 @@ mod tests {
             "APs share the reset state"
         );
         assert_ne!(loaded.image.vcpus[0], loaded.image.vcpus[1]);
+    }
+
+    #[test]
+    fn kvm_segments_pack_into_vmcb_attributes() {
+        // covm's PVH code segment: flat 32-bit code, G and D set.
+        let cs = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 8,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 1,
+            s: 1,
+            l: 0,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        assert_eq!(segment(&cs), Segment::new(8, 0xc9b, 0xffff_ffff, 0));
+        let long = kvm_segment { l: 1, db: 0, ..cs };
+        assert_eq!(segment(&long).attrib, 0xa9b);
+    }
+
+    /// The measured pages' contents are read back from memory; the others
+    /// stay without; pages with contents are written.
+    #[test]
+    fn contents_read_and_written() {
+        let mem = memory::allocate(64 << 20).unwrap();
+        let loaded = load(&mem, &config(1)).unwrap();
+        let described = with_contents(&mem, &loaded.image).unwrap();
+        assert_eq!(described.pages.len(), loaded.image.pages.len());
+        for page in &described.pages {
+            let mut bytes = [0u8; PAGE as usize];
+            mem.read_slice(&mut bytes, GuestAddress(page.gpa)).unwrap();
+            assert_eq!(page.contents.as_deref(), Some(&bytes), "{:#x}", page.gpa);
+        }
+        let outside = Launch {
+            pages: vec![Page::new(64 << 20, PageType::Normal, "x")],
+            ..Default::default()
+        };
+        assert!(with_contents(&mem, &outside)
+            .unwrap_err()
+            .to_string()
+            .starts_with("cannot read guest page 0x4000000 to measure it: "));
+        let added = [
+            Page::with_contents(0x2000, PageType::Secrets, "s", &[0xee; 8]),
+            Page::new(0x3000, PageType::Zero, "z"),
+        ];
+        mem.write_slice(&[0x11; 8], GuestAddress(0x3000)).unwrap();
+        write_pages(&mem, &added).unwrap();
+        let mut bytes = [0u8; PAGE as usize];
+        mem.read_slice(&mut bytes, GuestAddress(0x2000)).unwrap();
+        assert_eq!((&bytes[..8], &bytes[8..]), (&[0xee; 8][..], &[0; 4088][..]));
+        mem.read_slice(&mut bytes[..8], GuestAddress(0x3000)).unwrap();
+        assert_eq!(&bytes[..8], &[0x11; 8], "a page without contents is left alone");
+        let outside = [Page::with_contents(64 << 20, PageType::Cpuid, "c", &[])];
+        assert!(write_pages(&mem, &outside)
+            .unwrap_err()
+            .to_string()
+            .starts_with("cannot place the c at 0x4000000: "));
     }
 
     #[test]

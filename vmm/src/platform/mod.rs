@@ -12,41 +12,43 @@
 //!   root key. No hardware protection (see its module).
 //! - [`SevSnp`] (`sev_snp=on`, on a host that passes [`snp::probe_snp`]):
 //!   `vm.rs` builds the VM through the SEV-SNP launch ([`snp::vm`]): the
-//!   pages and VMSAs of the [`LaunchImage`] as [`measure::SnpLaunch::apply`]
+//!   pages and VMSAs of the launch image as [`measure::snp_launch`]
 //!   hands them over, `SNP_LAUNCH_FINISH` with [`PlatformConfig::host_data`];
 //!   its [`Platform::measurement`] is the digest covm expects (what `covm
 //!   measure` prints). Its evidence needs the guest's own request to the
 //!   secure processor, which the built-in firmware cannot make yet.
 //! - [`Td`] (`tdx=on`, on a host that passes [`tdx::probe_tdx`]): `vm.rs`
 //!   builds the VM through the TDX launch ([`tdx::vm`]); its
-//!   [`Platform::measurement`] is the MRTD covm expects ([`mrtd`], what
-//!   `covm measure` prints). Its evidence (a quote) needs the guest's own
+//!   [`Platform::measurement`] is the MRTD covm expects
+//!   ([`measure::image_mrtd`], what `covm measure` prints). Its evidence (a quote) needs the guest's own
 //!   request, which the built-in firmware cannot make yet.
+//!
+//! The measurements themselves are covm-measure's (`measure/`): pure
+//! functions over a launch description, which [`image`] records as covm
+//! loads a VM and [`measure`] hands over.
 
-pub mod cpuid_page;
 pub mod emulated;
 pub mod hardware;
 pub mod image;
-pub mod kernel_hashes;
 pub mod measure;
-pub mod mrtd;
 pub mod policy;
 pub mod root_key;
 pub mod snp;
 pub mod tdx;
-pub mod vmsa;
 
+pub use covm_measure::hex;
 pub use emulated::EmulatedCvm;
 pub use hardware::{SevSnp, SevSnpConfig, Td, TdxConfig};
-pub use image::LaunchImage;
 pub use policy::MigrationPolicy;
 
 use crate::config::VmConfig;
 use crate::memory::{self, GuestMemory, MemoryError};
 use covm_agent_protocol::Evidence;
 use covm_guest_abi::layout::MIGRATION_POLICY;
+use covm_measure::mrtd::MrtdError;
+use covm_measure::snp::{MeasureError, Measurement};
+use covm_measure::{Launch, PageType};
 use image::{LoadError, PlacedPage};
-use measure::{MeasureError, Measurement, PageType};
 use root_key::RootKeyError;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -115,7 +117,7 @@ pub enum PlatformError {
     Unsupported(String),
     /// A TD's measurement.
     #[error(transparent)]
-    Mrtd(Box<mrtd::MrtdError>),
+    Mrtd(Box<MrtdError>),
 }
 
 /// The choice of platform, as configured.
@@ -211,7 +213,7 @@ impl PlatformConfig {
     /// For SEV-SNP and TDX this is covm's side only (the expected
     /// measurement, as `covm measure` computes it): the hardware launch is
     /// `vm.rs`'s ([`snp::vm`], [`tdx::vm`]).
-    pub fn launch(&self, memory: &GuestMemory, image: &LaunchImage) -> Result<Box<dyn Platform>, PlatformError> {
+    pub fn launch(&self, memory: &GuestMemory, image: &Launch) -> Result<Box<dyn Platform>, PlatformError> {
         match self {
             PlatformConfig::Plain => Ok(Box::new(Plain)),
             PlatformConfig::EmulatedCvm(config) => {
@@ -220,7 +222,7 @@ impl PlatformConfig {
                     tracing::info!("{line}");
                     eprintln!("covm: {line}");
                 }
-                let measurement = measure::launch_digest(memory, image)?;
+                let measurement = measure::image_digest(memory, image)?;
                 tracing::info!(
                     "emulated_cvm launch measurement {} over {} entries",
                     hex(&measurement.digest),
@@ -233,8 +235,7 @@ impl PlatformConfig {
                 Ok(Box::new(SevSnp::new(config, expected.measurement)))
             }
             PlatformConfig::Tdx(config) => {
-                let td = mrtd::launch_mrtd(memory, image, mrtd::TD_HOB_GPA, mrtd::TD_HOB_PAGES)
-                    .map_err(|e| PlatformError::Mrtd(Box::new(e)))?;
+                let td = measure::image_mrtd(memory, image)?;
                 Ok(Box::new(Td::new(config, td)))
             }
         }
@@ -294,7 +295,7 @@ impl Platform for Plain {
 pub fn measure(config: &VmConfig) -> Result<Measurement, PlatformError> {
     let scratch = memory::allocate(config.memory.size)?;
     let loaded = image::load(&scratch, config)?;
-    Ok(measure::launch_digest(&scratch, &loaded.image)?)
+    measure::image_digest(&scratch, &loaded.image)
 }
 
 /// The platform of an incoming VM, whose memory and state arrive by
@@ -319,15 +320,6 @@ pub fn launch_incoming(config: &VmConfig) -> Result<Box<dyn Platform>, PlatformE
     let scratch = memory::allocate(config.memory.size)?;
     let loaded = image::load(&scratch, config)?;
     config.platform.launch(&scratch, &loaded.image)
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// Exactly `N` bytes from hex (either case).

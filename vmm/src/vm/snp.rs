@@ -27,17 +27,39 @@ use crate::platform::snp::vm::{SnpVmError, SnpVmLaunch, SnpVmOps, VcpuBoot};
 use crate::platform::snp::{self, probe::WHAT};
 use crate::platform::{image, SevSnpConfig};
 use crate::vcpu::{self, ExitNotifier};
+use covm_measure::cpuid_page::{cpuid_page, CpuidEntry};
 use kvm_bindings::{
-    kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, KVM_MAX_CPUID_ENTRIES,
+    kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2,
+    KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// KVM's CPUID entries as the SEV-SNP CPUID page takes them: the subleaf
+/// 0 where KVM's index is not significant.
+pub(crate) fn cpuid_entries(cpuid: &[kvm_cpuid_entry2]) -> Vec<CpuidEntry> {
+    cpuid
+        .iter()
+        .map(|e| CpuidEntry {
+            function: e.function,
+            index: if e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0 {
+                e.index
+            } else {
+                0
+            },
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        })
+        .collect()
+}
+
 /// Writes the SEV-SNP CPUID page for `cpuid` at `gpa`.
 pub(crate) fn write_cpuid_page(memory: &GuestMemory, gpa: u64, cpuid: &kvm_bindings::CpuId) -> Result<(), String> {
     use vm_memory::Bytes;
-    let page = crate::platform::cpuid_page::cpuid_page(cpuid.as_slice())?;
+    let page = cpuid_page(&cpuid_entries(cpuid.as_slice())).map_err(|e| e.to_string())?;
     memory
         .write_slice(&page[..], vm_memory::GuestAddress(gpa))
         .map_err(|e| format!("cannot write the SEV-SNP CPUID page at {gpa:#x}: {e}"))
@@ -209,12 +231,14 @@ impl Vm {
 pub(crate) mod tests {
     use super::super::private::tests::{assert_not_migratable, dirty_ring_refusal};
     use super::*;
-    use crate::platform::measure::{measure_sev_snp, PageType, SnpLaunch};
+    use crate::platform::measure::measure_sev_snp;
     use crate::platform::snp::fake::{SnpCall, SnpFake};
     use crate::platform::snp::hybrid::{kvm_or_skip, Hybrid};
     use crate::platform::snp::ops::SnpLaunchOps;
     use crate::platform::PlatformConfig;
     use covm_guest_abi::metadata::SNP_CPUID_GPA;
+    use covm_measure::snp::SnpLaunch;
+    use covm_measure::PageType;
     use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
     use vm_memory::Bytes;
 
@@ -369,6 +393,74 @@ pub(crate) mod tests {
         // No dirty logging, no migration: said why.
         assert_not_migratable(&vm, SNP_NOT_MIGRATABLE);
         vm.stop();
+    }
+
+    /// The CPUID page of the CPUID covm configures (leaf 1 with the vCPU
+    /// count, the extended topology subleaves, the timing leaf), entry by
+    /// entry: KVM's entries as covm sets them on vCPU 0, subleaves only
+    /// where KVM's index is significant.
+    #[test]
+    fn cpuid_page_of_covms_cpuid() {
+        use crate::arch::cpuid::{for_vcpu, test_entry, Topology, LEAF_TIMING};
+        use covm_measure::cpuid_page::{ENTRY_LEN, HEADER_LEN};
+        use kvm_bindings::CpuId;
+        let u32_at = |p: &[u8], at: usize| u32::from_le_bytes(p[at..at + 4].try_into().unwrap());
+        let u64_at = |p: &[u8], at: usize| u64::from_le_bytes(p[at..at + 8].try_into().unwrap());
+        let supported = CpuId::from_entries(&[
+            test_entry(0, 0, [0xd, 0x6874_7541, 0, 0]),
+            test_entry(1, 0, [0xa00f11, 0, 0, 0]),
+            test_entry(0xb, 1, [0; 4]),
+            kvm_cpuid_entry2 {
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..test_entry(0xd, 1, [0xf, 0x240, 0, 0])
+            },
+        ])
+        .unwrap();
+        let topo = Topology {
+            vcpus: 3,
+            tsc_khz: 2_000_000,
+            tsc_deadline: true,
+        };
+        let cpuid = for_vcpu(&supported, topo, 0);
+        let entries = cpuid.as_slice();
+        let page = cpuid_page(&cpuid_entries(entries)).unwrap();
+        assert_eq!(u32_at(&page[..], 0) as usize, entries.len());
+        assert_eq!(entries.len(), 5, "the four leaves and the timing leaf");
+        assert_eq!(&page[4..16], &[0; 12], "reserved");
+        let entry = |i: usize| &page[HEADER_LEN + i * ENTRY_LEN..HEADER_LEN + (i + 1) * ENTRY_LEN];
+        for (i, e) in entries.iter().enumerate() {
+            let b = entry(i);
+            assert_eq!(u32_at(b, 0), e.function);
+            assert_eq!(
+                (u32_at(b, 0x18), u32_at(b, 0x1c), u32_at(b, 0x20), u32_at(b, 0x24)),
+                (e.eax, e.ebx, e.ecx, e.edx)
+            );
+            assert_eq!((u64_at(b, 0x10), u64_at(b, 0x28)), (0, 0), "xss_in, reserved");
+        }
+        // Leaf 1: three logical processors, APIC ID 0, hypervisor bit.
+        let leaf1 = entry(1);
+        assert_eq!((u32_at(leaf1, 0), u32_at(leaf1, 4)), (1, 0));
+        assert_eq!((u32_at(leaf1, 0x1c) >> 16) & 0xff, 3);
+        assert_ne!(u32_at(leaf1, 0x20) & (1 << 31), 0);
+        // Leaf 0xb subleaf 1 (a significant index): three cores.
+        let topo_leaf = entry(2);
+        assert_eq!((u32_at(topo_leaf, 0), u32_at(topo_leaf, 4)), (0xb, 1));
+        assert_eq!(u32_at(topo_leaf, 0x1c), 3);
+        // Leaf 0xd subleaf 1: for XCR0 = x87.
+        let xsave = entry(3);
+        assert_eq!((u32_at(xsave, 0), u32_at(xsave, 4), u64_at(xsave, 8)), (0xd, 1, 1));
+        // The timing leaf: the TSC frequency, in kHz.
+        let timing = entry(4);
+        assert_eq!((u32_at(timing, 0), u32_at(timing, 0x18)), (LEAF_TIMING, 2_000_000));
+        assert!(page[HEADER_LEN + 5 * ENTRY_LEN..].iter().all(|&b| b == 0));
+        // An index KVM does not flag significant is subleaf 0.
+        let any_index = test_entry(7, 3, [1, 0, 0, 0]);
+        assert_eq!(cpuid_entries(&[any_index])[0].index, 0);
+        let significant = kvm_cpuid_entry2 {
+            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            ..any_index
+        };
+        assert_eq!(cpuid_entries(&[significant])[0].index, 3);
     }
 
     /// Neither an incoming SEV-SNP VM nor one with a dirty ring is built.

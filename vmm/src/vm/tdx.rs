@@ -96,7 +96,7 @@ impl Vm {
             "loaded {:?} entry at {:#x} (a TD starts at the reset vector, RCX the TD HOB at {:#x})",
             loaded.entry.mode,
             loaded.entry.entry,
-            crate::platform::mrtd::TD_HOB_GPA
+            covm_measure::mrtd::TD_HOB_GPA
         );
         // What covm would give a plain VM's vCPUs; INIT_VM keeps the bits
         // the host lets a TD configure.
@@ -138,7 +138,7 @@ impl Vm {
 pub(crate) mod tests {
     use super::super::private::tests::{assert_not_migratable, dirty_ring_refusal};
     use super::*;
-    use crate::platform::mrtd::measure_tdx;
+    use crate::platform::measure::measure_tdx;
     use crate::platform::snp::hybrid::{kvm_or_skip, Hybrid};
     use crate::platform::tdx::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm};
     use crate::platform::tdx::fake::{TdxCall, TdxFake};

@@ -92,8 +92,9 @@ mod tests {
     use super::super::plan::SnpOptions;
     use super::*;
     use crate::platform::image::Loaded;
-    use crate::platform::measure::{launch_digest, PageType};
+    use crate::platform::measure::image_digest;
     use crate::platform::MigrationPolicy;
+    use covm_measure::PageType;
     use kvm_bindings::{KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD};
 
     const POLICY: u64 = 0x70000;
@@ -175,7 +176,7 @@ mod tests {
         let listed: Vec<(u64, u8)> = loaded.image.pages.iter().map(|p| (p.gpa, p.page_type as u8)).collect();
         assert_eq!(launched, listed);
         // ... which are the entries the measurement covers before its VMSAs.
-        let measured = launch_digest(&memory, &loaded.image).unwrap();
+        let measured = image_digest(&memory, &loaded.image).unwrap();
         let measured_pages: Vec<(u64, u8)> = measured
             .pages
             .iter()

@@ -12,25 +12,25 @@
 //!    changes reach covm as `KVM_HC_MAP_GPA_RANGE` exits ([`hypercall`]);
 //! 4. `KVM_SEV_SNP_LAUNCH_START` with the guest policy;
 //! 5. the vCPUs, with their boot state (KVM turns each into its VMSA);
-//! 6. `KVM_SEV_SNP_LAUNCH_UPDATE` for every page of the [`LaunchImage`], by
+//! 6. `KVM_SEV_SNP_LAUNCH_UPDATE` for every page of the launch image, by
 //!    page type, in the image's order;
 //! 7. `KVM_SEV_SNP_LAUNCH_FINISH` with HOST_DATA (the migration policy's
 //!    SHA-256) and, optionally, an ID block and its authentication block;
 //!    KVM then encrypts and measures every vCPU's VMSA.
 //!
-//! So the PSP measures exactly the entries [`super::measure::launch_digest`]
-//! computes over the same image, which is what `covm measure` prints.
+//! So the PSP measures exactly the entries `covm_measure::snp::launch_digest`
+//! computes over the same image ([`super::measure::snp_launch`]), which is
+//! what `covm measure` prints.
 //!
 //! Files, one job each: [`ops`] names every call (the [`SnpLaunchOps`]
-//! trait), [`plan`] turns a [`LaunchImage`] into the calls' arguments,
+//! trait), [`plan`] turns a launch image (a `covm_measure::Launch`) into
+//! the calls' arguments,
 //! [`launch`] drives the sequence, [`kvm`] makes the calls on a real VM
 //! fd, [`create`] is the VM and vCPU creation and [`private`] the
 //! private-memory part (both shared with TDX),
 //! [`hypercall`] converts memory on the guest's request, [`error`] names
 //! the step that failed, [`host`] and [`probe`] check the host first,
 //! [`vm`] is covm's VM construction around the launch.
-//!
-//! [`LaunchImage`]: super::LaunchImage
 
 pub mod bindings;
 pub mod create;

@@ -1,5 +1,5 @@
-//! The arguments of an SEV-SNP launch, computed from covm's
-//! [`LaunchImage`] before any KVM call.
+//! The arguments of an SEV-SNP launch, computed from covm's launch image
+//! (a [`Launch`]) before any KVM call.
 //!
 //! The pages launched are exactly the image's, in its order and with its
 //! page types: [`SnpPlan::updates`] coalesces runs of adjacent pages of
@@ -7,13 +7,12 @@
 //! in ascending address, so a run is measured as its pages one by one).
 //! The image's VMSAs are not launch updates: KVM makes each vCPU's VMSA
 //! from its registers at `KVM_SEV_SNP_LAUNCH_FINISH`, in vCPU order, as
-//! [`super::super::measure::launch_digest`] measures them after the pages.
+//! `covm_measure::snp::launch_digest` measures them after the pages.
 
 use super::bindings::GHCB_VERSION;
 use super::private::{host_address, ram_regions, RamRegion};
 use crate::memory::GuestMemory;
-use crate::platform::image::LaunchImage;
-use crate::platform::measure::{PageType, PAGE_SIZE};
+use covm_measure::{Launch, PageType, PAGE_SIZE};
 use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 
 const PAGE: u64 = PAGE_SIZE as u64;
@@ -143,12 +142,12 @@ pub struct SnpPlan {
 
 impl SnpPlan {
     /// The plan for launching `image`, loaded in `memory`, with `options`.
-    pub fn new(memory: &GuestMemory, image: &LaunchImage, options: SnpOptions) -> Result<Self, PlanError> {
+    pub fn new(memory: &GuestMemory, image: &Launch, options: SnpOptions) -> Result<Self, PlanError> {
         Self::for_ram(ram_regions(memory), image, options)
     }
 
     /// As [`SnpPlan::new`], over RAM regions given directly.
-    pub fn for_ram(ram: Vec<RamRegion>, image: &LaunchImage, options: SnpOptions) -> Result<Self, PlanError> {
+    pub fn for_ram(ram: Vec<RamRegion>, image: &Launch, options: SnpOptions) -> Result<Self, PlanError> {
         if image.vcpus.is_empty() {
             return Err(PlanError::NoVcpu);
         }
@@ -228,7 +227,8 @@ impl SnpPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::image::LaunchPage;
+    use covm_measure::vmsa::VcpuState;
+    use covm_measure::Page;
     use kvm_bindings::{
         KVM_SEV_SNP_PAGE_TYPE_CPUID, KVM_SEV_SNP_PAGE_TYPE_NORMAL, KVM_SEV_SNP_PAGE_TYPE_SECRETS,
         KVM_SEV_SNP_PAGE_TYPE_UNMEASURED, KVM_SEV_SNP_PAGE_TYPE_ZERO,
@@ -251,15 +251,15 @@ mod tests {
         ]
     }
 
-    fn page(gpa: u64, page_type: PageType, what: &'static str) -> LaunchPage {
-        LaunchPage { gpa, page_type, what }
+    fn page(gpa: u64, page_type: PageType, what: &'static str) -> Page {
+        Page::new(gpa, page_type, what)
     }
 
-    fn image(pages: Vec<LaunchPage>) -> LaunchImage {
-        LaunchImage {
+    fn image(pages: Vec<Page>) -> Launch {
+        Launch {
             metadata: Vec::new(),
             pages,
-            vcpus: vec![Box::new([0; 4096])],
+            vcpus: vec![VcpuState::reset()],
         }
     }
 
@@ -337,7 +337,7 @@ mod tests {
             plan(vec![page(0x1000, PageType::Vmsa, "v")]),
             PlanError::VmsaPage(0x1000)
         );
-        let none = LaunchImage {
+        let none = Launch {
             metadata: Vec::new(),
             pages: vec![],
             vcpus: vec![],

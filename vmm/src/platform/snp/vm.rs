@@ -16,7 +16,7 @@
 //! 4. the vCPUs (each set up as it is created: CPUID, MSRs, FPU, LAPIC);
 //! 5. each vCPU's boot state: vCPU 0 covm's boot registers, every vCPU's
 //!    RDX the value its measured VMSA holds (the vCPU type's signature,
-//!    [`crate::platform::measure::SnpLaunch::apply`]);
+//!    `covm_measure::snp::SnpLaunch::apply`);
 //! 6. [`super::launch::finish`]: `KVM_SEV_SNP_LAUNCH_UPDATE` for exactly
 //!    the pages `covm measure --pages` lists (before its VMSA entries),
 //!    then `KVM_SEV_SNP_LAUNCH_FINISH` with HOST_DATA, the migration
@@ -37,8 +37,8 @@ use crate::arch::regs::BootRegs;
 use crate::memory::GuestMemory;
 use crate::platform::hardware::{snp_expected, SevSnp, SevSnpConfig};
 use crate::platform::image::Loaded;
-use crate::platform::measure::Measurement;
-use crate::platform::{vmsa, PlatformError};
+use crate::platform::PlatformError;
+use covm_measure::snp::Measurement;
 
 /// A vCPU's boot state in an SEV-SNP launch.
 #[derive(Debug, Clone, Copy)]
@@ -109,7 +109,7 @@ impl SnpVmLaunch {
             .enumerate()
             .map(|(index, state)| VcpuBoot {
                 bsp: (index == 0).then_some(loaded.bsp),
-                rdx: vmsa::rdx(state),
+                rdx: state.rdx,
             })
             .collect();
         Ok(SnpVmLaunch {
@@ -163,8 +163,10 @@ mod tests {
     use super::super::plan::IdBlock;
     use super::*;
     use crate::config::VmConfig;
-    use crate::platform::measure::{measure_sev_snp, PageType, SnpLaunch};
+    use crate::platform::measure::measure_sev_snp;
     use crate::platform::{image, MigrationPolicy, PlatformConfig};
+    use covm_measure::snp::SnpLaunch;
+    use covm_measure::PageType;
     use kvm_bindings::KVM_MEM_GUEST_MEMFD;
 
     const SIGNATURE: u64 = 0xa00f11; // EPYC-Milan

@@ -114,9 +114,10 @@ mod tests {
     use super::super::plan::{Source, TdxOptions};
     use super::*;
     use crate::platform::image;
-    use crate::platform::measure::PageType;
     use crate::platform::snp::fake::{each_call_failing, loaded_firmware, MEMORY};
     use crate::platform::MigrationPolicy;
+    use covm_measure::vmsa::VcpuState;
+    use covm_measure::{Launch, PageType};
     use kvm_bindings::{KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD};
 
     const HOB: u64 = 0x80_0000;
@@ -252,10 +253,10 @@ mod tests {
             "refused before the call"
         );
 
-        let image = image::LaunchImage {
+        let image = Launch {
             metadata: Vec::new(),
             pages: loaded.image.pages.clone(),
-            vcpus: vec![Box::new([0; 4096]); FAKE_MAX_VCPUS + 1],
+            vcpus: vec![VcpuState::reset(); FAKE_MAX_VCPUS + 1],
         };
         let plan = TdxPlan::new(&memory, &image, TdxOptions::new([0; 32], vec![], HOB)).unwrap();
         let err = launch_tdx(&mut Fake::default(), &plan).unwrap_err();

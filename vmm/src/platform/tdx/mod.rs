@@ -1,5 +1,5 @@
-//! Intel TDX on KVM: the launch sequence, its KVM calls, the TD HOB, and
-//! the probe that says what a host lacks.
+//! Intel TDX on KVM: the launch sequence, its KVM calls, and the probe
+//! that says what a host lacks.
 //!
 //! The launch follows current upstream Linux (6.16+,
 //! `Documentation/virt/kvm/x86/intel-tdx.rst`): `KVM_CREATE_VM` of type
@@ -15,7 +15,8 @@
 //! `struct kvm_tdx_cmd` on the VM fd or a vCPU fd.
 //!
 //! Files: [`bindings`] (the uapi kvm-bindings lacks), [`ops`] (the
-//! [`TdxLaunchOps`] trait), [`plan`], [`hob`], [`launch`], [`kvm`],
+//! [`TdxLaunchOps`] trait), [`plan`] (with the TD HOB,
+//! `covm_measure::td_hob`), [`launch`], [`kvm`],
 //! [`probe`], [`vm`] (covm's VM construction around the launch, over the
 //! [`TdxVmOps`] seam; `vm/tdx.rs` assembles the `Vm`), [`exit`] (the
 //! TDVMCALLs KVM forwards as `KVM_EXIT_TDX`). The errors, the VM and
@@ -26,7 +27,6 @@ pub mod bindings;
 pub mod exit;
 #[cfg(test)]
 pub(crate) mod fake;
-pub mod hob;
 pub mod kvm;
 pub mod launch;
 pub mod ops;

@@ -1,5 +1,5 @@
-//! The arguments of a TDX launch, computed from covm's [`LaunchImage`]
-//! before any KVM call.
+//! The arguments of a TDX launch, computed from covm's launch image (a
+//! [`Launch`]) before any KVM call.
 //!
 //! Every image page is added with `KVM_TDX_INIT_MEM_REGION`
 //! (`TDH.MEM.PAGE.ADD`, which puts its address in MRTD), in the image's
@@ -9,18 +9,18 @@
 //! only, as SNP), ZERO pages from a page of zeros without it. SECRETS and
 //! CPUID pages have no TDX counterpart and are refused; vCPU state is not
 //! added (the TDX module sets it). Last comes the TD HOB
-//! ([`super::hob`]), unmeasured as TDVF's TD_HOB section is: it lists the
-//! RAM, added pages as accepted system memory, the rest as unaccepted.
+//! ([`covm_measure::td_hob`]), unmeasured as TDVF's TD_HOB section is: it
+//! lists the RAM, added pages as accepted system memory, the rest as
+//! unaccepted.
 
 use super::bindings::{
     TdxCapabilities, TdxInitMemRegion, TdxInitVm, ATTR_SEPT_VE_DISABLE, MEASURE_MEMORY_REGION, XFAM_FIXED,
 };
-use super::hob::{self, HobOverflow};
 use crate::memory::GuestMemory;
-use crate::platform::image::LaunchImage;
-use crate::platform::measure::PageType;
 use crate::platform::snp::plan::PlanError;
 use crate::platform::snp::private::{host_address, ram_regions, RamRegion};
+use covm_measure::td_hob::{self, HobOverflow};
+use covm_measure::{Launch, PageType};
 use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 const PAGE: u64 = 4096;
@@ -141,12 +141,12 @@ pub struct TdxPlan {
 
 impl TdxPlan {
     /// The plan for launching `image`, loaded in `memory`, with `options`.
-    pub fn new(memory: &GuestMemory, image: &LaunchImage, options: TdxOptions) -> Result<Self, TdxPlanError> {
+    pub fn new(memory: &GuestMemory, image: &Launch, options: TdxOptions) -> Result<Self, TdxPlanError> {
         Self::for_ram(ram_regions(memory), image, options)
     }
 
     /// As [`TdxPlan::new`], over RAM regions given directly.
-    pub fn for_ram(ram: Vec<RamRegion>, image: &LaunchImage, options: TdxOptions) -> Result<Self, TdxPlanError> {
+    pub fn for_ram(ram: Vec<RamRegion>, image: &Launch, options: TdxOptions) -> Result<Self, TdxPlanError> {
         if image.vcpus.is_empty() {
             return Err(PlanError::NoVcpu.into());
         }
@@ -215,7 +215,8 @@ impl TdxPlan {
         }
         let mut added: Vec<(u64, u64)> = regions.iter().map(|r| (r.gpa, r.pages * PAGE)).collect();
         added.push((hob_gpa, hob_len));
-        let bytes = hob::build(hob_gpa, hob_len as usize, &hob::ram_entries(&ram, &added))?;
+        let ranges: Vec<(u64, u64)> = ram.iter().map(|r| (r.gpa, r.size)).collect();
+        let bytes = td_hob::build(hob_gpa, hob_len as usize, &td_hob::ram_entries(&ranges, &added))?;
         let mut hob = vec![AlignedPage([0; 4096]); hob_pages as usize];
         for (page, chunk) in hob.iter_mut().zip(bytes.chunks(PAGE as usize)) {
             page.0[..chunk.len()].copy_from_slice(chunk);
@@ -300,7 +301,8 @@ impl TdxPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::image::LaunchPage;
+    use covm_measure::vmsa::VcpuState;
+    use covm_measure::Page;
 
     fn ram() -> Vec<RamRegion> {
         vec![RamRegion {
@@ -311,18 +313,14 @@ mod tests {
         }]
     }
 
-    fn image(pages: &[(u64, PageType)]) -> LaunchImage {
-        LaunchImage {
+    fn image(pages: &[(u64, PageType)]) -> Launch {
+        Launch {
             metadata: Vec::new(),
             pages: pages
                 .iter()
-                .map(|&(gpa, page_type)| LaunchPage {
-                    gpa,
-                    page_type,
-                    what: "x",
-                })
+                .map(|&(gpa, page_type)| Page::new(gpa, page_type, "x"))
                 .collect(),
-            vcpus: vec![Box::new([0; 4096]); 2],
+            vcpus: vec![VcpuState::reset(); 2],
         }
     }
 

@@ -30,7 +30,7 @@
 //!
 //! The expected MRTD ([`TdxVmLaunch::expected`]) is computed from the same
 //! image the launch hands over, by the function `covm measure` uses
-//! ([`launch_mrtd`]), so launch and `covm measure` agree by construction;
+//! ([`image_mrtd`]), so launch and `covm measure` agree by construction;
 //! the TDX module's own MRTD, in the guest's TD report, is the check.
 
 use super::launch::{finish, prepare, PLATFORM};
@@ -39,10 +39,12 @@ use super::plan::{TdxOptions, TdxPlan, TdxPlanError};
 use crate::memory::GuestMemory;
 use crate::platform::hardware::{Td, TdxConfig};
 use crate::platform::image::Loaded;
-use crate::platform::mrtd::{launch_mrtd, MrtdError, TdMeasurement, TD_HOB_GPA, TD_HOB_PAGES};
+use crate::platform::measure::image_mrtd;
 use crate::platform::snp::create::create_vcpus_step;
 use crate::platform::snp::error::{at, CallError, LaunchError};
 use crate::platform::snp::host::Unavailable;
+use crate::platform::PlatformError;
+use covm_measure::mrtd::{TdMeasurement, TD_HOB_GPA, TD_HOB_PAGES};
 use kvm_bindings::kvm_cpuid_entry2;
 
 /// `KVM_CAP_SPLIT_IRQCHIP`'s argument: the IOAPIC pins whose routes KVM
@@ -74,7 +76,7 @@ pub enum TdxVmError {
     Plan(#[from] TdxPlanError),
     /// Measuring it.
     #[error("cannot compute the TD's MRTD: {0}")]
-    Mrtd(#[from] MrtdError),
+    Mrtd(#[source] PlatformError),
     /// Taking the launched VM's KVM objects.
     #[error("Intel TDX launch: {0}")]
     Call(#[from] CallError),
@@ -101,7 +103,7 @@ impl TdxVmLaunch {
         config: &TdxConfig,
         cpuid: Vec<kvm_cpuid_entry2>,
     ) -> Result<Self, TdxVmError> {
-        let expected = launch_mrtd(memory, &loaded.image, TD_HOB_GPA, TD_HOB_PAGES)?;
+        let expected = image_mrtd(memory, &loaded.image).map_err(TdxVmError::Mrtd)?;
         let mut options = TdxOptions::new(config.policy.host_data(), cpuid, TD_HOB_GPA);
         options.hob_pages = TD_HOB_PAGES;
         let plan = TdxPlan::new(memory, &loaded.image, options)?;
@@ -140,7 +142,7 @@ mod tests {
     use super::super::fake::{fake_capabilities, wanted_cpuid, TdxCall, TdxFake, PREPARE_CALLS};
     use super::*;
     use crate::config::VmConfig;
-    use crate::platform::mrtd::measure_tdx;
+    use crate::platform::measure::measure_tdx;
     use crate::platform::{image, MigrationPolicy, Platform, PlatformConfig};
     use kvm_bindings::{KVM_MEMORY_ATTRIBUTE_PRIVATE, KVM_MEM_GUEST_MEMFD};
 
