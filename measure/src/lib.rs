@@ -21,7 +21,7 @@
 //!
 //! IBM's `sev-snp-measure` is the external reference: the tests check the
 //! digest, the VMSA layout, the hashes table and the vCPU types against it
-//! (`testing`, feature `test-support`; they print SKIP without it). MRTD
+//! (`testing`, feature `test-support`; they report a skip without it). MRTD
 //! has no such reference small enough to run here: it is checked against
 //! fixed vectors and an independent Python computation.
 //!

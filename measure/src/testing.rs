@@ -10,8 +10,10 @@
 //! - an **independent MRTD** written in Python from the TDX module ABI
 //!   ([`independent_mrtd`]).
 //!
-//! Each returns `None`, saying SKIP and why on standard error, when it
-//! cannot run; a script that fails once started panics.
+//! Each returns `None`, reporting the skip and why
+//! (`covm_test_support::skip`: standard error past libtest's capture, and
+//! `COVM_SKIP_LOG`), when it cannot run; a script that fails once started
+//! panics.
 
 use crate::hex;
 use crate::kernel_hashes::TABLE_OFFSET;
@@ -19,6 +21,7 @@ use crate::launch::{Launch, PageType, PAGE_SIZE};
 use crate::mrtd::TdMeasurement;
 use crate::snp::HASHES_WHAT;
 use crate::vmsa::{Segment, VcpuState, VMSA_GPA};
+use covm_test_support::skip;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -27,7 +30,7 @@ use std::process::Command;
 
 /// Runs `script` with `sevsnpmeasure` importable: from
 /// `COVM_SEV_SNP_MEASURE` (a `pip install --target` directory, set by
-/// covm's .ci/run) or the Python path. `None`, with the reason printed,
+/// covm's .ci/run) or the Python path. `None`, the reason reported as a skip,
 /// when it cannot run; a script that fails once imported panics.
 pub fn sev_snp_measure(script: &str) -> Option<String> {
     let python = || {
@@ -41,14 +44,14 @@ pub fn sev_snp_measure(script: &str) -> Option<String> {
     match probe {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
-            eprintln!(
-                "SKIP: sev-snp-measure is not importable (pip install sev-snp-measure, or run .ci/run): {}",
+            skip(format!(
+                "sev-snp-measure is not importable (pip install sev-snp-measure, or run .ci/run): {}",
                 String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
-            );
+            ));
             return None;
         }
         Err(e) => {
-            eprintln!("SKIP: cannot run python3 for the sev-snp-measure cross-check: {e}");
+            skip(format!("cannot run python3 for the sev-snp-measure cross-check: {e}"));
             return None;
         }
     }
@@ -185,7 +188,7 @@ pub fn reference_digest(
 /// computed by a Python program written from the TDX module ABI, not from
 /// this crate: it reads each page's address, whether it is extended and
 /// its bytes from the listing it is given (written to `listing`), and adds
-/// and extends them itself. None, saying SKIP, without python3.
+/// and extends them itself. None, reporting the skip, without python3.
 pub fn independent_mrtd(launch: &Launch, td: &TdMeasurement, listing: &Path) -> Option<String> {
     let contents: HashMap<u64, &[u8; PAGE_SIZE]> = launch
         .pages
@@ -217,7 +220,7 @@ print(h.hexdigest())
     let out = match Command::new("python3").arg("-c").arg(&script).output() {
         Ok(out) => out,
         Err(e) => {
-            eprintln!("SKIP: cannot run python3 for the MRTD cross-check: {e}");
+            skip(format!("cannot run python3 for the MRTD cross-check: {e}"));
             return None;
         }
     };
