@@ -17,7 +17,8 @@ fn hello(vcpus: u8) {
         Duration::from_secs(60),
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    let expected = format!("hello from covm firmware ({vcpus} vCPUs)");
+    let plural = if vcpus == 1 { "" } else { "s" };
+    let expected = format!("hello from covm firmware ({vcpus} vCPU{plural})");
     assert!(text.lines().any(|l| l == expected), "serial output: {text:?}");
 }
 
@@ -45,7 +46,7 @@ fn no_cmdline_runs_hello() {
     let serial = dir.path("serial.txt");
     let (out, text) = run_to_end(&[], &serial, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    assert!(text.contains("hello from covm firmware (1 vCPUs)"), "{text:?}");
+    assert!(text.contains("hello from covm firmware (1 vCPU)"), "{text:?}");
 }
 
 #[test]

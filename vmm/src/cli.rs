@@ -94,25 +94,26 @@ pub struct VmArgs {
     #[arg(long, value_name = "PATH")]
     pub firmware: Option<PathBuf>,
 
-    /// Platform: emulated_cvm=on[,root_key=PATH] for the emulated
-    /// confidential platform (NO hardware protection; root_key: the
-    /// attestation root's key file, loaded, or created with mode 0600 if
-    /// missing; without it a key for this VM only).
-    /// sev_snp=on[,policy=P][,vcpu_type=MODEL][,id_block=PATH,id_auth=PATH
-    /// [,author_key=on]] launches an AMD SEV-SNP VM (guest policy P,
-    /// default 0x30000; MODEL's CPUID signature in every vCPU's RDX, as
-    /// covm measure --vcpu-type; the guest owner's signed 96-byte ID block
-    /// and 4096-byte ID authentication structure for SNP_LAUNCH_FINISH,
-    /// as QEMU's id-block/id-auth); it needs SEV-SNP hardware
-    /// (the host is probed first and every missing piece named), and
-    /// --migration-policy (HOST_DATA is its SHA-256). tdx=on launches an
-    /// Intel TDX VM (a TD), probed the same way, with --migration-policy
-    /// (its SHA-256 in MRCONFIGID); neither can receive or send a
-    /// migration, and the built-in firmware cannot run as either guest yet
-    /// (covm warns at launch). Without the hardware,
-    /// `covm measure --platform sev_snp=on|tdx=on` prints the launch
-    /// measurement or MRTD such a launch would give. Cloud Hypervisor's
-    /// other keys are recognised.
+    /// Platform: emulated_cvm=on[,root_key=PATH] | sev_snp=on[,...] | tdx=on (docs/platforms.md)
+    ///
+    /// emulated_cvm=on[,root_key=PATH]: covm's emulated confidential
+    /// platform, with NO hardware protection. root_key is the attestation
+    /// root's key file (loaded, or created with mode 0600); without it the
+    /// key is this VM's alone.
+    ///
+    /// sev_snp=on[,policy=P][,vcpu_type=MODEL][,id_block=PATH,id_auth=PATH[,author_key=on]]:
+    /// an AMD SEV-SNP VM (guest policy P, default 0x30000; the vCPU model
+    /// as `covm measure --vcpu-type`; the guest owner's ID block and ID
+    /// authentication structure, as QEMU's id-block/id-auth); it needs
+    /// SEV-SNP hardware and --migration-policy.
+    ///
+    /// tdx=on: an Intel TDX VM (a TD); it needs TDX hardware and
+    /// --migration-policy.
+    ///
+    /// The host is probed first and every missing piece named. Neither
+    /// hardware VM migrates yet, and the built-in firmware cannot run as
+    /// either guest yet. `covm measure` gives their launch measurements
+    /// without the hardware. Cloud Hypervisor's other keys are recognised.
     #[arg(long, value_name = "KEY=VALUE,...")]
     pub platform: Option<String>,
 

@@ -140,7 +140,8 @@ fn bsp_main(start_info: u64, launch: Launch) -> ! {
     match workload {
         Workload::Hello => {
             hw::marker(markers::WORKLOAD_START);
-            println!("hello from covm firmware ({cpus} vCPUs)");
+            let plural = if cpus == 1 { "" } else { "s" };
+            println!("hello from covm firmware ({cpus} vCPU{plural})");
             hw::power_off(power::OFF)
         }
         Workload::Dirty(args) => {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionError {
     /// A key the option does not take.
-    #[error("--{option}: unknown key '{key}' (known: {known})")]
+    #[error("--{option}: unknown key '{key}' (known: {known}){hint}")]
     UnknownKey {
         /// The option, without dashes.
         option: &'static str,
@@ -20,6 +20,9 @@ pub enum OptionError {
         key: String,
         /// The keys it takes.
         known: String,
+        /// What was probably meant, when the "key" looks like a value
+        /// (`--cpus 2`: `; did you mean boot=2?`), else empty.
+        hint: String,
     },
     /// The same key twice.
     #[error("--{option}: key '{key}' given twice")]
@@ -80,10 +83,18 @@ impl OptionMap {
                 continue;
             }
             if !known.contains(&key) {
+                // A bare number or path is a value given without its key.
+                let looks_like_a_value =
+                    !item.contains('=') && key.starts_with(|c: char| c.is_ascii_digit() || c == '/' || c == '.');
+                let hint = match known.first() {
+                    Some(first) if looks_like_a_value => format!("; did you mean {first}={key}?"),
+                    _ => String::new(),
+                };
                 return Err(OptionError::UnknownKey {
                     option,
                     key: key.into(),
                     known: known.join(", "),
+                    hint,
                 });
             }
             let value = value
@@ -183,6 +194,24 @@ mod tests {
         assert!(m.has("x"));
         assert_eq!(m.get("x"), Some(""));
         assert_eq!(m.get("y"), None);
+    }
+
+    #[test]
+    fn a_value_given_without_its_key_gets_a_hint() {
+        let hint = |option, input, known: &[&str]| OptionMap::parse(option, input, known).unwrap_err().to_string();
+        assert_eq!(
+            hint("cpus", "2", &["boot", "max"]),
+            "--cpus: unknown key '2' (known: boot, max); did you mean boot=2?"
+        );
+        assert_eq!(
+            hint("memory", "1G", &["size"]),
+            "--memory: unknown key '1G' (known: size); did you mean size=1G?"
+        );
+        // A word is a key, not a value: no guess.
+        assert_eq!(
+            hint("cpus", "bogus", &["boot"]),
+            "--cpus: unknown key 'bogus' (known: boot)"
+        );
     }
 
     #[test]
