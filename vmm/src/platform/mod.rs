@@ -25,7 +25,7 @@
 //!
 //! The measurements themselves are covm-measure's (`measure/`): pure
 //! functions over a launch description, which [`image`] records as covm
-//! loads a VM and [`measure`] hands over.
+//! loads a VM and [`mod@measure`] hands over.
 
 pub mod emulated;
 pub mod hardware;
