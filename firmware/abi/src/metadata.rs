@@ -46,7 +46,7 @@ pub const SNP_SECRETS_GPA: u64 = 0x2000;
 /// Where covm's firmware wants its SEV-SNP CPUID page.
 pub const SNP_CPUID_GPA: u64 = 0x3000;
 /// Where the SEV kernel hashes table goes (QEMU's page, covm's
-/// `kernel_hashes::SEV_HASHES_GPA`).
+/// `covm_measure::kernel_hashes::SEV_HASHES_GPA`).
 pub const KERNEL_HASHES_GPA: u64 = 0x5000;
 /// The AP trampoline's page, which the firmware writes before it could
 /// validate memory itself: pre-validated zero memory on SEV-SNP.
