@@ -180,9 +180,10 @@ pub enum Event {
     },
 }
 
-/// How long a source whose VM migrated away waits for a client to read
-/// the report before it exits.
-const REPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a source whose VM migrated away waits for the client that
+/// followed the migration (read `vm.info` during it) to read the report
+/// before it exits; with no such client it exits at once.
+const FOLLOWER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The current or last migration, for `vm.info`.
 struct MigrationStatus {
@@ -192,6 +193,9 @@ struct MigrationStatus {
     outcome: Option<Result<String, String>>,
     /// The confidential session, when the VM is confidential.
     session: Option<SessionInfo>,
+    /// A client read `vm.info` while the VM migrated out: it follows the
+    /// migration and should read the report before the source exits.
+    followed: bool,
 }
 
 /// Tells the event monitor a migration's phases and pre-copy rounds; the
@@ -378,8 +382,16 @@ impl Vmm {
                     if let Some(m) = &mut self.migration {
                         m.outcome = Some(Ok(report));
                     }
-                    // Let a client following the migration read the report.
-                    self.exit_deadline = Some(Instant::now() + REPORT_GRACE);
+                    // A client following the migration reads the report
+                    // first (its next vm.info ends the wait); otherwise
+                    // nothing is left to do here, and whoever waits on this
+                    // process sees it end now.
+                    if self.migration.as_ref().is_some_and(|m| m.followed) {
+                        self.exit_deadline = Some(Instant::now() + FOLLOWER_GRACE);
+                    } else {
+                        self.finish(None);
+                        return 0;
+                    }
                 }
                 Event::MigrationSent {
                     result: Err(error),
@@ -477,6 +489,11 @@ impl Vmm {
             Request::Create(config) => self.create(*config).map(|()| Reply::Done),
             Request::Boot => self.boot().map(|()| Reply::Done),
             Request::Info => {
+                if self.migrating_out() {
+                    if let Some(m) = &mut self.migration {
+                        m.followed = true;
+                    }
+                }
                 let config = self.created()?;
                 Ok(Reply::Info {
                     memory_actual_size: config.memory.size,
@@ -614,6 +631,7 @@ impl Vmm {
             progress: progress.clone(),
             outcome: None,
             session: session.clone(),
+            followed: false,
         });
         let send = migrate::Outgoing {
             vm,
@@ -646,6 +664,7 @@ impl Vmm {
             progress: progress.clone(),
             outcome: None,
             session: Some(session.clone()),
+            followed: false,
         });
         let incoming = migrate::Incoming {
             listener,
