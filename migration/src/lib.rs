@@ -34,8 +34,8 @@
 //! Destination (`vm.receive-migration`):
 //!
 //! ```no_run
-//! # use covm_migration::{engine::{self, Progress, ReceiveOptions}, transport, vm::{DestinationVm, VmError}};
-//! # fn build(config: &[u8]) -> Result<Box<dyn DestinationVm>, VmError> { unimplemented!() }
+//! # use covm_migration::{engine::{self, Progress, ReceiveOptions}, transport, vm::{DestinationVm, VmOpError}};
+//! # fn build(config: &[u8]) -> Result<Box<dyn DestinationVm>, VmOpError> { unimplemented!() }
 //! # fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! let listener = transport::Listener::bind(&"unix:/run/covm-mig.sock".parse()?)?;
 //! let stream = listener.accept(None)?;

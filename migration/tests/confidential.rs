@@ -20,7 +20,7 @@ use covm_migration::protocol::{
     write_frame_in, Message, ProtocolError, Wire, PAGE_BYTES, PROTOCOL_VERSION, PROTOCOL_VERSION_CONFIDENTIAL,
 };
 use covm_migration::transport::Stream;
-use covm_migration::vm::{DestinationVm, SourceVm, VmError};
+use covm_migration::vm::{DestinationVm, SourceVm, VmOpError};
 use fake::{assert_same_memory, options, pair, FakeSource, Guest, Received};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -322,7 +322,7 @@ impl ToyOpener {
     }
 }
 
-fn vm_err(op: &'static str) -> impl FnOnce(VmError) -> MigrationError {
+fn vm_err(op: &'static str) -> impl FnOnce(VmOpError) -> MigrationError {
     move |source| MigrationError::Vm { op, source }
 }
 
@@ -451,10 +451,10 @@ fn confidential_factory(
     received: Arc<Mutex<Received>>,
     behaviour: Behaviour,
     log: SharedLog,
-) -> impl FnOnce(u16, &[u8]) -> Result<Built, VmError> {
+) -> impl FnOnce(u16, &[u8]) -> Result<Built, VmOpError> {
     move |version, config| {
         if version != PROTOCOL_VERSION_CONFIDENTIAL {
-            return Err(VmError(format!(
+            return Err(VmOpError::Refused(format!(
                 "a confidential VM arrives only over protocol version 2, not version {version}"
             )));
         }

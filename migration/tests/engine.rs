@@ -224,7 +224,9 @@ fn refused_hello_leaves_the_source_untouched() {
     let (a, b) = pair();
     let destination = thread::spawn(move || {
         let build = |_: &[u8]| -> Result<Box<dyn covm_migration::vm::DestinationVm>, _> {
-            Err(covm_migration::vm::VmError("not enough memory for 3 MiB".into()))
+            Err(covm_migration::vm::VmOpError::Refused(
+                "not enough memory for 3 MiB".into(),
+            ))
         };
         engine::receive(b, build, &ReceiveOptions::default(), &Progress::new())
             .err()

@@ -15,7 +15,7 @@ use covm_migration::engine::{
 };
 use covm_migration::protocol::PROTOCOL_VERSION_CONFIDENTIAL;
 use covm_migration::transport::{self, Endpoint, Listener};
-use covm_migration::vm::VmError as EngineVmError;
+use covm_migration::vm::VmOpError;
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ pub fn start_send(send: Outgoing, config: &VmConfig, progress: Progress, events:
             let result = transport::connect(&endpoint, options.connect_timeout)
                 .map_err(|e| MigrationError::Vm {
                     op: "connect to the destination",
-                    source: EngineVmError(e.to_string()),
+                    source: VmOpError::vmm(e),
                 })
                 .and_then(|stream| engine::send_with(stream, &mut vm, &config_json, &mut *sealer, &options, &progress));
             let event = match result {
@@ -134,21 +134,21 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                 }
             };
             let built: Mutex<Option<VmConfig>> = Mutex::new(None);
-            let build = |version: u16, config_json: &[u8]| -> Result<(Vm, Box<dyn Opener>), EngineVmError> {
-                let mut config = vm_config::parse(config_json, incoming.host_ram).map_err(EngineVmError)?;
+            let build = |version: u16, config_json: &[u8]| -> Result<(Vm, Box<dyn Opener>), VmOpError> {
+                let mut config = vm_config::parse(config_json, incoming.host_ram).map_err(VmOpError::Refused)?;
                 let confidential = config.platform.is_confidential();
                 // A confidential VM filled with plain memory from the host
                 // would attest as its own launch while holding whatever the
                 // host sent: only the migration agent may bring one in.
                 if confidential && version != PROTOCOL_VERSION_CONFIDENTIAL {
-                    return Err(EngineVmError(format!(
+                    return Err(VmOpError::Refused(format!(
                         "refusing a plain migration (protocol version {version}) of a {} VM: confidential VMs \
                          arrive only through the firmware migration agent (version {PROTOCOL_VERSION_CONFIDENTIAL})",
                         config.platform.name()
                     )));
                 }
                 if !confidential && version == PROTOCOL_VERSION_CONFIDENTIAL {
-                    return Err(EngineVmError(
+                    return Err(VmOpError::Refused(
                         "refusing a confidential session for a VM whose configuration is not confidential".into(),
                     ));
                 }
@@ -158,12 +158,11 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                 if let (true, Some(platform)) = (confidential, &incoming.platform) {
                     config.platform = platform.clone();
                 }
-                let mut vm = Vm::new_incoming(&config, incoming.start, incoming.notify.clone())
-                    .map_err(|e| EngineVmError(e.to_string()))?;
+                let mut vm =
+                    Vm::new_incoming(&config, incoming.start, incoming.notify.clone()).map_err(VmOpError::vmm)?;
                 let opener: Box<dyn Opener> = match vm.cvm().cloned() {
                     Some(cvm) => {
-                        vm.start_incoming_agent(AGENT_READY_TIMEOUT)
-                            .map_err(|e| EngineVmError(e.to_string()))?;
+                        vm.start_incoming_agent(AGENT_READY_TIMEOUT).map_err(VmOpError::vmm)?;
                         Box::new(ConfidentialOpener::new(
                             AgentMailbox::new(cvm),
                             incoming.session.clone(),

@@ -3,11 +3,11 @@
 //! and state save/restore.
 
 use crate::vm::Vm;
-use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmError as EngineVmError, PAGE_SIZE};
+use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmOpError, PAGE_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-fn engine_err(e: impl std::fmt::Display) -> EngineVmError {
-    EngineVmError(e.to_string())
+fn engine_err(e: impl std::error::Error + Send + Sync + 'static) -> VmOpError {
+    VmOpError::vmm(e)
 }
 
 impl SourceVm for Vm {
@@ -15,15 +15,15 @@ impl SourceVm for Vm {
         self.memory().iter().map(|r| (r.start_addr().0, r.len())).collect()
     }
 
-    fn start_dirty_tracking(&mut self) -> Result<(), EngineVmError> {
+    fn start_dirty_tracking(&mut self) -> Result<(), VmOpError> {
         self.set_dirty_logging(true).map_err(engine_err)
     }
 
-    fn stop_dirty_tracking(&mut self) -> Result<(), EngineVmError> {
+    fn stop_dirty_tracking(&mut self) -> Result<(), VmOpError> {
         self.set_dirty_logging(false).map_err(engine_err)
     }
 
-    fn dirty_pages(&mut self) -> Result<Vec<DirtyBitmap>, EngineVmError> {
+    fn dirty_pages(&mut self) -> Result<Vec<DirtyBitmap>, VmOpError> {
         let bitmaps = self.dirty_bitmaps().map_err(engine_err)?;
         Ok(bitmaps
             .into_iter()
@@ -34,43 +34,43 @@ impl SourceVm for Vm {
             .collect())
     }
 
-    fn clear_dirty(&mut self, gpa: u64, pages: u64) -> Result<(), EngineVmError> {
+    fn clear_dirty(&mut self, gpa: u64, pages: u64) -> Result<(), VmOpError> {
         Vm::clear_dirty(self, gpa, pages).map_err(engine_err)
     }
 
-    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), EngineVmError> {
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), VmOpError> {
         self.memory().read_slice(buf, GuestAddress(gpa)).map_err(engine_err)
     }
 
-    fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, EngineVmError> {
+    fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, VmOpError> {
         Vm::unpopulated_pages(self, gpa, pages).map_err(engine_err)
     }
 
-    fn set_throttle(&mut self, percent: u8) -> Result<(), EngineVmError> {
+    fn set_throttle(&mut self, percent: u8) -> Result<(), VmOpError> {
         Vm::set_throttle(self, percent);
         Ok(())
     }
 
-    fn pause(&mut self) -> Result<(), EngineVmError> {
+    fn pause(&mut self) -> Result<(), VmOpError> {
         Vm::pause(self);
         Ok(())
     }
 
-    fn resume(&mut self) -> Result<(), EngineVmError> {
+    fn resume(&mut self) -> Result<(), VmOpError> {
         Vm::resume(self).map_err(engine_err)
     }
 
-    fn save_state(&mut self) -> Result<Vec<u8>, EngineVmError> {
+    fn save_state(&mut self) -> Result<Vec<u8>, VmOpError> {
         Vm::save_state(self).map_err(engine_err)
     }
 }
 
 impl DestinationVm for Vm {
-    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), EngineVmError> {
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmOpError> {
         self.memory().write_slice(data, GuestAddress(gpa)).map_err(engine_err)
     }
 
-    fn zero_memory(&mut self, gpa: u64, pages: u64) -> Result<(), EngineVmError> {
+    fn zero_memory(&mut self, gpa: u64, pages: u64) -> Result<(), VmOpError> {
         const ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
         for page in 0..pages {
             let addr = gpa + page * PAGE_SIZE;
@@ -87,7 +87,7 @@ impl DestinationVm for Vm {
         Ok(())
     }
 
-    fn restore_state(&mut self, state: &[u8]) -> Result<(), EngineVmError> {
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), VmOpError> {
         Vm::restore_state(self, state).map_err(engine_err)
     }
 }

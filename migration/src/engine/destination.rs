@@ -7,7 +7,7 @@ use super::sealer::handshake_over;
 use super::{MigrationError, Opener, Phase, PlainOpener, Progress, ReceiveOptions};
 use crate::protocol::{fit_reason, Message, Wire, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
 use crate::transport::Stream;
-use crate::vm::{DestinationVm, VmError};
+use crate::vm::{DestinationVm, VmOpError};
 use std::time::{Duration, Instant};
 
 /// How long a failing destination tries to write its abort token and Abort.
@@ -34,9 +34,9 @@ pub fn receive<F, V>(
 ) -> Result<Incoming<V>, MigrationError>
 where
     V: DestinationVm,
-    F: FnOnce(&[u8]) -> Result<V, VmError>,
+    F: FnOnce(&[u8]) -> Result<V, VmOpError>,
 {
-    let build = move |_version: u16, config: &[u8]| -> Result<(V, Box<dyn Opener>), VmError> {
+    let build = move |_version: u16, config: &[u8]| -> Result<(V, Box<dyn Opener>), VmOpError> {
         Ok((build(config)?, Box::new(PlainOpener)))
     };
     receive_versions(stream, &[PROTOCOL_VERSION], build, options, progress)
@@ -63,7 +63,7 @@ pub fn receive_with<F, V>(
 ) -> Result<Incoming<V>, MigrationError>
 where
     V: DestinationVm,
-    F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmError>,
+    F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmOpError>,
 {
     receive_versions(stream, &SUPPORTED_VERSIONS, build, options, progress)
 }
@@ -77,7 +77,7 @@ fn receive_versions<F, V>(
 ) -> Result<Incoming<V>, MigrationError>
 where
     V: DestinationVm,
-    F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmError>,
+    F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmOpError>,
 {
     tracing::info!(peer = %stream.peer(), "migration: receiving");
     let mut wire = Wire::new(stream);
@@ -195,7 +195,7 @@ impl<'a> Receiver<'a> {
     ) -> Result<Incoming<V>, MigrationError>
     where
         V: DestinationVm,
-        F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmError>,
+        F: FnOnce(u16, &[u8]) -> Result<(V, Box<dyn Opener>), VmOpError>,
     {
         self.progress.set_phase(Phase::Handshake);
         let (version, config) = self.hello(wire, accepted)?;

@@ -1,7 +1,7 @@
 //! Why a migration failed, on either side.
 
 use crate::protocol::{MessageKind, ProtocolError};
-use crate::vm::VmError;
+use crate::vm::VmOpError;
 use std::time::Duration;
 
 /// A failed migration. On the source every variant but
@@ -54,7 +54,7 @@ pub enum MigrationError {
         /// What the engine asked of the VM.
         op: &'static str,
         /// The VMM's words.
-        source: VmError,
+        source: VmOpError,
     },
     /// `timeout_s` passed with strategy `Cancel`.
     #[error("the migration did not converge within its timeout of {0:?} (strategy Cancel: the VM keeps running here)")]
@@ -106,7 +106,7 @@ impl MigrationError {
         )
     }
 
-    pub(crate) fn vm(op: &'static str) -> impl FnOnce(VmError) -> MigrationError {
+    pub(crate) fn vm(op: &'static str) -> impl FnOnce(VmOpError) -> MigrationError {
         move |source| MigrationError::Vm { op, source }
     }
 

@@ -163,8 +163,9 @@ impl Source<'_> {
     fn check_ranges(&self) -> Result<(), MigrationError> {
         for (start, len) in self.vm.memory_ranges() {
             if start % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
-                let what = format!("memory range {start:#x}+{len:#x} is not made of whole pages");
-                return Err(MigrationError::vm("list memory ranges")(crate::vm::VmError(what)));
+                return Err(MigrationError::vm("list memory ranges")(
+                    crate::vm::VmOpError::PartialPages { start, len },
+                ));
             }
         }
         Ok(())

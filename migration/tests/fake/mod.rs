@@ -7,7 +7,7 @@
 use covm_migration::engine::SendOptions;
 use covm_migration::protocol::PAGE_BYTES;
 use covm_migration::transport::Stream;
-use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmError, PAGE_SIZE};
+use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmOpError, PAGE_SIZE};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,17 +115,17 @@ impl SourceVm for FakeSource {
     fn memory_ranges(&self) -> Vec<MemoryRange> {
         RANGES.to_vec()
     }
-    fn start_dirty_tracking(&mut self) -> Result<(), VmError> {
+    fn start_dirty_tracking(&mut self) -> Result<(), VmOpError> {
         self.guest().tracking = true;
         Ok(())
     }
-    fn stop_dirty_tracking(&mut self) -> Result<(), VmError> {
+    fn stop_dirty_tracking(&mut self) -> Result<(), VmOpError> {
         let mut g = self.guest();
         g.tracking = false;
         g.tracking_stopped += 1;
         Ok(())
     }
-    fn dirty_pages(&mut self) -> Result<Vec<DirtyBitmap>, VmError> {
+    fn dirty_pages(&mut self) -> Result<Vec<DirtyBitmap>, VmOpError> {
         let g = self.guest();
         Ok(RANGES
             .iter()
@@ -136,45 +136,53 @@ impl SourceVm for FakeSource {
             })
             .collect())
     }
-    fn clear_dirty(&mut self, gpa: u64, pages: u64) -> Result<(), VmError> {
-        let (range, offset) = locate(gpa, (pages * PAGE_SIZE) as usize).ok_or(VmError("clear outside RAM".into()))?;
+    fn clear_dirty(&mut self, gpa: u64, pages: u64) -> Result<(), VmOpError> {
+        let (range, offset) = locate(gpa, (pages * PAGE_SIZE) as usize).ok_or(VmOpError::OutsideRam {
+            what: "clear",
+            gpa,
+            len: pages * PAGE_SIZE,
+        })?;
         let mut g = self.guest();
         for page in offset / PAGE..offset / PAGE + pages as usize {
             g.dirty[range][page / 64] &= !(1 << (page % 64));
         }
         Ok(())
     }
-    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), VmError> {
-        let (range, offset) = locate(gpa, buf.len()).ok_or(VmError("read outside RAM".into()))?;
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> Result<(), VmOpError> {
+        let (range, offset) = locate(gpa, buf.len()).ok_or(VmOpError::OutsideRam {
+            what: "read",
+            gpa,
+            len: buf.len() as u64,
+        })?;
         let mut g = self.guest();
         buf.copy_from_slice(&g.mem[range][offset..offset + buf.len()]);
         g.run_guest(buf.len() / PAGE);
         Ok(())
     }
-    fn unpopulated_pages(&self, _gpa: u64, pages: u64) -> Result<Vec<bool>, VmError> {
+    fn unpopulated_pages(&self, _gpa: u64, pages: u64) -> Result<Vec<bool>, VmOpError> {
         // The fake keeps plain Vec memory: nothing is known without reading.
         Ok(vec![false; pages as usize])
     }
-    fn set_throttle(&mut self, percent: u8) -> Result<(), VmError> {
+    fn set_throttle(&mut self, percent: u8) -> Result<(), VmOpError> {
         let mut g = self.guest();
         g.throttle = percent;
         g.throttle_calls.push(percent);
         Ok(())
     }
-    fn pause(&mut self) -> Result<(), VmError> {
+    fn pause(&mut self) -> Result<(), VmOpError> {
         let mut g = self.guest();
         g.paused = true;
         g.pauses += 1;
         Ok(())
     }
-    fn resume(&mut self) -> Result<(), VmError> {
+    fn resume(&mut self) -> Result<(), VmOpError> {
         let mut g = self.guest();
         assert!(g.paused, "resume of a running guest");
         g.paused = false;
         g.resumes += 1;
         Ok(())
     }
-    fn save_state(&mut self) -> Result<Vec<u8>, VmError> {
+    fn save_state(&mut self) -> Result<Vec<u8>, VmOpError> {
         let mut g = self.guest();
         assert!(g.paused, "state saved while running");
         g.state_saves += 1;
@@ -195,11 +203,11 @@ pub struct Received {
 pub struct FakeDestination(Arc<Mutex<Received>>);
 
 /// The factory given to `receive`: builds from the source's config.
-pub fn factory(out: Arc<Mutex<Received>>) -> impl FnOnce(&[u8]) -> Result<Box<dyn DestinationVm>, VmError> {
+pub fn factory(out: Arc<Mutex<Received>>) -> impl FnOnce(&[u8]) -> Result<Box<dyn DestinationVm>, VmOpError> {
     move |config| {
-        let ranges: Vec<MemoryRange> = serde_json::from_slice(config).map_err(|e| VmError(e.to_string()))?;
+        let ranges: Vec<MemoryRange> = serde_json::from_slice(config).map_err(VmOpError::vmm)?;
         if ranges != RANGES {
-            return Err(VmError("unexpected layout".into()));
+            return Err(VmOpError::Refused("unexpected layout".into()));
         }
         // Fill with garbage: every page must be written by the migration.
         out.lock().unwrap().mem = ranges.iter().map(|(_, size)| vec![0xAA; *size as usize]).collect();
@@ -208,18 +216,26 @@ pub fn factory(out: Arc<Mutex<Received>>) -> impl FnOnce(&[u8]) -> Result<Box<dy
 }
 
 impl DestinationVm for FakeDestination {
-    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmError> {
-        let (range, offset) = locate(gpa, data.len()).ok_or(VmError(format!("write outside RAM at {gpa:#x}")))?;
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> Result<(), VmOpError> {
+        let (range, offset) = locate(gpa, data.len()).ok_or(VmOpError::OutsideRam {
+            what: "write",
+            gpa,
+            len: data.len() as u64,
+        })?;
         self.0.lock().unwrap().mem[range][offset..offset + data.len()].copy_from_slice(data);
         Ok(())
     }
-    fn zero_memory(&mut self, gpa: u64, pages: u64) -> Result<(), VmError> {
+    fn zero_memory(&mut self, gpa: u64, pages: u64) -> Result<(), VmOpError> {
         let len = (pages * PAGE_SIZE) as usize;
-        let (range, offset) = locate(gpa, len).ok_or(VmError(format!("zero outside RAM at {gpa:#x}")))?;
+        let (range, offset) = locate(gpa, len).ok_or(VmOpError::OutsideRam {
+            what: "zero",
+            gpa,
+            len: len as u64,
+        })?;
         self.0.lock().unwrap().mem[range][offset..offset + len].fill(0);
         Ok(())
     }
-    fn restore_state(&mut self, state: &[u8]) -> Result<(), VmError> {
+    fn restore_state(&mut self, state: &[u8]) -> Result<(), VmOpError> {
         self.0.lock().unwrap().state = Some(state.to_vec());
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::time::Instant;
 pub fn agent_err(e: AgentError) -> MigrationError {
     MigrationError::Vm {
         op: "drive the migration agent",
-        source: covm_migration::vm::VmError(e.to_string()),
+        source: covm_migration::vm::VmOpError::vmm(e),
     }
 }
 
