@@ -322,10 +322,10 @@ pub(crate) mod tests {
         assert_eq!(p.policy().min_tcb(), TcbVersion::new(0, 0, 9, 0));
     }
 
-    #[test]
-    fn every_bad_field_is_named() {
+    /// Policies covm refuses, and the message naming what is wrong.
+    fn refusals() -> Vec<(String, &'static str)> {
         let m = "cc".repeat(48);
-        let cases: Vec<(String, &str)> = vec![
+        vec![
             ("{".into(), "not JSON: EOF"),
             ("[]".into(), "a policy is a JSON object, not an array"),
             (with("bogus", Some("1")), "unknown field `bogus`"),
@@ -421,8 +421,12 @@ pub(crate) mod tests {
                 "trusted_roots: empty, but allowed_platforms has emulated_cvm",
             ),
             (format!("{} x", valid_json()), "not JSON: trailing characters"),
-        ];
-        for (text, needle) in cases {
+        ]
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        for (text, needle) in refusals() {
             let e = parse(&text).unwrap_err();
             assert!(e.contains(needle), "expected {needle:?} in {e:?} for {text}");
         }
@@ -442,6 +446,48 @@ pub(crate) mod tests {
             }
         }
         assert!(seen >= 2, "two example policies");
+    }
+
+    /// A JSON Schema validator (the jsonschema crate) agrees with covm: the
+    /// examples and the test policy are valid under the schema, and every
+    /// policy covm refuses the schema refuses too, except what a schema
+    /// cannot say (listed).
+    #[test]
+    fn the_schema_agrees_with_covm_under_a_real_validator() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../resources/policies/migration-policy.schema.json"
+        );
+        let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let validator = jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../resources/policies");
+        let mut valid = vec![valid_json()];
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".json") && !name.ends_with(".schema.json") {
+                valid.push(std::fs::read_to_string(&path).unwrap());
+            }
+        }
+        for text in &valid {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{text}: {errors:?}");
+        }
+        // Beyond a schema: JSON syntax, duplicates that differ only in
+        // case, and keys that are not points on P-384.
+        let beyond_a_schema = ["not JSON", "duplicate of entry 0", "not a P-384 public key"];
+        for (text, needle) in refusals() {
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if validator.is_valid(&value) {
+                assert!(
+                    beyond_a_schema.iter().any(|b| needle.contains(b)),
+                    "the schema accepts what covm refuses ({needle}): {text}"
+                );
+            }
+        }
     }
 
     /// The schema names exactly the fields serde accepts, and refuses others.
