@@ -204,7 +204,7 @@ fn socket_is_private_exclusive_and_stale_files_are_replaced() {
     assert_eq!(mode, 0o600);
     // A socket in use by a live covm is refused.
     let out = covm().arg("--api-socket").arg(&api.socket).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("is in use by a running covm"), "{}", stderr(&out));
     assert_eq!(api.get("/vmm.ping").0, 200, "the first covm was disturbed");
     assert_eq!(api.put("/vmm.shutdown", None).0, 204);

@@ -27,12 +27,12 @@ fn unknown_option() {
 fn unknown_key() {
     assert_refused(
         &run(&["--cpus", "boot=2,threads=2"]),
-        1,
+        2,
         "--cpus: unknown key 'threads'",
     );
     assert_refused(
         &run(&["--memory", "size=1G,hugepages=on"]),
-        1,
+        2,
         "--memory: unknown key 'hugepages'",
     );
 }
@@ -41,36 +41,36 @@ fn unknown_key() {
 fn vcpu_count_out_of_range() {
     assert_refused(
         &run(&["--cpus", "boot=33"]),
-        1,
+        2,
         "--cpus: invalid boot=33: must be a number from 1 to 32",
     );
-    assert_refused(&run(&["--cpus", "boot=0"]), 1, "boot=0");
+    assert_refused(&run(&["--cpus", "boot=0"]), 2, "boot=0");
 }
 
 #[test]
 fn unparsable_size() {
     assert_refused(
         &run(&["--memory", "size=12Q"]),
-        1,
+        2,
         "--memory: invalid size=12Q: '12Q' is not a size",
     );
 }
 
 #[test]
 fn memory_larger_than_the_host() {
-    assert_refused(&run(&["--memory", "size=100000G"]), 1, "is larger than this host's");
+    assert_refused(&run(&["--memory", "size=100000G"]), 2, "is larger than this host's");
 }
 
 #[test]
 fn missing_kernel_names_the_path() {
     assert_refused(
         &run(&["--kernel", "/nonexistent/bzImage"]),
-        1,
+        2,
         "--kernel: cannot read /nonexistent/bzImage",
     );
     assert_refused(
         &run(&["--firmware", "/nonexistent/fw.elf"]),
-        1,
+        2,
         "--firmware: cannot read /nonexistent/fw.elf",
     );
 }
@@ -114,12 +114,12 @@ fn hardware_platforms_say_what_the_host_lacks() {
         if !err.contains(&format!("{what} is not available on this machine: ")) {
             assert_refused(
                 &out,
-                1,
+                2,
                 &format!("covm: --platform {option} needs --migration-policy PATH"),
             );
             continue;
         }
-        assert_refused(&out, 1, &prefix);
+        assert_refused(&out, 2, &prefix);
         assert!(err.starts_with(&prefix), "{err}");
         let reason = &err[prefix.len()..];
         assert!(
@@ -156,7 +156,7 @@ fn hardware_platforms_say_what_the_host_lacks() {
         .unwrap();
     assert_refused(
         &out,
-        1,
+        2,
         "KVM cannot be asked: /nonexistent/kvm does not exist: this host has no KVM",
     );
 }
@@ -199,15 +199,15 @@ fn no_permission_on_the_kvm_device() {
 fn kernel_and_firmware_together() {
     assert_refused(
         &run(&["--kernel", "/etc/hostname", "--firmware", "/etc/hostname"]),
-        1,
+        2,
         "not both",
     );
 }
 
 #[test]
 fn bad_serial_and_console_modes() {
-    assert_refused(&run(&["--serial", "pty"]), 1, "--serial: unknown key 'pty'");
-    assert_refused(&run(&["--console", "tty"]), 1, "no virtio console");
+    assert_refused(&run(&["--serial", "pty"]), 2, "--serial: unknown key 'pty'");
+    assert_refused(&run(&["--console", "tty"]), 2, "no virtio console");
 }
 
 #[test]

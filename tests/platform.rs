@@ -206,10 +206,11 @@ fn a_key_for_one_vm_is_generated_and_printed() {
     assert!(is_hex(key, 49), "{line}");
 }
 
-/// One line on standard error, starting `covm`, naming the problem.
+/// One line on standard error, starting `covm`, naming the problem; the
+/// status of a refused command line (2).
 fn assert_refused(out: &Output, needle: &str) {
     let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in stderr: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {err}");

@@ -2,18 +2,19 @@
 //!
 //! | status | meaning |
 //! |---|---|
-//! | 0 | the guest powered off (power port 0x600 value 0) |
-//! | 1 | covm failed: bad configuration, KVM or host error |
-//! | 2 | the command line could not be parsed (clap's usage status) |
+//! | 0 | the guest powered off (power port 0x600 value 0), or `vmm.shutdown` |
+//! | 1 | covm failed while running: KVM, the host, guest memory |
+//! | 2 | covm refused its command line and created nothing: an unknown option, a value it cannot use (size, count, key, missing file, a platform this host lacks) |
 //! | 3 | the guest reset the machine (i8042 0xfe, or power port value 1) |
 //! | 4 | the guest powered off reporting a failure (power port value 2..=255) |
 //! | 5 | the guest crashed (triple fault, emulation failure, bad exit) |
+//! | 130, 143 | SIGINT (Ctrl-C) or SIGTERM: covm stopped the VM and exited cleanly (128 + the signal) |
 
 use covm_devices::PowerAction;
 
-/// covm failed before or while running the VM.
+/// covm failed while running.
 pub const STATUS_ERROR: i32 = 1;
-/// The command line could not be parsed.
+/// covm refused its command line (nothing was created).
 pub const STATUS_USAGE: i32 = 2;
 /// The guest reset the machine.
 pub const STATUS_RESET: i32 = 3;
@@ -21,6 +22,12 @@ pub const STATUS_RESET: i32 = 3;
 pub const STATUS_GUEST_FAILED: i32 = 4;
 /// The guest crashed.
 pub const STATUS_CRASHED: i32 = 5;
+
+/// covm's status after `signal` stopped it: the shell's convention, 128 +
+/// the signal's number (130 for SIGINT, 143 for SIGTERM).
+pub fn signal_status(signal: i32) -> i32 {
+    128 + signal
+}
 
 /// Why a VM stopped running.
 #[derive(Debug, Clone, PartialEq, Eq)]

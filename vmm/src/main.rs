@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             // `--help`.
             let rendered = e.to_string();
             let first = rendered.lines().next().unwrap_or("invalid command line");
-            eprintln!("covm: {}", first.trim_start_matches("error: "));
+            eprintln!("covm: {} (see covm --help)", first.trim_start_matches("error: "));
             return ExitCode::from(STATUS_USAGE as u8);
         }
         Err(e) => {
@@ -36,23 +36,46 @@ fn main() -> ExitCode {
                 println!("{json}");
                 ExitCode::SUCCESS
             }
-            Err(message) => {
-                eprintln!("covm measure: {message}");
-                ExitCode::from(STATUS_ERROR as u8)
+            Err(stop) => {
+                eprintln!("covm measure: {}", stop.message);
+                ExitCode::from(stop.status as u8)
             }
         };
     }
     let status = match run(&mut cli, start) {
         Ok(status) => status,
-        Err(message) => {
-            report(&cli, &message);
+        Err(stop) => {
+            report(&cli, &stop.message);
             // The control loop never ran, so it reported no shutdown.
             covm::event_monitor::emit("vmm", "shutdown", &[]);
-            STATUS_ERROR
+            stop.status
         }
     };
     covm::event_monitor::flush();
     ExitCode::from(status as u8)
+}
+
+/// Why covm stops before running a VM: its exit status (`covm::exit`) and
+/// the one line that says why.
+struct Stop {
+    status: i32,
+    message: String,
+}
+
+/// The command line asks for something covm refuses; nothing was created.
+fn refused(message: impl std::fmt::Display) -> Stop {
+    Stop {
+        status: STATUS_USAGE,
+        message: message.to_string(),
+    }
+}
+
+/// covm failed while starting.
+fn failed(message: impl std::fmt::Display) -> Stop {
+    Stop {
+        status: STATUS_ERROR,
+        message: message.to_string(),
+    }
 }
 
 /// One line on standard error; also in the log when the log is a file
@@ -67,21 +90,21 @@ fn report(cli: &Cli, message: &str) {
 /// `covm measure`: the launch measurement the VM options would give, as
 /// JSON, computed as a launch computes it but in scratch memory (no KVM, no
 /// SEV-SNP or TDX hardware).
-fn measure(args: &MeasureArgs) -> Result<String, String> {
+fn measure(args: &MeasureArgs) -> Result<String, Stop> {
     use covm::platform::measure::{self, HardwarePlatform};
     use covm::platform::{self, hex, root_key, PlatformConfig};
     use covm_measure::kernel_hashes::{KernelHashes, SEV_HASHES_GPA};
     use covm_measure::mrtd::TD_HOB_GPA;
     use covm_measure::snp::SnpLaunch;
     use covm_measure::vmsa;
-    let host_ram = config::host_ram().map_err(|e| format!("cannot read this host's memory size: {e}"))?;
-    let (config, hardware, no_policy) = VmConfig::for_measure(&args.vm, host_ram).map_err(|e| e.to_string())?;
+    let host_ram = config::host_ram().map_err(|e| failed(format!("cannot read this host's memory size: {e}")))?;
+    let (config, hardware, no_policy) = VmConfig::for_measure(&args.vm, host_ram).map_err(refused)?;
     if hardware != Some(HardwarePlatform::SevSnp) {
         if args.vcpu_type.is_some() {
-            return Err("--vcpu-type is for --platform sev_snp=on".into());
+            return Err(refused("--vcpu-type is for --platform sev_snp=on"));
         }
         if args.kernel_hashes {
-            return Err("--kernel-hashes is for --platform sev_snp=on".into());
+            return Err(refused("--kernel-hashes is for --platform sev_snp=on"));
         }
     }
     // Without --migration-policy the measurement is the same (the policy
@@ -101,9 +124,9 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
             };
             let vcpu_type = match (args.vcpu_type.clone(), launch_type) {
                 (Some(given), Some(launch)) if given != launch => {
-                    return Err(format!(
+                    return Err(refused(format!(
                         "--vcpu-type {given} and --platform vcpu_type={launch} differ: give one"
-                    ))
+                    )))
                 }
                 (given, launch) => given.or(launch),
             };
@@ -111,17 +134,17 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
                 .as_deref()
                 .map(vmsa::vcpu_type_signature)
                 .transpose()
-                .map_err(|e| e.to_string())?;
+                .map_err(refused)?;
             let kernel_hashes = match (&config.payload, args.kernel_hashes) {
                 (_, false) => None,
                 (covm::config::Payload::Kernel { kernel, initramfs }, true) => Some(
                     KernelHashes::from_files(kernel, initramfs.as_deref(), &config.cmdline)
-                        .map_err(|e| format!("--kernel-hashes: cannot read the kernel or initramfs: {e}"))?,
+                        .map_err(|e| refused(format!("--kernel-hashes: cannot read the kernel or initramfs: {e}")))?,
                 ),
                 (_, true) => {
-                    return Err(
-                        "--kernel-hashes needs --kernel (it hashes the kernel, initramfs and command line)".into(),
-                    )
+                    return Err(refused(
+                        "--kernel-hashes needs --kernel (it hashes the kernel, initramfs and command line)",
+                    ))
                 }
             };
             let launch = SnpLaunch {
@@ -129,7 +152,7 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
                 kernel_hashes,
                 cpuid_page: None,
             };
-            let measurement = measure::measure_sev_snp(&config, &launch).map_err(|e| e.to_string())?;
+            let measurement = measure::measure_sev_snp(&config, &launch).map_err(failed)?;
             let mut out = serde_json::json!({
                 "platform": "sev_snp",
                 "measurement": hex(&measurement.digest),
@@ -153,7 +176,7 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
             out
         }
         Some(HardwarePlatform::Tdx) => {
-            let td = measure::measure_tdx(&config).map_err(|e| e.to_string())?;
+            let td = measure::measure_tdx(&config).map_err(failed)?;
             let mut out = serde_json::json!({
                 "platform": "tdx",
                 "mrtd": hex(&td.mrtd),
@@ -177,16 +200,15 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
         }
         None => {
             let PlatformConfig::EmulatedCvm(emulated) = &config.platform else {
-                return Err(
-                    "give a confidential platform (--platform emulated_cvm=on), or sev_snp=on or tdx=on: a \
-                            plain VM is not measured"
-                        .into(),
-                );
+                return Err(refused(
+                    "give a confidential platform (--platform emulated_cvm=on), or sev_snp=on or tdx=on: a plain VM is \
+                     not measured",
+                ));
             };
             // The root key only when a file is named: a key for one VM is of no use here.
             let root_public_key = match &emulated.root_key {
                 Some(path) => {
-                    let key = root_key::load_or_create(Some(path)).map_err(|e| e.to_string())?;
+                    let key = root_key::load_or_create(Some(path)).map_err(failed)?;
                     if let Some(line) = key.announcement() {
                         eprintln!("covm: {line}");
                     }
@@ -194,7 +216,7 @@ fn measure(args: &MeasureArgs) -> Result<String, String> {
                 }
                 None => None,
             };
-            let measurement = platform::measure(&config).map_err(|e| e.to_string())?;
+            let measurement = platform::measure(&config).map_err(failed)?;
             let mut out = serde_json::json!({
                 "platform": config.platform.name(),
                 "measurement": hex(&measurement.digest),
@@ -221,55 +243,59 @@ fn measured_pages(pages: &[covm_measure::snp::MeasuredPage]) -> serde_json::Valu
         .collect()
 }
 
-fn run(cli: &mut Cli, start: Instant) -> Result<i32, String> {
+fn run(cli: &mut Cli, start: Instant) -> Result<i32, Stop> {
     covm::logging::init(cli.verbose, cli.log_file.as_deref()).map_err(|e| {
-        format!(
+        refused(format!(
             "--log-file: cannot open {}: {e}",
             cli.log_file.as_deref().unwrap_or("".as_ref()).display()
-        )
+        ))
     })?;
     if let Some(text) = &cli.event_monitor {
-        let sink = covm::event_monitor::parse(text).map_err(|e| e.to_string())?;
-        covm::event_monitor::start(&sink, start).map_err(|e| e.to_string())?;
+        let sink = covm::event_monitor::parse(text).map_err(refused)?;
+        covm::event_monitor::start(&sink, start).map_err(refused)?;
     }
     covm::event_monitor::emit("vmm", "starting", &[]);
-    let host_ram = config::host_ram().map_err(|e| format!("cannot read this host's memory size: {e}"))?;
+    let host_ram = config::host_ram().map_err(|e| failed(format!("cannot read this host's memory size: {e}")))?;
     // A destination's own platform for incoming confidential VMs.
     let incoming_platform = (cli.api_socket.is_some() && cli.only_incoming_platform())
         .then(|| config::incoming_platform(&cli.vm))
         .transpose()
-        .map_err(|e| e.to_string())?;
+        .map_err(refused)?;
     if incoming_platform.is_some() {
         cli.vm.platform = None;
         cli.vm.migration_policy = None;
     }
-    let config = VmConfig::from_cli(cli, host_ram).map_err(|e| e.to_string())?;
+    let config = VmConfig::from_cli(cli, host_ram).map_err(refused)?;
     let hooks = cli
         .test_hooks
         .iter()
         .map(|h| TestHook::parse(h))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    install_kick_handler().map_err(|e| format!("cannot install the vCPU kick signal handler: {e}"))?;
+        .map_err(refused)?;
+    install_kick_handler().map_err(|e| failed(format!("cannot install the vCPU kick signal handler: {e}")))?;
     let serial_override = cli.serial.is_some().then(|| config.serial.clone());
     let mut vmm = Vmm::new(start, hooks, cli.log_file.is_some(), host_ram, serial_override);
     vmm.set_incoming_platform(incoming_platform.clone());
     if let Some(socket) = &config.api_socket {
-        let listener = covm::api::socket::open(socket).map_err(|e| e.to_string())?;
+        let listener = covm::api::socket::open(socket).map_err(refused)?;
         let created = match socket {
             covm::config::ApiSocket::Path(path) => Some(path.clone()),
             covm::config::ApiSocket::Fd(_) => None,
         };
         let server = covm::api::server::spawn(listener, created, vmm.sender(), host_ram)
-            .map_err(|e| format!("cannot start the API server: {e}"))?;
+            .map_err(|e| failed(format!("cannot start the API server: {e}")))?;
         vmm.set_api_server(server);
     }
     // With an API socket and no VM options covm waits for vm.create, as
     // Cloud Hypervisor does; otherwise the VM is created and booted now.
     if config.api_socket.is_none() || (cli.has_vm_options() && incoming_platform.is_none()) {
-        vmm.create(config).map_err(|e| e.message().to_string())?;
-        vmm.boot().map_err(|e| e.message().to_string())?;
+        vmm.create(config).map_err(|e| failed(e.message()))?;
+        vmm.boot().map_err(|e| failed(e.message()))?;
     }
+    // SIGINT and SIGTERM stop the VM and end covm cleanly (socket removed,
+    // events written), with status 128 + the signal.
+    covm::vmm::forward_stop_signals(vmm.sender())
+        .map_err(|e| failed(format!("cannot install the SIGINT/SIGTERM handlers: {e}")))?;
     let status = vmm.run();
     let _ = std::io::stdout().flush();
     Ok(status)

@@ -170,6 +170,8 @@ pub enum Event {
         /// When Commit was sent: the guest has been down since before.
         committed: Instant,
     },
+    /// SIGINT or SIGTERM: stop the VM and end covm cleanly.
+    Signal(i32),
     /// The VM of boot number `generation` ended.
     VmExit {
         /// Which boot of the VM reported it (late reports of a VM already
@@ -196,6 +198,22 @@ struct MigrationStatus {
     /// A client read `vm.info` while the VM migrated out: it follows the
     /// migration and should read the report before the source exits.
     followed: bool,
+}
+
+/// Delivers SIGINT and SIGTERM to the control loop as
+/// [`Event::Signal`], from a thread of their own (a signal handler may not
+/// take locks or send on a channel).
+pub fn forward_stop_signals(events: Sender<Event>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        for signal in signals.forever() {
+            if events.send(Event::Signal(signal)).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// Tells the event monitor a migration's phases and pre-copy rounds; the
@@ -358,6 +376,12 @@ impl Vmm {
                         self.finish(None);
                         return 0;
                     }
+                }
+                Event::Signal(signal) => {
+                    tracing::info!("signal {signal}: stopping the VM and exiting");
+                    eprintln!("covm: stopped by signal {signal}");
+                    self.finish(Some("signal"));
+                    return crate::exit::signal_status(signal);
                 }
                 Event::VmExit { generation, exit } if generation == self.generation && self.migrating_out() => {
                     // The guest ended while leaving: stop the migration; the

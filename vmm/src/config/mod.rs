@@ -474,12 +474,20 @@ fn platform_config(
                 id: snp.id,
                 policy,
             }),
-            None => PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
-                // Absolute: the path travels in the VM's configuration (vm.info,
-                // a migration's destination), read where covm's directory differs.
-                root_key: option.root_key.map(|p| std::path::absolute(&p).unwrap_or(p)),
-                policy,
-            }),
+            None => {
+                // An existing key file covm would refuse at launch is
+                // refused now, before anything is created.
+                if let Some(path) = &option.root_key {
+                    crate::platform::root_key::check_existing(path)
+                        .map_err(|e| ConfigError::Platform(e.to_string()))?;
+                }
+                PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
+                    // Absolute: the path travels in the VM's configuration (vm.info,
+                    // a migration's destination), read where covm's directory differs.
+                    root_key: option.root_key.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                    policy,
+                })
+            }
         }),
     }
 }

@@ -118,6 +118,16 @@ fn generate() -> Result<(EmulatedRoot, Zeroizing<[u8; SECRET_LEN]>), RootKeyErro
     }
 }
 
+/// Checks that the key file at `path`, if it exists, is one covm will
+/// load (a regular file, its owner's alone, a P-384 secret), so that a
+/// configuration naming it is refused before anything is created.
+pub fn check_existing(path: &Path) -> Result<(), RootKeyError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => load(path).map(drop),
+    }
+}
+
 /// Loads the key at `path` if it exists, else generates one and writes it
 /// there; with no path, generates a key for this VM only.
 pub fn load_or_create(path: Option<&Path>) -> Result<RootKey, RootKeyError> {
