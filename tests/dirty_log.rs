@@ -79,7 +79,7 @@ fn logged_and_cleared_exactly(mode: DirtyTracking) -> Option<covm::vm::Counters>
     if !kvm_available() {
         return None;
     }
-    covm::vcpu_control::install_kick_handler().unwrap();
+    covm::vcpu::control::install_kick_handler().unwrap();
     let dir = Scratch::new("dirtylog");
     let serial = dir.path("serial.txt");
     // 4 MiB region at 8 MiB/s: every page is rewritten about twice a second.
@@ -151,7 +151,7 @@ fn throttling_slows_the_guest_and_releases_it() {
     if !kvm_available() {
         return;
     }
-    covm::vcpu_control::install_kick_handler().unwrap();
+    covm::vcpu::control::install_kick_handler().unwrap();
     let dir = Scratch::new("throttle");
     let serial = dir.path("serial.txt");
     let mut vm = Vm::new(

@@ -48,7 +48,7 @@ fn running_guest_continues_in_a_fresh_vm() {
     if !kvm_available() {
         return;
     }
-    covm::vcpu_control::install_kick_handler().unwrap();
+    covm::vcpu::control::install_kick_handler().unwrap();
     let dir = Scratch::new("vmstate");
     let (serial_a, serial_b) = (dir.path("a.txt"), dir.path("b.txt"));
     let exits: Arc<Mutex<Vec<VmExit>>> = Arc::default();

@@ -6,7 +6,7 @@ use covm::cli::{Cli, Command, MeasureArgs};
 use covm::config::{self, VmConfig};
 use covm::exit::{STATUS_ERROR, STATUS_USAGE};
 use covm::test_hooks::TestHook;
-use covm::vcpu_control::install_kick_handler;
+use covm::vcpu::control::install_kick_handler;
 use covm::vmm::Vmm;
 use std::io::Write;
 use std::process::ExitCode;

@@ -9,7 +9,7 @@
 //!   write the copy back at T2, putting an older version in place.
 
 use crate::config::options::{OptionError, OptionMap};
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn flip_and_rollback_change_memory() {
-        let mem = crate::memory::allocate(16 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(16 << 20).unwrap();
         mem.write_slice(&[7u8; 4096], GuestAddress(0x10_0000)).unwrap();
         let start = Instant::now();
         TestHook::Rollback {

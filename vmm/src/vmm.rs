@@ -8,10 +8,10 @@
 
 use crate::api::server::ApiServer;
 use crate::config::{SerialMode, VmConfig};
-use crate::cvm::SessionInfo;
 use crate::event_monitor::emit;
 use crate::exit::VmExit;
-use crate::migrate;
+use crate::migration;
+use crate::migration::confidential::SessionInfo;
 use crate::platform::PlatformConfig;
 use crate::test_hooks::TestHook;
 use crate::vcpu::ExitNotifier;
@@ -657,7 +657,7 @@ impl Vmm {
             session: session.clone(),
             followed: false,
         });
-        let send = migrate::Outgoing {
+        let send = migration::Outgoing {
             vm,
             endpoint,
             options,
@@ -665,7 +665,7 @@ impl Vmm {
             verified,
         };
         emit("vm", "migration-started", &[("destination_url", url)]);
-        migrate::start_send(send, &config, progress, self.events_tx.clone());
+        migration::start_send(send, &config, progress, self.events_tx.clone());
         Ok(Reply::Done)
     }
 
@@ -690,7 +690,7 @@ impl Vmm {
             session: Some(session.clone()),
             followed: false,
         });
-        let incoming = migrate::Incoming {
+        let incoming = migration::Incoming {
             listener,
             start: self.start,
             host_ram: self.host_ram,
@@ -704,7 +704,7 @@ impl Vmm {
             "migration-receive-ready",
             &[("receiver_url", endpoint.to_string())],
         );
-        migrate::start_receive(incoming, progress, self.events_tx.clone());
+        migration::start_receive(incoming, progress, self.events_tx.clone());
         Ok(Reply::Done)
     }
 

@@ -234,7 +234,7 @@ fn dirty_tracking_from_json(json: Option<DirtyTrackingJson>) -> Result<DirtyTrac
         (DirtyTrackingMode::Log, Some(_)) => Err("dirty_tracking.ring_entries: only mode ring has a ring".into()),
         (DirtyTrackingMode::Ring, entries) => Ok(DirtyTracking::Ring {
             entries: match entries {
-                None => crate::dirty_ring::DEFAULT_RING_ENTRIES,
+                None => crate::dirty::ring::DEFAULT_RING_ENTRIES,
                 Some(n) => {
                     crate::config::check_ring_entries(n).map_err(|e| format!("dirty_tracking.ring_entries={n}: {e}"))?
                 }

@@ -2,7 +2,7 @@
 
 use crate::boot::layout;
 use crate::boot::{BootEntry, EntryMode};
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
@@ -330,7 +330,7 @@ mod tests {
 
     #[test]
     fn page_tables_identity_map_first_gib() {
-        let mem = crate::memory::allocate(16 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(16 << 20).unwrap();
         write_page_tables(&mem).unwrap();
         assert_eq!(
             mem.read_obj::<u64>(GuestAddress(layout::PML4)).unwrap(),

@@ -1,7 +1,7 @@
 //! The Linux zero page (`boot_params`) for the 64-bit boot protocol.
 
 use super::{layout, BootError, Initramfs};
-use crate::memory::{e820_map, GuestMemory};
+use crate::vm::memory::{e820_map, GuestMemory};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
@@ -74,7 +74,7 @@ pub(super) fn write_zero_page(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::allocate;
+    use crate::vm::memory::allocate;
     use vm_memory::Bytes;
 
     #[test]

@@ -10,7 +10,7 @@
 //! size: the `.bss` too), and a KERNEL_HASHES section at
 //! [`KERNEL_HASHES_GPA`], where covm writes the SEV kernel hashes table.
 
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 use covm_guest_abi::metadata::{Metadata, SectionKind, KERNEL_HASHES_GPA, PAGE, SECTION_NAME};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -192,7 +192,7 @@ pub(crate) mod tests {
 
     #[test]
     fn builtin_firmware_carries_covm_firmware_table() {
-        let mem = crate::memory::allocate(64 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(64 << 20).unwrap();
         let sections = read(crate::boot::firmware::ELF, &mem).unwrap();
         let expected: Vec<FirmwareSection> = COVM_FIRMWARE
             .sections
@@ -217,7 +217,7 @@ pub(crate) mod tests {
 
     #[test]
     fn an_elf_without_metadata_has_none() {
-        let mem = crate::memory::allocate(64 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(64 << 20).unwrap();
         let elf = crate::platform::measure::tiny_elf();
         assert_eq!(read(&elf, &mem).unwrap(), []);
         let other = with_section(&elf, ".comment", b"hello", 0);
@@ -226,7 +226,7 @@ pub(crate) mod tests {
 
     #[test]
     fn synthetic_metadata_round_trips() {
-        let mem = crate::memory::allocate(64 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(64 << 20).unwrap();
         let elf = crate::platform::measure::tiny_elf();
         let t = table(&[(0x1000, 0x2000, 1), (0x3000, 4096, 3), (0x4000, 4096, 2)]);
         let sections = read(&with_section(&elf, SECTION_NAME, &t, 0), &mem).unwrap();
@@ -254,7 +254,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refusals() {
-        let mem = crate::memory::allocate(64 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(64 << 20).unwrap();
         let elf = crate::platform::measure::tiny_elf();
         let refused =
             |payload: &[u8], flags| read(&with_section(&elf, SECTION_NAME, payload, flags), &mem).unwrap_err();

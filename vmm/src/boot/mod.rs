@@ -14,7 +14,7 @@ pub mod metadata;
 mod pvh;
 
 use crate::config::{Payload, VmConfig};
-use crate::memory::{low_ram_end, GuestMemory, HIMEM_START};
+use crate::vm::memory::{low_ram_end, GuestMemory, HIMEM_START};
 use image::ImageKind;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
@@ -340,7 +340,7 @@ mod tests {
             covm_test_support::skip("no real bzImage (set COVM_TEST_BZIMAGE or install linux-image-cloud-amd64)");
             return;
         };
-        let mem = crate::memory::allocate(256 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(256 << 20).unwrap();
         let cfg = config(
             Payload::Kernel {
                 kernel: kernel.clone(),
@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn builtin_firmware_uses_the_pvh_entry() {
-        let mem = crate::memory::allocate(256 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(256 << 20).unwrap();
         let entry = load(&mem, &config(Payload::BuiltinFirmware, "workload=hello")).unwrap();
         assert_eq!(entry.mode, EntryMode::Pvh);
         assert_eq!(entry.boot_info, layout::PVH_START_INFO);
@@ -383,7 +383,7 @@ mod tests {
 
     #[test]
     fn overlong_cmdline_is_refused() {
-        let mem = crate::memory::allocate(256 << 20).unwrap();
+        let mem = crate::vm::memory::allocate(256 << 20).unwrap();
         let long = "x".repeat(layout::CMDLINE_MAX);
         let err = load(&mem, &config(Payload::BuiltinFirmware, &long)).unwrap_err();
         assert!(err.to_string().starts_with("--cmdline is too long"), "{err}");

@@ -1,7 +1,7 @@
 //! The PVH start info and memory map.
 
 use super::{check_range, layout, BootError, Initramfs};
-use crate::memory::{e820_map, GuestMemory};
+use crate::vm::memory::{e820_map, GuestMemory};
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
@@ -54,7 +54,7 @@ pub(super) fn write_start_info(mem: &GuestMemory, size: u64, initrd: Option<Init
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::allocate;
+    use crate::vm::memory::allocate;
     use vm_memory::Bytes;
 
     #[test]

@@ -507,11 +507,11 @@ pub fn check_confidential_shape(platform: &PlatformConfig, vcpus: u8, memory: u6
             MAX_VCPUS - 1
         ));
     }
-    if memory > crate::memory::MMIO_HOLE_START {
+    if memory > crate::vm::memory::MMIO_HOLE_START {
         return Err(format!(
             "a {name} VM has at most {} MiB of memory: its firmware and migration agent reach only RAM below \
              the 3 GiB MMIO hole",
-            crate::memory::MMIO_HOLE_START >> 20
+            crate::vm::memory::MMIO_HOLE_START >> 20
         ));
     }
     if memory < MIN_CONFIDENTIAL_MEMORY {
@@ -589,7 +589,7 @@ pub fn parse_dirty_tracking(text: &str) -> Result<DirtyTracking, OptionError> {
         )),
         "log" => Ok(DirtyTracking::Log),
         "ring" => Ok(DirtyTracking::Ring {
-            entries: entries.unwrap_or(crate::dirty_ring::DEFAULT_RING_ENTRIES),
+            entries: entries.unwrap_or(crate::dirty::ring::DEFAULT_RING_ENTRIES),
         }),
         other => Err(m.invalid("mode", other, "must be log or ring")),
     }
@@ -787,7 +787,7 @@ mod tests {
         assert_eq!(
             parse_dirty_tracking("mode=ring").unwrap(),
             DirtyTracking::Ring {
-                entries: crate::dirty_ring::DEFAULT_RING_ENTRIES
+                entries: crate::dirty::ring::DEFAULT_RING_ENTRIES
             }
         );
         assert_eq!(

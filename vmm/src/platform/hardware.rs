@@ -15,7 +15,7 @@ use super::measure::snp_launch;
 use super::policy::MigrationPolicy;
 use super::snp::plan::IdBlock;
 use super::{hex, Platform, PlatformError};
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 use covm_agent_protocol::Evidence;
 use covm_measure::mrtd::{TdMeasurement, TD_HOB_GPA};
 use covm_measure::snp::{Measurement, SnpLaunch};
@@ -388,7 +388,7 @@ mod tests {
         let mut snp = SevSnpConfig::new(MigrationPolicy::empty());
         snp.vcpu_type = Some("EPYC-Milan".into());
         let vm = config(PlatformConfig::SevSnp(snp.clone()));
-        let memory = crate::memory::allocate(64 << 20).unwrap();
+        let memory = crate::vm::memory::allocate(64 << 20).unwrap();
         let loaded = crate::platform::image::load(&memory, &vm).unwrap();
         let platform = vm.platform.launch(&memory, &loaded.image).unwrap();
         let measured = measure_sev_snp(&vm, &snp.snp_launch().unwrap()).unwrap();
@@ -432,7 +432,7 @@ mod tests {
         let vm = config(PlatformConfig::Tdx(TdxConfig {
             policy: MigrationPolicy::empty(),
         }));
-        let memory = crate::memory::allocate(64 << 20).unwrap();
+        let memory = crate::vm::memory::allocate(64 << 20).unwrap();
         let loaded = crate::platform::image::load(&memory, &vm).unwrap();
         let platform = vm.platform.launch(&memory, &loaded.image).unwrap();
         let measured = measure_tdx(&vm).unwrap();

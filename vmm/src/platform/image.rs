@@ -22,7 +22,7 @@ use super::PlatformConfig;
 use crate::arch::regs::{self, BootRegs, RegsError};
 use crate::boot::{self, layout, BootEntry, BootError};
 use crate::config::VmConfig;
-use crate::memory::{self, GuestMemory};
+use crate::vm::memory::{self, GuestMemory};
 use covm_guest_abi::layout::FIRMWARE_BASE;
 use covm_measure::vmsa::{Segment, VcpuState};
 use covm_measure::{Launch, Page, PageType};

@@ -16,7 +16,7 @@
 use super::image;
 use super::PlatformError;
 use crate::config::VmConfig;
-use crate::memory::{self, GuestMemory};
+use crate::vm::memory::{self, GuestMemory};
 use covm_measure::mrtd::{self, TdMeasurement, TD_HOB_GPA, TD_HOB_PAGES};
 use covm_measure::snp::{self, Measurement, SnpLaunch};
 use covm_measure::Launch;

@@ -42,7 +42,7 @@ pub use hardware::{SevSnp, SevSnpConfig, Td, TdxConfig};
 pub use policy::MigrationPolicy;
 
 use crate::config::VmConfig;
-use crate::memory::{self, GuestMemory, MemoryError};
+use crate::vm::memory::{self, GuestMemory, MemoryError};
 use covm_agent_protocol::Evidence;
 use covm_guest_abi::layout::MIGRATION_POLICY;
 use covm_measure::mrtd::MrtdError;

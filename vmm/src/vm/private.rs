@@ -3,15 +3,15 @@
 //! threads and agent vCPU as any confidential VM, plus the private-memory
 //! exits of its vCPUs and the reason it cannot migrate.
 
+use super::confidential::{CvmRuntime, LaunchMode};
 use super::snp::VmAttributes;
 use super::{build_bus, msr_indices, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
 use crate::config::{DirtyTracking, VmConfig};
-use crate::cvm::{CvmRuntime, LaunchMode};
 use crate::platform::snp::kvm::Launched;
 use crate::platform::snp::private::RamRegion;
 use crate::platform::Platform;
+use crate::vcpu::control::RunControl;
 use crate::vcpu::{ExitNotifier, PrivateMemoryExits, Vcpu};
-use crate::vcpu_control::RunControl;
 use covm_devices::power::PowerButton;
 use covm_devices::PowerSink;
 use kvm_ioctls::Kvm;
@@ -160,7 +160,7 @@ pub(super) mod tests {
             .err()
             .expect("refused")
             .to_string();
-        if crate::kvm::open().is_ok() {
+        if crate::vm::kvm::open().is_ok() {
             assert_eq!(err, refusal);
         }
         let ring = VmConfig {

@@ -16,8 +16,6 @@ use super::private::{refuse_unsupported, PrivateLaunch};
 use super::{create_chips, Origin, SerialIrq, Vm, VmError};
 use crate::arch::{cpuid, regs};
 use crate::config::VmConfig;
-use crate::kvm;
-use crate::memory::{self, GuestMemory};
 use crate::platform::hardware::SNP_NOT_MIGRATABLE;
 use crate::platform::snp::error::CallError;
 use crate::platform::snp::host::Unavailable;
@@ -27,6 +25,8 @@ use crate::platform::snp::vm::{SnpVmError, SnpVmLaunch, SnpVmOps, VcpuBoot};
 use crate::platform::snp::{self, probe::WHAT};
 use crate::platform::{image, SevSnpConfig};
 use crate::vcpu::{self, ExitNotifier};
+use crate::vm::kvm;
+use crate::vm::memory::{self, GuestMemory};
 use covm_measure::cpuid_page::{cpuid_page, CpuidEntry};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2,
@@ -318,7 +318,7 @@ pub(crate) mod tests {
         let Some((vm, calls)) = snp_vm(&config) else { return };
 
         // The same calls, in the same order, as the construction alone.
-        let memory = crate::memory::allocate(config.memory.size).unwrap();
+        let memory = crate::vm::memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&memory, &config).unwrap();
         let PlatformConfig::SevSnp(snp) = &config.platform else {
             unreachable!()

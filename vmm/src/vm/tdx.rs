@@ -19,8 +19,6 @@
 use super::private::{refuse_unsupported, PrivateLaunch};
 use super::{Origin, SerialIrq, Vm, VmError};
 use crate::config::VmConfig;
-use crate::kvm;
-use crate::memory::{self, GuestMemory};
 use crate::platform::hardware::TDX_NOT_MIGRATABLE;
 use crate::platform::snp::error::CallError;
 use crate::platform::snp::host::Unavailable;
@@ -30,6 +28,8 @@ use crate::platform::tdx::vm::{TdxVmError, TdxVmLaunch, TdxVmOps};
 use crate::platform::tdx::{self, TD_DEVICES};
 use crate::platform::{image, TdxConfig};
 use crate::vcpu::ExitNotifier;
+use crate::vm::kvm;
+use crate::vm::memory::{self, GuestMemory};
 use kvm_bindings::{kvm_enable_cap, KVM_CAP_SPLIT_IRQCHIP, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VmFd};
 use std::sync::Arc;

@@ -10,9 +10,9 @@ use super::ops::SnpLaunchOps;
 use super::private::{PrivateMemoryOps, RamRegion};
 use super::vm::{SnpVmOps, VcpuBoot};
 use crate::config::{CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
-use crate::memory::GuestMemory;
 use crate::platform::image::{self, Loaded};
 use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
+use crate::vm::memory::GuestMemory;
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_memory_attributes, kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start,
     kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
@@ -264,7 +264,7 @@ pub(crate) fn loaded_firmware() -> (GuestMemory, Loaded, [u8; 32]) {
         dirty_tracking: Default::default(),
         platform,
     };
-    let memory = crate::memory::allocate(MEMORY).unwrap();
+    let memory = crate::vm::memory::allocate(MEMORY).unwrap();
     let loaded = image::load(&memory, &config).unwrap();
     (memory, loaded, host_data)
 }

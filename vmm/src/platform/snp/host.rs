@@ -14,7 +14,7 @@ use super::bindings::EXIT_MAP_GPA_RANGE;
 /// Where KVM's capability answers come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvmAnswers {
-    /// Ask this machine's KVM device (`crate::kvm::device_path`).
+    /// Ask this machine's KVM device (`crate::vm::kvm::device_path`).
     Device,
     /// Fixed answers (capability, value); capabilities not listed answer 0.
     Fixed(Vec<(u32, i32)>),
@@ -170,7 +170,7 @@ impl Host {
                 .map(|cap| answers.iter().find(|(c, _)| c == cap).map_or(0, |(_, v)| *v))
                 .collect()),
             KvmAnswers::Device => {
-                let kvm = crate::kvm::open().map_err(|e| e.to_string())?;
+                let kvm = crate::vm::kvm::open().map_err(|e| e.to_string())?;
                 Ok(caps
                     .iter()
                     .map(|&cap| kvm.check_extension_raw(libc::c_ulong::from(cap)))

@@ -60,7 +60,7 @@ impl<C> IntoLaunched for Hybrid<'_, '_, C> {
 
 /// This machine's KVM, or None (said, as a SKIP) where there is none.
 pub(crate) fn kvm_or_skip() -> Option<Kvm> {
-    match crate::kvm::open() {
+    match crate::vm::kvm::open() {
         Ok(kvm) => Some(kvm),
         Err(e) => {
             covm_test_support::skip_without_kvm(e);

@@ -9,7 +9,7 @@ use super::create::CreateOps;
 use super::error::CallError;
 use super::ops::SnpLaunchOps;
 use super::private::{ram_regions, PrivateMemoryOps};
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_enable_cap, kvm_memory_attributes, kvm_sev_cmd, kvm_sev_init,
     kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update, kvm_userspace_memory_region2,
@@ -332,7 +332,7 @@ mod tests {
     #[test]
     fn real_calls_reach_kvm_and_failures_are_named() {
         let Some(kvm) = kvm_or_skip() else { return };
-        let memory = crate::memory::allocate(4 << 20).unwrap();
+        let memory = crate::vm::memory::allocate(4 << 20).unwrap();
         let state = SnpState::open_device(Path::new("/dev/null")).unwrap();
         let mut launch = KvmLaunch::new(&kvm, memory.clone(), state);
         assert!(matches!(

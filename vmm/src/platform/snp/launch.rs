@@ -99,7 +99,7 @@ mod tests {
 
     const POLICY: u64 = 0x70000;
 
-    fn plan() -> (crate::memory::GuestMemory, Loaded, SnpPlan) {
+    fn plan() -> (crate::vm::memory::GuestMemory, Loaded, SnpPlan) {
         let (memory, loaded, host_data) = loaded_firmware();
         let plan = SnpPlan::new(&memory, &loaded.image, SnpOptions::new(POLICY, host_data)).unwrap();
         (memory, loaded, plan)

@@ -11,7 +11,7 @@
 
 use super::bindings::GHCB_VERSION;
 use super::private::{host_address, ram_regions, RamRegion};
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 use covm_measure::{Launch, PageType, PAGE_SIZE};
 use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 

@@ -12,7 +12,7 @@
 
 use super::bindings::EXIT_MAP_GPA_RANGE;
 use super::error::{at, CallError, LaunchError};
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, KVM_MEMORY_ATTRIBUTE_PRIVATE,
     KVM_MEM_GUEST_MEMFD,
@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn regions_follow_covm_memory() {
-        let memory = crate::memory::allocate((3 << 30) + (64 << 20)).unwrap();
+        let memory = crate::vm::memory::allocate((3 << 30) + (64 << 20)).unwrap();
         let ram = ram_regions(&memory);
         assert_eq!(ram.len(), 2);
         assert_eq!((ram[0].slot, ram[0].gpa, ram[0].size), (0, 0, 3 << 30));

@@ -34,10 +34,10 @@ use super::launch::{finish, prepare, PLATFORM};
 use super::ops::SnpLaunchOps;
 use super::plan::{PlanError, SnpOptions, SnpPlan};
 use crate::arch::regs::BootRegs;
-use crate::memory::GuestMemory;
 use crate::platform::hardware::{snp_expected, SevSnp, SevSnpConfig};
 use crate::platform::image::Loaded;
 use crate::platform::PlatformError;
+use crate::vm::memory::GuestMemory;
 use covm_measure::snp::Measurement;
 
 /// A vCPU's boot state in an SEV-SNP launch.
@@ -197,7 +197,7 @@ mod tests {
             (0x70000, Some("EPYC-Milan"))
         );
         assert_eq!(snp.policy, MigrationPolicy::empty());
-        let memory = crate::memory::allocate(config.memory.size).unwrap();
+        let memory = crate::vm::memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&memory, &config).unwrap();
         let launch = SnpVmLaunch::new(&memory, &loaded, snp).unwrap();
         let mut fake = SnpFake::default();
@@ -312,7 +312,7 @@ mod tests {
                 author_key: true,
             });
         }
-        let memory = crate::memory::allocate(config.memory.size).unwrap();
+        let memory = crate::vm::memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&memory, &config).unwrap();
         let launch = SnpVmLaunch::new(&memory, &loaded, snp(&config)).unwrap();
         let mut fake = SnpFake::default();
@@ -336,7 +336,7 @@ mod tests {
         if let PlatformConfig::SevSnp(snp) = &mut config.platform {
             snp.vcpu_type = None;
         }
-        let memory = crate::memory::allocate(config.memory.size).unwrap();
+        let memory = crate::vm::memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&memory, &config).unwrap();
         let launch = SnpVmLaunch::new(&memory, &loaded, snp(&config)).unwrap();
         assert!(launch.boots.iter().all(|b| b.rdx == 0));
@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn a_failing_step_stops_it() {
         let config = measured_config();
-        let memory = crate::memory::allocate(config.memory.size).unwrap();
+        let memory = crate::vm::memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&memory, &config).unwrap();
         let launch = SnpVmLaunch::new(&memory, &loaded, snp(&config)).unwrap();
         let mut fake = SnpFake::failing("probe", 0);

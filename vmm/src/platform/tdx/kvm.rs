@@ -126,7 +126,7 @@ mod tests {
     #[test]
     fn real_calls_reach_kvm() {
         let Some(kvm) = kvm_or_skip() else { return };
-        let memory = crate::memory::allocate(4 << 20).unwrap();
+        let memory = crate::vm::memory::allocate(4 << 20).unwrap();
         let mut launch = KvmLaunch::new(&kvm, memory, TdxState);
         assert!(
             matches!(launch.tdx_finalize_vm(), Err(CallError::Refused(_))),

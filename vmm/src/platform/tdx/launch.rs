@@ -122,7 +122,7 @@ mod tests {
 
     const HOB: u64 = 0x80_0000;
 
-    fn plan() -> (crate::memory::GuestMemory, image::Loaded, TdxPlan) {
+    fn plan() -> (crate::vm::memory::GuestMemory, image::Loaded, TdxPlan) {
         let (memory, loaded, host_data) = loaded_firmware();
         let options = TdxOptions::new(host_data, wanted_cpuid(), HOB);
         let plan = TdxPlan::new(&memory, &loaded.image, options).unwrap();

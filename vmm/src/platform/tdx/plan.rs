@@ -16,9 +16,9 @@
 use super::bindings::{
     TdxCapabilities, TdxInitMemRegion, TdxInitVm, ATTR_SEPT_VE_DISABLE, MEASURE_MEMORY_REGION, XFAM_FIXED,
 };
-use crate::memory::GuestMemory;
 use crate::platform::snp::plan::PlanError;
 use crate::platform::snp::private::{host_address, ram_regions, RamRegion};
+use crate::vm::memory::GuestMemory;
 use covm_measure::td_hob::{self, HobOverflow};
 use covm_measure::{Launch, PageType};
 use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};

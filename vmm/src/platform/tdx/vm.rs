@@ -36,7 +36,6 @@
 use super::launch::{finish, prepare, PLATFORM};
 use super::ops::TdxLaunchOps;
 use super::plan::{TdxOptions, TdxPlan, TdxPlanError};
-use crate::memory::GuestMemory;
 use crate::platform::hardware::{Td, TdxConfig};
 use crate::platform::image::Loaded;
 use crate::platform::measure::image_mrtd;
@@ -44,6 +43,7 @@ use crate::platform::snp::create::create_vcpus_step;
 use crate::platform::snp::error::{at, CallError, LaunchError};
 use crate::platform::snp::host::Unavailable;
 use crate::platform::PlatformError;
+use crate::vm::memory::GuestMemory;
 use covm_measure::mrtd::{TdMeasurement, TD_HOB_GPA, TD_HOB_PAGES};
 use kvm_bindings::kvm_cpuid_entry2;
 
@@ -161,7 +161,7 @@ mod tests {
     }
 
     fn launch(config: &VmConfig) -> (GuestMemory, Loaded, TdxVmLaunch) {
-        let memory = crate::memory::allocate(config.memory.size).unwrap();
+        let memory = crate::vm::memory::allocate(config.memory.size).unwrap();
         let loaded = image::load(&memory, config).unwrap();
         let launch = TdxVmLaunch::new(&memory, &loaded, tdx(config), wanted_cpuid()).unwrap();
         (memory, loaded, launch)

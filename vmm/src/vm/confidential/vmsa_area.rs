@@ -4,8 +4,8 @@
 //! the destination's agent leaves the states it opened for the platform to
 //! load. The migration engine and the session driver never see them.
 
-use crate::memory::GuestMemory;
-use crate::vcpu_state::VcpuState;
+use crate::state::vcpu::VcpuState;
+use crate::vm::memory::GuestMemory;
 use covm_guest_abi::mailbox::{AGENT_VCPU_STATES, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, VCPU_STATE_SLOT};
 use vm_memory::{Bytes, GuestAddress};
 

@@ -3,6 +3,10 @@
 //! A plain or emulated_cvm VM is built here; an SEV-SNP VM through its
 //! launch ([`snp`]); a TDX VM through its launch ([`tdx`]).
 
+pub mod confidential;
+pub mod kvm;
+pub mod memory;
+
 mod private;
 mod snp;
 mod tdx;
@@ -14,25 +18,26 @@ pub(crate) use tdx::tests as tdx_tests;
 use crate::arch::{cpuid, regs};
 use crate::boot::BootError;
 use crate::config::{DirtyTracking, SerialMode, VmConfig};
-use crate::cvm::vcpu_states::{self, VmsaAreaError};
-use crate::cvm::{runtime::CvmPort, CvmRuntime, LaunchMode};
-use crate::dirty_ring::{self, DirtyRings};
+use crate::dirty;
+use crate::dirty::ring::DirtyRings;
 use crate::exit::VmExit;
-use crate::kvm::{self, KvmError};
-use crate::memory::{self, GuestMemory, MemoryError};
 use crate::platform::{self, image, Platform, PlatformConfig, PlatformError};
+use crate::state::snapshot::{SnapshotError, VmSnapshot, SNAPSHOT_VERSION};
+use crate::state::{self, chips};
+use crate::vcpu::control::{Desired, RunControl, THROTTLE_PERIOD};
 use crate::vcpu::{ExitNotifier, Vcpu, VcpuCounters, VcpuError};
-use crate::vcpu_control::{Desired, RunControl, THROTTLE_PERIOD};
-use crate::vm_snapshot::{SnapshotError, VmSnapshot, SNAPSHOT_VERSION};
-use crate::{dirty_log, machine_state, vcpu_state};
+use confidential::vmsa_area::{self, VmsaAreaError};
+use confidential::{runtime::CvmPort, CvmRuntime, LaunchMode};
 use covm_devices::debug_port::DebugPort;
 use covm_devices::i8042::{self, I8042};
 use covm_devices::power::{PowerButton, PowerDevice};
 use covm_devices::serial::{self, SerialDevice, SerialOutput};
 use covm_devices::{BusError, PioBus, PowerAction, PowerSink};
 use covm_guest_abi::ports;
+use kvm::KvmError;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
+use memory::{GuestMemory, MemoryError};
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -96,10 +101,10 @@ pub enum VmError {
     EventFd(std::io::Error),
     /// The in-kernel chips' state.
     #[error(transparent)]
-    Chips(#[from] machine_state::ChipsError),
+    Chips(#[from] chips::ChipsError),
     /// A vCPU's state.
     #[error(transparent)]
-    VcpuState(#[from] vcpu_state::VcpuStateError),
+    VcpuState(#[from] state::vcpu::VcpuStateError),
     /// A snapshot that does not fit.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -108,7 +113,7 @@ pub enum VmError {
     DeviceState(#[from] covm_devices::serial::StateError),
     /// Dirty logging.
     #[error(transparent)]
-    DirtyLog(#[from] dirty_log::DirtyLogError),
+    DirtyLog(#[from] dirty::log::DirtyLogError),
     /// A page range that is not guest RAM.
     #[error("{pages} pages from {gpa:#x} are outside guest memory")]
     OutsideMemory {
@@ -243,7 +248,7 @@ impl Vm {
         let vm_fd = kvm.create_vm().map_err(call("create a VM"))?;
         // Needed only to migrate; a kernel without it can still run VMs.
         // Enabled before any memory slot exists: later it costs ~14 ms here.
-        let manual_dirty_protect = match dirty_log::enable_manual_protect(&vm_fd) {
+        let manual_dirty_protect = match dirty::log::enable_manual_protect(&vm_fd) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!("{e}: this VM cannot be live-migrated");
@@ -252,7 +257,7 @@ impl Vm {
         };
         // The ring must be enabled before the first vCPU exists.
         if let DirtyTracking::Ring { entries } = config.dirty_tracking {
-            dirty_ring::enable(&vm_fd, entries)?;
+            dirty::ring::enable(&vm_fd, entries)?;
         }
         let memory = memory::allocate(config.memory.size)?;
         let cvm = config.platform.is_confidential().then(|| {
@@ -359,13 +364,13 @@ impl Vm {
     /// them in VMSA pages) and the returned state holds the host-owned
     /// devices only.
     pub fn save_state(&self) -> Result<Vec<u8>, VmError> {
-        let chips = machine_state::save(&self.vm_fd)?;
+        let chips = chips::save(&self.vm_fd)?;
         let mut vcpus = Vec::with_capacity(self.vcpu_fds.len());
         for (index, fd) in self.vcpu_fds.iter().enumerate() {
             let fd = fd.lock().unwrap_or_else(|p| p.into_inner());
-            let state = vcpu_state::save(&fd, index as u8, &self.msr_indices)?;
+            let state = state::vcpu::save(&fd, index as u8, &self.msr_indices)?;
             match &self.cvm {
-                Some(_) => vcpu_states::put(&self.memory, index, &state)?,
+                Some(_) => vmsa_area::put(&self.memory, index, &state)?,
                 None => vcpus.push(state),
             }
         }
@@ -389,12 +394,12 @@ impl Vm {
     pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), VmError> {
         let in_state = if self.cvm.is_some() { 0 } else { self.vcpu_fds.len() };
         let snapshot = VmSnapshot::decode(bytes, in_state, self.serial.is_some())?;
-        machine_state::restore(&self.vm_fd, &snapshot.chips)?;
+        chips::restore(&self.vm_fd, &snapshot.chips)?;
         for (index, fd) in self.vcpu_fds.iter().enumerate() {
             let fd = fd.lock().unwrap_or_else(|p| p.into_inner());
             match &self.cvm {
-                Some(_) => vcpu_state::restore(&fd, index as u8, &vcpu_states::take(&self.memory, index)?)?,
-                None => vcpu_state::restore(&fd, index as u8, &snapshot.vcpus[index])?,
+                Some(_) => state::vcpu::restore(&fd, index as u8, &vmsa_area::take(&self.memory, index)?)?,
+                None => state::vcpu::restore(&fd, index as u8, &snapshot.vcpus[index])?,
             }
         }
         if let (Some(serial), Some(state)) = (&self.serial, &snapshot.serial) {
@@ -516,7 +521,7 @@ impl Vm {
             return if on { Err(VmError::Unsupported(why)) } else { Ok(()) };
         }
         if let Some(rings) = &self.dirty_rings {
-            dirty_log::set_logging(&self.vm_fd, &self.memory, on)?;
+            dirty::log::set_logging(&self.vm_fd, &self.memory, on)?;
             // Off: whatever was gathered belongs to a migration that ended.
             if !on {
                 rings.reset()?;
@@ -528,7 +533,7 @@ impl Vm {
                 "KVM lacks manual dirty-log protection (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)",
             ));
         }
-        Ok(dirty_log::set_logging(&self.vm_fd, &self.memory, on)?)
+        Ok(dirty::log::set_logging(&self.vm_fd, &self.memory, on)?)
     }
 
     /// Pages written since last cleared: (region start, length, one bit per page).
@@ -538,14 +543,14 @@ impl Vm {
         }
         match &self.dirty_rings {
             Some(rings) => Ok(rings.dirty_bitmaps(&self.memory)?),
-            None => Ok(dirty_log::dirty_bitmaps(&self.vm_fd, &self.memory)?),
+            None => Ok(dirty::log::dirty_bitmaps(&self.vm_fd, &self.memory)?),
         }
     }
 
     /// For each of `pages` guest pages from `gpa` (inside one region):
     /// whether the host never populated it, so it is zero without reading.
     pub fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, VmError> {
-        let (_, region) = memory::region_of(&self.memory, gpa, pages * dirty_log::PAGE_SIZE)
+        let (_, region) = memory::region_of(&self.memory, gpa, pages * dirty::log::PAGE_SIZE)
             .ok_or(VmError::OutsideMemory { gpa, pages })?;
         let host = region.as_ptr() as u64 + (gpa - region.start_addr().0);
         memory::unpopulated_host_pages(host, pages).map_err(VmError::PageMap)
@@ -565,13 +570,13 @@ impl Vm {
             return Err(VmError::Unsupported(why));
         }
         let Some(rings) = &self.dirty_rings else {
-            return Ok(dirty_log::clear(&self.vm_fd, &self.memory, gpa, pages)?);
+            return Ok(dirty::log::clear(&self.vm_fd, &self.memory, gpa, pages)?);
         };
-        let (slot, region) = memory::region_of(&self.memory, gpa, pages * dirty_log::PAGE_SIZE)
+        let (slot, region) = memory::region_of(&self.memory, gpa, pages * dirty::log::PAGE_SIZE)
             .ok_or(VmError::OutsideMemory { gpa, pages })?;
-        let first = (gpa - region.start_addr().0) / dirty_log::PAGE_SIZE;
+        let first = (gpa - region.start_addr().0) / dirty::log::PAGE_SIZE;
         rings.clear(slot, first, pages);
-        dirty_log::forget_vmm_writes(region, first, pages);
+        dirty::log::forget_vmm_writes(region, first, pages);
         Ok(())
     }
 

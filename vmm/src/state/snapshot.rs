@@ -4,8 +4,8 @@
 //! size and checked against the receiving VM (vCPU count, devices) before
 //! anything is loaded.
 
-use crate::machine_state::ChipsState;
-use crate::vcpu_state::VcpuState;
+use crate::state::chips::ChipsState;
+use crate::state::vcpu::VcpuState;
 use covm_devices::serial::SerialDeviceState;
 use serde::{Deserialize, Serialize};
 

@@ -3,13 +3,16 @@
 //! on a thread that builds the incoming VM. Both report back to the control
 //! loop with an [`Event`], which alone starts, resumes or releases VMs.
 
+pub mod confidential;
+pub mod engine_vm;
+
 use crate::api::vm_config;
 use crate::config::{SerialMode, VmConfig};
-use crate::cvm::{AgentMailbox, ConfidentialOpener, ConfidentialSealer, SessionInfo};
 use crate::platform::PlatformConfig;
 use crate::vcpu::ExitNotifier;
 use crate::vm::Vm;
 use crate::vmm::Event;
+use confidential::{AgentMailbox, ConfidentialOpener, ConfidentialSealer, SessionInfo};
 use covm_migration::engine::{
     self, MigrationError, Opener, PlainOpener, PlainSealer, Progress, ReceiveOptions, Sealer, SendOptions,
 };

@@ -20,8 +20,8 @@
 //! dirtied instead of the size of guest memory; a vCPU whose ring fills up
 //! exits (`KVM_EXIT_DIRTY_RING_FULL`) and harvests before it runs on.
 
-use crate::dirty_log::{DirtyLogError, PAGE_SIZE};
-use crate::memory::GuestMemory;
+use crate::dirty::log::{DirtyLogError, PAGE_SIZE};
+use crate::vm::memory::GuestMemory;
 use kvm_bindings::{kvm_dirty_gfn, kvm_enable_cap, KVMIO, KVM_CAP_DIRTY_LOG_RING, KVM_DIRTY_LOG_PAGE_OFFSET};
 use kvm_ioctls::{VcpuFd, VmFd};
 use std::fs::File;
@@ -295,7 +295,7 @@ impl DirtyRings {
             .zip(state.dirty.iter())
             .map(|(region, harvested)| {
                 let mut bits = harvested.clone();
-                crate::dirty_log::merge_vmm_writes(region, &mut bits);
+                crate::dirty::log::merge_vmm_writes(region, &mut bits);
                 (region.start_addr().0, region.len(), bits)
             })
             .collect())

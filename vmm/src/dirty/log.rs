@@ -6,7 +6,7 @@
 //! clear it; pages are cleared and write-protected again only by
 //! `KVM_CLEAR_DIRTY_LOG`, for exactly the pages the engine is about to send.
 
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 use kvm_bindings::{
     kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region, KVMIO, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
     KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_MEM_LOG_DIRTY_PAGES,
@@ -94,8 +94,8 @@ pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<(u64, u64
 
 /// Adds the pages the VMM wrote through vm-memory, which never reach
 /// KVM's log or rings, to `bits` (one bit per page of `region`).
-pub fn merge_vmm_writes(region: &crate::memory::Region, bits: &mut [u64]) {
-    let vmm = crate::memory::vmm_writes(region);
+pub fn merge_vmm_writes(region: &crate::vm::memory::Region, bits: &mut [u64]) {
+    let vmm = crate::vm::memory::vmm_writes(region);
     for page in 0..(region.len() / PAGE_SIZE) as usize {
         if vmm.is_bit_set(page) {
             bits[page / 64] |= 1 << (page % 64);
@@ -112,7 +112,7 @@ pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result
             format!("{gpa:#x}+{pages} pages is outside guest memory"),
         ),
     };
-    let (slot, region) = crate::memory::region_of(memory, gpa, pages * PAGE_SIZE).ok_or_else(outside)?;
+    let (slot, region) = crate::vm::memory::region_of(memory, gpa, pages * PAGE_SIZE).ok_or_else(outside)?;
     if pages == 0 {
         return Ok(());
     }
@@ -149,7 +149,7 @@ pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result
 
 /// Clears `pages` pages from page `first` of `region` in the VMM's own
 /// write bitmap (the engine is about to send them).
-pub fn forget_vmm_writes(region: &crate::memory::Region, first: u64, pages: u64) {
-    let vmm = crate::memory::vmm_writes(region);
+pub fn forget_vmm_writes(region: &crate::vm::memory::Region, first: u64, pages: u64) {
+    let vmm = crate::vm::memory::vmm_writes(region);
     vmm.reset_addr_range((first * PAGE_SIZE) as usize, (pages * PAGE_SIZE) as usize);
 }

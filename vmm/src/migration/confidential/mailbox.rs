@@ -5,7 +5,7 @@
 //! covm reads and writes only the mailbox pages here, never a private
 //! guest page.
 
-use super::runtime::{CvmRuntime, WaitError};
+use crate::vm::confidential::runtime::{CvmRuntime, WaitError};
 use covm_guest_abi::mailbox::words::{Args, Words, WordsError, WORDS};
 use covm_guest_abi::mailbox::{self, command, header, status};
 use std::sync::Arc;

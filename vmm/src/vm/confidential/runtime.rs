@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::memory::GuestMemory;
+use crate::vm::memory::GuestMemory;
 
 /// How a confidential VM was launched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,15 +1,17 @@
 //! vCPUs: creation, boot state, and the thread that runs each one.
 
+pub mod control;
+
 use crate::arch::{cpuid, regs};
-use crate::cvm::CvmRuntime;
-use crate::dirty_ring::DirtyRings;
+use crate::dirty::ring::DirtyRings;
 use crate::exit::VmExit;
 use crate::platform::snp::hypercall::{handle_map_gpa_range, Conversion};
 use crate::platform::snp::private::{PrivateMemoryOps, RamRegion};
 use crate::platform::tdx::exit::{
     handle_tdx_exit, leaf_name, TdvmcallAnswer, TdxExit, KVM_EXIT_TDX, KVM_SYSTEM_EVENT_TDX_FATAL, TDX_EXIT_LEN,
 };
-use crate::vcpu_control::RunControl;
+use crate::vcpu::control::RunControl;
+use crate::vm::confidential::CvmRuntime;
 use covm_devices::{PioBus, PowerAction};
 use covm_guest_abi::ports;
 use kvm_bindings::{kvm_run, CpuId, KVM_EXIT_DIRTY_RING_FULL};
@@ -486,7 +488,7 @@ mod tests {
     /// recording fake standing in for the attribute change.
     #[test]
     fn hypercall_exits_reach_the_handler() {
-        let Ok(kvm) = crate::kvm::open() else {
+        let Ok(kvm) = crate::vm::kvm::open() else {
             return covm_test_support::skip_without_kvm("no KVM");
         };
         if std::path::Path::new("/sys/module/kvm_pvm").exists() {
@@ -501,7 +503,7 @@ mod tests {
         }
         let amd = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("AuthenticAMD"));
         let call: [u8; 3] = if amd { [0x0f, 0x01, 0xd9] } else { [0x0f, 0x01, 0xc1] };
-        crate::vcpu_control::install_kick_handler().unwrap();
+        crate::vcpu::control::install_kick_handler().unwrap();
         let run = |gpa: u64, attributes: u64| -> (Option<PowerAction>, Vec<SnpCall>) {
             let vm = kvm.create_vm().unwrap();
             let mut cap = kvm_enable_cap {
@@ -510,7 +512,7 @@ mod tests {
             };
             cap.args[0] = 1 << 12;
             vm.enable_cap(&cap).unwrap();
-            let memory = crate::memory::allocate(16 << 20).unwrap();
+            let memory = crate::vm::memory::allocate(16 << 20).unwrap();
             let region = memory.iter().next().unwrap();
             let slot = kvm_userspace_memory_region {
                 slot: 0,
