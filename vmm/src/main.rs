@@ -4,10 +4,10 @@
 use clap::Parser;
 use covm::cli::{Cli, Command, MeasureArgs};
 use covm::config::{self, VmConfig};
+use covm::control::Vmm;
 use covm::exit::{STATUS_ERROR, STATUS_USAGE};
 use covm::test_hooks::TestHook;
 use covm::vcpu::control::install_kick_handler;
-use covm::vmm::Vmm;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -276,16 +276,21 @@ fn run(cli: &mut Cli, start: Instant) -> Result<i32, Stop> {
     let serial_override = cli.serial.is_some().then(|| config.serial.clone());
     let mut vmm = Vmm::new(start, hooks, cli.log_file.is_some(), host_ram, serial_override);
     vmm.set_incoming_platform(incoming_platform.clone());
-    if let Some(socket) = &config.api_socket {
-        let listener = covm::api::socket::open(socket).map_err(refused)?;
-        let created = match socket {
-            covm::config::ApiSocket::Path(path) => Some(path.clone()),
-            covm::config::ApiSocket::Fd(_) => None,
-        };
-        let server = covm::api::server::spawn(listener, created, vmm.sender(), host_ram)
-            .map_err(|e| failed(format!("cannot start the API server: {e}")))?;
-        vmm.set_api_server(server);
-    }
+    // Stopped when dropped, whichever way this function returns: after
+    // the control loop, the replies it sent last are written.
+    let _api = match &config.api_socket {
+        Some(socket) => {
+            let listener = covm::api::socket::open(socket).map_err(refused)?;
+            let created = match socket {
+                covm::config::ApiSocket::Path(path) => Some(path.clone()),
+                covm::config::ApiSocket::Fd(_) => None,
+            };
+            let server = covm::api::server::spawn(listener, created, vmm.sender(), host_ram)
+                .map_err(|e| failed(format!("cannot start the API server: {e}")))?;
+            Some(server)
+        }
+        None => None,
+    };
     // With an API socket and no VM options covm waits for vm.create, as
     // Cloud Hypervisor does; otherwise the VM is created and booted now.
     if config.api_socket.is_none() || (cli.has_vm_options() && incoming_platform.is_none()) {
@@ -294,7 +299,7 @@ fn run(cli: &mut Cli, start: Instant) -> Result<i32, Stop> {
     }
     // SIGINT and SIGTERM stop the VM and end covm cleanly (socket removed,
     // events written), with status 128 + the signal.
-    covm::vmm::forward_stop_signals(vmm.sender())
+    covm::control::forward_stop_signals(vmm.sender())
         .map_err(|e| failed(format!("cannot install the SIGINT/SIGTERM handlers: {e}")))?;
     let status = vmm.run();
     let _ = std::io::stdout().flush();

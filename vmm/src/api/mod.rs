@@ -1,7 +1,7 @@
 //! The HTTP API on a UNIX socket, compatible with Cloud Hypervisor's.
 //!
 //! The server runs on its own thread and never touches KVM: each request
-//! becomes a [`crate::vmm::Request`] sent to the control loop, whose reply
+//! becomes a [`crate::control::messages::Request`] sent to the control loop, whose reply
 //! it renders. See docs/api.md and resources/openapi/covm.yaml.
 
 pub mod ch_defaults;

@@ -2,7 +2,7 @@
 //! document is checked against.
 
 use super::{migration_data, vm_config};
-use crate::vmm::Request;
+use crate::control::messages::Request;
 use axum::http::Method;
 
 /// Builds the control loop's request from a route's body and the host's RAM

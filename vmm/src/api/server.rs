@@ -6,7 +6,7 @@
 use super::routes::{MakeRequest, API_PREFIX, ROUTES, UNIMPLEMENTED};
 use super::vm_config;
 use super::wire;
-use crate::vmm::{ApiError, Event, Reply};
+use crate::control::messages::{ApiError, Event, Reply};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -163,31 +163,36 @@ pub fn router(events: Sender<Event>, host_ram: u64) -> Router {
         .with_state(state)
 }
 
-/// A running API server.
+/// A running API server; dropping it stops it (see [`ApiServer::drop`]).
 pub struct ApiServer {
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
     socket_path: Option<std::path::PathBuf>,
 }
 
 /// How long covm waits for responses in flight when it exits.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-impl ApiServer {
+impl Drop for ApiServer {
     /// Stops accepting requests, lets responses in flight (the reply to
-    /// `vmm.shutdown` among them) be written, and joins the thread.
-    pub fn stop(self) {
-        let _ = self.stop.send(());
-        let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
-        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(2));
+    /// `vmm.shutdown` among them) be written, joins the thread and removes
+    /// the socket file covm created: whichever way covm ends.
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        if self.thread.is_finished() {
-            let _ = self.thread.join();
-        } else {
-            tracing::warn!("API connections still open after {DRAIN_TIMEOUT:?}; exiting anyway");
+        if let Some(thread) = self.thread.take() {
+            let deadline = std::time::Instant::now() + DRAIN_TIMEOUT;
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!("API connections still open after {DRAIN_TIMEOUT:?}; exiting anyway");
+            }
         }
-        if let Some(path) = self.socket_path {
+        if let Some(path) = self.socket_path.take() {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -259,8 +264,8 @@ pub fn spawn(
         })
     })?;
     Ok(ApiServer {
-        stop,
-        thread,
+        stop: Some(stop),
+        thread: Some(thread),
         socket_path,
     })
 }

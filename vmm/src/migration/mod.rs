@@ -8,10 +8,10 @@ pub mod engine_vm;
 
 use crate::api::vm_config;
 use crate::config::{SerialMode, VmConfig};
+use crate::control::messages::Event;
 use crate::platform::PlatformConfig;
 use crate::vcpu::ExitNotifier;
 use crate::vm::Vm;
-use crate::vmm::Event;
 use confidential::{AgentMailbox, ConfidentialOpener, ConfidentialSealer, SessionInfo};
 use covm_migration::engine::{
     self, MigrationError, Opener, PlainOpener, PlainSealer, Progress, ReceiveOptions, Sealer, SendOptions,
