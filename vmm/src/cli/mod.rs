@@ -1,5 +1,9 @@
 //! covm's command line, in Cloud Hypervisor's syntax.
 
+pub mod measure;
+pub mod run;
+
+use crate::exit::{STATUS_ERROR, STATUS_USAGE};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -210,5 +214,30 @@ impl Cli {
             || vm.platform.is_some()
             || vm.migration_policy.is_some()
             || self.dirty_tracking.is_some()
+    }
+}
+
+/// Why covm stops before running a VM: its exit status (`covm::exit`) and
+/// the one line that says why.
+pub struct Stop {
+    /// The exit status.
+    pub status: i32,
+    /// What went wrong, one line.
+    pub message: String,
+}
+
+/// The command line asks for something covm refuses; nothing was created.
+pub fn refused(message: impl std::fmt::Display) -> Stop {
+    Stop {
+        status: STATUS_USAGE,
+        message: message.to_string(),
+    }
+}
+
+/// covm failed while starting.
+pub fn failed(message: impl std::fmt::Display) -> Stop {
+    Stop {
+        status: STATUS_ERROR,
+        message: message.to_string(),
     }
 }
