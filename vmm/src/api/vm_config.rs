@@ -16,10 +16,11 @@ use super::ch_defaults;
 use crate::config::{
     check_readable, ApiSocket, CpusConfig, DirtyTracking, MemoryConfig, Payload, SerialMode, VmConfig,
 };
+use crate::config::{PlatformChoice, PlatformRefusal, SnpOption};
 use crate::config::{MAX_VCPUS, MIN_MEMORY};
-use crate::platform::hardware::{check_guest_policy, parse_guest_policy};
+use crate::platform::hardware::{check_guest_policy, parse_guest_policy, DEFAULT_GUEST_POLICY};
 use crate::platform::snp::host::Unavailable;
-use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
+use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -427,33 +428,36 @@ fn platform_from_json_probed(
     if !sev_snp && (guest_policy.is_some() || vcpu_type.is_some()) {
         return Err("platform.policy and platform.vcpu_type need platform.sev_snp: true".into());
     }
-    let name = crate::platform::chosen_platform(emulated_cvm, sev_snp, tdx)
-        .map_err(|(first, second)| format!("give platform.{first} or platform.{second}, not both"))?;
-    if root_key.is_some() && !emulated_cvm {
-        return Err("platform.root_key needs platform.emulated_cvm: true".into());
-    }
-    match (name, policy) {
-        (None, None) => Ok(PlatformConfig::Plain),
-        (None, Some(_)) => {
-            Err("platform.migration_policy needs a confidential platform (platform.emulated_cvm: true)".into())
+    let choice = PlatformChoice {
+        emulated_cvm,
+        root_key,
+        sev_snp: sev_snp.then(|| SnpOption {
+            guest_policy: guest_policy.unwrap_or(DEFAULT_GUEST_POLICY),
+            vcpu_type,
+            id: None,
+        }),
+        tdx,
+        policy,
+        boots_kernel: matches!(payload, Payload::Kernel { .. }),
+    };
+    crate::config::platform::select(choice).map_err(|refusal| match refusal {
+        PlatformRefusal::TwoPlatforms { first, second } => {
+            format!("give platform.{first} or platform.{second}, not both")
         }
-        (Some(name), None) => Err(format!(
+        PlatformRefusal::PolicyWithoutPlatform => {
+            "platform.migration_policy needs a confidential platform (platform.emulated_cvm: true)".into()
+        }
+        PlatformRefusal::PlatformWithoutPolicy(name) => format!(
             "platform.{name} needs platform.migration_policy: the guest owner's migration policy \
              (its JSON inline, see resources/policies/)"
-        )),
-        (Some(name), Some(_)) if matches!(payload, Payload::Kernel { .. }) => Err(format!(
+        ),
+        PlatformRefusal::KernelPayload(name) => format!(
             "platform.{name} boots firmware (the built-in one or payload.firmware), not payload.kernel: \
              the migration agent lives in the firmware"
-        )),
-        (Some(_), Some(policy)) if tdx => Ok(PlatformConfig::Tdx(TdxConfig { policy })),
-        (Some(_), Some(policy)) if sev_snp => {
-            let mut snp = SevSnpConfig::new(policy);
-            snp.guest_policy = guest_policy.unwrap_or(snp.guest_policy);
-            snp.vcpu_type = vcpu_type;
-            Ok(PlatformConfig::SevSnp(snp))
-        }
-        (Some(_), Some(policy)) => Ok(PlatformConfig::EmulatedCvm(EmulatedCvmConfig { root_key, policy })),
-    }
+        ),
+        PlatformRefusal::RootKeyWithoutEmulatedCvm => "platform.root_key needs platform.emulated_cvm: true".into(),
+        PlatformRefusal::RootKey(e) => format!("platform.root_key: {e}"),
+    })
 }
 
 /// The platform as CH's `platform` object with covm's keys (None: plain).
@@ -802,6 +806,18 @@ mod tests {
         assert_eq!(info["platform"]["root_key"], "/k/root.key");
         assert_eq!(info["platform"]["migration_policy"]["version"], 3);
         assert!(parse_str(&emulated("")).is_ok());
+    }
+
+    /// vm.create and the command line share the platform rule: a relative
+    /// root key becomes absolute in both (they had drifted).
+    #[test]
+    fn a_relative_root_key_becomes_absolute_as_on_the_command_line() {
+        let c = parse_str(&emulated(r#", "root_key": "keys/root.key""#)).unwrap();
+        let PlatformConfig::EmulatedCvm(e) = &c.platform else {
+            panic!("{:?}", c.platform)
+        };
+        let expected = std::env::current_dir().unwrap().join("keys/root.key");
+        assert_eq!(e.root_key.as_deref(), Some(expected.as_path()));
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The VM's configuration, checked before anything is created.
 
 pub mod options;
+pub mod platform;
 pub mod size;
 
 use crate::cli::{Cli, VmArgs};
 use crate::platform::hardware::{parse_guest_policy, DEFAULT_GUEST_POLICY};
 use crate::platform::measure::HardwarePlatform;
 use crate::platform::snp::plan::IdBlock;
-use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
+use crate::platform::{MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
 use options::{parse_toggle, OptionError, OptionMap};
+pub use platform::{PlatformChoice, PlatformRefusal, SnpOption};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -329,32 +331,6 @@ pub struct PlatformOption {
     pub tdx: bool,
 }
 
-/// `sev_snp=on`'s own keys (covm's extension: Cloud Hypervisor's
-/// `--platform` has only `sev_snp`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnpOption {
-    /// `policy=P`: the guest policy (QEMU's `sev-snp-guest` name for it),
-    /// default 0x30000.
-    pub guest_policy: u64,
-    /// `vcpu_type=MODEL`: the vCPU model whose signature is in every
-    /// vCPU's RDX (as `covm measure --vcpu-type`).
-    pub vcpu_type: Option<String>,
-    /// `id_block=PATH,id_auth=PATH[,author_key=on]`: the guest owner's
-    /// signed ID block for `SNP_LAUNCH_FINISH` (QEMU's `id-block`,
-    /// `id-auth`, `author-key-enabled`), read at parse time.
-    pub id: Option<IdBlock>,
-}
-
-impl Default for SnpOption {
-    fn default() -> Self {
-        SnpOption {
-            guest_policy: DEFAULT_GUEST_POLICY,
-            vcpu_type: None,
-            id: None,
-        }
-    }
-}
-
 /// `--platform`'s keys: Cloud Hypervisor's, then covm's.
 const PLATFORM_KEYS: &[&str] = &[
     "num_pci_segments",
@@ -447,49 +423,38 @@ fn platform_config(
     need: PolicyNeed,
 ) -> Result<PlatformConfig, ConfigError> {
     let mut policy = policy.map(read_policy).transpose()?;
-    let name = crate::platform::chosen_platform(option.emulated_cvm, option.sev_snp.is_some(), option.tdx).map_err(
-        |(first, second)| ConfigError::Platform(format!("--platform: give {first}=on or {second}=on, not both")),
-    )?;
-    if name.is_some() && policy.is_none() && need == PolicyNeed::Optional {
+    let confidential = option.emulated_cvm || option.sev_snp.is_some() || option.tdx;
+    if confidential && policy.is_none() && need == PolicyNeed::Optional {
         policy = Some(MigrationPolicy::empty());
     }
-    match (name, policy) {
-        (None, None) => Ok(PlatformConfig::Plain),
-        (None, Some(_)) => Err(ConfigError::Platform(
-            "--migration-policy needs a confidential platform (--platform emulated_cvm=on)".into(),
-        )),
-        (Some(name), None) => Err(ConfigError::Platform(format!(
-            "--platform {name}=on needs --migration-policy PATH: the guest owner's migration policy \
-             (JSON, see resources/policies/)"
-        ))),
-        (Some(name), Some(_)) if matches!(payload, Payload::Kernel { .. }) => Err(ConfigError::Platform(format!(
-            "--platform {name}=on boots firmware (the built-in one or --firmware), not --kernel: \
-             the migration agent lives in the firmware"
-        ))),
-        (Some("tdx"), Some(policy)) => Ok(PlatformConfig::Tdx(TdxConfig { policy })),
-        (Some(_), Some(policy)) => Ok(match option.sev_snp {
-            Some(snp) => PlatformConfig::SevSnp(SevSnpConfig {
-                guest_policy: snp.guest_policy,
-                vcpu_type: snp.vcpu_type,
-                id: snp.id,
-                policy,
-            }),
-            None => {
-                // An existing key file covm would refuse at launch is
-                // refused now, before anything is created.
-                if let Some(path) = &option.root_key {
-                    crate::platform::root_key::check_existing(path)
-                        .map_err(|e| ConfigError::Platform(e.to_string()))?;
-                }
-                PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
-                    // Absolute: the path travels in the VM's configuration (vm.info,
-                    // a migration's destination), read where covm's directory differs.
-                    root_key: option.root_key.map(|p| std::path::absolute(&p).unwrap_or(p)),
-                    policy,
-                })
+    let choice = platform::PlatformChoice {
+        emulated_cvm: option.emulated_cvm,
+        root_key: option.root_key,
+        sev_snp: option.sev_snp,
+        tdx: option.tdx,
+        policy,
+        boots_kernel: matches!(payload, Payload::Kernel { .. }),
+    };
+    platform::select(choice).map_err(|refusal| {
+        ConfigError::Platform(match refusal {
+            PlatformRefusal::TwoPlatforms { first, second } => {
+                format!("--platform: give {first}=on or {second}=on, not both")
             }
-        }),
-    }
+            PlatformRefusal::PolicyWithoutPlatform => {
+                "--migration-policy needs a confidential platform (--platform emulated_cvm=on)".into()
+            }
+            PlatformRefusal::PlatformWithoutPolicy(name) => format!(
+                "--platform {name}=on needs --migration-policy PATH: the guest owner's migration policy \
+                 (JSON, see resources/policies/)"
+            ),
+            PlatformRefusal::KernelPayload(name) => format!(
+                "--platform {name}=on boots firmware (the built-in one or --firmware), not --kernel: \
+                 the migration agent lives in the firmware"
+            ),
+            PlatformRefusal::RootKeyWithoutEmulatedCvm => "--platform: only emulated_cvm=on has a root key".into(),
+            PlatformRefusal::RootKey(e) => e.to_string(),
+        })
+    })
 }
 
 /// The emulated confidential VM's firmware maps the first 4 GiB and keeps

@@ -134,24 +134,6 @@ pub enum PlatformConfig {
     Tdx(TdxConfig),
 }
 
-/// The one confidential platform switched on, by its key (`emulated_cvm`,
-/// `sev_snp`, `tdx`), or None for a plain VM; the first two keys when
-/// more than one is on. The command line and `vm.create` each word the
-/// refusal their own way.
-pub fn chosen_platform(
-    emulated_cvm: bool,
-    sev_snp: bool,
-    tdx: bool,
-) -> Result<Option<&'static str>, (&'static str, &'static str)> {
-    let mut on = [(emulated_cvm, "emulated_cvm"), (sev_snp, "sev_snp"), (tdx, "tdx")]
-        .into_iter()
-        .filter_map(|(on, name)| on.then_some(name));
-    match (on.next(), on.next()) {
-        (Some(first), Some(second)) => Err((first, second)),
-        (first, _) => Ok(first),
-    }
-}
-
 /// `--platform emulated_cvm=on[,root_key=PATH] --migration-policy PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmulatedCvmConfig {
