@@ -364,8 +364,9 @@ fn tdx_platform_config() {
             .unwrap_err()
             .to_string()
     };
-    assert!(refused(tdx(), None, &Payload::BuiltinFirmware)
-        .starts_with("--platform tdx=on needs --migration-policy PATH"));
+    assert!(
+        refused(tdx(), None, &Payload::BuiltinFirmware).starts_with("--platform tdx=on needs --migration-policy PATH")
+    );
     let kernel = Payload::Kernel {
         kernel: "/k".into(),
         initramfs: None,
@@ -411,8 +412,9 @@ fn platform_and_policy_go_together() {
     assert_eq!(e.root_key, Some("/r".into()));
     assert_eq!(e.policy.version(), 3);
     let refused = |args: &[&str]| VmConfig::from_cli(&cli(args), 1 << 40).unwrap_err().to_string();
-    assert!(refused(&["--platform", "emulated_cvm=on"])
-        .starts_with("--platform emulated_cvm=on needs --migration-policy"));
+    assert!(
+        refused(&["--platform", "emulated_cvm=on"]).starts_with("--platform emulated_cvm=on needs --migration-policy")
+    );
     assert!(refused(&["--migration-policy", g]).starts_with("--migration-policy needs a confidential platform"));
     assert!(refused(&["--platform", "emulated_cvm=off", "--migration-policy", g])
         .starts_with("--migration-policy needs a confidential platform"));
