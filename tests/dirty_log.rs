@@ -15,10 +15,11 @@ fn config(serial: &Path, cmdline: &str) -> VmConfig {
     firmware_vm_config(serial, cmdline)
 }
 
-fn dirty_in(bitmaps: &[(u64, u64, Vec<u64>)], from: u64, to: u64) -> u64 {
+fn dirty_in(bitmaps: &[covm_migration::vm::DirtyBitmap], from: u64, to: u64) -> u64 {
     let mut n = 0;
-    for (start, _, bits) in bitmaps {
-        for (w, word) in bits.iter().enumerate() {
+    for bitmap in bitmaps {
+        let start = bitmap.range.0;
+        for (w, word) in bitmap.bits.iter().enumerate() {
             for b in 0..64 {
                 let gpa = start + ((w * 64 + b) as u64) * PAGE_SIZE;
                 if word & (1 << b) != 0 && (from..to).contains(&gpa) {

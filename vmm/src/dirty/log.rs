@@ -7,6 +7,7 @@
 //! `KVM_CLEAR_DIRTY_LOG`, for exactly the pages the engine is about to send.
 
 use crate::vm::memory::GuestMemory;
+use covm_migration::vm::DirtyBitmap;
 use kvm_bindings::{
     kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region, KVMIO, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
     KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_MEM_LOG_DIRTY_PAGES,
@@ -79,15 +80,18 @@ pub fn set_logging(vm_fd: &VmFd, memory: &GuestMemory, on: bool) -> Result<(), D
     Ok(())
 }
 
-/// One bitmap per region: (start, length, one bit per page).
-pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<(u64, u64, Vec<u64>)>, DirtyLogError> {
+/// One bitmap per region, with the pages covm wrote merged in.
+pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<DirtyBitmap>, DirtyLogError> {
     let mut all = Vec::new();
     for (slot, region) in memory.iter().enumerate() {
         let mut bits = vm_fd
             .get_dirty_log(slot as u32, region.len() as usize)
             .map_err(kvm_err("read the dirty log"))?;
         merge_vmm_writes(region, &mut bits);
-        all.push((region.start_addr().0, region.len(), bits));
+        all.push(DirtyBitmap {
+            range: (region.start_addr().0, region.len()),
+            bits,
+        });
     }
     Ok(all)
 }

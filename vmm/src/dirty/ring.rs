@@ -22,6 +22,7 @@
 
 use crate::dirty::log::{DirtyLogError, PAGE_SIZE};
 use crate::vm::memory::GuestMemory;
+use covm_migration::vm::DirtyBitmap;
 use kvm_bindings::{kvm_dirty_gfn, kvm_enable_cap, KVMIO, KVM_CAP_DIRTY_LOG_RING, KVM_DIRTY_LOG_PAGE_OFFSET};
 use kvm_ioctls::{VcpuFd, VmFd};
 use std::fs::File;
@@ -285,9 +286,9 @@ impl DirtyRings {
         Ok(taken)
     }
 
-    /// Harvests, then returns one bitmap per region: (start, length, bits),
-    /// merged with the pages the VMM wrote.
-    pub fn dirty_bitmaps(&self, memory: &GuestMemory) -> Result<Vec<(u64, u64, Vec<u64>)>, DirtyLogError> {
+    /// Harvests, then returns one bitmap per region, merged with the pages
+    /// the VMM wrote.
+    pub fn dirty_bitmaps(&self, memory: &GuestMemory) -> Result<Vec<DirtyBitmap>, DirtyLogError> {
         let mut state = self.lock();
         self.harvest_locked(&mut state)?;
         Ok(memory
@@ -296,7 +297,10 @@ impl DirtyRings {
             .map(|(region, harvested)| {
                 let mut bits = harvested.clone();
                 crate::dirty::log::merge_vmm_writes(region, &mut bits);
-                (region.start_addr().0, region.len(), bits)
+                DirtyBitmap {
+                    range: (region.start_addr().0, region.len()),
+                    bits,
+                }
             })
             .collect())
     }

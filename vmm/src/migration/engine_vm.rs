@@ -24,14 +24,7 @@ impl SourceVm for Vm {
     }
 
     fn dirty_pages(&mut self) -> Result<Vec<DirtyBitmap>, VmOpError> {
-        let bitmaps = self.dirty_bitmaps().map_err(engine_err)?;
-        Ok(bitmaps
-            .into_iter()
-            .map(|(start, len, bits)| DirtyBitmap {
-                range: (start, len),
-                bits,
-            })
-            .collect())
+        self.dirty_bitmaps().map_err(engine_err)
     }
 
     fn clear_dirty(&mut self, gpa: u64, pages: u64) -> Result<(), VmOpError> {

@@ -18,8 +18,8 @@ pub(crate) use tdx::tests as tdx_tests;
 use crate::arch::{cpuid, regs};
 use crate::boot::BootError;
 use crate::config::{DirtyTracking, SerialMode, VmConfig};
-use crate::dirty;
 use crate::dirty::ring::DirtyRings;
+use crate::dirty::{self, DirtyError, DirtyTracker};
 use crate::exit::VmExit;
 use crate::platform::{self, image, Platform, PlatformConfig, PlatformError};
 use crate::state::snapshot::{SnapshotError, VmSnapshot, SNAPSHOT_VERSION};
@@ -34,6 +34,7 @@ use covm_devices::power::{PowerButton, PowerDevice};
 use covm_devices::serial::{self, SerialDevice, SerialOutput};
 use covm_devices::{BusError, PioBus, PowerAction, PowerSink};
 use covm_guest_abi::ports;
+use covm_migration::vm::DirtyBitmap;
 use kvm::KvmError;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
@@ -111,9 +112,12 @@ pub enum VmError {
     /// A device's state.
     #[error(transparent)]
     DeviceState(#[from] covm_devices::serial::StateError),
-    /// Dirty logging.
+    /// Setting up dirty-page tracking.
     #[error(transparent)]
     DirtyLog(#[from] dirty::log::DirtyLogError),
+    /// Tracking or reading dirty pages.
+    #[error(transparent)]
+    Dirty(#[from] DirtyError),
     /// A page range that is not guest RAM.
     #[error("{pages} pages from {gpa:#x} are outside guest memory")]
     OutsideMemory {
@@ -170,9 +174,9 @@ pub struct Vm {
     vcpus: Vec<Vcpu>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     throttler: Option<JoinHandle<()>>,
-    manual_dirty_protect: bool,
-    /// The dirty rings, in ring mode; `None` in bitmap (log) mode.
-    dirty_rings: Option<Arc<DirtyRings>>,
+    /// How dirty pages are tracked (dirty log, dirty rings, or not at all
+    /// for an SEV-SNP VM's or a TD's guest_memfd-backed memory).
+    dirty: DirtyTracker,
     bus: Arc<PioBus>,
     control: Arc<RunControl>,
     notify: ExitNotifier,
@@ -190,9 +194,6 @@ pub struct Vm {
     agent_vcpu: Option<Vcpu>,
     agent_control: Arc<RunControl>,
     agent_thread: Option<JoinHandle<()>>,
-    /// Why this VM cannot migrate (nor log dirty pages), if it cannot: an
-    /// SEV-SNP VM's or a TD's memory is guest_memfd-backed.
-    migration_refusal: Option<&'static str>,
     // Kept open for the VM's lifetime: dropping it destroys the VM (the
     // vCPUs of a VM with private memory share it for their conversions).
     vm_fd: Arc<VmFd>,
@@ -291,8 +292,10 @@ impl Vm {
             }
         }
 
-        let dirty_rings = match config.dirty_tracking {
-            DirtyTracking::Log => None,
+        let dirty = match config.dirty_tracking {
+            DirtyTracking::Log => DirtyTracker::Log {
+                manual_protect: manual_dirty_protect,
+            },
             DirtyTracking::Ring { entries } => {
                 let fds: Vec<_> = vcpus.iter().map(Vcpu::shared_fd).collect();
                 let guards: Vec<_> = fds
@@ -304,7 +307,7 @@ impl Vm {
                 for vcpu in &mut vcpus {
                     vcpu.set_dirty_rings(rings.clone());
                 }
-                Some(rings)
+                DirtyTracker::Ring(rings)
             }
         };
         // The agent's vCPU is the last one (the highest APIC ID).
@@ -319,8 +322,7 @@ impl Vm {
             vcpus,
             threads: Arc::default(),
             throttler: None,
-            manual_dirty_protect,
-            dirty_rings,
+            dirty,
             bus: Arc::new(bus),
             control: Arc::new(RunControl::default()),
             notify,
@@ -332,7 +334,6 @@ impl Vm {
             agent_vcpu,
             agent_control: Arc::new(RunControl::default()),
             agent_thread: None,
-            migration_refusal: None,
             vm_fd: Arc::new(vm_fd),
             _guest_memfds: Vec::new(),
         })
@@ -341,7 +342,7 @@ impl Vm {
     /// Why this VM cannot migrate, if it cannot (`vm.send-migration` and
     /// dirty logging are refused with it).
     pub fn migration_refusal(&self) -> Option<&'static str> {
-        self.migration_refusal
+        self.dirty.unsupported()
     }
 
     /// Presses the VM's power button (`vm.power-button`): the guest sees it
@@ -515,36 +516,14 @@ impl Vm {
         }
     }
 
-    /// Turns dirty-page logging on or off for all of guest memory.
+    /// Turns dirty-page tracking on or off for all of guest memory.
     pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
-        if let Some(why) = self.migration_refusal {
-            return if on { Err(VmError::Unsupported(why)) } else { Ok(()) };
-        }
-        if let Some(rings) = &self.dirty_rings {
-            dirty::log::set_logging(&self.vm_fd, &self.memory, on)?;
-            // Off: whatever was gathered belongs to a migration that ended.
-            if !on {
-                rings.reset()?;
-            }
-            return Ok(());
-        }
-        if on && !self.manual_dirty_protect {
-            return Err(VmError::Unsupported(
-                "KVM lacks manual dirty-log protection (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)",
-            ));
-        }
-        Ok(dirty::log::set_logging(&self.vm_fd, &self.memory, on)?)
+        Ok(self.dirty.set_logging(&self.vm_fd, &self.memory, on)?)
     }
 
-    /// Pages written since last cleared: (region start, length, one bit per page).
-    pub fn dirty_bitmaps(&self) -> Result<Vec<(u64, u64, Vec<u64>)>, VmError> {
-        if let Some(why) = self.migration_refusal {
-            return Err(VmError::Unsupported(why));
-        }
-        match &self.dirty_rings {
-            Some(rings) => Ok(rings.dirty_bitmaps(&self.memory)?),
-            None => Ok(dirty::log::dirty_bitmaps(&self.vm_fd, &self.memory)?),
-        }
+    /// Pages written since last cleared, one bitmap per memory region.
+    pub fn dirty_bitmaps(&self) -> Result<Vec<DirtyBitmap>, VmError> {
+        Ok(self.dirty.dirty_bitmaps(&self.vm_fd, &self.memory)?)
     }
 
     /// For each of `pages` guest pages from `gpa` (inside one region):
@@ -566,18 +545,7 @@ impl Vm {
 
     /// Clears and re-arms dirty tracking of `pages` pages from `gpa`.
     pub fn clear_dirty(&self, gpa: u64, pages: u64) -> Result<(), VmError> {
-        if let Some(why) = self.migration_refusal {
-            return Err(VmError::Unsupported(why));
-        }
-        let Some(rings) = &self.dirty_rings else {
-            return Ok(dirty::log::clear(&self.vm_fd, &self.memory, gpa, pages)?);
-        };
-        let (slot, region) = memory::region_of(&self.memory, gpa, pages * dirty::log::PAGE_SIZE)
-            .ok_or(VmError::OutsideMemory { gpa, pages })?;
-        let first = (gpa - region.start_addr().0) / dirty::log::PAGE_SIZE;
-        rings.clear(slot, first, pages);
-        dirty::log::forget_vmm_writes(region, first, pages);
-        Ok(())
+        Ok(self.dirty.clear(&self.vm_fd, &self.memory, gpa, pages)?)
     }
 
     /// Device and vCPU counters.
@@ -588,7 +556,7 @@ impl Vm {
             vcpu.insert("io_exits".into(), c.io_exits.load(Ordering::Relaxed));
             vcpu.insert("mmio_exits".into(), c.mmio_exits.load(Ordering::Relaxed));
             vcpu.insert("interrupted".into(), c.interrupted.load(Ordering::Relaxed));
-            if self.dirty_rings.is_some() {
+            if matches!(self.dirty, DirtyTracker::Ring(_)) {
                 vcpu.insert("dirty_ring_full".into(), c.dirty_ring_full.load(Ordering::Relaxed));
             }
         }

@@ -7,6 +7,7 @@ use super::confidential::{CvmRuntime, LaunchMode};
 use super::snp::VmAttributes;
 use super::{build_bus, msr_indices, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
 use crate::config::{DirtyTracking, VmConfig};
+use crate::dirty::DirtyTracker;
 use crate::platform::snp::kvm::Launched;
 use crate::platform::snp::private::RamRegion;
 use crate::platform::Platform;
@@ -109,8 +110,7 @@ impl Vm {
             vcpus,
             threads: Arc::default(),
             throttler: None,
-            manual_dirty_protect: false,
-            dirty_rings: None,
+            dirty: DirtyTracker::Unsupported(refusal),
             bus: Arc::new(bus),
             control: Arc::new(RunControl::default()),
             notify,
@@ -122,7 +122,6 @@ impl Vm {
             agent_vcpu: Some(agent_vcpu),
             agent_control: Arc::new(RunControl::default()),
             agent_thread: None,
-            migration_refusal: Some(refusal),
             vm_fd,
             _guest_memfds: guest_memfds,
         })
