@@ -3,9 +3,11 @@
 //! threads and agent vCPU as any confidential VM, plus the private-memory
 //! exits of its vCPUs and the reason it cannot migrate.
 
+use super::build::{msr_indices, Origin};
 use super::confidential::{CvmRuntime, LaunchMode};
+use super::devices::{build_bus, ExitSink, SerialIrq, SharedSerial};
 use super::snp::VmAttributes;
-use super::{build_bus, msr_indices, ExitSink, Origin, SerialIrq, SharedSerial, Vm, VmError};
+use super::{Vm, VmError};
 use crate::config::{DirtyTracking, VmConfig};
 use crate::dirty::DirtyTracker;
 use crate::platform::snp::kvm::Launched;

@@ -12,8 +12,10 @@
 //! migrate ([`SNP_NOT_MIGRATABLE`]). Its platform's measurement is the
 //! one `covm measure` computes for the same options.
 
+use super::build::{create_chips, Origin};
+use super::devices::SerialIrq;
 use super::private::{refuse_unsupported, PrivateLaunch};
-use super::{create_chips, Origin, SerialIrq, Vm, VmError};
+use super::{Vm, VmError};
 use crate::arch::{cpuid, regs};
 use crate::config::VmConfig;
 use crate::platform::hardware::SNP_NOT_MIGRATABLE;

@@ -16,8 +16,10 @@
 //! measurement is the MRTD `covm measure --platform tdx=on` computes for
 //! the same options.
 
+use super::build::Origin;
+use super::devices::SerialIrq;
 use super::private::{refuse_unsupported, PrivateLaunch};
-use super::{Origin, SerialIrq, Vm, VmError};
+use super::{Vm, VmError};
 use crate::config::VmConfig;
 use crate::platform::hardware::TDX_NOT_MIGRATABLE;
 use crate::platform::snp::error::CallError;
