@@ -167,7 +167,7 @@ pub fn emit(source: &str, event: &str, properties: &[(&str, String)]) {
 }
 
 /// Writes every event reported so far and stops the monitor (covm is about
-/// to exit); gives up after [`FLUSH_TIMEOUT`] on a reader that stopped
+/// to exit); gives up after `FLUSH_TIMEOUT` (2 s) on a reader that stopped
 /// reading. Later events are only logged.
 pub fn flush() {
     let Some(monitor) = MONITOR.get() else { return };

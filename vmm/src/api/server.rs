@@ -1,6 +1,6 @@
 //! The HTTP server: axum's router over hyper's HTTP/1.1 connections, on a
 //! current-thread tokio runtime of its own thread. Handlers turn requests
-//! into [`Request`]s for the control loop and render its replies; they never
+//! into [`Request`](crate::control::messages::Request)s for the control loop and render its replies; they never
 //! touch the VM. Every response is shaped by [`wire`] for CH's client.
 
 use super::routes::{MakeRequest, API_PREFIX, ROUTES, UNIMPLEMENTED};

@@ -254,7 +254,7 @@ pub fn parse_platform(text: &str) -> Result<PlatformOption, OptionError> {
 /// [`parse_platform`] with the hardware probes given (`sev_snp`, `tdx`).
 pub(super) fn parse_platform_probed(
     text: &str,
-    probe: &dyn Fn(&str) -> Result<(), crate::platform::snp::host::Unavailable>,
+    probe: &dyn Fn(&str) -> Result<(), crate::platform::hardware::host::Unavailable>,
 ) -> Result<PlatformOption, OptionError> {
     let m = OptionMap::parse("platform", text, PLATFORM_KEYS)?;
     let mut on = Vec::new();

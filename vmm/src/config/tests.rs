@@ -122,7 +122,7 @@ fn console_and_platform() {
 /// has it all, `sev_snp=on` is taken with its keys and `tdx=on` is taken.
 #[test]
 fn hardware_platforms_are_probed() {
-    use crate::platform::snp::host::Unavailable;
+    use crate::platform::hardware::host::Unavailable;
     use crate::platform::{snp, tdx};
     let lacking = |key: &str| {
         Err(Unavailable {

@@ -11,14 +11,14 @@
 //!   policy bound by HOST_DATA, SNP-layout evidence signed by an emulated
 //!   root key. No hardware protection (see its module).
 //! - [`SevSnp`] (`sev_snp=on`, on a host that passes [`snp::probe_snp`]):
-//!   `vm.rs` builds the VM through the SEV-SNP launch ([`snp::vm`]): the
+//!   `vm/snp.rs` builds the VM through the SEV-SNP launch ([`snp::construct`]): the
 //!   pages and VMSAs of the launch image as [`measure::snp_launch`]
 //!   hands them over, `SNP_LAUNCH_FINISH` with [`PlatformConfig::host_data`];
 //!   its [`Platform::measurement`] is the digest covm expects (what `covm
 //!   measure` prints). Its evidence needs the guest's own request to the
 //!   secure processor, which the built-in firmware cannot make yet.
 //! - [`Td`] (`tdx=on`, on a host that passes [`tdx::probe_tdx`]): `vm.rs`
-//!   builds the VM through the TDX launch ([`tdx::vm`]); its
+//!   builds the VM through the TDX launch ([`tdx::construct`]); its
 //!   [`Platform::measurement`] is the MRTD covm expects
 //!   ([`measure::image_mrtd`], what `covm measure` prints). Its evidence (a quote) needs the guest's own
 //!   request, which the built-in firmware cannot make yet.
@@ -194,7 +194,7 @@ impl PlatformConfig {
     ///
     /// For SEV-SNP and TDX this is covm's side only (the expected
     /// measurement, as `covm measure` computes it): the hardware launch is
-    /// `vm.rs`'s ([`snp::vm`], [`tdx::vm`]).
+    /// `vm/snp.rs`'s and `vm/tdx.rs`'s ([`snp::construct`], [`tdx::construct`]).
     pub fn launch(&self, memory: &GuestMemory, image: &Launch) -> Result<Box<dyn Platform>, PlatformError> {
         match self {
             PlatformConfig::Plain => Ok(Box::new(Plain)),

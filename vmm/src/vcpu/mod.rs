@@ -5,8 +5,8 @@ pub mod control;
 use crate::arch::{cpuid, regs};
 use crate::dirty::ring::DirtyRings;
 use crate::exit::VmExit;
-use crate::platform::snp::hypercall::{handle_map_gpa_range, Conversion};
-use crate::platform::snp::private::{PrivateMemoryOps, RamRegion};
+use crate::platform::hardware::map_gpa::{handle_map_gpa_range, Conversion};
+use crate::platform::hardware::private_memory::{PrivateMemoryOps, RamRegion};
 use crate::platform::tdx::exit::{
     handle_tdx_exit, leaf_name, TdvmcallAnswer, TdxExit, KVM_EXIT_TDX, KVM_SYSTEM_EVENT_TDX_FATAL, TDX_EXIT_LEN,
 };
@@ -372,8 +372,9 @@ pub fn configure_fd(fd: &VcpuFd, index: u8, supported: &CpuId, topo: cpuid::Topo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::snp::error::CallError;
-    use crate::platform::snp::fake::{split_ram, SnpCall, SnpFake};
+    use crate::platform::hardware::error::CallError;
+    use crate::platform::hardware::fake::split_ram;
+    use crate::platform::snp::fake::{SnpCall, SnpFake};
     use covm_devices::power::PowerDevice;
     use covm_devices::PowerSink;
     use kvm_bindings::{

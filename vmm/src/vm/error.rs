@@ -98,10 +98,10 @@ pub enum VmError {
     Retired,
     /// An SEV-SNP VM's construction.
     #[error(transparent)]
-    Snp(#[from] crate::platform::snp::vm::SnpVmError),
+    Snp(#[from] crate::platform::snp::construct::SnpVmError),
     /// A TDX VM's construction.
     #[error(transparent)]
-    Tdx(#[from] crate::platform::tdx::vm::TdxVmError),
+    Tdx(#[from] crate::platform::tdx::construct::TdxVmError),
     /// An incoming confidential VM's firmware did not get ready.
     #[error("the incoming confidential VM's firmware was not ready within {seconds} s ({what})")]
     AgentNotReady {

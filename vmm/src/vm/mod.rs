@@ -1,7 +1,7 @@
 //! A VM: KVM objects, guest memory, devices and vCPUs, and running it.
 //!
 //! A plain or emulated_cvm VM is built here; an SEV-SNP VM through its
-//! launch ([`snp`]); a TDX VM through its launch ([`tdx`]).
+//! launch (`vm/snp.rs`); a TDX VM through its launch (`vm/tdx.rs`).
 
 pub mod confidential;
 pub mod kvm;

@@ -10,8 +10,8 @@ use super::snp::VmAttributes;
 use super::{Vm, VmError};
 use crate::config::{DirtyTracking, VmConfig};
 use crate::dirty::DirtyTracker;
-use crate::platform::snp::kvm::Launched;
-use crate::platform::snp::private::RamRegion;
+use crate::platform::hardware::kvm_launch::Launched;
+use crate::platform::hardware::private_memory::RamRegion;
 use crate::platform::Platform;
 use crate::vcpu::control::RunControl;
 use crate::vcpu::{ExitNotifier, PrivateMemoryExits, Vcpu};
@@ -168,7 +168,7 @@ pub(super) mod tests {
             dirty_tracking: DirtyTracking::Ring { entries: 4096 },
             ..config
         };
-        let kvm = crate::platform::snp::hybrid::kvm_or_skip()?;
+        let kvm = crate::platform::hardware::hybrid::kvm_or_skip()?;
         let err = build(&ring, &kvm, notify).err().expect("refused");
         Some(err.to_string())
     }

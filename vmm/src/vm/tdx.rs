@@ -21,12 +21,12 @@ use super::devices::SerialIrq;
 use super::private::{refuse_unsupported, PrivateLaunch};
 use super::{Vm, VmError};
 use crate::config::VmConfig;
+use crate::platform::hardware::error::CallError;
+use crate::platform::hardware::host::Unavailable;
+use crate::platform::hardware::kvm_launch::{IntoLaunched, KvmLaunch};
 use crate::platform::hardware::TDX_NOT_MIGRATABLE;
-use crate::platform::snp::error::CallError;
-use crate::platform::snp::host::Unavailable;
-use crate::platform::snp::kvm::{IntoLaunched, KvmLaunch};
+use crate::platform::tdx::construct::{TdxVmError, TdxVmLaunch, TdxVmOps};
 use crate::platform::tdx::kvm::TdxState;
-use crate::platform::tdx::vm::{TdxVmError, TdxVmLaunch, TdxVmOps};
 use crate::platform::tdx::{self, TD_DEVICES};
 use crate::platform::{image, TdxConfig};
 use crate::vcpu::ExitNotifier;
@@ -140,8 +140,8 @@ impl Vm {
 pub(crate) mod tests {
     use super::super::private::tests::{assert_not_migratable, dirty_ring_refusal};
     use super::*;
+    use crate::platform::hardware::hybrid::{kvm_or_skip, Hybrid};
     use crate::platform::measure::measure_tdx;
-    use crate::platform::snp::hybrid::{kvm_or_skip, Hybrid};
     use crate::platform::tdx::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm};
     use crate::platform::tdx::fake::{TdxCall, TdxFake};
     use crate::platform::tdx::ops::TdxLaunchOps;

@@ -19,7 +19,7 @@ use crate::config::{
     check_readable, ApiSocket, CpusConfig, DirtyTracking, MemoryConfig, Payload, SerialMode, VmConfig,
 };
 use crate::config::{MAX_VCPUS, MIN_MEMORY};
-use crate::platform::snp::host::Unavailable;
+use crate::platform::hardware::host::Unavailable;
 use platform::{platform_from_json_probed, platform_to_json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -6,8 +6,8 @@
 
 use super::other_keys;
 use crate::config::{Payload, PlatformChoice, PlatformRefusal, SnpOption};
+use crate::platform::hardware::host::Unavailable;
 use crate::platform::hardware::{check_guest_policy, parse_guest_policy, DEFAULT_GUEST_POLICY};
-use crate::platform::snp::host::Unavailable;
 use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
 use serde_json::Value;
 use std::path::PathBuf;

@@ -1,12 +1,12 @@
-//! The SEV-SNP and private-memory uapi values covm uses.
+//! The SEV-SNP uapi values covm uses.
 //!
 //! kvm-bindings 0.14 has the structures (`kvm_sev_cmd`, `kvm_sev_init`,
 //! `kvm_sev_snp_launch_{start,update,finish}`, `kvm_create_guest_memfd`,
 //! `kvm_userspace_memory_region2`, `kvm_memory_attributes`) and kvm-ioctls
-//! 0.25 the ioctls on a VM fd; what they lack is here: the hypercall ABI of
-//! `KVM_HC_MAP_GPA_RANGE` (`include/uapi/linux/kvm_para.h`,
-//! `arch/x86/include/uapi/asm/kvm_para.h`) and the names of the SEV
-//! firmware's status codes (`include/uapi/linux/psp-sev.h`), for errors.
+//! 0.25 the ioctls on a VM fd; what they lack is here: the names of the SEV firmware's
+//! status codes (`include/uapi/linux/psp-sev.h`), for errors. (The
+//! `KVM_HC_MAP_GPA_RANGE` hypercall's values, shared with TDX, are in
+//! `platform::hardware::map_gpa`.)
 
 use kvm_bindings::{
     sev_cmd_id_KVM_SEV_INIT2, sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH, sev_cmd_id_KVM_SEV_SNP_LAUNCH_START,
@@ -26,24 +26,6 @@ pub const SNP_LAUNCH_FINISH: u32 = sev_cmd_id_KVM_SEV_SNP_LAUNCH_FINISH;
 
 /// The GHCB protocol version an SNP guest may use (version 2 is SNP's).
 pub const GHCB_VERSION: u16 = 2;
-
-/// The hypercall by which a guest converts memory private <-> shared; KVM
-/// also forwards SNP page-state changes and TDX `MapGPA` calls as it.
-pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
-/// `KVM_CAP_EXIT_HYPERCALL`'s bit for [`KVM_HC_MAP_GPA_RANGE`].
-pub const EXIT_MAP_GPA_RANGE: u64 = 1 << KVM_HC_MAP_GPA_RANGE;
-/// Attribute bits 1:0, the page size the guest used (a hint): 4 KiB.
-pub const MAP_GPA_RANGE_PAGE_SZ_4K: u64 = 0;
-/// Page size hint 2 MiB.
-pub const MAP_GPA_RANGE_PAGE_SZ_2M: u64 = 1;
-/// Page size hint 1 GiB.
-pub const MAP_GPA_RANGE_PAGE_SZ_1G: u64 = 2;
-/// The page size hint's bits.
-pub const MAP_GPA_RANGE_PAGE_SZ_MASK: u64 = 0x3;
-/// Attribute bit 4: the range becomes private (encrypted); clear: shared.
-pub const MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
-/// `KVM_EINVAL`, negated in a hypercall's return value.
-pub const KVM_EINVAL: u64 = 22;
 
 /// The device through which KVM reaches the AMD secure processor.
 pub const SEV_DEVICE: &str = "/dev/sev";
@@ -98,8 +80,6 @@ mod tests {
             (SEV_INIT2, SNP_LAUNCH_START, SNP_LAUNCH_UPDATE, SNP_LAUNCH_FINISH),
             (22, 100, 101, 102)
         );
-        assert_eq!(EXIT_MAP_GPA_RANGE, 0x1000);
-        assert_eq!(MAP_GPA_RANGE_ENCRYPTED, 0x10);
         assert_eq!(firmware_status_name(0x07), "POLICY_FAILURE");
         assert_eq!(firmware_status_name(0x99), "unknown status");
     }

@@ -8,11 +8,11 @@
 //! runs both with [`create_vcpus_step`] between.
 
 use super::bindings::SNP_VM_TYPE;
-use super::create::create_vcpus_step;
-use super::error::{at, LaunchError};
 use super::ops::SnpLaunchOps;
 use super::plan::SnpPlan;
-use super::private::register_private;
+use crate::platform::hardware::create::create_vcpus_step;
+use crate::platform::hardware::error::{at, LaunchError};
+use crate::platform::hardware::private_memory::register_private;
 use crate::platform::hex;
 
 /// The platform's name in errors.
@@ -88,9 +88,10 @@ pub fn finish(ops: &mut impl SnpLaunchOps, plan: &SnpPlan) -> Result<(), LaunchE
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{each_call_failing, loaded_firmware, SnpCall, SnpFake as Fake, MEMORY, PREPARE_CALLS};
+    use super::super::fake::{SnpCall, SnpFake as Fake, PREPARE_CALLS};
     use super::super::plan::SnpOptions;
     use super::*;
+    use crate::platform::hardware::fake::{each_call_failing, loaded_firmware, MEMORY};
     use crate::platform::image::Loaded;
     use crate::platform::measure::image_digest;
     use crate::platform::MigrationPolicy;
@@ -168,7 +169,7 @@ mod tests {
             assert_eq!((u.flags, u.pad0), (0, 0));
             for i in 0..u.len / 4096 {
                 let gpa = (u.gfn_start + i) * 4096;
-                let host = crate::platform::snp::private::host_address(&plan.ram, gpa, 4096).unwrap();
+                let host = crate::platform::hardware::private_memory::host_address(&plan.ram, gpa, 4096).unwrap();
                 assert_eq!(u.uaddr + i * 4096, host, "page {gpa:#x} copied from covm's mapping");
                 launched.push((gpa, u.type_));
             }

@@ -9,7 +9,7 @@
 //! 3. per RAM region: `KVM_CREATE_GUEST_MEMFD`, `KVM_SET_USER_MEMORY_REGION2`
 //!    with that guest_memfd, `KVM_SET_MEMORY_ATTRIBUTES` (PRIVATE); and
 //!    `KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)` so the guest's page-state
-//!    changes reach covm as `KVM_HC_MAP_GPA_RANGE` exits ([`hypercall`]);
+//!    changes reach covm as `KVM_HC_MAP_GPA_RANGE` exits ([`crate::platform::hardware::map_gpa`]);
 //! 4. `KVM_SEV_SNP_LAUNCH_START` with the guest policy;
 //! 5. the vCPUs, with their boot state (KVM turns each into its VMSA);
 //! 6. `KVM_SEV_SNP_LAUNCH_UPDATE` for every page of the launch image, by
@@ -24,32 +24,24 @@
 //!
 //! Files, one job each: [`ops`] names every call (the [`SnpLaunchOps`]
 //! trait), [`plan`] turns a launch image (a `covm_measure::Launch`) into
-//! the calls' arguments,
-//! [`launch`] drives the sequence, [`kvm`] makes the calls on a real VM
-//! fd, [`create`] is the VM and vCPU creation and [`private`] the
-//! private-memory part (both shared with TDX),
-//! [`hypercall`] converts memory on the guest's request, [`error`] names
-//! the step that failed, [`host`] and [`probe`] check the host first,
-//! [`vm`] is covm's VM construction around the launch.
+//! the calls' arguments, [`launch`] drives the sequence, [`kvm`] makes
+//! the calls on a real VM fd, [`probe`] checks the host first,
+//! [`construct`] is covm's VM construction around the launch. What TDX
+//! shares (VM and vCPU creation, private memory, the guest's page
+//! conversions, errors, the host probe's plumbing, the recording fake) is
+//! in `platform::hardware`.
 
 pub mod bindings;
-pub mod create;
-pub mod error;
+pub mod construct;
 #[cfg(test)]
 pub(crate) mod fake;
-pub mod host;
-#[cfg(test)]
-pub(crate) mod hybrid;
-pub mod hypercall;
 pub mod kvm;
 pub mod launch;
 pub mod ops;
 pub mod plan;
-pub mod private;
 pub mod probe;
-pub mod vm;
 
-pub use error::{CallError, LaunchError};
+pub use crate::platform::hardware::error::{CallError, LaunchError};
 pub use launch::launch_snp;
 pub use ops::SnpLaunchOps;
 pub use plan::{SnpOptions, SnpPlan};

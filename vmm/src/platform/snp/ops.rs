@@ -1,9 +1,9 @@
 //! Every KVM call an SEV-SNP launch makes, as one trait: [`super::kvm`]
 //! makes them on a real VM, the tests' fake records them.
 
-use super::create::CreateOps;
-use super::error::CallError;
-use super::private::PrivateMemoryOps;
+use crate::platform::hardware::create::CreateOps;
+use crate::platform::hardware::error::CallError;
+use crate::platform::hardware::private_memory::PrivateMemoryOps;
 use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 
 /// The calls of an SEV-SNP launch, in the order [`super::launch_snp`]

@@ -10,7 +10,8 @@
 //! `covm_measure::snp::launch_digest` measures them after the pages.
 
 use super::bindings::GHCB_VERSION;
-use super::private::{host_address, ram_regions, RamRegion};
+use crate::platform::hardware::plan::PlanError;
+use crate::platform::hardware::private_memory::{host_address, ram_regions, RamRegion};
 use crate::vm::memory::GuestMemory;
 use covm_measure::{Launch, PageType, PAGE_SIZE};
 use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
@@ -80,45 +81,6 @@ impl UpdateRun {
             ..Default::default()
         }
     }
-}
-
-/// Why an image cannot be launched on SEV-SNP.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
-    /// An image page not in guest RAM.
-    #[error("the {what} page at {gpa:#x} is not in guest RAM")]
-    NotRam {
-        /// The page.
-        gpa: u64,
-        /// What it is.
-        what: &'static str,
-    },
-    /// An image page not page-aligned.
-    #[error("the {what} page at {gpa:#x} is not page-aligned")]
-    Unaligned {
-        /// The page.
-        gpa: u64,
-        /// What it is.
-        what: &'static str,
-    },
-    /// A VMSA among the pages: on SNP VMSAs come from the vCPUs.
-    #[error("the image lists a VMSA page at {0:#x}: SNP VMSAs come from the vCPUs' registers, not launch updates")]
-    VmsaPage(u64),
-    /// No vCPU.
-    #[error("the image has no vCPU")]
-    NoVcpu,
-    /// A page type this launch cannot take.
-    #[error("the {what} page at {gpa:#x} is of type {page_type}, which {platform} cannot launch")]
-    PageType {
-        /// The page.
-        gpa: u64,
-        /// What it is.
-        what: &'static str,
-        /// Its type's name.
-        page_type: &'static str,
-        /// The platform.
-        platform: &'static str,
-    },
 }
 
 /// Every argument of an SEV-SNP launch.

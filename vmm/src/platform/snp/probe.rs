@@ -2,7 +2,9 @@
 //! created, and if not, exactly what is missing.
 
 use super::bindings::SEV_DEVICE;
-use super::host::{cpu_offers, kvm_private_vm, module_param_on, verdict, CpuNeed, Host, Unavailable};
+use crate::platform::hardware::host::{
+    cpu_offers, kvm_private_vm, module_param_on, verdict, CpuNeed, Host, Unavailable,
+};
 
 /// The oldest SNP API the kernel accepts (Linux's `SNP_MIN_API_MAJOR` and
 /// `SNP_MIN_API_MINOR` in drivers/crypto/ccp/sev-dev.c): an older firmware
@@ -56,8 +58,8 @@ pub fn probe_snp_on(host: &Host) -> Result<(), Unavailable> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::host::{KvmAnswers, ScratchHost, SevAnswers, SnpFirmware};
     use super::*;
+    use crate::platform::hardware::host::{KvmAnswers, ScratchHost, SevAnswers, SnpFirmware};
     use kvm_bindings::{
         KVM_CAP_EXIT_HYPERCALL, KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
     };

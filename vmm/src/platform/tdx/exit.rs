@@ -32,15 +32,15 @@ pub const KVM_EXIT_TDX: u32 = 40;
 /// `KVM_SYSTEM_EVENT_TDX_FATAL`: the TD's TDG.VP.VMCALL ReportFatalError.
 pub const KVM_SYSTEM_EVENT_TDX_FATAL: u32 = 7;
 
-/// TDG.VP.VMCALL<GetTdVmCallInfo>.
+/// `TDG.VP.VMCALL<GetTdVmCallInfo>`.
 pub const TDVMCALL_GET_TD_VM_CALL_INFO: u64 = 0x10000;
-/// TDG.VP.VMCALL<MapGPA> (arrives as `KVM_HC_MAP_GPA_RANGE`).
+/// `TDG.VP.VMCALL<MapGPA>` (arrives as `KVM_HC_MAP_GPA_RANGE`).
 pub const TDVMCALL_MAP_GPA: u64 = 0x10001;
-/// TDG.VP.VMCALL<GetQuote>.
+/// `TDG.VP.VMCALL<GetQuote>`.
 pub const TDVMCALL_GET_QUOTE: u64 = 0x10002;
-/// TDG.VP.VMCALL<ReportFatalError> (arrives as a system event).
+/// `TDG.VP.VMCALL<ReportFatalError>` (arrives as a system event).
 pub const TDVMCALL_REPORT_FATAL_ERROR: u64 = 0x10003;
-/// TDG.VP.VMCALL<SetupEventNotifyInterrupt>.
+/// `TDG.VP.VMCALL<SetupEventNotifyInterrupt>`.
 pub const TDVMCALL_SETUP_EVENT_NOTIFY_INTERRUPT: u64 = 0x10004;
 
 /// TDVMCALL status: done.

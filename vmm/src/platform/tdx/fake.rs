@@ -3,11 +3,11 @@
 //! configurable CPUID leaf and 8 vCPUs.
 
 use super::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm, ATTR_SEPT_VE_DISABLE};
+use super::construct::TdxVmOps;
 use super::ops::TdxLaunchOps;
-use super::vm::TdxVmOps;
-use crate::platform::snp::error::CallError;
-use crate::platform::snp::fake::{Fake, Recorded, SharedCall};
-use crate::platform::snp::host::Unavailable;
+use crate::platform::hardware::error::CallError;
+use crate::platform::hardware::fake::{Fake, Recorded, SharedCall};
+use crate::platform::hardware::host::Unavailable;
 use kvm_bindings::{kvm_cpuid_entry2, kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2};
 
 /// The fake host's vCPU limit for a TD.

@@ -5,8 +5,8 @@
 use super::bindings::ioctls::KVM_MEMORY_ENCRYPT_OP;
 use super::bindings::{cmd, TdxCapabilities, TdxCmd, TdxInitMemRegion, TdxInitVm};
 use super::ops::TdxLaunchOps;
-use crate::platform::snp::error::CallError;
-use crate::platform::snp::kvm::{until_done, KvmLaunch};
+use crate::platform::hardware::error::CallError;
+use crate::platform::hardware::kvm_launch::{until_done, KvmLaunch};
 use kvm_bindings::KVM_CAP_MAX_VCPUS;
 use std::os::fd::AsRawFd;
 use vmm_sys_util::ioctl::ioctl_with_mut_ref;
@@ -117,8 +117,8 @@ impl TdxLaunchOps for KvmLaunch<'_, TdxState> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::snp::create::CreateOps;
-    use crate::platform::snp::hybrid::kvm_or_skip;
+    use crate::platform::hardware::create::CreateOps;
+    use crate::platform::hardware::hybrid::kvm_or_skip;
     use kvm_bindings::KVM_X86_DEFAULT_VM;
 
     /// The real calls on this machine's KVM, which has no TDX: a TD cannot

@@ -5,9 +5,9 @@
 use super::bindings::TDX_VM_TYPE;
 use super::ops::TdxLaunchOps;
 use super::plan::TdxPlan;
-use crate::platform::snp::create::create_vcpus_step;
-use crate::platform::snp::error::{at, CallError, LaunchError};
-use crate::platform::snp::private::register_private;
+use crate::platform::hardware::create::create_vcpus_step;
+use crate::platform::hardware::error::{at, CallError, LaunchError};
+use crate::platform::hardware::private_memory::register_private;
 
 /// The platform's name in errors.
 pub const PLATFORM: &str = "Intel TDX";
@@ -15,7 +15,7 @@ pub const PLATFORM: &str = "Intel TDX";
 /// The whole launch of `plan`: the VM and its TD parameters, private
 /// memory, the vCPUs (each `TDH.VP.INIT` with the TD HOB's address in
 /// RCX), the initial memory, then the finalization. covm's VM
-/// construction (`super::vm`) runs [`prepare`] and [`finish`] with its
+/// construction (`super::construct`) runs [`prepare`] and [`finish`] with its
 /// own steps (the split irqchip) and the vCPUs between them.
 pub fn launch_tdx(ops: &mut impl TdxLaunchOps, plan: &TdxPlan) -> Result<(), LaunchError> {
     prepare(ops, plan)?;
@@ -113,8 +113,8 @@ mod tests {
     };
     use super::super::plan::{Source, TdxOptions};
     use super::*;
+    use crate::platform::hardware::fake::{each_call_failing, loaded_firmware, MEMORY};
     use crate::platform::image;
-    use crate::platform::snp::fake::{each_call_failing, loaded_firmware, MEMORY};
     use crate::platform::MigrationPolicy;
     use covm_measure::vmsa::VcpuState;
     use covm_measure::{Launch, PageType};

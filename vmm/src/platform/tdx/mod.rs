@@ -7,7 +7,7 @@
 //! TD's attributes, XFAM, MRCONFIGID (HOST_DATA, the migration policy's
 //! hash) and CPUID configuration; private memory as for SEV-SNP
 //! (guest_memfd, `KVM_SET_USER_MEMORY_REGION2`, PRIVATE attributes,
-//! `KVM_HC_MAP_GPA_RANGE` exits: `platform::snp::private`); the vCPUs,
+//! `KVM_HC_MAP_GPA_RANGE` exits: `platform::hardware::private_memory`); the vCPUs,
 //! each `KVM_TDX_INIT_VCPU` with the TD HOB's address; every image page
 //! with `KVM_TDX_INIT_MEM_REGION` (measured pages with
 //! `KVM_TDX_MEASURE_MEMORY_REGION`), then the TD HOB; `KVM_TDX_FINALIZE_VM`.
@@ -17,13 +17,14 @@
 //! Files: [`bindings`] (the uapi kvm-bindings lacks), [`ops`] (the
 //! [`TdxLaunchOps`] trait), [`plan`] (with the TD HOB,
 //! `covm_measure::td_hob`), [`launch`], [`kvm`],
-//! [`probe`], [`vm`] (covm's VM construction around the launch, over the
+//! [`probe`], [`construct`] (covm's VM construction around the launch, over the
 //! [`TdxVmOps`] seam; `vm/tdx.rs` assembles the `Vm`), [`exit`] (the
 //! TDVMCALLs KVM forwards as `KVM_EXIT_TDX`). The errors, the VM and
 //! vCPU creation, the private-memory calls and exits and the real
-//! `KvmLaunch` are SEV-SNP's ([`crate::platform::snp`]), shared.
+//! `KvmLaunch` are shared with SEV-SNP ([`crate::platform::hardware`]).
 
 pub mod bindings;
+pub mod construct;
 pub mod exit;
 #[cfg(test)]
 pub(crate) mod fake;
@@ -32,13 +33,12 @@ pub mod launch;
 pub mod ops;
 pub mod plan;
 pub mod probe;
-pub mod vm;
 
+pub use construct::{TdxVmLaunch, TdxVmOps};
 pub use launch::launch_tdx;
 pub use ops::TdxLaunchOps;
 pub use plan::{TdxOptions, TdxPlan};
 pub use probe::probe_tdx;
-pub use vm::{TdxVmLaunch, TdxVmOps};
 
 /// What keeps covm's built-in firmware from running as a TD, on TDX
 /// hardware: logged when a TD is launched, and in its `vm.info`.

@@ -2,9 +2,9 @@
 //! makes them on a real VM, the tests' fake records them.
 
 use super::bindings::{TdxCapabilities, TdxInitMemRegion, TdxInitVm};
-use crate::platform::snp::create::CreateOps;
-use crate::platform::snp::error::CallError;
-use crate::platform::snp::private::PrivateMemoryOps;
+use crate::platform::hardware::create::CreateOps;
+use crate::platform::hardware::error::CallError;
+use crate::platform::hardware::private_memory::PrivateMemoryOps;
 
 /// The calls of a TDX launch, in the order [`super::launch_tdx`] makes
 /// them (`KVM_CREATE_VM` and `KVM_CREATE_VCPU` come from [`CreateOps`],

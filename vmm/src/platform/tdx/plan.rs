@@ -16,8 +16,8 @@
 use super::bindings::{
     TdxCapabilities, TdxInitMemRegion, TdxInitVm, ATTR_SEPT_VE_DISABLE, MEASURE_MEMORY_REGION, XFAM_FIXED,
 };
-use crate::platform::snp::plan::PlanError;
-use crate::platform::snp::private::{host_address, ram_regions, RamRegion};
+use crate::platform::hardware::plan::PlanError;
+use crate::platform::hardware::private_memory::{host_address, ram_regions, RamRegion};
 use crate::vm::memory::GuestMemory;
 use covm_measure::td_hob::{self, HobOverflow};
 use covm_measure::{Launch, PageType};

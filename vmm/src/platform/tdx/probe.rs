@@ -1,7 +1,9 @@
 //! Whether this host can launch a TD, checked before anything is created,
 //! and if not, exactly what is missing.
 
-use crate::platform::snp::host::{cpu_offers, kvm_private_vm, module_param_on, verdict, CpuNeed, Host, Unavailable};
+use crate::platform::hardware::host::{
+    cpu_offers, kvm_private_vm, module_param_on, verdict, CpuNeed, Host, Unavailable,
+};
 use kvm_bindings::KVM_X86_TDX_VM;
 
 /// The platform's name in messages.
@@ -33,7 +35,7 @@ pub fn probe_tdx_on(host: &Host) -> Result<(), Unavailable> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::platform::snp::host::{KvmAnswers, ScratchHost};
+    use crate::platform::hardware::host::{KvmAnswers, ScratchHost};
     use kvm_bindings::{
         KVM_CAP_EXIT_HYPERCALL, KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
     };

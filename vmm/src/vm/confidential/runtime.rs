@@ -3,7 +3,7 @@
 //! gate of an incoming VM's workload vCPUs, and the one-way "retired" flag.
 //!
 //! The ports (`covm_guest_abi::ports::AGENT_DOORBELL` .. `AGENT_RETIRE`)
-//! are one device, [`CvmPorts`]; what they mean is in
+//! are one device, [`CvmPort`]; what they mean is in
 //! `covm_guest_abi::mailbox`.
 
 use crate::platform::Platform;

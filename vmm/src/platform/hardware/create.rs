@@ -5,7 +5,7 @@
 use super::error::{at, CallError, LaunchError};
 
 /// The calls that create the VM and its vCPUs, shared by
-/// [`super::SnpLaunchOps`] and `platform::tdx::TdxLaunchOps`.
+/// [`crate::platform::snp::SnpLaunchOps`] and [`crate::platform::tdx::TdxLaunchOps`].
 pub trait CreateOps {
     /// `KVM_CREATE_VM` of `vm_type` (`KVM_X86_SNP_VM`, `KVM_X86_TDX_VM`).
     fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError>;
@@ -21,8 +21,8 @@ pub trait CreateOps {
 /// `platform`: what every launch does between [`prepare`] and [`finish`]
 /// (SEV-SNP's and TDX's alike).
 ///
-/// [`prepare`]: super::launch::prepare
-/// [`finish`]: super::launch::finish
+/// [`prepare`]: crate::platform::snp::launch::prepare
+/// [`finish`]: crate::platform::snp::launch::finish
 pub fn create_vcpus_step(ops: &mut impl CreateOps, count: usize, platform: &'static str) -> Result<(), LaunchError> {
     at(
         platform,

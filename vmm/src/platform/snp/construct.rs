@@ -27,13 +27,14 @@
 //! uses, so launch and `covm measure` agree by construction; the secure
 //! processor's own value, in the guest's report, is the check.
 
-use super::create::create_vcpus_step;
-use super::error::{at, CallError, LaunchError};
-use super::host::Unavailable;
 use super::launch::{finish, prepare, PLATFORM};
 use super::ops::SnpLaunchOps;
-use super::plan::{PlanError, SnpOptions, SnpPlan};
+use super::plan::{SnpOptions, SnpPlan};
 use crate::arch::regs::BootRegs;
+use crate::platform::hardware::create::create_vcpus_step;
+use crate::platform::hardware::error::{at, CallError, LaunchError};
+use crate::platform::hardware::host::Unavailable;
+use crate::platform::hardware::plan::PlanError;
 use crate::platform::hardware::{snp_expected, SevSnp, SevSnpConfig};
 use crate::platform::image::Loaded;
 use crate::platform::PlatformError;

@@ -36,12 +36,12 @@
 use super::launch::{finish, prepare, PLATFORM};
 use super::ops::TdxLaunchOps;
 use super::plan::{TdxOptions, TdxPlan, TdxPlanError};
+use crate::platform::hardware::create::create_vcpus_step;
+use crate::platform::hardware::error::{at, CallError, LaunchError};
+use crate::platform::hardware::host::Unavailable;
 use crate::platform::hardware::{Td, TdxConfig};
 use crate::platform::image::Loaded;
 use crate::platform::measure::image_mrtd;
-use crate::platform::snp::create::create_vcpus_step;
-use crate::platform::snp::error::{at, CallError, LaunchError};
-use crate::platform::snp::host::Unavailable;
 use crate::platform::PlatformError;
 use crate::vm::memory::GuestMemory;
 use covm_measure::mrtd::{TdMeasurement, TD_HOB_GPA, TD_HOB_PAGES};

@@ -2,7 +2,7 @@
 //! between private and shared.
 //!
 //! KVM forwards it as `KVM_EXIT_HYPERCALL` (once
-//! `KVM_CAP_EXIT_HYPERCALL` enables it, [`super::private::register_private`]):
+//! `KVM_CAP_EXIT_HYPERCALL` enables it, [`super::private_memory::register_private`]):
 //! an SNP guest's page-state changes (GHCB) and a TDX guest's `MapGPA`
 //! arrive in this form. The arguments (`include/uapi/linux/kvm_para.h`,
 //! `Documentation/virt/kvm/x86/hypercalls.rst`): `args[0]` the range's
@@ -13,12 +13,27 @@
 //! for arguments covm refuses. A KVM failure is not the guest's: the VM
 //! must stop.
 
-use super::bindings::{
-    KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, MAP_GPA_RANGE_ENCRYPTED, MAP_GPA_RANGE_PAGE_SZ_1G, MAP_GPA_RANGE_PAGE_SZ_MASK,
-};
 use super::error::CallError;
-use super::private::{PrivateMemoryOps, RamRegion};
+use super::private_memory::{PrivateMemoryOps, RamRegion};
 use kvm_bindings::{kvm_memory_attributes, KVM_MEMORY_ATTRIBUTE_PRIVATE};
+
+/// The hypercall by which a guest converts memory private <-> shared; KVM
+/// also forwards SNP page-state changes and TDX `MapGPA` calls as it.
+pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+/// `KVM_CAP_EXIT_HYPERCALL`'s bit for [`KVM_HC_MAP_GPA_RANGE`].
+pub const EXIT_MAP_GPA_RANGE: u64 = 1 << KVM_HC_MAP_GPA_RANGE;
+/// Attribute bits 1:0, the page size the guest used (a hint): 4 KiB.
+pub const MAP_GPA_RANGE_PAGE_SZ_4K: u64 = 0;
+/// Page size hint 2 MiB.
+pub const MAP_GPA_RANGE_PAGE_SZ_2M: u64 = 1;
+/// Page size hint 1 GiB.
+pub const MAP_GPA_RANGE_PAGE_SZ_1G: u64 = 2;
+/// The page size hint's bits.
+pub const MAP_GPA_RANGE_PAGE_SZ_MASK: u64 = 0x3;
+/// Attribute bit 4: the range becomes private (encrypted); clear: shared.
+pub const MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
+/// `KVM_EINVAL`, negated in a hypercall's return value.
+pub const KVM_EINVAL: u64 = 22;
 
 const PAGE: u64 = 4096;
 
@@ -154,8 +169,9 @@ pub fn handle_map_gpa_range(
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::{split_ram, SnpCall, SnpFake as Fake};
+    use super::super::fake::split_ram;
     use super::*;
+    use crate::platform::snp::fake::{SnpCall, SnpFake as Fake};
 
     fn ram() -> Vec<RamRegion> {
         split_ram()

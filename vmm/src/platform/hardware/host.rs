@@ -9,7 +9,7 @@ use kvm_bindings::{
 };
 use std::path::PathBuf;
 
-use super::bindings::EXIT_MAP_GPA_RANGE;
+use super::map_gpa::EXIT_MAP_GPA_RANGE;
 
 /// Where KVM's capability answers come from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,8 @@
 use super::create::CreateOps;
 use super::error::CallError;
 use super::fake::{Fake, Recorded};
-use super::kvm::{IntoLaunched, KvmLaunch, Launched};
-use super::private::PrivateMemoryOps;
+use super::kvm_launch::{IntoLaunched, KvmLaunch, Launched};
+use super::private_memory::PrivateMemoryOps;
 use kvm_bindings::{kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, KVM_X86_DEFAULT_VM};
 use kvm_ioctls::Kvm;
 

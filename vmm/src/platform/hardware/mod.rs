@@ -1,7 +1,10 @@
 //! The hardware confidential platforms as covm's [`Platform`] objects:
-//! AMD SEV-SNP ([`SevSnp`], launched by `vm.rs` through
-//! [`super::snp::vm`]) and Intel TDX ([`Td`], launched through
-//! [`super::tdx::vm`]).
+//! AMD SEV-SNP ([`SevSnp`], constructed by `vm/snp.rs` through
+//! [`super::snp::construct`]) and Intel TDX ([`Td`], through
+//! [`super::tdx::construct`]), and what their launches share: VM and vCPU
+//! creation ([`create`]), private memory ([`private_memory`], with the
+//! guest's page conversions in [`map_gpa`]), the launch on real KVM
+//! ([`kvm_launch`]), the host probe ([`host`]) and launch errors ([`error`]).
 //!
 //! Their measurement is the one covm *expects*: computed over what covm
 //! loads, exactly as `covm measure` computes it (for SEV-SNP the same
@@ -10,6 +13,18 @@
 //! in the guest's attestation report, which only the guest can ask for:
 //! covm's built-in firmware cannot yet, so [`Platform::evidence`] says so
 //! instead of making anything up.
+
+pub mod create;
+pub mod error;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod host;
+#[cfg(test)]
+pub(crate) mod hybrid;
+pub mod kvm_launch;
+pub mod map_gpa;
+pub mod plan;
+pub mod private_memory;
 
 use super::measure::snp_launch;
 use super::policy::MigrationPolicy;
@@ -259,7 +274,7 @@ impl HardwarePlatform for SevSnp {
 }
 
 /// `--platform tdx=on --migration-policy PATH` (measured by `covm
-/// measure`, launched by `vm.rs` through [`super::tdx::vm`]).
+/// measure`, launched by `vm/tdx.rs` through [`super::tdx::construct`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TdxConfig {
     /// The guest owner's migration policy: its SHA-256 is MRCONFIGID's

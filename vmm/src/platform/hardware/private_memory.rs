@@ -8,10 +8,10 @@
 //! the launch commands copy it into the private pages.
 //!
 //! The guest later converts ranges with `KVM_HC_MAP_GPA_RANGE`
-//! ([`super::hypercall`]), which needs `KVM_CAP_EXIT_HYPERCALL`.
+//! ([`super::map_gpa`]), which needs `KVM_CAP_EXIT_HYPERCALL`.
 
-use super::bindings::EXIT_MAP_GPA_RANGE;
 use super::error::{at, CallError, LaunchError};
+use super::map_gpa::EXIT_MAP_GPA_RANGE;
 use crate::vm::memory::GuestMemory;
 use kvm_bindings::{
     kvm_create_guest_memfd, kvm_memory_attributes, kvm_userspace_memory_region2, KVM_MEMORY_ATTRIBUTE_PRIVATE,
