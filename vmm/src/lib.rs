@@ -3,19 +3,19 @@
 //! one job each; see docs/architecture.md for the map.
 #![deny(missing_docs)]
 
-pub mod api;
-pub mod arch;
-pub mod boot;
+pub(crate) mod api;
+pub(crate) mod arch;
+pub(crate) mod boot;
 pub mod cli;
 pub mod config;
-pub mod control;
-pub mod dirty;
+pub(crate) mod control;
+pub(crate) mod dirty;
 pub mod event_monitor;
 pub mod exit;
-pub mod logging;
-pub mod migration;
+pub(crate) mod logging;
+pub(crate) mod migration;
 pub mod platform;
-pub mod state;
-pub mod test_hooks;
+pub(crate) mod state;
+pub(crate) mod test_hooks;
 pub mod vcpu;
 pub mod vm;

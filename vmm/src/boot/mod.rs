@@ -160,13 +160,9 @@ fn load_with<L: KernelLoader, F: Read + ReadVolatile + Seek>(
     L::load(mem, None, image, Some(GuestAddress(HIMEM_START)))
 }
 
-/// Loads the configured payload and writes its boot structures.
-pub fn load(mem: &GuestMemory, config: &VmConfig) -> Result<BootEntry, BootError> {
-    load_with_metadata(mem, config).map(|(entry, _)| entry)
-}
-
-/// As [`load`], and the launch metadata the ELF carries ([`metadata`];
-/// empty for an ELF without it and for a bzImage).
+/// Loads the configured payload and writes its boot structures; returns
+/// the entry and the launch metadata the ELF carries ([`metadata`]; empty
+/// for an ELF without it and for a bzImage).
 pub fn load_with_metadata(
     mem: &GuestMemory,
     config: &VmConfig,
@@ -307,6 +303,10 @@ mod tests {
     use crate::config::{CpusConfig, MemoryConfig, SerialMode};
     use linux_loader::loader::bootparam::boot_params;
     use vm_memory::Bytes;
+
+    fn load(mem: &GuestMemory, config: &VmConfig) -> Result<BootEntry, BootError> {
+        load_with_metadata(mem, config).map(|(entry, _)| entry)
+    }
 
     fn config(payload: Payload, cmdline: &str) -> VmConfig {
         VmConfig {

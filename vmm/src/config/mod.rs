@@ -1,9 +1,9 @@
 //! The VM's configuration, checked before anything is created.
 
-pub mod options;
-pub mod parse;
-pub mod platform;
-pub mod size;
+pub(crate) mod options;
+pub(crate) mod parse;
+pub(crate) mod platform;
+pub(crate) mod size;
 
 use crate::cli::{Cli, VmArgs};
 use crate::platform::measure::HardwarePlatform;

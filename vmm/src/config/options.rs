@@ -141,11 +141,6 @@ impl OptionMap {
             reason: reason.into(),
         }
     }
-
-    /// The option's name.
-    pub fn option(&self) -> &'static str {
-        self.option
-    }
 }
 
 /// Splits at commas outside double quotes.

@@ -23,7 +23,7 @@ mod requests;
 mod signals;
 
 use live_migration::MigrationStatus;
-pub use messages::{ApiError, Event, Reply, Request, Responder, VmState};
+use messages::{ApiError, Event, Request, VmState};
 pub use signals::forward_stop_signals;
 
 /// How long a source whose VM migrated away waits for the client that

@@ -53,12 +53,8 @@ impl EmulatedCvm {
         }
     }
 
-    /// The launch measurement and its entries.
-    pub fn launch_measurement(&self) -> &Measurement {
-        &self.measurement
-    }
-
     /// The root's SEC1 compressed public key.
+    #[cfg(test)]
     pub fn root_public_key(&self) -> [u8; 49] {
         self.key.public_key
     }

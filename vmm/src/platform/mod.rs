@@ -27,14 +27,14 @@
 //! functions over a launch description, which [`image`] records as covm
 //! loads a VM and [`mod@measure`] hands over.
 
-pub mod emulated;
-pub mod hardware;
-pub mod image;
-pub mod measure;
-pub mod policy;
-pub mod root_key;
-pub mod snp;
-pub mod tdx;
+pub(crate) mod emulated;
+pub(crate) mod hardware;
+pub(crate) mod image;
+pub(crate) mod measure;
+pub(crate) mod policy;
+pub(crate) mod root_key;
+pub(crate) mod snp;
+pub(crate) mod tdx;
 
 pub use covm_measure::hex;
 pub use emulated::EmulatedCvm;

@@ -3,9 +3,9 @@
 //! A plain or emulated_cvm VM is built here; an SEV-SNP VM through its
 //! launch (`vm/snp.rs`); a TDX VM through its launch (`vm/tdx.rs`).
 
-pub mod confidential;
-pub mod kvm;
-pub mod memory;
+pub(crate) mod confidential;
+pub(crate) mod kvm;
+pub(crate) mod memory;
 
 mod private;
 mod snp;

@@ -101,11 +101,6 @@ impl SessionInfo {
         });
     }
 
-    /// The attested peer, if the handshake completed.
-    pub fn peer(&self) -> Option<PeerInfo> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).peer
-    }
-
     /// The `session` block of `vm.info`.
     pub fn to_json(&self) -> Value {
         let f = self.0.lock().unwrap_or_else(|p| p.into_inner());

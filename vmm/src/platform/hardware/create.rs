@@ -5,7 +5,7 @@
 use super::error::{at, CallError, LaunchError};
 
 /// The calls that create the VM and its vCPUs, shared by
-/// [`crate::platform::snp::SnpLaunchOps`] and [`crate::platform::tdx::TdxLaunchOps`].
+/// [`crate::platform::snp::ops::SnpLaunchOps`] and [`crate::platform::tdx::ops::TdxLaunchOps`].
 pub trait CreateOps {
     /// `KVM_CREATE_VM` of `vm_type` (`KVM_X86_SNP_VM`, `KVM_X86_TDX_VM`).
     fn create_vm(&mut self, vm_type: u64) -> Result<(), CallError>;

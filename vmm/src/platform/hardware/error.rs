@@ -31,13 +31,6 @@ pub enum CallError {
     Refused(String),
 }
 
-impl CallError {
-    /// The errno of the last failed system call.
-    pub fn last_os_error() -> Self {
-        CallError::Os(std::io::Error::last_os_error())
-    }
-}
-
 impl From<kvm_ioctls::Error> for CallError {
     fn from(e: kvm_ioctls::Error) -> Self {
         CallError::Os(std::io::Error::from_raw_os_error(e.errno()))

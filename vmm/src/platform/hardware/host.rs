@@ -17,8 +17,10 @@ pub enum KvmAnswers {
     /// Ask this machine's KVM device (`crate::vm::kvm::device_path`).
     Device,
     /// Fixed answers (capability, value); capabilities not listed answer 0.
+    #[cfg(test)]
     Fixed(Vec<(u32, i32)>),
     /// KVM cannot be asked, for this reason.
+    #[cfg(test)]
     Unusable(String),
 }
 
@@ -37,6 +39,7 @@ pub enum SevAnswers {
     /// Ask this machine's `/dev/sev` (SNP_PLATFORM_STATUS, the `sev` crate).
     Device,
     /// A fixed answer, or why there is none.
+    #[cfg(test)]
     Fixed(Result<SnpFirmware, String>),
 }
 
@@ -80,7 +83,8 @@ impl Host {
     }
 
     /// A host whose files are under `root`, whose KVM answers `kvm` and
-    /// whose SEV firmware answers `sev`.
+    /// whose SEV firmware answers `sev` (the probes' tests).
+    #[cfg(test)]
     pub fn at(root: impl Into<PathBuf>, kvm: KvmAnswers, sev: SevAnswers) -> Self {
         Host {
             root: root.into(),
@@ -92,6 +96,7 @@ impl Host {
     /// The SEV firmware's SNP status (asked only when `/dev/sev` exists).
     pub fn snp_firmware(&self) -> Result<SnpFirmware, String> {
         match &self.sev {
+            #[cfg(test)]
             SevAnswers::Fixed(answer) => answer.clone(),
             SevAnswers::Device => {
                 let mut firmware = sev::firmware::host::Firmware::open().map_err(|e| e.to_string())?;
@@ -164,7 +169,9 @@ impl Host {
     /// KVM's answers to `KVM_CHECK_EXTENSION` for `caps`, on the system fd.
     pub fn capabilities(&self, caps: &[u32]) -> Result<Vec<i32>, String> {
         match &self.kvm {
+            #[cfg(test)]
             KvmAnswers::Unusable(why) => Err(why.clone()),
+            #[cfg(test)]
             KvmAnswers::Fixed(answers) => Ok(caps
                 .iter()
                 .map(|cap| answers.iter().find(|(c, _)| c == cap).map_or(0, |(_, v)| *v))

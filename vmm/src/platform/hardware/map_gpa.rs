@@ -22,11 +22,8 @@ use kvm_bindings::{kvm_memory_attributes, KVM_MEMORY_ATTRIBUTE_PRIVATE};
 pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
 /// `KVM_CAP_EXIT_HYPERCALL`'s bit for [`KVM_HC_MAP_GPA_RANGE`].
 pub const EXIT_MAP_GPA_RANGE: u64 = 1 << KVM_HC_MAP_GPA_RANGE;
-/// Attribute bits 1:0, the page size the guest used (a hint): 4 KiB.
-pub const MAP_GPA_RANGE_PAGE_SZ_4K: u64 = 0;
-/// Page size hint 2 MiB.
-pub const MAP_GPA_RANGE_PAGE_SZ_2M: u64 = 1;
-/// Page size hint 1 GiB.
+/// Attribute bits 1:0 are the page size the guest used (a hint: 0 is
+/// 4 KiB, 1 is 2 MiB); this is the largest, 1 GiB.
 pub const MAP_GPA_RANGE_PAGE_SZ_1G: u64 = 2;
 /// The page size hint's bits.
 pub const MAP_GPA_RANGE_PAGE_SZ_MASK: u64 = 0x3;

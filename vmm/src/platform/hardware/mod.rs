@@ -139,6 +139,7 @@ pub struct SevSnpConfig {
 
 impl SevSnpConfig {
     /// A launch binding `policy`, with the default guest policy and no vCPU type.
+    #[cfg(test)]
     pub fn new(policy: MigrationPolicy) -> Self {
         SevSnpConfig {
             guest_policy: DEFAULT_GUEST_POLICY,
@@ -231,6 +232,7 @@ impl SevSnp {
     }
 
     /// The expected launch measurement and its entries.
+    #[cfg(test)]
     pub fn launch_measurement(&self) -> &Measurement {
         &self.measurement
     }

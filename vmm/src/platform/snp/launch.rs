@@ -4,13 +4,12 @@
 //! It comes in two halves so that covm's VM construction can create and
 //! configure its vCPUs between them (the vCPUs must exist, with their boot
 //! registers, before `KVM_SEV_SNP_LAUNCH_FINISH` turns them into VMSAs,
-//! and after `KVM_SEV_INIT2`): [`prepare`] and [`finish`]; [`launch_snp`]
-//! runs both with [`create_vcpus_step`] between.
+//! and after `KVM_SEV_INIT2`): [`prepare`] and [`finish`]; `launch_snp`
+//! (tests) runs both with `create_vcpus_step` between.
 
 use super::bindings::SNP_VM_TYPE;
 use super::ops::SnpLaunchOps;
 use super::plan::SnpPlan;
-use crate::platform::hardware::create::create_vcpus_step;
 use crate::platform::hardware::error::{at, LaunchError};
 use crate::platform::hardware::private_memory::register_private;
 use crate::platform::hex;
@@ -19,9 +18,10 @@ use crate::platform::hex;
 pub const PLATFORM: &str = "AMD SEV-SNP";
 
 /// The whole launch of `plan`.
+#[cfg(test)]
 pub fn launch_snp(ops: &mut impl SnpLaunchOps, plan: &SnpPlan) -> Result<(), LaunchError> {
     prepare(ops, plan)?;
-    create_vcpus_step(ops, plan.vcpus, PLATFORM)?;
+    crate::platform::hardware::create::create_vcpus_step(ops, plan.vcpus, PLATFORM)?;
     finish(ops, plan)
 }
 

@@ -41,10 +41,6 @@ pub mod ops;
 pub mod plan;
 pub mod probe;
 
-pub use crate::platform::hardware::error::{CallError, LaunchError};
-pub use launch::launch_snp;
-pub use ops::SnpLaunchOps;
-pub use plan::{SnpOptions, SnpPlan};
 pub use probe::probe_snp;
 
 /// What still stands between covm's SEV-SNP launch and a guest that runs

@@ -72,7 +72,7 @@ pub struct UpdateRun {
 
 impl UpdateRun {
     /// The command's argument.
-    pub fn to_kvm(&self) -> kvm_sev_snp_launch_update {
+    pub fn to_kvm(self) -> kvm_sev_snp_launch_update {
         kvm_sev_snp_launch_update {
             gfn_start: self.gpa / PAGE,
             uaddr: self.uaddr,
@@ -179,6 +179,7 @@ impl SnpPlan {
     }
 
     /// The image pages the updates launch, one by one, in launch order.
+    #[cfg(test)]
     pub fn pages(&self) -> impl Iterator<Item = (u64, PageType)> + '_ {
         self.updates
             .iter()

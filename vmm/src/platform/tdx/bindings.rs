@@ -167,6 +167,7 @@ impl TdxCapabilities {
     }
 
     /// The buffer KVM would fill for these capabilities (for tests).
+    #[cfg(test)]
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(CAPABILITIES_CPUID + 8 + self.cpuid.len() * CPUID_ENTRY_LEN);
         for v in [
@@ -216,7 +217,8 @@ impl TdxInitVm {
         b
     }
 
-    /// Reads the structure back (for tests and logs).
+    /// Reads the structure back (for tests).
+    #[cfg(test)]
     pub fn parse(b: &[u8]) -> Result<Self, String> {
         if b.len() < INIT_VM_CPUID + 8 {
             return Err(format!("{} bytes are too few for kvm_tdx_init_vm", b.len()));

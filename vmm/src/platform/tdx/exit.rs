@@ -82,6 +82,7 @@ impl TdxExit {
     }
 
     /// The status the guest gets.
+    #[cfg(test)]
     pub fn ret(&self) -> u64 {
         self.words[0]
     }

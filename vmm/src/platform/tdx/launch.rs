@@ -5,7 +5,6 @@
 use super::bindings::TDX_VM_TYPE;
 use super::ops::TdxLaunchOps;
 use super::plan::TdxPlan;
-use crate::platform::hardware::create::create_vcpus_step;
 use crate::platform::hardware::error::{at, CallError, LaunchError};
 use crate::platform::hardware::private_memory::register_private;
 
@@ -17,9 +16,10 @@ pub const PLATFORM: &str = "Intel TDX";
 /// RCX), the initial memory, then the finalization. covm's VM
 /// construction (`super::construct`) runs [`prepare`] and [`finish`] with its
 /// own steps (the split irqchip) and the vCPUs between them.
+#[cfg(test)]
 pub fn launch_tdx(ops: &mut impl TdxLaunchOps, plan: &TdxPlan) -> Result<(), LaunchError> {
     prepare(ops, plan)?;
-    create_vcpus_step(ops, plan.vcpus, PLATFORM)?;
+    crate::platform::hardware::create::create_vcpus_step(ops, plan.vcpus, PLATFORM)?;
     finish(ops, plan)
 }
 

@@ -34,10 +34,6 @@ pub mod ops;
 pub mod plan;
 pub mod probe;
 
-pub use construct::{TdxVmLaunch, TdxVmOps};
-pub use launch::launch_tdx;
-pub use ops::TdxLaunchOps;
-pub use plan::{TdxOptions, TdxPlan};
 pub use probe::probe_tdx;
 
 /// What keeps covm's built-in firmware from running as a TD, on TDX

@@ -239,6 +239,7 @@ impl TdxPlan {
     }
 
     /// The TD HOB's pages.
+    #[cfg(test)]
     pub fn hob(&self) -> &[AlignedPage] {
         &self.hob
     }

@@ -160,13 +160,6 @@ impl CvmRuntime {
             .is_ok_and(|m| m == mailbox::MAGIC)
     }
 
-    /// Gets the agent's vCPU out of its doorbell wait (to pause or stop it).
-    pub fn wake_agent(&self) {
-        let mut s = lock(&self.doorbell.state);
-        s.wake = true;
-        self.doorbell.changed.notify_all();
-    }
-
     /// The VM stops: wake everything that waits, for good.
     pub fn close(&self) {
         lock(&self.doorbell.state).closed = true;
