@@ -1,11 +1,11 @@
 //! covm's power device (port 0x600) and the sink for power requests.
 //!
-//! One byte: [`power::OFF`](covm_guest_abi::ports::power::OFF) powers off,
-//! [`power::RESET`](covm_guest_abi::ports::power::RESET) resets, and any value
-//! from [`power::FAIL_FIRST`](covm_guest_abi::ports::power::FAIL_FIRST) up
+//! One byte: [`power::OFF`] powers off,
+//! [`power::RESET`] resets, and any value
+//! from [`power::FAIL_FIRST`] up
 //! powers off reporting that failure code. It is the ACPI-free way for a guest
 //! to end its VM. A read returns
-//! [`power::READ_BUTTON_PRESSED`](covm_guest_abi::ports::power::READ_BUTTON_PRESSED)
+//! [`power::READ_BUTTON_PRESSED`]
 //! once after the VMM pressed the [`PowerButton`], else 0.
 
 use crate::bus::PioDevice;

@@ -22,7 +22,7 @@
 //! computes over the same image ([`super::measure::snp_launch`]), which is
 //! what `covm measure` prints.
 //!
-//! Files, one job each: [`ops`] names every call (the [`SnpLaunchOps`]
+//! Files, one job each: [`ops`] names every call (the [`ops::SnpLaunchOps`]
 //! trait), [`plan`] turns a launch image (a `covm_measure::Launch`) into
 //! the calls' arguments, [`launch`] drives the sequence, [`kvm`] makes
 //! the calls on a real VM fd, [`probe`] checks the host first,

@@ -6,7 +6,7 @@ use crate::platform::hardware::error::CallError;
 use crate::platform::hardware::private_memory::PrivateMemoryOps;
 use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update};
 
-/// The calls of an SEV-SNP launch, in the order [`super::launch_snp`]
+/// The calls of an SEV-SNP launch, in the order [`super::launch::prepare`] and [`super::launch::finish`]
 /// makes them (`KVM_CREATE_VM` and `KVM_CREATE_VCPU` come from
 /// [`CreateOps`], the private-memory calls from [`PrivateMemoryOps`]).
 pub trait SnpLaunchOps: CreateOps + PrivateMemoryOps {

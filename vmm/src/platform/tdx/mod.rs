@@ -15,10 +15,10 @@
 //! `struct kvm_tdx_cmd` on the VM fd or a vCPU fd.
 //!
 //! Files: [`bindings`] (the uapi kvm-bindings lacks), [`ops`] (the
-//! [`TdxLaunchOps`] trait), [`plan`] (with the TD HOB,
+//! [`ops::TdxLaunchOps`] trait), [`plan`] (with the TD HOB,
 //! `covm_measure::td_hob`), [`launch`], [`kvm`],
 //! [`probe`], [`construct`] (covm's VM construction around the launch, over the
-//! [`TdxVmOps`] seam; `vm/tdx.rs` assembles the `Vm`), [`exit`] (the
+//! [`construct::TdxVmOps`] seam; `vm/tdx.rs` assembles the `Vm`), [`exit`] (the
 //! TDVMCALLs KVM forwards as `KVM_EXIT_TDX`). The errors, the VM and
 //! vCPU creation, the private-memory calls and exits and the real
 //! `KvmLaunch` are shared with SEV-SNP ([`crate::platform::hardware`]).

@@ -6,7 +6,7 @@ use crate::platform::hardware::create::CreateOps;
 use crate::platform::hardware::error::CallError;
 use crate::platform::hardware::private_memory::PrivateMemoryOps;
 
-/// The calls of a TDX launch, in the order [`super::launch_tdx`] makes
+/// The calls of a TDX launch, in the order [`super::launch::prepare`] and [`super::launch::finish`] makes
 /// them (`KVM_CREATE_VM` and `KVM_CREATE_VCPU` come from [`CreateOps`],
 /// the private-memory calls from [`PrivateMemoryOps`]). The `KVM_TDX_*`
 /// calls go through `KVM_MEMORY_ENCRYPT_OP` with a `struct kvm_tdx_cmd`,
