@@ -22,6 +22,7 @@
 //! The rest of the page is zero. The page's contents are not measured (the
 //! SNP firmware checks them against the host's capabilities instead).
 
+use crate::launch::PAGE_SIZE;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
@@ -31,8 +32,6 @@ pub const COUNT_MAX: usize = 64;
 pub const HEADER_LEN: usize = 16;
 /// Bytes of one entry.
 pub const ENTRY_LEN: usize = 48;
-/// Bytes of the page.
-pub const PAGE_LEN: usize = 4096;
 
 /// One CPUID leaf (and subleaf) as the VM sees it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,7 +66,7 @@ pub struct TooManyEntries {
 /// leaf (in range) the table lacks as all zeros, so the table means the
 /// same with fewer entries (an Intel host's KVM lists more than 64 leaves
 /// and subleaves, many of them zero).
-pub fn cpuid_page(entries: &[CpuidEntry]) -> Result<Box<[u8; PAGE_LEN]>, TooManyEntries> {
+pub fn cpuid_page(entries: &[CpuidEntry]) -> Result<Box<[u8; PAGE_SIZE]>, TooManyEntries> {
     let entries: Vec<&CpuidEntry> = entries
         .iter()
         .filter(|e| (e.eax, e.ebx, e.ecx, e.edx) != (0, 0, 0, 0))
@@ -75,7 +74,7 @@ pub fn cpuid_page(entries: &[CpuidEntry]) -> Result<Box<[u8; PAGE_LEN]>, TooMany
     if entries.len() > COUNT_MAX {
         return Err(TooManyEntries { count: entries.len() });
     }
-    let mut page = Box::new([0u8; PAGE_LEN]);
+    let mut page = Box::new([0u8; PAGE_SIZE]);
     page[0..4].copy_from_slice(&(entries.len() as u32).to_le_bytes());
     for (i, e) in entries.iter().enumerate() {
         let at = HEADER_LEN + i * ENTRY_LEN;
@@ -120,7 +119,7 @@ mod tests {
     #[test]
     fn layout_fits_a_page() {
         assert_eq!(HEADER_LEN + COUNT_MAX * ENTRY_LEN, 3088);
-        const { assert!(HEADER_LEN + COUNT_MAX * ENTRY_LEN <= PAGE_LEN) };
+        const { assert!(HEADER_LEN + COUNT_MAX * ENTRY_LEN <= PAGE_SIZE) };
     }
 
     /// Every field of an entry at its offset; XCR0 = x87 for leaf 0xd

@@ -13,8 +13,8 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use covm_guest_abi::metadata::SectionKind;
 
-/// Bytes of a guest page.
-pub const PAGE_SIZE: usize = 4096;
+/// Bytes of a guest page: the guest ABI's page, as a length.
+pub const PAGE_SIZE: usize = covm_guest_abi::layout::PAGE_SIZE as usize;
 
 /// SNP page types (`PAGE_TYPE` of `SNP_LAUNCH_UPDATE`); TDX launches the
 /// NORMAL, UNMEASURED and ZERO ones too ([`crate::mrtd`]).

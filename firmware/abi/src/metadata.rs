@@ -26,6 +26,8 @@
 //! [`SectionKind::KernelHashes`] as the SEV kernel hashes table (NORMAL)
 //! or, without one, a ZERO page. Other platforms ignore them.
 
+use crate::layout::PAGE_SIZE;
+
 /// The ELF section covm looks for.
 pub const SECTION_NAME: &str = ".covm_metadata";
 /// The header's signature.
@@ -38,8 +40,6 @@ pub const HEADER_LEN: usize = 16;
 pub const SECTION_LEN: usize = 16;
 /// The most sections a table may list.
 pub const MAX_SECTIONS: usize = 64;
-/// Bytes of a page: every section is whole pages.
-pub const PAGE: u64 = 4096;
 
 /// Where covm's firmware wants its SEV-SNP secrets page.
 pub const SNP_SECRETS_GPA: u64 = 0x2000;
@@ -127,7 +127,7 @@ impl Header {
 pub struct Section {
     /// Page-aligned guest-physical address.
     pub gpa: u64,
-    /// Bytes, a multiple of [`PAGE`].
+    /// Bytes, a multiple of [`PAGE_SIZE`].
     pub size: u32,
     /// A [`SectionKind`] number.
     pub kind: u32,
@@ -340,14 +340,14 @@ impl<'a> Metadata<'a> {
         for index in 0..table.count {
             let s = section_at(bytes, index);
             let kind = SectionKind::from_u32(s.kind).ok_or(MetadataError::UnknownKind { index, kind: s.kind })?;
-            if s.size == 0 || !s.gpa.is_multiple_of(PAGE) || !u64::from(s.size).is_multiple_of(PAGE) {
+            if s.size == 0 || !s.gpa.is_multiple_of(PAGE_SIZE) || !u64::from(s.size).is_multiple_of(PAGE_SIZE) {
                 return Err(MetadataError::Unaligned {
                     index,
                     gpa: s.gpa,
                     size: s.size,
                 });
             }
-            if kind.one_page() && u64::from(s.size) != PAGE {
+            if kind.one_page() && u64::from(s.size) != PAGE_SIZE {
                 return Err(MetadataError::NotOnePage {
                     index,
                     kind,
@@ -398,10 +398,10 @@ impl<'a> Metadata<'a> {
 /// The table covm's built-in firmware carries: the AP trampoline's page
 /// as pre-validated memory, then the secrets, CPUID and kernel hashes pages.
 pub const COVM_FIRMWARE: Table<4> = Table::new([
-    Section::new(AP_TRAMPOLINE_GPA, PAGE as u32, SectionKind::SnpSecMem),
-    Section::new(SNP_SECRETS_GPA, PAGE as u32, SectionKind::SnpSecrets),
-    Section::new(SNP_CPUID_GPA, PAGE as u32, SectionKind::Cpuid),
-    Section::new(KERNEL_HASHES_GPA, PAGE as u32, SectionKind::KernelHashes),
+    Section::new(AP_TRAMPOLINE_GPA, PAGE_SIZE as u32, SectionKind::SnpSecMem),
+    Section::new(SNP_SECRETS_GPA, PAGE_SIZE as u32, SectionKind::SnpSecrets),
+    Section::new(SNP_CPUID_GPA, PAGE_SIZE as u32, SectionKind::Cpuid),
+    Section::new(KERNEL_HASHES_GPA, PAGE_SIZE as u32, SectionKind::KernelHashes),
 ]);
 
 /// The encoding of `table` (the bytes its `repr(C)` layout has in memory).

@@ -205,8 +205,8 @@ pub const PROTOCOL_VERSION_CONFIDENTIAL: u16 = 2;
 /// The versions this covm speaks, oldest first.
 pub const SUPPORTED_VERSIONS: [u16; 2] = [PROTOCOL_VERSION, PROTOCOL_VERSION_CONFIDENTIAL];
 
-/// Bytes of one page on the wire.
-pub const PAGE_BYTES: usize = 4096;
+/// Bytes of one page on the wire ([`crate::vm::PAGE_SIZE`], as a length).
+pub const PAGE_BYTES: usize = crate::vm::PAGE_SIZE as usize;
 
 /// Most pages one `Pages` frame carries (1 MiB of data).
 pub const MAX_PAGES_PER_FRAME: usize = 256;

@@ -11,7 +11,8 @@
 //! [`KERNEL_HASHES_GPA`], where covm writes the SEV kernel hashes table.
 
 use crate::vm::memory::GuestMemory;
-use covm_guest_abi::metadata::{Metadata, SectionKind, KERNEL_HASHES_GPA, PAGE, SECTION_NAME};
+use covm_guest_abi::layout::PAGE_SIZE as PAGE;
+use covm_guest_abi::metadata::{Metadata, SectionKind, KERNEL_HASHES_GPA, SECTION_NAME};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 /// One section of the firmware's metadata, checked: the launch

@@ -7,6 +7,7 @@
 //! `KVM_CLEAR_DIRTY_LOG`, for exactly the pages the engine is about to send.
 
 use crate::vm::memory::GuestMemory;
+use covm_guest_abi::layout::PAGE_SIZE;
 use covm_migration::vm::DirtyBitmap;
 use kvm_bindings::{
     kvm_clear_dirty_log, kvm_enable_cap, kvm_userspace_memory_region, KVMIO, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
@@ -15,9 +16,6 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::ioctl::ioctl_with_ref;
-
-/// Bytes per page of the dirty log.
-pub const PAGE_SIZE: u64 = 4096;
 
 /// kvm-ioctls has no wrapper for KVM_CLEAR_DIRTY_LOG
 /// (`_IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log)`).

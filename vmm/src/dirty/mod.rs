@@ -8,9 +8,10 @@ pub mod log;
 pub mod ring;
 
 use crate::vm::memory::{self, GuestMemory};
+use covm_guest_abi::layout::PAGE_SIZE;
 use covm_migration::vm::DirtyBitmap;
 use kvm_ioctls::VmFd;
-use log::{DirtyLogError, PAGE_SIZE};
+use log::DirtyLogError;
 use ring::DirtyRings;
 use std::sync::Arc;
 use vm_memory::GuestMemoryRegion;

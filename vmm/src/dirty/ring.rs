@@ -20,8 +20,9 @@
 //! dirtied instead of the size of guest memory; a vCPU whose ring fills up
 //! exits (`KVM_EXIT_DIRTY_RING_FULL`) and harvests before it runs on.
 
-use crate::dirty::log::{DirtyLogError, PAGE_SIZE};
+use crate::dirty::log::DirtyLogError;
 use crate::vm::memory::GuestMemory;
+use covm_guest_abi::layout::PAGE_SIZE;
 use covm_migration::vm::DirtyBitmap;
 use kvm_bindings::{kvm_dirty_gfn, kvm_enable_cap, KVMIO, KVM_CAP_DIRTY_LOG_RING, KVM_DIRTY_LOG_PAGE_OFFSET};
 use kvm_ioctls::{VcpuFd, VmFd};

@@ -3,7 +3,8 @@
 //! and state save/restore.
 
 use crate::vm::Vm;
-use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmOpError, PAGE_SIZE};
+use covm_guest_abi::layout::PAGE_SIZE;
+use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmOpError};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 fn engine_err(e: impl std::error::Error + Send + Sync + 'static) -> VmOpError {

@@ -29,8 +29,7 @@ use covm_measure::{Launch, Page, PageType};
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-/// Bytes of a guest page.
-const PAGE: u64 = 4096;
+use covm_guest_abi::layout::PAGE_SIZE as PAGE;
 
 /// A page a platform places in guest memory itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,6 +11,24 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 /// Guest memory as covm holds it.
 pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
 
+// covm's page is the guest ABI's (`covm_guest_abi::layout::PAGE_SIZE`); the
+// crates it hands pages to define theirs at their own boundary, and must agree.
+const _: () = {
+    use covm_guest_abi::layout::PAGE_SIZE;
+    assert!(
+        covm_migration::vm::PAGE_SIZE == PAGE_SIZE,
+        "migration pages are guest pages"
+    );
+    assert!(
+        covm_measure::PAGE_SIZE as u64 == PAGE_SIZE,
+        "measured pages are guest pages"
+    );
+    assert!(
+        covm_agent_protocol::record::PAGE_SIZE as u64 == PAGE_SIZE,
+        "the agent's records carry guest pages"
+    );
+};
+
 /// Start of the 32-bit MMIO hole.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// Where RAM resumes above the hole.

@@ -15,7 +15,7 @@ pub(crate) use snp::tests as snp_tests;
 #[cfg(test)]
 pub(crate) use tdx::tests as tdx_tests;
 
-use crate::dirty::{self, DirtyTracker};
+use crate::dirty::DirtyTracker;
 use crate::platform::Platform;
 use crate::state::snapshot::{VmSnapshot, SNAPSHOT_VERSION};
 use crate::state::{self, chips};
@@ -272,7 +272,7 @@ impl Vm {
     /// For each of `pages` guest pages from `gpa` (inside one region):
     /// whether the host never populated it, so it is zero without reading.
     pub fn unpopulated_pages(&self, gpa: u64, pages: u64) -> Result<Vec<bool>, VmError> {
-        let (_, region) = memory::region_of(&self.memory, gpa, pages * dirty::log::PAGE_SIZE)
+        let (_, region) = memory::region_of(&self.memory, gpa, pages * covm_guest_abi::layout::PAGE_SIZE)
             .ok_or(VmError::OutsideMemory { gpa, pages })?;
         let host = region.as_ptr() as u64 + (gpa - region.start_addr().0);
         memory::unpopulated_host_pages(host, pages).map_err(VmError::PageMap)

@@ -7,6 +7,7 @@ use super::call;
 use super::handshake;
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
+use covm_guest_abi::layout::PAGE_SIZE;
 use covm_guest_abi::mailbox::words::{
     Args, EndRoundArgs, ExportFinalArgs, ExportListArgs, ExportPagesArgs, ReadControlArgs, ReadControlReply, Role,
     SessionState, StatusArgs,
@@ -21,7 +22,6 @@ use std::time::Duration;
 /// output is full, so a chunk costs one agent call per 2 MiB of sealed
 /// data, and one call in all when its pages are zero.
 const CHUNK_PAGES: u64 = 8192;
-const PAGE_SIZE: u64 = 4096;
 
 /// Whether the run `(gpa, count)` lies wholly in the agent window.
 fn in_agent_window((gpa, count): (u64, u64)) -> bool {

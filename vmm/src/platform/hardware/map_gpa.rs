@@ -32,7 +32,7 @@ pub const MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
 /// `KVM_EINVAL`, negated in a hypercall's return value.
 pub const KVM_EINVAL: u64 = 22;
 
-const PAGE: u64 = 4096;
+use covm_guest_abi::layout::PAGE_SIZE as PAGE;
 
 /// Which way a range converts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

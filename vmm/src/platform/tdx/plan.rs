@@ -23,7 +23,7 @@ use covm_measure::td_hob::{self, HobOverflow};
 use covm_measure::{Launch, PageType};
 use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
-const PAGE: u64 = 4096;
+use covm_guest_abi::layout::PAGE_SIZE as PAGE;
 const PLATFORM: &str = "Intel TDX";
 
 /// A page-aligned page of host memory (`source_addr` must be aligned).
