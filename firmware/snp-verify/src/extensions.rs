@@ -1,6 +1,6 @@
 //! AMD's X.509 extensions in a VCEK or VLEK certificate, read and compared
 //! with a report: the one reader both the agent's check (`verify`) and the
-//! host's `covm-attestation` use, each turning the outcomes into its own
+//! host's `covm-reference-verifier` use, each turning the outcomes into its own
 //! errors.
 //!
 //! AMD's "Versioned Chip Endorsement Key (VCEK) Certificate and KDS

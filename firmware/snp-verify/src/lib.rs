@@ -22,14 +22,14 @@
 //!    is the TCB the key was issued for, and a VCEK's CHIP_ID is the
 //!    certificate's hwID (unless the host masked it to zeros).
 //!
-//! The host's `covm-attestation` does the same with the `sev` crate (which
+//! The host's `covm-reference-verifier` does the same with the `sev` crate (which
 //! needs `std`, so cannot run here) for the chain, the report's signature,
 //! the CPUID product and the TCB layouts, and uses this crate's
 //! [`extensions`] reader for step 6 (the `sev` crate has none); the two
 //! are checked against each other on real AMD reports and chains, and on
 //! every one-byte corruption of them the tests try.
 //!
-//! Not checked, as in `covm-attestation`: certificate validity dates (the
+//! Not checked, as in `covm-reference-verifier`: certificate validity dates (the
 //! guest has no trusted clock), AMD's revocation lists, and name chaining
 //! beyond the signatures.
 

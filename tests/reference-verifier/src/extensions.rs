@@ -79,7 +79,7 @@ mod tests {
     use crate::report::Product;
     use sev::certs::snp::builtin;
 
-    const MILAN_VCEK: &[u8] = include_bytes!("../../resources/attestation/snp/milan-virtee-sev/vcek.der");
+    const MILAN_VCEK: &[u8] = include_bytes!("../../../resources/attestation/snp/milan-virtee-sev/vcek.der");
     const TURIN_VCEK: &[u8] = include_bytes!("../tests/data/turin-vcek.der");
 
     fn milan() -> VekExtensions {

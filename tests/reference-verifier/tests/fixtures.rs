@@ -5,7 +5,7 @@
 mod common;
 
 use common::{der, path, read, Parts, Sample, SAMPLES};
-use covm_attestation::{verify, AttestationError, ChainCert, Root, SigningKey, SnpChain, Tcb};
+use covm_reference_verifier::{verify, AttestationError, ChainCert, Root, SigningKey, SnpChain, Tcb};
 use sev::certs::snp::Certificate;
 use std::path::PathBuf;
 
@@ -285,7 +285,7 @@ fn errors_read_as_sentences() {
 #[test]
 fn real_snp_evidence_passes_the_protocols_verifier_stage() {
     use covm_agent_protocol::{check_peer, Error, Evidence, EvidenceVerifier, Platform, Policy};
-    let verifier = covm_attestation::SnpVerifier::new(SAMPLES.iter().map(chain_of).collect());
+    let verifier = covm_reference_verifier::SnpVerifier::new(SAMPLES.iter().map(chain_of).collect());
     let mut policy = Policy::new(1);
     policy.allow_platform(Platform::SevSnp);
     for sample in &SAMPLES {
@@ -308,7 +308,7 @@ fn real_snp_evidence_passes_the_protocols_verifier_stage() {
         );
 
         let others: Vec<SnpChain> = SAMPLES.iter().filter(|s| s.dir != sample.dir).map(chain_of).collect();
-        let without = covm_attestation::SnpVerifier::new(others);
+        let without = covm_reference_verifier::SnpVerifier::new(others);
         assert_eq!(
             without.verify(&evidence, &policy),
             Err(Error::BadSignature),

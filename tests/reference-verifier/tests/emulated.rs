@@ -3,7 +3,7 @@
 //! code as SEV-SNP under Root::Emulated.
 
 use covm_agent_protocol::{AttestationReport, EmulatedRoot, TcbVersion};
-use covm_attestation::{verify, AttestationError, EmulatedRootKey, Root, SigningKey, SnpChain, Tcb};
+use covm_reference_verifier::{verify, AttestationError, EmulatedRootKey, Root, SigningKey, SnpChain, Tcb};
 use std::path::PathBuf;
 
 fn root() -> EmulatedRoot {
@@ -89,7 +89,7 @@ fn another_root_is_refused() {
 
 #[test]
 fn an_emulated_root_cannot_pass_for_amd_and_back() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../resources/attestation/snp/milan-virtee-sev");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../resources/attestation/snp/milan-virtee-sev");
     let chain = SnpChain::load(dir.join("ark.pem"), dir.join("ask.pem"), dir.join("vcek.der")).unwrap();
     // An emulated report under AMD's chain: the VCEK did not sign it.
     assert!(matches!(

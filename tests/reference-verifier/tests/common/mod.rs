@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
-use covm_attestation::{verify_snp, AttestationError, ChainCert, Product, SnpChain};
+use covm_reference_verifier::{verify_snp, AttestationError, ChainCert, Product, SnpChain};
 use sev::certs::snp::Certificate;
 use std::path::PathBuf;
 
@@ -45,7 +45,7 @@ pub const SAMPLES: [Sample; 2] = [
 
 pub fn path(sample: &Sample, file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../resources/attestation/snp")
+        .join("../../resources/attestation/snp")
         .join(sample.dir)
         .join(file)
 }
@@ -93,7 +93,7 @@ impl Parts {
         }
     }
 
-    pub fn verify(&self) -> Result<covm_attestation::VerifiedReport, AttestationError> {
+    pub fn verify(&self) -> Result<covm_reference_verifier::VerifiedReport, AttestationError> {
         let chain = SnpChain::from_bytes(&self.ark, &self.ask, &self.vek)?;
         verify_snp(&self.report, &chain)
     }

@@ -41,7 +41,7 @@ fn both_accept_every_sample_and_read_the_same_product_key_and_tcb() {
         let ours = agent(&parts).unwrap_or_else(|e| panic!("{}: {e}", sample.dir));
         assert_eq!(Some(ours.product), reference.product(), "{}", sample.dir);
         assert_eq!(ours.signing_key, SigningKey::Vcek);
-        assert_eq!(reference.signing_key(), covm_attestation::SigningKey::Vcek);
+        assert_eq!(reference.signing_key(), covm_reference_verifier::SigningKey::Vcek);
         let tcb = reference.reported_tcb();
         assert_eq!(
             (
@@ -208,7 +208,7 @@ fn tcb_layouts_agree_with_the_sev_crate() {
 fn snp_evidence_with_its_table_passes_both_verifiers() {
     let mut policy = Policy::new(1);
     policy.allow_platform(Platform::SevSnp);
-    let host = covm_attestation::SnpVerifier::new(Vec::new());
+    let host = covm_reference_verifier::SnpVerifier::new(Vec::new());
     for sample in &SAMPLES {
         let parts = Parts::of(sample);
         let evidence = Evidence::with_certs(Platform::SevSnp, &parts.report, &sev_table(&parts)).unwrap();

@@ -1,13 +1,20 @@
-//! Host-side verification of attestation reports: AMD SEV-SNP reports
-//! against their AMD certificate chains, and covm's emulated-platform
-//! reports against an emulated root key, through one entry point.
+//! The reference verifier of attestation reports: AMD SEV-SNP reports
+//! against their AMD certificate chains (the `sev` crate), and covm's
+//! emulated-platform reports against an emulated root key, through one
+//! entry point.
+//!
+//! covm never verifies evidence itself: the migration agents do, inside
+//! their guests, with `covm-snp-verify` (no_std). This crate is the
+//! independent implementation their decisions are tested against
+//! (`tests/agent_verifier.rs`), and a library for a guest owner's tooling
+//! off the host.
 //!
 //! # API
 //!
 //! ```no_run
-//! use covm_attestation::{verify, Root, SnpChain};
+//! use covm_reference_verifier::{verify, Root, SnpChain};
 //!
-//! # fn main() -> Result<(), covm_attestation::AttestationError> {
+//! # fn main() -> Result<(), covm_reference_verifier::AttestationError> {
 //! let report = std::fs::read("report.bin").unwrap();
 //! // Each certificate PEM or DER: ARK, ASK (or ASVK), VCEK (or VLEK).
 //! let chain = SnpChain::load("ark.pem", "ask.pem", "vcek.der")?;
