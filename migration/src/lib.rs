@@ -6,7 +6,7 @@
 //!   the specification: message table, sequence diagram, versioning rules).
 //! - [`transport`]: Cloud Hypervisor's `tcp:HOST:PORT` and `unix:PATH`
 //!   URLs, connect and listen/accept, with I/O timeouts so a stalled peer is
-//!   detected.
+//!   detected; [`paced`] caps a stream's bandwidth.
 //! - [`engine`]: pre-copy rounds, convergence and auto-converge throttling,
 //!   stop-and-copy, the one-way commit, progress and the final report.
 //!
@@ -47,6 +47,7 @@
 #![forbid(unsafe_code)]
 
 pub mod engine;
+pub mod paced;
 pub mod protocol;
 pub mod transport;
 pub mod vm;

@@ -73,6 +73,9 @@ enum Command {
         /// What to do at the timeout: Cancel (keep the VM here) or Ignore (finish anyway)
         #[arg(long, value_parser = ["Cancel", "Ignore"])]
         timeout_strategy: Option<String>,
+        /// Cap the migration's bandwidth at this many bytes per second (covm extension; at least 1048576)
+        #[arg(long, value_name = "BYTES_PER_S")]
+        max_bandwidth: Option<u64>,
         /// Start it and return without following the progress
         #[arg(long)]
         no_wait: bool,
@@ -133,6 +136,7 @@ impl Command {
                 downtime_ms,
                 timeout_s,
                 timeout_strategy,
+                max_bandwidth,
                 destination_url,
                 ..
             } => {
@@ -145,6 +149,9 @@ impl Command {
                 }
                 if let Some(strategy) = timeout_strategy {
                     body["timeout_strategy"] = strategy.as_str().into();
+                }
+                if let Some(cap) = max_bandwidth {
+                    body["max_bandwidth"] = (*cap).into();
                 }
                 Some(body.to_string().into_bytes())
             }

@@ -115,6 +115,9 @@ pub struct SendOptions {
     /// dirty rate well below the bandwidth those rounds are short and cut
     /// the downtime far below the target.
     pub downtime_floor: Duration,
+    /// A cap on the bytes per second the source writes (at least
+    /// [`crate::paced::MIN_BANDWIDTH`]); `None`: as fast as the link goes.
+    pub max_bandwidth: Option<u64>,
 }
 
 /// Most pre-copy rounds run after the downtime target is already met.
@@ -136,6 +139,7 @@ impl Default for SendOptions {
             commit_timeout: Duration::from_secs(60),
             throttle: ThrottlePolicy::default(),
             downtime_floor: Duration::from_millis(1),
+            max_bandwidth: None,
         }
     }
 }

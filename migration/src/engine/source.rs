@@ -7,6 +7,7 @@ use super::rounds::{count_dirty, RoundStats};
 use super::sealer::handshake_over;
 use super::throttle::AutoConverge;
 use super::{MigrationError, Phase, PlainSealer, Progress, Sealer, SendOptions, TimeoutStrategy};
+use crate::paced::Paced;
 use crate::protocol::{fit_reason, Message, ProtocolError, Wire, PROTOCOL_VERSION_CONFIDENTIAL};
 use crate::transport::Stream;
 use crate::vm::{SourceVm, PAGE_SIZE};
@@ -57,6 +58,10 @@ pub fn send_with(
     options: &SendOptions,
     progress: &Progress,
 ) -> Result<MigrationReport, MigrationError> {
+    let stream: Box<dyn Stream> = match options.max_bandwidth {
+        Some(bytes_per_s) => Box::new(Paced::new(stream, bytes_per_s)),
+        None => stream,
+    };
     tracing::info!(peer = %stream.peer(), "migration: sending");
     let mut source = Source {
         wire: Wire::new(stream),

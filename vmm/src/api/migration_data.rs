@@ -2,9 +2,10 @@
 //! `ReceiveMigrationData`) as its `ch-remote` writes them: every field CH
 //! defines is read; those covm cannot honour are accepted at CH's default
 //! and refused by name otherwise. Fields CH does not define are refused,
-//! apart from covm's `verified` extension.
+//! apart from covm's extensions, `verified` and `max_bandwidth`.
 
 use covm_migration::engine::{SendOptions, TimeoutStrategy};
+use covm_migration::paced::MIN_BANDWIDTH;
 use covm_migration::transport::Endpoint;
 use serde::Deserialize;
 use serde_json::Value;
@@ -60,6 +61,10 @@ pub struct SendMigrationData {
     /// digest (the host's dirty log is then only a hint).
     #[serde(default)]
     pub verified: bool,
+    /// covm extension: a cap on the migration's bandwidth, in bytes per
+    /// second (at least 1 MiB/s); unset: as fast as the link goes.
+    #[serde(default)]
+    pub max_bandwidth: Option<u64>,
 }
 
 /// What a `vm.send-migration` asks for.
@@ -149,6 +154,15 @@ pub fn send_request(body: &[u8]) -> Result<SendRequest, String> {
     if let Some(strategy) = data.timeout_strategy {
         options.timeout_strategy = strategy;
     }
+    if let Some(cap) = data.max_bandwidth {
+        if cap < MIN_BANDWIDTH {
+            return Err(refused(
+                "max_bandwidth",
+                &format!("{cap} bytes per second is below the lowest cap, {MIN_BANDWIDTH} (1 MiB/s)"),
+            ));
+        }
+        options.max_bandwidth = Some(cap);
+    }
     Ok(SendRequest {
         endpoint,
         options,
@@ -231,6 +245,9 @@ mod tests {
             send_request(&tuned).unwrap().options.timeout_strategy,
             TimeoutStrategy::Ignore
         );
+        assert_eq!(send.options.max_bandwidth, None);
+        let capped = with(CH_SEND, "max_bandwidth", (64u64 << 20).into());
+        assert_eq!(send_request(&capped).unwrap().options.max_bandwidth, Some(64 << 20));
     }
 
     #[test]
@@ -249,6 +266,11 @@ mod tests {
             ("memory_mode", "Postcopy".into(), "memory_mode: "),
             ("downtime_ms", 0.into(), "downtime_ms: must be at least 1"),
             ("timeout_s", 0.into(), "timeout_s: must be at least 1"),
+            (
+                "max_bandwidth",
+                1000.into(),
+                "max_bandwidth: 1000 bytes per second is below the lowest cap, 1048576 (1 MiB/s)",
+            ),
         ];
         for (field, value, expected) in cases {
             let error = send_request(&with(CH_SEND, field, value.clone())).unwrap_err();
