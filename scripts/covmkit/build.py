@@ -4,7 +4,12 @@
 progress: the first build on a fresh clone takes minutes) and reads, from
 cargo's JSON messages, where the covm and covm-remote executables are and
 where covm's build script put the built-in firmware (the
-`COVM_FIRMWARE_ELF` it exports)."""
+`COVM_FIRMWARE_ELF` it exports).
+
+`COVM_BIN=/path/to/covm` makes every script run that covm instead of this
+checkout's (the rest still comes from this checkout's build): how the
+benchmarks compare two builds in the same run, e.g. a worktree of an older
+commit built with `cargo build --release`."""
 
 import json
 import os
@@ -50,4 +55,7 @@ def release(quiet=False):
     missing = [name for name in ("covm", "covm-remote") if name not in executables]
     if missing or not firmware:
         sys.exit(f"cargo did not report {missing or 'the firmware ELF'}: is this covm's checkout?")
-    return Outputs(executables["covm"], executables["covm-remote"], firmware)
+    covm = os.environ.get("COVM_BIN") or executables["covm"]
+    if not os.access(covm, os.X_OK):
+        sys.exit(f"COVM_BIN={covm} is not an executable")
+    return Outputs(covm, executables["covm-remote"], firmware)
