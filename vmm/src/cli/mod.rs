@@ -105,7 +105,7 @@ pub struct VmArgs {
     /// root's key file (loaded, or created with mode 0600); without it the
     /// key is this VM's alone.
     ///
-    /// sev_snp=on\[,policy=P\]\[,vcpu_type=MODEL\]\[,id_block=PATH,id_auth=PATH\[,author_key=on\]\]:
+    /// sev_snp=on[,policy=P][,vcpu_type=MODEL][,id_block=PATH,id_auth=PATH[,author_key=on]]:
     /// an AMD SEV-SNP VM (guest policy P, default 0x30000; the vCPU model
     /// as `covm measure --vcpu-type`; the guest owner's ID block and ID
     /// authentication structure, as QEMU's id-block/id-auth); it needs
@@ -118,6 +118,9 @@ pub struct VmArgs {
     /// hardware VM migrates yet, and the built-in firmware cannot run as
     /// either guest yet. `covm measure` gives their launch measurements
     /// without the hardware. Cloud Hypervisor's other keys are recognised.
+    // This text is clap's --help, where the brackets are the syntax, not
+    // rustdoc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, value_name = "KEY=VALUE,...")]
     pub platform: Option<String>,
 
