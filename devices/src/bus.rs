@@ -104,6 +104,105 @@ pub fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn PioDevice + 
     device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A device on the MMIO bus.
+pub trait MmioDevice: Send {
+    /// Reads `data.len()` bytes at `offset` from the device's base address.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Writes `data` at `offset` from the device's base address.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// A shared handle on an MMIO device.
+pub type SharedMmioDevice = Arc<Mutex<dyn MmioDevice>>;
+
+/// Why an MMIO range cannot be placed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MmioBusError {
+    /// Two devices claim the same addresses, or the range wraps.
+    #[error("MMIO {base:#x}+{len:#x} overlaps a device already at {other:#x} or wraps")]
+    Overlap {
+        /// Its base.
+        base: u64,
+        /// Its length.
+        len: u64,
+        /// The base of the range it overlaps (its own on a wrap).
+        other: u64,
+    },
+}
+
+struct MmioRange {
+    len: u64,
+    device: SharedMmioDevice,
+}
+
+/// Guest-physical ranges outside RAM and their devices. Accesses to no
+/// device read as all ones and writes are dropped.
+#[derive(Default)]
+pub struct MmioBus {
+    ranges: BTreeMap<u64, MmioRange>,
+}
+
+impl MmioBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Places `device` at `base..base+len`.
+    pub fn insert(&mut self, base: u64, len: u64, device: SharedMmioDevice) -> Result<(), MmioBusError> {
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(MmioBusError::Overlap { base, len, other: base })?;
+        if let Some((&other, _)) = self.ranges.iter().find(|(&b, r)| b < end && base < b + r.len) {
+            return Err(MmioBusError::Overlap { base, len, other });
+        }
+        self.ranges.insert(base, MmioRange { len, device });
+        Ok(())
+    }
+
+    fn find(&self, addr: u64, len: usize) -> Option<(u64, &MmioRange)> {
+        let (&base, range) = self.ranges.range(..=addr).next_back()?;
+        let end = addr.checked_add(len as u64)?;
+        (end <= base + range.len).then_some((addr - base, range))
+    }
+
+    /// Dispatches a read; returns false (data all ones) when no device
+    /// holds the whole access.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((offset, range)) => {
+                range
+                    .device
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(offset, data);
+                true
+            }
+            None => {
+                data.fill(0xff);
+                false
+            }
+        }
+    }
+
+    /// Dispatches a write; returns false when no device holds the whole
+    /// access.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((offset, range)) => {
+                range
+                    .device
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write(offset, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +234,42 @@ mod tests {
         assert!(!bus.read(0x3f7, &mut b));
         assert_eq!(b, [0xff]);
         assert_eq!(dev.lock().unwrap().writes, vec![(7, vec![9])]);
+    }
+
+    struct Window(Vec<(u64, Vec<u8>)>);
+
+    impl MmioDevice for Window {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.0.push((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn mmio_dispatches_whole_accesses_only() {
+        let dev = Arc::new(Mutex::new(Window(vec![])));
+        let mut bus = MmioBus::new();
+        bus.insert(0xe000_0000, 0x1000, dev.clone()).unwrap();
+        let mut d = [0u8; 4];
+        assert!(bus.read(0xe000_0010, &mut d));
+        assert_eq!(d, [0x10; 4]);
+        assert!(!bus.read(0xe000_0ffe, &mut d), "straddles the end");
+        assert_eq!(d, [0xff; 4]);
+        assert!(bus.write(0xe000_0ffc, &[1, 2, 3, 4]));
+        assert!(!bus.write(0xdfff_fffe, &[1, 2, 3, 4]));
+        assert_eq!(dev.lock().unwrap().0, vec![(0xffc, vec![1, 2, 3, 4])]);
+        assert_eq!(
+            bus.insert(0xe000_0800, 0x1000, dev.clone()),
+            Err(MmioBusError::Overlap {
+                base: 0xe000_0800,
+                len: 0x1000,
+                other: 0xe000_0000
+            })
+        );
+        assert!(bus.insert(u64::MAX - 10, 0x100, dev.clone()).is_err(), "wraps");
+        assert!(bus.insert(0x1000, 0, dev).is_err(), "empty");
     }
 
     #[test]

@@ -8,8 +8,10 @@
 pub mod bus;
 pub mod debug_port;
 pub mod i8042;
+pub mod pci;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
-pub use bus::{BusError, PioBus, PioDevice};
+pub use bus::{BusError, MmioBus, MmioDevice, PioBus, PioDevice};
 pub use power::{PowerAction, PowerSink};

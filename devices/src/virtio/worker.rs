@@ -1,0 +1,289 @@
+//! A device's worker thread: it waits on its queues' eventfds and serves
+//! them with the device's [`QueueHandler`], off the vCPU threads.
+//!
+//! All serving happens under one lock, so pausing is: raise the flag, take
+//! the lock once. When [`Worker::pause`] returns, the request being served
+//! has finished (its result and used-ring entry are in guest memory) and
+//! no other will start until [`Worker::resume`]; requests the driver made
+//! available meanwhile stay in the available ring, which migrates with
+//! guest memory and the queue's indices.
+
+use super::{ActiveQueue, GuestMemory, VirtioInterrupt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use virtio_queue::{Queue, QueueState, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Why a queue cannot be served any more (the device then needs a reset).
+#[derive(Debug, thiserror::Error)]
+#[error("queue {queue}: {reason}")]
+pub struct QueueFailure {
+    /// The queue.
+    pub queue: u16,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// A device's request handling.
+pub trait QueueHandler: Send + 'static {
+    /// Serves every chain queue `index` has available (popping them from
+    /// `queue` and adding each to the used ring); returns whether it used
+    /// any. A malformed request is answered with an error status where the
+    /// device type has one; only a queue that cannot be read at all fails.
+    fn process(&mut self, memory: &GuestMemory, index: u16, queue: &mut Queue) -> Result<bool, QueueFailure>;
+}
+
+struct Serving<H> {
+    handler: H,
+    queues: Vec<ActiveQueue>,
+    memory: GuestMemory,
+    interrupt: Arc<dyn VirtioInterrupt>,
+}
+
+impl<H: QueueHandler> Serving<H> {
+    /// Serves queue `slot` until the driver adds nothing more, then
+    /// interrupts it if it used anything and the driver wants to know.
+    fn serve(&mut self, slot: usize) -> Result<(), QueueFailure> {
+        let Serving {
+            handler,
+            queues,
+            memory,
+            interrupt,
+        } = self;
+        let active = &mut queues[slot];
+        let fail = |e: virtio_queue::Error| QueueFailure {
+            queue: active.index,
+            reason: e.to_string(),
+        };
+        let mut used = false;
+        loop {
+            active.queue.disable_notification(memory).map_err(fail)?;
+            used |= handler.process(memory, active.index, &mut active.queue)?;
+            if !active.queue.enable_notification(memory).map_err(fail)? {
+                break;
+            }
+        }
+        if used && active.queue.needs_notification(memory).map_err(fail)? {
+            interrupt.queue(active.index);
+        }
+        Ok(())
+    }
+}
+
+/// Dyn-compatible view of a worker's serving state.
+trait Served: Send {
+    fn serve_all(&mut self) -> Result<(), QueueFailure>;
+    fn serve_slot(&mut self, slot: usize) -> Result<(), QueueFailure>;
+    fn states(&self) -> Vec<QueueState>;
+    fn into_queues(self: Box<Self>) -> Vec<Queue>;
+    fn interrupt(&self) -> Arc<dyn VirtioInterrupt>;
+}
+
+impl<H: QueueHandler> Served for Serving<H> {
+    fn serve_all(&mut self) -> Result<(), QueueFailure> {
+        (0..self.queues.len()).try_for_each(|slot| self.serve(slot))
+    }
+    fn serve_slot(&mut self, slot: usize) -> Result<(), QueueFailure> {
+        self.serve(slot)
+    }
+    fn states(&self) -> Vec<QueueState> {
+        self.queues.iter().map(|q| q.queue.state()).collect()
+    }
+    fn into_queues(self: Box<Self>) -> Vec<Queue> {
+        self.queues.into_iter().map(|q| q.queue).collect()
+    }
+    fn interrupt(&self) -> Arc<dyn VirtioInterrupt> {
+        self.interrupt.clone()
+    }
+}
+
+/// What a worker serves, from the device's activation.
+pub struct WorkerStart {
+    /// The queues.
+    pub queues: Vec<ActiveQueue>,
+    /// Guest memory.
+    pub memory: GuestMemory,
+    /// Where interrupts go.
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    /// Raised when a queue fails (the transport reports DEVICE_NEEDS_RESET).
+    pub failed: Arc<AtomicBool>,
+    /// Start paused (an incoming VM's devices, until the migration commits).
+    pub paused: bool,
+}
+
+/// Event tokens besides the queues' slots.
+const KILL: u64 = u64::MAX;
+const KICK: u64 = u64::MAX - 1;
+
+/// A running worker.
+pub struct Worker {
+    serving: Arc<Mutex<Option<Box<dyn Served>>>>,
+    paused: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+    kill: EventFd,
+    kick: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Worker {
+    /// Starts a thread named `name` serving `queues` with `handler`.
+    /// `failed` is raised when a queue fails (the transport then reports
+    /// DEVICE_NEEDS_RESET); the interrupt's config change tells the driver.
+    pub fn start<H: QueueHandler>(name: &str, handler: H, activation: WorkerStart) -> std::io::Result<Self> {
+        let WorkerStart {
+            queues,
+            memory,
+            interrupt,
+            failed,
+            paused,
+        } = activation;
+        let epoll = Epoll::new()?;
+        for (slot, q) in queues.iter().enumerate() {
+            epoll.ctl(
+                ControlOperation::Add,
+                std::os::fd::AsRawFd::as_raw_fd(&q.notify),
+                EpollEvent::new(EventSet::IN, slot as u64),
+            )?;
+        }
+        let kill = EventFd::new(EFD_NONBLOCK)?;
+        let kick = EventFd::new(EFD_NONBLOCK)?;
+        for (fd, token) in [(&kill, KILL), (&kick, KICK)] {
+            epoll.ctl(
+                ControlOperation::Add,
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        let notifies: Vec<EventFd> = queues.iter().map(|q| q.notify.try_clone()).collect::<Result<_, _>>()?;
+        let serving: Arc<Mutex<Option<Box<dyn Served>>>> = Arc::new(Mutex::new(Some(Box::new(Serving {
+            handler,
+            queues,
+            memory,
+            interrupt,
+        }))));
+        let paused = Arc::new(AtomicBool::new(paused));
+        let thread = {
+            let (serving, paused, failed) = (serving.clone(), paused.clone(), failed.clone());
+            let (kill, kick) = (kill.try_clone()?, kick.try_clone()?);
+            std::thread::Builder::new()
+                .name(name.to_string())
+                .spawn(move || run(epoll, notifies, kill, kick, serving, paused, failed))?
+        };
+        Ok(Worker {
+            serving,
+            paused,
+            failed,
+            kill,
+            kick,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops taking requests once the one being served is done.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        drop(lock(&self.serving));
+    }
+
+    /// Takes requests again, serving every queue once for what arrived
+    /// while paused.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        let _ = self.kick.write(1);
+    }
+
+    /// The queues' states (consistent when paused).
+    pub fn queue_states(&self) -> Vec<QueueState> {
+        lock(&self.serving).as_ref().map(|s| s.states()).unwrap_or_default()
+    }
+
+    /// Whether a queue failed.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Stops the thread and gives the queues back.
+    pub fn stop(mut self) -> Vec<Queue> {
+        self.join();
+        lock(&self.serving).take().map(|s| s.into_queues()).unwrap_or_default()
+    }
+
+    fn join(&mut self) {
+        let _ = self.kill.write(1);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+fn run(
+    epoll: Epoll,
+    notifies: Vec<EventFd>,
+    kill: EventFd,
+    kick: EventFd,
+    serving: Arc<Mutex<Option<Box<dyn Served>>>>,
+    paused: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+) {
+    let mut events = vec![EpollEvent::default(); notifies.len() + 2];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!("virtio worker: epoll failed: {e}");
+                return;
+            }
+        };
+        for event in &events[..n] {
+            let token = event.data();
+            let result = match token {
+                KILL => return,
+                KICK => {
+                    let _ = kick.read();
+                    serve(&serving, &paused, &failed, |s| s.serve_all())
+                }
+                slot => {
+                    let _ = notifies[slot as usize].read();
+                    serve(&serving, &paused, &failed, |s| s.serve_slot(slot as usize))
+                }
+            };
+            if let Err(e) = result {
+                if !failed.swap(true, Ordering::SeqCst) {
+                    tracing::warn!("virtio device needs a reset: {e}");
+                    if let Some(s) = lock(&serving).as_ref() {
+                        s.interrupt().config_changed();
+                    }
+                }
+            }
+        }
+        let _ = &kill;
+    }
+}
+
+/// Serves under the lock, unless paused or failed (a failed device serves
+/// nothing until the driver resets it).
+fn serve(
+    serving: &Mutex<Option<Box<dyn Served>>>,
+    paused: &AtomicBool,
+    failed: &AtomicBool,
+    f: impl FnOnce(&mut dyn Served) -> Result<(), QueueFailure>,
+) -> Result<(), QueueFailure> {
+    let mut guard = lock(serving);
+    match guard.as_mut() {
+        Some(s) if !paused.load(Ordering::SeqCst) && !failed.load(Ordering::SeqCst) => f(s.as_mut()),
+        _ => Ok(()),
+    }
+}
