@@ -174,6 +174,7 @@ pub fn firmware_vm_config(serial: &Path, cmdline: &str) -> covm::config::VmConfi
         serial: SerialMode::File(serial.into()),
         api_socket: None,
         dirty_tracking: Default::default(),
+        devices: Default::default(),
         platform: Default::default(),
     }
 }

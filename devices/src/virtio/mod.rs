@@ -8,6 +8,8 @@
 //! device's own worker thread ([`worker`]), woken by the queues' eventfds
 //! (KVM ioeventfds on the notification addresses), never on a vCPU thread.
 
+pub mod block;
+pub mod console;
 pub mod pci;
 pub mod rng;
 pub mod worker;
@@ -136,6 +138,23 @@ pub trait VirtioDevice: Send {
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>>;
     /// Counters for `vm.counters`, named as Cloud Hypervisor names them.
     fn counters(&self) -> Vec<(&'static str, u64)>;
+    /// Gives up or takes back what the device holds exclusively on the
+    /// host (a disk image's lock) around a live migration's switch.
+    fn handover(&mut self, step: Handover) -> Result<(), String> {
+        let _ = step;
+        Ok(())
+    }
+}
+
+/// A live migration's steps that move a device's exclusive host resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// The source, paused and drained, lets go (the destination may now
+    /// take them).
+    Release,
+    /// The destination at the commit, or a source whose migration failed,
+    /// takes them.
+    Acquire,
 }
 
 /// A shared handle on a device.

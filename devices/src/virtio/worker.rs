@@ -28,9 +28,11 @@ pub struct QueueFailure {
 
 /// A device's request handling.
 pub trait QueueHandler: Send + 'static {
-    /// Serves every chain queue `index` has available (popping them from
-    /// `queue` and adding each to the used ring); returns whether it used
-    /// any. A malformed request is answered with an error status where the
+    /// Serves every chain queue `index` has available: pops them all from
+    /// `queue`, adding each to the used ring once done (a device that must
+    /// wait for data, as a console's receive queue does, pops and holds the
+    /// buffers; the worker serves a queue again only while the driver makes
+    /// more available). Returns whether it used any. A malformed request is answered with an error status where the
     /// device type has one; only a queue that cannot be read at all fails.
     fn process(&mut self, memory: &GuestMemory, index: u16, queue: &mut Queue) -> Result<bool, QueueFailure>;
 }

@@ -38,6 +38,10 @@ pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
     ("/vm.receive-migration", Method::PUT, |body, _| {
         migration_data::receive_endpoint(body).map(|endpoint| Request::ReceiveMigration { endpoint })
     }),
+    ("/vm.add-disk", Method::PUT, |body, _| {
+        let json = serde_json::from_slice(body).map_err(|e| format!("invalid DiskConfig: {e}"))?;
+        vm_config::devices::disk_from_json(json, "DiskConfig").map(|d| Request::AddDisk(Box::new(d)))
+    }),
 ];
 
 /// Cloud Hypervisor's endpoints covm does not implement, with why: each is
@@ -46,7 +50,6 @@ pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
 pub const UNIMPLEMENTED: &[(&str, &str)] = &[
     ("/vm.add-device", "covm has no device passthrough (VFIO)"),
     ("/vm.add-user-device", "covm has no vfio-user devices"),
-    ("/vm.add-disk", "covm has no block devices yet"),
     ("/vm.add-fs", "covm has no virtio-fs devices"),
     ("/vm.add-generic-vhost-user", "covm has no vhost-user devices"),
     ("/vm.add-net", "covm has no network devices yet"),
@@ -55,7 +58,7 @@ pub const UNIMPLEMENTED: &[(&str, &str)] = &[
     ("/vm.add-vsock", "covm has no vsock devices yet"),
     ("/vm.remove-device", "covm has no hot-pluggable devices"),
     ("/vm.resize", "covm does not hot-plug vCPUs or memory"),
-    ("/vm.resize-disk", "covm has no block devices yet"),
+    ("/vm.resize-disk", "covm does not resize disks of a running VM"),
     ("/vm.resize-zone", "covm has no memory zones"),
     (
         "/vm.snapshot",

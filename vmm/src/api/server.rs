@@ -69,8 +69,24 @@ fn api_error(e: ApiError) -> Response {
         ApiError::NotCreated(_) => StatusCode::NOT_FOUND,
         ApiError::InvalidState(_) => StatusCode::METHOD_NOT_ALLOWED,
         ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ApiError::Conflict(_) => StatusCode::CONFLICT,
     };
     wire::error(status, &[e.message()])
+}
+
+/// CH's `device_tree`: each virtio device under its virtio-pci function
+/// (`_virtio-pci-<id>`, which holds the BDF), as CH lays it out.
+fn device_tree(devices: &[(String, String)]) -> serde_json::Value {
+    let mut tree = serde_json::Map::new();
+    for (id, bdf) in devices {
+        let pci = format!("_virtio-pci-{id}");
+        tree.insert(
+            pci.clone(),
+            json!({"id": pci, "resources": [], "children": [id], "pci_bdf": bdf}),
+        );
+        tree.insert(id.clone(), json!({"id": id, "resources": [], "parent": pci, "children": []}));
+    }
+    serde_json::Value::Object(tree)
 }
 
 fn render(reply: Reply) -> Response {
@@ -91,12 +107,14 @@ fn render(reply: Reply) -> Response {
             memory_actual_size,
             migration,
             platform,
+            devices,
         } => wire::json(
             StatusCode::OK,
             &json!({
                 "config": vm_config::to_json(&config),
                 "state": state.name(),
                 "memory_actual_size": memory_actual_size,
+                "device_tree": device_tree(&devices),
                 "migration": migration,
                 "platform": platform,
             }),

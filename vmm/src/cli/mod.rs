@@ -35,9 +35,20 @@ pub struct Cli {
     #[arg(long, value_name = "MODE")]
     pub serial: Option<String>,
 
-    /// virtio console: off | null (covm has no virtio console yet).
+    /// virtio console output: off | null | tty | file=PATH (default off:
+    /// the serial port is the console).
     #[arg(long, value_name = "MODE")]
     pub console: Option<String>,
+
+    /// Disks (virtio-blk), one value each: path=FILE[,readonly=on]
+    /// [,direct=on][,id=ID][,num_queues=N][,queue_size=N][,serial=S].
+    /// Raw images; each is locked while covm uses it.
+    #[arg(long, value_name = "path=FILE,...", num_args = 1..)]
+    pub disk: Vec<String>,
+
+    /// An entropy device (virtio-rng): src=PATH (default /dev/urandom).
+    #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_missing_value = "")]
+    pub rng: Option<String>,
 
     /// HTTP API socket: path=PATH | fd=N | PATH.
     #[arg(long = "api-socket", value_name = "path=PATH")]
@@ -217,6 +228,8 @@ impl Cli {
             || vm.platform.is_some()
             || vm.migration_policy.is_some()
             || self.dirty_tracking.is_some()
+            || !self.disk.is_empty()
+            || self.rng.is_some()
     }
 }
 

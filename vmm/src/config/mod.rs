@@ -1,5 +1,6 @@
 //! The VM's configuration, checked before anything is created.
 
+pub(crate) mod devices;
 pub(crate) mod options;
 pub(crate) mod parse;
 pub(crate) mod platform;
@@ -10,6 +11,7 @@ use crate::platform::measure::HardwarePlatform;
 use crate::platform::{MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
 use options::{parse_toggle, OptionError, OptionMap};
 pub use parse::*;
+pub use devices::{ConsoleMode, DevicesConfig, DevicesError, DiskConfig, RngConfig};
 pub use platform::{PlatformChoice, PlatformRefusal, SnpOption};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,9 @@ pub enum ConfigError {
     /// The platform options (`--platform`, `--migration-policy`) do not fit.
     #[error("{0}")]
     Platform(String),
+    /// The virtio devices do not fit.
+    #[error(transparent)]
+    Devices(#[from] DevicesError),
     /// The migration policy file is not a valid policy.
     #[error("--migration-policy {}: {reason}", path.display())]
     Policy {
@@ -147,6 +152,8 @@ pub struct VmConfig {
     pub dirty_tracking: DirtyTracking,
     /// The platform (plain or confidential) and its launch settings.
     pub platform: PlatformConfig,
+    /// The virtio devices.
+    pub devices: DevicesConfig,
 }
 
 impl VmConfig {
@@ -160,9 +167,12 @@ impl VmConfig {
     pub fn from_cli(cli: &Cli, host_ram: u64) -> Result<Self, ConfigError> {
         let mut config = Self::from_vm_args(&cli.vm, host_ram)?;
         config.serial = parse_serial(cli.serial.as_deref().unwrap_or("tty"))?;
-        if let Some(console) = &cli.console {
-            parse_console(console)?;
-        }
+        config.devices = DevicesConfig {
+            disks: cli.disk.iter().map(|d| devices::parse_disk(d)).collect::<Result<_, _>>()?,
+            console: cli.console.as_deref().map(devices::parse_console).transpose()?.unwrap_or_default(),
+            rng: cli.rng.as_deref().map(devices::parse_rng).transpose()?,
+        };
+        config.devices.check(config.platform.is_confidential())?;
         config.api_socket = cli.api_socket.as_deref().map(parse_api_socket).transpose()?;
         config.dirty_tracking = cli
             .dirty_tracking
@@ -290,6 +300,7 @@ impl VmConfig {
             serial: SerialMode::Off,
             api_socket: None,
             dirty_tracking: DirtyTracking::default(),
+            devices: Default::default(),
             platform,
         })
     }

@@ -206,20 +206,6 @@ pub fn parse_serial(text: &str) -> Result<SerialMode, OptionError> {
     })
 }
 
-/// `--console off|null`: accepted for compatibility; covm has no virtio console.
-pub fn parse_console(text: &str) -> Result<(), OptionError> {
-    let m = OptionMap::parse("console", text, &["off", "null", "tty", "file", "pty", "socket"])?;
-    if m.has("off") || m.has("null") {
-        Ok(())
-    } else {
-        Err(m.invalid(
-            "mode",
-            text,
-            "covm has no virtio console yet; use --console off and --serial",
-        ))
-    }
-}
-
 /// `--api-socket path=PATH|fd=N|PATH`.
 pub fn parse_api_socket(text: &str) -> Result<ApiSocket, OptionError> {
     if !text.contains('=') {

@@ -77,6 +77,8 @@ pub enum Request {
         /// Where to listen.
         endpoint: Endpoint,
     },
+    /// `vm.add-disk` (before the VM boots: a cold plug).
+    AddDisk(Box<crate::config::DiskConfig>),
 }
 
 /// What a request returns.
@@ -101,6 +103,8 @@ pub enum Reply {
         migration: Option<serde_json::Value>,
         /// The platform: kind, protection, measurement, host data.
         platform: serde_json::Value,
+        /// The PCI devices (id and address), once the VM is built.
+        devices: Vec<(String, String)>,
     },
     /// `vm.counters`.
     Counters(Counters),
@@ -117,13 +121,19 @@ pub enum ApiError {
     InvalidState(String),
     /// covm failed to carry it out (500).
     Internal(String),
+    /// A device with that id already exists (409).
+    Conflict(String),
 }
 
 impl ApiError {
     /// The message.
     pub fn message(&self) -> &str {
         match self {
-            Self::BadRequest(m) | Self::NotCreated(m) | Self::InvalidState(m) | Self::Internal(m) => m,
+            Self::BadRequest(m)
+            | Self::NotCreated(m)
+            | Self::InvalidState(m)
+            | Self::Internal(m)
+            | Self::Conflict(m) => m,
         }
     }
 }

@@ -225,7 +225,11 @@ impl Vmm {
                     committed,
                 } => {
                     emit("vm", "resuming", &[]);
-                    let started = vm.start();
+                    // The source let go of its disks when it paused: the
+                    // destination takes them now, before the guest runs.
+                    let started = vm
+                        .device_handover(covm_devices::virtio::Handover::Acquire)
+                        .and_then(|()| vm.start());
                     report.resume_ms = committed.elapsed().as_secs_f64() * 1e3;
                     let report = report.to_json();
                     tracing::info!("incoming migration committed and running: {report}");

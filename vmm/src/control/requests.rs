@@ -43,6 +43,7 @@ impl Vmm {
                     config: Box::new(config.clone()),
                     state: self.state,
                     migration: self.migration_info(),
+                    devices: self.vm.as_ref().map(Vm::pci_devices).unwrap_or_default(),
                 })
             }
             Request::Counters => {
@@ -117,7 +118,32 @@ impl Vmm {
                 verified,
             } => self.send_migration(endpoint, *options, verified),
             Request::ReceiveMigration { endpoint } => self.receive_migration(endpoint),
+            Request::AddDisk(disk) => self.add_disk(*disk),
         }
+    }
+
+    /// `vm.add-disk` on a created VM: the disk joins its configuration
+    /// (checked as `--disk` is) and the bus when it boots.
+    fn add_disk(&mut self, disk: crate::config::DiskConfig) -> Result<Reply, ApiError> {
+        self.created()?;
+        if self.vm.is_some() {
+            return Err(ApiError::InvalidState(
+                "cannot add a disk to a booted VM: that would be a hot plug, which covm does not support; add \
+                 disks before vm.boot (or with --disk)"
+                    .into(),
+            ));
+        }
+        let config = self.config.as_mut().expect("created");
+        let mut devices = config.devices.clone();
+        devices.disks.push(disk);
+        devices.check(config.platform.is_confidential()).map_err(|e| match e {
+            crate::config::DevicesError::DuplicateId(id) => {
+                ApiError::Conflict(format!("a device with the id '{id}' already exists"))
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        })?;
+        config.devices = devices;
+        Ok(Reply::Done)
     }
 }
 

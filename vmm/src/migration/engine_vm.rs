@@ -3,6 +3,7 @@
 //! and state save/restore.
 
 use crate::vm::Vm;
+use covm_devices::virtio::Handover;
 use covm_guest_abi::layout::PAGE_SIZE;
 use covm_migration::vm::{DestinationVm, DirtyBitmap, MemoryRange, SourceVm, VmOpError};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -45,12 +46,17 @@ impl SourceVm for Vm {
         Ok(())
     }
 
+    /// The switch begins: vCPUs and devices stop (those drain), and the
+    /// disks' locks are let go so the destination can take them at commit.
     fn pause(&mut self) -> Result<(), VmOpError> {
         Vm::pause(self);
-        Ok(())
+        self.device_handover(Handover::Release).map_err(engine_err)
     }
 
+    /// The migration failed: the disks are taken back before the guest
+    /// runs again.
     fn resume(&mut self) -> Result<(), VmOpError> {
+        self.device_handover(Handover::Acquire).map_err(engine_err)?;
         Vm::resume(self).map_err(engine_err)
     }
 

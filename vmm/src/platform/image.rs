@@ -279,6 +279,7 @@ mod tests {
             serial: SerialMode::Null,
             api_socket: None,
             dirty_tracking: Default::default(),
+            devices: Default::default(),
             platform: Default::default(),
         }
     }

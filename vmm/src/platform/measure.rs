@@ -139,6 +139,7 @@ pub(crate) fn confidential_config(vcpus: u8, payload: crate::config::Payload, cm
         serial: SerialMode::Off,
         api_socket: None,
         dirty_tracking: Default::default(),
+        devices: Default::default(),
         platform: PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
             root_key: None,
             policy: MigrationPolicy::empty(),

@@ -10,7 +10,7 @@ use covm_devices::serial::SerialDeviceState;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the layout changes; a mismatch is refused.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 /// Largest encoded snapshot accepted (32 vCPUs need well under 1 MiB).
 pub const MAX_SNAPSHOT_BYTES: usize = 16 << 20;
 
@@ -25,6 +25,9 @@ pub struct VmSnapshot {
     pub vcpus: Vec<VcpuState>,
     /// COM1, when the VM has one.
     pub serial: Option<SerialDeviceState>,
+    /// The PCI devices, in bus order (checked against the receiving VM's
+    /// when restored).
+    pub devices: Vec<crate::vm::pci::DeviceSnapshot>,
 }
 
 /// A snapshot that cannot be used.

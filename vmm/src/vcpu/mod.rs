@@ -12,7 +12,7 @@ use crate::platform::tdx::exit::{
 };
 use crate::vcpu::control::RunControl;
 use crate::vm::confidential::CvmRuntime;
-use covm_devices::{PioBus, PowerAction};
+use covm_devices::{MmioBus, PioBus, PowerAction};
 use covm_guest_abi::ports;
 use kvm_bindings::{kvm_run, CpuId, KVM_EXIT_DIRTY_RING_FULL};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -22,6 +22,15 @@ use std::thread::JoinHandle;
 
 /// Called with the reason when a vCPU can no longer run the guest.
 pub type ExitNotifier = Arc<dyn Fn(VmExit) + Send + Sync>;
+
+/// What a vCPU's port and MMIO exits reach.
+#[derive(Clone, Default)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Arc<PioBus>,
+    /// MMIO outside RAM (PCI configuration space and BARs).
+    pub mmio: Arc<MmioBus>,
+}
 
 /// Exits a vCPU has taken, for `vm.counters`.
 #[derive(Debug, Default)]
@@ -223,7 +232,7 @@ impl Vcpu {
     /// `control` says stop.
     pub fn spawn(
         self,
-        bus: Arc<PioBus>,
+        buses: Buses,
         control: Arc<RunControl>,
         notify: ExitNotifier,
     ) -> Result<JoinHandle<()>, VcpuError> {
@@ -231,7 +240,7 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                if let Some(exit) = self.run(&bus, &control) {
+                if let Some(exit) = self.run(&buses, &control) {
                     tracing::debug!("vCPU {index} stopped: {exit:?}");
                     notify(exit);
                 }
@@ -240,7 +249,8 @@ impl Vcpu {
     }
 
     /// The run loop; `None` when stopped by the controller.
-    fn run(self, bus: &PioBus, control: &RunControl) -> Option<VmExit> {
+    fn run(self, buses: &Buses, control: &RunControl) -> Option<VmExit> {
+        let bus = &*buses.pio;
         let mut throttle_period = 0;
         while control.wait_to_run(&mut throttle_period) {
             // Held through KVM_RUN and the exit's handling only: a parked
@@ -276,13 +286,16 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("vCPU {}: read of unassigned MMIO {addr:#x}", self.index);
-                    data.fill(0xff);
+                    if !buses.mmio.read(addr, data) {
+                        tracing::debug!("vCPU {}: read of unassigned MMIO {addr:#x}", self.index);
+                    }
                     continue;
                 }
-                Ok(VcpuExit::MmioWrite(addr, _)) => {
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
                     self.counters.mmio_exits.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("vCPU {}: write to unassigned MMIO {addr:#x}", self.index);
+                    if !buses.mmio.write(addr, data) {
+                        tracing::debug!("vCPU {}: write to unassigned MMIO {addr:#x}", self.index);
+                    }
                     continue;
                 }
                 Ok(VcpuExit::Intr) => continue,
@@ -555,7 +568,11 @@ mod tests {
             let ended = Arc::new(Mutex::new(None));
             let seen = ended.clone();
             let notify: ExitNotifier = Arc::new(move |exit| *seen.lock().unwrap() = Some(exit));
-            let thread = vcpu.spawn(Arc::new(bus), control.clone(), notify).unwrap();
+            let buses = Buses {
+                pio: Arc::new(bus),
+                mmio: Arc::default(),
+            };
+            let thread = vcpu.spawn(buses, control.clone(), notify).unwrap();
             let action = rx.recv_timeout(std::time::Duration::from_secs(5)).ok();
             control.stop(vec![thread]);
             if action.is_none() {

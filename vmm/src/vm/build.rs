@@ -14,7 +14,8 @@ use crate::platform::{self, image, Platform, PlatformConfig};
 use crate::vcpu::control::RunControl;
 use crate::vcpu::{ExitNotifier, Vcpu};
 use covm_devices::power::PowerButton;
-use covm_devices::PowerSink;
+use covm_devices::{MmioBus, PowerSink};
+use super::pci::PciDevices;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use memory::GuestMemory;
@@ -96,9 +97,10 @@ impl Vm {
         // hosts, after it about 4 ms (docs/benchmarks.md).
         register_memory(&vm_fd, &memory)?;
         create_chips(&vm_fd)?;
+        let vm_fd = Arc::new(vm_fd);
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
         let power_button = PowerButton::default();
-        let (bus, serial) = build_bus(
+        let (mut bus, serial) = build_bus(
             &vm_fd,
             config,
             (sink, power_button.clone()),
@@ -106,6 +108,9 @@ impl Vm {
             cvm.as_ref(),
             SerialIrq::Wired,
         )?;
+        let mut mmio = MmioBus::new();
+        let incoming = origin != Origin::Boot;
+        let pci = PciDevices::build(&vm_fd, &memory, &config.devices, incoming, &mut bus, &mut mmio)?;
         let (mut vcpus, platform) = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
         let platform: Arc<dyn Platform> = Arc::from(platform);
         if let Some(cvm) = &cvm {
@@ -146,7 +151,11 @@ impl Vm {
             threads: Arc::default(),
             throttler: None,
             dirty,
-            bus: Arc::new(bus),
+            buses: crate::vcpu::Buses {
+                pio: Arc::new(bus),
+                mmio: Arc::new(mmio),
+            },
+            pci: Some(pci),
             control: Arc::new(RunControl::default()),
             notify,
             serial,
@@ -157,7 +166,7 @@ impl Vm {
             agent_vcpu,
             agent_control: Arc::new(RunControl::default()),
             agent_thread: None,
-            vm_fd: Arc::new(vm_fd),
+            vm_fd,
             _guest_memfds: Vec::new(),
         })
     }

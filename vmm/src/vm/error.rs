@@ -15,6 +15,14 @@ use covm_devices::BusError;
 /// Errors building a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// A device could not be built, restored or handed over.
+    #[error("device {id}: {reason}")]
+    Device {
+        /// The device's id.
+        id: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// KVM is unusable.
     #[error(transparent)]
     Kvm(#[from] KvmError),

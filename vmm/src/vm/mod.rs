@@ -20,11 +20,10 @@ use crate::platform::Platform;
 use crate::state::snapshot::{VmSnapshot, SNAPSHOT_VERSION};
 use crate::state::{self, chips};
 use crate::vcpu::control::{Desired, RunControl, THROTTLE_PERIOD};
-use crate::vcpu::{ExitNotifier, Vcpu, VcpuCounters};
+use crate::vcpu::{Buses, ExitNotifier, Vcpu, VcpuCounters};
 use confidential::vmsa_area::{self};
 use confidential::{CvmRuntime, LaunchMode};
 use covm_devices::power::PowerButton;
-use covm_devices::PioBus;
 use covm_migration::vm::DirtyBitmap;
 use kvm_ioctls::{VcpuFd, VmFd};
 use memory::GuestMemory;
@@ -39,6 +38,7 @@ use vm_memory::GuestMemoryRegion;
 mod build;
 mod devices;
 mod error;
+pub(crate) mod pci;
 
 use devices::SharedSerial;
 pub use error::VmError;
@@ -56,7 +56,9 @@ pub struct Vm {
     /// How dirty pages are tracked (dirty log, dirty rings, or not at all
     /// for an SEV-SNP VM's or a TD's guest_memfd-backed memory).
     dirty: DirtyTracker,
-    bus: Arc<PioBus>,
+    buses: Buses,
+    /// The PCI bus and its virtio devices (none on an SEV-SNP VM or a TD).
+    pci: Option<pci::PciDevices>,
     control: Arc<RunControl>,
     notify: ExitNotifier,
     vcpu_counters: Vec<Arc<VcpuCounters>>,
@@ -95,6 +97,22 @@ impl Vm {
         self.power_button.press();
     }
 
+    /// The PCI devices: id and address, in bus order.
+    pub fn pci_devices(&self) -> Vec<(String, String)> {
+        self.pci
+            .iter()
+            .flat_map(|p| p.attached())
+            .map(|a| (a.id.clone(), a.bdf.to_string()))
+            .collect()
+    }
+
+    /// Releases (a source paused for its switch) or takes back (a
+    /// destination at the commit, a source whose migration failed) what
+    /// the devices hold exclusively: the disks' image locks.
+    pub fn device_handover(&self, step: covm_devices::virtio::Handover) -> Result<(), VmError> {
+        self.pci.as_ref().map_or(Ok(()), |p| p.handover(step))
+    }
+
     /// The VM's platform, chosen at launch.
     pub fn platform(&self) -> &dyn Platform {
         &*self.platform
@@ -122,11 +140,13 @@ impl Vm {
             .serial
             .as_ref()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).state());
+        let devices = self.pci.as_ref().map(|p| p.save()).unwrap_or_default();
         Ok(VmSnapshot {
             version: SNAPSHOT_VERSION,
             chips,
             vcpus,
             serial,
+            devices,
         }
         .encode())
     }
@@ -149,6 +169,16 @@ impl Vm {
         if let (Some(serial), Some(state)) = (&self.serial, &snapshot.serial) {
             serial.lock().unwrap_or_else(|p| p.into_inner()).restore(state)?;
         }
+        match &self.pci {
+            Some(pci) => pci.restore(&snapshot.devices)?,
+            None if !snapshot.devices.is_empty() => {
+                return Err(VmError::Device {
+                    id: snapshot.devices[0].id.clone(),
+                    reason: "this VM has no PCI bus".into(),
+                })
+            }
+            None => {}
+        }
         Ok(())
     }
 
@@ -167,12 +197,15 @@ impl Vm {
                 return Ok(());
             }
         }
+        if let Some(pci) = &self.pci {
+            pci.resume();
+        }
         for vcpu in self.vcpus.drain(..) {
-            let thread = vcpu.spawn(self.bus.clone(), self.control.clone(), self.notify.clone())?;
+            let thread = vcpu.spawn(self.buses.clone(), self.control.clone(), self.notify.clone())?;
             self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
         }
         if let Some(agent) = self.agent_vcpu.take() {
-            self.agent_thread = Some(agent.spawn(self.bus.clone(), self.agent_control.clone(), self.notify.clone())?);
+            self.agent_thread = Some(agent.spawn(self.buses.clone(), self.agent_control.clone(), self.notify.clone())?);
         }
         Ok(())
     }
@@ -215,6 +248,11 @@ impl Vm {
     pub fn pause(&self) {
         self.control
             .pause(&self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        // Then the devices: the request each is serving finishes, its
+        // result in guest memory, and no other starts until resume.
+        if let Some(pci) = &self.pci {
+            pci.pause();
+        }
     }
 
     /// Lets the vCPUs run again; refused once the agent committed a
@@ -222,6 +260,9 @@ impl Vm {
     pub fn resume(&self) -> Result<(), VmError> {
         if self.cvm.as_ref().is_some_and(|c| c.retired()) {
             return Err(VmError::Retired);
+        }
+        if let Some(pci) = &self.pci {
+            pci.resume();
         }
         self.control.resume();
         Ok(())
@@ -237,6 +278,9 @@ impl Vm {
         self.control.stop(threads);
         if let Some(agent) = self.agent_thread.take() {
             self.agent_control.stop(vec![agent]);
+        }
+        if let Some(pci) = &self.pci {
+            pci.stop();
         }
     }
 
@@ -311,6 +355,9 @@ impl Vm {
             let serial = all.entry("serial".into()).or_default();
             serial.insert("tx_bytes".into(), c.tx_bytes.load(Ordering::Relaxed));
             serial.insert("tx_lost".into(), c.tx_lost.load(Ordering::Relaxed));
+        }
+        for (id, counters) in self.pci.iter().flat_map(|p| p.counters()) {
+            all.insert(id, counters.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
         }
         all
     }

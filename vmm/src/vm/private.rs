@@ -113,7 +113,11 @@ impl Vm {
             threads: Arc::default(),
             throttler: None,
             dirty: DirtyTracker::Unsupported(refusal),
-            bus: Arc::new(bus),
+            buses: crate::vcpu::Buses {
+                pio: Arc::new(bus),
+                mmio: Arc::default(),
+            },
+            pci: None,
             control: Arc::new(RunControl::default()),
             notify,
             serial,

@@ -12,6 +12,7 @@
 //! does and say what it lacks. They travel with a migration, so an incoming VM is
 //! built on the same platform with the same policy, and measures the same.
 
+pub mod devices;
 mod platform;
 
 use super::ch_defaults;
@@ -20,6 +21,7 @@ use crate::config::{
 };
 use crate::config::{MAX_VCPUS, MIN_MEMORY};
 use crate::platform::hardware::host::Unavailable;
+use devices::{DiskJson, RngJson};
 use platform::{platform_from_json_probed, platform_to_json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -43,6 +45,12 @@ pub struct VmConfigJson {
     /// virtio console.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console: Option<ConsoleJson>,
+    /// Disks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<DiskJson>>,
+    /// The entropy device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<RngJson>,
     /// Platform options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Value>,
@@ -59,11 +67,7 @@ pub struct VmConfigJson {
 #[serde(default)]
 pub struct Unsupported {
     #[serde(skip_serializing_if = "Option::is_none")]
-    disks: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     net: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rng: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     balloon: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,9 +111,7 @@ pub struct Unsupported {
 impl Unsupported {
     fn check(&self) -> Result<(), String> {
         let fields = [
-            ("disks", &self.disks, "covm has no block devices yet"),
             ("net", &self.net, "covm has no network devices yet"),
-            ("rng", &self.rng, "covm has no virtio-rng yet"),
             ("balloon", &self.balloon, "covm has no balloon yet"),
             ("fs", &self.fs, "covm has no virtio-fs yet"),
             ("pmem", &self.pmem, "covm has no pmem devices yet"),
@@ -122,7 +124,7 @@ impl Unsupported {
             ("watchdog", &self.watchdog, "covm has no watchdog"),
             ("rtc", &self.rtc, "covm has no RTC device"),
             ("pvpanic", &self.pvpanic, "covm has no pvpanic device"),
-            ("pci_segments", &self.pci_segments, "covm has no PCI bus"),
+            ("pci_segments", &self.pci_segments, "covm has one PCI segment"),
             ("tpm", &self.tpm, "covm has no TPM"),
             ("debug_console", &self.debug_console, "covm has no debug console"),
             (
@@ -452,19 +454,9 @@ fn to_vm_config_probed(
             }
         },
     };
-    if let Some(c) = json.console {
-        // Tty is CH's default, which a configuration CH wrote carries.
-        if !matches!(c.mode, ConsoleMode::Off | ConsoleMode::Null | ConsoleMode::Tty) {
-            return Err(format!(
-                "console.mode {:?} is not supported: covm has no virtio console yet (use Off)",
-                c.mode
-            ));
-        }
-        other_keys("console", &c.placement, CH_CONSOLE_KEYS, &[])?;
-        refuse_unless_default("console.iommu", c.iommu.map(Value::Bool).as_ref(), "covm has no IOMMU")?;
-    }
     let platform = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
     crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
+    let devices = devices::devices_from_json(json.disks, json.console, json.rng, platform.is_confidential())?;
     Ok(VmConfig {
         cpus,
         memory: MemoryConfig { size },
@@ -474,6 +466,7 @@ fn to_vm_config_probed(
         api_socket: None::<ApiSocket>,
         dirty_tracking: dirty_tracking_from_json(json.dirty_tracking)?,
         platform,
+        devices,
     })
 }
 
@@ -515,12 +508,20 @@ pub fn to_json(config: &VmConfig) -> VmConfigJson {
             iommu: None,
             placement: Default::default(),
         }),
-        console: Some(ConsoleJson {
-            mode: ConsoleMode::Off,
-            file: None,
-            socket: None,
+        console: Some(devices::console_to_json(&config.devices.console)),
+        disks: (!config.devices.disks.is_empty()).then(|| {
+            config
+                .devices
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| devices::disk_to_json(d, config.devices.disk_id(i)))
+                .collect()
+        }),
+        rng: config.devices.rng.as_ref().map(|r| RngJson {
+            src: r.src.clone(),
             iommu: None,
-            placement: Default::default(),
+            other: Default::default(),
         }),
         platform: platform_to_json(&config.platform),
         dirty_tracking: dirty_tracking_to_json(config.dirty_tracking),

@@ -37,8 +37,10 @@ fn full_ch_style_config() {
 
 #[test]
 fn unsupported_fields_are_refused_by_name() {
-    let e = parse_str(r#"{"payload": {}, "disks": [{"path": "/x"}]}"#).unwrap_err();
-    assert_eq!(e, "field 'disks' cannot be honoured: covm has no block devices yet");
+    let e = parse_str(r#"{"payload": {}, "net": [{"tap": "tap0"}]}"#).unwrap_err();
+    assert_eq!(e, "field 'net' cannot be honoured: covm has no network devices yet");
+    let e = parse_str(r#"{"payload": {}, "disks": [{"path": "/x", "vhost_user": true}]}"#).unwrap_err();
+    assert!(e.contains("'disks[0].vhost_user'"), "{e}");
     let e = parse_str(r#"{"payload": {}, "memory": {"size": 268435456, "hugepages": true}}"#).unwrap_err();
     assert!(e.contains("'memory.hugepages'"), "{e}");
     // The hardware platforms are probed as --platform probes them: on

@@ -147,6 +147,7 @@ pub(crate) fn loaded_firmware() -> (GuestMemory, Loaded, [u8; 32]) {
         serial: SerialMode::Null,
         api_socket: None,
         dirty_tracking: Default::default(),
+        devices: Default::default(),
         platform,
     };
     let memory = crate::vm::memory::allocate(MEMORY).unwrap();

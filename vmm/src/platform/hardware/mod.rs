@@ -376,6 +376,7 @@ mod tests {
             serial: SerialMode::Off,
             api_socket: None,
             dirty_tracking: Default::default(),
+            devices: Default::default(),
             platform,
         }
     }
