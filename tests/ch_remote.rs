@@ -151,8 +151,13 @@ fn refusals_name_the_field_and_unsupported_subcommands_name_the_endpoint() {
     for (pointer, value, needle) in [
         (
             "/rng/src",
-            Value::from("/dev/random"),
-            "field 'rng.src' cannot be honoured",
+            Value::from("/nonexistent/entropy"),
+            "--rng src=/nonexistent/entropy: cannot read it",
+        ),
+        (
+            "/rng",
+            serde_json::json!({"src": "/dev/urandom", "iommu": true}),
+            "field 'rng.iommu' cannot be honoured",
         ),
         ("/watchdog", Value::from(true), "field 'watchdog' cannot be honoured"),
         (

@@ -1,9 +1,20 @@
 //! The firmware's command line: which workload to run and its arguments.
 //!
 //! Grammar: whitespace-separated `key=value` words. `workload=` picks the
-//! workload (default `hello`); the `dirty` workload takes `mib=N` (region
-//! size, default 64), `rate=R` (MiB/s over all vCPUs, 0 = unthrottled,
-//! default 0) and `seed=S` (decimal or 0x-hex, default 0).
+//! workload (default `hello`); numbers are decimal or 0x-hex.
+//!
+//! - `dirty`: `mib=N` (region size, default 64), `rate=R` (MiB/s over all
+//!   vCPUs, 0 = unthrottled, default 0) and `seed=S` (default 0).
+//! - `blk` (first virtio-blk disk): `mib=N` (the region of the disk it
+//!   writes, default 16), `rate=R` (MiB/s of block writes, 0 =
+//!   unthrottled, default 0), `seed=S` (default 0), `dirty=M` (MiB: the
+//!   other vCPUs run `dirty` on M MiB meanwhile, 0 = none, default 0),
+//!   `dirty_rate=R` (the `rate` of that `dirty`, default 0) and
+//!   `stop_after=K` (stop cleanly after K heartbeats, 0 = never, default 0).
+//! - `blkbench` (first virtio-blk disk): `mib=N` (size of the sequential
+//!   tests and the span of the random ones, default 64) and `ms=T` (length
+//!   of each random test, default 1000).
+//! - `rng` and `hello` take no arguments.
 
 use core::fmt;
 
@@ -14,6 +25,62 @@ pub enum Workload {
     Hello,
     /// Write and verify pages continuously.
     Dirty(DirtyArgs),
+    /// Write and verify blocks of a virtio-blk disk continuously.
+    Blk(BlkArgs),
+    /// Measure a virtio-blk disk and power off.
+    BlkBench(BlkBenchArgs),
+    /// Read and check entropy from virtio-rng, then power off.
+    Rng,
+}
+
+/// Power-off code (a `ports::power` failure code, after `FAIL_PANIC`) of
+/// the virtio workloads when a device they need is missing, cannot be set
+/// up, reports an error or stops answering.
+pub const FAIL_DEVICE: u8 = 0x08;
+
+/// Arguments of the `blk` workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlkArgs {
+    /// Size in MiB of the region at the start of the disk that it writes.
+    pub mib: u64,
+    /// Block writes in MiB/s; 0 means as fast as possible.
+    pub rate_mib_s: u64,
+    /// Seed of the block content function (`pattern::fill_block`).
+    pub seed: u64,
+    /// MiB of the `dirty` workload the other vCPUs run meanwhile (0: none).
+    pub dirty_mib: u64,
+    /// Rate of that `dirty` workload in MiB/s (0: unthrottled).
+    pub dirty_rate_mib_s: u64,
+    /// Stop cleanly after this many heartbeats (0: never).
+    pub stop_after: u64,
+}
+
+impl Default for BlkArgs {
+    fn default() -> Self {
+        Self {
+            mib: 16,
+            rate_mib_s: 0,
+            seed: 0,
+            dirty_mib: 0,
+            dirty_rate_mib_s: 0,
+            stop_after: 0,
+        }
+    }
+}
+
+/// Arguments of the `blkbench` workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlkBenchArgs {
+    /// Size in MiB of the sequential tests, and the span of the random ones.
+    pub mib: u64,
+    /// Length of each random test in milliseconds.
+    pub ms: u64,
+}
+
+impl Default for BlkBenchArgs {
+    fn default() -> Self {
+        Self { mib: 64, ms: 1000 }
+    }
 }
 
 /// Arguments of the `dirty` workload.
@@ -75,7 +142,7 @@ impl fmt::Display for ArgError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotKeyValue(w) => write!(f, "argument '{w}' is not key=value"),
-            Self::UnknownWorkload(w) => write!(f, "unknown workload '{w}' (known: hello, dirty)"),
+            Self::UnknownWorkload(w) => write!(f, "unknown workload '{w}' (known: hello, dirty, blk, blkbench, rng)"),
             Self::UnknownKey { workload, key } => write!(f, "workload '{workload}' takes no argument '{key}'"),
             Self::BadNumber { key, value } => write!(f, "{key}={value} is not a number"),
             Self::OutOfRange { key, value, min, max } => {
@@ -111,6 +178,43 @@ pub fn parse(cmdline: &str) -> Result<Workload, ArgError<'_>> {
                 }
             }
             Ok(Workload::Dirty(args))
+        }
+        "blk" => {
+            reject_keys(
+                cmdline,
+                name,
+                &["mib", "rate", "seed", "dirty", "dirty_rate", "stop_after"],
+            )?;
+            let mut args = BlkArgs::default();
+            let dirty_max = crate::layout::DIRTY_MAX_PAGES / 256;
+            for (key, value) in pairs(cmdline) {
+                match key {
+                    "mib" => args.mib = number(key, value, 1, crate::layout::BLK_MAX_BLOCKS / 256)?,
+                    "rate" => args.rate_mib_s = number(key, value, 0, 1 << 20)?,
+                    "seed" => args.seed = number(key, value, 0, u64::MAX)?,
+                    "dirty" => args.dirty_mib = number(key, value, 0, dirty_max)?,
+                    "dirty_rate" => args.dirty_rate_mib_s = number(key, value, 0, 1 << 20)?,
+                    "stop_after" => args.stop_after = number(key, value, 0, u64::MAX)?,
+                    _ => {}
+                }
+            }
+            Ok(Workload::Blk(args))
+        }
+        "blkbench" => {
+            reject_keys(cmdline, name, &["mib", "ms"])?;
+            let mut args = BlkBenchArgs::default();
+            for (key, value) in pairs(cmdline) {
+                match key {
+                    "mib" => args.mib = number(key, value, 1, 1 << 20)?,
+                    "ms" => args.ms = number(key, value, 1, 3_600_000)?,
+                    _ => {}
+                }
+            }
+            Ok(Workload::BlkBench(args))
+        }
+        "rng" => {
+            reject_keys(cmdline, name, &[])?;
+            Ok(Workload::Rng)
         }
         other => Err(ArgError::UnknownWorkload(other)),
     }
@@ -170,6 +274,69 @@ mod tests {
     }
 
     #[test]
+    fn blk_with_args() {
+        assert_eq!(
+            parse("workload=blk mib=32 rate=8 seed=0x10 dirty=64 dirty_rate=100 stop_after=50"),
+            Ok(Workload::Blk(BlkArgs {
+                mib: 32,
+                rate_mib_s: 8,
+                seed: 16,
+                dirty_mib: 64,
+                dirty_rate_mib_s: 100,
+                stop_after: 50,
+            }))
+        );
+        assert_eq!(parse("workload=blk"), Ok(Workload::Blk(BlkArgs::default())));
+        assert_eq!(BlkArgs::default().dirty_mib, 0);
+        assert_eq!(BlkArgs::default().stop_after, 0);
+        // The generation table bounds the region.
+        assert!(parse("workload=blk mib=4096").is_ok());
+        assert!(matches!(
+            parse("workload=blk mib=4097"),
+            Err(ArgError::OutOfRange {
+                key: "mib",
+                max: 4096,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("workload=blk mib=0"),
+            Err(ArgError::OutOfRange { key: "mib", min: 1, .. })
+        ));
+        assert_eq!(
+            parse("workload=blk qd=4"),
+            Err(ArgError::UnknownKey {
+                workload: "blk",
+                key: "qd"
+            })
+        );
+    }
+
+    #[test]
+    fn blkbench_and_rng() {
+        assert_eq!(
+            parse("workload=blkbench"),
+            Ok(Workload::BlkBench(BlkBenchArgs { mib: 64, ms: 1000 }))
+        );
+        assert_eq!(
+            parse("workload=blkbench mib=8 ms=200"),
+            Ok(Workload::BlkBench(BlkBenchArgs { mib: 8, ms: 200 }))
+        );
+        assert!(matches!(
+            parse("workload=blkbench ms=0"),
+            Err(ArgError::OutOfRange { key: "ms", .. })
+        ));
+        assert_eq!(parse("workload=rng"), Ok(Workload::Rng));
+        assert_eq!(
+            parse("workload=rng mib=1"),
+            Err(ArgError::UnknownKey {
+                workload: "rng",
+                key: "mib"
+            })
+        );
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         assert_eq!(parse("workload=nope"), Err(ArgError::UnknownWorkload("nope")));
         assert_eq!(
@@ -192,7 +359,7 @@ mod tests {
         use std::string::ToString;
         assert_eq!(
             parse("workload=nope").unwrap_err().to_string(),
-            "unknown workload 'nope' (known: hello, dirty)"
+            "unknown workload 'nope' (known: hello, dirty, blk, blkbench, rng)"
         );
     }
 }

@@ -22,6 +22,12 @@ pub struct Params {
     /// is in no page, different at every boot, printed for tests that
     /// look for vCPU state in migration streams.
     pub canary: u64,
+    /// Workload CPU index of this run's CPU 0: 1 when vCPU 0 runs `blk`
+    /// beside it, else 0.
+    pub first_cpu: u32,
+    /// Whether its CPU 0 prints heartbeats and answers the power button
+    /// (not beside `blk`, whose heartbeat reports both).
+    pub heartbeat: bool,
 }
 
 /// A canonical user address, different at every boot (TSC-derived: it
@@ -93,7 +99,14 @@ pub fn prepare(args: &DirtyArgs, memmap: &[MemmapEntry], cpus: u32, tsc_khz: u64
         tsc_khz,
         rate_mib_s: args.rate_mib_s,
         canary,
+        first_cpu: 0,
+        heartbeat: true,
     }
+}
+
+/// Page writes so far over all CPUs.
+pub fn total_writes() -> u64 {
+    WRITES.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
 }
 
 fn generation(page: u64) -> u64 {
@@ -142,9 +155,10 @@ fn write(seed: u64, page: u64) {
     unsafe { (dirty_gen_gpa(page) as *mut u32).write_volatile(next as u32) };
 }
 
-/// Every CPU's loop; never returns unless a check fails.
+/// Every CPU's loop (`cpu`: its workload CPU index); never returns unless
+/// a check fails.
 pub fn run(cpu: u32, p: &Params) -> ! {
-    let cpu = cpu as u64;
+    let cpu = (cpu - p.first_cpu) as u64;
     hw::set_fs_base(p.canary + cpu);
     // This CPU's pages: cpu, cpu + cpus, ... (pages >= 256 > cpus).
     let mine = (p.pages - cpu).div_ceil(p.cpus);
@@ -166,10 +180,9 @@ pub fn run(cpu: u32, p: &Params) -> ! {
     let mut heartbeats = 0u64;
     loop {
         let now = rdtsc();
-        if cpu == 0 && now >= next_heartbeat {
+        if cpu == 0 && p.heartbeat && now >= next_heartbeat {
             heartbeats += 1;
-            let total: u64 = WRITES.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
-            println!("heartbeat {heartbeats} pages={total} ok");
+            println!("heartbeat {heartbeats} pages={} ok", total_writes());
             next_heartbeat = (next_heartbeat + heartbeat_ticks).max(now);
             // The power button (vm.power-button): a clean power-off.
             if hw::inb(covm_guest_abi::ports::POWER) == power::READ_BUTTON_PRESSED {
@@ -192,7 +205,7 @@ pub fn run(cpu: u32, p: &Params) -> ! {
         }
         // Ahead of the budget: sleep instead of burning a host core.
         let mut deadline = next_write.max(now + MIN_SLEEP_US * ticks_per_ms / 1000);
-        if cpu == 0 {
+        if cpu == 0 && p.heartbeat {
             deadline = deadline.min(next_heartbeat);
         }
         sleep_until(deadline);

@@ -58,17 +58,44 @@ pub fn marker(value: u8) {
 /// when the CPU has no TSC-deadline timer.
 pub fn sleep_until(deadline: u64) {
     while rdtsc() < deadline {
-        let slept: u64;
-        // SAFETY: the int3 gate returns with iretq to the next instruction;
-        // it uses its own ring-0 stack and clobbers only rax, rcx, rdx.
-        unsafe {
-            asm!("int3", inout("rax") SYS_SLEEP_UNTIL => slept, in("rdi") deadline,
-                 out("rcx") _, out("rdx") _, options(nostack))
-        }
-        if slept == 0 {
+        if !halt_until(deadline) {
             core::hint::spin_loop();
         }
     }
+}
+
+/// One sleep syscall: halts until the next interrupt, the timer's at
+/// `deadline` or any other (the virtio MSI-X vector), and says whether it
+/// halted at all (false without a TSC-deadline timer: the caller polls).
+/// An interrupt that arrived while ring 3 ran (IF = 0) is pending and
+/// ends the halt at once, so a completion is never slept through.
+pub fn halt_until(deadline: u64) -> bool {
+    let slept: u64;
+    // SAFETY: the int3 gate returns with iretq to the next instruction;
+    // it uses its own ring-0 stack and clobbers only rax, rcx, rdx. Not
+    // `nomem`: the interrupt handlers it lets in write memory (the virtio
+    // interrupt count) and devices complete requests meanwhile.
+    unsafe {
+        asm!("int3", inout("rax") SYS_SLEEP_UNTIL => slept, in("rdi") deadline,
+             out("rcx") _, out("rdx") _, options(nostack))
+    }
+    slept != 0
+}
+
+/// The IDT vector of the virtio-blk request queue's MSI-X interrupt
+/// (`VIRTIO_VECTOR` in ring0.s, where its handler counts it).
+pub const VIRTIO_VECTOR: u8 = 0x41;
+
+extern "C" {
+    /// Incremented by ring 0 for each `VIRTIO_VECTOR` interrupt (ring0.s).
+    static virtio_irqs: u64;
+}
+
+/// How many `VIRTIO_VECTOR` interrupts ring 0 took so far.
+pub fn virtio_irqs_taken() -> u64 {
+    // SAFETY: an aligned u64 in the image that only ring 0's handler
+    // writes (with one locked increment); a volatile read sees its value.
+    unsafe { (&raw const virtio_irqs).read_volatile() }
 }
 
 /// Writes the local APIC's interrupt command register (low word).

@@ -15,20 +15,25 @@
 extern crate alloc;
 
 mod agent;
+mod blk;
+mod blkbench;
 mod dirty;
 mod heap;
 mod hw;
 mod mem;
+mod pci;
 mod pvh;
+mod rng;
 mod serial;
 mod smp;
 mod time;
+mod virtio;
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 use covm_guest_abi::mailbox::launch_mode;
 use covm_guest_abi::ports::{self, markers, power};
-use covm_guest_abi::workload::{self, Workload};
+use covm_guest_abi::workload::{self, DirtyArgs, Workload};
 
 core::arch::global_asm!(include_str!("ring0.s"), options(att_syntax));
 
@@ -36,7 +41,8 @@ core::arch::global_asm!(include_str!("ring0.s"), options(att_syntax));
 // panic=abort it is never called, but a non-LTO (dev) link still needs it.
 core::arch::global_asm!(".globl rust_eh_personality", "rust_eh_personality:", "ud2");
 
-/// Dirty-workload parameters, written by the BSP before it sets `GO`.
+/// Dirty-workload parameters, written by the BSP before it sets `GO`;
+/// `None`: the other vCPUs have nothing to do and halt for good.
 struct Shared(UnsafeCell<Option<dirty::Params>>);
 // SAFETY: written once by the BSP before the Release store of GO; APs read
 // it only after an Acquire load of GO saw true.
@@ -106,8 +112,44 @@ extern "C" fn user_main(cpu: u32, start_info: u64) -> ! {
         hw::sleep_until(hw::rdtsc() + 1_000_000);
     }
     // SAFETY: GO is set, so PARAMS is written and never written again.
-    let params = unsafe { (*PARAMS.0.get()).as_ref() }.expect("GO without parameters");
-    dirty::run(index, params)
+    match unsafe { (*PARAMS.0.get()).as_ref() } {
+        Some(params) => dirty::run(index, params),
+        None => idle(),
+    }
+}
+
+/// A vCPU without work: halted for good (no interrupt is aimed at it),
+/// costing neither the host nor the emulated ring 0 anything.
+fn idle() -> ! {
+    loop {
+        hw::sleep_until(u64::MAX);
+    }
+}
+
+/// Releases the other vCPUs: into `dirty` with `params`, or idle.
+fn publish(params: Option<dirty::Params>) {
+    // SAFETY: the APs do not read PARAMS before GO is set below, and it is
+    // written only here, once.
+    unsafe { *PARAMS.0.get() = params };
+    GO.store(true, Ordering::Release);
+}
+
+/// Scans PCI (assigning BARs); powers off with the reason if that fails.
+fn devices(memmap: &'static [pvh::MemmapEntry]) -> virtio::Devices {
+    virtio::Devices::probe(memmap).unwrap_or_else(|e| virtio::fail_device(format_args!("{e}")))
+}
+
+/// `hello`'s line on the first virtio console too, if there is one.
+fn hello_console(line: &str, memmap: &'static [pvh::MemmapEntry]) {
+    let Some(console) = devices(memmap).console() else {
+        return;
+    };
+    let (mut console, df) = console.unwrap_or_else(|e| virtio::fail_device(format_args!("console: {e}")));
+    for part in [line, "\n"] {
+        if let Err(e) = console.send_bytes(part.as_bytes()) {
+            virtio::fail_device(format_args!("console {df}: write failed: {e}"));
+        }
+    }
 }
 
 fn bsp_main(start_info: u64, launch: Launch) -> ! {
@@ -141,17 +183,53 @@ fn bsp_main(start_info: u64, launch: Launch) -> ! {
         Workload::Hello => {
             hw::marker(markers::WORKLOAD_START);
             let plural = if cpus == 1 { "" } else { "s" };
-            println!("hello from covm firmware ({cpus} vCPU{plural})");
+            let mut line = serial::Text::<64>::new();
+            line.push(format_args!("hello from covm firmware ({cpus} vCPU{plural})"));
+            println!("{}", line.as_str());
+            hello_console(line.as_str(), info.memmap);
             hw::power_off(power::OFF)
         }
         Workload::Dirty(args) => {
-            let params = dirty::prepare(&args, info.memmap, cpus, tsc_khz);
-            // SAFETY: the APs do not read PARAMS before GO is set below.
-            unsafe { *PARAMS.0.get() = Some(params) };
-            GO.store(true, Ordering::Release);
+            publish(Some(dirty::prepare(&args, info.memmap, cpus, tsc_khz)));
             hw::marker(markers::WORKLOAD_START);
             // SAFETY: as in user_main.
             dirty::run(0, unsafe { (*PARAMS.0.get()).as_ref() }.expect("just set"))
+        }
+        Workload::Blk(args) => {
+            if args.dirty_mib > 0 && cpus < 2 {
+                fail_args(format_args!(
+                    "blk dirty={} needs at least 2 vCPUs: vCPU 0 runs blk, the others dirty",
+                    args.dirty_mib
+                ));
+            }
+            let devices = devices(info.memmap);
+            if args.dirty_mib > 0 {
+                let dirty_args = DirtyArgs {
+                    mib: args.dirty_mib,
+                    rate_mib_s: args.dirty_rate_mib_s,
+                    seed: args.seed,
+                };
+                let mut params = dirty::prepare(&dirty_args, info.memmap, cpus - 1, tsc_khz);
+                params.first_cpu = 1;
+                params.heartbeat = false;
+                publish(Some(params));
+            } else {
+                publish(None);
+            }
+            hw::marker(markers::WORKLOAD_START);
+            blk::run(&args, devices, tsc_khz, args.dirty_mib > 0)
+        }
+        Workload::BlkBench(args) => {
+            publish(None);
+            let devices = devices(info.memmap);
+            hw::marker(markers::WORKLOAD_START);
+            blkbench::run(&args, devices, tsc_khz)
+        }
+        Workload::Rng => {
+            publish(None);
+            let devices = devices(info.memmap);
+            hw::marker(markers::WORKLOAD_START);
+            rng::run(devices)
         }
     }
 }

@@ -48,6 +48,40 @@ pub fn print_urgent(args: fmt::Arguments) {
     LOCK.store(false, Ordering::Release);
 }
 
+/// A line built in pieces without an allocator; what does not fit in `N`
+/// bytes is cut off (at a character boundary).
+pub struct Text<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Text<N> {
+    pub fn new() -> Self {
+        Text { buf: [0; N], len: 0 }
+    }
+
+    pub fn push(&mut self, args: fmt::Arguments) {
+        let _ = fmt::Write::write_fmt(self, args);
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only whole characters are ever copied in.
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl<const N: usize> fmt::Write for Text<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut take = s.len().min(N - self.len);
+        while !s.is_char_boundary(take) {
+            take -= 1;
+        }
+        self.buf[self.len..self.len + take].copy_from_slice(&s.as_bytes()[..take]);
+        self.len += take;
+        Ok(())
+    }
+}
+
 #[macro_export]
 macro_rules! println {
     ($($arg:tt)*) => {

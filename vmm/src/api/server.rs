@@ -84,7 +84,10 @@ fn device_tree(devices: &[(String, String)]) -> serde_json::Value {
             pci.clone(),
             json!({"id": pci, "resources": [], "children": [id], "pci_bdf": bdf}),
         );
-        tree.insert(id.clone(), json!({"id": id, "resources": [], "parent": pci, "children": []}));
+        tree.insert(
+            id.clone(),
+            json!({"id": id, "resources": [], "parent": pci, "children": []}),
+        );
     }
     serde_json::Value::Object(tree)
 }

@@ -9,9 +9,9 @@ pub(crate) mod size;
 use crate::cli::{Cli, VmArgs};
 use crate::platform::measure::HardwarePlatform;
 use crate::platform::{MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
+pub use devices::{ConsoleMode, DevicesConfig, DevicesError, DiskConfig, RngConfig};
 use options::{parse_toggle, OptionError, OptionMap};
 pub use parse::*;
-pub use devices::{ConsoleMode, DevicesConfig, DevicesError, DiskConfig, RngConfig};
 pub use platform::{PlatformChoice, PlatformRefusal, SnpOption};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -168,8 +168,17 @@ impl VmConfig {
         let mut config = Self::from_vm_args(&cli.vm, host_ram)?;
         config.serial = parse_serial(cli.serial.as_deref().unwrap_or("tty"))?;
         config.devices = DevicesConfig {
-            disks: cli.disk.iter().map(|d| devices::parse_disk(d)).collect::<Result<_, _>>()?,
-            console: cli.console.as_deref().map(devices::parse_console).transpose()?.unwrap_or_default(),
+            disks: cli
+                .disk
+                .iter()
+                .map(|d| devices::parse_disk(d))
+                .collect::<Result<_, _>>()?,
+            console: cli
+                .console
+                .as_deref()
+                .map(devices::parse_console)
+                .transpose()?
+                .unwrap_or_default(),
             rng: cli.rng.as_deref().map(devices::parse_rng).transpose()?,
         };
         config.devices.check(config.platform.is_confidential())?;

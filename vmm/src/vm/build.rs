@@ -5,6 +5,7 @@
 
 use super::confidential::{CvmRuntime, LaunchMode};
 use super::devices::{build_bus, ExitSink, SerialIrq};
+use super::pci::PciDevices;
 use super::{kvm, memory, Vm, VmError};
 use crate::arch::{cpuid, regs};
 use crate::config::{DirtyTracking, VmConfig};
@@ -15,7 +16,6 @@ use crate::vcpu::control::RunControl;
 use crate::vcpu::{ExitNotifier, Vcpu};
 use covm_devices::power::PowerButton;
 use covm_devices::{MmioBus, PowerSink};
-use super::pci::PciDevices;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use memory::GuestMemory;

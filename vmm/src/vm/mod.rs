@@ -205,7 +205,8 @@ impl Vm {
             self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
         }
         if let Some(agent) = self.agent_vcpu.take() {
-            self.agent_thread = Some(agent.spawn(self.buses.clone(), self.agent_control.clone(), self.notify.clone())?);
+            self.agent_thread =
+                Some(agent.spawn(self.buses.clone(), self.agent_control.clone(), self.notify.clone())?);
         }
         Ok(())
     }

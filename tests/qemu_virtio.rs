@@ -1,0 +1,576 @@
+//! The built-in firmware's virtio-pci drivers and workloads against QEMU's
+//! own devices (`microvm,pcie=on`: ECAM at 0xe0000000, BARs unassigned,
+//! which the firmware places in the 32-bit window at 0xc0000000): the same
+//! ELF that covm embeds, so covm's own PCI and virtio devices have a
+//! reference to match. Each test skips, saying why, without
+//! qemu-system-x86_64 or a usable KVM.
+//!
+//! `blk` is checked from the host: after it stops by itself
+//! (`stop_after=`) the disk must hold exactly the generations it printed a
+//! digest of; after QEMU is killed under it, every block must be zeros or
+//! an intact block, and the blocks must add up to at least the writes its
+//! last heartbeat reported.
+
+mod common;
+use common::{wait_for_serial, Scratch};
+use covm_guest_abi::layout::BLK_BLOCK_SIZE;
+use covm_guest_abi::pattern::{block_generation, generation_digest, WORDS};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const QEMU: &str = "qemu-system-x86_64";
+const FIRMWARE: &str = env!("COVM_FIRMWARE_ELF");
+
+/// One QEMU at a time: the machine has two cores, and a 4-vCPU guest beside
+/// others would only measure the contention.
+static QEMU_LOCK: Mutex<()> = Mutex::new(());
+
+/// Whether QEMU and KVM are here; a skip with the reason otherwise.
+fn qemu_usable() -> bool {
+    match Command::new(QEMU).arg("--version").output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            covm_test_support::skip(format!(
+                "{QEMU} --version failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            return false;
+        }
+        Err(e) => {
+            covm_test_support::skip(format!("{QEMU} cannot be run here: {e}"));
+            return false;
+        }
+    }
+    covm_test_support::kvm_usable()
+}
+
+/// QEMU exits with `code * 2 + 1` when the guest writes `code` to
+/// isa-debug-exit at covm's power port.
+fn exit_code(power_code: u8) -> i32 {
+    power_code as i32 * 2 + 1
+}
+
+/// A QEMU running the firmware with `append`, serial output in `serial`,
+/// killed when dropped.
+struct Qemu {
+    child: Child,
+    serial: PathBuf,
+    started: Instant,
+}
+
+impl Qemu {
+    fn start(dir: &Scratch, append: &str, vcpus: u32, devices: &[String]) -> Qemu {
+        let serial = dir.path("serial.txt");
+        let out = std::fs::File::create(&serial).unwrap();
+        let child = Command::new(QEMU)
+            .args([
+                "-accel",
+                "kvm",
+                "-machine",
+                "microvm,pcie=on",
+                "-cpu",
+                "host,-arch-capabilities",
+            ])
+            .args(["-smp", &vcpus.to_string(), "-m", "512M", "-nographic", "-no-reboot"])
+            .args(["-kernel", FIRMWARE, "-append", append])
+            .args(["-device", "isa-debug-exit,iobase=0x600,iosize=1"])
+            .args(devices)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Qemu {
+            child,
+            serial,
+            started: Instant::now(),
+        }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    /// Waits for QEMU to exit; its status and the serial output.
+    fn wait(&mut self, within: Duration) -> (Option<i32>, String) {
+        while self.started.elapsed() < within {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        panic!("QEMU did not exit within {within:?}; serial:\n{}", self.text());
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn disk(dir: &Scratch, mib: u64) -> (PathBuf, Vec<String>) {
+    let path = dir.path("disk.raw");
+    std::fs::File::create(&path).unwrap().set_len(mib << 20).unwrap();
+    let args = vec![
+        "-drive".into(),
+        format!("file={},format=raw,if=none,id=d0", path.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=d0,disable-legacy=on".into(),
+    ];
+    (path, args)
+}
+
+/// A seed that differs between runs, so a stale image cannot pass.
+fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
+}
+
+/// `key=<number>` in `line` (decimal or 0x-hex).
+fn field(line: &str, key: &str) -> Option<u64> {
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?;
+    match value.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => value.parse().ok(),
+    }
+}
+
+/// `blk` heartbeats: (number, blocks, irqs, pages if `dirty` runs).
+fn blk_heartbeats(text: &str) -> Vec<(u64, u64, u64, Option<u64>)> {
+    text.lines()
+        .filter_map(|l| {
+            let n = l.strip_prefix("heartbeat ")?.split_whitespace().next()?.parse().ok()?;
+            l.ends_with(" ok").then_some(())?;
+            Some((n, field(l, "blocks")?, field(l, "irqs")?, field(l, "pages")))
+        })
+        .collect()
+}
+
+/// Reads each of the first `blocks` blocks of the image: its generation
+/// (0 for zeros), or the reason it is neither zeros nor an intact block.
+fn disk_generations(image: &Path, seed: u64, blocks: u64) -> Result<Vec<u32>, String> {
+    let bytes = std::fs::read(image).unwrap();
+    let mut generations = Vec::with_capacity(blocks as usize);
+    for block in 0..blocks {
+        let at = (block * BLK_BLOCK_SIZE) as usize;
+        let raw = &bytes[at..at + BLK_BLOCK_SIZE as usize];
+        let mut words = [0u64; WORDS];
+        for (w, chunk) in words.iter_mut().zip(raw.chunks_exact(8)) {
+            *w = u64::from_le_bytes(chunk.try_into().unwrap());
+        }
+        if words.iter().all(|&w| w == 0) {
+            generations.push(0);
+            continue;
+        }
+        match block_generation(&words, seed, block) {
+            Some(g) => generations.push(g as u32),
+            None => {
+                return Err(format!(
+                    "block {block} is neither zeros nor an intact block of seed {seed:#x} \
+                     (words 0-2: {:#x} {:#x} {:#x})",
+                    words[0], words[1], words[2]
+                ))
+            }
+        }
+    }
+    Ok(generations)
+}
+
+/// Runs `blk` until it stops by itself after `stop_after` heartbeats and
+/// checks the disk against the digest of its generation table.
+fn blk_stops_matching_its_table(vcpus: u32, extra: &str, stop_after: u64) -> (String, Duration) {
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new(&format!("qemu-blk{vcpus}"));
+    let (image, devices) = disk(&dir, 32);
+    let seed = fresh_seed();
+    let append = format!("workload=blk mib=8 seed={seed} stop_after={stop_after} {extra}");
+    let mut qemu = Qemu::start(&dir, &append, vcpus, &devices);
+    let (code, text) = qemu.wait(Duration::from_secs(120));
+    let elapsed = qemu.started.elapsed();
+    assert_eq!(code, Some(exit_code(0)), "serial:\n{text}");
+    assert!(!text.contains("FAIL"), "serial:\n{text}");
+    let beats = blk_heartbeats(&text);
+    assert_eq!(beats.len() as u64, stop_after, "serial:\n{text}");
+    for (i, beat) in beats.iter().enumerate() {
+        assert_eq!(beat.0, i as u64 + 1, "heartbeat numbers skip:\n{text}");
+    }
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("blk: stopped (stop_after)"))
+        .unwrap_or_else(|| panic!("no summary line:\n{text}"));
+    let writes = field(summary, "blocks").unwrap();
+    let sum = field(summary, "generations").unwrap();
+    let digest = field(summary, "digest").unwrap();
+    let irqs = field(summary, "irqs").unwrap();
+    assert!(writes > 0, "{summary}");
+    // Every write raised one block's generation by one.
+    assert_eq!(sum, writes, "{summary}");
+    // Completions were waited for halted: the MSI-X vector fired.
+    assert!(irqs > 0, "no MSI-X interrupt was counted: {summary}");
+    assert!(beats.last().unwrap().2 <= irqs, "{summary}");
+    let on_disk = disk_generations(&image, seed, 8 * 256).unwrap_or_else(|e| panic!("{e}\nserial:\n{text}"));
+    let disk_sum: u64 = on_disk.iter().map(|&g| g as u64).sum();
+    assert_eq!(
+        disk_sum, writes,
+        "the disk holds {disk_sum} block writes, the guest made {writes}"
+    );
+    assert_eq!(
+        generation_digest(on_disk.iter().copied()),
+        digest,
+        "the disk's generations differ from the guest's table (both add up to {writes})"
+    );
+    (text, elapsed)
+}
+
+#[test]
+fn blk_on_one_vcpu_leaves_the_disk_matching_its_table() {
+    if !qemu_usable() {
+        return;
+    }
+    let (text, _) = blk_stops_matching_its_table(1, "", 15);
+    assert!(
+        text.contains("blk: 8 MiB of the 32 MiB disk 00:01.0, 2048 blocks"),
+        "serial:\n{text}"
+    );
+    assert!(
+        text.contains("virtio Block bar1 0xc0000000+0x1000 (32-bit placed)"),
+        "serial:\n{text}"
+    );
+}
+
+#[test]
+fn blk_throttled_beside_dirty_on_four_vcpus() {
+    if !qemu_usable() {
+        return;
+    }
+    let (text, elapsed) = blk_stops_matching_its_table(4, "rate=1 dirty=16 dirty_rate=20", 20);
+    assert!(
+        text.contains("dirty: 16 MiB at 0x4000000, 4096 pages, rate 20 MiB/s"),
+        "serial:\n{text}"
+    );
+    assert!(text.contains(", 3 vCPUs,"), "dirty runs on vCPUs 1-3:\n{text}");
+    let beats = blk_heartbeats(&text);
+    let last = beats.last().unwrap();
+    let pages = last.3.unwrap_or_else(|| panic!("no pages= beside blk:\n{text}"));
+    assert!(pages > 0, "dirty wrote nothing:\n{text}");
+    // 1 MiB/s is 256 blocks a second, plus at most 100 ms of backlog; the
+    // guest ran no longer than QEMU did.
+    let bound = (256.0 * elapsed.as_secs_f64()) as u64 + 26;
+    assert!(
+        last.1 <= bound,
+        "{} block writes in {elapsed:?} at rate=1:\n{text}",
+        last.1
+    );
+}
+
+#[test]
+fn blk_on_two_vcpus_killed_midway_leaves_only_whole_blocks() {
+    if !qemu_usable() {
+        return;
+    }
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("qemu-blk-kill");
+    let (image, devices) = disk(&dir, 32);
+    let seed = fresh_seed();
+    let append = format!("workload=blk mib=8 seed={seed} dirty=16");
+    let mut qemu = Qemu::start(&dir, &append, 2, &devices);
+    let text = wait_for_serial(&qemu.serial, Duration::from_secs(60), |t| {
+        blk_heartbeats(t).len() >= 10 || t.contains("FAIL") || t.contains("error")
+    });
+    let running = qemu.child.try_wait().unwrap().is_none();
+    qemu.kill();
+    assert!(running, "QEMU stopped by itself; serial:\n{text}");
+    assert!(!text.contains("FAIL"), "serial:\n{text}");
+    let beats = blk_heartbeats(&text);
+    assert!(beats.len() >= 10, "serial:\n{text}");
+    for pair in beats.windows(2) {
+        assert!(pair[1].1 > pair[0].1, "block writes did not grow: {pair:?}");
+        assert!(pair[1].3 > pair[0].3, "dirty's page writes did not grow: {pair:?}");
+    }
+    let reported = beats.last().unwrap().1;
+    let on_disk = disk_generations(&image, seed, 8 * 256).unwrap_or_else(|e| panic!("{e}\nserial:\n{text}"));
+    let disk_sum: u64 = on_disk.iter().map(|&g| g as u64).sum();
+    // Generations only grow and a write is counted once completed.
+    assert!(
+        disk_sum >= reported,
+        "the disk holds {disk_sum} block writes, the guest had reported {reported}"
+    );
+}
+
+#[test]
+fn blk_without_a_disk_names_what_is_missing() {
+    if !qemu_usable() {
+        return;
+    }
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("qemu-nodisk");
+    let mut qemu = Qemu::start(&dir, "workload=blk", 1, &[]);
+    let (code, text) = qemu.wait(Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(exit_code(covm_guest_abi::workload::FAIL_DEVICE)),
+        "serial:\n{text}"
+    );
+    assert!(
+        text.contains("error: blk: no virtio Block device on PCI bus 0 (ECAM 0xe0000000)"),
+        "serial:\n{text}"
+    );
+}
+
+#[test]
+fn rng_reads_entropy() {
+    if !qemu_usable() {
+        return;
+    }
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("qemu-rng");
+    let devices = ["-device".to_string(), "virtio-rng-pci,disable-legacy=on".to_string()];
+    let mut qemu = Qemu::start(&dir, "workload=rng", 1, &devices);
+    let (code, text) = qemu.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(exit_code(0)), "serial:\n{text}");
+    assert!(
+        text.lines().any(|l| l == "rng: 8192 bytes ok from 00:01.0"),
+        "serial:\n{text}"
+    );
+}
+
+#[test]
+fn hello_reaches_the_virtio_console() {
+    if !qemu_usable() {
+        return;
+    }
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("qemu-console");
+    let console = dir.path("console.txt");
+    let devices = [
+        "-device".to_string(),
+        "virtio-serial-pci,disable-legacy=on".to_string(),
+        "-chardev".to_string(),
+        format!("file,id=c0,path={}", console.display()),
+        "-device".to_string(),
+        "virtconsole,chardev=c0".to_string(),
+    ];
+    let mut qemu = Qemu::start(&dir, "workload=hello", 2, &devices);
+    let (code, text) = qemu.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(exit_code(0)), "serial:\n{text}");
+    let line = "hello from covm firmware (2 vCPUs)";
+    assert!(text.lines().any(|l| l == line), "the UART line stays; serial:\n{text}");
+    assert_eq!(std::fs::read_to_string(&console).unwrap(), format!("{line}\n"));
+}
+
+/// One `blkbench` result line.
+struct BenchLine {
+    name: String,
+    bs: u64,
+    /// Queue depth reached and asked for.
+    qd: (u64, u64),
+    ops: u64,
+    secs: f64,
+    mbps: f64,
+    iops: u64,
+}
+
+fn bench_line(l: &str) -> Option<BenchLine> {
+    let rest = l.strip_prefix("blkbench: ")?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    // name bs= qd=reached/asked ops= time=<s> s <MB/s> MB/s <IOPS> IOPS
+    if words.len() != 10 || words[5] != "s" || words[7] != "MB/s" || words[9] != "IOPS" {
+        return None;
+    }
+    let (reached, asked) = words[2].strip_prefix("qd=")?.split_once('/')?;
+    Some(BenchLine {
+        name: words[0].to_string(),
+        bs: field(l, "bs")?,
+        qd: (reached.parse().ok()?, asked.parse().ok()?),
+        ops: field(l, "ops")?,
+        secs: words[4].strip_prefix("time=")?.parse().ok()?,
+        mbps: words[6].parse().ok()?,
+        iops: words[8].parse().ok()?,
+    })
+}
+
+#[test]
+fn blkbench_completes_with_sane_numbers() {
+    if !qemu_usable() {
+        return;
+    }
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("qemu-blkbench");
+    let (_, devices) = disk(&dir, 32);
+    let mut qemu = Qemu::start(&dir, "workload=blkbench mib=16 ms=300", 1, &devices);
+    let (code, text) = qemu.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(exit_code(0)), "serial:\n{text}");
+    assert!(text.lines().any(|l| l == "blkbench: done"), "serial:\n{text}");
+    let lines: Vec<_> = text.lines().filter_map(bench_line).collect();
+    let names: Vec<(&str, u64)> = lines.iter().map(|l| (l.name.as_str(), l.qd.1)).collect();
+    assert_eq!(
+        names,
+        [
+            ("seq-write", 16),
+            ("seq-read", 16),
+            ("rand-write", 1),
+            ("rand-read", 1),
+            ("rand-write", 32),
+            ("rand-read", 32)
+        ],
+        "serial:\n{text}"
+    );
+    for l in &lines {
+        let name = &l.name;
+        assert!(
+            l.ops > 0 && l.secs > 0.0 && l.mbps > 0.0 && l.iops > 0,
+            "{name}: serial:\n{text}"
+        );
+        assert!(l.qd.0 >= 1 && l.qd.0 <= l.qd.1, "{name}: qd {:?}", l.qd);
+        // The printed rates follow from the printed counts and time.
+        let want_iops = l.ops as f64 / l.secs;
+        assert!(
+            (l.iops as f64 - want_iops).abs() <= want_iops * 0.05 + 2.0,
+            "{name}: {} IOPS vs {want_iops}",
+            l.iops
+        );
+        let want_mbps = (l.ops * l.bs) as f64 / l.secs / 1e6;
+        assert!(
+            (l.mbps - want_mbps).abs() <= want_mbps * 0.05 + 0.2,
+            "{name}: {} MB/s vs {want_mbps}",
+            l.mbps
+        );
+    }
+    // The sequential tests cover the 16 MiB span in 128 KiB requests.
+    for l in &lines[..2] {
+        assert_eq!((l.bs, l.ops), (128 << 10, 128), "{}: serial:\n{text}", l.name);
+    }
+    // QEMU offers indirect descriptors: more than one request in flight.
+    assert!(lines[4].qd.0 > 1 && lines[5].qd.0 > 1, "serial:\n{text}");
+    // Random tests run for their 300 ms.
+    for l in &lines[2..] {
+        assert!(l.secs >= 0.3 && l.secs < 5.0, "{}: {} s", l.name, l.secs);
+    }
+}
+
+/// Overwrites the start of `image` with `content`.
+fn overwrite(image: &Path, content: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(content).unwrap();
+    f.sync_data().unwrap();
+}
+
+/// Runs `blk` on a 1 MiB region (each block rewritten several times a
+/// second), lets `tamper` change the disk behind QEMU's back (through the
+/// host's page cache, which QEMU reads through) and expects the guest to
+/// catch it with a line containing `expect`.
+fn blk_catches(name: &str, expect: &str, tamper: impl FnOnce(&Path, &[u8])) {
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new(name);
+    let (image, devices) = disk(&dir, 8);
+    let seed = fresh_seed();
+    let mut qemu = Qemu::start(&dir, &format!("workload=blk mib=1 seed={seed}"), 1, &devices);
+    let text = wait_for_serial(&qemu.serial, Duration::from_secs(60), |t| {
+        blk_heartbeats(t).len() >= 3 || t.contains("FAIL")
+    });
+    assert!(
+        blk_heartbeats(&text).len() >= 3 && !text.contains("FAIL"),
+        "serial:\n{text}"
+    );
+    let before = std::fs::read(&image).unwrap()[..1 << 20].to_vec();
+    // Let every block move on to a later generation first.
+    let _ = wait_for_serial(&qemu.serial, Duration::from_secs(60), |t| blk_heartbeats(t).len() >= 8);
+    tamper(&image, &before);
+    let (code, text) = qemu.wait(Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(exit_code(covm_guest_abi::ports::power::FAIL_VERIFY)),
+        "serial:\n{text}"
+    );
+    let fail = text.lines().find(|l| l.starts_with("FAIL ")).unwrap_or("");
+    assert!(
+        fail.starts_with("FAIL block ") && fail.contains(expect),
+        "serial:\n{text}"
+    );
+}
+
+#[test]
+fn blk_catches_a_disk_rolled_back_under_it() {
+    if !qemu_usable() {
+        return;
+    }
+    // The region as it was five heartbeats ago: intact older generations.
+    blk_catches("qemu-blk-rollback", "rolled back: holds generation", |image, before| {
+        overwrite(image, before)
+    });
+}
+
+#[test]
+fn blk_catches_damaged_blocks() {
+    if !qemu_usable() {
+        return;
+    }
+    blk_catches("qemu-blk-damage", " word 100 is ", |image, _| {
+        // One bit of data word 100 of every block of the region.
+        let mut now = std::fs::read(image).unwrap()[..1 << 20].to_vec();
+        for block in now.chunks_exact_mut(BLK_BLOCK_SIZE as usize) {
+            block[100 * 8] ^= 0x10;
+        }
+        overwrite(image, &now)
+    });
+}
+
+#[test]
+fn the_host_check_rejects_torn_foreign_and_stale_blocks() {
+    use covm_guest_abi::pattern::fill_block;
+    let dir = Scratch::new("blk-checker");
+    let image = dir.path("disk.raw");
+    let (seed, generations) = (42u64, [3u32, 0, 1, 7]);
+    let mut bytes = Vec::new();
+    for (block, &g) in generations.iter().enumerate() {
+        let mut words = [0u64; WORDS];
+        if g != 0 {
+            fill_block(&mut words, seed, block as u64, g as u64);
+        }
+        bytes.extend(words.iter().flat_map(|w| w.to_le_bytes()));
+    }
+    std::fs::write(&image, &bytes).unwrap();
+    assert_eq!(disk_generations(&image, seed, 4).unwrap(), generations);
+    let digest = generation_digest(generations);
+    assert!(disk_generations(&image, seed + 1, 4)
+        .unwrap_err()
+        .contains("block 0 is neither zeros"));
+    // Half of block 2 from another generation: torn.
+    let mut torn = bytes.clone();
+    let mut older = [0u64; WORDS];
+    fill_block(&mut older, seed, 2, 2);
+    let half = BLK_BLOCK_SIZE as usize / 2;
+    let older: Vec<u8> = older.iter().flat_map(|w| w.to_le_bytes()).collect();
+    torn[2 * BLK_BLOCK_SIZE as usize + half..3 * BLK_BLOCK_SIZE as usize].copy_from_slice(&older[half..]);
+    std::fs::write(&image, &torn).unwrap();
+    assert!(disk_generations(&image, seed, 4)
+        .unwrap_err()
+        .contains("block 2 is neither"));
+    // Block 3 whole but one generation behind: readable, and the digest
+    // no longer matches the guest's.
+    let mut stale = bytes.clone();
+    let mut words = [0u64; WORDS];
+    fill_block(&mut words, seed, 3, 6);
+    let words: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    stale[3 * BLK_BLOCK_SIZE as usize..].copy_from_slice(&words);
+    std::fs::write(&image, &stale).unwrap();
+    let read = disk_generations(&image, seed, 4).unwrap();
+    assert_eq!(read, [3, 0, 1, 6]);
+    assert_ne!(generation_digest(read), digest);
+}
