@@ -121,9 +121,12 @@ fn every_error_case_answers_and_covm_keeps_serving() {
     // Bad bodies.
     expect(api.put("/vm.create", Some("{not json")), 400, "invalid VmConfig");
     expect(
-        api.put("/vm.create", Some(r#"{"payload": {}, "disks": [{"path": "/x"}]}"#)),
+        api.put(
+            "/vm.create",
+            Some(r#"{"payload": {}, "disks": [{"path": "/nonexistent.img"}]}"#),
+        ),
         400,
-        "field 'disks'",
+        "--disk /nonexistent.img: cannot open it",
     );
     expect(
         api.put("/vm.create", Some(r#"{"payload": {}, "cpus": {"boot_vcpus": 64}}"#)),

@@ -131,8 +131,7 @@ fn refusals_name_the_field_and_unsupported_subcommands_name_the_endpoint() {
     };
     // Subcommands covm does not implement: 404 naming the endpoint.
     for (args, endpoint) in [
-        (&["add-disk", "path=/nonexistent.img"][..], "vm.add-disk"),
-        (&["add-net", "tap=covmtest0"], "vm.add-net"),
+        (&["add-net", "tap=covmtest0"][..], "vm.add-net"),
         (&["add-vsock", "cid=3,socket=/tmp/covm-vsock"], "vm.add-vsock"),
         (&["remove-device", "disk0"], "vm.remove-device"),
         (&["snapshot", "file:///tmp/covm-snapshot"], "vm.snapshot"),
@@ -433,4 +432,77 @@ fn responses_are_framed_as_chs_server_frames_them() {
     let delete = exchange("PUT /api/v1/vm.delete HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n");
     assert!(delete.starts_with("HTTP/1.1 204 \r\n"), "{delete}");
     assert!(!delete.to_ascii_lowercase().contains("content-length"), "{delete}");
+}
+
+#[test]
+fn disks_from_a_ch_config_and_add_disk_before_boot() {
+    let Some((binary, _turn)) = setup() else { return };
+    let dir = Scratch::new("ch-disks");
+    let serial = dir.path("serial.txt");
+    let (mut covm, api) = start(&dir, &[]);
+    let ch = ChRemote {
+        binary,
+        socket: api.socket.clone(),
+    };
+    let (root, data) = (dir.path("root.raw"), dir.path("data.raw"));
+    for image in [&root, &data] {
+        std::fs::File::create(image).unwrap().set_len(8 << 20).unwrap();
+    }
+    let seed = common::blk::fresh_seed();
+    let mut config: Value = json(&ch_written_config(&format!("workload=blk mib=1 seed={seed}"), &serial));
+    // A disk as CH's own `--disk path=...,id=root` writes it in its VmConfig.
+    config["disks"] = serde_json::json!([{
+        "path": root, "readonly": false, "direct": false, "iommu": false,
+        "num_queues": 1, "queue_size": 128, "vhost_user": false, "id": "root",
+        "pci_segment": 0, "serial": null, "rate_limit_group": null, "queue_affinity": null,
+        "backing_files": false, "sparse": true, "image_type": "Raw"
+    }]);
+    let file = dir.path("vm.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    assert_eq!(ch.ok(&["create", file.to_str().unwrap()]), "");
+    // Cold plug: the disk joins the configuration (CH answers 204 before boot).
+    let option = format!("path={},id=data", data.display());
+    assert_eq!(ch.ok(&["add-disk", &option]), "");
+    // 409 (CH answers 500); CH's client has no name for 409 but shows the
+    // message.
+    ch.refused(
+        &["add-disk", &option],
+        "Unknown",
+        "a device with the id 'data' already exists",
+    );
+    let missing = format!("path={}", dir.path("missing.raw").display());
+    ch.refused(&["add-disk", &missing], "BadRequest", "cannot open it");
+    let info = json(&ch.ok(&["info"]));
+    let ids: Vec<&str> = info["config"]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["root", "data"], "{info}");
+    assert_eq!(ch.ok(&["boot"]), "");
+    let text = wait_for_serial(&serial, Duration::from_secs(30), |t| {
+        common::blk::blk_heartbeats(t).len() >= 3
+    });
+    assert!(text.contains("blk: 1 MiB of the 8 MiB disk 00:01.0"), "{text}");
+    let info = json(&ch.ok(&["info"]));
+    assert_eq!(
+        info["device_tree"]["_virtio-pci-root"]["pci_bdf"], "0000:00:01.0",
+        "{info}"
+    );
+    assert_eq!(
+        info["device_tree"]["_virtio-pci-data"]["pci_bdf"], "0000:00:02.0",
+        "{info}"
+    );
+    let counters = json(&ch.ok(&["counters"]));
+    assert!(counters["root"]["write_bytes"].as_u64().unwrap() > 0, "{counters}");
+    assert_eq!(counters["data"]["write_bytes"], 0, "{counters}");
+    // A booted VM: adding a disk would be a hot plug.
+    let more = format!("path={},id=more", dir.path("data.raw").display());
+    ch.refused(&["add-disk", &more], "Unknown", "would be a hot plug");
+    assert_eq!(ch.ok(&["power-button"]), "");
+    let text = wait_for_serial(&serial, Duration::from_secs(30), |t| t.contains("blk: stopped"));
+    // The guest's power-off ends covm (as CH ends on a guest shutdown).
+    assert_eq!(wait_exit(&mut covm, Duration::from_secs(20)), Some(0));
+    common::blk::check_disk_matches_summary(&root, seed, 1, &text);
 }

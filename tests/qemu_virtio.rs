@@ -12,9 +12,10 @@
 //! last heartbeat reported.
 
 mod common;
+use common::blk::{blk_heartbeats, check_disk_matches_summary, disk_generations, field, fresh_seed};
 use common::{wait_for_serial, Scratch};
 use covm_guest_abi::layout::BLK_BLOCK_SIZE;
-use covm_guest_abi::pattern::{block_generation, generation_digest, WORDS};
+use covm_guest_abi::pattern::{generation_digest, WORDS};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -130,66 +131,6 @@ fn disk(dir: &Scratch, mib: u64) -> (PathBuf, Vec<String>) {
     (path, args)
 }
 
-/// A seed that differs between runs, so a stale image cannot pass.
-fn fresh_seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    t.as_nanos() as u64 ^ (std::process::id() as u64) << 32
-}
-
-/// `key=<number>` in `line` (decimal or 0x-hex).
-fn field(line: &str, key: &str) -> Option<u64> {
-    let value = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?;
-    match value.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => value.parse().ok(),
-    }
-}
-
-/// `blk` heartbeats: (number, blocks, irqs, pages if `dirty` runs).
-fn blk_heartbeats(text: &str) -> Vec<(u64, u64, u64, Option<u64>)> {
-    text.lines()
-        .filter_map(|l| {
-            let n = l.strip_prefix("heartbeat ")?.split_whitespace().next()?.parse().ok()?;
-            l.ends_with(" ok").then_some(())?;
-            Some((n, field(l, "blocks")?, field(l, "irqs")?, field(l, "pages")))
-        })
-        .collect()
-}
-
-/// Reads each of the first `blocks` blocks of the image: its generation
-/// (0 for zeros), or the reason it is neither zeros nor an intact block.
-fn disk_generations(image: &Path, seed: u64, blocks: u64) -> Result<Vec<u32>, String> {
-    let bytes = std::fs::read(image).unwrap();
-    let mut generations = Vec::with_capacity(blocks as usize);
-    for block in 0..blocks {
-        let at = (block * BLK_BLOCK_SIZE) as usize;
-        let raw = &bytes[at..at + BLK_BLOCK_SIZE as usize];
-        let mut words = [0u64; WORDS];
-        for (w, chunk) in words.iter_mut().zip(raw.chunks_exact(8)) {
-            *w = u64::from_le_bytes(chunk.try_into().unwrap());
-        }
-        if words.iter().all(|&w| w == 0) {
-            generations.push(0);
-            continue;
-        }
-        match block_generation(&words, seed, block) {
-            Some(g) => generations.push(g as u32),
-            None => {
-                return Err(format!(
-                    "block {block} is neither zeros nor an intact block of seed {seed:#x} \
-                     (words 0-2: {:#x} {:#x} {:#x})",
-                    words[0], words[1], words[2]
-                ))
-            }
-        }
-    }
-    Ok(generations)
-}
-
 /// Runs `blk` until it stops by itself after `stop_after` heartbeats and
 /// checks the disk against the digest of its generation table.
 fn blk_stops_matching_its_table(vcpus: u32, extra: &str, stop_after: u64) -> (String, Duration) {
@@ -206,33 +147,14 @@ fn blk_stops_matching_its_table(vcpus: u32, extra: &str, stop_after: u64) -> (St
     let beats = blk_heartbeats(&text);
     assert_eq!(beats.len() as u64, stop_after, "serial:\n{text}");
     for (i, beat) in beats.iter().enumerate() {
-        assert_eq!(beat.0, i as u64 + 1, "heartbeat numbers skip:\n{text}");
+        assert_eq!(beat.number, i as u64 + 1, "heartbeat numbers skip:\n{text}");
     }
-    let summary = text
-        .lines()
-        .find(|l| l.starts_with("blk: stopped (stop_after)"))
-        .unwrap_or_else(|| panic!("no summary line:\n{text}"));
-    let writes = field(summary, "blocks").unwrap();
-    let sum = field(summary, "generations").unwrap();
-    let digest = field(summary, "digest").unwrap();
-    let irqs = field(summary, "irqs").unwrap();
-    assert!(writes > 0, "{summary}");
-    // Every write raised one block's generation by one.
-    assert_eq!(sum, writes, "{summary}");
+    assert!(text.contains("blk: stopped (stop_after)"), "serial:\n{text}");
+    let (_, _, _, irqs) = common::blk::blk_summary(&text).unwrap();
     // Completions were waited for halted: the MSI-X vector fired.
-    assert!(irqs > 0, "no MSI-X interrupt was counted: {summary}");
-    assert!(beats.last().unwrap().2 <= irqs, "{summary}");
-    let on_disk = disk_generations(&image, seed, 8 * 256).unwrap_or_else(|e| panic!("{e}\nserial:\n{text}"));
-    let disk_sum: u64 = on_disk.iter().map(|&g| g as u64).sum();
-    assert_eq!(
-        disk_sum, writes,
-        "the disk holds {disk_sum} block writes, the guest made {writes}"
-    );
-    assert_eq!(
-        generation_digest(on_disk.iter().copied()),
-        digest,
-        "the disk's generations differ from the guest's table (both add up to {writes})"
-    );
+    assert!(irqs > 0, "no MSI-X interrupt was counted:\n{text}");
+    assert!(beats.last().unwrap().irqs <= irqs, "serial:\n{text}");
+    check_disk_matches_summary(&image, seed, 8, &text);
     (text, elapsed)
 }
 
@@ -265,15 +187,15 @@ fn blk_throttled_beside_dirty_on_four_vcpus() {
     assert!(text.contains(", 3 vCPUs,"), "dirty runs on vCPUs 1-3:\n{text}");
     let beats = blk_heartbeats(&text);
     let last = beats.last().unwrap();
-    let pages = last.3.unwrap_or_else(|| panic!("no pages= beside blk:\n{text}"));
+    let pages = last.pages.unwrap_or_else(|| panic!("no pages= beside blk:\n{text}"));
     assert!(pages > 0, "dirty wrote nothing:\n{text}");
     // 1 MiB/s is 256 blocks a second, plus at most 100 ms of backlog; the
     // guest ran no longer than QEMU did.
     let bound = (256.0 * elapsed.as_secs_f64()) as u64 + 26;
     assert!(
-        last.1 <= bound,
+        last.blocks <= bound,
         "{} block writes in {elapsed:?} at rate=1:\n{text}",
-        last.1
+        last.blocks
     );
 }
 
@@ -298,10 +220,13 @@ fn blk_on_two_vcpus_killed_midway_leaves_only_whole_blocks() {
     let beats = blk_heartbeats(&text);
     assert!(beats.len() >= 10, "serial:\n{text}");
     for pair in beats.windows(2) {
-        assert!(pair[1].1 > pair[0].1, "block writes did not grow: {pair:?}");
-        assert!(pair[1].3 > pair[0].3, "dirty's page writes did not grow: {pair:?}");
+        assert!(pair[1].blocks > pair[0].blocks, "block writes did not grow: {pair:?}");
+        assert!(
+            pair[1].pages > pair[0].pages,
+            "dirty's page writes did not grow: {pair:?}"
+        );
     }
-    let reported = beats.last().unwrap().1;
+    let reported = beats.last().unwrap().blocks;
     let on_disk = disk_generations(&image, seed, 8 * 256).unwrap_or_else(|e| panic!("{e}\nserial:\n{text}"));
     let disk_sum: u64 = on_disk.iter().map(|&g| g as u64).sum();
     // Generations only grow and a write is counted once completed.

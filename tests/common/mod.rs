@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod blk;
 pub mod ch_remote;
 pub mod owner;
 

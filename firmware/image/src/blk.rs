@@ -18,7 +18,7 @@ use covm_guest_abi::layout::{blk_gen_gpa, BLK_BLOCK_SIZE};
 use covm_guest_abi::pattern::{check_block, fill_block, generation_digest, PageCheck, WORDS};
 use covm_guest_abi::ports::{self, power};
 use covm_guest_abi::workload::{BlkArgs, FAIL_DEVICE};
-use virtio_drivers::device::blk::{BlkReq, BlkResp, SECTOR_SIZE};
+use virtio_drivers::device::blk::{BlkReq, BlkResp, RespStatus, SECTOR_SIZE};
 use virtio_drivers::transport::pci::bus::DeviceFunction;
 
 const SECTORS_PER_BLOCK: u64 = BLK_BLOCK_SIZE / SECTOR_SIZE as u64;
@@ -47,6 +47,16 @@ struct Workload {
     dirty: bool,
 }
 
+/// The virtio-blk name of a request status.
+fn status_name(status: RespStatus) -> &'static str {
+    match status {
+        RespStatus::OK => "VIRTIO_BLK_S_OK",
+        RespStatus::IO_ERR => "VIRTIO_BLK_S_IOERR",
+        RespStatus::UNSUPPORTED => "VIRTIO_BLK_S_UNSUPP",
+        _ => "an unknown status",
+    }
+}
+
 fn generation(block: u64) -> u64 {
     // SAFETY: an entry of the table for a block of the region (RAM,
     // checked by `virtio::Devices::blk`), only this CPU touches it.
@@ -68,6 +78,23 @@ impl Workload {
 
     /// Reads or writes `block` through the buffer; powers off on an error.
     fn io(&mut self, block: u64, write: bool) {
+        let what = if write { "write" } else { "read" };
+        if let Err((e, status)) = self.try_io(block, write) {
+            let sector = block * SECTORS_PER_BLOCK;
+            self.fail_io(format_args!(
+                "{what} of block {block} (sector {sector}) failed: {e} (status {status:?})"
+            ));
+        }
+        if write {
+            self.writes += 1;
+        } else {
+            self.reads += 1;
+        }
+    }
+
+    /// One request for `block` through the buffer, waited for; the device's
+    /// error and status if it failed it.
+    fn try_io(&mut self, block: u64, write: bool) -> Result<(), (virtio_drivers::Error, RespStatus)> {
         let what = if write { "write" } else { "read" };
         let sector = (block * SECTORS_PER_BLOCK) as usize;
         let (mut req, mut resp) = (BlkReq::default(), BlkResp::default());
@@ -91,17 +118,7 @@ impl Workload {
                 self.blk.complete_read_blocks(token, &req, &mut *buf, &mut resp)
             }
         };
-        if let Err(e) = done {
-            self.fail_io(format_args!(
-                "{what} of block {block} (sector {sector}) failed: {e} (status {:?})",
-                resp.status()
-            ));
-        }
-        if write {
-            self.writes += 1;
-        } else {
-            self.reads += 1;
-        }
+        done.map_err(|e| (e, resp.status()))
     }
 
     /// Waits, halted, until the device has used `token`.
@@ -168,6 +185,24 @@ impl Workload {
         set_generation(block, next);
     }
 
+    /// On a disk the device calls read-only: one write anyway, which the
+    /// device must fail with an I/O error (a guest that ignores the flag
+    /// must not change the image), and a power-off naming the disk.
+    fn write_refused(&mut self) -> ! {
+        fill_block(self.buf, self.seed, 0, 1);
+        match self.try_io(0, true) {
+            Ok(()) => {
+                println!("FAIL blk: the read-only disk {} accepted a write", self.df);
+                hw::power_off(power::FAIL_VERIFY)
+            }
+            Err((_, status)) => virtio::fail_device(format_args!(
+                "blk: the virtio-blk disk {} is read-only (a write anyway: {})",
+                self.df,
+                status_name(status)
+            )),
+        }
+    }
+
     /// Flushes, prints the summary a host-side checker compares the disk
     /// with, and powers off cleanly.
     fn stop(&mut self, heartbeats: u64, why: &str) -> ! {
@@ -203,9 +238,7 @@ pub fn run(args: &BlkArgs, mut devices: Devices, tsc_khz: u64, dirty: bool) -> !
             blk.capacity()
         ));
     }
-    if blk.readonly() {
-        virtio::fail_device(format_args!("blk: the virtio-blk disk {df} is read-only"));
-    }
+    let readonly = blk.readonly();
     let buf = virtio::dma_pages(1).unwrap_or_else(|| virtio::fail_device(format_args!("blk: the DMA pool is used up")));
     println!(
         "blk: {} MiB of the {disk_mib} MiB disk {df}, {blocks} blocks, rate {} MiB/s, seed {}, \
@@ -230,6 +263,9 @@ pub fn run(args: &BlkArgs, mut devices: Devices, tsc_khz: u64, dirty: bool) -> !
         reads: 0,
         dirty,
     };
+    if readonly {
+        w.write_refused()
+    }
     w.run(args)
 }
 

@@ -65,6 +65,10 @@ const DISK_OTHER: &[(&str, &str)] = &[
     ("image_type", "covm reads raw images only"),
     // Both granularities give what covm's whole-file lock gives.
     ("lock_granularity", ""),
+    // ch-remote sends both (CH's document omits them): covm uses neither
+    // io_uring nor AIO (docs/devices.md), so either value is honoured.
+    ("disable_io_uring", ""),
+    ("disable_aio", ""),
 ];
 
 /// CH's `RngConfig` (unknown fields land in `other` and are refused there).
@@ -87,8 +91,9 @@ pub fn disk_from_json(json: DiskJson, at: &str) -> Result<DiskConfig, String> {
             return Err(format!("invalid DiskConfig: unknown field `{at}.{key}`"));
         };
         match (key.as_str(), value) {
-            ("sparse", Value::Bool(_)) | ("lock_granularity", _) => {}
-            ("image_type", Value::String(t)) if t.eq_ignore_ascii_case("raw") => {}
+            ("sparse" | "disable_io_uring" | "disable_aio", Value::Bool(_)) | ("lock_granularity", _) => {}
+            // "Unknown" is CH's default: the format is probed (covm: raw).
+            ("image_type", Value::String(t)) if t == "Raw" || t == "Unknown" => {}
             _ => ch_defaults::refuse_unless_default(&format!("{at}.{key}"), value, why)?,
         }
     }
