@@ -14,9 +14,10 @@ its guest-memory mapping.
 
 Usage: python3 scripts/bench_boot.py [--runs N]   (after cargo build --release)
 """
-import argparse, os, re, shutil, statistics, subprocess, sys, time
+import argparse, re, shutil, statistics, subprocess, sys, time
 
 from covmkit.build import release
+from covmkit.memory import describe, vmm_overhead_kib
 
 
 
@@ -43,36 +44,6 @@ def timed(cmd, first_byte_of=b"hello"):
 
 def median_ms(xs):
     return statistics.median(xs) * 1e3
-
-
-def vmm_overhead_kib():
-    """RSS of a running covm: in all, the guest memory's part, and of the
-    rest how much is anonymous (covm's own, per VM) and how much file-backed
-    (its code and libraries, shared by every covm on the host)."""
-    p = subprocess.Popen([release().covm, "--cpus", "boot=2", "--memory", "size=512M", "--serial", "null",
-                          "--cmdline", "workload=dirty mib=16 rate=1"])
-    time.sleep(2.0)
-    guest_kib = total_kib = file_kib = 0
-    with open(f"/proc/{p.pid}/smaps") as f:
-        size, name = None, ""
-        for line in f:
-            m = re.match(r"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$", line)
-            if m:
-                name = m.group(1)
-                continue
-            m = re.match(r"^Size:\s+(\d+) kB", line)
-            if m:
-                size = int(m.group(1))
-            m = re.match(r"^Rss:\s+(\d+) kB", line)
-            if m:
-                total_kib += int(m.group(1))
-                if size == 512 * 1024:
-                    guest_kib += int(m.group(1))
-                elif name.startswith("/"):
-                    file_kib += int(m.group(1))
-    p.kill()
-    p.wait()
-    return total_kib, guest_kib, file_kib
 
 
 def main():
@@ -107,11 +78,7 @@ def main():
               f"exit {statistics.median(qtotal) / statistics.median(total):.1f}x")
     else:
         print("qemu-system-x86_64 not installed (apt-get install qemu-system-x86): no comparison")
-    total_kib, guest_kib, file_kib = vmm_overhead_kib()
-    own = total_kib - guest_kib
-    print(f"covm RSS {total_kib / 1024:.1f} MiB, of which guest memory {guest_kib / 1024:.1f} MiB: "
-          f"VMM overhead {own / 1024:.2f} MiB ({(own - file_kib) / 1024:.2f} MiB anonymous, "
-          f"{file_kib / 1024:.2f} MiB code and libraries, shared between covm processes)")
+    print(describe(*vmm_overhead_kib()))
 
 
 if __name__ == "__main__":

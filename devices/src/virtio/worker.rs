@@ -35,6 +35,22 @@ pub trait QueueHandler: Send + 'static {
     /// more available). Returns whether it used any. A malformed request is answered with an error status where the
     /// device type has one; only a queue that cannot be read at all fails.
     fn process(&mut self, memory: &GuestMemory, index: u16, queue: &mut Queue) -> Result<bool, QueueFailure>;
+
+    /// [`process`](Self::process) for a handler that answers requests as
+    /// they finish while others are still in flight: after adding used
+    /// entries it calls `notify`, which interrupts the driver if it wants
+    /// to know. Returns whether it used any it has not notified. It still
+    /// returns only once every request it took is answered.
+    fn process_notifying(
+        &mut self,
+        memory: &GuestMemory,
+        index: u16,
+        queue: &mut Queue,
+        notify: &mut dyn FnMut(&mut Queue) -> Result<(), QueueFailure>,
+    ) -> Result<bool, QueueFailure> {
+        let _ = notify;
+        self.process(memory, index, queue)
+    }
 }
 
 struct Serving<H> {
@@ -59,10 +75,21 @@ impl<H: QueueHandler> Serving<H> {
             queue: active.index,
             reason: e.to_string(),
         };
+        let index = active.index;
+        let mut notify = |queue: &mut Queue| -> Result<(), QueueFailure> {
+            let wants = queue.needs_notification(memory).map_err(|e| QueueFailure {
+                queue: index,
+                reason: e.to_string(),
+            })?;
+            if wants {
+                interrupt.queue(index);
+            }
+            Ok(())
+        };
         let mut used = false;
         loop {
             active.queue.disable_notification(memory).map_err(fail)?;
-            used |= handler.process(memory, active.index, &mut active.queue)?;
+            used |= handler.process_notifying(memory, active.index, &mut active.queue, &mut notify)?;
             if !active.queue.enable_notification(memory).map_err(fail)? {
                 break;
             }

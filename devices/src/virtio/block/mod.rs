@@ -10,6 +10,7 @@
 //! [`Block::acquire`] on the destination.
 
 mod image;
+mod pool;
 mod request;
 #[cfg(test)]
 mod tests;

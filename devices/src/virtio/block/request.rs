@@ -15,9 +15,11 @@
 //! The used length is what the device wrote to the guest: the data read
 //! (IN, GET_ID) and the status byte.
 
+use super::pool::{AlignedBuf, IoPool, Job};
 use super::{lock, Image, Stats, ID_BYTES, MAX_REQUEST, SECTOR_SIZE};
 use crate::virtio::worker::{QueueFailure, QueueHandler};
 use crate::virtio::GuestMemory;
+use std::fs::File;
 use std::io::{Read, Write};
 use std::mem::{offset_of, size_of};
 use std::os::unix::fs::FileExt;
@@ -40,9 +42,13 @@ const HEADER_LEN: usize = size_of::<virtio_blk_outhdr>();
 /// request's size, so the device's memory does not grow with the guest's
 /// requests.
 pub(super) const CHUNK: usize = 1 << 20;
-/// The bounce buffer's alignment: O_DIRECT needs the memory aligned to
-/// the logical block size, which 4096 covers.
-const ALIGN: usize = 4096;
+/// Reads and writes of up to [`CHUNK`] bytes run in parallel on the I/O
+/// threads ([`IoPool`]) as long as their buffers add up to at most this:
+/// what the device may hold in flight.
+const BATCH_BYTES: usize = 2 << 20;
+/// The disk's I/O threads: enough for a guest's queue depth to reach the
+/// host's device, few enough to stay cheap on a small host.
+const IO_THREADS: usize = 8;
 
 /// The longest chain the device serves: `seg_max` data buffers, the
 /// header and the status (a longer one breaks the spec's rule that no
@@ -137,21 +143,48 @@ fn layout(memory: &GuestMemory, chain: &Chain<'_>, max: usize) -> Result<Layout,
     Ok(Layout { status, ordered })
 }
 
-/// A host buffer aligned for O_DIRECT, grown once to at most [`CHUNK`].
-#[derive(Default)]
-struct AlignedBuf {
-    storage: Vec<u8>,
+/// What [`Handler::execute`] leaves to do.
+enum Step<'a> {
+    /// Finished: the bytes written to the guest, or why it failed.
+    Done(Result<usize, Failed>),
+    /// A read or write whose host I/O runs with its batch.
+    Io(Deferred<'a>),
+    /// A flush: it runs once the writes before it are done.
+    Flush,
 }
 
-impl AlignedBuf {
-    fn get(&mut self, len: usize) -> &mut [u8] {
-        if self.storage.len() < len + ALIGN {
-            self.storage.resize(len + ALIGN, 0);
-        }
-        let addr = self.storage.as_ptr() as usize;
-        let start = addr.next_multiple_of(ALIGN) - addr;
-        &mut self.storage[start..start + len]
-    }
+/// How far [`Handler::begin`] got with a chain.
+enum Begun<'a> {
+    /// Answered, with this used length.
+    Answered(u32),
+    /// A read or write for the batch; its status byte's address.
+    Io(GuestAddress, Deferred<'a>),
+    /// A flush; its status byte's address.
+    Flush(GuestAddress),
+}
+
+/// A read or write waiting for its batch.
+struct Deferred<'a> {
+    job: Job,
+    /// A read's data buffers, filled once the I/O is done.
+    data: Option<GuestWriter<'a>>,
+}
+
+/// A request whose host I/O is on an I/O thread.
+struct InFlight<'a> {
+    head: u16,
+    status: GuestAddress,
+    /// A read's data buffers, filled once the I/O is done.
+    data: Option<GuestWriter<'a>>,
+    len: usize,
+}
+
+/// The requests of one `process` call that are on the I/O threads.
+#[derive(Default)]
+struct Flight<'a> {
+    requests: std::collections::HashMap<usize, InFlight<'a>>,
+    bytes: usize,
+    next: usize,
 }
 
 /// The block device's request handling, run by its worker.
@@ -163,7 +196,12 @@ pub(super) struct Handler {
     readonly: bool,
     id: [u8; ID_BYTES],
     max_descriptors: usize,
+    /// The buffer of requests larger than [`CHUNK`], done in pieces.
     buffer: AlignedBuf,
+    /// Batch buffers kept for the next batch, at most [`BATCH_BYTES`] of them.
+    spare: Vec<AlignedBuf>,
+    /// Started with the first batch of more than one request.
+    pool: Option<IoPool>,
     stats: Arc<Stats>,
 }
 
@@ -185,20 +223,32 @@ impl Handler {
             id,
             max_descriptors,
             buffer: AlignedBuf::default(),
+            spare: Vec::new(),
+            pool: None,
             stats,
         }
     }
 
-    /// Serves one chain; returns the used length.
-    fn serve(&mut self, memory: &GuestMemory, chain: Chain<'_>) -> u32 {
+    /// Starts serving one chain: the used length if it is answered
+    /// already, else what is left to do.
+    fn begin<'a>(&mut self, memory: &'a GuestMemory, chain: Chain<'a>) -> Begun<'a> {
         let layout = match layout(memory, &chain, self.max_descriptors) {
             Ok(layout) => layout,
             Err(why) => {
                 self.guest_fault(&why);
-                return 0;
+                return Begun::Answered(0);
             }
         };
-        let (status, written) = match self.execute(memory, chain, layout.ordered) {
+        match self.execute(memory, chain, layout.ordered) {
+            Step::Done(result) => Begun::Answered(self.complete(memory, layout.status, result)),
+            Step::Io(io) => Begun::Io(layout.status, io),
+            Step::Flush => Begun::Flush(layout.status),
+        }
+    }
+
+    /// Answers a request: its status byte, and the used length.
+    fn complete(&mut self, memory: &GuestMemory, status_at: GuestAddress, result: Result<usize, Failed>) -> u32 {
+        let (status, written) = match result {
             Ok(written) => (VIRTIO_BLK_S_OK, written),
             Err(Failed { failure, written }) => {
                 let status = match failure {
@@ -220,14 +270,21 @@ impl Handler {
         };
         // Written directly rather than through the Writer: it is the one
         // byte still writable when the data buffers are not.
-        if memory.write_obj(status as u8, layout.status).is_err() {
+        if memory.write_obj(status as u8, status_at).is_err() {
             return written as u32;
         }
         written as u32 + 1
     }
 
     /// Runs the request; `Ok` has the bytes written to the guest.
-    fn execute(&mut self, memory: &GuestMemory, chain: Chain<'_>, ordered: bool) -> Result<usize, Failed> {
+    fn execute<'a>(&mut self, memory: &'a GuestMemory, chain: Chain<'a>, ordered: bool) -> Step<'a> {
+        match self.start(memory, chain, ordered) {
+            Ok(step) => step,
+            Err(failed) => Step::Done(Err(failed)),
+        }
+    }
+
+    fn start<'a>(&mut self, memory: &'a GuestMemory, chain: Chain<'a>, ordered: bool) -> Result<Step<'a>, Failed> {
         if !ordered {
             return Err(guest("a device-readable buffer follows a device-writable one"));
         }
@@ -253,10 +310,10 @@ impl Handler {
                 .unwrap_or_default(),
         );
         match kind {
-            VIRTIO_BLK_T_IN => self.read(sector, &reader, &mut writer),
+            VIRTIO_BLK_T_IN => self.read(sector, &reader, writer),
             VIRTIO_BLK_T_OUT => self.write(sector, &mut reader, &writer),
-            VIRTIO_BLK_T_FLUSH => self.flush(),
-            VIRTIO_BLK_T_GET_ID => self.get_id(&reader, &mut writer),
+            VIRTIO_BLK_T_FLUSH => Ok(Step::Flush),
+            VIRTIO_BLK_T_GET_ID => Ok(Step::Done(self.get_id(&reader, &mut writer))),
             other => Err(Failed {
                 failure: Failure::Unsupported(other),
                 written: 0,
@@ -286,12 +343,29 @@ impl Handler {
         }
     }
 
-    fn read(&mut self, sector: u64, rest: &GuestReader<'_>, data: &mut GuestWriter<'_>) -> Result<usize, Failed> {
+    /// A batch buffer for `len` bytes.
+    fn batch_buffer(&mut self, len: usize) -> AlignedBuf {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.get(len);
+        buf
+    }
+
+    fn read<'a>(&mut self, sector: u64, rest: &GuestReader<'_>, mut data: GuestWriter<'a>) -> Result<Step<'a>, Failed> {
         if rest.available_bytes() != 0 {
             return Err(guest("a read (T_IN) with device-readable data buffers"));
         }
         let len = data.available_bytes();
         let offset = self.range(sector, len)?;
+        if len <= CHUNK {
+            let buf = self.batch_buffer(len);
+            let job = Job {
+                write: false,
+                offset,
+                len,
+                buf,
+            };
+            return Ok(Step::Io(Deferred { job, data: Some(data) }));
+        }
         let image = lock(&self.image);
         let mut done = 0;
         while done < len {
@@ -305,10 +379,15 @@ impl Handler {
         }
         self.stats.read_ops.fetch_add(1, Ordering::Relaxed);
         self.stats.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        Ok(len)
+        Ok(Step::Done(Ok(len)))
     }
 
-    fn write(&mut self, sector: u64, data: &mut GuestReader<'_>, rest: &GuestWriter<'_>) -> Result<usize, Failed> {
+    fn write<'a>(
+        &mut self,
+        sector: u64,
+        data: &mut GuestReader<'_>,
+        rest: &GuestWriter<'_>,
+    ) -> Result<Step<'a>, Failed> {
         if self.readonly {
             return Err(guest("a write (T_OUT) to a read-only disk"));
         }
@@ -317,6 +396,20 @@ impl Handler {
         }
         let len = data.available_bytes();
         let offset = self.range(sector, len)?;
+        if len <= CHUNK {
+            let mut buf = self.batch_buffer(len);
+            if let Err(e) = data.read_exact(buf.get(len)) {
+                self.spare.push(buf);
+                return Err(host(e, 0));
+            }
+            let job = Job {
+                write: true,
+                offset,
+                len,
+                buf,
+            };
+            return Ok(Step::Io(Deferred { job, data: None }));
+        }
         let image = lock(&self.image);
         let mut done = 0;
         while done < len {
@@ -330,7 +423,151 @@ impl Handler {
         }
         self.stats.write_ops.fetch_add(1, Ordering::Relaxed);
         self.stats.write_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        Ok(0)
+        Ok(Step::Done(Ok(0)))
+    }
+
+    /// The I/O threads, started on first use; `None` (requests then run in
+    /// turn on the worker) if the host will not start threads.
+    fn pool(&mut self) -> Option<&IoPool> {
+        if self.pool.is_none() {
+            match IoPool::new(&self.name.replace(' ', "-"), IO_THREADS) {
+                Ok(pool) => self.pool = Some(pool),
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: cannot start I/O threads ({e}); requests run one at a time",
+                        self.name
+                    );
+                    return None;
+                }
+            }
+        }
+        self.pool.as_ref()
+    }
+
+    /// Keeps a finished job's buffer for the next one, within [`BATCH_BYTES`].
+    fn recycle(&mut self, job: Job) {
+        if self.spare.iter().map(AlignedBuf::capacity).sum::<usize>() + job.buf.capacity() <= BATCH_BYTES {
+            self.spare.push(job.buf);
+        }
+    }
+
+    /// Runs a read or write: on an I/O thread while others are in flight
+    /// or more requests wait (`alone` false), else right here, sparing the
+    /// hand-over. Requests answered here go to `answered`.
+    fn dispatch<'a>(
+        &mut self,
+        memory: &GuestMemory,
+        file: &Arc<File>,
+        (head, status, io): (u16, GuestAddress, Deferred<'a>),
+        alone: bool,
+        flight: &mut Flight<'a>,
+        answered: &mut Vec<(u16, u32)>,
+    ) {
+        let Deferred { mut job, data } = io;
+        if !alone {
+            // Room in the budget first: wait for requests in flight.
+            while flight.bytes + job.len > BATCH_BYTES && !flight.requests.is_empty() {
+                self.reap(memory, flight, true, answered);
+            }
+            let index = flight.next;
+            let len = job.len;
+            let submitted = match self.pool() {
+                Some(pool) => pool.submit(index, job, file),
+                None => Err(job),
+            };
+            match submitted {
+                Ok(()) => {
+                    flight.next += 1;
+                    flight.bytes += len;
+                    flight.requests.insert(
+                        index,
+                        InFlight {
+                            head,
+                            status,
+                            data,
+                            len,
+                        },
+                    );
+                    return;
+                }
+                // No thread to take it: done here.
+                Err(back) => job = back,
+            }
+        }
+        self.dispatch_inline(memory, file, head, status, job, data, answered)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch_inline(
+        &mut self,
+        memory: &GuestMemory,
+        file: &File,
+        head: u16,
+        status: GuestAddress,
+        mut job: Job,
+        data: Option<GuestWriter<'_>>,
+        answered: &mut Vec<(u16, u32)>,
+    ) {
+        let result = job.run(file);
+        let answer = self.finish(&mut job, data, result);
+        answered.push((head, self.complete(memory, status, answer)));
+        self.recycle(job);
+    }
+
+    /// Answers requests whose I/O finished: at least one if `block` (and
+    /// any are in flight), then whichever others are done.
+    fn reap(&mut self, memory: &GuestMemory, flight: &mut Flight<'_>, block: bool, answered: &mut Vec<(u16, u32)>) {
+        let mut wait = block && !flight.requests.is_empty();
+        loop {
+            let done = match self.pool.as_ref() {
+                Some(pool) => pool.finished(wait),
+                None => None,
+            };
+            let Some((index, mut job, result)) = done else {
+                if wait {
+                    // Every I/O thread is gone: what they held fails.
+                    for (_, lost) in flight.requests.drain() {
+                        let e = std::io::Error::other("the disk's I/O threads stopped");
+                        answered.push((lost.head, self.complete(memory, lost.status, Err(host(e, 0)))));
+                    }
+                    flight.bytes = 0;
+                }
+                return;
+            };
+            wait = false;
+            let Some(request) = flight.requests.remove(&index) else {
+                continue;
+            };
+            flight.bytes -= request.len;
+            let answer = self.finish(&mut job, request.data, result);
+            answered.push((request.head, self.complete(memory, request.status, answer)));
+            self.recycle(job);
+        }
+    }
+
+    /// A batch job's outcome for the guest: a read's data copied in.
+    fn finish(
+        &mut self,
+        job: &mut Job,
+        data: Option<GuestWriter<'_>>,
+        result: std::io::Result<()>,
+    ) -> Result<usize, Failed> {
+        result.map_err(|e| host(e, 0))?;
+        let len = job.len;
+        match data {
+            Some(mut data) => {
+                data.write_all(job.buf.get(len))
+                    .map_err(|e| host(e, data.bytes_written()))?;
+                self.stats.read_ops.fetch_add(1, Ordering::Relaxed);
+                self.stats.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                Ok(len)
+            }
+            None => {
+                self.stats.write_ops.fetch_add(1, Ordering::Relaxed);
+                self.stats.write_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                Ok(0)
+            }
+        }
     }
 
     fn flush(&mut self) -> Result<usize, Failed> {
@@ -375,19 +612,72 @@ impl Handler {
 
 impl QueueHandler for Handler {
     fn process(&mut self, memory: &GuestMemory, index: u16, queue: &mut Queue) -> Result<bool, QueueFailure> {
+        let mut used = false;
+        self.process_notifying(memory, index, queue, &mut |_| {
+            used = true;
+            Ok(())
+        })?;
+        Ok(used)
+    }
+
+    fn process_notifying(
+        &mut self,
+        memory: &GuestMemory,
+        index: u16,
+        queue: &mut Queue,
+        notify: &mut dyn FnMut(&mut Queue) -> Result<(), QueueFailure>,
+    ) -> Result<bool, QueueFailure> {
         let fail = |e: virtio_queue::Error| QueueFailure {
             queue: index,
             reason: e.to_string(),
         };
-        // At most the queue's size (virtio-queue checks the available
-        // index), each served before the next is taken.
-        let chains: Vec<_> = queue.iter(memory).map_err(fail)?.collect();
-        let used = !chains.is_empty();
-        for chain in chains {
-            let head = chain.head_index();
-            let len = self.serve(memory, chain);
-            queue.add_used(memory, head, len).map_err(fail)?;
+        // Requests are taken as the driver makes them available and
+        // answered as their I/O finishes, so the driver can keep the host's
+        // device busy; a flush waits for the requests before it. This
+        // returns only when every request it took is answered, so a paused
+        // worker has nothing in flight.
+        let file = match lock(&self.image).file().try_clone() {
+            Ok(file) => Arc::new(file),
+            Err(e) => {
+                return Err(QueueFailure {
+                    queue: index,
+                    reason: format!("cannot share the image with the I/O threads: {e}"),
+                })
+            }
+        };
+        let mut flight = Flight::default();
+        loop {
+            // At most the queue's size (virtio-queue checks the available index).
+            let chains: Vec<_> = queue.iter(memory).map_err(fail)?.collect();
+            if chains.is_empty() && flight.requests.is_empty() {
+                return Ok(false);
+            }
+            let alone = chains.len() == 1 && flight.requests.is_empty();
+            let mut answered = Vec::with_capacity(chains.len());
+            for chain in chains {
+                let head = chain.head_index();
+                match self.begin(memory, chain) {
+                    Begun::Answered(len) => answered.push((head, len)),
+                    Begun::Io(status, io) => {
+                        self.dispatch(memory, &file, (head, status, io), alone, &mut flight, &mut answered)
+                    }
+                    Begun::Flush(status) => {
+                        while !flight.requests.is_empty() {
+                            self.reap(memory, &mut flight, true, &mut answered);
+                        }
+                        let result = self.flush();
+                        answered.push((head, self.complete(memory, status, result)));
+                    }
+                }
+            }
+            // Wait for I/O only when there is nothing else to tell the driver.
+            self.reap(memory, &mut flight, answered.is_empty(), &mut answered);
+            for &(head, len) in &answered {
+                queue.add_used(memory, head, len).map_err(fail)?;
+            }
+            if !answered.is_empty() {
+                notify(queue)?;
+            }
         }
-        Ok(used)
     }
 }
