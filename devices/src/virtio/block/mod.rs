@@ -3,8 +3,10 @@
 //! [,num_queues=N][,queue_size=N]`.
 //!
 //! The device offers flush, a 512-byte block size and, with several
-//! queues, multiqueue; one worker thread serves every queue
-//! (`request`), with positional I/O so queues share no file offset.
+//! queues, multiqueue; one worker thread takes the requests of every queue
+//! (`request`) and hands reads and writes to the disk's I/O threads
+//! (`pool`), which do positional I/O through bounce buffers, so queues
+//! share no file offset and no thread but the worker touches guest memory.
 //! The image is OFD-locked so no two VMMs write it (`image`); live
 //! migration hands the lock over with [`Block::release`] on the source and
 //! [`Block::acquire`] on the destination.
