@@ -207,7 +207,11 @@ fn kernel_and_firmware_together() {
 #[test]
 fn bad_serial_and_console_modes() {
     assert_refused(&run(&["--serial", "pty"]), 2, "--serial: unknown key 'pty'");
-    assert_refused(&run(&["--console", "tty"]), 2, "no virtio console");
+    assert_refused(
+        &run(&["--console", "pty"]),
+        2,
+        "--console: invalid mode=pty: covm's virtio console writes to off, null, tty or file=PATH",
+    );
 }
 
 #[test]

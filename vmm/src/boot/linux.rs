@@ -98,8 +98,11 @@ mod tests {
         assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE as u32);
         assert_eq!({ hdr.cmdline_size }, 12);
         assert_eq!(({ hdr.ramdisk_image }, { hdr.ramdisk_size }), (0x1000_0000, 0x2000));
-        assert_eq!(p.e820_entries, 4);
-        let high = p.e820_table[3];
+        // Low RAM, the legacy hole, RAM from 1 MiB, the ECAM, high RAM.
+        assert_eq!(p.e820_entries, 5);
+        let ecam = p.e820_table[3];
+        assert_eq!(({ ecam.addr }, { ecam.r#type }), (0xe000_0000, 2));
+        let high = p.e820_table[4];
         assert_eq!(({ high.addr }, { high.size }, { high.r#type }), (4 << 30, 2 << 30, 1));
     }
 

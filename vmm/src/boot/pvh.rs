@@ -73,10 +73,13 @@ mod tests {
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
         assert_eq!(info.version, 1);
         assert_eq!(info.cmdline_paddr, layout::CMDLINE);
-        assert_eq!(info.memmap_entries, 3);
+        assert_eq!(info.memmap_entries, 4);
         assert_eq!(info.nr_modules, 1);
         let last: hvm_memmap_table_entry = mem.read_obj(GuestAddress(layout::PVH_MEMMAP + 2 * 24)).unwrap();
         assert_eq!((last.addr, last.size, last.type_), (0x100000, (64 << 20) - 0x100000, 1));
+        // The PCI configuration window, reserved.
+        let ecam: hvm_memmap_table_entry = mem.read_obj(GuestAddress(layout::PVH_MEMMAP + 3 * 24)).unwrap();
+        assert_eq!((ecam.addr, ecam.size, ecam.type_), (0xe000_0000, 0x1000_0000, 2));
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
         assert_eq!((module.paddr, module.size), (0x300_0000, 0x1234));
     }

@@ -197,9 +197,9 @@ pub fn parse_console(text: &str) -> Result<ConsoleMode, OptionError> {
             "" => Err(m.invalid("file", "", "needs a path")),
             path => Ok(ConsoleMode::File(path.into())),
         },
-        [mode @ ("pty" | "socket")] => Err(m.invalid(
-            mode,
-            m.get(mode).unwrap_or_default(),
+        ["pty" | "socket"] => Err(m.invalid(
+            "mode",
+            text,
             "covm's virtio console writes to off, null, tty or file=PATH",
         )),
         _ => Err(m.invalid("mode", text, "give exactly one of off, null, tty, file=PATH")),

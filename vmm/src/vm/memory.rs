@@ -5,6 +5,7 @@
 //! backing uses vm-memory's `AtomicBitmap`, so pages the VMM itself writes
 //! are tracked for migration alongside KVM's dirty log.
 
+use covm_guest_abi::layout::{PCI_ECAM_BASE, PCI_ECAM_SIZE};
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
@@ -79,7 +80,11 @@ pub struct E820Entry {
 }
 
 /// The memory map the guest is told about: low RAM below the EBDA, the
-/// legacy hole reserved, RAM from 1 MiB, and RAM above 4 GiB.
+/// legacy hole reserved, RAM from 1 MiB, the PCI configuration window
+/// (ECAM) reserved, as firmware on real machines reserves it (Linux trusts
+/// an ECAM only inside a reserved range), and RAM above 4 GiB. The rest of
+/// the 32-bit hole, where covm places BARs, is left out: neither RAM nor
+/// reserved, as on real machines, so a guest may place BARs there too.
 pub fn e820_map(size: u64) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
@@ -104,6 +109,12 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
             });
         }
     }
+    map.push(E820Entry {
+        addr: PCI_ECAM_BASE,
+        size: PCI_ECAM_SIZE,
+        kind: E820_RESERVED,
+    });
+    map.sort_by_key(|e| e.addr);
     map
 }
 
@@ -193,6 +204,11 @@ mod tests {
                     size: (512 << 20) - 0x100000,
                     kind: E820_RAM
                 },
+                E820Entry {
+                    addr: 0xe000_0000,
+                    size: 0x1000_0000,
+                    kind: E820_RESERVED
+                },
             ]
         );
     }
@@ -200,7 +216,7 @@ mod tests {
     #[test]
     fn e820_large_has_high_ram() {
         let map = e820_map(5 << 30);
-        assert_eq!(map.len(), 4);
+        assert_eq!(map.len(), 5);
         assert_eq!(
             map[2],
             E820Entry {
@@ -211,6 +227,14 @@ mod tests {
         );
         assert_eq!(
             map[3],
+            E820Entry {
+                addr: 0xe000_0000,
+                size: 0x1000_0000,
+                kind: E820_RESERVED
+            }
+        );
+        assert_eq!(
+            map[4],
             E820Entry {
                 addr: 4 << 30,
                 size: 2 << 30,
