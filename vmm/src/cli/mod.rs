@@ -43,6 +43,8 @@ pub struct Cli {
     /// Disks (virtio-blk), one value each: path=FILE[,readonly=on]
     /// [,direct=on][,id=ID][,num_queues=N][,queue_size=N][,serial=S].
     /// Raw images; each is locked while covm uses it.
+    // clap's --help text: the brackets are the syntax, not rustdoc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, value_name = "path=FILE,...", num_args = 1..)]
     pub disk: Vec<String>,
 
