@@ -60,6 +60,11 @@ impl Image {
     }
 
     /// The image's size in bytes, as found when it was opened.
+    /// Whether it is (or, once reopened, will be) opened O_DIRECT.
+    pub(super) fn direct(&self) -> bool {
+        self.direct
+    }
+
     pub(super) fn size(&self) -> u64 {
         self.size
     }

@@ -12,6 +12,7 @@
 //! [`Block::acquire`] on the destination.
 
 mod image;
+mod in_place;
 mod pool;
 mod request;
 #[cfg(test)]

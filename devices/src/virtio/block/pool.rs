@@ -3,12 +3,13 @@
 //! depth on the host (one thread doing them in turn gets only the host's
 //! depth-1 speed: docs/devices.md has the measurements).
 //!
-//! Each job owns an aligned bounce buffer (O_DIRECT needs aligned memory;
-//! guest buffers need not be), so no thread ever touches guest memory: the
-//! worker copies data in before and out after. The worker waits for every
-//! job of a batch before it answers any, which keeps the worker's pause
-//! semantics: when it stops, nothing is in flight.
+//! A job reads or writes the request's buffers in guest memory in place
+//! (`in_place`), or, where those do not suit the host (unaligned for
+//! O_DIRECT), an aligned bounce buffer the worker copies through. The
+//! worker answers each request once its job is back and returns only with
+//! none in flight, which keeps its pause semantics.
 
+use super::in_place::GuestBuffers;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -42,22 +43,43 @@ impl AlignedBuf {
     }
 }
 
+/// Where a job's data is.
+pub(super) enum Target {
+    /// An aligned host buffer the worker copies guest data through.
+    Bounce(AlignedBuf),
+    /// The request's own buffers in guest memory, done in place.
+    Guest(GuestBuffers),
+}
+
 /// One positional read or write of `len` bytes at `offset`.
 pub(super) struct Job {
     pub(super) write: bool,
     pub(super) offset: u64,
     pub(super) len: usize,
-    pub(super) buf: AlignedBuf,
+    pub(super) target: Target,
 }
 
 impl Job {
     /// Does it on `file`, on the calling thread.
     pub(super) fn run(&mut self, file: &File) -> io::Result<()> {
-        let buf = self.buf.get(self.len);
-        if self.write {
-            file.write_all_at(buf, self.offset)
-        } else {
-            file.read_exact_at(buf, self.offset)
+        match &mut self.target {
+            Target::Bounce(buf) => {
+                let buf = buf.get(self.len);
+                if self.write {
+                    file.write_all_at(buf, self.offset)
+                } else {
+                    file.read_exact_at(buf, self.offset)
+                }
+            }
+            Target::Guest(buffers) => buffers.run(file, self.offset, self.write),
+        }
+    }
+
+    /// The host memory it holds while in flight.
+    pub(super) fn held(&self) -> usize {
+        match &self.target {
+            Target::Bounce(_) => self.len,
+            Target::Guest(_) => 0,
         }
     }
 }

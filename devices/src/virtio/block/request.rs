@@ -15,7 +15,8 @@
 //! The used length is what the device wrote to the guest: the data read
 //! (IN, GET_ID) and the status byte.
 
-use super::pool::{AlignedBuf, IoPool, Job};
+use super::in_place::{self, GuestBuffers};
+use super::pool::{AlignedBuf, IoPool, Job, Target};
 
 mod flight;
 use super::{lock, Image, Stats, ID_BYTES, MAX_REQUEST, SECTOR_SIZE};
@@ -33,7 +34,7 @@ use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::bitmap::{AtomicBitmap, BS};
 use vm_memory::{Bytes, GuestAddress, GuestMemory as _, Permissions};
 
-type Chain<'a> = DescriptorChain<&'a GuestMemory>;
+pub(super) type Chain<'a> = DescriptorChain<&'a GuestMemory>;
 type GuestReader<'a> = Reader<'a, BS<'a, AtomicBitmap>>;
 type GuestWriter<'a> = Writer<'a, BS<'a, AtomicBitmap>>;
 
@@ -178,6 +179,8 @@ pub(super) struct Handler {
     /// In sectors.
     capacity: u64,
     readonly: bool,
+    /// The image is opened O_DIRECT: buffers done in place must be aligned.
+    direct: bool,
     id: [u8; ID_BYTES],
     max_descriptors: usize,
     /// The buffer of requests larger than [`CHUNK`], done in pieces.
@@ -199,9 +202,11 @@ impl Handler {
         max_descriptors: usize,
         stats: Arc<Stats>,
     ) -> Self {
+        let direct = lock(&image).direct();
         Handler {
             name,
             image,
+            direct,
             capacity,
             readonly,
             id,
@@ -273,6 +278,7 @@ impl Handler {
             return Err(guest("a device-readable buffer follows a device-writable one"));
         }
         let outside = |e: virtio_queue::Error| guest(format!("a data buffer is outside guest memory ({e})"));
+        let buffers = chain.clone();
         let mut reader = Reader::new(memory, chain.clone()).map_err(outside)?;
         let mut writer = Writer::new(memory, chain).map_err(outside)?;
         // The layout found a writable last byte: keep it out of the data.
@@ -294,8 +300,16 @@ impl Handler {
                 .unwrap_or_default(),
         );
         match kind {
-            VIRTIO_BLK_T_IN => self.read(sector, &reader, writer),
-            VIRTIO_BLK_T_OUT => self.write(sector, &mut reader, &writer),
+            VIRTIO_BLK_T_IN => {
+                let len = writer.available_bytes();
+                let in_place = in_place::buffers(memory, &buffers, false, HEADER_LEN, len, self.direct);
+                self.read(sector, &reader, writer, in_place)
+            }
+            VIRTIO_BLK_T_OUT => {
+                let len = reader.available_bytes();
+                let in_place = in_place::buffers(memory, &buffers, true, HEADER_LEN, len, self.direct);
+                self.write(sector, &mut reader, &writer, in_place)
+            }
             VIRTIO_BLK_T_FLUSH => Ok(Step::Flush),
             VIRTIO_BLK_T_GET_ID => Ok(Step::Done(self.get_id(&reader, &mut writer))),
             other => Err(Failed {
@@ -334,22 +348,34 @@ impl Handler {
         buf
     }
 
-    fn read<'a>(&mut self, sector: u64, rest: &GuestReader<'_>, mut data: GuestWriter<'a>) -> Result<Step<'a>, Failed> {
+    fn read<'a>(
+        &mut self,
+        sector: u64,
+        rest: &GuestReader<'_>,
+        data: GuestWriter<'a>,
+        in_place: Option<GuestBuffers>,
+    ) -> Result<Step<'a>, Failed> {
         if rest.available_bytes() != 0 {
             return Err(guest("a read (T_IN) with device-readable data buffers"));
         }
         let len = data.available_bytes();
         let offset = self.range(sector, len)?;
-        if len <= CHUNK {
-            let buf = self.batch_buffer(len);
-            let job = Job {
-                write: false,
-                offset,
-                len,
-                buf,
-            };
-            return Ok(Step::Io(Deferred { job, data: Some(data) }));
-        }
+        let (target, data) = match in_place {
+            Some(buffers) => (Target::Guest(buffers), None),
+            None if len <= CHUNK => (Target::Bounce(self.batch_buffer(len)), Some(data)),
+            None => return self.read_in_pieces(offset, len, data),
+        };
+        let job = Job {
+            write: false,
+            offset,
+            len,
+            target,
+        };
+        Ok(Step::Io(Deferred { job, data }))
+    }
+
+    /// A read too large for a bounce buffer, done here a [`CHUNK`] at a time.
+    fn read_in_pieces<'a>(&mut self, offset: u64, len: usize, mut data: GuestWriter<'a>) -> Result<Step<'a>, Failed> {
         let image = lock(&self.image);
         let mut done = 0;
         while done < len {
@@ -371,6 +397,7 @@ impl Handler {
         sector: u64,
         data: &mut GuestReader<'_>,
         rest: &GuestWriter<'_>,
+        in_place: Option<GuestBuffers>,
     ) -> Result<Step<'a>, Failed> {
         if self.readonly {
             return Err(guest("a write (T_OUT) to a read-only disk"));
@@ -380,20 +407,29 @@ impl Handler {
         }
         let len = data.available_bytes();
         let offset = self.range(sector, len)?;
-        if len <= CHUNK {
-            let mut buf = self.batch_buffer(len);
-            if let Err(e) = data.read_exact(buf.get(len)) {
-                self.spare.push(buf);
-                return Err(host(e, 0));
+        let target = match in_place {
+            Some(buffers) => Target::Guest(buffers),
+            None if len <= CHUNK => {
+                let mut buf = self.batch_buffer(len);
+                if let Err(e) = data.read_exact(buf.get(len)) {
+                    self.spare.push(buf);
+                    return Err(host(e, 0));
+                }
+                Target::Bounce(buf)
             }
-            let job = Job {
-                write: true,
-                offset,
-                len,
-                buf,
-            };
-            return Ok(Step::Io(Deferred { job, data: None }));
-        }
+            None => return self.write_in_pieces(offset, len, data),
+        };
+        let job = Job {
+            write: true,
+            offset,
+            len,
+            target,
+        };
+        Ok(Step::Io(Deferred { job, data: None }))
+    }
+
+    /// A write too large for a bounce buffer, done here a [`CHUNK`] at a time.
+    fn write_in_pieces<'a>(&mut self, offset: u64, len: usize, data: &mut GuestReader<'_>) -> Result<Step<'a>, Failed> {
         let image = lock(&self.image);
         let mut done = 0;
         while done < len {
@@ -419,20 +455,19 @@ impl Handler {
     ) -> Result<usize, Failed> {
         result.map_err(|e| host(e, 0))?;
         let len = job.len;
-        match data {
-            Some(mut data) => {
-                data.write_all(job.buf.get(len))
-                    .map_err(|e| host(e, data.bytes_written()))?;
-                self.stats.read_ops.fetch_add(1, Ordering::Relaxed);
-                self.stats.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                Ok(len)
-            }
-            None => {
-                self.stats.write_ops.fetch_add(1, Ordering::Relaxed);
-                self.stats.write_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                Ok(0)
-            }
+        if job.write {
+            self.stats.write_ops.fetch_add(1, Ordering::Relaxed);
+            self.stats.write_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            return Ok(0);
         }
+        // A bounced read: its data into the guest's buffers.
+        if let (Some(mut data), Target::Bounce(buf)) = (data, &mut job.target) {
+            data.write_all(buf.get(len))
+                .map_err(|e| host(e, data.bytes_written()))?;
+        }
+        self.stats.read_ops.fetch_add(1, Ordering::Relaxed);
+        self.stats.read_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(len)
     }
 
     fn flush(&mut self) -> Result<usize, Failed> {

@@ -6,6 +6,7 @@
 //! has nothing in flight.
 
 use super::*;
+use crate::virtio::block::pool::Target;
 use crate::virtio::worker::{QueueFailure, QueueHandler};
 use std::fs::File;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -16,7 +17,8 @@ struct InFlight<'a> {
     status: GuestAddress,
     /// A read's data buffers, filled once the I/O is done.
     data: Option<GuestWriter<'a>>,
-    len: usize,
+    /// Bounce-buffer bytes it holds.
+    held: usize,
 }
 
 /// The requests of one `process` call that are on the I/O threads.
@@ -48,8 +50,10 @@ impl Handler {
 
     /// Keeps a finished job's buffer for the next one, within [`BATCH_BYTES`].
     fn recycle(&mut self, job: Job) {
-        if self.spare.iter().map(AlignedBuf::capacity).sum::<usize>() + job.buf.capacity() <= BATCH_BYTES {
-            self.spare.push(job.buf);
+        if let Target::Bounce(buf) = job.target {
+            if self.spare.iter().map(AlignedBuf::capacity).sum::<usize>() + buf.capacity() <= BATCH_BYTES {
+                self.spare.push(buf);
+            }
         }
     }
 
@@ -68,11 +72,12 @@ impl Handler {
         let Deferred { mut job, data } = io;
         if !alone {
             // Room in the budget first: wait for requests in flight.
-            while flight.bytes + job.len > BATCH_BYTES && !flight.requests.is_empty() {
+            // (Only bounce buffers count: a request done in place holds none.)
+            let held = job.held();
+            while flight.bytes + held > BATCH_BYTES && !flight.requests.is_empty() {
                 self.reap(memory, flight, true, answered);
             }
             let index = flight.next;
-            let len = job.len;
             let submitted = match self.pool() {
                 Some(pool) => pool.submit(index, job, file),
                 None => Err(job),
@@ -80,14 +85,14 @@ impl Handler {
             match submitted {
                 Ok(()) => {
                     flight.next += 1;
-                    flight.bytes += len;
+                    flight.bytes += held;
                     flight.requests.insert(
                         index,
                         InFlight {
                             head,
                             status,
                             data,
-                            len,
+                            held,
                         },
                     );
                     return;
@@ -140,7 +145,7 @@ impl Handler {
             let Some(request) = flight.requests.remove(&index) else {
                 continue;
             };
-            flight.bytes -= request.len;
+            flight.bytes -= request.held;
             let answer = self.finish(&mut job, request.data, result);
             answered.push((request.head, self.complete(memory, request.status, answer)));
             self.recycle(job);
