@@ -17,7 +17,12 @@ issue sets goals for (covm/host fio, covm/QEMU). Then the VMM's memory
 overhead with one disk attached, with the guest writing it slowly and
 under blkbench (the device's buffers grown by its sequential tests).
 
+With `--cache --dir /dev/shm` every side goes through the page cache of an
+image in memory: the host's I/O then costs next to nothing, and what is
+left is each path's own cost per request (guest, VMM, host kernel).
+
 Usage: python3 scripts/bench_blk.py [--rounds 5] [--mib 128] [--ms 1000]
+                                    [--dir DIR] [--cache]
        (builds covm in release mode first)
 """
 import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile
@@ -41,30 +46,32 @@ def parse_blkbench(text, who):
     return rows
 
 
-def covm_round(image, mib, ms):
+def covm_round(image, mib, ms, cache):
+    direct = "" if cache else ",direct=on"
     out = subprocess.run([release().covm, "--cpus", "boot=1", "--memory", "size=512M", "--serial", "tty",
                           "--cmdline", f"workload=blkbench mib={mib} ms={ms}",
-                          "--disk", f"path={image},direct=on"],
+                          "--disk", f"path={image}{direct}"],
                          capture_output=True, text=True, timeout=600)
     return parse_blkbench(out.stdout, "covm")
 
 
-def qemu_round(qemu, image, mib, ms):
+def qemu_round(qemu, image, mib, ms, cache):
     out = subprocess.run([qemu, "-accel", "kvm", "-machine", "microvm,pcie=on", "-cpu", "host,-arch-capabilities",
                           "-smp", "1", "-m", "512M", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
                           "-kernel", release().firmware_elf, "-append", f"workload=blkbench mib={mib} ms={ms}",
                           "-device", "isa-debug-exit,iobase=0x600,iosize=1",
-                          "-drive", f"file={image},format=raw,if=none,id=d0,cache=none",
+                          "-drive", f"file={image},format=raw,if=none,id=d0,cache={'writeback' if cache else 'none'}",
                           "-device", "virtio-blk-pci,drive=d0,disable-legacy=on"],
                          capture_output=True, text=True, timeout=600)
     return parse_blkbench(out.stdout, "qemu")
 
 
-def fio_round(fio, image, mib, ms):
+def fio_round(fio, image, mib, ms, cache):
     rows = []
     for name, bs, qd in ROWS:
         rw = {"seq-write": "write", "seq-read": "read", "rand-write": "randwrite", "rand-read": "randread"}[name]
-        args = [fio, "--name=b", f"--filename={image}", "--direct=1", "--ioengine=libaio", f"--rw={rw}",
+        args = [fio, "--name=b", f"--filename={image}", f"--direct={0 if cache else 1}", "--ioengine=libaio",
+                f"--rw={rw}",
                 f"--bs={bs}", f"--iodepth={qd}", f"--size={mib}M", "--output-format=json"]
         if name.startswith("rand"):
             args += ["--time_based", f"--runtime={ms}ms"]
@@ -85,9 +92,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--mib", type=int, default=128)
     ap.add_argument("--ms", type=int, default=1000)
+    ap.add_argument("--dir", default=os.path.join(ROOT, "target"), help="where the image goes")
+    ap.add_argument("--cache", action="store_true", help="through the host's page cache, no O_DIRECT")
     args = ap.parse_args()
     release()
-    work = tempfile.mkdtemp(prefix="covm-bench-blk-", dir=os.path.join(ROOT, "target"))
+    work = tempfile.mkdtemp(prefix="covm-bench-blk-", dir=args.dir)
     image = os.path.join(work, "disk.raw")
     # Written through once, so reads meet real blocks rather than holes.
     with open(image, "wb") as f:
@@ -97,17 +106,19 @@ def main():
     qemu, fio = shutil.which("qemu-system-x86_64"), shutil.which("fio")
     sides = {"covm": [], "qemu": [], "fio": []}
     for r in range(args.rounds):
-        sides["covm"].append(covm_round(image, args.mib, args.ms))
+        sides["covm"].append(covm_round(image, args.mib, args.ms, args.cache))
         if qemu:
-            sides["qemu"].append(qemu_round(qemu, image, args.mib, args.ms))
+            sides["qemu"].append(qemu_round(qemu, image, args.mib, args.ms, args.cache))
         if fio:
-            sides["fio"].append(fio_round(fio, image, args.mib, args.ms))
+            sides["fio"].append(fio_round(fio, image, args.mib, args.ms, args.cache))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     if not qemu:
         print("qemu-system-x86_64 not installed (apt-get install qemu-system-x86): no QEMU column")
     if not fio:
         print("fio not installed (apt-get install fio): no host column")
-    print(f"{args.rounds} rounds, span {args.mib} MiB, {args.ms} ms per random test; median (min..max)")
+    how = "through the page cache" if args.cache else "O_DIRECT"
+    print(f"{args.rounds} rounds, span {args.mib} MiB, {args.ms} ms per random test, image in {args.dir}, "
+          f"{how}; median (min..max)")
     print("| test | covm | QEMU | host fio | covm/fio | covm/QEMU |")
     print("|---|---|---|---|---|---|")
     for i, (name, bs, qd) in enumerate(ROWS):
@@ -126,7 +137,7 @@ def main():
         vs_fio = f"{medians['covm'] / medians['fio'] * 100:.0f} %" if "fio" in medians else "-"
         vs_qemu = f"{medians['covm'] / medians['qemu']:.2f}x" if "qemu" in medians else "-"
         print(f"| {name} {bs // 1024}k qd{qd} | " + " | ".join(cells) + f" | {vs_fio} | {vs_qemu} |")
-    disk = ["--disk", f"path={image},direct=on"]
+    disk = ["--disk", f"path={image}" + ("" if args.cache else ",direct=on")]
     print("with one disk, the guest writing 1 MiB/s of 4 KiB blocks (blk):")
     print("  " + describe(*vmm_overhead_kib(disk, cmdline="workload=blk mib=8 rate=1")))
     # blkbench's sequential tests are done within the first second; RSS is
