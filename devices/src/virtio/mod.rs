@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod console;
+pub mod net;
 pub mod pci;
 pub mod rng;
 pub mod worker;

@@ -48,6 +48,15 @@ pub struct Cli {
     #[arg(long, value_name = "path=FILE,...", num_args = 1..)]
     pub disk: Vec<String>,
 
+    /// Network interfaces (virtio-net over TAP), one value each:
+    /// tap=NAME|fd=N[,mac=MAC][,ip=IP,mask=MASK][,id=ID][,queue_size=N].
+    /// A TAP named and missing is created, given ip/mask (default
+    /// 192.168.249.1/24) and brought up, as Cloud Hypervisor does.
+    // clap's --help text: the brackets are the syntax, not rustdoc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
+    #[arg(long, value_name = "tap=NAME,...", num_args = 1..)]
+    pub net: Vec<String>,
+
     /// An entropy device (virtio-rng): src=PATH (default /dev/urandom).
     #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_missing_value = "")]
     pub rng: Option<String>,

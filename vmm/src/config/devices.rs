@@ -221,11 +221,13 @@ pub fn parse_rng(text: &str) -> Result<RngConfig, OptionError> {
 }
 
 /// The devices of a VM and their ids: the disks' (given or `_diskN`),
-/// `_console`, `_rng`.
+/// the network interfaces' (given or `_netN`), `__console`, `__rng`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DevicesConfig {
     /// Disks, in order.
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces, in order.
+    pub nets: Vec<super::net::NetConfig>,
     /// The virtio console.
     pub console: ConsoleMode,
     /// The entropy device.
@@ -275,9 +277,14 @@ impl DevicesConfig {
         self.disks[index].id.clone().unwrap_or_else(|| format!("_disk{index}"))
     }
 
+    /// The id of network interface `index` (its own, or CH's `_net<index>`).
+    pub fn net_id(&self, index: usize) -> String {
+        self.nets[index].id.clone().unwrap_or_else(|| format!("_net{index}"))
+    }
+
     /// Whether there is any device.
     pub fn any(&self) -> bool {
-        !self.disks.is_empty() || self.console != ConsoleMode::Off || self.rng.is_some()
+        !self.disks.is_empty() || !self.nets.is_empty() || self.console != ConsoleMode::Off || self.rng.is_some()
     }
 
     /// The device options given, for messages (`--disk, --rng`).
@@ -285,6 +292,9 @@ impl DevicesConfig {
         let mut names = Vec::new();
         if !self.disks.is_empty() {
             names.push("--disk");
+        }
+        if !self.nets.is_empty() {
+            names.push("--net");
         }
         if self.console != ConsoleMode::Off {
             names.push("--console");
@@ -303,6 +313,7 @@ impl DevicesConfig {
             return Err(DevicesError::Confidential { devices: self.named() });
         }
         let mut ids: Vec<String> = (0..self.disks.len()).map(|i| self.disk_id(i)).collect();
+        ids.extend((0..self.nets.len()).map(|i| self.net_id(i)));
         ids.sort();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(DevicesError::DuplicateId(pair[0].clone()));

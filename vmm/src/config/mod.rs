@@ -1,6 +1,7 @@
 //! The VM's configuration, checked before anything is created.
 
 pub(crate) mod devices;
+pub(crate) mod net;
 pub(crate) mod options;
 pub(crate) mod parse;
 pub(crate) mod platform;
@@ -10,6 +11,7 @@ use crate::cli::{Cli, VmArgs};
 use crate::platform::measure::HardwarePlatform;
 use crate::platform::{MigrationPolicy, PlatformConfig, SevSnpConfig, TdxConfig};
 pub use devices::{ConsoleMode, DevicesConfig, DevicesError, DiskConfig, RngConfig};
+pub use net::{NetBackend, NetConfig};
 use options::{parse_toggle, OptionError, OptionMap};
 pub use parse::*;
 pub use platform::{PlatformChoice, PlatformRefusal, SnpOption};
@@ -179,6 +181,7 @@ impl VmConfig {
                 .map(devices::parse_console)
                 .transpose()?
                 .unwrap_or_default(),
+            nets: cli.net.iter().map(|n| net::parse_net(n)).collect::<Result<_, _>>()?,
             rng: cli.rng.as_deref().map(devices::parse_rng).transpose()?,
         };
         config.devices.check(config.platform.is_confidential())?;

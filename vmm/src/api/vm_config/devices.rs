@@ -233,7 +233,12 @@ pub fn devices_from_json(
             rng = None;
         }
     }
-    let devices = DevicesConfig { disks, console, rng };
+    let devices = DevicesConfig {
+        disks,
+        console,
+        rng,
+        ..Default::default()
+    };
     devices.check(confidential).map_err(|e| e.to_string())?;
     Ok(devices)
 }

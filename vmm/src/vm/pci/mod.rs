@@ -1,5 +1,6 @@
 //! The VM's PCI bus and its virtio devices: the host bridge at 00.0, then
-//! the disks in order, the virtio console and the entropy device, each a
+//! the disks in order, the network interfaces in order, the virtio
+//! console and the entropy device, each a
 //! virtio-pci function whose BAR 0 covm places in the 32-bit MMIO window
 //! (`covm_guest_abi::layout::PCI_MMIO32_BASE`, reserved out of RAM), with
 //! configuration space through ports 0xCF8/0xCFC and ECAM
@@ -10,12 +11,14 @@ pub(crate) mod interrupts;
 
 use super::memory::GuestMemory;
 use super::VmError;
-use crate::config::{ConsoleMode, DevicesConfig};
+use crate::config::{ConsoleMode, DevicesConfig, NetBackend};
 use covm_devices::pci::bus::{CONFIG_ADDRESS_PORT, CONFIG_PORT_COUNT, ECAM_BUS_LEN};
 use covm_devices::pci::host_bridge::HostBridge;
 use covm_devices::pci::{BarWindow, Bdf, ConfigPorts, Ecam, PciBus};
 use covm_devices::virtio::block::{Block, BlockOptions, LockTiming};
 use covm_devices::virtio::console::Console;
+use covm_devices::virtio::net::tap::Tap;
+use covm_devices::virtio::net::Net;
 use covm_devices::virtio::pci::state::VirtioPciState;
 use covm_devices::virtio::pci::{VirtioPci, BAR_SIZE};
 use covm_devices::virtio::rng::Rng;
@@ -25,6 +28,7 @@ use covm_guest_abi::layout::{PCI_ECAM_BASE, PCI_MMIO32_BASE, PCI_MMIO32_SIZE};
 use interrupts::GsiRouter;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use serde::{Deserialize, Serialize};
+use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A device on the bus.
@@ -68,6 +72,30 @@ fn device_error(id: &str, what: impl std::fmt::Display) -> VmError {
     }
 }
 
+/// A network device on its TAP: opened by name (created if missing, given
+/// its host address and brought up, as CH does) or taken over from an
+/// inherited descriptor.
+fn open_net(net: &crate::config::NetConfig) -> Result<Net, String> {
+    let tap = match &net.backend {
+        NetBackend::Tap(name) => {
+            let tap = Tap::open(name).map_err(|e| e.to_string())?;
+            tap.configure(net.ip, net.mask).map_err(|e| e.to_string())?;
+            tap
+        }
+        NetBackend::Fd(fd) => {
+            // SAFETY: F_GETFD only asks whether `fd` is open.
+            if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                return Err(format!("fd={fd}: not an open descriptor"));
+            }
+            // SAFETY: an open descriptor the command line or the API hands
+            // to this device alone; it is owned from here on.
+            let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) };
+            Tap::from_fd(owned).map_err(|e| e.to_string())?
+        }
+    };
+    Net::new(tap, net.mac).map_err(|e| format!("cannot start its TAP reader: {e}"))
+}
+
 /// A device model and its id.
 type Named = (String, Box<dyn VirtioDevice>);
 
@@ -93,6 +121,10 @@ fn devices_of(config: &DevicesConfig, incoming: bool) -> Result<Vec<Named>, VmEr
         };
         let block = Block::new(options, timing).map_err(|e| device_error(&id, e))?;
         out.push((id, Box::new(block)));
+    }
+    for (index, net) in config.nets.iter().enumerate() {
+        let id = config.net_id(index);
+        out.push((id.clone(), Box::new(open_net(net).map_err(|e| device_error(&id, e))?)));
     }
     let output: Option<Box<dyn std::io::Write + Send>> = match &config.console {
         ConsoleMode::Off => None,
@@ -327,6 +359,7 @@ mod tests {
             rng: Some(RngConfig {
                 src: "/dev/urandom".into(),
             }),
+            nets: Vec::new(),
         };
         let (mut pio, mut mmio) = (PioBus::new(), MmioBus::new());
         let pci = PciDevices::build(&vm_fd, &memory, &devices, false, &mut pio, &mut mmio).unwrap();

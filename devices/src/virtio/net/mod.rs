@@ -1,0 +1,415 @@
+//! virtio-net (network device, type 1) over a TAP interface, for Cloud
+//! Hypervisor's `--net tap=NAME|fd=N,mac=MAC[,ip=IP,mask=MASK]`.
+//!
+//! One queue pair: receive (0) and transmit (1). Frames keep the 12-byte
+//! `virtio_net_hdr_v1` on both sides (`tap`), so the transmit path copies
+//! a chain's bytes to the TAP as they are and the receive path copies a
+//! TAP frame into the driver's buffers, setting `num_buffers` to 1. No
+//! offloads, no mergeable buffers: a receive buffer must hold a whole
+//! frame with its header (1526 bytes for a 1500-byte MTU), or the frame is
+//! dropped and counted.
+//!
+//! A thread of the device's own reads the TAP (non-blocking, woken by
+//! `poll`) into a bounded queue of frames and wakes the worker through the
+//! receive queue's notification; the worker serves both queues. Frames
+//! that arrive while the VM is paused, or while the driver has posted no
+//! buffer, wait in that queue up to [`MAX_PENDING`], beyond which they are
+//! dropped, as a NIC drops what its ring cannot take. They are not part of
+//! the migrated state: a network may lose frames, and TCP resends.
+
+pub mod tap;
+#[cfg(test)]
+mod tests;
+
+use super::worker::{QueueFailure, QueueHandler, Worker};
+use super::{features, ActivateError, Activation, GuestMemory, VirtioDevice};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tap::{Tap, VNET_HDR_LEN};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Each queue's maximum size.
+pub const QUEUE_SIZE: u16 = 256;
+/// Frames kept for the driver while it has no buffer.
+pub const MAX_PENDING: usize = 256;
+/// The largest frame with its header: a 64 KiB frame is more than any
+/// non-offloaded TAP delivers.
+const MAX_FRAME: usize = 65536 + VNET_HDR_LEN;
+/// Where `num_buffers` sits in the header.
+const NUM_BUFFERS_AT: usize = 10;
+
+/// Feature bits of virtio-net (virtio 1.2 §5.1.3).
+pub mod net_features {
+    /// The device has a MAC address in its configuration.
+    pub const MAC: u64 = 1 << 5;
+    /// The configuration's status field is valid (link up).
+    pub const STATUS: u64 = 1 << 16;
+}
+
+/// `status` in the configuration: the link is up.
+const LINK_UP: u16 = 1;
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the device, its worker and its reader thread share.
+#[derive(Default)]
+struct Shared {
+    /// Frames (header included) read from the TAP, not yet given to the driver.
+    pending: Mutex<VecDeque<Vec<u8>>>,
+    /// The receive queue's notification while active.
+    wake: Mutex<Option<EventFd>>,
+    rx_bytes: AtomicU64,
+    rx_frames: AtomicU64,
+    rx_dropped: AtomicU64,
+    tx_bytes: AtomicU64,
+    tx_frames: AtomicU64,
+    tx_dropped: AtomicU64,
+    warned_guest: AtomicBool,
+    warned_tap: AtomicBool,
+}
+
+impl Shared {
+    fn push(&self, frame: Vec<u8>) {
+        let mut pending = lock(&self.pending);
+        if pending.len() >= MAX_PENDING {
+            drop(pending);
+            self.rx_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        pending.push_back(frame);
+        drop(pending);
+        if let Some(wake) = lock(&self.wake).as_ref() {
+            let _ = wake.write(1);
+        }
+    }
+
+    fn guest_fault(&self, why: &str) {
+        if !self.warned_guest.swap(true, Ordering::Relaxed) {
+            tracing::warn!("virtio-net: {why} (further such buffers are not logged)");
+        }
+    }
+
+    fn tap_error(&self, e: &std::io::Error) {
+        if !self.warned_tap.swap(true, Ordering::Relaxed) {
+            tracing::warn!("virtio-net: the TAP failed: {e} (further errors are not logged)");
+        }
+    }
+}
+
+/// Reads frames from the TAP into `shared` until `stop` is signalled.
+fn read_frames(tap: Arc<Tap>, shared: Arc<Shared>, stop: EventFd) {
+    let mut fds = [
+        libc::pollfd {
+            fd: tap.file().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    let mut buf = vec![0u8; MAX_FRAME];
+    loop {
+        // SAFETY: `fds` is an array of two pollfd that lives for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            shared.tap_error(&e);
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        loop {
+            match tap.file().read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) if n > VNET_HDR_LEN => shared.push(buf[..n].to_vec()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    shared.tap_error(&e);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The network device.
+pub struct Net {
+    tap: Arc<Tap>,
+    mac: [u8; 6],
+    shared: Arc<Shared>,
+    stop_reader: EventFd,
+    reader: Option<std::thread::JoinHandle<()>>,
+    worker: Option<Worker>,
+}
+
+impl Net {
+    /// A device on `tap` with the guest's MAC address `mac`; starts the
+    /// thread reading the TAP.
+    pub fn new(tap: Tap, mac: [u8; 6]) -> std::io::Result<Self> {
+        let tap = Arc::new(tap);
+        let shared = Arc::new(Shared::default());
+        let stop_reader = EventFd::new(EFD_NONBLOCK)?;
+        let reader = {
+            let (tap, shared, stop) = (tap.clone(), shared.clone(), stop_reader.try_clone()?);
+            std::thread::Builder::new()
+                .name(format!("virtio-net-{}", tap.name()))
+                .spawn(move || read_frames(tap, shared, stop))?
+        };
+        Ok(Net {
+            tap,
+            mac,
+            shared,
+            stop_reader,
+            reader: Some(reader),
+            worker: None,
+        })
+    }
+
+    /// The TAP's name.
+    pub fn tap_name(&self) -> &str {
+        self.tap.name()
+    }
+
+    fn config(&self) -> [u8; 12] {
+        let mut c = [0u8; 12];
+        c[..6].copy_from_slice(&self.mac);
+        c[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        // max_virtqueue_pairs: one.
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = self.stop_reader.write(1);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// The queues' handling on the worker.
+struct Handler {
+    tap: Arc<Tap>,
+    shared: Arc<Shared>,
+    buffer: Vec<u8>,
+}
+
+const RX: u16 = 0;
+const TX: u16 = 1;
+
+impl Handler {
+    /// Gives pending frames to the driver's receive buffers.
+    fn receive(&mut self, memory: &GuestMemory, queue: &mut Queue) -> Result<bool, virtio_queue::Error> {
+        let mut used = false;
+        loop {
+            let Some(mut frame) = lock(&self.shared.pending).pop_front() else {
+                return Ok(used);
+            };
+            let Some(chain) = queue.pop_descriptor_chain(memory) else {
+                // No buffer: the frame waits for the next one.
+                lock(&self.shared.pending).push_front(frame);
+                return Ok(used);
+            };
+            let head = chain.head_index();
+            let written = match Writer::new(memory, chain) {
+                Ok(mut writer) if writer.available_bytes() >= frame.len() => {
+                    frame[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2].copy_from_slice(&1u16.to_le_bytes());
+                    match writer.write_all(&frame) {
+                        Ok(()) => {
+                            self.shared.rx_frames.fetch_add(1, Ordering::Relaxed);
+                            self.shared
+                                .rx_bytes
+                                .fetch_add((frame.len() - VNET_HDR_LEN) as u64, Ordering::Relaxed);
+                            frame.len() as u32
+                        }
+                        Err(e) => {
+                            self.shared
+                                .guest_fault(&format!("a receive buffer cannot be written: {e}"));
+                            self.shared.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                            0
+                        }
+                    }
+                }
+                Ok(writer) => {
+                    self.shared.guest_fault(&format!(
+                        "a receive buffer of {} bytes cannot hold a frame of {} with its header",
+                        writer.available_bytes(),
+                        frame.len()
+                    ));
+                    self.shared.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                    0
+                }
+                Err(e) => {
+                    self.shared
+                        .guest_fault(&format!("a receive buffer is outside guest memory ({e})"));
+                    self.shared.rx_dropped.fetch_add(1, Ordering::Relaxed);
+                    0
+                }
+            };
+            queue.add_used(memory, head, written)?;
+            used = true;
+        }
+    }
+
+    /// Sends the driver's frames to the TAP.
+    fn transmit(&mut self, memory: &GuestMemory, queue: &mut Queue) -> Result<bool, virtio_queue::Error> {
+        let chains: Vec<_> = queue.iter(memory)?.collect();
+        let used = !chains.is_empty();
+        for chain in chains {
+            let head = chain.head_index();
+            match Reader::new(memory, chain) {
+                Ok(mut reader) => {
+                    let len = reader.available_bytes();
+                    if !(VNET_HDR_LEN + 14..=MAX_FRAME).contains(&len) {
+                        self.shared.guest_fault(&format!(
+                            "a frame of {len} bytes with its header (a header and an Ethernet header at least, \
+                             {MAX_FRAME} at most)"
+                        ));
+                        self.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.buffer.resize(len, 0);
+                        match reader.read_exact(&mut self.buffer) {
+                            Ok(()) => match self.tap.file().write(&self.buffer) {
+                                Ok(_) => {
+                                    self.shared.tx_frames.fetch_add(1, Ordering::Relaxed);
+                                    self.shared
+                                        .tx_bytes
+                                        .fetch_add((len - VNET_HDR_LEN) as u64, Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    self.shared.tap_error(&e);
+                                    self.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                            },
+                            Err(e) => {
+                                self.shared
+                                    .guest_fault(&format!("a transmit buffer cannot be read: {e}"));
+                                self.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.shared
+                        .guest_fault(&format!("a transmit buffer is outside guest memory ({e})"));
+                    self.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            queue.add_used(memory, head, 0)?;
+        }
+        Ok(used)
+    }
+}
+
+impl QueueHandler for Handler {
+    fn process(&mut self, memory: &GuestMemory, index: u16, queue: &mut Queue) -> Result<bool, QueueFailure> {
+        let result = match index {
+            RX => self.receive(memory, queue),
+            TX => self.transmit(memory, queue),
+            _ => Ok(false),
+        };
+        result.map_err(|e| QueueFailure {
+            queue: index,
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        1
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        features::VERSION_1
+            | features::RING_INDIRECT_DESC
+            | features::RING_EVENT_IDX
+            | net_features::MAC
+            | net_features::STATUS
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| config.get(o + i))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let rx = activation
+            .queues
+            .iter()
+            .find(|q| q.index == RX)
+            .ok_or_else(|| ActivateError::Queues("the receive queue (0) is not enabled".into()))?;
+        if !activation.queues.iter().any(|q| q.index == TX) {
+            return Err(ActivateError::Queues("the transmit queue (1) is not enabled".into()));
+        }
+        *lock(&self.shared.wake) = Some(rx.notify.try_clone()?);
+        let handler = Handler {
+            tap: self.tap.clone(),
+            shared: self.shared.clone(),
+            buffer: Vec::new(),
+        };
+        let name = format!("virtio-net-{}", self.tap.name());
+        self.worker = Some(Worker::start(&name, handler, activation.into_worker_start())?);
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Option<Vec<Queue>> {
+        *lock(&self.shared.wake) = None;
+        self.worker.take().map(Worker::stop)
+    }
+
+    fn pause(&mut self) {
+        if let Some(w) = &self.worker {
+            w.pause();
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(w) = &self.worker {
+            w.resume();
+        }
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.worker.as_ref().map(Worker::queue_states)
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = &self.shared;
+        vec![
+            ("rx_bytes", s.rx_bytes.load(Ordering::Relaxed)),
+            ("rx_frames", s.rx_frames.load(Ordering::Relaxed)),
+            ("tx_bytes", s.tx_bytes.load(Ordering::Relaxed)),
+            ("tx_frames", s.tx_frames.load(Ordering::Relaxed)),
+            ("rx_dropped", s.rx_dropped.load(Ordering::Relaxed)),
+            ("tx_dropped", s.tx_dropped.load(Ordering::Relaxed)),
+        ]
+    }
+}

@@ -1,0 +1,212 @@
+//! virtio-net tests: a real TAP in a network namespace of the test's own
+//! (the test thread's: nothing reaches the host's network), frames seen
+//! and sent on the interface through an AF_PACKET socket, queues driven as
+//! a driver would. Skipped, saying why, without root or /dev/net/tun.
+
+use super::tap::TapError;
+use super::*;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const MEM_SIZE: u64 = 1 << 20;
+const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+fn memory() -> GuestMemory {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
+}
+
+/// A TAP `covmtest0` up in a fresh network namespace entered by this
+/// thread; `None` (with the reason printed) where that cannot be done.
+fn private_tap() -> Option<Tap> {
+    // SAFETY: unshare affects only the calling thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        eprintln!(
+            "SKIP: cannot enter a network namespace of the test's own: {}",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    match Tap::open("covmtest0") {
+        Ok(tap) => {
+            tap.configure([10, 0, 9, 1].into(), [255, 255, 255, 0].into()).unwrap();
+            Some(tap)
+        }
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            None
+        }
+    }
+}
+
+/// An AF_PACKET socket on `name`, seeing every frame on it.
+fn packet_socket(name: &str) -> OwnedFd {
+    // SAFETY: plain socket calls on values that live for each call.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            (libc::ETH_P_ALL as u16).to_be() as i32,
+        );
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        let name = std::ffi::CString::new(name).unwrap();
+        let index = libc::if_nametoindex(name.as_ptr());
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        addr.sll_ifindex = index as i32;
+        let r = libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_ll as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let timeout = libc::timeval { tv_sec: 5, tv_usec: 0 };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &timeout as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
+/// A test frame: to `dst` from `src`, EtherType 0x88b5 (local
+/// experimental), `payload`.
+fn frame(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Frames on the packet socket until one with EtherType 0x88b5.
+fn next_test_frame(sock: &OwnedFd) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        // SAFETY: recv into a buffer that lives for the call.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n > 0, "no frame: {}", std::io::Error::last_os_error());
+        let f = &buf[..n as usize];
+        if f.len() >= 14 && f[12..14] == [0x88, 0xb5] {
+            return f.to_vec();
+        }
+    }
+}
+
+fn raw(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
+    RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+}
+
+#[test]
+fn config_space_and_features() {
+    let Some(tap) = private_tap() else { return };
+    let net = Net::new(tap, MAC).unwrap();
+    let mut config = [0u8; 12];
+    net.read_config(0, &mut config);
+    assert_eq!(config[..6], MAC);
+    assert_eq!(u16::from_le_bytes([config[6], config[7]]), LINK_UP);
+    let f = net.features();
+    assert_ne!(f & net_features::MAC, 0);
+    assert_ne!(f & features::VERSION_1, 0);
+    // Past the end reads zeros.
+    let mut past = [0xffu8; 4];
+    net.read_config(64, &mut past);
+    assert_eq!(past, [0; 4]);
+}
+
+#[test]
+fn frames_go_both_ways_and_bad_buffers_are_counted() {
+    let Some(tap) = private_tap() else { return };
+    let sock = packet_socket(tap.name());
+    let net = Net::new(tap, MAC).unwrap();
+    let mem = memory();
+    let mut handler = Handler {
+        tap: net.tap.clone(),
+        shared: net.shared.clone(),
+        buffer: Vec::new(),
+    };
+
+    // Transmit: header + frame in two buffers.
+    let tx = MockSplitQueue::create(&mem, GuestAddress(0x20000), 16);
+    let mut tx_queue = tx.create_queue().unwrap();
+    let out = frame([0xff; 6], MAC, b"from the guest");
+    mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(0x40000)).unwrap();
+    mem.write_slice(&out, GuestAddress(0x41000)).unwrap();
+    tx.add_desc_chains(
+        &[
+            raw(0x40000, VNET_HDR_LEN as u32, VRING_DESC_F_NEXT, 1),
+            raw(0x41000, out.len() as u32, 0, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    assert!(handler.process(&mem, TX, &mut tx_queue).unwrap());
+    assert_eq!(next_test_frame(&sock), out);
+    assert_eq!(net.shared.tx_frames.load(Ordering::Relaxed), 1);
+    assert_eq!(net.shared.tx_bytes.load(Ordering::Relaxed), out.len() as u64);
+
+    // A runt (no Ethernet header) is dropped and counted, and still used.
+    mem.write_slice(&[0u8; 16], GuestAddress(0x42000)).unwrap();
+    tx.add_desc_chains(&[raw(0x42000, 16, 0, 0)], 2).unwrap();
+    assert!(handler.process(&mem, TX, &mut tx_queue).unwrap());
+    assert_eq!(net.shared.tx_dropped.load(Ordering::Relaxed), 1);
+
+    // Receive: a frame sent on the interface reaches the driver's buffer,
+    // header first, num_buffers 1.
+    let inbound = frame(MAC, [0x02, 0, 0, 0, 0, 1], b"to the guest");
+    // SAFETY: send from a buffer that lives for the call.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), inbound.as_ptr().cast(), inbound.len(), 0) };
+    assert_eq!(sent, inbound.len() as isize, "{}", std::io::Error::last_os_error());
+    let start = Instant::now();
+    while lock(&net.shared.pending).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5), "the TAP frame never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let rx = MockSplitQueue::create(&mem, GuestAddress(0x60000), 16);
+    let mut rx_queue = rx.create_queue().unwrap();
+    // No buffer yet: the frame waits.
+    assert!(!handler.process(&mem, RX, &mut rx_queue).unwrap());
+    assert_eq!(lock(&net.shared.pending).len(), 1);
+    // A buffer too small: dropped, counted, used with length 0.
+    rx.add_desc_chains(&[raw(0x70000, 20, VRING_DESC_F_WRITE, 0)], 0)
+        .unwrap();
+    assert!(handler.process(&mem, RX, &mut rx_queue).unwrap());
+    assert_eq!(net.shared.rx_dropped.load(Ordering::Relaxed), 1);
+    // The next frame into a proper buffer.
+    // SAFETY: as above.
+    unsafe { libc::send(sock.as_raw_fd(), inbound.as_ptr().cast(), inbound.len(), 0) };
+    let start = Instant::now();
+    while lock(&net.shared.pending).is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5), "the TAP frame never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    rx.add_desc_chains(&[raw(0x71000, 1526, VRING_DESC_F_WRITE, 0)], 1)
+        .unwrap();
+    assert!(handler.process(&mem, RX, &mut rx_queue).unwrap());
+    let used = rx.used().ring().ref_at(1).unwrap().load();
+    assert_eq!(used.len() as usize, VNET_HDR_LEN + inbound.len());
+    let mut got = vec![0u8; VNET_HDR_LEN + inbound.len()];
+    mem.read_slice(&mut got, GuestAddress(0x71000)).unwrap();
+    assert_eq!(&got[VNET_HDR_LEN..], &inbound[..]);
+    assert_eq!(u16::from_le_bytes([got[NUM_BUFFERS_AT], got[NUM_BUFFERS_AT + 1]]), 1);
+    assert_eq!(net.shared.rx_frames.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_bad_tap_name_or_descriptor_is_named() {
+    let long = "x".repeat(20);
+    assert!(matches!(Tap::open(&long), Err(TapError::Name(_))));
+    assert!(matches!(Tap::open("a/b"), Err(TapError::Name(_))));
+    // A descriptor that is not a TAP.
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let e = Tap::from_fd(OwnedFd::from(file)).unwrap_err().to_string();
+    assert!(e.contains("not a TAP interface"), "{e}");
+}
