@@ -14,6 +14,9 @@
 //! - `blkbench` (first virtio-blk disk): `mib=N` (size of the sequential
 //!   tests and the span of the random ones, default 64) and `ms=T` (length
 //!   of each random test, default 1000).
+//! - `net` (first virtio-net device): `ip=A.B.C.D/N` (its address and
+//!   prefix, default 192.168.249.2/24), `gw=A.B.C.D` (default route, none
+//!   by default) and `port=P` (its TCP and UDP echo port, default 7).
 //! - `rng` and `hello` take no arguments.
 
 use core::fmt;
@@ -31,6 +34,32 @@ pub enum Workload {
     BlkBench(BlkBenchArgs),
     /// Read and check entropy from virtio-rng, then power off.
     Rng,
+    /// Answer ARP and ping, echo TCP and UDP, on a virtio-net device.
+    Net(NetArgs),
+}
+
+/// Arguments of the `net` workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetArgs {
+    /// The guest's IPv4 address.
+    pub ip: core::net::Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The default route.
+    pub gw: Option<core::net::Ipv4Addr>,
+    /// The TCP and UDP echo port.
+    pub port: u16,
+}
+
+impl Default for NetArgs {
+    fn default() -> Self {
+        Self {
+            ip: core::net::Ipv4Addr::new(192, 168, 249, 2),
+            prefix: 24,
+            gw: None,
+            port: 7,
+        }
+    }
 }
 
 /// Power-off code (a `ports::power` failure code, after `FAIL_PANIC`) of
@@ -125,6 +154,13 @@ pub enum ArgError<'a> {
         /// Its value as written.
         value: &'a str,
     },
+    /// A value that is not an IPv4 address (with a prefix where one is due).
+    BadAddress {
+        /// The key.
+        key: &'a str,
+        /// Its value as written.
+        value: &'a str,
+    },
     /// A number outside what the key allows.
     OutOfRange {
         /// The key.
@@ -142,9 +178,17 @@ impl fmt::Display for ArgError<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotKeyValue(w) => write!(f, "argument '{w}' is not key=value"),
-            Self::UnknownWorkload(w) => write!(f, "unknown workload '{w}' (known: hello, dirty, blk, blkbench, rng)"),
+            Self::UnknownWorkload(w) => write!(
+                f,
+                "unknown workload '{w}' (known: hello, dirty, blk, blkbench, rng, net)"
+            ),
             Self::UnknownKey { workload, key } => write!(f, "workload '{workload}' takes no argument '{key}'"),
             Self::BadNumber { key, value } => write!(f, "{key}={value} is not a number"),
+            Self::BadAddress { key, value } => write!(
+                f,
+                "{key}={value} is not an IPv4 address{}",
+                if *key == "ip" { " with a prefix (A.B.C.D/N)" } else { "" }
+            ),
             Self::OutOfRange { key, value, min, max } => {
                 write!(f, "{key}={value} is out of range ({min} to {max})")
             }
@@ -216,6 +260,24 @@ pub fn parse(cmdline: &str) -> Result<Workload, ArgError<'_>> {
             reject_keys(cmdline, name, &[])?;
             Ok(Workload::Rng)
         }
+        "net" => {
+            reject_keys(cmdline, name, &["ip", "gw", "port"])?;
+            let mut args = NetArgs::default();
+            for (key, value) in pairs(cmdline) {
+                let bad = ArgError::BadAddress { key, value };
+                match key {
+                    "ip" => {
+                        let (ip, prefix) = value.split_once('/').ok_or(bad)?;
+                        args.ip = ip.parse().map_err(|_| bad)?;
+                        args.prefix = prefix.parse().ok().filter(|p| (1..=32).contains(p)).ok_or(bad)?;
+                    }
+                    "gw" => args.gw = Some(value.parse().map_err(|_| bad)?),
+                    "port" => args.port = number(key, value, 1, 65535)? as u16,
+                    _ => {}
+                }
+            }
+            Ok(Workload::Net(args))
+        }
         other => Err(ArgError::UnknownWorkload(other)),
     }
 }
@@ -253,6 +315,22 @@ fn number<'a>(key: &'a str, value: &'a str, min: u64, max: u64) -> Result<u64, A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `workload=net <arg>` in a fixed buffer (the crate is no_std).
+    struct Line([u8; 64], usize);
+    impl Line {
+        fn as_str(&self) -> &str {
+            core::str::from_utf8(&self.0[..self.1]).unwrap()
+        }
+    }
+    fn alloc_free_line(arg: &str) -> Line {
+        let mut line = Line([0; 64], 0);
+        for part in ["workload=net ", arg] {
+            line.0[line.1..line.1 + part.len()].copy_from_slice(part.as_bytes());
+            line.1 += part.len();
+        }
+        line
+    }
 
     #[test]
     fn empty_is_hello() {
@@ -327,6 +405,23 @@ mod tests {
             Err(ArgError::OutOfRange { key: "ms", .. })
         ));
         assert_eq!(parse("workload=rng"), Ok(Workload::Rng));
+        assert_eq!(parse("workload=net"), Ok(Workload::Net(NetArgs::default())));
+        assert_eq!(
+            parse("workload=net ip=10.0.9.2/24 gw=10.0.9.1 port=9000"),
+            Ok(Workload::Net(NetArgs {
+                ip: core::net::Ipv4Addr::new(10, 0, 9, 2),
+                prefix: 24,
+                gw: Some(core::net::Ipv4Addr::new(10, 0, 9, 1)),
+                port: 9000
+            }))
+        );
+        for bad in ["ip=10.0.9.2", "ip=10.0.9/24", "ip=10.0.9.2/33", "gw=x"] {
+            let line = alloc_free_line(bad);
+            assert!(
+                matches!(parse(line.as_str()), Err(ArgError::BadAddress { .. })),
+                "{bad}"
+            );
+        }
         assert_eq!(
             parse("workload=rng mib=1"),
             Err(ArgError::UnknownKey {
@@ -359,7 +454,7 @@ mod tests {
         use std::string::ToString;
         assert_eq!(
             parse("workload=nope").unwrap_err().to_string(),
-            "unknown workload 'nope' (known: hello, dirty, blk, blkbench, rng)"
+            "unknown workload 'nope' (known: hello, dirty, blk, blkbench, rng, net)"
         );
     }
 }

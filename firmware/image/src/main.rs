@@ -21,6 +21,7 @@ mod dirty;
 mod heap;
 mod hw;
 mod mem;
+mod net;
 mod pci;
 mod pvh;
 mod rng;
@@ -230,6 +231,12 @@ fn bsp_main(start_info: u64, launch: Launch) -> ! {
             let devices = devices(info.memmap);
             hw::marker(markers::WORKLOAD_START);
             rng::run(devices)
+        }
+        Workload::Net(args) => {
+            publish(None);
+            let devices = devices(info.memmap);
+            hw::marker(markers::WORKLOAD_START);
+            net::run(&args, devices, tsc_khz)
         }
     }
 }

@@ -31,6 +31,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 pub type Blk = VirtIOBlk<FwHal, FwTransport>;
 pub type Console = VirtIOConsole<FwHal, FwTransport>;
 pub type Rng = VirtIORng<FwHal, FwTransport>;
+/// The `net` workload's driver: 16 buffers a queue of `NET_BUF` bytes.
+pub type Net = virtio_drivers::device::net::VirtIONet<FwHal, FwTransport, 16>;
+/// A receive buffer's size: a 1514-byte frame and the 12-byte header.
+pub const NET_BUF: usize = 2048;
 
 /// `virtio_pci_cap.cfg_type` of the common configuration.
 const CAP_COMMON_CFG: u8 = 1;
@@ -356,6 +360,13 @@ impl Devices {
         let (transport, df) = self.transport(DeviceType::EntropySource, None)?;
         let rng = Rng::new(transport).map_err(|e| OpenError::Driver(df, DeviceType::EntropySource, e))?;
         Ok((rng, df))
+    }
+
+    /// The first virtio-net device.
+    pub fn net(&mut self) -> Result<(Net, DeviceFunction), OpenError> {
+        let (transport, df) = self.transport(DeviceType::Network, None)?;
+        let net = Net::new(transport, NET_BUF).map_err(|e| OpenError::Driver(df, DeviceType::Network, e))?;
+        Ok((net, df))
     }
 
     /// The first virtio console (port 0), if there is one.

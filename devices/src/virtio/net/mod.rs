@@ -26,10 +26,11 @@ use super::{features, ActivateError, Activation, GuestMemory, VirtioDevice};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tap::{Tap, VNET_HDR_LEN};
-use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT, Reader, Writer};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Each queue's maximum size.
@@ -155,6 +156,9 @@ pub struct Net {
     stop_reader: EventFd,
     reader: Option<std::thread::JoinHandle<()>>,
     worker: Option<Worker>,
+    /// The receive queue's slot among the active queues, and how many of
+    /// its buffers the worker holds for frames to come.
+    receive: Option<(usize, Arc<AtomicUsize>)>,
 }
 
 impl Net {
@@ -177,6 +181,7 @@ impl Net {
             stop_reader,
             reader: Some(reader),
             worker: None,
+            receive: None,
         })
     }
 
@@ -204,31 +209,41 @@ impl Drop for Net {
     }
 }
 
+/// A receive buffer taken from the queue, kept until a frame comes.
+type Held = DescriptorChain<Arc<GuestMemory>>;
+
 /// The queues' handling on the worker.
 struct Handler {
     tap: Arc<Tap>,
     shared: Arc<Shared>,
     buffer: Vec<u8>,
+    /// Guest memory the held chains refer to (the worker's regions).
+    memory: Arc<GuestMemory>,
+    /// Receive buffers taken from the available ring, oldest first: the
+    /// worker serves a queue until the driver has nothing more available,
+    /// so they are taken at once and kept until frames come; giving them
+    /// back is moving `next_avail` back by their number
+    /// ([`Net::queue_states`]).
+    held: VecDeque<Held>,
+    held_count: Arc<AtomicUsize>,
 }
 
 const RX: u16 = 0;
 const TX: u16 = 1;
 
 impl Handler {
-    /// Gives pending frames to the driver's receive buffers.
+    /// Takes every available receive buffer, then fills them in order
+    /// with the pending frames.
     fn receive(&mut self, memory: &GuestMemory, queue: &mut Queue) -> Result<bool, virtio_queue::Error> {
+        self.held.extend(queue.iter(self.memory.clone())?);
         let mut used = false;
-        loop {
+        while !self.held.is_empty() {
             let Some(mut frame) = lock(&self.shared.pending).pop_front() else {
-                return Ok(used);
+                break;
             };
-            let Some(chain) = queue.pop_descriptor_chain(memory) else {
-                // No buffer: the frame waits for the next one.
-                lock(&self.shared.pending).push_front(frame);
-                return Ok(used);
-            };
+            let Some(chain) = self.held.pop_front() else { break };
             let head = chain.head_index();
-            let written = match Writer::new(memory, chain) {
+            let written = match Writer::new(&*self.memory, chain) {
                 Ok(mut writer) if writer.available_bytes() >= frame.len() => {
                     frame[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2].copy_from_slice(&1u16.to_le_bytes());
                     match writer.write_all(&frame) {
@@ -266,6 +281,8 @@ impl Handler {
             queue.add_used(memory, head, written)?;
             used = true;
         }
+        self.held_count.store(self.held.len(), Ordering::SeqCst);
+        Ok(used)
     }
 
     /// Sends the driver's frames to the TAP.
@@ -370,11 +387,17 @@ impl VirtioDevice for Net {
             return Err(ActivateError::Queues("the transmit queue (1) is not enabled".into()));
         }
         *lock(&self.shared.wake) = Some(rx.notify.try_clone()?);
+        let slot = activation.queues.iter().position(|q| q.index == RX);
+        let held_count = Arc::new(AtomicUsize::new(0));
         let handler = Handler {
             tap: self.tap.clone(),
             shared: self.shared.clone(),
             buffer: Vec::new(),
+            memory: Arc::new(activation.memory.clone()),
+            held: VecDeque::new(),
+            held_count: held_count.clone(),
         };
+        self.receive = slot.map(|s| (s, held_count));
         let name = format!("virtio-net-{}", self.tap.name());
         self.worker = Some(Worker::start(&name, handler, activation.into_worker_start())?);
         Ok(())
@@ -397,8 +420,16 @@ impl VirtioDevice for Net {
         }
     }
 
-    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
-        self.worker.as_ref().map(Worker::queue_states)
+    /// The receive buffers the worker holds are given back: the state
+    /// says they are still available, so a restored device takes them again.
+    fn queue_states(&self) -> Option<Vec<QueueState>> {
+        let mut states = self.worker.as_ref().map(Worker::queue_states)?;
+        if let Some((slot, held)) = &self.receive {
+            if let Some(state) = states.get_mut(*slot) {
+                state.next_avail = state.next_avail.wrapping_sub(held.load(Ordering::SeqCst) as u16);
+            }
+        }
+        Some(states)
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
