@@ -8,123 +8,14 @@
 
 mod common;
 use common::api::Api;
+use common::netns::{python_usable, Netns, CLIENT};
 use common::*;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::Duration;
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A network namespace, deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Option<Netns> {
-        let name = format!("covm-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        match Command::new("ip").args(["netns", "add", &name]).output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                covm_test_support::skip(format!(
-                    "cannot create a network namespace: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-                return None;
-            }
-            Err(e) => {
-                covm_test_support::skip(format!("ip (iproute2) cannot be run: {e}"));
-                return None;
-            }
-        }
-        let ns = Netns(name);
-        ns.run(&["ip", "link", "set", "lo", "up"]);
-        // Only the test's frames on the TAP.
-        ns.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        ns.run(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-        Some(ns)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).args(args);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// The host side, in the namespace: ping, then `tcp_bytes` of random data
-/// echoed over TCP in chunks and compared, then one UDP datagram. Prints
-/// one line per check.
-const CLIENT: &str = r#"
-import os, socket, struct, sys, time
-guest, port, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-
-def checksum(b):
-    if len(b) % 2: b += b"\0"
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    s = (s >> 16) + (s & 0xffff); s += s >> 16
-    return ~s & 0xffff
-
-icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-icmp.settimeout(5)
-for seq in range(3):
-    body = struct.pack("!HH", 0x4321, seq) + b"covm ping %d" % seq
-    packet = struct.pack("!BBH", 8, 0, 0) + body
-    packet = struct.pack("!BBH", 8, 0, checksum(packet)) + body
-    t = time.time()
-    icmp.sendto(packet, (guest, 0))
-    while True:
-        reply, addr = icmp.recvfrom(2048)
-        ihl = (reply[0] & 15) * 4
-        if addr[0] == guest and reply[ihl] == 0 and reply[ihl + 4:] == body:
-            break
-    print("ping %d ok %.3f ms" % (seq, (time.time() - t) * 1e3))
-
-data = os.urandom(total)
-s = socket.create_connection((guest, port), timeout=10)
-got = bytearray()
-for at in range(0, total, 8192):
-    s.sendall(data[at:at + 8192])
-    while len(got) < min(at + 8192, total):
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit("the guest closed the connection")
-        got += chunk
-print("tcp echo %d bytes %s" % (total, "ok" if bytes(got) == data else "DIFFER"))
-s.close()
-
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.settimeout(5)
-u.sendto(b"covm udp echo", (guest, port))
-reply, _ = u.recvfrom(2048)
-print("udp echo %s" % ("ok" if reply == b"covm udp echo" else "DIFFER"))
-"#;
-
-fn python_usable() -> bool {
-    match Command::new("python3").arg("--version").output() {
-        Ok(out) if out.status.success() => true,
-        _ => {
-            covm_test_support::skip("python3 cannot be run here".to_string());
-            false
-        }
-    }
-}
 
 /// covm in `ns` with its API on `dir/api.sock`, serial in `dir/serial.txt`.
 fn covm_in(ns: &Netns, dir: &Scratch, args: &[&str]) -> (Process, Api, std::path::PathBuf) {

@@ -63,9 +63,14 @@ struct Qemu {
 
 impl Qemu {
     fn start(dir: &Scratch, append: &str, vcpus: u32, devices: &[String]) -> Qemu {
+        Self::start_with(Command::new(QEMU), dir, append, vcpus, devices)
+    }
+
+    /// [`Qemu::start`] through `command` (QEMU inside a network namespace).
+    fn start_with(mut command: Command, dir: &Scratch, append: &str, vcpus: u32, devices: &[String]) -> Qemu {
         let serial = dir.path("serial.txt");
         let out = std::fs::File::create(&serial).unwrap();
-        let child = Command::new(QEMU)
+        let child = command
             .args([
                 "-accel",
                 "kvm",
@@ -513,4 +518,52 @@ fn the_host_check_rejects_torn_foreign_and_stale_blocks() {
     let read = disk_generations(&image, seed, 4).unwrap();
     assert_eq!(read, [3, 0, 1, 6]);
     assert_ne!(generation_digest(read), digest);
+}
+
+#[test]
+fn net_answers_ping_tcp_and_udp_over_a_tap() {
+    use common::netns::{python_usable, Netns, CLIENT};
+    if !qemu_usable() || !python_usable() {
+        return;
+    }
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ns) = Netns::new("qemu-net") else { return };
+    let dir = Scratch::new("qemu-net");
+    let devices = [
+        "-netdev".to_string(),
+        "tap,id=n0,ifname=qtap0,script=no,downscript=no".to_string(),
+        "-device".to_string(),
+        "virtio-net-pci,netdev=n0,disable-legacy=on,mac=52:54:00:00:09:03".to_string(),
+    ];
+    let mut qemu = Qemu::start_with(
+        ns.command(&[QEMU]),
+        &dir,
+        "workload=net ip=10.0.9.2/24 port=7",
+        1,
+        &devices,
+    );
+    let text = wait_for_serial(&qemu.serial, Duration::from_secs(30), |t| t.contains("heartbeat 1 "));
+    assert!(
+        text.contains("net: 00:01.0 mac 52:54:00:00:09:03 ip 10.0.9.2/24 port 7"),
+        "serial:\n{text}"
+    );
+    // QEMU opens the TAP; the host side's address is the test's to set.
+    ns.run(&["ip", "addr", "add", "10.0.9.1/24", "dev", "qtap0"]);
+    ns.run(&["ip", "link", "set", "qtap0", "up"]);
+    let out = ns
+        .command(&["python3", "-c", CLIENT, "10.0.9.2", "7", "1048576"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}\nserial:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        qemu.text()
+    );
+    for line in ["ping 0 ok", "ping 2 ok", "tcp echo 1048576 bytes ok", "udp echo ok"] {
+        assert!(report.contains(line), "{line:?} missing:\n{report}");
+    }
+    qemu.kill();
+    assert!(!qemu.text().contains("FAIL"), "serial:\n{}", qemu.text());
 }
