@@ -93,6 +93,13 @@ impl Vmm {
         if let Some(why) = self.vm.as_ref().and_then(Vm::migration_refusal) {
             return Err(ApiError::BadRequest(format!("cannot migrate the VM: {why}")));
         }
+        if !self.created()?.devices.nets.is_empty() {
+            return Err(ApiError::BadRequest(
+                "cannot migrate the VM: it has network interfaces (--net), which covm cannot migrate yet (the \
+                 destination would need the TAP the source holds); the VM keeps running here"
+                    .into(),
+            ));
+        }
         // A confidential VM moves only through its agent's sealed session;
         // a plain one has nothing to verify.
         let confidential = self.vm.as_ref().is_some_and(|vm| vm.platform().confidential());
