@@ -131,3 +131,49 @@ fn bad_net_options_are_refused_by_name() {
         assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
     }
 }
+
+#[test]
+fn an_interface_from_ch_s_vm_config_carries_traffic() {
+    if !kvm_available() || !python_usable() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ns) = Netns::new("net-api") else { return };
+    let dir = Scratch::new("net-api");
+    let (mut covm, api, _) = covm_in(&ns, &dir, &[]);
+    let serial = dir.path("guest.txt");
+    // `net` as CH's own vm.info writes it (its defaults included).
+    let config = serde_json::json!({
+        "payload": {"cmdline": "workload=net ip=10.0.9.2/24"},
+        "serial": {"mode": "File", "file": serial},
+        "console": {"mode": "Off"},
+        "net": [{"tap": "covmtap1", "ip": "10.0.9.1", "mask": "255.255.255.0",
+                 "mac": "52:54:00:00:09:04", "iommu": false, "num_queues": 2, "queue_size": 256,
+                 "vhost_user": false, "vhost_mode": "Client", "id": "net1", "pci_segment": 0,
+                 "offload_tso": true, "offload_ufo": true, "offload_csum": true}]
+    });
+    let (status, body) = api.put("/vm.create", Some(&config.to_string()));
+    assert_eq!(status, 204, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&api.get("/vm.info").1).unwrap();
+    assert_eq!(info["config"]["net"][0]["mac"], "52:54:00:00:09:04", "{info}");
+    assert_eq!(info["config"]["net"][0]["tap"], "covmtap1", "{info}");
+    assert_eq!(api.put("/vm.boot", None).0, 204);
+    let text = wait_for_serial(&serial, Duration::from_secs(30), |t| t.contains("heartbeat 1 "));
+    assert!(text.contains("mac 52:54:00:00:09:04 ip 10.0.9.2/24"), "serial:\n{text}");
+    let out = ns
+        .command(&["python3", "-c", CLIENT, "10.0.9.2", "7", "65536"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("tcp echo 65536 bytes ok") && report.contains("udp echo ok"),
+        "{report}"
+    );
+    assert_eq!(api.put("/vmm.shutdown", None).0, 204);
+    assert_eq!(wait_exit(&mut covm, Duration::from_secs(20)), Some(0));
+}

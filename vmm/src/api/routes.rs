@@ -52,7 +52,7 @@ pub const UNIMPLEMENTED: &[(&str, &str)] = &[
     ("/vm.add-user-device", "covm has no vfio-user devices"),
     ("/vm.add-fs", "covm has no virtio-fs devices"),
     ("/vm.add-generic-vhost-user", "covm has no vhost-user devices"),
-    ("/vm.add-net", "covm has no network devices yet"),
+    ("/vm.add-net", "covm takes network interfaces in vm.create's net or with --net; adding one with its TAP descriptor passed over the socket is not implemented yet"),
     ("/vm.add-pmem", "covm has no persistent memory devices"),
     ("/vm.add-vdpa", "covm has no vDPA devices"),
     ("/vm.add-vsock", "covm has no vsock devices yet"),

@@ -13,6 +13,7 @@
 //! built on the same platform with the same policy, and measures the same.
 
 pub mod devices;
+pub mod net;
 mod platform;
 
 use super::ch_defaults;
@@ -48,6 +49,9 @@ pub struct VmConfigJson {
     /// Disks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<DiskJson>>,
+    /// Network interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<net::NetJson>>,
     /// The entropy device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngJson>,
@@ -66,8 +70,6 @@ pub struct VmConfigJson {
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Unsupported {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    net: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     balloon: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,7 +113,6 @@ pub struct Unsupported {
 impl Unsupported {
     fn check(&self) -> Result<(), String> {
         let fields = [
-            ("net", &self.net, "covm has no network devices yet"),
             ("balloon", &self.balloon, "covm has no balloon yet"),
             ("fs", &self.fs, "covm has no virtio-fs yet"),
             ("pmem", &self.pmem, "covm has no pmem devices yet"),
@@ -456,7 +457,15 @@ fn to_vm_config_probed(
     };
     let platform = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
     crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
-    let devices = devices::devices_from_json(json.disks, json.console, json.rng, platform.is_confidential())?;
+    let mut devices = devices::devices_from_json(json.disks, json.console, json.rng, platform.is_confidential())?;
+    devices.nets = json
+        .net
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| net::net_from_json(n, &format!("net[{i}]")))
+        .collect::<Result<_, _>>()?;
+    devices.check(platform.is_confidential()).map_err(|e| e.to_string())?;
     Ok(VmConfig {
         cpus,
         memory: MemoryConfig { size },
@@ -516,6 +525,11 @@ pub fn to_json(config: &VmConfig) -> VmConfigJson {
                 .iter()
                 .enumerate()
                 .map(|(i, d)| devices::disk_to_json(d, config.devices.disk_id(i)))
+                .collect()
+        }),
+        net: (!config.devices.nets.is_empty()).then(|| {
+            (0..config.devices.nets.len())
+                .map(|i| net::net_to_json(&config.devices.nets[i], config.devices.net_id(i)))
                 .collect()
         }),
         rng: config.devices.rng.as_ref().map(|r| RngJson {

@@ -37,8 +37,10 @@ fn full_ch_style_config() {
 
 #[test]
 fn unsupported_fields_are_refused_by_name() {
-    let e = parse_str(r#"{"payload": {}, "net": [{"tap": "tap0"}]}"#).unwrap_err();
-    assert_eq!(e, "field 'net' cannot be honoured: covm has no network devices yet");
+    let e = parse_str(r#"{"payload": {}, "vsock": {"cid": 3, "socket": "/tmp/v"}}"#).unwrap_err();
+    assert_eq!(e, "field 'vsock.cid' cannot be honoured: covm has no vsock yet");
+    let e = parse_str(r#"{"payload": {}, "net": [{"tap": "tap0", "vhost_user": true}]}"#).unwrap_err();
+    assert!(e.contains("'net[0].vhost_user'"), "{e}");
     let e = parse_str(r#"{"payload": {}, "disks": [{"path": "/x", "vhost_user": true}]}"#).unwrap_err();
     assert!(e.contains("'disks[0].vhost_user'"), "{e}");
     let e = parse_str(r#"{"payload": {}, "memory": {"size": 268435456, "hugepages": true}}"#).unwrap_err();
