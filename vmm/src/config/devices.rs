@@ -166,6 +166,16 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, OptionError> {
     })
 }
 
+/// An id in a VmConfig, where Cloud Hypervisor's own (`_disk0`, `_net1`,
+/// as its `vm.info` writes them, and as a migration carries them) are
+/// accepted besides [`check_id`]'s.
+pub fn check_config_id(id: &str, auto_prefix: &str) -> Result<String, String> {
+    match id.strip_prefix(auto_prefix) {
+        Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Ok(id.to_string()),
+        _ => check_id(id),
+    }
+}
+
 /// A device id: non-empty, printable, not starting with `_` (CH keeps
 /// `_` for the ids it makes up).
 pub fn check_id(id: &str) -> Result<String, String> {

@@ -3,6 +3,7 @@
 
 use super::messages::{ApiError, Reply};
 use super::Vmm;
+use crate::config::NetBackend;
 use crate::event_monitor::emit;
 use crate::migration;
 use crate::migration::confidential::SessionInfo;
@@ -93,10 +94,17 @@ impl Vmm {
         if let Some(why) = self.vm.as_ref().and_then(Vm::migration_refusal) {
             return Err(ApiError::BadRequest(format!("cannot migrate the VM: {why}")));
         }
-        if !self.created()?.devices.nets.is_empty() {
+        let passed_fd = self
+            .created()?
+            .devices
+            .nets
+            .iter()
+            .any(|n| matches!(n.backend, NetBackend::Fd(_)));
+        if passed_fd {
             return Err(ApiError::BadRequest(
-                "cannot migrate the VM: it has network interfaces (--net), which covm cannot migrate yet (the \
-                 destination would need the TAP the source holds); the VM keeps running here"
+                "cannot migrate the VM: a network interface's TAP was passed as a descriptor (--net fd= or \
+                 net's fds), which another covm cannot take over; give the TAP by name (tap=) to migrate. The VM \
+                 keeps running here"
                     .into(),
             ));
         }

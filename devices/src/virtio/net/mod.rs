@@ -22,7 +22,7 @@ pub mod tap;
 mod tests;
 
 use super::worker::{QueueFailure, QueueHandler, Worker};
-use super::{features, ActivateError, Activation, GuestMemory, VirtioDevice};
+use super::{features, ActivateError, Activation, GuestMemory, Handover, VirtioDevice};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -65,6 +65,8 @@ struct Shared {
     pending: Mutex<VecDeque<Vec<u8>>>,
     /// The receive queue's notification while active.
     wake: Mutex<Option<EventFd>>,
+    /// The TAP while attached (not while a migration carries the VM).
+    tap: Mutex<Option<Arc<Tap>>>,
     rx_bytes: AtomicU64,
     rx_frames: AtomicU64,
     rx_dropped: AtomicU64,
@@ -148,13 +150,56 @@ fn read_frames(tap: Arc<Tap>, shared: Arc<Shared>, stop: EventFd) {
     }
 }
 
+/// The TAP and the thread reading it.
+struct Attachment {
+    tap: Arc<Tap>,
+    stop: EventFd,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Attachment {
+    fn start(tap: Tap, shared: &Arc<Shared>) -> std::io::Result<Attachment> {
+        let tap = Arc::new(tap);
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let reader = {
+            let (tap, shared, stop) = (tap.clone(), shared.clone(), stop.try_clone()?);
+            std::thread::Builder::new()
+                .name(format!("virtio-net-{}", tap.name()))
+                .spawn(move || read_frames(tap, shared, stop))?
+        };
+        *lock(&shared.tap) = Some(tap.clone());
+        Ok(Attachment { tap, stop, reader })
+    }
+
+    /// Stops the reader; the TAP closes when the last reference goes.
+    fn stop(self, shared: &Shared) -> Arc<Tap> {
+        let _ = self.stop.write(1);
+        let _ = self.reader.join();
+        *lock(&shared.tap) = None;
+        self.tap
+    }
+}
+
+/// How the device gets its TAP back after letting it go.
+#[derive(Debug, Clone)]
+pub struct Reattach {
+    /// The interface's name.
+    pub name: String,
+    /// The host side's address and netmask, set if the interface is down
+    /// (a TAP created anew, on another host).
+    pub ip: std::net::Ipv4Addr,
+    /// Its netmask.
+    pub mask: std::net::Ipv4Addr,
+}
+
 /// The network device.
 pub struct Net {
-    tap: Arc<Tap>,
+    attachment: Option<Attachment>,
+    /// Set for a TAP opened by name: it can be let go and taken again
+    /// around a live migration (an inherited descriptor cannot).
+    reattach: Option<Reattach>,
     mac: [u8; 6],
     shared: Arc<Shared>,
-    stop_reader: EventFd,
-    reader: Option<std::thread::JoinHandle<()>>,
     worker: Option<Worker>,
     /// The receive queue's slot among the active queues, and how many of
     /// its buffers the worker holds for frames to come.
@@ -163,31 +208,76 @@ pub struct Net {
 
 impl Net {
     /// A device on `tap` with the guest's MAC address `mac`; starts the
-    /// thread reading the TAP.
-    pub fn new(tap: Tap, mac: [u8; 6]) -> std::io::Result<Self> {
-        let tap = Arc::new(tap);
+    /// thread reading the TAP. With `reattach`, the TAP can be handed over
+    /// in a live migration.
+    pub fn new(tap: Tap, mac: [u8; 6], reattach: Option<Reattach>) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
-        let stop_reader = EventFd::new(EFD_NONBLOCK)?;
-        let reader = {
-            let (tap, shared, stop) = (tap.clone(), shared.clone(), stop_reader.try_clone()?);
-            std::thread::Builder::new()
-                .name(format!("virtio-net-{}", tap.name()))
-                .spawn(move || read_frames(tap, shared, stop))?
-        };
+        let reattach = reattach.map(|r| Reattach {
+            name: tap.name().to_string(),
+            ..r
+        });
+        let attachment = Attachment::start(tap, &shared)?;
         Ok(Net {
-            tap,
+            attachment: Some(attachment),
+            reattach: reattach.clone(),
             mac,
             shared,
-            stop_reader,
-            reader: Some(reader),
             worker: None,
             receive: None,
         })
     }
 
-    /// The TAP's name.
-    pub fn tap_name(&self) -> &str {
-        self.tap.name()
+    /// A device whose TAP is taken only at [`Handover::Acquire`]: an
+    /// incoming VM's, while the source still holds it.
+    pub fn detached(reattach: Reattach, mac: [u8; 6]) -> Self {
+        Net {
+            attachment: None,
+            reattach: Some(reattach),
+            mac,
+            shared: Arc::default(),
+            worker: None,
+            receive: None,
+        }
+    }
+
+    /// The TAP's name, while attached.
+    pub fn tap_name(&self) -> Option<&str> {
+        self.attachment.as_ref().map(|a| a.tap.name())
+    }
+
+    /// Lets the TAP go, keeping the interface (persistent) for the covm
+    /// that takes it next; frames not yet given to the guest are lost.
+    fn detach(&mut self) -> Result<(), String> {
+        let Some(reattach) = &self.reattach else {
+            return Err("a TAP passed as a descriptor cannot be handed to another covm".into());
+        };
+        let Some(attachment) = self.attachment.take() else {
+            return Ok(());
+        };
+        let tap = attachment.stop(&self.shared);
+        tap.set_persist(true)
+            .map_err(|e| format!("tap={}: cannot keep it for the next covm: {e}", reattach.name))?;
+        lock(&self.shared.pending).clear();
+        Ok(())
+    }
+
+    /// Takes the TAP (again): attaches to the interface the last holder
+    /// kept, or creates it, and lets it go with this covm.
+    fn attach(&mut self) -> Result<(), String> {
+        if self.attachment.is_some() {
+            return Ok(());
+        }
+        let Some(r) = self.reattach.clone() else {
+            return Err("no TAP to attach to".into());
+        };
+        let tap = Tap::open(&r.name).map_err(|e| e.to_string())?;
+        if !tap.is_up().map_err(|e| format!("tap={}: {e}", r.name))? {
+            tap.configure(r.ip, r.mask).map_err(|e| e.to_string())?;
+        }
+        tap.set_persist(false)
+            .map_err(|e| format!("tap={}: cannot make it end with this covm: {e}", r.name))?;
+        self.attachment = Some(Attachment::start(tap, &self.shared).map_err(|e| e.to_string())?);
+        Ok(())
     }
 
     fn config(&self) -> [u8; 12] {
@@ -202,9 +292,8 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        let _ = self.stop_reader.write(1);
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+        if let Some(attachment) = self.attachment.take() {
+            attachment.stop(&self.shared);
         }
     }
 }
@@ -214,7 +303,6 @@ type Held = DescriptorChain<Arc<GuestMemory>>;
 
 /// The queues' handling on the worker.
 struct Handler {
-    tap: Arc<Tap>,
     shared: Arc<Shared>,
     buffer: Vec<u8>,
     /// Guest memory the held chains refer to (the worker's regions).
@@ -302,8 +390,12 @@ impl Handler {
                         self.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
                     } else {
                         self.buffer.resize(len, 0);
+                        let tap = lock(&self.shared.tap).clone();
                         match reader.read_exact(&mut self.buffer) {
-                            Ok(()) => match self.tap.file().write(&self.buffer) {
+                            Ok(()) if tap.is_none() => {
+                                self.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(()) => match tap.as_ref().map_or(Ok(0), |t| t.file().write(&self.buffer)) {
                                 Ok(_) => {
                                     self.shared.tx_frames.fetch_add(1, Ordering::Relaxed);
                                     self.shared
@@ -390,7 +482,6 @@ impl VirtioDevice for Net {
         let slot = activation.queues.iter().position(|q| q.index == RX);
         let held_count = Arc::new(AtomicUsize::new(0));
         let handler = Handler {
-            tap: self.tap.clone(),
             shared: self.shared.clone(),
             buffer: Vec::new(),
             memory: Arc::new(activation.memory.clone()),
@@ -398,7 +489,7 @@ impl VirtioDevice for Net {
             held_count: held_count.clone(),
         };
         self.receive = slot.map(|s| (s, held_count));
-        let name = format!("virtio-net-{}", self.tap.name());
+        let name = format!("virtio-net-{}", self.tap_name().unwrap_or("detached"));
         self.worker = Some(Worker::start(&name, handler, activation.into_worker_start())?);
         Ok(())
     }
@@ -430,6 +521,13 @@ impl VirtioDevice for Net {
             }
         }
         Some(states)
+    }
+
+    fn handover(&mut self, step: Handover) -> Result<(), String> {
+        match step {
+            Handover::Release => self.detach(),
+            Handover::Acquire => self.attach(),
+        }
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

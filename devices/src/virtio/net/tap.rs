@@ -163,6 +163,35 @@ impl Tap {
         Ok(())
     }
 
+    /// Keeps the interface (with its addresses and routes) after its last
+    /// descriptor closes, or not: set while a live migration carries the
+    /// VM to another covm on this host, which attaches to it.
+    pub fn set_persist(&self, persist: bool) -> io::Result<()> {
+        // SAFETY: TUNSETPERSIST takes its argument by value.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNSETPERSIST, libc::c_ulong::from(persist)) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Whether the interface is up (a TAP created just now is not).
+    pub fn is_up(&self) -> io::Result<bool> {
+        // SAFETY: a plain socket call; the descriptor is owned below.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor no one else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = ifreq_named(&self.name);
+        // SAFETY: SIOCGIFFLAGS fills the flags member of the ifreq.
+        if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the flags member was just filled.
+        Ok(i32::from(unsafe { req.ifr_ifru.ifru_flags }) & libc::IFF_UP != 0)
+    }
+
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -106,6 +106,24 @@ fn next_test_frame(sock: &OwnedFd) -> Vec<u8> {
     }
 }
 
+/// The flags of interface `name` in this thread's namespace, if it exists.
+fn interface_flags(name: &str) -> Option<i32> {
+    // SAFETY: plain socket and ioctl calls on values that live for each call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let sock = OwnedFd::from_raw_fd(fd);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return None;
+        }
+        Some(i32::from(req.ifr_ifru.ifru_flags))
+    }
+}
+
 fn raw(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
     RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
 }
@@ -113,7 +131,7 @@ fn raw(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
 #[test]
 fn config_space_and_features() {
     let Some(tap) = private_tap() else { return };
-    let net = Net::new(tap, MAC).unwrap();
+    let net = Net::new(tap, MAC, None).unwrap();
     let mut config = [0u8; 12];
     net.read_config(0, &mut config);
     assert_eq!(config[..6], MAC);
@@ -131,10 +149,9 @@ fn config_space_and_features() {
 fn frames_go_both_ways_and_bad_buffers_are_counted() {
     let Some(tap) = private_tap() else { return };
     let sock = packet_socket(tap.name());
-    let net = Net::new(tap, MAC).unwrap();
+    let net = Net::new(tap, MAC, None).unwrap();
     let mem = memory();
     let mut handler = Handler {
-        tap: net.tap.clone(),
         shared: net.shared.clone(),
         buffer: Vec::new(),
         memory: Arc::new(mem.clone()),
@@ -223,4 +240,38 @@ fn a_bad_tap_name_or_descriptor_is_named() {
     let file = std::fs::File::open("/dev/null").unwrap();
     let e = Tap::from_fd(OwnedFd::from(file)).unwrap_err().to_string();
     assert!(e.contains("not a TAP interface"), "{e}");
+}
+
+#[test]
+fn the_tap_is_let_go_kept_and_taken_again() {
+    let Some(tap) = private_tap() else { return };
+    let reattach = Reattach {
+        name: String::new(),
+        ip: [10, 0, 9, 1].into(),
+        mask: [255, 255, 255, 0].into(),
+    };
+    let mut net = Net::new(tap, MAC, Some(reattach.clone())).unwrap();
+    assert_eq!(net.tap_name(), Some("covmtest0"));
+    net.handover(Handover::Release).unwrap();
+    assert_eq!(net.tap_name(), None);
+    // Kept, up, for the next holder.
+    let flags = interface_flags("covmtest0").expect("the TAP was kept");
+    assert_ne!(flags & libc::IFF_UP, 0, "still up");
+    // Another device (the next covm) takes it; it goes with that one.
+    let mut next = Net::detached(
+        Reattach {
+            name: "covmtest0".into(),
+            ..reattach
+        },
+        MAC,
+    );
+    next.handover(Handover::Acquire).unwrap();
+    assert_eq!(next.tap_name(), Some("covmtest0"));
+    drop(next);
+    drop(net);
+    assert_eq!(interface_flags("covmtest0"), None, "the TAP outlived its last holder");
+    // A TAP passed as a descriptor cannot be handed over.
+    let tap = Tap::open("covmtest1").unwrap();
+    let mut fixed = Net::new(tap, MAC, None).unwrap();
+    assert!(fixed.handover(Handover::Release).unwrap_err().contains("descriptor"));
 }

@@ -5,7 +5,7 @@
 use super::{ConsoleJson, ConsoleMode as ChConsoleMode};
 use crate::api::ch_defaults;
 use crate::config::devices::{
-    check_id, ConsoleMode, DevicesConfig, DiskConfig, RngConfig, DEFAULT_NUM_QUEUES, DEFAULT_QUEUE_SIZE,
+    check_config_id, ConsoleMode, DevicesConfig, DiskConfig, RngConfig, DEFAULT_NUM_QUEUES, DEFAULT_QUEUE_SIZE,
     DEFAULT_RNG_SOURCE, MAX_NUM_QUEUES, MAX_QUEUE_SIZE,
 };
 use serde::{Deserialize, Serialize};
@@ -114,7 +114,7 @@ pub fn disk_from_json(json: DiskJson, at: &str) -> Result<DiskConfig, String> {
     }
     let id = json
         .id
-        .map(|id| check_id(&id).map_err(|e| format!("{at}.id={id}: {e}")))
+        .map(|id| check_config_id(&id, "_disk").map_err(|e| format!("{at}.id={id}: {e}")))
         .transpose()?;
     if let Some(serial) = json.serial.as_ref().filter(|s| s.len() > 20) {
         return Err(format!(
@@ -261,6 +261,9 @@ mod tests {
         );
         let e = d.unwrap_err();
         assert!(e.contains("disks[0].id=_disk0x"), "{e}");
+        // CH's own ids, as its vm.info and a migration carry them.
+        let d = disk(json!({"path": "/tmp/x.img", "id": "_disk3"})).unwrap();
+        assert_eq!(d.id.as_deref(), Some("_disk3"));
         let d = disk(
             json!({"path": "/tmp/x.img", "num_queues": 2, "queue_size": 64, "sparse": false,
             "lock_granularity": "ByteRange", "serial": "abc"}),

@@ -101,7 +101,7 @@ pub fn net_from_json(json: NetJson, at: &str) -> Result<NetConfig, String> {
     }
     let id = json
         .id
-        .map(|id| crate::config::devices::check_id(&id).map_err(|e| format!("{at}.id={id}: {e}")))
+        .map(|id| crate::config::devices::check_config_id(&id, "_net").map_err(|e| format!("{at}.id={id}: {e}")))
         .transpose()?;
     Ok(NetConfig {
         backend,

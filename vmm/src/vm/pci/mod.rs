@@ -18,7 +18,7 @@ use covm_devices::pci::{BarWindow, Bdf, ConfigPorts, Ecam, PciBus};
 use covm_devices::virtio::block::{Block, BlockOptions, LockTiming};
 use covm_devices::virtio::console::Console;
 use covm_devices::virtio::net::tap::Tap;
-use covm_devices::virtio::net::Net;
+use covm_devices::virtio::net::{Net, Reattach};
 use covm_devices::virtio::pci::state::VirtioPciState;
 use covm_devices::virtio::pci::{VirtioPci, BAR_SIZE};
 use covm_devices::virtio::rng::Rng;
@@ -75,14 +75,32 @@ fn device_error(id: &str, what: impl std::fmt::Display) -> VmError {
 /// A network device on its TAP: opened by name (created if missing, given
 /// its host address and brought up, as CH does) or taken over from an
 /// inherited descriptor.
-fn open_net(net: &crate::config::NetConfig) -> Result<Net, String> {
-    let tap = match &net.backend {
+fn open_net(net: &crate::config::NetConfig, incoming: bool) -> Result<Net, String> {
+    match &net.backend {
         NetBackend::Tap(name) => {
+            let reattach = Reattach {
+                name: name.clone(),
+                ip: net.ip,
+                mask: net.mask,
+            };
+            // An incoming VM takes its TAP at the commit, once the source
+            // let go of it (kept persistent, addressed and up, for this one).
+            if incoming {
+                if name.is_empty() {
+                    return Err("an incoming interface needs the TAP's name".into());
+                }
+                return Ok(Net::detached(reattach, net.mac));
+            }
             let tap = Tap::open(name).map_err(|e| e.to_string())?;
             tap.configure(net.ip, net.mask).map_err(|e| e.to_string())?;
-            tap
+            Net::new(tap, net.mac, Some(reattach)).map_err(|e| format!("cannot start its TAP reader: {e}"))
         }
         NetBackend::Fd(fd) => {
+            if incoming {
+                return Err(format!(
+                    "fd={fd}: an incoming VM's TAP cannot be a descriptor of the source's"
+                ));
+            }
             // SAFETY: F_GETFD only asks whether `fd` is open.
             if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
                 return Err(format!("fd={fd}: not an open descriptor"));
@@ -90,10 +108,10 @@ fn open_net(net: &crate::config::NetConfig) -> Result<Net, String> {
             // SAFETY: an open descriptor the command line or the API hands
             // to this device alone; it is owned from here on.
             let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) };
-            Tap::from_fd(owned).map_err(|e| e.to_string())?
+            let tap = Tap::from_fd(owned).map_err(|e| e.to_string())?;
+            Net::new(tap, net.mac, None).map_err(|e| format!("cannot start its TAP reader: {e}"))
         }
-    };
-    Net::new(tap, net.mac).map_err(|e| format!("cannot start its TAP reader: {e}"))
+    }
 }
 
 /// A device model and its id.
@@ -124,7 +142,10 @@ fn devices_of(config: &DevicesConfig, incoming: bool) -> Result<Vec<Named>, VmEr
     }
     for (index, net) in config.nets.iter().enumerate() {
         let id = config.net_id(index);
-        out.push((id.clone(), Box::new(open_net(net).map_err(|e| device_error(&id, e))?)));
+        out.push((
+            id.clone(),
+            Box::new(open_net(net, incoming).map_err(|e| device_error(&id, e))?),
+        ));
     }
     let output: Option<Box<dyn std::io::Write + Send>> = match &config.console {
         ConsoleMode::Off => None,
