@@ -275,3 +275,43 @@ fn the_tap_is_let_go_kept_and_taken_again() {
     let mut fixed = Net::new(tap, MAC, None).unwrap();
     assert!(fixed.handover(Handover::Release).unwrap_err().contains("descriptor"));
 }
+
+#[test]
+fn hostile_buffers_are_dropped_and_counted() {
+    let Some(tap) = private_tap() else { return };
+    let net = Net::new(tap, MAC, None).unwrap();
+    let mem = memory();
+    let mut handler = Handler {
+        shared: net.shared.clone(),
+        buffer: Vec::new(),
+        memory: Arc::new(mem.clone()),
+        held: VecDeque::new(),
+        held_count: Arc::default(),
+    };
+    let tx = MockSplitQueue::create(&mem, GuestAddress(0x20000), 16);
+    let mut tx_queue = tx.create_queue().unwrap();
+    // Larger than any frame; outside guest memory; a looping chain.
+    tx.add_desc_chains(&[raw(0x40000, (MAX_FRAME + 1) as u32, 0, 0)], 0)
+        .unwrap();
+    tx.add_desc_chains(&[raw(MEM_SIZE - 16, 4096, 0, 0)], 1).unwrap();
+    tx.add_desc_chains(&[raw(0x41000, 64, VRING_DESC_F_NEXT, 2)], 2)
+        .unwrap();
+    tx.desc_table()
+        .store(2, raw(0x41000, 64, VRING_DESC_F_NEXT, 2))
+        .unwrap();
+    assert!(handler.process(&mem, TX, &mut tx_queue).unwrap());
+    // The first two are dropped; the loop ends after a queue's worth of
+    // descriptors (virtio-queue bounds every chain), a bounded frame.
+    assert_eq!(net.shared.tx_dropped.load(Ordering::Relaxed), 2);
+    assert!(net.shared.tx_bytes.load(Ordering::Relaxed) <= 16 * 64);
+    // Every chain was used, so the driver gets its buffers back.
+    assert_eq!(tx.used().idx().load(), 3);
+    // A receive buffer outside guest memory: the frame is dropped.
+    lock(&net.shared.pending).push_back(vec![0u8; 64]);
+    let rx = MockSplitQueue::create(&mem, GuestAddress(0x60000), 16);
+    let mut rx_queue = rx.create_queue().unwrap();
+    rx.add_desc_chains(&[raw(MEM_SIZE - 16, 1526, VRING_DESC_F_WRITE, 0)], 0)
+        .unwrap();
+    assert!(handler.process(&mem, RX, &mut rx_queue).unwrap());
+    assert_eq!(net.shared.rx_dropped.load(Ordering::Relaxed), 1);
+}
