@@ -204,33 +204,11 @@ fn killed_destination_leaves_the_source_running_and_a_retry_succeeds() {
         204
     );
     // Kill the destination once pages are flowing.
-    let start = Instant::now();
-    loop {
-        let (_, info) = src_api.get("/vm.info");
-        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-        if info["migration"]["progress"]["bytes_transferred"].as_u64().unwrap_or(0) > 32 << 20 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "no pages flowed: {info}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    src_api.wait_transferred(32 << 20);
     doomed.kill().unwrap();
     let _ = doomed.wait();
     // The source notices, keeps the guest and says why.
-    let start = Instant::now();
-    let error = loop {
-        let (_, info) = src_api.get("/vm.info");
-        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-        if let Some(error) = info["migration"]["error"].as_str() {
-            assert_eq!(info["state"], "Running");
-            break error.to_string();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the source never noticed: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let error = src_api.wait_migration_error();
     // The error names the lost connection (a write or a read finds it).
     assert!(
         ["Broken pipe", "Connection reset", "the peer closed the connection"]

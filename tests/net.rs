@@ -8,7 +8,7 @@
 
 mod common;
 use common::api::Api;
-use common::netns::{python_usable, Netns, CLIENT};
+use common::netns::{python_usable, run_client, Netns};
 use common::*;
 use std::path::Path;
 use std::process::Stdio;
@@ -69,20 +69,8 @@ fn the_guest_answers_ping_tcp_and_udp_over_a_tap() {
     assert!(addr.contains("10.0.9.1/24"), "{addr}");
     let link = ns.run(&["ip", "link", "show", "covmtap0"]);
     assert!(link.contains(",UP"), "{link}");
-    let out = ns
-        .command(&["python3", "-c", CLIENT, "10.0.9.2", "7", "1048576"])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{report}\n{}\nserial:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(&serial).unwrap_or_default()
-    );
-    for line in ["ping 0 ok", "ping 2 ok", "tcp echo 1048576 bytes ok", "udp echo ok"] {
-        assert!(report.contains(line), "{line:?} missing:\n{report}");
-    }
+    let guest_serial = || std::fs::read_to_string(&serial).unwrap_or_default();
+    run_client(&ns, "10.0.9.2", 1 << 20, guest_serial);
     let info: serde_json::Value = serde_json::from_str(&api.get("/vm.info").1).unwrap();
     assert_eq!(
         info["device_tree"]["_virtio-pci-eth0"]["pci_bdf"], "0000:00:01.0",
@@ -97,29 +85,8 @@ fn the_guest_answers_ping_tcp_and_udp_over_a_tap() {
     // the guest running here with its network.
     let (status, body) = api.put("/vm.send-migration", Some(r#"{"destination_url": "tcp:127.0.0.1:1"}"#));
     assert_eq!(status, 204, "{body}");
-    let start = std::time::Instant::now();
-    loop {
-        let info: serde_json::Value = serde_json::from_str(&api.get("/vm.info").1).unwrap();
-        if info["migration"]["error"].is_string() {
-            assert_eq!(info["state"], "Running", "{info}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the migration never failed: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = ns
-        .command(&["python3", "-c", CLIENT, "10.0.9.2", "7", "65536"])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && report.contains("tcp echo 65536 bytes ok"),
-        "after the failed migration: {report}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    api.wait_migration_error();
+    run_client(&ns, "10.0.9.2", 65536, guest_serial);
     let before = net_heartbeats(&serial);
     assert!(before > 0);
     assert_eq!(api.put("/vm.power-button", None).0, 204);
@@ -182,20 +149,9 @@ fn an_interface_from_ch_s_vm_config_carries_traffic() {
     assert_eq!(api.put("/vm.boot", None).0, 204);
     let text = wait_for_serial(&serial, Duration::from_secs(30), |t| t.contains("heartbeat 1 "));
     assert!(text.contains("mac 52:54:00:00:09:04 ip 10.0.9.2/24"), "serial:\n{text}");
-    let out = ns
-        .command(&["python3", "-c", CLIENT, "10.0.9.2", "7", "65536"])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{report}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        report.contains("tcp echo 65536 bytes ok") && report.contains("udp echo ok"),
-        "{report}"
-    );
+    run_client(&ns, "10.0.9.2", 65536, || {
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    });
     assert_eq!(api.put("/vmm.shutdown", None).0, 204);
     assert_eq!(wait_exit(&mut covm, Duration::from_secs(20)), Some(0));
 }

@@ -12,7 +12,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One guest at a time: a 4-vCPU guest or two migrating VMs already fill
 /// this machine's two cores.
@@ -426,30 +426,10 @@ fn killed_destination_leaves_the_source_writing_and_a_retry_succeeds() {
     let send = format!(r#"{{"destination_url": "{url}", "max_bandwidth": {}}}"#, 8 << 20);
     assert_eq!(a_api.put("/vm.send-migration", Some(&send)).0, 204);
     // Kill the destination once pages are flowing.
-    let start = Instant::now();
-    loop {
-        let info: serde_json::Value = serde_json::from_str(&a_api.get("/vm.info").1).unwrap();
-        if info["migration"]["progress"]["bytes_transferred"].as_u64().unwrap_or(0) > 4 << 20 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "no pages flowed: {info}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    a_api.wait_transferred(4 << 20);
     doomed.kill().unwrap();
     let _ = doomed.wait();
-    let start = Instant::now();
-    loop {
-        let info: serde_json::Value = serde_json::from_str(&a_api.get("/vm.info").1).unwrap();
-        if info["migration"]["error"].is_string() {
-            assert_eq!(info["state"], "Running", "{info}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the source never noticed: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    a_api.wait_migration_error();
     // The source still owns its disk and keeps writing it.
     let before = blocks_written(&a_serial);
     let beats = heartbeat_numbers(&a_serial).len();

@@ -41,6 +41,43 @@ impl Api {
         info["state"].as_str().unwrap().to_string()
     }
 
+    /// `vm.info` as JSON.
+    pub fn info(&self) -> serde_json::Value {
+        let (status, body) = self.get("/vm.info");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Waits until the outgoing migration has sent more than `bytes`.
+    pub fn wait_transferred(&self, bytes: u64) {
+        let start = Instant::now();
+        loop {
+            let info = self.info();
+            if info["migration"]["progress"]["bytes_transferred"].as_u64().unwrap_or(0) > bytes {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "no pages flowed: {info}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until the migration failed; its error, the VM still running.
+    pub fn wait_migration_error(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let info = self.info();
+            if let Some(error) = info["migration"]["error"].as_str() {
+                assert_eq!(info["state"], "Running", "{info}");
+                return error.to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the migration never failed: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait_ready(&self) {
         let start = Instant::now();
         while client::send(

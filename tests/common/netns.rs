@@ -114,3 +114,27 @@ pub fn python_usable() -> bool {
         }
     }
 }
+
+/// Runs [`CLIENT`] in `ns` against `guest`'s echo port 7 with `tcp_bytes`
+/// of TCP; its report, which it checks for every line. `context` says
+/// what to show on failure (the guest's serial output).
+pub fn run_client(ns: &Netns, guest: &str, tcp_bytes: u64, context: impl Fn() -> String) -> String {
+    let out = ns
+        .command(&["python3", "-c", CLIENT, guest, "7", &tcp_bytes.to_string()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = [
+        "ping 0 ok".to_string(),
+        "ping 2 ok".to_string(),
+        format!("tcp echo {tcp_bytes} bytes ok"),
+        "udp echo ok".to_string(),
+    ];
+    assert!(
+        out.status.success() && expected.iter().all(|l| report.contains(l.as_str())),
+        "{report}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        context()
+    );
+    report
+}

@@ -13,6 +13,8 @@ pub mod console;
 pub mod net;
 pub mod pci;
 pub mod rng;
+#[cfg(test)]
+mod test_support;
 pub mod worker;
 
 use std::sync::Arc;
@@ -130,13 +132,28 @@ pub trait VirtioDevice: Send {
     /// Stops serving and gives the queues back (the driver reset the
     /// device, or the VM stops); `None` if it was not active.
     fn reset(&mut self) -> Option<Vec<Queue>>;
+    /// The worker serving its queues while active (the defaults below
+    /// pause, resume and save through it).
+    fn worker(&self) -> Option<&worker::Worker> {
+        None
+    }
     /// Stops taking requests, finishing those it took (no request is left
     /// half done: their results are in guest memory when this returns).
-    fn pause(&mut self);
+    fn pause(&mut self) {
+        if let Some(w) = self.worker() {
+            w.pause();
+        }
+    }
     /// Takes requests again, including those that arrived while paused.
-    fn resume(&mut self);
+    fn resume(&mut self) {
+        if let Some(w) = self.worker() {
+            w.resume();
+        }
+    }
     /// The queues as they stand, while active and paused (for migration).
-    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>>;
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.worker().map(worker::Worker::queue_states)
+    }
     /// Counters for `vm.counters`, named as Cloud Hypervisor names them.
     fn counters(&self) -> Vec<(&'static str, u64)>;
     /// Gives up or takes back what the device holds exclusively on the

@@ -119,20 +119,8 @@ impl VirtioDevice for Rng {
         self.worker.take().map(Worker::stop)
     }
 
-    fn pause(&mut self) {
-        if let Some(w) = &self.worker {
-            w.pause();
-        }
-    }
-
-    fn resume(&mut self) {
-        if let Some(w) = &self.worker {
-            w.resume();
-        }
-    }
-
-    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
-        self.worker.as_ref().map(Worker::queue_states)
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

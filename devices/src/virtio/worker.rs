@@ -9,7 +9,7 @@
 //! guest memory and the queue's indices.
 
 use super::{ActiveQueue, GuestMemory, VirtioInterrupt};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use virtio_queue::{Queue, QueueState, QueueT};
@@ -140,6 +140,19 @@ pub struct WorkerStart {
     pub failed: Arc<AtomicBool>,
     /// Start paused (an incoming VM's devices, until the migration commits).
     pub paused: bool,
+}
+
+/// A receive queue's buffers that a device took and holds until data
+/// comes (`held`: the queue's slot and how many), given back in `states`:
+/// they are the last ones taken, so the saved state says they are still
+/// available and a restored device takes them again.
+pub fn give_back_held(mut states: Vec<QueueState>, held: Option<&(usize, Arc<AtomicUsize>)>) -> Vec<QueueState> {
+    if let Some((slot, held)) = held {
+        if let Some(state) = states.get_mut(*slot) {
+            state.next_avail = state.next_avail.wrapping_sub(held.load(Ordering::SeqCst) as u16);
+        }
+    }
+    states
 }
 
 /// Event tokens besides the queues' slots.

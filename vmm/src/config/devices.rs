@@ -109,18 +109,7 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, OptionError> {
             return Err(m.invalid(key, v, why));
         }
     }
-    for key in [
-        "bw_size",
-        "bw_one_time_burst",
-        "bw_refill_time",
-        "ops_size",
-        "ops_one_time_burst",
-        "ops_refill_time",
-    ] {
-        if let Some(v) = m.get(key) {
-            return Err(m.invalid(key, v, "covm has no I/O rate limiter"));
-        }
-    }
+    refuse_rate_limiter(&m)?;
     if let Some(v) = m.get("pci_segment").filter(|v| *v != "0") {
         return Err(m.invalid("pci_segment", v, "covm has one PCI segment, 0"));
     }
@@ -174,6 +163,23 @@ pub fn check_config_id(id: &str, auto_prefix: &str) -> Result<String, String> {
         Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => Ok(id.to_string()),
         _ => check_id(id),
     }
+}
+
+/// CH's rate-limiter keys of `--disk` and `--net`, refused by name.
+pub fn refuse_rate_limiter(m: &OptionMap) -> Result<(), OptionError> {
+    for key in [
+        "bw_size",
+        "bw_one_time_burst",
+        "bw_refill_time",
+        "ops_size",
+        "ops_one_time_burst",
+        "ops_refill_time",
+    ] {
+        if let Some(v) = m.get(key) {
+            return Err(m.invalid(key, v, "covm has no I/O rate limiter"));
+        }
+    }
+    Ok(())
 }
 
 /// A device id: non-empty, printable, not starting with `_` (CH keeps

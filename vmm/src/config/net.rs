@@ -118,18 +118,7 @@ pub fn parse_net(text: &str) -> Result<NetConfig, OptionError> {
             return Err(m.invalid(key, v, "covm does not support it yet"));
         }
     }
-    for key in [
-        "bw_size",
-        "bw_one_time_burst",
-        "bw_refill_time",
-        "ops_size",
-        "ops_one_time_burst",
-        "ops_refill_time",
-    ] {
-        if let Some(v) = m.get(key) {
-            return Err(m.invalid(key, v, "covm has no I/O rate limiter"));
-        }
-    }
+    super::devices::refuse_rate_limiter(&m)?;
     if let Some(v) = m.get("pci_segment").filter(|v| *v != "0") {
         return Err(m.invalid("pci_segment", v, "covm has one PCI segment, 0"));
     }

@@ -30,7 +30,7 @@ use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueState};
+use virtio_queue::Queue;
 
 /// The sector size requests count in (virtio 1.2 §5.2.6), and the block
 /// size the device reports.
@@ -349,20 +349,8 @@ impl VirtioDevice for Block {
         self.worker.take().map(Worker::stop)
     }
 
-    fn pause(&mut self) {
-        if let Some(w) = &self.worker {
-            w.pause();
-        }
-    }
-
-    fn resume(&mut self) {
-        if let Some(w) = &self.worker {
-            w.resume();
-        }
-    }
-
-    fn queue_states(&self) -> Option<Vec<QueueState>> {
-        self.worker.as_ref().map(Worker::queue_states)
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
     }
 
     /// The image's lock: [`Block::release`] and [`Block::acquire`].

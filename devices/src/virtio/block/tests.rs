@@ -2,11 +2,11 @@
 //! with a dirty bitmap, and queues driven as a driver would.
 
 use super::*;
+use crate::virtio::test_support::{wait_for, Irqs};
 use crate::virtio::worker::QueueHandler;
-use crate::virtio::{ActiveQueue, GuestMemory, VirtioInterrupt};
+use crate::virtio::{ActiveQueue, GuestMemory};
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use virtio_bindings::bindings::virtio_blk::*;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
@@ -732,33 +732,6 @@ fn handover_through_the_trait() {
     source.handover(Handover::Release).unwrap();
     dest.handover(Handover::Acquire).unwrap();
     assert!(source.handover(Handover::Acquire).is_err());
-}
-
-/// Records the interrupts a device raises.
-#[derive(Default)]
-struct Irqs {
-    queues: Mutex<Vec<u16>>,
-    config: AtomicUsize,
-}
-
-impl VirtioInterrupt for Irqs {
-    fn queue(&self, index: u16) {
-        self.queues.lock().unwrap().push(index);
-    }
-    fn config_changed(&self) {
-        self.config.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! called directly and through the worker.
 
 use super::*;
+use crate::virtio::test_support::{wait_for, Irqs};
 use crate::virtio::ActiveQueue;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -284,33 +285,6 @@ fn input_beyond_the_limit_is_dropped() {
     h.process(&mem, RECEIVEQ, &mut rx.queue).unwrap();
     assert_eq!(rx.used(), Some(MAX_PENDING as u32));
     assert_eq!(guest_bytes(&mem, BUF, MAX_PENDING), input[..MAX_PENDING]);
-}
-
-/// Records the interrupts a device raises.
-#[derive(Default)]
-struct Irqs {
-    queues: Mutex<Vec<u16>>,
-    config: AtomicUsize,
-}
-
-impl VirtioInterrupt for Irqs {
-    fn queue(&self, index: u16) {
-        self.queues.lock().unwrap().push(index);
-    }
-    fn config_changed(&self) {
-        self.config.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// Activates `c` with both queues; returns their notifications.

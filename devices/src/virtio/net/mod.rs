@@ -21,7 +21,7 @@ pub mod tap;
 #[cfg(test)]
 mod tests;
 
-use super::worker::{QueueFailure, QueueHandler, Worker};
+use super::worker::{give_back_held, QueueFailure, QueueHandler, Worker};
 use super::{features, ActivateError, Activation, GuestMemory, Handover, VirtioDevice};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -499,28 +499,15 @@ impl VirtioDevice for Net {
         self.worker.take().map(Worker::stop)
     }
 
-    fn pause(&mut self) {
-        if let Some(w) = &self.worker {
-            w.pause();
-        }
-    }
-
-    fn resume(&mut self) {
-        if let Some(w) = &self.worker {
-            w.resume();
-        }
+    fn worker(&self) -> Option<&Worker> {
+        self.worker.as_ref()
     }
 
     /// The receive buffers the worker holds are given back: the state
     /// says they are still available, so a restored device takes them again.
     fn queue_states(&self) -> Option<Vec<QueueState>> {
-        let mut states = self.worker.as_ref().map(Worker::queue_states)?;
-        if let Some((slot, held)) = &self.receive {
-            if let Some(state) = states.get_mut(*slot) {
-                state.next_avail = state.next_avail.wrapping_sub(held.load(Ordering::SeqCst) as u16);
-            }
-        }
-        Some(states)
+        let states = self.worker.as_ref().map(Worker::queue_states)?;
+        Some(give_back_held(states, self.receive.as_ref()))
     }
 
     fn handover(&mut self, step: Handover) -> Result<(), String> {

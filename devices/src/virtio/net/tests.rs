@@ -124,6 +124,17 @@ fn interface_flags(name: &str) -> Option<i32> {
     }
 }
 
+/// The queues' handler of `net`, driven directly.
+fn handler(net: &Net, mem: &GuestMemory) -> Handler {
+    Handler {
+        shared: net.shared.clone(),
+        buffer: Vec::new(),
+        memory: Arc::new(mem.clone()),
+        held: VecDeque::new(),
+        held_count: Arc::default(),
+    }
+}
+
 fn raw(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
     RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
 }
@@ -151,13 +162,7 @@ fn frames_go_both_ways_and_bad_buffers_are_counted() {
     let sock = packet_socket(tap.name());
     let net = Net::new(tap, MAC, None).unwrap();
     let mem = memory();
-    let mut handler = Handler {
-        shared: net.shared.clone(),
-        buffer: Vec::new(),
-        memory: Arc::new(mem.clone()),
-        held: VecDeque::new(),
-        held_count: Arc::default(),
-    };
+    let mut handler = handler(&net, &mem);
 
     // Transmit: header + frame in two buffers.
     let tx = MockSplitQueue::create(&mem, GuestAddress(0x20000), 16);
@@ -281,13 +286,7 @@ fn hostile_buffers_are_dropped_and_counted() {
     let Some(tap) = private_tap() else { return };
     let net = Net::new(tap, MAC, None).unwrap();
     let mem = memory();
-    let mut handler = Handler {
-        shared: net.shared.clone(),
-        buffer: Vec::new(),
-        memory: Arc::new(mem.clone()),
-        held: VecDeque::new(),
-        held_count: Arc::default(),
-    };
+    let mut handler = handler(&net, &mem);
     let tx = MockSplitQueue::create(&mem, GuestAddress(0x20000), 16);
     let mut tx_queue = tx.create_queue().unwrap();
     // Larger than any frame; outside guest memory; a looping chain.
