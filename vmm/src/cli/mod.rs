@@ -50,7 +50,7 @@ pub struct Cli {
 
     /// Network interfaces (virtio-net over TAP), one value each:
     /// tap=NAME|fd=N[,mac=MAC][,ip=IP,mask=MASK][,id=ID][,queue_size=N].
-    /// A TAP named and missing is created, given ip/mask (default
+    /// A TAP given by name is created if missing, given ip/mask (default
     /// 192.168.249.1/24) and brought up, as Cloud Hypervisor does.
     // clap's --help text: the brackets are the syntax, not rustdoc links.
     #[allow(rustdoc::broken_intra_doc_links)]
