@@ -245,6 +245,15 @@ impl Worker {
         lock(&self.serving).as_ref().map(|s| s.states()).unwrap_or_default()
     }
 
+    /// A handle that serves this worker's queues on another thread.
+    pub fn handle(&self) -> ServeHandle {
+        ServeHandle {
+            serving: self.serving.clone(),
+            paused: self.paused.clone(),
+            failed: self.failed.clone(),
+        }
+    }
+
     /// Whether a queue failed.
     pub fn failed(&self) -> bool {
         self.failed.load(Ordering::SeqCst)
@@ -303,15 +312,39 @@ fn run(
                 }
             };
             if let Err(e) = result {
-                if !failed.swap(true, Ordering::SeqCst) {
-                    tracing::warn!("virtio device needs a reset: {e}");
-                    if let Some(s) = lock(&serving).as_ref() {
-                        s.interrupt().config_changed();
-                    }
-                }
+                report_failure(&serving, &failed, &e);
             }
         }
         let _ = &kill;
+    }
+}
+
+/// A queue failed: the device needs a reset, and the driver is told (once).
+fn report_failure(serving: &Mutex<Option<Box<dyn Served>>>, failed: &AtomicBool, e: &QueueFailure) {
+    if !failed.swap(true, Ordering::SeqCst) {
+        tracing::warn!("virtio device needs a reset: {e}");
+        if let Some(s) = lock(serving).as_ref() {
+            s.interrupt().config_changed();
+        }
+    }
+}
+
+/// Serves a worker's queue on the caller's thread: a device thread that
+/// has data for the guest (frames from a TAP) hands it over without
+/// waking the worker, under the worker's lock and subject to its pause.
+#[derive(Clone)]
+pub struct ServeHandle {
+    serving: Arc<Mutex<Option<Box<dyn Served>>>>,
+    paused: Arc<AtomicBool>,
+    failed: Arc<AtomicBool>,
+}
+
+impl ServeHandle {
+    /// Serves queue `slot` now, unless the worker is paused, failed or gone.
+    pub fn serve(&self, slot: usize) {
+        if let Err(e) = serve(&self.serving, &self.paused, &self.failed, |s| s.serve_slot(slot)) {
+            report_failure(&self.serving, &self.failed, &e);
+        }
     }
 }
 

@@ -10,8 +10,10 @@
 //! dropped and counted.
 //!
 //! A thread of the device's own reads the TAP (non-blocking, woken by
-//! `poll`) into a bounded queue of frames and wakes the worker through the
-//! receive queue's notification; the worker serves both queues. Frames
+//! `poll`) into a bounded queue of frames and hands them to the guest
+//! itself, serving the receive queue under the worker's lock (no wake-up
+//! of the worker per frame); the worker serves the transmit queue and the
+//! receive queue when the driver posts buffers. Frames
 //! that arrive while the VM is paused, or while the driver has posted no
 //! buffer, wait in that queue up to [`MAX_PENDING`], beyond which they are
 //! dropped, as a NIC drops what its ring cannot take. They are not part of
@@ -21,7 +23,7 @@ pub mod tap;
 #[cfg(test)]
 mod tests;
 
-use super::worker::{give_back_held, QueueFailure, QueueHandler, Worker};
+use super::worker::{give_back_held, QueueFailure, QueueHandler, ServeHandle, Worker};
 use super::{features, ActivateError, Activation, GuestMemory, Handover, VirtioDevice};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -63,8 +65,10 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Shared {
     /// Frames (header included) read from the TAP, not yet given to the driver.
     pending: Mutex<VecDeque<Vec<u8>>>,
-    /// The receive queue's notification while active.
-    wake: Mutex<Option<EventFd>>,
+    /// Serves the receive queue on the reader's thread while active (its
+    /// slot among the active queues): frames reach the guest without
+    /// waking the worker.
+    receiver: Mutex<Option<(ServeHandle, usize)>>,
     /// The TAP while attached (not while a migration carries the VM).
     tap: Mutex<Option<Arc<Tap>>>,
     rx_bytes: AtomicU64,
@@ -86,9 +90,13 @@ impl Shared {
             return;
         }
         pending.push_back(frame);
-        drop(pending);
-        if let Some(wake) = lock(&self.wake).as_ref() {
-            let _ = wake.write(1);
+    }
+
+    /// Gives the pending frames to the guest now, if the device is active.
+    fn deliver(&self) {
+        let receiver = lock(&self.receiver).clone();
+        if let Some((handle, slot)) = receiver {
+            handle.serve(slot);
         }
     }
 
@@ -134,10 +142,14 @@ fn read_frames(tap: Arc<Tap>, shared: Arc<Shared>, stop: EventFd) {
         if fds[1].revents != 0 {
             return;
         }
+        let mut read = false;
         loop {
             match tap.file().read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) if n > VNET_HDR_LEN => shared.push(buf[..n].to_vec()),
+                Ok(n) if n > VNET_HDR_LEN => {
+                    shared.push(buf[..n].to_vec());
+                    read = true;
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -146,6 +158,9 @@ fn read_frames(tap: Arc<Tap>, shared: Arc<Shared>, stop: EventFd) {
                     return;
                 }
             }
+        }
+        if read {
+            shared.deliver();
         }
     }
 }
@@ -470,16 +485,14 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let rx = activation
+        let slot = activation
             .queues
             .iter()
-            .find(|q| q.index == RX)
+            .position(|q| q.index == RX)
             .ok_or_else(|| ActivateError::Queues("the receive queue (0) is not enabled".into()))?;
         if !activation.queues.iter().any(|q| q.index == TX) {
             return Err(ActivateError::Queues("the transmit queue (1) is not enabled".into()));
         }
-        *lock(&self.shared.wake) = Some(rx.notify.try_clone()?);
-        let slot = activation.queues.iter().position(|q| q.index == RX);
         let held_count = Arc::new(AtomicUsize::new(0));
         let handler = Handler {
             shared: self.shared.clone(),
@@ -488,14 +501,18 @@ impl VirtioDevice for Net {
             held: VecDeque::new(),
             held_count: held_count.clone(),
         };
-        self.receive = slot.map(|s| (s, held_count));
+        self.receive = Some((slot, held_count));
         let name = format!("virtio-net-{}", self.tap_name().unwrap_or("detached"));
-        self.worker = Some(Worker::start(&name, handler, activation.into_worker_start())?);
+        let worker = Worker::start(&name, handler, activation.into_worker_start())?;
+        *lock(&self.shared.receiver) = Some((worker.handle(), slot));
+        self.worker = Some(worker);
+        // Frames that came while inactive.
+        self.shared.deliver();
         Ok(())
     }
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
-        *lock(&self.shared.wake) = None;
+        *lock(&self.shared.receiver) = None;
         self.worker.take().map(Worker::stop)
     }
 
