@@ -7,6 +7,9 @@
 //! right to create namespaces.
 
 mod common;
+#[path = "common/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 use common::api::Api;
 use common::netns::{python_usable, run_client, Netns};
 use common::*;
@@ -267,4 +270,68 @@ fn a_tcp_stream_survives_a_live_migration() {
     assert_eq!(wait_exit(&mut dst, Duration::from_secs(30)), Some(0));
     let links = ns.run(&["ip", "-br", "link"]);
     assert!(!links.contains("covmtap2"), "{links}");
+}
+
+#[test]
+fn a_migration_cut_after_the_pause_gives_the_tap_back() {
+    if !kvm_available() || !python_usable() {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ns) = Netns::new("net-cut") else { return };
+    let dir = Scratch::new("net-cut");
+    let src_dir = Scratch::new("net-cut-src");
+    let (mut src, src_api, src_serial) = covm_in(
+        &ns,
+        &src_dir,
+        &[
+            "--net",
+            "tap=covmtap3,ip=10.0.9.1,mask=255.255.255.0",
+            "--cmdline",
+            "workload=net ip=10.0.9.2/24",
+        ],
+    );
+    let (_dst, dst_api, _) = covm_in(&ns, &dir, &[]);
+    wait_for_serial(&src_serial, Duration::from_secs(30), |t| t.contains("heartbeat 2 "));
+    let receiver = dir.path("migration.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, receiver.display());
+    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    // The connection dies with the VM's state on the wire: the source is
+    // paused by then and has let its TAP go.
+    const KIND_STATE: u16 = 7;
+    let proxy = proxy::Proxy::start(
+        &dir.path("proxy.sock"),
+        &receiver,
+        Box::new(|f| {
+            if f.kind == KIND_STATE {
+                proxy::Verdict::Cut
+            } else {
+                proxy::Verdict::Send(vec![f])
+            }
+        }),
+        proxy::pass(),
+    );
+    let send = format!(r#"{{"destination_url": "unix:{}"}}"#, proxy.path.display());
+    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
+    let error = src_api.wait_migration_error();
+    let sent = proxy.to_destination.clone();
+    proxy.join();
+    // It did get that far: the state was on its way (so the source had
+    // paused and let the TAP go) when the connection was cut.
+    let sent = sent.lock().unwrap().clone();
+    assert!(
+        proxy::frames(&sent).iter().any(|(kind, _)| *kind == KIND_STATE),
+        "the migration failed before the pause: {error}"
+    );
+    // The source has its TAP back and answers on it.
+    let link = ns.run(&["ip", "link", "show", "covmtap3"]);
+    assert!(link.contains(",UP"), "{link}");
+    run_client(&ns, "10.0.9.2", 65536, || {
+        std::fs::read_to_string(&src_serial).unwrap_or_default()
+    });
+    assert_eq!(src_api.put("/vm.power-button", None).0, 204);
+    assert_eq!(wait_exit(&mut src, Duration::from_secs(30)), Some(0));
+    // It was the source's again: gone with it, not left persistent.
+    let links = ns.run(&["ip", "-br", "link"]);
+    assert!(!links.contains("covmtap3"), "{links}");
 }
