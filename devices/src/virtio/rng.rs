@@ -44,13 +44,7 @@ struct Handler {
 impl QueueHandler for Handler {
     fn process(&mut self, memory: &GuestMemory, index: u16, queue: &mut Queue) -> Result<bool, QueueFailure> {
         let mut used = false;
-        let chains: Vec<_> = queue
-            .iter(memory)
-            .map_err(|e| QueueFailure {
-                queue: index,
-                reason: e.to_string(),
-            })?
-            .collect();
+        let chains: Vec<_> = queue.iter(memory).map_err(|e| QueueFailure::new(index, e))?.collect();
         for chain in chains {
             let head = chain.head_index();
             let mut written = 0u32;
@@ -74,10 +68,9 @@ impl QueueHandler for Handler {
                 written += want as u32;
             }
             self.bytes.fetch_add(u64::from(written), Ordering::Relaxed);
-            queue.add_used(memory, head, written).map_err(|e| QueueFailure {
-                queue: index,
-                reason: e.to_string(),
-            })?;
+            queue
+                .add_used(memory, head, written)
+                .map_err(|e| QueueFailure::new(index, e))?;
             used = true;
         }
         Ok(used)

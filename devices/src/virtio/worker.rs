@@ -26,6 +26,16 @@ pub struct QueueFailure {
     pub reason: String,
 }
 
+impl QueueFailure {
+    /// Queue `queue` failed for `reason` (a virtio-queue error, or a host one).
+    pub fn new(queue: u16, reason: impl std::fmt::Display) -> Self {
+        QueueFailure {
+            queue,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// A device's request handling.
 pub trait QueueHandler: Send + 'static {
     /// Serves every chain queue `index` has available: pops them all from
@@ -71,16 +81,10 @@ impl<H: QueueHandler> Serving<H> {
             interrupt,
         } = self;
         let active = &mut queues[slot];
-        let fail = |e: virtio_queue::Error| QueueFailure {
-            queue: active.index,
-            reason: e.to_string(),
-        };
         let index = active.index;
+        let fail = |e: virtio_queue::Error| QueueFailure::new(index, e);
         let mut notify = |queue: &mut Queue| -> Result<(), QueueFailure> {
-            let wants = queue.needs_notification(memory).map_err(|e| QueueFailure {
-                queue: index,
-                reason: e.to_string(),
-            })?;
+            let wants = queue.needs_notification(memory).map_err(fail)?;
             if wants {
                 interrupt.queue(index);
             }

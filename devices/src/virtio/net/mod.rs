@@ -449,10 +449,7 @@ impl QueueHandler for Handler {
             TX => self.transmit(memory, queue),
             _ => Ok(false),
         };
-        result.map_err(|e| QueueFailure {
-            queue: index,
-            reason: e.to_string(),
-        })
+        result.map_err(|e| QueueFailure::new(index, e))
     }
 }
 

@@ -170,10 +170,7 @@ impl QueueHandler for Handler {
         queue: &mut Queue,
         notify: &mut dyn FnMut(&mut Queue) -> Result<(), QueueFailure>,
     ) -> Result<bool, QueueFailure> {
-        let fail = |e: virtio_queue::Error| QueueFailure {
-            queue: index,
-            reason: e.to_string(),
-        };
+        let fail = |e: virtio_queue::Error| QueueFailure::new(index, e);
         // Requests are taken as the driver makes them available and
         // answered as their I/O finishes, so the driver can keep the host's
         // device busy; a flush waits for the requests before it. This
@@ -182,10 +179,10 @@ impl QueueHandler for Handler {
         let file = match lock(&self.image).file().try_clone() {
             Ok(file) => Arc::new(file),
             Err(e) => {
-                return Err(QueueFailure {
-                    queue: index,
-                    reason: format!("cannot share the image with the I/O threads: {e}"),
-                })
+                return Err(QueueFailure::new(
+                    index,
+                    format!("cannot share the image with the I/O threads: {e}"),
+                ))
             }
         };
         let mut flight = Flight::default();
