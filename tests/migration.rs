@@ -38,15 +38,6 @@ fn source_report(child: &mut Child) -> serde_json::Value {
     serde_json::from_str(line).unwrap()
 }
 
-fn free_tcp_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("tcp:127.0.0.1:{port}")
-}
-
 /// Migrates from `src` to `dst` over `url` and checks the guest lives on.
 fn migrate(src: (&mut Child, &Api, &Path), dst: (&Api, &Path), url: &str) {
     migrate_with(src, dst, url, r#""downtime_ms": 300"#);

@@ -311,15 +311,6 @@ fn a_disk_in_use_by_another_covm_is_refused() {
 // ---------------------------------------------------------------------------
 // Live migration with disk writes in flight.
 
-fn free_tcp_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("tcp:127.0.0.1:{port}")
-}
-
 /// A source running `blk` (throttled) beside `dirty` on 2 vCPUs; its disk
 /// has CH's default id (`_disk0`), which the migration carries.
 fn blk_source(dir: &Scratch, disk: &Path, seed: u64) -> (Process, Api, PathBuf) {

@@ -209,3 +209,13 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
     let _ = child.kill();
     panic!("covm did not exit within {within:?}");
 }
+
+/// A `tcp:` migration URL on a loopback port free at the time of asking.
+pub fn free_tcp_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("tcp:127.0.0.1:{port}")
+}
