@@ -11,6 +11,7 @@
 //! by a 1 ms timer.
 
 use crate::hw::{self, rdtsc, sleep_until};
+use crate::pace::Pace;
 use crate::println;
 use crate::virtio::{self, Blk, Devices};
 use core::sync::atomic::{compiler_fence, Ordering};
@@ -29,9 +30,6 @@ const IO_TIMEOUT_MS: u64 = 10_000;
 /// Longest halt while waiting for a completion: a lost or missing
 /// interrupt costs at most this, and shows as irqs not moving.
 const POLL_MS: u64 = 1;
-/// As in `dirty`: least time worth a sleep syscall, most backlog.
-const MIN_SLEEP_US: u64 = 1000;
-const MAX_BACKLOG_MS: u64 = 100;
 
 struct Workload {
     blk: Blk,
@@ -272,7 +270,6 @@ pub fn run(args: &BlkArgs, mut devices: Devices, tsc_khz: u64, dirty: bool) -> !
 impl Workload {
     fn run(&mut self, args: &BlkArgs) -> ! {
         let throttled = args.rate_mib_s > 0;
-        let ticks_per_ms = self.tsc_khz;
         let blocks_per_mib = (1 << 20) / BLK_BLOCK_SIZE;
         let ticks_per_write = if throttled {
             self.tsc_khz * 1000 / (args.rate_mib_s * blocks_per_mib)
@@ -280,10 +277,11 @@ impl Workload {
             0
         };
         let sweep_chunk = if throttled { 8 } else { 1 };
-        let heartbeat_ticks = 100 * ticks_per_ms;
+        let heartbeat_ticks = 100 * self.tsc_khz;
         let (mut write_slot, mut sweep_slot) = (0u64, 0u64);
-        let mut next_write = rdtsc();
-        let mut next_heartbeat = next_write + heartbeat_ticks;
+        let start = rdtsc();
+        let mut pace = Pace::new(self.tsc_khz, ticks_per_write, start);
+        let mut next_heartbeat = start + heartbeat_ticks;
         let mut heartbeats = 0u64;
         loop {
             let now = rdtsc();
@@ -309,22 +307,17 @@ impl Workload {
                     self.stop(heartbeats, "stop_after");
                 }
             }
-            if !throttled || now >= next_write {
+            if pace.due(now) {
                 self.write(write_slot);
                 write_slot = (write_slot + 1) % self.blocks;
-                if throttled {
-                    next_write = (next_write + ticks_per_write).max(now.saturating_sub(MAX_BACKLOG_MS * ticks_per_ms));
-                }
+                pace.wrote(now);
                 for _ in 0..sweep_chunk {
                     self.verify(sweep_slot);
                     sweep_slot = (sweep_slot + 1) % self.blocks;
                 }
                 continue;
             }
-            let deadline = next_write
-                .max(now + MIN_SLEEP_US * ticks_per_ms / 1000)
-                .min(next_heartbeat);
-            sleep_until(deadline);
+            sleep_until(pace.wake_at(now).min(next_heartbeat));
         }
     }
 }

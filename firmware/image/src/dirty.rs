@@ -3,6 +3,7 @@
 //! arrives stale or damaged is caught (content: `covm_guest_abi::pattern`).
 
 use crate::hw::{self, rdtsc, sleep_until, MAX_CPUS};
+use crate::pace::Pace;
 use crate::println;
 use crate::pvh::{MemmapEntry, E820_RAM};
 use core::sync::atomic::{compiler_fence, AtomicU64, Ordering};
@@ -49,11 +50,6 @@ static WRITES: [Counter; MAX_CPUS as usize] = [const { Counter(AtomicU64::new(0)
 
 /// The identity map covers the first 4 GiB only.
 const MAPPED_END: u64 = 1 << 32;
-/// Least time worth a sleep syscall (each costs tens of emulated ring-0
-/// instructions); shorter waits are taken as a burst of writes later.
-const MIN_SLEEP_US: u64 = 1000;
-/// Most backlog a throttled CPU may catch up on, e.g. after a pause.
-const MAX_BACKLOG_MS: u64 = 100;
 
 /// BSP: checks the memory, prints the banner and clears the generation
 /// table. Powers off when the region does not fit in RAM.
@@ -163,7 +159,6 @@ pub fn run(cpu: u32, p: &Params) -> ! {
     // This CPU's pages: cpu, cpu + cpus, ... (pages >= 256 > cpus).
     let mine = (p.pages - cpu).div_ceil(p.cpus);
     let throttled = p.rate_mib_s > 0;
-    let ticks_per_ms = p.tsc_khz;
     // Per CPU, pages/s = rate * 256 / cpus.
     let ticks_per_write = if throttled {
         p.tsc_khz * 1000 * p.cpus / (p.rate_mib_s * 256)
@@ -172,11 +167,12 @@ pub fn run(cpu: u32, p: &Params) -> ! {
     };
     // Throttled CPUs have time to sweep more between writes.
     let sweep_chunk = if throttled { 8 } else { 1 };
-    let heartbeat_ticks = 100 * ticks_per_ms;
+    let heartbeat_ticks = 100 * p.tsc_khz;
 
     let (mut write_slot, mut sweep_slot) = (0u64, 0u64);
-    let mut next_write = rdtsc();
-    let mut next_heartbeat = next_write + heartbeat_ticks;
+    let start = rdtsc();
+    let mut pace = Pace::new(p.tsc_khz, ticks_per_write, start);
+    let mut next_heartbeat = start + heartbeat_ticks;
     let mut heartbeats = 0u64;
     loop {
         let now = rdtsc();
@@ -190,13 +186,11 @@ pub fn run(cpu: u32, p: &Params) -> ! {
                 hw::power_off(power::OFF);
             }
         }
-        if !throttled || now >= next_write {
+        if pace.due(now) {
             write(p.seed, cpu + write_slot * p.cpus);
             write_slot = (write_slot + 1) % mine;
             WRITES[cpu as usize].0.fetch_add(1, Ordering::Relaxed);
-            if throttled {
-                next_write = (next_write + ticks_per_write).max(now.saturating_sub(MAX_BACKLOG_MS * ticks_per_ms));
-            }
+            pace.wrote(now);
             for _ in 0..sweep_chunk {
                 verify(p.seed, cpu + sweep_slot * p.cpus);
                 sweep_slot = (sweep_slot + 1) % mine;
@@ -204,7 +198,7 @@ pub fn run(cpu: u32, p: &Params) -> ! {
             continue;
         }
         // Ahead of the budget: sleep instead of burning a host core.
-        let mut deadline = next_write.max(now + MIN_SLEEP_US * ticks_per_ms / 1000);
+        let mut deadline = pace.wake_at(now);
         if cpu == 0 && p.heartbeat {
             deadline = deadline.min(next_heartbeat);
         }

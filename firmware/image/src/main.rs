@@ -22,6 +22,7 @@ mod heap;
 mod hw;
 mod mem;
 mod net;
+mod pace;
 mod pci;
 mod pvh;
 mod rng;
