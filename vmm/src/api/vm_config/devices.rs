@@ -1,7 +1,8 @@
-//! CH's device sections of `VmConfig` (`disks`, `console`, `rng`) and
+//! CH's device sections of `VmConfig` (`disks`, `net`, `console`, `rng`) and
 //! `vm.add-disk`'s `DiskConfig`, read into covm's [`DevicesConfig`] with
 //! the command line's checks, each refusal naming the JSON field.
 
+use super::net::{net_from_json, NetJson};
 use super::{ConsoleJson, ConsoleMode as ChConsoleMode};
 use crate::api::ch_defaults;
 use crate::config::devices::{
@@ -211,6 +212,7 @@ pub fn console_to_json(mode: &ConsoleMode) -> ConsoleJson {
 /// defaults is refused as the command line refuses it.
 pub fn devices_from_json(
     disks: Option<Vec<DiskJson>>,
+    nets: Option<Vec<NetJson>>,
     console: Option<ConsoleJson>,
     rng: Option<RngJson>,
     confidential: bool,
@@ -220,6 +222,12 @@ pub fn devices_from_json(
         .into_iter()
         .enumerate()
         .map(|(i, d)| disk_from_json(d, &format!("disks[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let nets = nets
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| net_from_json(n, &format!("net[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
     let mut console = console_from_json(console)?;
     let mut rng = rng.map(rng_from_json).transpose()?;
@@ -235,9 +243,9 @@ pub fn devices_from_json(
     }
     let devices = DevicesConfig {
         disks,
+        nets,
         console,
         rng,
-        ..Default::default()
     };
     devices.check(confidential).map_err(|e| e.to_string())?;
     Ok(devices)
@@ -302,12 +310,12 @@ mod tests {
     fn ch_defaults_are_left_out_of_a_confidential_vm_and_more_is_refused() {
         let tty: ConsoleJson = serde_json::from_value(json!({"mode": "Tty"})).unwrap();
         let rng: RngJson = serde_json::from_value(json!({"src": "/dev/urandom"})).unwrap();
-        let d = devices_from_json(None, Some(tty), Some(rng.clone()), true).unwrap();
+        let d = devices_from_json(None, None, Some(tty), Some(rng.clone()), true).unwrap();
         assert_eq!(d, DevicesConfig::default());
-        let d = devices_from_json(None, None, Some(rng), false).unwrap();
+        let d = devices_from_json(None, None, None, Some(rng), false).unwrap();
         assert_eq!(d.rng.unwrap().src, PathBuf::from("/dev/urandom"));
         let other: RngJson = serde_json::from_value(json!({"src": "/dev/random"})).unwrap();
-        let e = devices_from_json(None, None, Some(other), true).unwrap_err();
+        let e = devices_from_json(None, None, None, Some(other), true).unwrap_err();
         assert!(e.contains("a confidential VM cannot have virtio devices yet"), "{e}");
     }
 }

@@ -457,15 +457,7 @@ fn to_vm_config_probed(
     };
     let platform = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
     crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
-    let mut devices = devices::devices_from_json(json.disks, json.console, json.rng, platform.is_confidential())?;
-    devices.nets = json
-        .net
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, n)| net::net_from_json(n, &format!("net[{i}]")))
-        .collect::<Result<_, _>>()?;
-    devices.check(platform.is_confidential()).map_err(|e| e.to_string())?;
+    let devices = devices::devices_from_json(json.disks, json.net, json.console, json.rng, platform.is_confidential())?;
     Ok(VmConfig {
         cpus,
         memory: MemoryConfig { size },
