@@ -15,6 +15,7 @@ pub mod pci;
 pub mod rng;
 #[cfg(test)]
 mod test_support;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::Arc;
@@ -162,6 +163,28 @@ pub trait VirtioDevice: Send {
         let _ = step;
         Ok(())
     }
+    /// What the device keeps beyond its queues, for migration (paused).
+    fn save_state(&self) -> DeviceState {
+        DeviceState::Stateless
+    }
+    /// Takes a migrated [`save_state`](Self::save_state) before the
+    /// device is activated, checking it against this device.
+    fn restore_state(&mut self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Stateless => Ok(()),
+            other => Err(format!("saved with {other:?}, this device keeps no state of its own")),
+        }
+    }
+}
+
+/// A device's own migration state, beside its transport's.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DeviceState {
+    /// Everything is in the queues and guest memory (block, net, console,
+    /// entropy).
+    Stateless,
+    /// A socket device's connection table.
+    Vsock(vsock::VsockState),
 }
 
 /// A live migration's steps that move a device's exclusive host resources.

@@ -42,6 +42,10 @@ pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
         let json = serde_json::from_slice(body).map_err(|e| format!("invalid DiskConfig: {e}"))?;
         vm_config::devices::disk_from_json(json, "DiskConfig").map(|d| Request::AddDisk(Box::new(d)))
     }),
+    ("/vm.add-vsock", Method::PUT, |body, _| {
+        let json = serde_json::from_slice(body).map_err(|e| format!("invalid VsockConfig: {e}"))?;
+        vm_config::vsock::vsock_from_json(json, "VsockConfig").map(|v| Request::AddVsock(Box::new(v)))
+    }),
 ];
 
 /// Cloud Hypervisor's endpoints covm does not implement, with why: each is
@@ -55,7 +59,6 @@ pub const UNIMPLEMENTED: &[(&str, &str)] = &[
     ("/vm.add-net", "covm takes network interfaces in vm.create's net or with --net; adding one with its TAP descriptor passed over the socket is not implemented yet"),
     ("/vm.add-pmem", "covm has no persistent memory devices"),
     ("/vm.add-vdpa", "covm has no vDPA devices"),
-    ("/vm.add-vsock", "covm has no vsock devices yet"),
     ("/vm.remove-device", "covm has no hot-pluggable devices"),
     ("/vm.resize", "covm does not hot-plug vCPUs or memory"),
     ("/vm.resize-disk", "covm does not resize disks of a running VM"),

@@ -57,6 +57,13 @@ pub struct Cli {
     #[arg(long, value_name = "tap=NAME,...", num_args = 1..)]
     pub net: Vec<String>,
 
+    /// A socket device (virtio-vsock, hybrid over a UNIX socket):
+    /// cid=N,socket=PATH[,id=ID]. Host processes connect to PATH and
+    /// write "CONNECT <port>\n"; the guest's connections to host port P
+    /// go to PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<String>,
+
     /// An entropy device (virtio-rng): src=PATH (default /dev/urandom).
     #[arg(long, value_name = "src=PATH", num_args = 0..=1, default_missing_value = "")]
     pub rng: Option<String>,
@@ -240,7 +247,9 @@ impl Cli {
             || vm.migration_policy.is_some()
             || self.dirty_tracking.is_some()
             || !self.disk.is_empty()
+            || !self.net.is_empty()
             || self.rng.is_some()
+            || self.vsock.is_some()
     }
 }
 

@@ -1,5 +1,6 @@
 //! The VM's virtio devices as Cloud Hypervisor's options give them:
-//! `--disk`, `--console`, `--rng` (and the same fields of the API's
+//! `--disk`, `--console`, `--rng` (`--net` and `--vsock` in their own
+//! modules) (and the same fields of the API's
 //! VmConfig), checked before anything is created.
 
 use super::options::{parse_toggle, OptionError, OptionMap};
@@ -248,6 +249,8 @@ pub struct DevicesConfig {
     pub console: ConsoleMode,
     /// The entropy device.
     pub rng: Option<RngConfig>,
+    /// The socket device (one at most, as in CH).
+    pub vsock: Option<super::vsock::VsockConfig>,
 }
 
 /// Why a device set cannot be built.
@@ -298,9 +301,19 @@ impl DevicesConfig {
         self.nets[index].id.clone().unwrap_or_else(|| format!("_net{index}"))
     }
 
+    /// The socket device's id (its own, or CH's `_vsock0`).
+    pub fn vsock_id(&self) -> Option<String> {
+        let v = self.vsock.as_ref()?;
+        Some(v.id.clone().unwrap_or_else(|| "_vsock0".into()))
+    }
+
     /// Whether there is any device.
     pub fn any(&self) -> bool {
-        !self.disks.is_empty() || !self.nets.is_empty() || self.console != ConsoleMode::Off || self.rng.is_some()
+        !self.disks.is_empty()
+            || !self.nets.is_empty()
+            || self.console != ConsoleMode::Off
+            || self.rng.is_some()
+            || self.vsock.is_some()
     }
 
     /// The device options given, for messages (`--disk, --rng`).
@@ -318,6 +331,9 @@ impl DevicesConfig {
         if self.rng.is_some() {
             names.push("--rng");
         }
+        if self.vsock.is_some() {
+            names.push("--vsock");
+        }
         names.join(", ")
     }
 
@@ -330,6 +346,7 @@ impl DevicesConfig {
         }
         let mut ids: Vec<String> = (0..self.disks.len()).map(|i| self.disk_id(i)).collect();
         ids.extend((0..self.nets.len()).map(|i| self.net_id(i)));
+        ids.extend(self.vsock_id());
         ids.sort();
         if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
             return Err(DevicesError::DuplicateId(pair[0].clone()));

@@ -6,6 +6,7 @@ pub(crate) mod options;
 pub(crate) mod parse;
 pub(crate) mod platform;
 pub(crate) mod size;
+pub(crate) mod vsock;
 
 use crate::cli::{Cli, VmArgs};
 use crate::platform::measure::HardwarePlatform;
@@ -17,6 +18,7 @@ pub use parse::*;
 pub use platform::{PlatformChoice, PlatformRefusal, SnpOption};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+pub use vsock::VsockConfig;
 
 /// Most vCPUs covm runs.
 pub const MAX_VCPUS: u8 = 32;
@@ -183,6 +185,7 @@ impl VmConfig {
                 .unwrap_or_default(),
             nets: cli.net.iter().map(|n| net::parse_net(n)).collect::<Result<_, _>>()?,
             rng: cli.rng.as_deref().map(devices::parse_rng).transpose()?,
+            vsock: cli.vsock.as_deref().map(vsock::parse_vsock).transpose()?,
         };
         config.devices.check(config.platform.is_confidential())?;
         config.api_socket = cli.api_socket.as_deref().map(parse_api_socket).transpose()?;

@@ -79,6 +79,8 @@ pub enum Request {
     },
     /// `vm.add-disk` (before the VM boots: a cold plug).
     AddDisk(Box<crate::config::DiskConfig>),
+    /// `vm.add-vsock` (before the VM boots: a cold plug).
+    AddVsock(Box<crate::config::VsockConfig>),
 }
 
 /// What a request returns.

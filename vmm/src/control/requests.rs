@@ -119,23 +119,49 @@ impl Vmm {
             } => self.send_migration(endpoint, *options, verified),
             Request::ReceiveMigration { endpoint } => self.receive_migration(endpoint),
             Request::AddDisk(disk) => self.add_disk(*disk),
+            Request::AddVsock(vsock) => self.add_vsock(*vsock),
         }
     }
 
     /// `vm.add-disk` on a created VM: the disk joins its configuration
     /// (checked as `--disk` is) and the bus when it boots.
     fn add_disk(&mut self, disk: crate::config::DiskConfig) -> Result<Reply, ApiError> {
+        self.cold_plug("a disk", |devices| {
+            devices.disks.push(disk);
+            Ok(())
+        })
+    }
+
+    /// `vm.add-vsock` on a created VM: one socket device, as in CH.
+    fn add_vsock(&mut self, vsock: crate::config::VsockConfig) -> Result<Reply, ApiError> {
+        self.cold_plug("a vsock device", |devices| match devices.vsock {
+            Some(_) => Err(ApiError::Conflict(
+                "the VM already has its vsock device (one at most)".into(),
+            )),
+            None => {
+                devices.vsock = Some(vsock);
+                Ok(())
+            }
+        })
+    }
+
+    /// Adds `what` to a created VM's devices with `add`, checked as the
+    /// command line's are; it joins the bus when the VM boots.
+    fn cold_plug(
+        &mut self,
+        what: &str,
+        add: impl FnOnce(&mut crate::config::DevicesConfig) -> Result<(), ApiError>,
+    ) -> Result<Reply, ApiError> {
         self.created()?;
         if self.vm.is_some() {
-            return Err(ApiError::InvalidState(
-                "cannot add a disk to a booted VM: that would be a hot plug, which covm does not support; add \
-                 disks before vm.boot (or with --disk)"
-                    .into(),
-            ));
+            return Err(ApiError::InvalidState(format!(
+                "cannot add {what} to a booted VM: that would be a hot plug, which covm does not support; add \
+                 devices before vm.boot (or on the command line)"
+            )));
         }
         let config = self.config.as_mut().expect("created");
         let mut devices = config.devices.clone();
-        devices.disks.push(disk);
+        add(&mut devices)?;
         devices.check(config.platform.is_confidential()).map_err(|e| match e {
             crate::config::DevicesError::DuplicateId(id) => {
                 ApiError::Conflict(format!("a device with the id '{id}' already exists"))

@@ -39,6 +39,8 @@ pub struct VirtioPciState {
     pub isr: u8,
     /// Each active queue's indices.
     pub queues: Vec<SavedQueue>,
+    /// The device's own state.
+    pub device: crate::virtio::DeviceState,
 }
 
 impl VirtioPci {
@@ -66,6 +68,7 @@ impl VirtioPci {
             failed: self.failed.load(Ordering::SeqCst),
             isr: self.interrupt.isr(),
             queues,
+            device: self.device.save_state(),
         }
     }
 
@@ -112,6 +115,7 @@ impl VirtioPci {
                 }
             }
         }
+        self.device.restore_state(&state.device).map_err(fail)?;
         self.config.restore(&state.config).map_err(fail)?;
         self.msix
             .lock()

@@ -205,18 +205,34 @@ pub fn console_to_json(mode: &ConsoleMode) -> ConsoleJson {
     }
 }
 
+/// The device fields of a `vm.create` body.
+#[derive(Default)]
+pub struct DevicesJson {
+    /// `disks`.
+    pub disks: Option<Vec<DiskJson>>,
+    /// `net`.
+    pub nets: Option<Vec<NetJson>>,
+    /// `console`.
+    pub console: Option<ConsoleJson>,
+    /// `rng`.
+    pub rng: Option<RngJson>,
+    /// `vsock`.
+    pub vsock: Option<super::vsock::VsockJson>,
+}
+
 /// The devices of a `vm.create` body. On a confidential VM the entropy
 /// device and the `Tty` console that CH's own defaults add (what a
 /// configuration CH wrote always carries) are left out, with a warning,
 /// since no such VM can have devices yet; anything asked for beyond those
 /// defaults is refused as the command line refuses it.
-pub fn devices_from_json(
-    disks: Option<Vec<DiskJson>>,
-    nets: Option<Vec<NetJson>>,
-    console: Option<ConsoleJson>,
-    rng: Option<RngJson>,
-    confidential: bool,
-) -> Result<DevicesConfig, String> {
+pub fn devices_from_json(json: DevicesJson, confidential: bool) -> Result<DevicesConfig, String> {
+    let DevicesJson {
+        disks,
+        nets,
+        console,
+        rng,
+        vsock,
+    } = json;
     let disks = disks
         .unwrap_or_default()
         .into_iter()
@@ -241,11 +257,13 @@ pub fn devices_from_json(
             rng = None;
         }
     }
+    let vsock = vsock.map(|v| super::vsock::vsock_from_json(v, "vsock")).transpose()?;
     let devices = DevicesConfig {
         disks,
         nets,
         console,
         rng,
+        vsock,
     };
     devices.check(confidential).map_err(|e| e.to_string())?;
     Ok(devices)
@@ -310,12 +328,34 @@ mod tests {
     fn ch_defaults_are_left_out_of_a_confidential_vm_and_more_is_refused() {
         let tty: ConsoleJson = serde_json::from_value(json!({"mode": "Tty"})).unwrap();
         let rng: RngJson = serde_json::from_value(json!({"src": "/dev/urandom"})).unwrap();
-        let d = devices_from_json(None, None, Some(tty), Some(rng.clone()), true).unwrap();
+        let d = devices_from_json(
+            DevicesJson {
+                console: Some(tty),
+                rng: Some(rng.clone()),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap();
         assert_eq!(d, DevicesConfig::default());
-        let d = devices_from_json(None, None, None, Some(rng), false).unwrap();
+        let d = devices_from_json(
+            DevicesJson {
+                rng: Some(rng),
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap();
         assert_eq!(d.rng.unwrap().src, PathBuf::from("/dev/urandom"));
         let other: RngJson = serde_json::from_value(json!({"src": "/dev/random"})).unwrap();
-        let e = devices_from_json(None, None, None, Some(other), true).unwrap_err();
+        let e = devices_from_json(
+            DevicesJson {
+                rng: Some(other),
+                ..Default::default()
+            },
+            true,
+        )
+        .unwrap_err();
         assert!(e.contains("a confidential VM cannot have virtio devices yet"), "{e}");
     }
 }

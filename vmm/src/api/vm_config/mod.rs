@@ -15,6 +15,7 @@
 pub mod devices;
 pub mod net;
 mod platform;
+pub mod vsock;
 
 use super::ch_defaults;
 use crate::config::{
@@ -55,6 +56,9 @@ pub struct VmConfigJson {
     /// The entropy device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<RngJson>,
+    /// The socket device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<vsock::VsockJson>,
     /// Platform options.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Value>,
@@ -82,8 +86,6 @@ pub struct Unsupported {
     user_devices: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vdpa: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    vsock: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     numa: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,7 +121,6 @@ impl Unsupported {
             ("devices", &self.devices, "covm has no device passthrough"),
             ("user_devices", &self.user_devices, "covm has no vfio-user devices"),
             ("vdpa", &self.vdpa, "covm has no vDPA devices"),
-            ("vsock", &self.vsock, "covm has no vsock yet"),
             ("numa", &self.numa, "covm has no NUMA topology"),
             ("iommu", &self.iommu, "covm has no IOMMU"),
             ("watchdog", &self.watchdog, "covm has no watchdog"),
@@ -457,7 +458,16 @@ fn to_vm_config_probed(
     };
     let platform = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
     crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
-    let devices = devices::devices_from_json(json.disks, json.net, json.console, json.rng, platform.is_confidential())?;
+    let devices = devices::devices_from_json(
+        devices::DevicesJson {
+            disks: json.disks,
+            nets: json.net,
+            console: json.console,
+            rng: json.rng,
+            vsock: json.vsock,
+        },
+        platform.is_confidential(),
+    )?;
     Ok(VmConfig {
         cpus,
         memory: MemoryConfig { size },
@@ -529,6 +539,12 @@ pub fn to_json(config: &VmConfig) -> VmConfigJson {
             iommu: None,
             other: Default::default(),
         }),
+        vsock: config
+            .devices
+            .vsock
+            .as_ref()
+            .zip(config.devices.vsock_id())
+            .map(|(v, id)| vsock::vsock_to_json(v, id)),
         platform: platform_to_json(&config.platform),
         dirty_tracking: dirty_tracking_to_json(config.dirty_tracking),
         unsupported: Unsupported::default(),

@@ -37,8 +37,12 @@ fn full_ch_style_config() {
 
 #[test]
 fn unsupported_fields_are_refused_by_name() {
-    let e = parse_str(r#"{"payload": {}, "vsock": {"cid": 3, "socket": "/tmp/v"}}"#).unwrap_err();
-    assert_eq!(e, "field 'vsock.cid' cannot be honoured: covm has no vsock yet");
+    let e = parse_str(r#"{"payload": {}, "balloon": {"size": 1048576}}"#).unwrap_err();
+    assert!(e.contains("'balloon.size'"), "{e}");
+    let c = parse_str(r#"{"payload": {}, "vsock": {"cid": 3, "socket": "/tmp/v"}}"#).unwrap();
+    assert_eq!(c.devices.vsock_id().as_deref(), Some("_vsock0"));
+    let e = parse_str(r#"{"payload": {}, "vsock": {"cid": 3, "socket": "/tmp/v", "iommu": true}}"#).unwrap_err();
+    assert!(e.contains("vsock.iommu"), "{e}");
     let e = parse_str(r#"{"payload": {}, "net": [{"tap": "tap0", "vhost_user": true}]}"#).unwrap_err();
     assert!(e.contains("'net[0].vhost_user'"), "{e}");
     let e = parse_str(r#"{"payload": {}, "disks": [{"path": "/x", "vhost_user": true}]}"#).unwrap_err();

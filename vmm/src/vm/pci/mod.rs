@@ -22,6 +22,7 @@ use covm_devices::virtio::net::{Net, Reattach};
 use covm_devices::virtio::pci::state::VirtioPciState;
 use covm_devices::virtio::pci::{VirtioPci, BAR_SIZE};
 use covm_devices::virtio::rng::Rng;
+use covm_devices::virtio::vsock::Vsock;
 use covm_devices::virtio::{Handover, VirtioDevice};
 use covm_devices::{MmioBus, PioBus};
 use covm_guest_abi::layout::{PCI_ECAM_BASE, PCI_MMIO32_BASE, PCI_MMIO32_SIZE};
@@ -146,6 +147,12 @@ fn devices_of(config: &DevicesConfig, incoming: bool) -> Result<Vec<Named>, VmEr
             id.clone(),
             Box::new(open_net(net, incoming).map_err(|e| device_error(&id, e))?),
         ));
+    }
+    if let (Some(vsock), Some(id)) = (&config.vsock, config.vsock_id()) {
+        // An incoming VM binds the host socket at the commit, once the
+        // source has let go of the path.
+        let device = Vsock::new(vsock.cid, vsock.socket.clone(), !incoming).map_err(|e| device_error(&id, e))?;
+        out.push((id, Box::new(device)));
     }
     let output: Option<Box<dyn std::io::Write + Send>> = match &config.console {
         ConsoleMode::Off => None,
@@ -381,6 +388,7 @@ mod tests {
                 src: "/dev/urandom".into(),
             }),
             nets: Vec::new(),
+            vsock: None,
         };
         let (mut pio, mut mmio) = (PioBus::new(), MmioBus::new());
         let pci = PciDevices::build(&vm_fd, &memory, &devices, false, &mut pio, &mut mmio).unwrap();
