@@ -17,6 +17,10 @@
 //! - `net` (first virtio-net device): `ip=A.B.C.D/N` (its address and
 //!   prefix, default 192.168.249.2/24), `gw=A.B.C.D` (default route, none
 //!   by default) and `port=P` (its TCP and UDP echo port, default 7).
+//! - `vsock` (first virtio-vsock device): `port=P` (its echo listener's
+//!   port, default 1234), `peer=Q` (a host port its client streams to and
+//!   verifies the echo from, none by default) and `kib=K` (the length of
+//!   each client stream, default 1024).
 //! - `rng` and `hello` take no arguments.
 
 use core::fmt;
@@ -36,6 +40,37 @@ pub enum Workload {
     Rng,
     /// Answer ARP and ping, echo TCP and UDP, on a virtio-net device.
     Net(NetArgs),
+    /// Echo vsock connections, and stream to a host port, on virtio-vsock.
+    Vsock(VsockArgs),
+}
+
+/// Arguments of the `vsock` workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VsockArgs {
+    /// The port its echo service listens on.
+    pub port: u32,
+    /// The host port its client streams to (none: no client).
+    pub peer: Option<u32>,
+    /// Each client stream's length in KiB.
+    pub kib: u64,
+}
+
+impl Default for VsockArgs {
+    fn default() -> Self {
+        Self {
+            port: 1234,
+            peer: None,
+            kib: 1024,
+        }
+    }
+}
+
+/// Byte `offset` of the `vsock` client's stream: the pattern the host
+/// echoes back and the guest checks, `(offset * 7 + offset / 4096) mod 251`
+/// (251 is prime, so the pattern does not repeat at any power-of-two
+/// stride a lost or doubled chunk would have).
+pub fn vsock_pattern(offset: u64) -> u8 {
+    ((offset.wrapping_mul(7).wrapping_add(offset / 4096)) % 251) as u8
 }
 
 /// Arguments of the `net` workload.
@@ -278,6 +313,19 @@ pub fn parse(cmdline: &str) -> Result<Workload, ArgError<'_>> {
             }
             Ok(Workload::Net(args))
         }
+        "vsock" => {
+            reject_keys(cmdline, name, &["port", "peer", "kib"])?;
+            let mut args = VsockArgs::default();
+            for (key, value) in pairs(cmdline) {
+                match key {
+                    "port" => args.port = number(key, value, 1, u64::from(u32::MAX))? as u32,
+                    "peer" => args.peer = Some(number(key, value, 1, u64::from(u32::MAX))? as u32),
+                    "kib" => args.kib = number(key, value, 1, 1 << 30)?,
+                    _ => {}
+                }
+            }
+            Ok(Workload::Vsock(args))
+        }
         other => Err(ArgError::UnknownWorkload(other)),
     }
 }
@@ -422,6 +470,33 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(parse("workload=vsock"), Ok(Workload::Vsock(VsockArgs::default())));
+        assert_eq!(
+            parse("workload=vsock port=5000 peer=6000 kib=64"),
+            Ok(Workload::Vsock(VsockArgs {
+                port: 5000,
+                peer: Some(6000),
+                kib: 64
+            }))
+        );
+        assert!(matches!(
+            parse("workload=vsock port=0"),
+            Err(ArgError::OutOfRange { key: "port", .. })
+        ));
+        assert!(matches!(
+            parse("workload=vsock peer=4294967296"),
+            Err(ArgError::OutOfRange { key: "peer", .. })
+        ));
+        // The pattern's documented values.
+        assert_eq!(
+            [
+                vsock_pattern(0),
+                vsock_pattern(1),
+                vsock_pattern(36),
+                vsock_pattern(4096)
+            ],
+            [0, 7, 1, 59]
+        );
         assert_eq!(
             parse("workload=rng mib=1"),
             Err(ArgError::UnknownKey {

@@ -30,6 +30,7 @@ mod serial;
 mod smp;
 mod time;
 mod virtio;
+mod vsock;
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -238,6 +239,12 @@ fn bsp_main(start_info: u64, launch: Launch) -> ! {
             let devices = devices(info.memmap);
             hw::marker(markers::WORKLOAD_START);
             net::run(&args, devices, tsc_khz)
+        }
+        Workload::Vsock(args) => {
+            publish(None);
+            let devices = devices(info.memmap);
+            hw::marker(markers::WORKLOAD_START);
+            vsock::run(&args, devices, tsc_khz)
         }
     }
 }

@@ -35,6 +35,10 @@ pub type Rng = VirtIORng<FwHal, FwTransport>;
 pub type Net = virtio_drivers::device::net::VirtIONet<FwHal, FwTransport, 16>;
 /// A receive buffer's size: a 1514-byte frame and the 12-byte header.
 pub const NET_BUF: usize = 2048;
+/// The `vsock` workload's driver, with receive buffers of `VSOCK_BUF` bytes.
+pub type VsockDriver = virtio_drivers::device::socket::VirtIOSocket<FwHal, FwTransport, VSOCK_BUF>;
+/// A vsock receive buffer: a 44-byte header and up to 4052 bytes of data.
+pub const VSOCK_BUF: usize = 4096;
 
 /// `virtio_pci_cap.cfg_type` of the common configuration.
 const CAP_COMMON_CFG: u8 = 1;
@@ -367,6 +371,13 @@ impl Devices {
         let (transport, df) = self.transport(DeviceType::Network, None)?;
         let net = Net::new(transport, NET_BUF).map_err(|e| OpenError::Driver(df, DeviceType::Network, e))?;
         Ok((net, df))
+    }
+
+    /// The first virtio-vsock device.
+    pub fn vsock(&mut self) -> Result<(VsockDriver, DeviceFunction), OpenError> {
+        let (transport, df) = self.transport(DeviceType::Socket, None)?;
+        let vsock = VsockDriver::new(transport).map_err(|e| OpenError::Driver(df, DeviceType::Socket, e))?;
+        Ok((vsock, df))
     }
 
     /// The first virtio console (port 0), if there is one.

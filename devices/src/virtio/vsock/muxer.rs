@@ -65,7 +65,8 @@ pub struct Counts {
     pub tx_bytes: u64,
     /// Connections established.
     pub connections: u64,
-    /// `CONNECT` lines, guest connection requests and packets refused.
+    /// Host clients and guest requests refused (by covm or by the guest),
+    /// and guest packets refused.
     pub refused: u64,
 }
 
@@ -572,7 +573,13 @@ impl Muxer {
                 }
                 _ => self.close(key, true),
             },
-            Op::Rst => self.close(key, false),
+            Op::Rst => {
+                // The guest refused a host client's CONNECT.
+                if matches!(c.phase, Phase::Connecting { .. }) {
+                    self.counts.refused += 1;
+                }
+                self.close(key, false)
+            }
             Op::Shutdown => {
                 c.guest_stopped_receiving |= h.flags & SHUTDOWN_RCV != 0;
                 c.guest_stopped_sending |= h.flags & SHUTDOWN_SEND != 0;
