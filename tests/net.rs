@@ -159,6 +159,82 @@ fn an_interface_from_ch_s_vm_config_carries_traffic() {
     assert_eq!(wait_exit(&mut covm, Duration::from_secs(20)), Some(0));
 }
 
+/// Opens TAP `argv[1]` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) as descriptor 3
+/// and runs the rest of the arguments with it: a client passing its TAP.
+const WITH_TAP_FD: &str = r#"
+import fcntl, os, struct, sys
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", sys.argv[1].encode(), 0x0002 | 0x1000 | 0x4000))
+if fd != 3:
+    os.dup2(fd, 3)
+os.set_inheritable(3, True)
+os.execv(sys.argv[2], sys.argv[2:])
+"#;
+
+#[test]
+fn ch_remote_adds_an_interface_whose_tap_descriptor_it_passes() {
+    if !kvm_available() || !python_usable() {
+        return;
+    }
+    let Some(ch_remote) = common::ch_remote::binary() else {
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ns) = Netns::new("net-fd") else { return };
+    let dir = Scratch::new("net-fd");
+    let (mut covm, api, _) = covm_in(&ns, &dir, &[]);
+    let serial = dir.path("guest.txt");
+    let config = serde_json::json!({
+        "payload": {"cmdline": "workload=net ip=10.0.9.2/24"},
+        "serial": {"mode": "File", "file": serial},
+    });
+    assert_eq!(api.put("/vm.create", Some(&config.to_string())).0, 204);
+    // ch-remote passes descriptor 3 (the TAP the wrapper opened) with
+    // SCM_RIGHTS, as Kata's driver passes its TAP.
+    let socket = dir.path("api.sock");
+    let add = |args: &[&str]| {
+        let mut all = vec![
+            "python3",
+            "-c",
+            WITH_TAP_FD,
+            "covmtap9",
+            ch_remote.to_str().unwrap(),
+            "--api-socket",
+            socket.to_str().unwrap(),
+            "add-net",
+        ];
+        all.extend_from_slice(args);
+        ns.command(&all).output().unwrap()
+    };
+    // Refused (the id is taken): the passed descriptor is closed, so the
+    // TAP, not persistent, goes away with the wrapper.
+    let taken = add(&["fd=[3],mac=52:54:00:00:09:09,id=_disk0,num_queues=4"]);
+    assert!(!taken.status.success(), "{}", String::from_utf8_lossy(&taken.stdout));
+    let links = ns.run(&["ip", "-br", "link"]);
+    assert!(!links.contains("covmtap9"), "{links}");
+    let out = add(&["fd=[3],mac=52:54:00:00:09:09,id=eth9"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // covm holds the TAP now (the wrapper exited): the host side is the
+    // test's to address.
+    ns.run(&["ip", "addr", "add", "10.0.9.1/24", "dev", "covmtap9"]);
+    ns.run(&["ip", "link", "set", "covmtap9", "up"]);
+    let info = api.info();
+    assert_eq!(info["config"]["net"][0]["id"], "eth9", "{info}");
+    assert_eq!(api.put("/vm.boot", None).0, 204);
+    let text = wait_for_serial(&serial, Duration::from_secs(30), |t| t.contains("heartbeat 1 "));
+    assert!(text.contains("mac 52:54:00:00:09:09 ip 10.0.9.2/24"), "serial:\n{text}");
+    run_client(&ns, "10.0.9.2", 65536, || {
+        std::fs::read_to_string(&serial).unwrap_or_default()
+    });
+    assert_eq!(api.put("/vmm.shutdown", None).0, 204);
+    assert_eq!(wait_exit(&mut covm, Duration::from_secs(20)), Some(0));
+}
+
 /// A TCP echo stream of `total` random bytes in 16 KiB chunks, each
 /// compared as it comes back; the bytes verified so far go to `progress`.
 const STREAM: &str = r#"

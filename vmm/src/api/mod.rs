@@ -8,6 +8,7 @@ pub mod ch_defaults;
 pub mod migration_data;
 #[cfg(test)]
 mod openapi_check;
+pub mod passed_fds;
 pub mod routes;
 pub mod server;
 pub mod socket;

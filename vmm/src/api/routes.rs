@@ -5,9 +5,18 @@ use super::{migration_data, vm_config};
 use crate::control::messages::Request;
 use axum::http::Method;
 
-/// Builds the control loop's request from a route's body and the host's RAM
-/// (for checking `vm.create`); `Err` is the 400 message.
-pub type MakeRequest = fn(&[u8], u64) -> Result<Request, String>;
+/// What a route's request is built with besides its body.
+pub struct RequestContext {
+    /// The host's RAM (for checking `vm.create`).
+    pub host_ram: u64,
+    /// Descriptors the client passed with the request (SCM_RIGHTS); those
+    /// the route does not take are closed.
+    pub fds: Vec<std::os::fd::OwnedFd>,
+}
+
+/// Builds the control loop's request from a route's body and its context;
+/// `Err` is the 400 message.
+pub type MakeRequest = fn(&[u8], &mut RequestContext) -> Result<Request, String>;
 
 /// The prefix of every path.
 pub const API_PREFIX: &str = "/api/v1";
@@ -16,8 +25,8 @@ pub const API_PREFIX: &str = "/api/v1";
 pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
     ("/vmm.ping", Method::GET, |_, _| Ok(Request::Ping)),
     ("/vmm.shutdown", Method::PUT, |_, _| Ok(Request::ShutdownVmm)),
-    ("/vm.create", Method::PUT, |body, host_ram| {
-        vm_config::parse(body, host_ram).map(|c| Request::Create(Box::new(c)))
+    ("/vm.create", Method::PUT, |body, cx| {
+        vm_config::parse(body, cx.host_ram).map(|c| Request::Create(Box::new(c)))
     }),
     ("/vm.boot", Method::PUT, |_, _| Ok(Request::Boot)),
     ("/vm.info", Method::GET, |_, _| Ok(Request::Info)),
@@ -42,6 +51,11 @@ pub const ROUTES: &[(&str, Method, MakeRequest)] = &[
         let json = serde_json::from_slice(body).map_err(|e| format!("invalid DiskConfig: {e}"))?;
         vm_config::devices::disk_from_json(json, "DiskConfig").map(|d| Request::AddDisk(Box::new(d)))
     }),
+    ("/vm.add-net", Method::PUT, |body, cx| {
+        let json = serde_json::from_slice(body).map_err(|e| format!("invalid NetConfig: {e}"))?;
+        vm_config::net::add_net_from_json(json, std::mem::take(&mut cx.fds))
+            .map(|(net, passed)| Request::AddNet(Box::new(net), passed))
+    }),
     ("/vm.add-vsock", Method::PUT, |body, _| {
         let json = serde_json::from_slice(body).map_err(|e| format!("invalid VsockConfig: {e}"))?;
         vm_config::vsock::vsock_from_json(json, "VsockConfig").map(|v| Request::AddVsock(Box::new(v)))
@@ -56,7 +70,6 @@ pub const UNIMPLEMENTED: &[(&str, &str)] = &[
     ("/vm.add-user-device", "covm has no vfio-user devices"),
     ("/vm.add-fs", "covm has no virtio-fs devices"),
     ("/vm.add-generic-vhost-user", "covm has no vhost-user devices"),
-    ("/vm.add-net", "covm takes network interfaces in vm.create's net or with --net; adding one with its TAP descriptor passed over the socket is not implemented yet"),
     ("/vm.add-pmem", "covm has no persistent memory devices"),
     ("/vm.add-vdpa", "covm has no vDPA devices"),
     ("/vm.remove-device", "covm has no hot-pluggable devices"),

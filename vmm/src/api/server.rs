@@ -3,7 +3,8 @@
 //! into [`Request`](crate::control::messages::Request)s for the control loop and render its replies; they never
 //! touch the VM. Every response is shaped by [`wire`] for CH's client.
 
-use super::routes::{MakeRequest, API_PREFIX, ROUTES, UNIMPLEMENTED};
+use super::passed_fds::{FdStream, PassedFds};
+use super::routes::{MakeRequest, RequestContext, API_PREFIX, ROUTES, UNIMPLEMENTED};
 use super::vm_config;
 use super::wire;
 use crate::control::messages::{ApiError, Event, Reply};
@@ -126,12 +127,19 @@ fn render(reply: Reply) -> Response {
     }
 }
 
-async fn handle(state: Arc<ApiState>, make_request: MakeRequest, body: Body) -> Response {
-    let bytes = match read_body(body).await {
+async fn handle(state: Arc<ApiState>, make_request: MakeRequest, request: axum::extract::Request) -> Response {
+    // Descriptors passed with this request (read with its bytes, so all
+    // are here once the body is).
+    let passed = request.extensions().get::<PassedFds>().cloned();
+    let bytes = match read_body(request.into_body()).await {
         Ok(bytes) => bytes,
         Err(message) => return wire::error(StatusCode::BAD_REQUEST, &[&message]),
     };
-    let request = match make_request(&bytes, state.host_ram) {
+    let mut context = RequestContext {
+        host_ram: state.host_ram,
+        fds: passed.map(|p| p.take()).unwrap_or_default(),
+    };
+    let request = match make_request(&bytes, &mut context) {
         Ok(request) => request,
         Err(message) => return wire::error(StatusCode::BAD_REQUEST, &[&message]),
     };
@@ -156,9 +164,12 @@ pub fn router(events: Sender<Event>, host_ram: u64) -> Router {
         let make_request = *make_request;
         let filter = MethodFilter::try_from(method.clone()).expect("routes use plain HTTP methods");
         let allowed = method.clone();
-        let route = on(filter, move |State(state): State<Arc<ApiState>>, body: Body| {
-            handle(state, make_request, body)
-        })
+        let route = on(
+            filter,
+            move |State(state): State<Arc<ApiState>>, request: axum::extract::Request| {
+                handle(state, make_request, request)
+            },
+        )
         .fallback(move |body: Body| async move {
             drain(body).await;
             wire::wrong_method(path, &allowed)
@@ -238,10 +249,14 @@ async fn serve(listener: tokio::net::UnixListener, router: Router, stopped: toki
             _ = &mut stopped => break,
         };
         let router = router.clone();
+        let fds = PassedFds::default();
+        let stream = FdStream::new(stream, fds.clone());
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let router = router.clone();
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(fds.clone());
             async move {
-                let response = router.oneshot(request.map(Body::new)).await;
+                let response = router.oneshot(request).await;
                 Ok::<_, std::convert::Infallible>(wire::finish(response.unwrap_or_else(|e| match e {})))
             }
         });

@@ -79,6 +79,9 @@ pub enum Request {
     },
     /// `vm.add-disk` (before the VM boots: a cold plug).
     AddDisk(Box<crate::config::DiskConfig>),
+    /// `vm.add-net` (before the VM boots: a cold plug); `true` when its
+    /// TAP descriptor came with the request (closed if it is refused).
+    AddNet(Box<crate::config::NetConfig>, bool),
     /// `vm.add-vsock` (before the VM boots: a cold plug).
     AddVsock(Box<crate::config::VsockConfig>),
 }

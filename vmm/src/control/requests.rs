@@ -119,6 +119,7 @@ impl Vmm {
             } => self.send_migration(endpoint, *options, verified),
             Request::ReceiveMigration { endpoint } => self.receive_migration(endpoint),
             Request::AddDisk(disk) => self.add_disk(*disk),
+            Request::AddNet(net, passed) => self.add_net(*net, passed),
             Request::AddVsock(vsock) => self.add_vsock(*vsock),
         }
     }
@@ -130,6 +131,25 @@ impl Vmm {
             devices.disks.push(disk);
             Ok(())
         })
+    }
+
+    /// `vm.add-net` on a created VM: the interface joins its configuration.
+    /// A descriptor passed with the request is closed if it is refused.
+    fn add_net(&mut self, net: crate::config::NetConfig, passed: bool) -> Result<Reply, ApiError> {
+        let passed_fd = match net.backend {
+            crate::config::NetBackend::Fd(fd) if passed => Some(fd),
+            _ => None,
+        };
+        let result = self.cold_plug("a network interface", |devices| {
+            devices.nets.push(net);
+            Ok(())
+        });
+        if let (Err(_), Some(fd)) = (&result, passed_fd) {
+            // SAFETY: the descriptor came with this request and nothing
+            // else took it: the refused configuration was dropped.
+            drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        }
+        result
     }
 
     /// `vm.add-vsock` on a created VM: one socket device, as in CH.

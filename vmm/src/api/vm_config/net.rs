@@ -114,6 +114,31 @@ pub fn net_from_json(json: NetJson, at: &str) -> Result<NetConfig, String> {
     })
 }
 
+/// `vm.add-net`'s interface: descriptors passed with the request (Kata
+/// passes its TAP's so) stand for the body's `fds`, as in CH. Returns the
+/// interface and whether its descriptor is one passed (this process owns
+/// it from here on: it is closed if the interface is refused).
+pub fn add_net_from_json(mut json: NetJson, passed: Vec<std::os::fd::OwnedFd>) -> Result<(NetConfig, bool), String> {
+    use std::os::fd::IntoRawFd;
+    match passed.len() {
+        0 => net_from_json(json, "NetConfig").map(|n| (n, false)),
+        1 => {
+            if json.tap.is_some() {
+                return Err("NetConfig: a TAP descriptor was passed and tap is given: give one".into());
+            }
+            // Parsed first, so a refused body closes the descriptor (dropped).
+            json.fds = Some(vec![0]);
+            let mut net = net_from_json(json, "NetConfig")?;
+            let fd = passed.into_iter().next().expect("one").into_raw_fd();
+            net.backend = NetBackend::Fd(fd);
+            Ok((net, true))
+        }
+        n => Err(format!(
+            "NetConfig: {n} descriptors were passed; covm's virtio-net takes one TAP descriptor (one queue pair)"
+        )),
+    }
+}
+
 /// An interface as CH's JSON (for `vm.info` and a migration).
 pub fn net_to_json(net: &NetConfig, id: String) -> NetJson {
     let (tap, fds) = match &net.backend {
@@ -160,6 +185,26 @@ mod tests {
         assert_eq!(net(serde_json::to_value(back).unwrap()).unwrap(), n);
         let fd = net(json!({"fds": [7]})).unwrap();
         assert_eq!(fd.backend, NetBackend::Fd(7));
+    }
+
+    #[test]
+    fn passed_descriptors_stand_for_fds() {
+        use std::os::fd::OwnedFd;
+        let open = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let json = |v: Value| serde_json::from_value::<NetJson>(v).unwrap();
+        let (n, passed) = add_net_from_json(json(json!({"fds": [3], "id": "a"})), vec![open()]).unwrap();
+        let NetBackend::Fd(fd) = n.backend else { panic!("{n:?}") };
+        assert!(passed && fd != 3);
+        // SAFETY: the descriptor the call took; closed here.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        let (n, passed) = add_net_from_json(json(json!({"tap": "t0"})), vec![]).unwrap();
+        assert_eq!((n.backend, passed), (NetBackend::Tap("t0".into()), false));
+        let e = add_net_from_json(json(json!({})), vec![open(), open()]).unwrap_err();
+        assert!(e.contains("2 descriptors were passed"), "{e}");
+        let e = add_net_from_json(json(json!({"tap": "t0"})), vec![open()]).unwrap_err();
+        assert!(e.contains("tap is given"), "{e}");
+        let e = add_net_from_json(json(json!({"num_queues": 4})), vec![open()]).unwrap_err();
+        assert!(e.contains("NetConfig.num_queues=4"), "{e}");
     }
 
     #[test]
