@@ -19,6 +19,7 @@
 //! dropped, as a NIC drops what its ring cannot take. They are not part of
 //! the migrated state: a network may lose frames, and TCP resends.
 
+mod announce;
 pub mod tap;
 #[cfg(test)]
 mod tests;
@@ -51,6 +52,10 @@ pub mod net_features {
     pub const MAC: u64 = 1 << 5;
     /// The configuration's status field is valid (link up).
     pub const STATUS: u64 = 1 << 16;
+    /// There is a control queue.
+    pub const CTRL_VQ: u64 = 1 << 17;
+    /// The driver announces itself when the device asks (after a migration).
+    pub const GUEST_ANNOUNCE: u64 = 1 << 21;
 }
 
 /// `status` in the configuration: the link is up.
@@ -79,6 +84,8 @@ struct Shared {
     tx_dropped: AtomicU64,
     warned_guest: AtomicBool,
     warned_tap: AtomicBool,
+    /// `VIRTIO_NET_S_ANNOUNCE`: the driver is asked to announce itself.
+    announce: AtomicBool,
 }
 
 impl Shared {
@@ -219,6 +226,11 @@ pub struct Net {
     /// The receive queue's slot among the active queues, and how many of
     /// its buffers the worker holds for frames to come.
     receive: Option<(usize, Arc<AtomicUsize>)>,
+    /// The driver's interrupt and whether it announces itself (it took
+    /// GUEST_ANNOUNCE and the control queue), while active.
+    announcer: Option<(Arc<dyn super::VirtioInterrupt>, bool)>,
+    /// Restored from a migration: announce the guest when it resumes.
+    announce_pending: bool,
 }
 
 impl Net {
@@ -239,6 +251,8 @@ impl Net {
             shared,
             worker: None,
             receive: None,
+            announcer: None,
+            announce_pending: false,
         })
     }
 
@@ -252,6 +266,8 @@ impl Net {
             shared: Arc::default(),
             worker: None,
             receive: None,
+            announcer: None,
+            announce_pending: false,
         }
     }
 
@@ -298,10 +314,49 @@ impl Net {
     fn config(&self) -> [u8; 12] {
         let mut c = [0u8; 12];
         c[..6].copy_from_slice(&self.mac);
-        c[6..8].copy_from_slice(&LINK_UP.to_le_bytes());
+        let announce = if self.shared.announce.load(Ordering::SeqCst) {
+            announce::STATUS_ANNOUNCE
+        } else {
+            0
+        };
+        c[6..8].copy_from_slice(&(LINK_UP | announce).to_le_bytes());
         // max_virtqueue_pairs: one.
         c[8..10].copy_from_slice(&1u16.to_le_bytes());
         c
+    }
+}
+
+impl Net {
+    /// Asks the driver to announce the guest, or announces its MAC from
+    /// the host where the driver cannot ([`announce`]).
+    fn announce(&self) {
+        match &self.announcer {
+            Some((interrupt, true)) => {
+                self.shared.announce.store(true, Ordering::SeqCst);
+                interrupt.config_changed();
+            }
+            _ => {
+                let (shared, mac) = (self.shared.clone(), self.mac);
+                let frame = announce::rarp_frame(mac);
+                let sent = std::thread::Builder::new()
+                    .name("virtio-net-announce".into())
+                    .spawn(move || {
+                        let start = std::time::Instant::now();
+                        for at in announce::RARP_SCHEDULE {
+                            std::thread::sleep(at.saturating_sub(start.elapsed()));
+                            let tap = lock(&shared.tap).clone();
+                            if let Some(tap) = tap {
+                                if let Err(e) = tap.file().write(&frame) {
+                                    shared.tap_error(&e);
+                                }
+                            }
+                        }
+                    });
+                if let Err(e) = sent {
+                    tracing::warn!("virtio-net: cannot announce the migrated guest: {e}");
+                }
+            }
+        }
     }
 }
 
@@ -333,6 +388,10 @@ struct Handler {
 
 const RX: u16 = 0;
 const TX: u16 = 1;
+/// The control queue (after the one queue pair).
+const CTRL: u16 = 2;
+/// The control queue's size.
+const CTRL_QUEUE_SIZE: u16 = 64;
 
 impl Handler {
     /// Takes every available receive buffer, then fills them in order
@@ -447,6 +506,10 @@ impl QueueHandler for Handler {
         let result = match index {
             RX => self.receive(memory, queue),
             TX => self.transmit(memory, queue),
+            CTRL => {
+                let shared = &self.shared;
+                announce::serve_control(memory, queue, || shared.announce.store(false, Ordering::SeqCst))
+            }
             _ => Ok(false),
         };
         result.map_err(|e| QueueFailure::new(index, e))
@@ -459,7 +522,7 @@ impl VirtioDevice for Net {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE, QUEUE_SIZE]
+        vec![QUEUE_SIZE, QUEUE_SIZE, CTRL_QUEUE_SIZE]
     }
 
     fn features(&self) -> u64 {
@@ -468,6 +531,8 @@ impl VirtioDevice for Net {
             | features::RING_EVENT_IDX
             | net_features::MAC
             | net_features::STATUS
+            | net_features::CTRL_VQ
+            | net_features::GUEST_ANNOUNCE
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -490,6 +555,10 @@ impl VirtioDevice for Net {
         if !activation.queues.iter().any(|q| q.index == TX) {
             return Err(ActivateError::Queues("the transmit queue (1) is not enabled".into()));
         }
+        let announces = activation.acked_features & (net_features::GUEST_ANNOUNCE | net_features::CTRL_VQ)
+            == net_features::GUEST_ANNOUNCE | net_features::CTRL_VQ
+            && activation.queues.iter().any(|q| q.index == CTRL);
+        self.announcer = Some((activation.interrupt.clone(), announces));
         let held_count = Arc::new(AtomicUsize::new(0));
         let handler = Handler {
             shared: self.shared.clone(),
@@ -510,11 +579,38 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) -> Option<Vec<Queue>> {
         *lock(&self.shared.receiver) = None;
+        self.announcer = None;
+        self.shared.announce.store(false, Ordering::SeqCst);
         self.worker.take().map(Worker::stop)
     }
 
     fn worker(&self) -> Option<&Worker> {
         self.worker.as_ref()
+    }
+
+    /// Takes requests again; the first time after a migration, the guest
+    /// is announced where it now is.
+    fn resume(&mut self) {
+        if let Some(w) = self.worker() {
+            w.resume();
+        }
+        if std::mem::take(&mut self.announce_pending) {
+            self.announce();
+        }
+    }
+
+    /// A migrated interface has no state beyond its queues; restoring one
+    /// means the guest moved, so it is announced at its resumption.
+    fn restore_state(&mut self, state: &super::DeviceState) -> Result<(), String> {
+        match state {
+            super::DeviceState::Stateless => {
+                self.announce_pending = true;
+                Ok(())
+            }
+            other => Err(format!(
+                "saved with {other:?}, a network device keeps no state of its own"
+            )),
+        }
     }
 
     /// The receive buffers the worker holds are given back: the state

@@ -314,3 +314,106 @@ fn hostile_buffers_are_dropped_and_counted() {
     assert!(handler.process(&mem, RX, &mut rx_queue).unwrap());
     assert_eq!(net.shared.rx_dropped.load(Ordering::Relaxed), 1);
 }
+
+/// `net` activated on `mem` with its queues at fixed addresses (the
+/// control queue only if `announces`), paused as an incoming VM's.
+fn activate_incoming(
+    net: &mut Net,
+    mem: &GuestMemory,
+    announces: bool,
+) -> (Arc<crate::virtio::test_support::Irqs>, Vec<EventFd>) {
+    let irqs = Arc::new(crate::virtio::test_support::Irqs::default());
+    let mut queues = Vec::new();
+    let mut notifies = Vec::new();
+    let count = if announces { 3 } else { 2 };
+    for index in 0..count {
+        let mock = MockSplitQueue::create(mem, GuestAddress(0x10000 * (u64::from(index) + 1)), 16);
+        let notify = EventFd::new(EFD_NONBLOCK).unwrap();
+        notifies.push(notify.try_clone().unwrap());
+        queues.push(super::super::ActiveQueue {
+            index,
+            queue: mock.create_queue().unwrap(),
+            notify,
+        });
+    }
+    let mut features = features::VERSION_1 | net_features::MAC;
+    if announces {
+        features |= net_features::GUEST_ANNOUNCE | net_features::CTRL_VQ;
+    }
+    net.activate(super::super::Activation {
+        memory: mem.clone(),
+        acked_features: features,
+        queues,
+        interrupt: irqs.clone(),
+        failed: Arc::default(),
+        paused: true,
+    })
+    .unwrap();
+    (irqs, notifies)
+}
+
+fn status(net: &Net) -> u16 {
+    let mut s = [0u8; 2];
+    net.read_config(6, &mut s);
+    u16::from_le_bytes(s)
+}
+
+#[test]
+fn a_migrated_driver_that_announces_is_asked_to_and_acks_on_the_control_queue() {
+    let Some(tap) = private_tap() else { return };
+    let mut net = Net::new(tap, MAC, None).unwrap();
+    let mem = memory();
+    let (irqs, notifies) = activate_incoming(&mut net, &mem, true);
+    net.restore_state(&crate::virtio::DeviceState::Stateless).unwrap();
+    assert_eq!(status(&net), LINK_UP, "nothing asked before the guest runs");
+    net.resume();
+    assert_eq!(status(&net), LINK_UP | announce::STATUS_ANNOUNCE);
+    assert_eq!(irqs.config.load(Ordering::SeqCst), 1);
+    // The driver's acknowledgement: class 3, command 0, a result byte.
+    let ctrl = MockSplitQueue::create(&mem, GuestAddress(0x30000), 16);
+    mem.write_slice(&[3, 0], GuestAddress(0x50000)).unwrap();
+    mem.write_slice(&[0xff], GuestAddress(0x51000)).unwrap();
+    ctrl.add_desc_chains(
+        &[
+            raw(0x50000, 2, VRING_DESC_F_NEXT, 1),
+            raw(0x51000, 1, VRING_DESC_F_WRITE, 0),
+        ],
+        0,
+    )
+    .unwrap();
+    notifies[2].write(1).unwrap();
+    crate::virtio::test_support::wait_for("the announcement's ack", || status(&net) == LINK_UP);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(0x51000)).unwrap(), announce::CTRL_OK);
+    // Resuming again (a later vm.resume) asks nothing more.
+    net.pause();
+    net.resume();
+    assert_eq!(status(&net), LINK_UP);
+    net.reset();
+}
+
+#[test]
+fn a_migrated_driver_that_cannot_announce_gets_rarps_from_covm() {
+    let Some(tap) = private_tap() else { return };
+    let sock = packet_socket(tap.name());
+    let mut net = Net::new(tap, MAC, None).unwrap();
+    let mem = memory();
+    let (irqs, _notifies) = activate_incoming(&mut net, &mem, false);
+    net.restore_state(&crate::virtio::DeviceState::Stateless).unwrap();
+    net.resume();
+    assert_eq!(irqs.config.load(Ordering::SeqCst), 0);
+    let mut buf = vec![0u8; 2048];
+    let mut rarps = 0;
+    let start = Instant::now();
+    while rarps < announce::RARP_SCHEDULE.len() {
+        assert!(start.elapsed() < Duration::from_secs(5), "{rarps} RARP frames seen");
+        // SAFETY: recv into a buffer that lives for the call.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n > 0);
+        let f = &buf[..n as usize];
+        if f.len() >= 14 && f[12..14] == [0x80, 0x35] {
+            assert_eq!(&f[6..12], &MAC);
+            rarps += 1;
+        }
+    }
+    net.reset();
+}
