@@ -65,31 +65,39 @@ pub fn control_result(class: u8, command: u8, acked: impl FnOnce()) -> u8 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_rarp_frame_is_laid_out_as_rfc_903_says() {
-        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-        let f = rarp_frame(mac);
-        let eth = &f[super::super::tap::VNET_HDR_LEN..];
-        assert_eq!(eth.len(), 60);
-        assert_eq!(&eth[..6], &[0xff; 6]);
-        assert_eq!(&eth[6..12], &mac);
-        assert_eq!(&eth[12..14], &[0x80, 0x35]);
-        assert_eq!(&eth[14..22], &[0, 1, 8, 0, 6, 4, 0, 3]);
-        assert_eq!(&eth[22..28], &mac);
-        assert_eq!(&eth[32..38], &mac);
+/// Asks the driver to announce the guest (`announcer`: its interrupt,
+/// and whether it announces itself), or announces its MAC from the host,
+/// on a thread of its own, where the driver cannot.
+pub(super) fn announce(
+    shared: &std::sync::Arc<super::Shared>,
+    mac: [u8; 6],
+    announcer: Option<&(std::sync::Arc<dyn crate::virtio::VirtioInterrupt>, bool)>,
+) {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if let Some((interrupt, true)) = announcer {
+        shared.announce.store(true, Ordering::SeqCst);
+        interrupt.config_changed();
+        return;
     }
-
-    #[test]
-    fn only_the_announcement_ack_is_supported() {
-        let mut acked = false;
-        assert_eq!(control_result(3, 0, || acked = true), CTRL_OK);
-        assert!(acked);
-        assert_eq!(control_result(0, 0, || panic!()), CTRL_ERR);
-        assert_eq!(control_result(3, 1, || panic!()), CTRL_ERR);
+    let shared = shared.clone();
+    let frame = rarp_frame(mac);
+    let sent = std::thread::Builder::new()
+        .name("virtio-net-announce".into())
+        .spawn(move || {
+            let start = std::time::Instant::now();
+            for at in RARP_SCHEDULE {
+                std::thread::sleep(at.saturating_sub(start.elapsed()));
+                let tap = super::lock(&shared.tap).clone();
+                if let Some(tap) = tap {
+                    if let Err(e) = tap.file().write(&frame) {
+                        shared.tap_error(&e);
+                    }
+                }
+            }
+        });
+    if let Err(e) = sent {
+        tracing::warn!("virtio-net: cannot announce the migrated guest: {e}");
     }
 }
 
@@ -128,4 +136,32 @@ pub(super) fn serve_control(
         queue.add_used(memory, head, written)?;
     }
     Ok(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rarp_frame_is_laid_out_as_rfc_903_says() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let f = rarp_frame(mac);
+        let eth = &f[super::super::tap::VNET_HDR_LEN..];
+        assert_eq!(eth.len(), 60);
+        assert_eq!(&eth[..6], &[0xff; 6]);
+        assert_eq!(&eth[6..12], &mac);
+        assert_eq!(&eth[12..14], &[0x80, 0x35]);
+        assert_eq!(&eth[14..22], &[0, 1, 8, 0, 6, 4, 0, 3]);
+        assert_eq!(&eth[22..28], &mac);
+        assert_eq!(&eth[32..38], &mac);
+    }
+
+    #[test]
+    fn only_the_announcement_ack_is_supported() {
+        let mut acked = false;
+        assert_eq!(control_result(3, 0, || acked = true), CTRL_OK);
+        assert!(acked);
+        assert_eq!(control_result(0, 0, || panic!()), CTRL_ERR);
+        assert_eq!(control_result(3, 1, || panic!()), CTRL_ERR);
+    }
 }

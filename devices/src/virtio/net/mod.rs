@@ -326,40 +326,6 @@ impl Net {
     }
 }
 
-impl Net {
-    /// Asks the driver to announce the guest, or announces its MAC from
-    /// the host where the driver cannot ([`announce`]).
-    fn announce(&self) {
-        match &self.announcer {
-            Some((interrupt, true)) => {
-                self.shared.announce.store(true, Ordering::SeqCst);
-                interrupt.config_changed();
-            }
-            _ => {
-                let (shared, mac) = (self.shared.clone(), self.mac);
-                let frame = announce::rarp_frame(mac);
-                let sent = std::thread::Builder::new()
-                    .name("virtio-net-announce".into())
-                    .spawn(move || {
-                        let start = std::time::Instant::now();
-                        for at in announce::RARP_SCHEDULE {
-                            std::thread::sleep(at.saturating_sub(start.elapsed()));
-                            let tap = lock(&shared.tap).clone();
-                            if let Some(tap) = tap {
-                                if let Err(e) = tap.file().write(&frame) {
-                                    shared.tap_error(&e);
-                                }
-                            }
-                        }
-                    });
-                if let Err(e) = sent {
-                    tracing::warn!("virtio-net: cannot announce the migrated guest: {e}");
-                }
-            }
-        }
-    }
-}
-
 impl Drop for Net {
     fn drop(&mut self) {
         if let Some(attachment) = self.attachment.take() {
@@ -595,7 +561,7 @@ impl VirtioDevice for Net {
             w.resume();
         }
         if std::mem::take(&mut self.announce_pending) {
-            self.announce();
+            announce::announce(&self.shared, self.mac, self.announcer.as_ref());
         }
     }
 

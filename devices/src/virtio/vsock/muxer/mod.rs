@@ -7,11 +7,13 @@
 //! guest. It holds no queue: the device's handler asks it for the next
 //! packet when the guest has a buffer.
 
+mod host_clients;
+
 use super::connection::{Connection, Phase, BUF_ALLOC};
 use super::packet::{Header, Op, HOST_CID, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use super::unix::{bind_listener, connect_nonblocking};
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -279,117 +281,6 @@ impl Muxer {
                 self.mark_readable(key);
             }
         }
-    }
-
-    fn accept(&mut self) {
-        loop {
-            let Some(listener) = &self.listener else { return };
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    if self.handshakes.len() >= MAX_HANDSHAKES || self.connections.len() >= MAX_CONNECTIONS {
-                        self.warn("a host client was refused: too many connections");
-                        continue;
-                    }
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let token = self.token();
-                    if self
-                        .epoll
-                        .ctl(
-                            ControlOperation::Add,
-                            stream.as_raw_fd(),
-                            EpollEvent::new(EventSet::IN, token),
-                        )
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    self.handshakes.insert(
-                        token,
-                        Handshake {
-                            stream,
-                            line: Vec::new(),
-                            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
-                        },
-                    );
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return,
-            }
-        }
-    }
-
-    fn drop_handshake(&mut self, token: u64) -> Option<Handshake> {
-        let h = self.handshakes.remove(&token)?;
-        let _ = self
-            .epoll
-            .ctl(ControlOperation::Delete, h.stream.as_raw_fd(), EpollEvent::default());
-        Some(h)
-    }
-
-    /// Reads a host client's `CONNECT <port>\n`; on a whole line, asks the
-    /// guest to accept (garbage, an overlong line or an early end closes
-    /// the client's stream).
-    fn read_connect_line(&mut self, token: u64) {
-        let Some(h) = self.handshakes.get_mut(&token) else {
-            return;
-        };
-        let mut buf = [0u8; MAX_CONNECT_LINE];
-        let n = match h
-            .stream
-            .read(&mut buf[..MAX_CONNECT_LINE - h.line.len().min(MAX_CONNECT_LINE - 1)])
-        {
-            Ok(0) => {
-                self.drop_handshake(token);
-                return;
-            }
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => return,
-            Err(_) => {
-                self.drop_handshake(token);
-                return;
-            }
-        };
-        h.line.extend_from_slice(&buf[..n]);
-        let Some(end) = h.line.iter().position(|&b| b == b'\n') else {
-            if h.line.len() >= MAX_CONNECT_LINE {
-                self.drop_handshake(token);
-                self.warn("a host client's CONNECT line is longer than 32 bytes");
-            }
-            return;
-        };
-        let Some(mut h) = self.drop_handshake(token) else {
-            return;
-        };
-        let early = h.line.split_off(end + 1);
-        let port = std::str::from_utf8(&h.line[..end])
-            .ok()
-            .and_then(|l| l.strip_prefix("CONNECT "))
-            .and_then(|p| p.trim_end_matches('\r').parse::<u32>().ok());
-        let Some(port) = port else {
-            let line = String::from_utf8_lossy(&h.line[..end]).into_owned();
-            self.warn(&format!("a host client sent {line:?}, not \"CONNECT <port>\""));
-            return;
-        };
-        if self.connections.len() >= MAX_CONNECTIONS {
-            self.warn("a host client was refused: too many connections");
-            return;
-        }
-        let host_port = self.free_host_port(port);
-        let key = (host_port, port);
-        let token = self.token();
-        let mut c = Connection::new(
-            h.stream,
-            token,
-            Phase::Connecting {
-                deadline: Instant::now() + HANDSHAKE_TIMEOUT,
-            },
-        );
-        c.early = early;
-        self.connections.insert(key, c);
-        self.tokens.insert(token, key);
-        self.queue(key, Op::Request, 0);
     }
 
     /// A host port not in use towards guest port `guest_port`.
