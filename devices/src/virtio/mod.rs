@@ -198,5 +198,18 @@ pub enum Handover {
     Acquire,
 }
 
+/// What stands between a device and guest memory on a confidential VM:
+/// its devices may use only memory the guest has shared with the host.
+/// (Their view of guest memory holds only the shared window; the gate
+/// keeps them stopped while any page of it is private.)
+pub trait MemoryGate: Send + Sync {
+    /// A device starts using its memory, if all of it is shared now;
+    /// counted until [`MemoryGate::stopped`] (meanwhile the guest cannot
+    /// make any of it private).
+    fn start(&self) -> Result<(), String>;
+    /// A device stopped using its memory (reset, or its start failed).
+    fn stopped(&self);
+}
+
 /// A shared handle on a device.
 pub type SharedVirtioDevice = Arc<std::sync::Mutex<dyn VirtioDevice>>;

@@ -92,6 +92,20 @@ pub const VIRTIO_DMA: u64 = 0x0040_0000;
 /// Size of [`VIRTIO_DMA`].
 pub const VIRTIO_DMA_SIZE: u64 = 4 << 20;
 
+/// A confidential VM's shared window: the only memory it can share with
+/// the host, and the only memory covm's devices see. The DMA pool is its
+/// first half ([`CONFIDENTIAL_DMA_SIZE`]); the drivers' bounce buffers
+/// (private buffers copied in and out) are its second.
+pub const SHARED_WINDOW: u64 = VIRTIO_DMA;
+/// Size of [`SHARED_WINDOW`].
+pub const SHARED_WINDOW_SIZE: u64 = VIRTIO_DMA_SIZE;
+/// A confidential VM's DMA pool: the first part of the window.
+pub const CONFIDENTIAL_DMA_SIZE: u64 = 2 << 20;
+/// Where the bounce buffers start.
+pub const BOUNCE: u64 = SHARED_WINDOW + CONFIDENTIAL_DMA_SIZE;
+/// Size of [`BOUNCE`].
+pub const BOUNCE_SIZE: u64 = SHARED_WINDOW_SIZE - CONFIDENTIAL_DMA_SIZE;
+
 /// Where the `blk` workload keeps one little-endian `u32` generation per
 /// 4 KiB block of its disk region (0 means never written). In guest memory,
 /// not on the disk, so it migrates with the VM and a disk that comes back

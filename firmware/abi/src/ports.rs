@@ -33,6 +33,32 @@ pub const PARK: u16 = 0x620;
 /// `out` 0: the source's agent read the destination's Commit; the platform
 /// must never run this VM's workload vCPUs again.
 pub const AGENT_RETIRE: u16 = 0x624;
+/// The emulated platform's page-state request (its equivalent of SEV-SNP's
+/// page-state change and `KVM_HC_MAP_GPA_RANGE`): `out` the first page
+/// number (guest-physical address / 4096) here, the page count at
+/// [`PAGE_STATE_PAGES`], then a [`page_state`] operation at
+/// [`PAGE_STATE_OP`]; `in` from [`PAGE_STATE_OP`] gives its result. Only
+/// pages of the shared window (`layout::SHARED_WINDOW`) can be shared.
+pub const PAGE_STATE_FIRST: u16 = 0x628;
+/// See [`PAGE_STATE_FIRST`].
+pub const PAGE_STATE_PAGES: u16 = 0x62c;
+/// See [`PAGE_STATE_FIRST`].
+pub const PAGE_STATE_OP: u16 = 0x630;
+
+/// Operations and results of the page-state request ([`PAGE_STATE_FIRST`]).
+pub mod page_state {
+    /// Operation: the pages become shared with the host.
+    pub const TO_SHARED: u32 = 1;
+    /// Operation: the pages become private again.
+    pub const TO_PRIVATE: u32 = 2;
+    /// Result: done.
+    pub const OK: u32 = 0;
+    /// Result: refused (covm logs why): outside the window, an unknown
+    /// operation, or pages devices still use.
+    pub const REFUSED: u32 = 1;
+    /// Result: no request made yet.
+    pub const NONE: u32 = 0xffff_ffff;
+}
 
 /// Values written to and read from [`POWER`].
 pub mod power {

@@ -27,6 +27,7 @@ mod pci;
 mod pvh;
 mod rng;
 mod serial;
+mod shared;
 mod smp;
 mod time;
 mod virtio;

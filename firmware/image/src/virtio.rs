@@ -16,8 +16,9 @@ use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use covm_guest_abi::layout::{
-    PCI_MMIO32_BASE, PCI_MMIO32_SIZE, VIRTIO_DMA, VIRTIO_DMA_SIZE, VIRTIO_HEAP, VIRTIO_HEAP_SIZE,
+    CONFIDENTIAL_DMA_SIZE, PCI_MMIO32_BASE, PCI_MMIO32_SIZE, VIRTIO_DMA, VIRTIO_DMA_SIZE, VIRTIO_HEAP, VIRTIO_HEAP_SIZE,
 };
+use covm_guest_abi::mailbox::launch_mode;
 use covm_guest_abi::workload::FAIL_DEVICE;
 use virtio_drivers::device::blk::VirtIOBlk;
 use virtio_drivers::device::console::VirtIOConsole;
@@ -55,8 +56,14 @@ static DMA_NEXT: AtomicU64 = AtomicU64::new(VIRTIO_DMA);
 /// Never given back: devices and their buffers live for the whole boot.
 pub fn dma_pages(pages: usize) -> Option<u64> {
     let bytes = (pages * PAGE_SIZE) as u64;
+    // A confidential VM's pool is the first part of its shared window.
+    let size = if crate::shared::confidential() {
+        CONFIDENTIAL_DMA_SIZE
+    } else {
+        VIRTIO_DMA_SIZE
+    };
     let at = DMA_NEXT.fetch_add(bytes, Ordering::Relaxed);
-    if at + bytes > VIRTIO_DMA + VIRTIO_DMA_SIZE {
+    if at + bytes > VIRTIO_DMA + size {
         return None;
     }
     // SAFETY: a part of the pool (RAM, checked by `prepare_memory`) that
@@ -96,11 +103,15 @@ unsafe impl Hal for FwHal {
         NonNull::new(paddr as *mut u8).expect("checked above")
     }
 
-    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
-        buffer.as_ptr() as *mut u8 as u64
+    unsafe fn share(buffer: NonNull<[u8]>, direction: BufferDirection) -> PhysAddr {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { crate::shared::share(buffer, direction) }
     }
 
-    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
+    unsafe fn unshare(paddr: PhysAddr, buffer: NonNull<[u8]>, direction: BufferDirection) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { crate::shared::unshare(paddr, buffer, direction) }
+    }
 }
 
 /// A queue to give an MSI-X vector while it is set up.
@@ -216,6 +227,8 @@ pub enum OpenError {
         wrote: u16,
         reads: u32,
     },
+    /// A confidential VM could not share its window with the host.
+    Shared(&'static str),
 }
 
 impl fmt::Display for OpenError {
@@ -237,6 +250,7 @@ impl fmt::Display for OpenError {
                 f,
                 "virtio {df}: queue_msix_vector reads {reads:#x} after the firmware wrote {wrote} (the device refused the vector)"
             ),
+            Self::Shared(why) => write!(f, "{why}"),
         }
     }
 }
@@ -264,6 +278,11 @@ fn prepare_memory(memmap: &[MemmapEntry]) -> Result<(), OpenError> {
         return Err(OpenError::Memory(ram_end));
     }
     heap::init_virtio();
+    // A confidential VM shares its window with the host first, and bounces.
+    let mode = hw::launch_mode();
+    if mode == launch_mode::FRESH || mode == launch_mode::INCOMING {
+        crate::shared::init().map_err(OpenError::Shared)?;
+    }
     MEMORY_READY.store(true, Ordering::Relaxed);
     Ok(())
 }

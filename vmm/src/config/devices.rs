@@ -280,9 +280,10 @@ pub enum DevicesError {
     },
     /// A confidential VM with devices.
     #[error(
-        "{devices}: a confidential VM cannot have virtio devices yet: their queues and buffers would live in \
-         memory the host must read and write, and covm does not yet give a confidential guest memory it \
-         shares with the host (a later release does); remove them or use a plain VM"
+        "{devices}: a VM with private memory (SEV-SNP, TDX) cannot have virtio devices yet: covm's devices \
+         reach a confidential guest only through the emulated platform's shared window so far (its SEV-SNP and \
+         TDX conversions arrive as KVM_HC_MAP_GPA_RANGE but are not wired to devices); remove them, or use \
+         emulated_cvm or a plain VM"
     )]
     Confidential {
         /// The device options given.
@@ -340,8 +341,8 @@ impl DevicesConfig {
     /// Checks the set as a whole and against the host: unique ids, images
     /// that exist and open as asked (read-write unless readonly), a
     /// readable entropy source; none on a confidential VM.
-    pub fn check(&self, confidential: bool) -> Result<(), DevicesError> {
-        if confidential && self.any() {
+    pub fn check(&self, private_memory: bool) -> Result<(), DevicesError> {
+        if private_memory && self.any() {
             return Err(DevicesError::Confidential { devices: self.named() });
         }
         let mut ids: Vec<String> = (0..self.disks.len()).map(|i| self.disk_id(i)).collect();
@@ -521,7 +522,7 @@ mod tests {
         assert!(dirdisk.check(false).unwrap_err().to_string().contains("is a directory"));
         let e = set.check(true).unwrap_err().to_string();
         assert!(
-            e.starts_with("--disk: a confidential VM cannot have virtio devices yet"),
+            e.starts_with("--disk: a VM with private memory (SEV-SNP, TDX) cannot have virtio devices yet"),
             "{e}"
         );
         let rng = DevicesConfig {

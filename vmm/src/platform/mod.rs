@@ -160,6 +160,12 @@ impl PlatformConfig {
         !matches!(self, PlatformConfig::Plain)
     }
 
+    /// Whether the hardware keeps the guest's memory private (SEV-SNP,
+    /// TDX): covm's devices do not reach such a guest yet.
+    pub fn has_private_memory(&self) -> bool {
+        matches!(self, PlatformConfig::SevSnp(_) | PlatformConfig::Tdx(_))
+    }
+
     /// The migration policy, on a confidential platform.
     pub fn migration_policy(&self) -> Option<&MigrationPolicy> {
         match self {

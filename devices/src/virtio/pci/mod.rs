@@ -105,6 +105,8 @@ pub struct VirtioPci {
     active: bool,
     /// Accesses to nothing in BAR 0, and refused driver actions.
     ignored: u64,
+    /// A confidential VM's: the device starts only while its memory is shared.
+    gate: Option<Arc<dyn crate::virtio::MemoryGate>>,
 }
 
 impl std::fmt::Debug for VirtioPci {
@@ -207,7 +209,13 @@ impl VirtioPci {
             failed: Arc::new(AtomicBool::new(false)),
             active: false,
             ignored: 0,
+            gate: None,
         })
+    }
+
+    /// Makes the device start only through `gate` (a confidential VM's).
+    pub fn set_memory_gate(&mut self, gate: Arc<dyn crate::virtio::MemoryGate>) {
+        self.gate = Some(gate);
     }
 
     /// The device's name.
@@ -331,16 +339,23 @@ impl VirtioPci {
         self.interrupt
             .set_vectors(self.common.config_vector, self.common.queues.iter().map(|q| q.vector));
         let queues = self.queues(runtime)?;
-        self.device
-            .activate(Activation {
-                memory: self.memory.clone(),
-                acked_features: self.common.driver_features,
-                queues,
-                interrupt: self.interrupt.clone(),
-                failed: self.failed.clone(),
-                paused,
-            })
-            .map_err(|e| e.to_string())?;
+        if let Some(gate) = &self.gate {
+            gate.start()?;
+        }
+        let started = self.device.activate(Activation {
+            memory: self.memory.clone(),
+            acked_features: self.common.driver_features,
+            queues,
+            interrupt: self.interrupt.clone(),
+            failed: self.failed.clone(),
+            paused,
+        });
+        if let Err(e) = started {
+            if let Some(gate) = &self.gate {
+                gate.stopped();
+            }
+            return Err(e.to_string());
+        }
         self.active = true;
         Ok(())
     }
@@ -360,6 +375,9 @@ impl VirtioPci {
 
     fn reset(&mut self) {
         self.device.reset();
+        if let (true, Some(gate)) = (self.active, &self.gate) {
+            gate.stopped();
+        }
         self.common.reset();
         self.interrupt.take_isr();
         self.failed.store(false, Ordering::SeqCst);

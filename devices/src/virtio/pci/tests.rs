@@ -289,3 +289,44 @@ fn state_restores_into_a_paused_device_and_bad_state_is_named() {
     bad.config.bytes[0] = 0;
     assert!(c.restore(&bad).unwrap_err().contains("configuration byte 0x0"));
 }
+
+/// A gate that lets devices start only when told, counting them.
+#[derive(Default)]
+struct Gate {
+    open: AtomicBool,
+    running: std::sync::atomic::AtomicI32,
+}
+
+impl crate::virtio::MemoryGate for Gate {
+    fn start(&self) -> Result<(), String> {
+        if !self.open.load(Ordering::SeqCst) {
+            return Err("the window is private".into());
+        }
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn stopped(&self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_gated_device_starts_only_through_its_gate() {
+    let mem = memory();
+    let (mut t, _) = rng_transport(&mem);
+    let gate = Arc::new(Gate::default());
+    t.set_memory_gate(gate.clone());
+    t.config_write(4, &command::MEMORY.to_le_bytes());
+    let mock = MockSplitQueue::create(&mem, GuestAddress(0x10_0000), 16);
+    let got = bring_up(&mut t, rings(&mock), 16, features::VERSION_1);
+    assert_ne!(got & status::DEVICE_NEEDS_RESET, 0, "closed gate: {got:#x}");
+    assert!(!t.active());
+    // Reset, open the gate, start again: counted while it runs.
+    bar_w(&mut t, 0x14, &[0]);
+    gate.open.store(true, Ordering::SeqCst);
+    let got = bring_up(&mut t, rings(&mock), 16, features::VERSION_1);
+    assert_eq!(got, 0x0f);
+    assert_eq!(gate.running.load(Ordering::SeqCst), 1);
+    bar_w(&mut t, 0x14, &[0]);
+    assert_eq!(gate.running.load(Ordering::SeqCst), 0);
+}

@@ -220,12 +220,13 @@ pub struct DevicesJson {
     pub vsock: Option<super::vsock::VsockJson>,
 }
 
-/// The devices of a `vm.create` body. On a confidential VM the entropy
-/// device and the `Tty` console that CH's own defaults add (what a
-/// configuration CH wrote always carries) are left out, with a warning,
-/// since no such VM can have devices yet; anything asked for beyond those
-/// defaults is refused as the command line refuses it.
-pub fn devices_from_json(json: DevicesJson, confidential: bool) -> Result<DevicesConfig, String> {
+/// The devices of a `vm.create` body. On a VM with private memory
+/// (SEV-SNP, TDX) the entropy device and the `Tty` console that CH's own
+/// defaults add (what a configuration CH wrote always carries) are left
+/// out, with a warning, since no such VM can have devices yet; anything
+/// asked for beyond those defaults is refused as the command line refuses
+/// it.
+pub fn devices_from_json(json: DevicesJson, private_memory: bool) -> Result<DevicesConfig, String> {
     let DevicesJson {
         disks,
         nets,
@@ -247,13 +248,15 @@ pub fn devices_from_json(json: DevicesJson, confidential: bool) -> Result<Device
         .collect::<Result<Vec<_>, _>>()?;
     let mut console = console_from_json(console)?;
     let mut rng = rng.map(rng_from_json).transpose()?;
-    if confidential {
+    if private_memory {
         if console == ConsoleMode::Tty {
-            tracing::warn!("console.mode Tty (CH's default) left out: a confidential VM has no virtio devices yet");
+            tracing::warn!(
+                "console.mode Tty (CH's default) left out: a VM with private memory has no virtio devices yet"
+            );
             console = ConsoleMode::Off;
         }
         if rng.as_ref().is_some_and(|r| r.src.as_os_str() == DEFAULT_RNG_SOURCE) {
-            tracing::warn!("rng (CH's default) left out: a confidential VM has no virtio devices yet");
+            tracing::warn!("rng (CH's default) left out: a VM with private memory has no virtio devices yet");
             rng = None;
         }
     }
@@ -265,7 +268,7 @@ pub fn devices_from_json(json: DevicesJson, confidential: bool) -> Result<Device
         rng,
         vsock,
     };
-    devices.check(confidential).map_err(|e| e.to_string())?;
+    devices.check(private_memory).map_err(|e| e.to_string())?;
     Ok(devices)
 }
 
@@ -356,6 +359,9 @@ mod tests {
             true,
         )
         .unwrap_err();
-        assert!(e.contains("a confidential VM cannot have virtio devices yet"), "{e}");
+        assert!(
+            e.contains("a VM with private memory (SEV-SNP, TDX) cannot have virtio devices yet"),
+            "{e}"
+        );
     }
 }

@@ -466,7 +466,7 @@ fn to_vm_config_probed(
             rng: json.rng,
             vsock: json.vsock,
         },
-        platform.is_confidential(),
+        platform.has_private_memory(),
     )?;
     Ok(VmConfig {
         cpus,

@@ -192,9 +192,12 @@ mod tests {
         use std::os::fd::OwnedFd;
         let open = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
         let json = |v: Value| serde_json::from_value::<NetJson>(v).unwrap();
-        let (n, passed) = add_net_from_json(json(json!({"fds": [3], "id": "a"})), vec![open()]).unwrap();
-        let NetBackend::Fd(fd) = n.backend else { panic!("{n:?}") };
-        assert!(passed && fd != 3);
+        let given = open();
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&given);
+        let (n, passed) = add_net_from_json(json(json!({"fds": [12345], "id": "a"})), vec![given]).unwrap();
+        // The descriptor passed, not the body's number.
+        assert_eq!((n.backend, passed), (NetBackend::Fd(raw), true));
+        let fd = raw;
         // SAFETY: the descriptor the call took; closed here.
         drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         let (n, passed) = add_net_from_json(json(json!({"tap": "t0"})), vec![]).unwrap();

@@ -4,6 +4,7 @@
 //! the platform hands paused vCPU states to the agent ([`vmsa_area`]).
 
 pub mod runtime;
+pub mod shared_window;
 pub mod vmsa_area;
 
 pub use runtime::{CvmRuntime, LaunchMode};

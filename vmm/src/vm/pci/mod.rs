@@ -239,6 +239,14 @@ impl PciDevices {
         &self.attached
     }
 
+    /// Makes every device start only through `gate` (a confidential VM's
+    /// shared window).
+    pub fn set_memory_gate(&self, gate: Arc<dyn covm_devices::virtio::MemoryGate>) {
+        for a in &self.attached {
+            a.lock().set_memory_gate(gate.clone());
+        }
+    }
+
     /// Stops every device taking requests; those taken are finished.
     pub fn pause(&self) {
         for a in &self.attached {

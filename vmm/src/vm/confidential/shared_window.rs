@@ -1,0 +1,279 @@
+//! The memory a confidential VM (emulated platform) shares with the host:
+//! pages of the fixed window `layout::SHARED_WINDOW`, converted by the
+//! guest's page-state requests (`ports::PAGE_STATE_*`, the emulated
+//! equivalent of SEV-SNP's page-state change). covm's devices see only the
+//! window ([`window_view`]) and start only while all of it is shared
+//! ([`MemoryGate`]); while any runs, no page of it can become private. So
+//! no device touches a page the guest has not shared.
+
+use covm_devices::virtio::MemoryGate;
+use covm_devices::PioDevice;
+use covm_guest_abi::layout::{PAGE_SIZE, SHARED_WINDOW, SHARED_WINDOW_SIZE};
+use covm_guest_abi::ports::page_state;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::vm::memory::GuestMemory;
+
+/// Pages in the window.
+const WINDOW_PAGES: u64 = SHARED_WINDOW_SIZE / PAGE_SIZE;
+
+/// Which pages of the window are shared, and the devices using it.
+#[derive(Debug)]
+struct State {
+    shared: Vec<bool>,
+    shared_count: u64,
+    running_devices: u32,
+    /// The request being written: first page, page count; and the last result.
+    first: u32,
+    pages: u32,
+    result: u32,
+    warned: bool,
+}
+
+/// The window's state, shared by its ports and its devices' gate.
+#[derive(Debug)]
+pub struct SharedWindow(Mutex<State>);
+
+impl Default for SharedWindow {
+    fn default() -> Self {
+        SharedWindow(Mutex::new(State {
+            shared: vec![false; WINDOW_PAGES as usize],
+            shared_count: 0,
+            running_devices: 0,
+            first: 0,
+            pages: 0,
+            result: page_state::NONE,
+            warned: false,
+        }))
+    }
+}
+
+impl SharedWindow {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Converts `pages` pages from page number `first` with `op`; the
+    /// result the guest reads (refusals are logged, the first one at warn).
+    pub fn request(&self, first: u64, pages: u64, op: u32) -> u32 {
+        let mut s = self.lock();
+        match s.convert(first, pages, op) {
+            Ok(()) => page_state::OK,
+            Err(why) => {
+                let gpa = first.saturating_mul(PAGE_SIZE);
+                if !std::mem::replace(&mut s.warned, true) {
+                    tracing::warn!("page-state request for {pages} pages at {gpa:#x} refused: {why}");
+                } else {
+                    tracing::debug!("page-state request for {pages} pages at {gpa:#x} refused: {why}");
+                }
+                page_state::REFUSED
+            }
+        }
+    }
+
+    /// The shared pages' guest-physical ranges, as (address, length).
+    #[cfg(test)]
+    pub fn shared_ranges(&self) -> Vec<(u64, u64)> {
+        let s = self.lock();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (i, _) in s.shared.iter().enumerate().filter(|(_, &shared)| shared) {
+            let gpa = SHARED_WINDOW + i as u64 * PAGE_SIZE;
+            match out.last_mut() {
+                Some((start, len)) if *start + *len == gpa => *len += PAGE_SIZE,
+                _ => out.push((gpa, PAGE_SIZE)),
+            }
+        }
+        out
+    }
+}
+
+impl State {
+    fn convert(&mut self, first: u64, pages: u64, op: u32) -> Result<(), String> {
+        let window_first = SHARED_WINDOW / PAGE_SIZE;
+        let end = first.checked_add(pages).ok_or("the range wraps around")?;
+        if pages == 0 || first < window_first || end > window_first + WINDOW_PAGES {
+            return Err(format!(
+                "only pages of the shared window [{SHARED_WINDOW:#x}, {:#x}) can change state on the emulated \
+                 platform",
+                SHARED_WINDOW + SHARED_WINDOW_SIZE
+            ));
+        }
+        let range = (first - window_first) as usize..(end - window_first) as usize;
+        let to_shared = match op {
+            page_state::TO_SHARED => true,
+            page_state::TO_PRIVATE if self.running_devices > 0 => {
+                return Err(format!(
+                    "{} devices use the window: its pages stay shared until they are reset",
+                    self.running_devices
+                ))
+            }
+            page_state::TO_PRIVATE => false,
+            other => return Err(format!("unknown operation {other}")),
+        };
+        for page in &mut self.shared[range] {
+            if *page != to_shared {
+                *page = to_shared;
+                if to_shared {
+                    self.shared_count += 1;
+                } else {
+                    self.shared_count -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MemoryGate for SharedWindow {
+    fn start(&self) -> Result<(), String> {
+        let mut s = self.lock();
+        if s.shared_count != WINDOW_PAGES {
+            return Err(format!(
+                "{} of the {WINDOW_PAGES} pages of the shared window [{SHARED_WINDOW:#x}, {:#x}) are private: a \
+                 confidential guest's devices start only once it has shared the window (page-state request)",
+                WINDOW_PAGES - s.shared_count,
+                SHARED_WINDOW + SHARED_WINDOW_SIZE
+            ));
+        }
+        s.running_devices += 1;
+        Ok(())
+    }
+
+    fn stopped(&self) {
+        let mut s = self.lock();
+        s.running_devices = s.running_devices.saturating_sub(1);
+    }
+}
+
+/// The page-state ports (`ports::PAGE_STATE_FIRST` and the two after it).
+pub struct PageStatePorts(pub Arc<SharedWindow>);
+
+impl PioDevice for PageStatePorts {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        let value = match offset {
+            8 => self.0.lock().result,
+            _ => 0,
+        };
+        let bytes = value.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = bytes.get(i).copied().unwrap_or(0);
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) {
+        let mut bytes = [0u8; 4];
+        for (b, d) in bytes.iter_mut().zip(data) {
+            *b = *d;
+        }
+        let value = u32::from_le_bytes(bytes);
+        match offset {
+            0 => self.0.lock().first = value,
+            4 => self.0.lock().pages = value,
+            8 => {
+                let (first, pages) = {
+                    let s = self.0.lock();
+                    (u64::from(s.first), u64::from(s.pages))
+                };
+                let result = self.0.request(first, pages, value);
+                self.0.lock().result = result;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Guest memory as a confidential VM's devices see it: the window alone,
+/// over the same host mapping as `memory` (so what a device writes is the
+/// guest's). `None` if the window is not inside one RAM region.
+pub fn window_view(memory: &GuestMemory) -> Option<GuestMemory> {
+    use vm_memory::{GuestAddress, GuestMemoryBackend, GuestRegionMmap, MmapRegion};
+    let host = memory
+        .get_slice(GuestAddress(SHARED_WINDOW), SHARED_WINDOW_SIZE as usize)
+        .ok()?
+        .ptr_guard_mut()
+        .as_ptr();
+    // SAFETY: `host` and the window's size lie inside `memory`'s anonymous
+    // private mapping (get_slice checked the range is in one region),
+    // which the VM keeps mapped for as long as its devices run; the view
+    // does not unmap it (a raw region owns nothing).
+    let region = unsafe {
+        MmapRegion::build_raw(
+            host,
+            SHARED_WINDOW_SIZE as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )
+    }
+    .ok()?;
+    let region = GuestRegionMmap::new(region, GuestAddress(SHARED_WINDOW))?;
+    GuestMemory::from_regions(vec![region]).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const FIRST: u64 = SHARED_WINDOW / PAGE_SIZE;
+
+    #[test]
+    fn devices_start_only_once_the_whole_window_is_shared() {
+        let w = SharedWindow::default();
+        let e = w.start().unwrap_err();
+        assert!(e.contains("1024 of the 1024 pages"), "{e}");
+        assert_eq!(w.request(FIRST, 512, page_state::TO_SHARED), page_state::OK);
+        assert!(w.start().unwrap_err().contains("512 of the 1024"));
+        assert_eq!(w.request(FIRST + 512, 512, page_state::TO_SHARED), page_state::OK);
+        assert_eq!(w.shared_ranges(), vec![(SHARED_WINDOW, SHARED_WINDOW_SIZE)]);
+        w.start().unwrap();
+        // While a device runs, the window stays shared.
+        assert_eq!(w.request(FIRST, 1, page_state::TO_PRIVATE), page_state::REFUSED);
+        w.stopped();
+        assert_eq!(w.request(FIRST, 1, page_state::TO_PRIVATE), page_state::OK);
+        assert_eq!(
+            w.shared_ranges(),
+            vec![(SHARED_WINDOW + PAGE_SIZE, SHARED_WINDOW_SIZE - PAGE_SIZE)]
+        );
+    }
+
+    #[test]
+    fn requests_outside_the_window_or_unknown_are_refused() {
+        let w = SharedWindow::default();
+        for (first, pages, op) in [
+            (0, 1, page_state::TO_SHARED),
+            (FIRST - 1, 2, page_state::TO_SHARED),
+            (FIRST + WINDOW_PAGES - 1, 2, page_state::TO_SHARED),
+            (FIRST, 0, page_state::TO_SHARED),
+            (u64::MAX, 2, page_state::TO_SHARED),
+            (FIRST, 1, 7),
+        ] {
+            assert_eq!(w.request(first, pages, op), page_state::REFUSED, "{first} {pages} {op}");
+        }
+        assert!(w.shared_ranges().is_empty());
+        // Through the ports, as the firmware asks.
+        let mut ports = PageStatePorts(Arc::new(SharedWindow::default()));
+        let mut result = [0u8; 4];
+        ports.read(8, &mut result);
+        assert_eq!(u32::from_le_bytes(result), page_state::NONE);
+        ports.write(0, &(FIRST as u32).to_le_bytes());
+        ports.write(4, &(WINDOW_PAGES as u32).to_le_bytes());
+        ports.write(8, &page_state::TO_SHARED.to_le_bytes());
+        ports.read(8, &mut result);
+        assert_eq!(u32::from_le_bytes(result), page_state::OK);
+        ports.0.start().unwrap();
+    }
+
+    #[test]
+    fn the_devices_view_is_the_window_over_the_same_memory() {
+        let memory = crate::vm::memory::allocate(64 << 20).unwrap();
+        let view = window_view(&memory).unwrap();
+        view.write_obj(0xabcd_u32, GuestAddress(SHARED_WINDOW + 8)).unwrap();
+        assert_eq!(memory.read_obj::<u32>(GuestAddress(SHARED_WINDOW + 8)).unwrap(), 0xabcd);
+        // Private memory on either side is not in it.
+        assert!(view.read_obj::<u8>(GuestAddress(SHARED_WINDOW - 1)).is_err());
+        assert!(view
+            .read_obj::<u8>(GuestAddress(SHARED_WINDOW + SHARED_WINDOW_SIZE))
+            .is_err());
+        assert!(view.read_obj::<u8>(GuestAddress(0x100_0000)).is_err());
+    }
+}
