@@ -15,9 +15,9 @@ mod common;
 #[path = "common/proxy.rs"]
 mod proxy;
 use common::api::*;
+use common::leak::found;
 use common::owner::*;
 use common::*;
-use covm_guest_abi::pattern::{fill_page, WORDS};
 use proxy::{Frame, Proxy, Tamper, Verdict};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -150,20 +150,9 @@ fn destination_continues(src_serial: &Path, dst_serial: &Path) {
     no_fail(dst_serial);
 }
 
-/// 64-byte windows of the workload's pages: data words 3..11 of a sample of
-/// pages at every generation up to 400.
+/// 64-byte windows of the workload's pages.
 fn page_windows() -> Vec<Vec<u8>> {
-    let pages = MIB * 256;
-    let mut needles = Vec::new();
-    let mut words = [0u64; WORDS];
-    for page in (0..pages).step_by(97) {
-        for generation in 1..=400 {
-            fill_page(&mut words, SEED, page, generation);
-            let bytes: Vec<u8> = words[3..11].iter().flat_map(|w| w.to_le_bytes()).collect();
-            needles.push(bytes);
-        }
-    }
-    needles
+    common::leak::page_windows(SEED, MIB)
 }
 
 /// The vCPU register values the workload exposes: each vCPU's FS base
@@ -187,16 +176,6 @@ fn register_needles(serial: &Path, vcpus: u64) -> Vec<Vec<u8>> {
             ]
         })
         .collect()
-}
-
-/// How many of `needles` occur in `haystack`.
-fn found(haystack: &[u8], needles: &[Vec<u8>]) -> usize {
-    let ac = aho_corasick::AhoCorasick::new(needles).unwrap();
-    let mut seen = std::collections::HashSet::new();
-    for m in ac.find_overlapping_iter(haystack) {
-        seen.insert(m.pattern());
-    }
-    seen.len()
 }
 
 #[test]

@@ -4,6 +4,9 @@
 //! (virtio-drivers' `Hal::share`); covm's devices see only that window.
 
 mod common;
+#[path = "common/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 use common::api::covm_named;
 use common::blk::{check_disk_matches_summary, fresh_seed};
 use common::owner::Owner;
@@ -48,29 +51,22 @@ fn a_confidential_vm_uses_its_disk_through_the_shared_window() {
     check_disk_matches_summary(&disk, seed, 4, &text);
 }
 
-#[test]
-fn a_confidential_vm_echoes_over_vsock_and_refuses_to_migrate_with_devices() {
-    if !kvm_available() {
-        return;
-    }
-    let owner = Owner::new("cio-vsock", None);
-    let socket = owner.dir.path("v.sock");
-    let policy = owner.policy.display().to_string();
-    let vsock = format!("cid=5,socket={}", socket.display());
-    let mut args = confidential_args(&owner, &policy, "workload=vsock port=1234");
-    args.extend(["--vsock", &vsock]);
-    let (mut covm, api, serial) = covm_named(&owner.dir, "vm", &args);
-    wait_for_serial(&serial, Duration::from_secs(60), |t| t.contains("heartbeat 1 "));
-    let mut s = UnixStream::connect(&socket).unwrap();
+/// Connects to the guest's port `port` through covm's socket at `path`.
+fn vsock_connect(path: &std::path::Path, port: u32) -> UnixStream {
+    let mut s = UnixStream::connect(path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(b"CONNECT 1234\n").unwrap();
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
         line.push(b[0]);
     }
     assert!(line.starts_with(b"OK "), "{}", String::from_utf8_lossy(&line));
-    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 977) as u8).collect();
+    s
+}
+
+fn echo_through(s: &mut UnixStream, len: u32) {
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 977) as u8).collect();
     let writer = {
         let mut w = s.try_clone().unwrap();
         let data = data.clone();
@@ -80,16 +76,104 @@ fn a_confidential_vm_echoes_over_vsock_and_refuses_to_migrate_with_devices() {
     s.read_exact(&mut back).unwrap();
     writer.join().unwrap();
     assert!(back == data, "the echo differs");
-    // Migration is refused, naming why; the VM keeps running.
-    let (status, body) = api.put("/vm.send-migration", Some(r#"{"destination_url": "tcp:127.0.0.1:1"}"#));
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("confidential VM with devices (--vsock)"), "{body}");
-    assert_eq!(api.state(), "Running");
-    let info = api.info();
-    assert_eq!(info["platform"]["kind"], "emulated_cvm", "{info}");
-    assert_eq!(api.put("/vm.power-button", None).0, 204);
-    assert_eq!(wait_exit(&mut covm, Duration::from_secs(30)), Some(0));
-    no_fail(&serial);
+}
+
+/// The `rounds=` of the last heartbeat in `serial`.
+fn rounds(serial: &std::path::Path) -> u64 {
+    std::fs::read_to_string(serial)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("rounds=")?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The launch measurement of the test's confidential VM with `cmdline`.
+fn measure(owner: &Owner, cmdline: &str) -> String {
+    let out = covm()
+        .args([
+            "measure",
+            "--platform",
+            &owner.platform,
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=128M",
+        ])
+        .args(["--cmdline", cmdline])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["measurement"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
+    if !kvm_available() {
+        return;
+    }
+    let owner = Owner::new("cio-vsock", None);
+    let cmdline = "workload=vsock port=1234 peer=5000 kib=256";
+    let policy = owner.write_policy("vsock-policy.json", 2, &measure(&owner, cmdline));
+    let policy = policy.display().to_string();
+    let socket = owner.dir.path("v.sock");
+    // The host's echo for the guest's client.
+    let listener = std::os::unix::net::UnixListener::bind(owner.dir.path("v.sock_5000")).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let vsock = format!("cid=5,socket={}", socket.display());
+    let mut args = confidential_args(&owner, &policy, cmdline);
+    args.extend(["--vsock", &vsock]);
+    let (mut src, src_api, src_serial) = covm_named(&owner.dir, "src", &args);
+    let (mut dst, dst_api, dst_serial) = owner.destination("dst", &[]);
+    let text = wait_for_serial(&src_serial, Duration::from_secs(60), |_| rounds(&src_serial) >= 2);
+    assert!(rounds(&src_serial) >= 2, "source:\n{text}");
+    let mut s = vsock_connect(&socket, 1234);
+    echo_through(&mut s, 200_000);
+    let listen = owner.dir.path("mig.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
+        listen.display()
+    );
+    let (status, body) = src_api.put("/vm.send-migration", Some(&send));
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        wait_exit(&mut src, Duration::from_secs(120)),
+        Some(0),
+        "source:\n{}",
+        std::fs::read_to_string(&src_serial).unwrap_or_default()
+    );
+    // The guest's listener and client continue at the destination, its
+    // virtqueues and bounce buffers having moved sealed with its memory.
+    let at_switch = rounds(&dst_serial);
+    let text = wait_for_serial(&dst_serial, Duration::from_secs(60), |_| {
+        rounds(&dst_serial) >= at_switch + 2
+    });
+    assert!(rounds(&dst_serial) >= at_switch + 2, "destination:\n{text}");
+    let mut fresh = vsock_connect(&socket, 1234);
+    echo_through(&mut fresh, 200_000);
+    assert_eq!(dst_api.state(), "Running");
+    assert_eq!(dst_api.put("/vm.power-button", None).0, 204);
+    assert_eq!(wait_exit(&mut dst, Duration::from_secs(30)), Some(0));
+    no_fail(&dst_serial);
+    no_fail(&src_serial);
 }
 
 #[test]
@@ -136,4 +220,118 @@ fn a_confidential_vm_answers_ping_tcp_and_udp_through_the_shared_window() {
     let _ = covm.0.kill();
     let _ = covm.0.wait();
     no_fail(&serial);
+}
+
+#[test]
+fn a_confidential_vm_migrates_with_its_disk_busy_and_no_private_page_crosses_in_the_clear() {
+    if !kvm_available() {
+        return;
+    }
+    let owner = Owner::new("cio-blk-mig", None);
+    let disk = owner.dir.path("disk.raw");
+    std::fs::write(&disk, vec![0u8; 16 << 20]).unwrap();
+    // blk on vCPU 0, dirty (8 MiB, seed 11) on vCPU 1, the agent on vCPU 2.
+    let (seed, dirty_mib) = (11u64, 8u64);
+    let cmdline = format!("workload=blk mib=4 seed={seed} dirty={dirty_mib} dirty_rate=32");
+    let measurement = {
+        let out = covm()
+            .args([
+                "measure",
+                "--platform",
+                &owner.platform,
+                "--cpus",
+                "boot=3",
+                "--memory",
+                "size=128M",
+            ])
+            .args(["--cmdline", &cmdline])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["measurement"].as_str().unwrap().to_string()
+    };
+    let policy = owner.write_policy("blk-policy.json", 2, &measurement);
+    let policy = policy.display().to_string();
+    let disk_arg = format!("path={}", disk.display());
+    let mut args = confidential_args(&owner, &policy, &cmdline);
+    args[5] = "boot=3";
+    args.extend(["--disk", &disk_arg]);
+    let (mut src, src_api, src_serial) = covm_named(&owner.dir, "src", &args);
+    let (mut dst, dst_api, dst_serial) = owner.destination("dst", &[]);
+    wait_heartbeats_within(&src_serial, 5, Duration::from_secs(60));
+    let listen = owner.dir.path("mig.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let proxy = proxy::Proxy::start(&owner.dir.path("mig.proxy"), &listen, proxy::pass(), proxy::pass());
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
+        proxy.path.display()
+    );
+    let (status, body) = src_api.put("/vm.send-migration", Some(&send));
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        wait_exit(&mut src, Duration::from_secs(120)),
+        Some(0),
+        "source:\n{}",
+        std::fs::read_to_string(&src_serial).unwrap_or_default()
+    );
+    let last = *heartbeat_numbers(&src_serial).last().unwrap();
+    let text = wait_for_serial(&dst_serial, Duration::from_secs(60), |_| {
+        heartbeat_numbers(&dst_serial).iter().any(|&n| n > last + 3)
+    });
+    assert!(
+        heartbeat_numbers(&dst_serial).iter().any(|&n| n > last + 3),
+        "destination:\n{text}"
+    );
+    no_fail(&dst_serial);
+    let wire = proxy.to_destination.lock().unwrap().clone();
+    proxy.join();
+    let leaked = common::leak::found(&wire, &common::leak::page_windows(seed, dirty_mib));
+    assert_eq!(
+        leaked, 0,
+        "{leaked} windows of the workload's private pages crossed in the clear"
+    );
+    assert_eq!(dst_api.put("/vm.power-button", None).0, 204);
+    assert_eq!(wait_exit(&mut dst, Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn the_same_check_finds_the_pages_when_a_plain_vm_migrates() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = Scratch::new("cio-plain");
+    let disk = dir.path("disk.raw");
+    std::fs::write(&disk, vec![0u8; 16 << 20]).unwrap();
+    let (seed, dirty_mib) = (11u64, 8u64);
+    let cmdline = format!("workload=blk mib=4 seed={seed} dirty={dirty_mib} dirty_rate=32");
+    let disk_arg = format!("path={}", disk.display());
+    let (mut src, src_api, src_serial) = covm_named(
+        &dir,
+        "src",
+        &[
+            "--cpus",
+            "boot=2",
+            "--memory",
+            "size=128M",
+            "--cmdline",
+            &cmdline,
+            "--disk",
+            &disk_arg,
+        ],
+    );
+    let (_dst, dst_api, _) = common::api::destination(&dir, "dst", &[]);
+    wait_heartbeats_within(&src_serial, 5, Duration::from_secs(60));
+    let listen = dir.path("mig.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let proxy = proxy::Proxy::start(&dir.path("mig.proxy"), &listen, proxy::pass(), proxy::pass());
+    let send = format!(r#"{{"destination_url": "unix:{}"}}"#, proxy.path.display());
+    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
+    assert_eq!(wait_exit(&mut src, Duration::from_secs(120)), Some(0));
+    let wire = proxy.to_destination.lock().unwrap().clone();
+    proxy.join();
+    let seen = common::leak::found(&wire, &common::leak::page_windows(seed, dirty_mib));
+    assert!(seen > 0, "the check found none of the plain VM's pages on its wire");
 }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod blk;
 pub mod ch_remote;
+pub mod leak;
 pub mod netns;
 pub mod owner;
 

@@ -111,14 +111,6 @@ impl Vmm {
         // A confidential VM moves only through its agent's sealed session;
         // a plain one has nothing to verify.
         let confidential = self.vm.as_ref().is_some_and(|vm| vm.platform().confidential());
-        if confidential && self.created()?.devices.any() {
-            return Err(ApiError::BadRequest(format!(
-                "cannot migrate the VM: a confidential VM with devices ({}) cannot migrate yet: the pages it \
-                 shares with them would have to move beside its sealed memory, which covm does not do yet. The VM \
-                 keeps running here",
-                self.created()?.devices.named()
-            )));
-        }
         if verified && !confidential {
             return Err(ApiError::BadRequest(
                 "verified is a confidential migration mode: this VM is not confidential".into(),

@@ -10,7 +10,7 @@ use covm_devices::serial::SerialDeviceState;
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever the layout changes; a mismatch is refused.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 /// Largest encoded snapshot accepted (32 vCPUs need well under 1 MiB).
 pub const MAX_SNAPSHOT_BYTES: usize = 16 << 20;
 
@@ -28,6 +28,9 @@ pub struct VmSnapshot {
     /// The PCI devices, in bus order (checked against the receiving VM's
     /// when restored).
     pub devices: Vec<crate::vm::pci::DeviceSnapshot>,
+    /// A confidential VM's shared window (what of it the guest shared),
+    /// restored before its devices.
+    pub shared_window: Option<crate::vm::confidential::shared_window::SharedWindowState>,
 }
 
 /// A snapshot that cannot be used.

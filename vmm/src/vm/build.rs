@@ -128,9 +128,9 @@ impl Vm {
             }
             None => memory.clone(),
         };
-        let pci = PciDevices::build(&vm_fd, &device_memory, &config.devices, incoming, &mut bus, &mut mmio)?;
+        let mut pci = PciDevices::build(&vm_fd, &device_memory, &config.devices, incoming, &mut bus, &mut mmio)?;
         if let Some(window) = &window {
-            pci.set_memory_gate(window.clone());
+            pci.confine(window.clone(), device_memory);
         }
         let (mut vcpus, platform) = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
         let platform: Arc<dyn Platform> = Arc::from(platform);

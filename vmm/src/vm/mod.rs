@@ -141,12 +141,14 @@ impl Vm {
             .as_ref()
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).state());
         let devices = self.pci.as_ref().map(|p| p.save()).unwrap_or_default();
+        let shared_window = self.pci.as_ref().and_then(|p| p.shared_window()).map(|w| w.save());
         Ok(VmSnapshot {
             version: SNAPSHOT_VERSION,
             chips,
             vcpus,
             serial,
             devices,
+            shared_window,
         }
         .encode())
     }
@@ -168,6 +170,20 @@ impl Vm {
         }
         if let (Some(serial), Some(state)) = (&self.serial, &snapshot.serial) {
             serial.lock().unwrap_or_else(|p| p.into_inner()).restore(state)?;
+        }
+        let window = self.pci.as_ref().and_then(|p| p.shared_window());
+        match (window, &snapshot.shared_window) {
+            (Some(window), Some(state)) => window.restore(state).map_err(|reason| VmError::Device {
+                id: "shared window".into(),
+                reason,
+            })?,
+            (None, None) => {}
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(VmError::Device {
+                    id: "shared window".into(),
+                    reason: "the source's VM and this one disagree on having a shared window".into(),
+                })
+            }
         }
         match &self.pci {
             Some(pci) => pci.restore(&snapshot.devices)?,
@@ -191,14 +207,15 @@ impl Vm {
     /// confidential VM, whose threads already run, releases the parked
     /// workload vCPUs instead: their imported state is loaded.
     pub fn start(&mut self) -> Result<(), VmError> {
+        // Devices first: the guest may use them as soon as it runs.
+        if let Some(pci) = &self.pci {
+            pci.resume();
+        }
         if let Some(cvm) = self.cvm.as_ref().filter(|c| c.mode() == LaunchMode::Incoming) {
             if self.vcpus.is_empty() {
                 cvm.release_workload();
                 return Ok(());
             }
-        }
-        if let Some(pci) = &self.pci {
-            pci.resume();
         }
         for vcpu in self.vcpus.drain(..) {
             let thread = vcpu.spawn(self.buses.clone(), self.control.clone(), self.notify.clone())?;
@@ -311,7 +328,13 @@ impl Vm {
 
     /// Pages written since last cleared, one bitmap per memory region.
     pub fn dirty_bitmaps(&self) -> Result<Vec<DirtyBitmap>, VmError> {
-        Ok(self.dirty.dirty_bitmaps(&self.vm_fd, &self.memory)?)
+        let mut bitmaps = self.dirty.dirty_bitmaps(&self.vm_fd, &self.memory)?;
+        // Devices confined to a shared window write through a view of
+        // their own, with its own write bitmap.
+        if let Some(view) = self.pci.as_ref().and_then(|p| p.confined_view()) {
+            confidential::shared_window::merge_view_writes(view, &mut bitmaps);
+        }
+        Ok(bitmaps)
     }
 
     /// For each of `pages` guest pages from `gpa` (inside one region):
@@ -333,6 +356,9 @@ impl Vm {
 
     /// Clears and re-arms dirty tracking of `pages` pages from `gpa`.
     pub fn clear_dirty(&self, gpa: u64, pages: u64) -> Result<(), VmError> {
+        if let Some(view) = self.pci.as_ref().and_then(|p| p.confined_view()) {
+            confidential::shared_window::forget_view_writes(view, gpa, pages);
+        }
         Ok(self.dirty.clear(&self.vm_fd, &self.memory, gpa, pages)?)
     }
 

@@ -30,6 +30,14 @@ struct State {
     warned: bool,
 }
 
+/// The window's migration state: which of its pages the guest shared
+/// (checked by [`SharedWindow::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedWindowState {
+    /// Shared ranges as (guest-physical address, bytes), ascending.
+    pub shared: Vec<(u64, u64)>,
+}
+
 /// The window's state, shared by its ports and its devices' gate.
 #[derive(Debug)]
 pub struct SharedWindow(Mutex<State>);
@@ -71,8 +79,44 @@ impl SharedWindow {
         }
     }
 
+    /// The window's state, for migration: its shared pages.
+    pub fn save(&self) -> SharedWindowState {
+        SharedWindowState {
+            shared: self.shared_ranges(),
+        }
+    }
+
+    /// Takes a migrated state, before any device starts: each range must be
+    /// whole pages inside the window, in order, apart.
+    pub fn restore(&self, state: &SharedWindowState) -> Result<(), String> {
+        let mut s = self.lock();
+        if s.running_devices > 0 {
+            return Err("the shared window's state arrived after its devices started".into());
+        }
+        let mut shared = vec![false; WINDOW_PAGES as usize];
+        let mut last_end = SHARED_WINDOW;
+        for &(gpa, len) in &state.shared {
+            let end = gpa.checked_add(len).ok_or("a shared range wraps around")?;
+            if gpa % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
+                return Err(format!("shared range {gpa:#x}+{len:#x} is not whole pages"));
+            }
+            if gpa < last_end || end > SHARED_WINDOW + SHARED_WINDOW_SIZE {
+                return Err(format!(
+                    "shared range {gpa:#x}+{len:#x} is out of order or outside the window [{SHARED_WINDOW:#x}, {:#x})",
+                    SHARED_WINDOW + SHARED_WINDOW_SIZE
+                ));
+            }
+            for page in (gpa - SHARED_WINDOW) / PAGE_SIZE..(end - SHARED_WINDOW) / PAGE_SIZE {
+                shared[page as usize] = true;
+            }
+            last_end = end;
+        }
+        s.shared_count = shared.iter().filter(|&&p| p).count() as u64;
+        s.shared = shared;
+        Ok(())
+    }
+
     /// The shared pages' guest-physical ranges, as (address, length).
-    #[cfg(test)]
     pub fn shared_ranges(&self) -> Vec<(u64, u64)> {
         let s = self.lock();
         let mut out: Vec<(u64, u64)> = Vec::new();
@@ -209,6 +253,43 @@ pub fn window_view(memory: &GuestMemory) -> Option<GuestMemory> {
     GuestMemory::from_regions(vec![region]).ok()
 }
 
+/// Adds the pages devices wrote through `view` to `bitmaps` (KVM's log
+/// and covm's own writes to the VM's memory never see them).
+pub fn merge_view_writes(view: &GuestMemory, bitmaps: &mut [covm_migration::vm::DirtyBitmap]) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for region in view.iter() {
+        let base = region.start_addr().0;
+        let written = crate::vm::memory::vmm_writes(region);
+        for page in 0..region.len() / PAGE_SIZE {
+            if !written.is_bit_set(page as usize) {
+                continue;
+            }
+            let gpa = base + page * PAGE_SIZE;
+            if let Some(map) = bitmaps
+                .iter_mut()
+                .find(|m| (m.range.0..m.range.0 + m.range.1).contains(&gpa))
+            {
+                let bit = (gpa - map.range.0) / PAGE_SIZE;
+                map.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+        }
+    }
+}
+
+/// Forgets the devices' writes to `pages` pages from `gpa` (the engine is
+/// about to send them).
+pub fn forget_view_writes(view: &GuestMemory, gpa: u64, pages: u64) {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let end = gpa + pages * PAGE_SIZE;
+    for region in view.iter() {
+        let (start, stop) = (region.start_addr().0, region.start_addr().0 + region.len());
+        let (from, to) = (gpa.max(start), end.min(stop));
+        if from < to {
+            crate::vm::memory::vmm_writes(region).reset_addr_range((from - start) as usize, (to - from) as usize);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +318,34 @@ mod tests {
     }
 
     #[test]
+    fn the_state_migrates_and_bad_states_are_named() {
+        let w = SharedWindow::default();
+        assert_eq!(w.request(FIRST + 2, 10, page_state::TO_SHARED), page_state::OK);
+        let state = w.save();
+        let d = SharedWindow::default();
+        d.restore(&state).unwrap();
+        assert_eq!(d.shared_ranges(), w.shared_ranges());
+        for (bad, named) in [
+            (vec![(SHARED_WINDOW + 1, PAGE_SIZE)], "whole pages"),
+            (vec![(0, PAGE_SIZE)], "outside the window"),
+            (
+                vec![(SHARED_WINDOW, SHARED_WINDOW_SIZE + PAGE_SIZE)],
+                "outside the window",
+            ),
+            (
+                vec![(SHARED_WINDOW + PAGE_SIZE, PAGE_SIZE), (SHARED_WINDOW, PAGE_SIZE)],
+                "out of order",
+            ),
+            (vec![(u64::MAX - 4095, PAGE_SIZE * 2)], "wraps"),
+        ] {
+            let e = SharedWindow::default()
+                .restore(&SharedWindowState { shared: bad })
+                .unwrap_err();
+            assert!(e.contains(named), "{e}");
+        }
+    }
+
+    #[test]
     fn requests_outside_the_window_or_unknown_are_refused() {
         let w = SharedWindow::default();
         for (first, pages, op) in [
@@ -261,6 +370,29 @@ mod tests {
         ports.read(8, &mut result);
         assert_eq!(u32::from_le_bytes(result), page_state::OK);
         ports.0.start().unwrap();
+    }
+
+    #[test]
+    fn what_devices_write_through_the_view_counts_as_dirty() {
+        let memory = crate::vm::memory::allocate(64 << 20).unwrap();
+        let view = window_view(&memory).unwrap();
+        let mut maps = vec![covm_migration::vm::DirtyBitmap {
+            range: (0, 64 << 20),
+            bits: vec![0; (64 << 20) / 4096 / 64],
+        }];
+        view.write_obj(1u8, GuestAddress(SHARED_WINDOW + 5 * PAGE_SIZE))
+            .unwrap();
+        merge_view_writes(&view, &mut maps);
+        let bit = SHARED_WINDOW / PAGE_SIZE + 5;
+        assert_ne!(maps[0].bits[(bit / 64) as usize] & (1 << (bit % 64)), 0);
+        assert_eq!(maps[0].bits.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+        forget_view_writes(&view, SHARED_WINDOW, 8);
+        let mut again = vec![covm_migration::vm::DirtyBitmap {
+            range: (0, 64 << 20),
+            bits: vec![0; (64 << 20) / 4096 / 64],
+        }];
+        merge_view_writes(&view, &mut again);
+        assert!(again[0].bits.iter().all(|&w| w == 0));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub(crate) mod interrupts;
 
+use super::confidential::shared_window::SharedWindow;
 use super::memory::GuestMemory;
 use super::VmError;
 use crate::config::{ConsoleMode, DevicesConfig, NetBackend};
@@ -63,6 +64,9 @@ pub struct PciDevices {
     attached: Vec<Attached>,
     vm_fd: Arc<VmFd>,
     _router: Arc<GsiRouter>,
+    /// A confidential VM's: the memory its devices see (the shared window,
+    /// whose own write bitmap holds what they wrote) and the window's state.
+    confined: Option<(GuestMemory, Arc<SharedWindow>)>,
 }
 
 /// Why a device could not be placed.
@@ -231,6 +235,7 @@ impl PciDevices {
             attached,
             vm_fd: vm_fd.clone(),
             _router: router,
+            confined: None,
         })
     }
 
@@ -239,12 +244,23 @@ impl PciDevices {
         &self.attached
     }
 
-    /// Makes every device start only through `gate` (a confidential VM's
-    /// shared window).
-    pub fn set_memory_gate(&self, gate: Arc<dyn covm_devices::virtio::MemoryGate>) {
+    /// Confines the devices (built over `view`, a confidential VM's shared
+    /// window): each starts only through the window's gate.
+    pub fn confine(&mut self, window: Arc<SharedWindow>, view: GuestMemory) {
         for a in &self.attached {
-            a.lock().set_memory_gate(gate.clone());
+            a.lock().set_memory_gate(window.clone());
         }
+        self.confined = Some((view, window));
+    }
+
+    /// The memory the devices see, when confined to a window.
+    pub fn confined_view(&self) -> Option<&GuestMemory> {
+        self.confined.as_ref().map(|(view, _)| view)
+    }
+
+    /// The shared window the devices are confined to.
+    pub fn shared_window(&self) -> Option<&Arc<SharedWindow>> {
+        self.confined.as_ref().map(|(_, window)| window)
     }
 
     /// Stops every device taking requests; those taken are finished.
