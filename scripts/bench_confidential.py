@@ -17,22 +17,11 @@ Usage: python3 scripts/bench_confidential.py [--runs 3]   (after cargo build --r
 import argparse, json, os, statistics, subprocess, tempfile
 
 from covmkit.build import ROOT, release
+from covmkit.confidential import policy_for
 from covmkit.migrate import covm_migrate
 
 GUESTS = [(256, 128), (1024, 512)]
 LOADS = [("idle", 1), ("64 MiB/s", 64)]
-
-
-def policy_for(tmp, vm):
-    platform = f"emulated_cvm=on,root_key={os.path.join(tmp, 'root.key')}"
-    m = json.loads(subprocess.run([release().covm, "measure", "--platform", platform] + vm, check=True,
-                                  capture_output=True, text=True).stdout)
-    path = os.path.join(tmp, "policy.json")
-    with open(path, "w") as f:
-        json.dump({"version": 1, "allowed_platforms": ["emulated_cvm"], "allowed_measurements": [m["measurement"]],
-                   "min_tcb": {"bootloader": 1, "tee": 1, "snp": 1, "microcode": 1}, "min_guest_svn": 1,
-                   "trusted_roots": [m["root_public_key"]]}, f)
-    return ["--platform", platform, "--migration-policy", path]
 
 
 def run(mem, region, rate, tmp, confidential):

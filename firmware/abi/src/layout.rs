@@ -94,13 +94,13 @@ pub const VIRTIO_DMA_SIZE: u64 = 4 << 20;
 
 /// A confidential VM's shared window: the only memory it can share with
 /// the host, and the only memory covm's devices see. The DMA pool is its
-/// first half ([`CONFIDENTIAL_DMA_SIZE`]); the drivers' bounce buffers
-/// (private buffers copied in and out) are its second.
+/// first 3 MiB ([`CONFIDENTIAL_DMA_SIZE`]); the drivers' bounce buffers
+/// (private buffers copied in and out) the rest.
 pub const SHARED_WINDOW: u64 = VIRTIO_DMA;
 /// Size of [`SHARED_WINDOW`].
 pub const SHARED_WINDOW_SIZE: u64 = VIRTIO_DMA_SIZE;
 /// A confidential VM's DMA pool: the first part of the window.
-pub const CONFIDENTIAL_DMA_SIZE: u64 = 2 << 20;
+pub const CONFIDENTIAL_DMA_SIZE: u64 = 3 << 20;
 /// Where the bounce buffers start.
 pub const BOUNCE: u64 = SHARED_WINDOW + CONFIDENTIAL_DMA_SIZE;
 /// Size of [`BOUNCE`].

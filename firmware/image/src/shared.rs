@@ -3,9 +3,9 @@
 //! The host may read and write only memory the guest shares with it; on
 //! covm's emulated platform that is the window `layout::SHARED_WINDOW`,
 //! shared with the page-state request (`ports::PAGE_STATE_*`) before any
-//! driver starts. The virtqueues come from the DMA pool in its first half;
+//! driver starts. The virtqueues come from the DMA pool in its first 3 MiB;
 //! every other buffer a driver hands a device (virtio-drivers passes each
-//! through `Hal::share`) is copied into a bounce buffer in its second half
+//! through `Hal::share`) is copied into a bounce buffer in its last MiB
 //! and, for what the device writes, copied back at `Hal::unshare`. So the
 //! device never sees a private page, and the copies run in ring 3.
 
