@@ -46,6 +46,16 @@ pub fn init() -> Result<(), &'static str> {
     if !page_state_request(first, pages, page_state::TO_SHARED) {
         return Err("the platform refused to share the window the drivers need with the host");
     }
+    // The migration agent reads a clear dirty bit in a 2 MiB entry of the
+    // identity map as "still zero since launch" and does not read those
+    // pages (docs/firmware.md, write tracking); a device's writes set no
+    // bit. So the CPU writes every 2 MiB of the window once, here, before
+    // any device can.
+    for entry in (SHARED_WINDOW..SHARED_WINDOW + SHARED_WINDOW_SIZE).step_by(2 << 20) {
+        // SAFETY: identity-mapped RAM of the window (the caller checked),
+        // which nothing uses yet; a volatile zero write changes no content.
+        unsafe { core::ptr::write_volatile(entry as *mut u8, core::ptr::read_volatile(entry as *const u8)) };
+    }
     // SAFETY: BOUNCE..+BOUNCE_SIZE is identity-mapped RAM in the window,
     // used for nothing else; one call only.
     unsafe { BOUNCE_HEAP.lock().init(BOUNCE as *mut u8, BOUNCE_SIZE as usize) };
