@@ -13,7 +13,11 @@ Rows:
     per-request cost, the bounce included): 128 KiB sequential at QD16,
     4 KiB random at QD1 and QD32;
   - vsock: 1000 round trips of 64 bytes through the guest's echo
-    listener (median and p99), and 8 MiB echoed through it.
+    listener (median and p99), and 8 MiB echoed through it;
+  - a live migration (loopback TCP) of each VM while its `blk` workload
+    writes its disk at 16 MiB/s: total time and downtime (the source's
+    pause to the destination's resume), as bench_confidential.py counts
+    them.
 
 Usage: python3 scripts/bench_confidential_io.py [--rounds 3]
        (builds covm in release mode first)
@@ -22,6 +26,7 @@ import argparse, os, re, socket, statistics, subprocess, sys, tempfile, threadin
 
 from covmkit.build import release
 from covmkit.confidential import policy_for
+from covmkit.migrate import covm_migrate
 
 BLK = re.compile(r"^blkbench: (\S+) bs=(\d+) qd=(\d+)/(\d+) ops=\d+ time=[0-9.]+ s ([0-9.]+) MB/s (\d+) IOPS$")
 
@@ -93,6 +98,14 @@ def vsock_round(tmp, confidential):
         covm.wait(30)
 
 
+def migration_round(tmp, image, confidential):
+    cmdline = "workload=blk mib=16 rate=16"
+    report, received, _ = covm_migrate(["--disk", f"path={image}"] + vm_options(tmp, confidential, cmdline), tmp,
+                                       settle_s=2.0)
+    return {"migration_total_ms": report["total_ms"],
+            "migration_downtime_ms": report["downtime_ms"] + received["resume_ms"]}
+
+
 def cell(xs):
     return f"{statistics.median(xs):.1f} ({min(xs):.1f}..{max(xs):.1f})"
 
@@ -115,6 +128,7 @@ def main():
             for confidential in (False, True):
                 row = blk_round(tmp, image, confidential)
                 row.update(vsock_round(tmp, confidential))
+                row.update(migration_round(tmp, image, confidential))
                 results[confidential].append(row)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     print(f"{args.rounds} rounds; median (min..max); blk in MB/s (sequential) or IOPS (random)")
