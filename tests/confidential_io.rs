@@ -188,42 +188,109 @@ fn devices_on_a_vm_with_private_memory_are_refused_by_name() {
     assert!(err.contains("SEV-SNP") || err.contains("private memory"), "{err}");
 }
 
-#[test]
-fn a_confidential_vm_answers_ping_tcp_and_udp_through_the_shared_window() {
-    use common::netns::{python_usable, run_client, Netns};
-    if !kvm_available() || !python_usable() {
-        return;
-    }
-    let Some(ns) = Netns::new("cio-net") else { return };
-    let owner = Owner::new("cio-net", None);
-    let policy = owner.policy.display().to_string();
-    let serial = owner.dir.path("serial.txt");
+/// covm in `ns` with its API on `api` and serial output in `serial`.
+fn covm_in_ns(
+    ns: &common::netns::Netns,
+    api: &std::path::Path,
+    serial: &std::path::Path,
+    extra: &[&str],
+) -> (Process, common::api::Api) {
+    let api_arg = format!("path={}", api.display());
     let serial_arg = format!("file={}", serial.display());
-    let mut args = vec![env!("CARGO_BIN_EXE_covm"), "--serial", &serial_arg];
-    args.extend(confidential_args(&owner, &policy, "workload=net ip=10.0.9.2/24"));
-    args.extend([
-        "--net",
-        "tap=covmtap7,ip=10.0.9.1,mask=255.255.255.0,mac=52:54:00:00:09:07",
-    ]);
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_covm"),
+        "--api-socket",
+        &api_arg,
+        "--serial",
+        &serial_arg,
+    ];
+    args.extend_from_slice(extra);
     let child = ns
         .command(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut covm = Process(child);
-    let text = wait_for_serial(&serial, Duration::from_secs(60), |t| t.contains("heartbeat 1 "));
-    assert!(text.contains("mac 52:54:00:00:09:07 ip 10.0.9.2/24"), "serial:\n{text}");
-    run_client(&ns, "10.0.9.2", 256 << 10, || {
-        std::fs::read_to_string(&serial).unwrap_or_default()
-    });
-    let _ = covm.0.kill();
-    let _ = covm.0.wait();
-    no_fail(&serial);
+    let api = common::api::Api { socket: api.into() };
+    api.wait_ready();
+    (Process(child), api)
 }
 
 #[test]
-fn a_confidential_vm_migrates_with_its_disk_busy_and_no_private_page_crosses_in_the_clear() {
+fn a_confidential_vm_answers_ping_tcp_and_udp_and_keeps_a_tcp_stream_across_a_migration() {
+    use common::netns::{progress, python_usable, run_client, Netns, STREAM};
+    if !kvm_available() || !python_usable() {
+        return;
+    }
+    let Some(ns) = Netns::new("cio-net") else { return };
+    let owner = Owner::new("cio-net", None);
+    let cmdline = "workload=net ip=10.0.9.2/24";
+    let policy = owner.write_policy("net-policy.json", 2, &measure(&owner, cmdline));
+    let policy = policy.display().to_string();
+    let src_serial = owner.dir.path("src.txt");
+    let mut args = confidential_args(&owner, &policy, cmdline);
+    args.extend([
+        "--net",
+        "tap=covmtap7,ip=10.0.9.1,mask=255.255.255.0,mac=52:54:00:00:09:07",
+    ]);
+    let (mut src, src_api) = covm_in_ns(&ns, &owner.dir.path("src.sock"), &src_serial, &args);
+    let dst_serial = owner.dir.path("dst.txt");
+    let (mut dst, dst_api) = covm_in_ns(&ns, &owner.dir.path("dst.sock"), &dst_serial, &[]);
+    let text = wait_for_serial(&src_serial, Duration::from_secs(60), |t| t.contains("heartbeat 1 "));
+    assert!(text.contains("mac 52:54:00:00:09:07 ip 10.0.9.2/24"), "serial:\n{text}");
+    run_client(&ns, "10.0.9.2", 256 << 10, || {
+        std::fs::read_to_string(&src_serial).unwrap_or_default()
+    });
+    // A TCP stream through the migration: its state is in private memory,
+    // its frames in the shared window.
+    let progress_file = owner.dir.path("progress");
+    let total = 4u64 << 20;
+    let client = ns
+        .command(&[
+            "python3",
+            "-c",
+            STREAM,
+            "10.0.9.2",
+            "7",
+            &total.to_string(),
+            progress_file.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while progress(&progress_file) < 512 << 10 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the stream did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let listen = owner.dir.path("mig.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
+        listen.display()
+    );
+    let (status, body) = src_api.put("/vm.send-migration", Some(&send));
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(wait_exit(&mut src.0, Duration::from_secs(120)), Some(0));
+    let out = wait_with_deadline(client, Duration::from_secs(120));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.contains(&format!("stream {total} bytes ok")),
+        "{report}\n{}\ndestination:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&dst_serial).unwrap_or_default()
+    );
+    assert_eq!(dst_api.state(), "Running");
+    assert_eq!(dst_api.put("/vm.power-button", None).0, 204);
+    assert_eq!(wait_exit(&mut dst.0, Duration::from_secs(30)), Some(0));
+    no_fail(&src_serial);
+    no_fail(&dst_serial);
+}
+
+#[test]
+fn a_confidential_vm_migrates_a_to_b_to_c_with_its_disk_busy_and_no_private_page_crosses_in_the_clear() {
     if !kvm_available() {
         return;
     }
@@ -292,8 +359,29 @@ fn a_confidential_vm_migrates_with_its_disk_busy_and_no_private_page_crosses_in_
         leaked, 0,
         "{leaked} windows of the workload's private pages crossed in the clear"
     );
-    assert_eq!(dst_api.put("/vm.power-button", None).0, 204);
-    assert_eq!(wait_exit(&mut dst, Duration::from_secs(30)), Some(0));
+    // On to a third covm: a migrated VM with devices migrates on.
+    let (mut third, third_api, third_serial) = owner.destination("third", &[]);
+    let listen = owner.dir.path("mig2.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(third_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
+        listen.display()
+    );
+    let (status, body) = dst_api.put("/vm.send-migration", Some(&send));
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(wait_exit(&mut dst, Duration::from_secs(120)), Some(0));
+    let last = *heartbeat_numbers(&dst_serial).last().unwrap();
+    let text = wait_for_serial(&third_serial, Duration::from_secs(60), |_| {
+        heartbeat_numbers(&third_serial).iter().any(|&n| n > last + 3)
+    });
+    assert!(
+        heartbeat_numbers(&third_serial).iter().any(|&n| n > last + 3),
+        "third:\n{text}"
+    );
+    no_fail(&third_serial);
+    assert_eq!(third_api.put("/vm.power-button", None).0, 204);
+    assert_eq!(wait_exit(&mut third, Duration::from_secs(30)), Some(0));
 }
 
 #[test]

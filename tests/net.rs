@@ -11,7 +11,7 @@ mod common;
 #[allow(dead_code)]
 mod proxy;
 use common::api::Api;
-use common::netns::{python_usable, run_client, Netns};
+use common::netns::{progress, python_usable, run_client, Netns, STREAM};
 use common::*;
 use std::path::Path;
 use std::process::Stdio;
@@ -233,37 +233,6 @@ fn ch_remote_adds_an_interface_whose_tap_descriptor_it_passes() {
     });
     assert_eq!(api.put("/vmm.shutdown", None).0, 204);
     assert_eq!(wait_exit(&mut covm, Duration::from_secs(20)), Some(0));
-}
-
-/// A TCP echo stream of `total` random bytes in 16 KiB chunks, each
-/// compared as it comes back; the bytes verified so far go to `progress`.
-const STREAM: &str = r#"
-import os, socket, sys
-guest, port, total, progress = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-s = socket.create_connection((guest, port), timeout=20)
-done = 0
-while done < total:
-    chunk = os.urandom(16384)
-    s.sendall(chunk)
-    got = b""
-    while len(got) < len(chunk):
-        part = s.recv(len(chunk) - len(got))
-        if not part:
-            sys.exit("the guest closed the connection after %d bytes" % done)
-        got += part
-    if got != chunk:
-        sys.exit("the echo differs after %d bytes" % done)
-    done += len(chunk)
-    with open(progress, "w") as f:
-        f.write(str(done))
-print("stream %d bytes ok" % done)
-"#;
-
-fn progress(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

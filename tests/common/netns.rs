@@ -138,3 +138,34 @@ pub fn run_client(ns: &Netns, guest: &str, tcp_bytes: u64, context: impl Fn() ->
     );
     report
 }
+
+/// A TCP echo stream of `total` random bytes in 16 KiB chunks, each
+/// compared as it comes back; the bytes verified so far go to `progress`.
+pub const STREAM: &str = r#"
+import os, socket, sys
+guest, port, total, progress = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+s = socket.create_connection((guest, port), timeout=20)
+done = 0
+while done < total:
+    chunk = os.urandom(16384)
+    s.sendall(chunk)
+    got = b""
+    while len(got) < len(chunk):
+        part = s.recv(len(chunk) - len(got))
+        if not part:
+            sys.exit("the guest closed the connection after %d bytes" % done)
+        got += part
+    if got != chunk:
+        sys.exit("the echo differs after %d bytes" % done)
+    done += len(chunk)
+    with open(progress, "w") as f:
+        f.write(str(done))
+print("stream %d bytes ok" % done)
+"#;
+
+pub fn progress(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
