@@ -423,3 +423,84 @@ fn the_same_check_finds_the_pages_when_a_plain_vm_migrates() {
     let seen = common::leak::found(&wire, &common::leak::page_windows(seed, dirty_mib));
     assert!(seen > 0, "the check found none of the plain VM's pages on its wire");
 }
+
+/// LEB128, as postcard encodes a u64.
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[test]
+fn a_host_that_flips_a_window_page_to_shared_is_refused_and_the_source_resumes() {
+    if !kvm_available() {
+        return;
+    }
+    // A confidential VM that shares nothing; the proxy makes the host-owned
+    // state claim one page of the window shared (its last field, an empty
+    // list of shared ranges, becomes `[(window, 4096)]`). covm restores it;
+    // the destination's agent finds it differs from the guest's sealed map
+    // and will not commit.
+    let owner = Owner::new("cio-flip", None);
+    let (_src, src_api, src_serial) = owner.source("src");
+    let (_dst, dst_api, _) = owner.destination("dst", &[]);
+    wait_heartbeats_within(&src_serial, 3, Duration::from_secs(60));
+    let flip: proxy::Tamper = Box::new(|mut f: proxy::Frame| {
+        const KIND_STATE: u16 = 7;
+        if f.kind == KIND_STATE {
+            // Some(SharedWindowState { shared: [] }): the tag, then the
+            // list's length, 0, last.
+            let n = f.payload.len();
+            assert_eq!(
+                &f.payload[n - 2..],
+                &[1, 0],
+                "the state ends with its empty shared window"
+            );
+            f.payload.pop();
+            f.payload.push(1);
+            varint(covm_guest_abi::layout::SHARED_WINDOW, &mut f.payload);
+            varint(4096, &mut f.payload);
+        }
+        proxy::Verdict::Send(vec![f])
+    });
+    let listen = owner.dir.path("mig.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let proxy = proxy::Proxy::start(&owner.dir.path("mig.proxy"), &listen, flip, proxy::pass());
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
+        proxy.path.display()
+    );
+    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
+    let start = std::time::Instant::now();
+    let error = loop {
+        let i = src_api.info();
+        if let Some(e) = i["migration"]["error"].as_str() {
+            break e.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the migration did not end: {i}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(error.contains("sealed map"), "{error}");
+    assert_eq!(src_api.state(), "Running");
+    let before = heartbeat_numbers(&src_serial).last().copied().unwrap_or(0);
+    let text = wait_for_serial(&src_serial, Duration::from_secs(60), |_| {
+        heartbeat_numbers(&src_serial).iter().filter(|&&n| n > before).count() >= 3
+    });
+    assert!(
+        heartbeat_numbers(&src_serial).iter().filter(|&&n| n > before).count() >= 3,
+        "the source did not resume:\n{text}"
+    );
+    no_fail(&src_serial);
+    // The destination dropped the refused VM.
+    assert_eq!(dst_api.get("/vm.info").0, 404);
+}

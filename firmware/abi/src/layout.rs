@@ -153,5 +153,6 @@ pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
 const _: () = assert!(VIRTIO_DMA >= WRITE_TRACKED_START);
 const _: () = assert!(VIRTIO_DMA + VIRTIO_DMA_SIZE <= BLK_GEN_TABLE);
 const _: () = assert!(BLK_GEN_TABLE + BLK_GEN_TABLE_SIZE <= VIRTIO_HEAP);
-const _: () = assert!(VIRTIO_HEAP + VIRTIO_HEAP_SIZE <= crate::mailbox::AGENT_WINDOW_START);
+const _: () = assert!(VIRTIO_HEAP + VIRTIO_HEAP_SIZE <= crate::shared_map::SHARED_MAP);
+const _: () = assert!(crate::shared_map::SHARED_MAP + PAGE_SIZE <= crate::mailbox::AGENT_WINDOW_START);
 const _: () = assert!(PCI_MMIO32_BASE + PCI_MMIO32_SIZE <= PCI_ECAM_BASE);

@@ -14,4 +14,5 @@ pub mod mailbox;
 pub mod metadata;
 pub mod pattern;
 pub mod ports;
+pub mod shared_map;
 pub mod workload;

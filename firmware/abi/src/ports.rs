@@ -51,6 +51,15 @@ pub mod page_state {
     pub const TO_SHARED: u32 = 1;
     /// Operation: the pages become private again.
     pub const TO_PRIVATE: u32 = 2;
+    /// Operation: what the host holds the pages to be (the result is
+    /// [`SHARED`], [`PRIVATE`] or [`MIXED`]); changes nothing.
+    pub const QUERY: u32 = 3;
+    /// Query result: every page is shared.
+    pub const SHARED: u32 = 0x10;
+    /// Query result: every page is private.
+    pub const PRIVATE: u32 = 0x11;
+    /// Query result: some pages are shared, some private.
+    pub const MIXED: u32 = 0x12;
     /// Result: done.
     pub const OK: u32 = 0;
     /// Result: refused (covm logs why): outside the window, an unknown

@@ -70,6 +70,10 @@ pub trait Platform {
     /// Tells the platform the destination committed: this VM's workload
     /// must never run again ([`covm_guest_abi::ports::AGENT_RETIRE`]).
     fn retire(&mut self);
+    /// What the host holds `pages` pages from page number `first` to be
+    /// (`ports::page_state::QUERY`: `SHARED`, `PRIVATE`, `MIXED`, or
+    /// anything else where the platform cannot say).
+    fn page_state_query(&mut self, first: u64, pages: u64) -> u32;
 }
 
 /// Lends the destination's epoch table (`mailbox::AGENT_EPOCHS`: one

@@ -30,8 +30,9 @@ fn checker<'s, 'a>(session: &'s mut Session<'a>, op: &str) -> Result<&'s mut Imp
 }
 
 /// The parts of the agent `IMPORT` and `COMMIT` use.
-struct Importing<'x, 'a, M> {
+struct Importing<'x, 'a, M, P> {
     mem: &'x mut M,
+    platform: &'x mut P,
     map: &'x MemoryMap,
     checker: &'x mut ImportChecker<'a>,
     scratch: &'x mut [u8],
@@ -41,11 +42,12 @@ struct Importing<'x, 'a, M> {
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     /// What `op` works with, once a destination session is confirmed.
-    fn importing(&mut self, op: &str) -> Result<Importing<'_, 'a, M>, Fail> {
+    fn importing(&mut self, op: &str) -> Result<Importing<'_, 'a, M, P>, Fail> {
         let parts = self.parts()?;
         Ok(Importing {
             checker: checker(parts.session, op)?,
             mem: parts.mem,
+            platform: parts.platform,
             map: parts.map,
             scratch: parts.scratch,
             run: parts.run,
@@ -185,6 +187,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         let workload = self.config.workload_vcpus;
         let Importing {
             mem,
+            platform,
             map,
             checker,
             scratch,
@@ -230,6 +233,23 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     status::REFUSED,
                     "COMMIT: the source sent {} vCPU states, this guest has {workload} workload vCPUs",
                     summary.vcpus
+                ),
+            ));
+        }
+        // The host must hold the shared window as the guest's own sealed
+        // map says (crate::shared_check).
+        let page = head::<PAGE_SIZE>(scratch);
+        mem.read_page(covm_guest_abi::shared_map::SHARED_MAP, page);
+        if let Err((gpa, pages, host, shared)) =
+            crate::shared_check::check(&page[..], |first, n| platform.page_state_query(first, n))
+        {
+            return Err(fail_run(
+                run,
+                fail!(
+                    status::REFUSED,
+                    "COMMIT refused: {pages} pages at {gpa:#x} are {host} for the host, {} in the guest's sealed \
+                     map",
+                    if shared { "shared" } else { "private" }
                 ),
             ));
         }

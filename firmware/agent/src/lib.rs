@@ -49,6 +49,7 @@ mod memmap;
 mod parts;
 mod reply;
 mod rng;
+mod shared_check;
 mod startup;
 mod verifier;
 

@@ -9,8 +9,9 @@ use crate::{Agent, Run, Session};
 use covm_guest_abi::mailbox::status;
 
 /// The agent's fields a session command uses, each borrowed on its own.
-pub(crate) struct Parts<'x, 'a, M> {
+pub(crate) struct Parts<'x, 'a, M, P> {
     pub(crate) mem: &'x mut M,
+    pub(crate) platform: &'x mut P,
     /// The private memory map (the agent started).
     pub(crate) map: &'x MemoryMap,
     pub(crate) session: &'x mut Session<'a>,
@@ -21,9 +22,10 @@ pub(crate) struct Parts<'x, 'a, M> {
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     /// The agent's parts, once it started.
-    pub(crate) fn parts(&mut self) -> Result<Parts<'_, 'a, M>, Fail> {
+    pub(crate) fn parts(&mut self) -> Result<Parts<'_, 'a, M, P>, Fail> {
         let Agent {
             mem,
+            platform,
             own,
             session,
             scratch,
@@ -34,6 +36,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
         Ok(Parts {
             mem,
+            platform,
             map,
             session,
             scratch,

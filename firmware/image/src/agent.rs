@@ -274,6 +274,18 @@ impl Platform for FirmwarePlatform {
     fn retire(&mut self) {
         hw::outl(ports::AGENT_RETIRE, 0);
     }
+
+    fn page_state_query(&mut self, first: u64, pages: u64) -> u32 {
+        match (u32::try_from(first), u32::try_from(pages)) {
+            (Ok(first), Ok(pages)) => {
+                hw::outl(ports::PAGE_STATE_FIRST, first);
+                hw::outl(ports::PAGE_STATE_PAGES, pages);
+                hw::outl(ports::PAGE_STATE_OP, ports::page_state::QUERY);
+                hw::inl(ports::PAGE_STATE_OP)
+            }
+            _ => ports::page_state::REFUSED,
+        }
+    }
 }
 
 /// The epoch table: the `AGENT_EPOCHS` region.

@@ -15,6 +15,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
 use covm_guest_abi::layout::{BOUNCE, BOUNCE_SIZE, PAGE_SIZE, SHARED_WINDOW, SHARED_WINDOW_SIZE};
 use covm_guest_abi::ports::{page_state, PAGE_STATE_FIRST, PAGE_STATE_OP, PAGE_STATE_PAGES};
+use covm_guest_abi::shared_map;
 use linked_list_allocator::LockedHeap;
 use virtio_drivers::{BufferDirection, PhysAddr};
 
@@ -43,6 +44,12 @@ pub fn init() -> Result<(), &'static str> {
         (SHARED_WINDOW / PAGE_SIZE) as u32,
         (SHARED_WINDOW_SIZE / PAGE_SIZE) as u32,
     );
+    // The guest's own record first (covm_guest_abi::shared_map): it
+    // migrates sealed, and the destination's agent holds the host to it.
+    // SAFETY: SHARED_MAP is a private page of identity-mapped RAM (the
+    // caller checked) that only this code writes, once, before any request.
+    let map = unsafe { core::slice::from_raw_parts_mut(shared_map::SHARED_MAP as *mut u8, PAGE_SIZE as usize) };
+    shared_map::mark(map, 0, shared_map::WINDOW_PAGES, true);
     if !page_state_request(first, pages, page_state::TO_SHARED) {
         return Err("the platform refused to share the window the drivers need with the host");
     }

@@ -15,9 +15,7 @@ use crate::{heap, hw, println};
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use covm_guest_abi::layout::{
-    CONFIDENTIAL_DMA_SIZE, PCI_MMIO32_BASE, PCI_MMIO32_SIZE, VIRTIO_DMA, VIRTIO_DMA_SIZE, VIRTIO_HEAP, VIRTIO_HEAP_SIZE,
-};
+use covm_guest_abi::layout::{CONFIDENTIAL_DMA_SIZE, PCI_MMIO32_BASE, PCI_MMIO32_SIZE, VIRTIO_DMA, VIRTIO_DMA_SIZE};
 use covm_guest_abi::mailbox::launch_mode;
 use covm_guest_abi::workload::FAIL_DEVICE;
 use virtio_drivers::device::blk::VirtIOBlk;
@@ -238,8 +236,8 @@ impl fmt::Display for OpenError {
             Self::Memory(end) => write!(
                 f,
                 "the virtio drivers need RAM from {VIRTIO_DMA:#x} to {:#x} (at least {} MiB of guest memory); the RAM entry holding {VIRTIO_DMA:#x} ends at {end:#x}",
-                VIRTIO_HEAP + VIRTIO_HEAP_SIZE,
-                (VIRTIO_HEAP + VIRTIO_HEAP_SIZE) >> 20
+                covm_guest_abi::shared_map::SHARED_MAP + PAGE_SIZE as u64,
+                (covm_guest_abi::shared_map::SHARED_MAP + PAGE_SIZE as u64).div_ceil(1 << 20)
             ),
             Self::Pci(e) => write!(f, "{e}"),
             Self::Transport(df, e) => write!(f, "virtio {df}: {e}"),
@@ -269,7 +267,8 @@ fn prepare_memory(memmap: &[MemmapEntry]) -> Result<(), OpenError> {
     if MEMORY_READY.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let end = VIRTIO_HEAP + VIRTIO_HEAP_SIZE;
+    // The shared map's page (a confidential VM's) comes right after the heap.
+    let end = covm_guest_abi::shared_map::SHARED_MAP + PAGE_SIZE as u64;
     let ram = memmap
         .iter()
         .find(|e| e.kind == E820_RAM && e.addr <= VIRTIO_DMA && VIRTIO_DMA - e.addr < e.size);

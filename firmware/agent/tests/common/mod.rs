@@ -223,6 +223,12 @@ pub fn report(root: &EmulatedRoot, measurement: [u8; 48], host_data: [u8; 32], r
 }
 
 impl Platform for FakePlatform {
+    /// A host that holds the whole window private (as for a guest that
+    /// shared nothing).
+    fn page_state_query(&mut self, _first: u64, _pages: u64) -> u32 {
+        covm_guest_abi::ports::page_state::PRIVATE
+    }
+
     fn report(&mut self, report_data: &[u8; 64]) -> Result<Evidence, PlatformError> {
         if self.report_failures > 0 {
             self.report_failures -= 1;

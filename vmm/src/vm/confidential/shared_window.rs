@@ -65,6 +65,9 @@ impl SharedWindow {
     /// result the guest reads (refusals are logged, the first one at warn).
     pub fn request(&self, first: u64, pages: u64, op: u32) -> u32 {
         let mut s = self.lock();
+        if op == page_state::QUERY {
+            return s.query(first, pages).unwrap_or(page_state::REFUSED);
+        }
         match s.convert(first, pages, op) {
             Ok(()) => page_state::OK,
             Err(why) => {
@@ -132,6 +135,22 @@ impl SharedWindow {
 }
 
 impl State {
+    /// What the pages are: all shared, all private or mixed; `None`
+    /// outside the window.
+    fn query(&self, first: u64, pages: u64) -> Option<u32> {
+        let window_first = SHARED_WINDOW / PAGE_SIZE;
+        let end = first.checked_add(pages)?;
+        if pages == 0 || first < window_first || end > window_first + WINDOW_PAGES {
+            return None;
+        }
+        let range = &self.shared[(first - window_first) as usize..(end - window_first) as usize];
+        Some(match (range.iter().all(|&p| p), range.iter().any(|&p| p)) {
+            (true, _) => page_state::SHARED,
+            (false, true) => page_state::MIXED,
+            (false, false) => page_state::PRIVATE,
+        })
+    }
+
     fn convert(&mut self, first: u64, pages: u64, op: u32) -> Result<(), String> {
         let window_first = SHARED_WINDOW / PAGE_SIZE;
         let end = first.checked_add(pages).ok_or("the range wraps around")?;
