@@ -145,12 +145,28 @@ fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
     assert!(rounds(&src_serial) >= 2, "source:\n{text}");
     let mut s = vsock_connect(&socket, 1234);
     echo_through(&mut s, 200_000);
+    // While it migrates, a host client streams a recognisable 64-byte
+    // pattern through the guest's echo: it sits in the guest's bounce
+    // buffers, shared memory, which moves in the clear.
+    let pattern: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+    let streaming = {
+        let mut s = vsock_connect(&socket, 1234);
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let chunk: Vec<u8> = pattern.iter().copied().cycle().take(16 * 1024).collect();
+        std::thread::spawn(move || {
+            let mut back = vec![0u8; 16 * 1024];
+            // Until the source's end of the connection goes.
+            while s.write_all(&chunk).is_ok() && s.read(&mut back).is_ok_and(|n| n > 0) {}
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
     let listen = owner.dir.path("mig.sock");
     let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
     assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let proxy = proxy::Proxy::start(&owner.dir.path("mig.proxy"), &listen, proxy::pass(), proxy::pass());
     let send = format!(
         r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        listen.display()
+        proxy.path.display()
     );
     let (status, body) = src_api.put("/vm.send-migration", Some(&send));
     assert_eq!(status, 204, "{body}");
@@ -160,8 +176,16 @@ fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
         "source:\n{}",
         std::fs::read_to_string(&src_serial).unwrap_or_default()
     );
+    streaming.join().unwrap();
+    let wire = proxy.to_destination.lock().unwrap().clone();
+    proxy.join();
+    assert!(
+        common::leak::found(&wire, &[pattern]) > 0,
+        "the shared bounce buffers did not cross in the clear"
+    );
     // The guest's listener and client continue at the destination, its
-    // virtqueues and bounce buffers having moved sealed with its memory.
+    // virtqueues and bounce buffers having moved in the clear, the rest
+    // of its memory sealed.
     let at_switch = rounds(&dst_serial);
     let text = wait_for_serial(&dst_serial, Duration::from_secs(60), |_| {
         rounds(&dst_serial) >= at_switch + 2
@@ -503,4 +527,69 @@ fn a_host_that_flips_a_window_page_to_shared_is_refused_and_the_source_resumes()
     no_fail(&src_serial);
     // The destination dropped the refused VM.
     assert_eq!(dst_api.get("/vm.info").0, 404);
+}
+
+#[test]
+fn a_shared_page_moved_to_a_private_address_is_refused_and_the_source_resumes() {
+    if !kvm_available() {
+        return;
+    }
+    // The proxy rewrites the address of the first page sent in the clear
+    // (the shared window's) to a private page: the destination writes no
+    // clear page outside the window, refuses, and the source goes on.
+    let owner = Owner::new("cio-move", None);
+    let cmdline = "workload=vsock port=1234";
+    let policy = owner.write_policy("vsock-policy.json", 2, &measure(&owner, cmdline));
+    let policy = policy.display().to_string();
+    let vsock = format!("cid=6,socket={}", owner.dir.path("v.sock").display());
+    let mut args = confidential_args(&owner, &policy, cmdline);
+    args.extend(["--vsock", &vsock]);
+    let (_src, src_api, src_serial) = covm_named(&owner.dir, "src", &args);
+    let (_dst, dst_api, _) = owner.destination("dst", &[]);
+    wait_for_serial(&src_serial, Duration::from_secs(60), |t| t.contains("heartbeat 3 "));
+    let mut moved = false;
+    let move_page: proxy::Tamper = Box::new(move |mut f: proxy::Frame| {
+        const KIND_PAGES: u16 = 4;
+        if f.kind == KIND_PAGES && !moved {
+            moved = true;
+            // round u32, n u32, then the addresses.
+            f.payload[8..16].copy_from_slice(&covm_guest_abi::layout::DIRTY_GEN_TABLE.to_le_bytes());
+        }
+        proxy::Verdict::Send(vec![f])
+    });
+    let listen = owner.dir.path("mig.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let proxy = proxy::Proxy::start(&owner.dir.path("mig.proxy"), &listen, move_page, proxy::pass());
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
+        proxy.path.display()
+    );
+    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
+    let start = std::time::Instant::now();
+    let error = loop {
+        let i = src_api.info();
+        if let Some(e) = i["migration"]["error"].as_str() {
+            break e.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the migration did not end: {i}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(error.contains("only sealed"), "{error}");
+    assert_eq!(src_api.state(), "Running");
+    let before = heartbeat_numbers(&src_serial).last().copied().unwrap_or(0);
+    let text = wait_for_serial(&src_serial, Duration::from_secs(60), |_| {
+        heartbeat_numbers(&src_serial).iter().filter(|&&n| n > before).count() >= 3
+    });
+    assert!(
+        heartbeat_numbers(&src_serial).iter().filter(|&&n| n > before).count() >= 3,
+        "the source did not resume:\n{text}"
+    );
+    // Its devices work again: the echo answers at the source.
+    let mut s = vsock_connect(&owner.dir.path("v.sock"), 1234);
+    echo_through(&mut s, 10_000);
+    no_fail(&src_serial);
 }

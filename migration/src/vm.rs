@@ -108,6 +108,13 @@ pub trait SourceVm: Send {
     /// Every piece of state but memory (vCPUs, interrupt controllers,
     /// timers, devices), serialised; called while paused.
     fn save_state(&mut self) -> Result<Vec<u8>, VmOpError>;
+
+    /// The memory a confidential guest shares with the host (its devices'
+    /// window), which a confidential migration carries in the clear
+    /// beside the sealed rest. None by default.
+    fn shared_memory(&self) -> Vec<MemoryRange> {
+        Vec::new()
+    }
 }
 
 /// The destination side: an incoming VM being filled.
@@ -120,6 +127,19 @@ pub trait DestinationVm: Send {
 
     /// Loads the state produced by [`SourceVm::save_state`].
     fn restore_state(&mut self, state: &[u8]) -> Result<(), VmOpError>;
+
+    /// The memory a confidential guest may receive in the clear: where
+    /// its shared window lies (any page of it, before the state says
+    /// which are shared). None by default.
+    fn shareable_memory(&self) -> Vec<MemoryRange> {
+        Vec::new()
+    }
+
+    /// The memory the guest shares, once the state is restored. None by
+    /// default.
+    fn shared_memory(&self) -> Vec<MemoryRange> {
+        Vec::new()
+    }
 }
 
 /// A boxed destination (the engine's tests build trait objects).
@@ -134,5 +154,13 @@ impl<T: DestinationVm + ?Sized> DestinationVm for Box<T> {
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), VmOpError> {
         (**self).restore_state(state)
+    }
+
+    fn shareable_memory(&self) -> Vec<MemoryRange> {
+        (**self).shareable_memory()
+    }
+
+    fn shared_memory(&self) -> Vec<MemoryRange> {
+        (**self).shared_memory()
     }
 }

@@ -26,6 +26,7 @@ use covm_guest_abi::mailbox::words::{
 use covm_guest_abi::mailbox::{
     status, AGENT_VCPU_STATES, FROM_AGENT_SIZE, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, TO_AGENT_SIZE, VCPU_STATE_SLOT,
 };
+use covm_guest_abi::shared_map::{MAP_LEN, SHARED_MAP};
 
 const PAGE: u64 = PAGE_SIZE as u64;
 /// Output room that one more page always fits: a pending zero run's
@@ -406,6 +407,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         ExportFinalArgs { vcpus, verified }: ExportFinalArgs,
     ) -> Outcome<ExportFinalReply> {
         let workload = self.config.workload_vcpus;
+        let began = self.session_map.as_ref().map(|(_, shared)| *shared);
         let Exporting {
             mem,
             map,
@@ -434,6 +436,19 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             return Err(fail!(
                 status::REFUSED,
                 "EXPORT_FINAL: this guest has {workload} workload vCPUs, not {vcpus}"
+            ));
+        }
+        // What the guest shares cannot have changed since the session
+        // began: the pages left to covm are the ones it still shares.
+        let page = head::<PAGE_SIZE>(scratch);
+        mem.read_page(SHARED_MAP, page);
+        if began.is_some_and(|b| b[..] != page[..MAP_LEN]) {
+            return Err(fail_run(
+                run,
+                fail!(
+                    status::REFUSED,
+                    "EXPORT_FINAL: the guest changed which pages it shares with the host during the migration"
+                ),
             ));
         }
         // Every slot's length, read once; all must be valid and fit.

@@ -81,6 +81,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         // and a destination's checker gives the epoch table back.
         self.session = Session::Idle;
         self.run = Run::default();
+        self.session_map = None;
         mailbox::write_peer(&mut self.mem, None);
         let own = match &self.own {
             Ok(own) => own,
@@ -216,7 +217,22 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             kind::DST_FINISHED => match hs.read_dst_finished(msg) {
                 Ok(session) => {
                     let done = self.peer_confirmed(session.peer());
-                    self.run.cursor = self.own.as_ref().ok().and_then(|o| o.map.first());
+                    // Private memory less what the guest shares now: covm
+                    // carries the shared pages, in the clear.
+                    let mut page = [0u8; covm_agent_protocol::PAGE_SIZE];
+                    self.mem.read_page(covm_guest_abi::shared_map::SHARED_MAP, &mut page);
+                    let map = match self.own.as_ref() {
+                        Ok(own) => crate::shared_check::private_map(&own.map, &page),
+                        Err(_) => return (failed, Err(fail!(status::REFUSED, "the migration agent did not start"))),
+                    };
+                    let map = match map {
+                        Ok(map) => map,
+                        Err(e) => return (failed, Err(fail!(status::REFUSED, "the guest's shared map: {e}"))),
+                    };
+                    self.run.cursor = map.first();
+                    let mut shared = [0u8; covm_guest_abi::shared_map::MAP_LEN];
+                    shared.copy_from_slice(&page[..covm_guest_abi::shared_map::MAP_LEN]);
+                    self.session_map = Some((map, shared));
                     (Session::Source(session), Ok(done))
                 }
                 Err(e) => (failed, Err(refused("destination", "Finished", msg, e))),

@@ -253,8 +253,12 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 ),
             ));
         }
+        // Verified mode digests private memory, as the source did: the
+        // shared pages (the host's to carry and to change) left out.
+        let private = crate::shared_check::private_map(map, &page[..])
+            .map_err(|e| fail!(status::REFUSED, "COMMIT: the guest's shared map: {e}"))?;
         let digest = if verified {
-            Some(memory_digest(mem, map, head::<PAGE_SIZE>(scratch))?)
+            Some(memory_digest(mem, &private, head::<PAGE_SIZE>(scratch))?)
         } else {
             None
         };

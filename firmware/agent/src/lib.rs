@@ -133,6 +133,10 @@ pub struct Agent<'a, M, P, E> {
     config: Config,
     session: Session<'a>,
     run: Run,
+    /// A source session's private memory: the boot map less the window
+    /// pages the guest shares with the host (covm carries those in the
+    /// clear), as the guest's shared map said when the session began.
+    session_map: Option<(MemoryMap, [u8; covm_guest_abi::shared_map::MAP_LEN])>,
     /// A destination session committed: the guest runs here now.
     imported: bool,
     /// The source read the destination's Commit: the guest runs there,
@@ -174,6 +178,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             config,
             session: Session::Idle,
             run: Run::default(),
+            session_map: None,
             imported: false,
             retired: false,
         }

@@ -12,7 +12,8 @@ use covm_guest_abi::mailbox::status;
 pub(crate) struct Parts<'x, 'a, M, P> {
     pub(crate) mem: &'x mut M,
     pub(crate) platform: &'x mut P,
-    /// The private memory map (the agent started).
+    /// The private memory map (the agent started): a source session's
+    /// own, while one is open.
     pub(crate) map: &'x MemoryMap,
     pub(crate) session: &'x mut Session<'a>,
     pub(crate) scratch: &'x mut [u8],
@@ -27,13 +28,16 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             mem,
             platform,
             own,
+            session_map,
             session,
             scratch,
             run,
             imported,
             ..
         } = self;
-        let map = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
+        let boot = &own.as_ref().map_err(|_| fail!(status::REFUSED, "not started"))?.map;
+        // A source session walks its own map (the shared pages left out).
+        let map = session_map.as_ref().map_or(boot, |(map, _)| map);
         Ok(Parts {
             mem,
             platform,

@@ -5,6 +5,7 @@
 //! during the migration, or restored another map than the source's, is
 //! refused here, and the source resumes.
 
+use crate::memmap::{MapError, MemoryMap};
 use covm_guest_abi::layout::PAGE_SIZE;
 use covm_guest_abi::ports::page_state;
 use covm_guest_abi::shared_map;
@@ -16,6 +17,18 @@ fn kind(answer: u32) -> &'static str {
         page_state::MIXED => "partly shared",
         _ => "unknown",
     }
+}
+
+/// Private memory as the guest's shared map (`page`) leaves it: `boot`
+/// less the window pages the guest shares.
+pub(crate) fn private_map(boot: &MemoryMap, page: &[u8]) -> Result<MemoryMap, MapError> {
+    let mut map = boot.clone();
+    for (gpa, pages, shared) in shared_map::runs(page) {
+        if shared {
+            map.exclude(gpa, gpa + pages * PAGE_SIZE)?;
+        }
+    }
+    Ok(map)
 }
 
 /// Checks `map` (the shared-map page) against `query(first page, pages)`,

@@ -258,6 +258,16 @@ impl Source<'_> {
         match self.wire.receive()? {
             Message::Synced { round: r } if r == round => {}
             Message::Abort { reason } => return Err(MigrationError::PeerAborted { reason }),
+            // A destination that refused something sends its abort token
+            // (then its reason) without waiting for the Sync.
+            decision @ Message::Control { .. } => {
+                return match self.decide(decision) {
+                    Err(e) => Err(e),
+                    Ok(()) => Err(MigrationError::stream(
+                        "the destination sent a Commit before the pause (answering Sync)",
+                    )),
+                }
+            }
             Message::Synced { round: r } => {
                 return Err(MigrationError::stream(format!(
                     "the destination answered Sync {round} with Synced {r}"

@@ -43,9 +43,13 @@
 //! | 14   | Sync       | 2        | S → D     | round u32: the last round ended                             | 4 |
 //! | 15   | Synced     | 2        | D → S     | round u32, the Sync's: everything before it is applied       | 4 |
 //!
-//! (\*) Valid frames in version 2, but a confidential source never sends
-//! them and a confidential destination refuses them: guest memory travels
-//! only sealed. A kind outside the connection's version is a
+//! (\*) In version 2 only for the pages the guest shares with the host
+//! (its devices' window on covm's emulated platform): the host may read and
+//! write those anyway, so the source's VMM sends them itself, in the clear;
+//! a confidential destination writes them only inside the memory the guest
+//! can share, checks them against what the restored state says it shares,
+//! and its agent checks that against the guest's own sealed map before it
+//! commits. Private memory travels only sealed. A kind outside the connection's version is a
 //! [`ProtocolError::NotInVersion`], on receipt and (as
 //! [`ProtocolError::Unsendable`]) before sending.
 //!

@@ -63,6 +63,10 @@ impl SourceVm for Vm {
     fn save_state(&mut self) -> Result<Vec<u8>, VmOpError> {
         Vm::save_state(self).map_err(engine_err)
     }
+
+    fn shared_memory(&self) -> Vec<MemoryRange> {
+        Vm::shared_memory(self)
+    }
 }
 
 impl DestinationVm for Vm {
@@ -89,5 +93,13 @@ impl DestinationVm for Vm {
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), VmOpError> {
         Vm::restore_state(self, state).map_err(engine_err)
+    }
+
+    fn shareable_memory(&self) -> Vec<MemoryRange> {
+        Vm::shareable_memory(self)
+    }
+
+    fn shared_memory(&self) -> Vec<MemoryRange> {
+        Vm::shared_memory(self)
     }
 }

@@ -354,6 +354,28 @@ impl Vm {
             .is_some_and(|(_, r)| memory::vmm_writes(r).is_addr_set((gpa - r.start_addr().0) as usize))
     }
 
+    /// The memory the guest shares with its devices (a confidential VM's
+    /// shared window, the pages it shared), as (address, bytes).
+    pub fn shared_memory(&self) -> Vec<(u64, u64)> {
+        self.pci
+            .as_ref()
+            .and_then(|p| p.shared_window())
+            .map(|w| w.shared_ranges())
+            .unwrap_or_default()
+    }
+
+    /// Where the guest may share memory at all (a confidential VM's
+    /// window, whatever of it is shared now).
+    pub fn shareable_memory(&self) -> Vec<(u64, u64)> {
+        match self.pci.as_ref().and_then(|p| p.shared_window()) {
+            Some(_) => vec![(
+                covm_guest_abi::layout::SHARED_WINDOW,
+                covm_guest_abi::layout::SHARED_WINDOW_SIZE,
+            )],
+            None => Vec::new(),
+        }
+    }
+
     /// Clears and re-arms dirty tracking of `pages` pages from `gpa`.
     pub fn clear_dirty(&self, gpa: u64, pages: u64) -> Result<(), VmError> {
         if let Some(view) = self.pci.as_ref().and_then(|p| p.confined_view()) {

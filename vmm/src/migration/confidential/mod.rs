@@ -11,6 +11,7 @@ pub mod mailbox;
 pub mod opener;
 pub mod sealer;
 pub mod session;
+pub mod shared_pages;
 
 pub use mailbox::AgentMailbox;
 pub use opener::ConfidentialOpener;

@@ -1,13 +1,17 @@
 //! The destination's confidential opener: covm hands the sealed records to
 //! the agent, which checks and applies them; covm only counts what the
-//! agent reports.
+//! agent reports. Pages the guest shares arrive in the clear: covm writes
+//! them itself, only inside the memory the guest can share, and checks
+//! them against what it does share once the state is restored
+//! ([`super::shared_pages`]).
 
 use super::call;
 use super::handshake;
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
+use super::shared_pages::ClearPages;
 use covm_guest_abi::mailbox::words::{Args, CommitArgs, ImportArgs, MintAbortArgs, Role};
-use covm_migration::engine::{Carried, Link, MigrationError, Opener};
+use covm_migration::engine::{Carried, Link, MigrationError, Opener, PlainOpener};
 use covm_migration::protocol::Message;
 use covm_migration::vm::DestinationVm;
 use std::time::Duration;
@@ -17,6 +21,9 @@ const ABORT_REASON_FAILED: u32 = 1;
 
 /// Opens through the destination VM's agent.
 pub struct ConfidentialOpener {
+    /// Writes the shared pages, which arrive in the clear.
+    plain: PlainOpener,
+    clear: ClearPages,
     mailbox: AgentMailbox,
     info: SessionInfo,
     /// The source's Final carried a memory digest: commit in verified mode.
@@ -28,6 +35,8 @@ impl ConfidentialOpener {
     /// An opener over `mailbox`.
     pub fn new(mailbox: AgentMailbox, info: SessionInfo) -> Self {
         ConfidentialOpener {
+            plain: PlainOpener,
+            clear: ClearPages::default(),
             mailbox,
             info,
             verified: false,
@@ -46,10 +55,33 @@ impl Opener for ConfidentialOpener {
     }
 
     fn is_page_record(&self, message: &Message) -> bool {
-        matches!(message, Message::Sealed { .. })
+        matches!(
+            message,
+            Message::Sealed { .. } | Message::Pages { .. } | Message::ZeroPages { .. }
+        )
     }
 
-    fn open_pages(&mut self, _vm: &mut dyn DestinationVm, message: Message) -> Result<Carried, MigrationError> {
+    fn open_pages(&mut self, vm: &mut dyn DestinationVm, message: Message) -> Result<Carried, MigrationError> {
+        // Shared pages, in the clear: only where the guest can share.
+        let shareable = match &message {
+            Message::Pages { .. } | Message::ZeroPages { .. } => vm.shareable_memory(),
+            _ => Vec::new(),
+        };
+        match &message {
+            Message::Pages { gpas, .. } => {
+                for &gpa in gpas {
+                    self.clear.accept(&shareable, gpa, 1).map_err(MigrationError::stream)?;
+                }
+                return self.plain.open_pages(vm, message);
+            }
+            Message::ZeroPages { gpa, count, .. } => {
+                self.clear
+                    .accept(&shareable, *gpa, *count)
+                    .map_err(MigrationError::stream)?;
+                return self.plain.open_pages(vm, message);
+            }
+            _ => {}
+        }
         let Message::Sealed { round, records } = message else {
             return Err(MigrationError::Unexpected {
                 got: message.kind(),
@@ -81,7 +113,10 @@ impl Opener for ConfidentialOpener {
         })
     }
 
-    fn commit(&mut self, _vm: &mut dyn DestinationVm) -> Result<Message, MigrationError> {
+    fn commit(&mut self, vm: &mut dyn DestinationVm) -> Result<Message, MigrationError> {
+        // What came in the clear must be what the guest shares (the state
+        // says which); its agent then holds the host to its sealed map.
+        self.clear.check(&vm.shared_memory()).map_err(MigrationError::stream)?;
         self.call(
             CommitArgs {
                 verified: self.verified,

@@ -1,20 +1,23 @@
 //! The source's confidential sealer: the engine picks the pages, the
 //! agent seals them, covm forwards ciphertext. covm never reads a private
 //! page or a vCPU register here: it hands the agent addresses (the dirty
-//! log, a hint) and carries what comes out of the mailbox.
+//! log, a hint) and carries what comes out of the mailbox. The pages the
+//! guest shares with the host (its devices' window) covm reads and sends
+//! itself, in the clear, as a plain migration does ([`super::shared_pages`]).
 
 use super::call;
 use super::handshake;
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
+use super::shared_pages;
 use covm_guest_abi::layout::PAGE_SIZE;
 use covm_guest_abi::mailbox::words::{
     Args, EndRoundArgs, ExportFinalArgs, ExportListArgs, ExportPagesArgs, ReadControlArgs, ReadControlReply, Role,
     SessionState, StatusArgs,
 };
 use covm_guest_abi::mailbox::{AGENT_WINDOW_END, AGENT_WINDOW_START};
-use covm_migration::engine::{Carried, Link, MigrationError, RecordSink, Sealer};
-use covm_migration::protocol::{Message, PROTOCOL_VERSION_CONFIDENTIAL};
+use covm_migration::engine::{Carried, Link, MigrationError, PlainSealer, RecordSink, Sealer};
+use covm_migration::protocol::{Message, MAX_PAGES_PER_FRAME, PROTOCOL_VERSION_CONFIDENTIAL};
 use covm_migration::vm::SourceVm;
 use std::time::Duration;
 
@@ -30,6 +33,8 @@ fn in_agent_window((gpa, count): (u64, u64)) -> bool {
 
 /// Seals through the source VM's agent.
 pub struct ConfidentialSealer {
+    /// Sends the shared pages, in the clear.
+    plain: PlainSealer,
     mailbox: AgentMailbox,
     info: SessionInfo,
     workload_vcpus: u32,
@@ -43,6 +48,7 @@ impl ConfidentialSealer {
     /// agent's own not counted); `verified` adds the memory digest.
     pub fn new(mailbox: AgentMailbox, info: SessionInfo, workload_vcpus: u32, verified: bool) -> Self {
         ConfidentialSealer {
+            plain: PlainSealer::default(),
             mailbox,
             info,
             workload_vcpus,
@@ -88,24 +94,11 @@ impl ConfidentialSealer {
         }
         Ok(sent?)
     }
-}
 
-impl Sealer for ConfidentialSealer {
-    fn version(&self) -> u16 {
-        PROTOCOL_VERSION_CONFIDENTIAL
-    }
-
-    fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
-        handshake::run(&mut self.mailbox, Role::Source, link, &self.info)
-    }
-
-    fn chunk_pages(&self) -> u64 {
-        CHUNK_PAGES
-    }
-
-    fn seal_pages(
+    /// The agent seals `count` pages from `gpa` (it skips what is not
+    /// private: the agent window and the pages the guest shares).
+    fn agent_pages(
         &mut self,
-        _vm: &dyn SourceVm,
         round: u32,
         gpa: u64,
         count: u64,
@@ -143,17 +136,19 @@ impl Sealer for ConfidentialSealer {
         Ok(carried)
     }
 
-    fn seal_runs(
+    /// The agent seals the runs `(gpa, count)`, by one list when several.
+    fn agent_runs(
         &mut self,
-        vm: &dyn SourceVm,
         round: u32,
         runs: &[(u64, u64)],
         out: &mut RecordSink<'_>,
     ) -> Result<Carried, MigrationError> {
         // The agent window is never migrated: its runs cost no call.
         let mut todo: Vec<(u64, u64)> = runs.iter().copied().filter(|&r| !in_agent_window(r)).collect();
-        if let [(gpa, count)] = todo[..] {
-            return self.seal_pages(vm, round, gpa, count, out);
+        match todo[..] {
+            [] => return Ok(Carried::empty(round)),
+            [(gpa, count)] => return self.agent_pages(round, gpa, count, out),
+            _ => {}
         }
         let mut carried = Carried::empty(round);
         // One EXPORT_LIST per output: the agent says how many entries it
@@ -187,6 +182,57 @@ impl Sealer for ConfidentialSealer {
             todo.drain(..done as usize);
             if let Some(next) = todo.first_mut() {
                 *next = (next.0 + partial * PAGE_SIZE, next.1 - partial);
+            }
+        }
+        Ok(carried)
+    }
+}
+
+impl Sealer for ConfidentialSealer {
+    fn version(&self) -> u16 {
+        PROTOCOL_VERSION_CONFIDENTIAL
+    }
+
+    fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
+        handshake::run(&mut self.mailbox, Role::Source, link, &self.info)
+    }
+
+    fn chunk_pages(&self) -> u64 {
+        CHUNK_PAGES
+    }
+
+    fn seal_pages(
+        &mut self,
+        vm: &dyn SourceVm,
+        round: u32,
+        gpa: u64,
+        count: u64,
+        out: &mut RecordSink<'_>,
+    ) -> Result<Carried, MigrationError> {
+        self.seal_runs(vm, round, &[(gpa, count)], out)
+    }
+
+    fn seal_runs(
+        &mut self,
+        vm: &dyn SourceVm,
+        round: u32,
+        runs: &[(u64, u64)],
+        out: &mut RecordSink<'_>,
+    ) -> Result<Carried, MigrationError> {
+        let shared = vm.shared_memory();
+        if shared.is_empty() {
+            return self.agent_runs(round, runs, out);
+        }
+        let (clear, sealed) = shared_pages::split(runs, &shared);
+        let mut carried = self.agent_runs(round, &sealed, out)?;
+        for (gpa, count) in clear {
+            let mut done = 0;
+            while done < count {
+                let n = (count - done).min(MAX_PAGES_PER_FRAME as u64);
+                let c = self.plain.seal_pages(vm, round, gpa + done * PAGE_SIZE, n, out)?;
+                carried.pages += c.pages;
+                carried.zero_pages += c.zero_pages;
+                done += n;
             }
         }
         Ok(carried)
