@@ -201,15 +201,15 @@ fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
 }
 
 #[test]
-fn devices_on_a_vm_with_private_memory_are_refused_by_name() {
+fn devices_on_a_td_are_refused_by_name() {
     let out = covm()
-        .args(["--platform", "sev_snp=on", "--rng", "--serial", "null"])
+        .args(["--platform", "tdx=on", "--rng", "--serial", "null"])
         .output()
         .unwrap();
     let err = stderr(&out);
     assert!(!out.status.success());
-    // Either the host lacks SEV-SNP (refused first), or the devices are.
-    assert!(err.contains("SEV-SNP") || err.contains("private memory"), "{err}");
+    // Either the host lacks TDX (refused first), or the devices are.
+    assert!(err.contains("TDX"), "{err}");
 }
 
 /// covm in `ns` with its API on `api` and serial output in `serial`.

@@ -278,12 +278,10 @@ pub enum DevicesError {
         /// Why.
         source: std::io::Error,
     },
-    /// A confidential VM with devices.
+    /// A TD with devices.
     #[error(
-        "{devices}: a VM with private memory (SEV-SNP, TDX) cannot have virtio devices yet: covm's devices \
-         reach a confidential guest only through the emulated platform's shared window so far (its SEV-SNP and \
-         TDX conversions arrive as KVM_HC_MAP_GPA_RANGE but are not wired to devices); remove them, or use \
-         emulated_cvm or a plain VM"
+        "{devices}: a TD (Intel TDX) cannot have virtio devices yet: it has no interrupt controller covm can \
+         route MSI-X through; remove them, or use SEV-SNP, emulated_cvm or a plain VM"
     )]
     Confidential {
         /// The device options given.
@@ -341,8 +339,8 @@ impl DevicesConfig {
     /// Checks the set as a whole and against the host: unique ids, images
     /// that exist and open as asked (read-write unless readonly), a
     /// readable entropy source; none on a confidential VM.
-    pub fn check(&self, private_memory: bool) -> Result<(), DevicesError> {
-        if private_memory && self.any() {
+    pub fn check(&self, refused: bool) -> Result<(), DevicesError> {
+        if refused && self.any() {
             return Err(DevicesError::Confidential { devices: self.named() });
         }
         let mut ids: Vec<String> = (0..self.disks.len()).map(|i| self.disk_id(i)).collect();
@@ -522,7 +520,7 @@ mod tests {
         assert!(dirdisk.check(false).unwrap_err().to_string().contains("is a directory"));
         let e = set.check(true).unwrap_err().to_string();
         assert!(
-            e.starts_with("--disk: a VM with private memory (SEV-SNP, TDX) cannot have virtio devices yet"),
+            e.starts_with("--disk: a TD (Intel TDX) cannot have virtio devices yet"),
             "{e}"
         );
         let rng = DevicesConfig {

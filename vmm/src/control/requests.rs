@@ -182,14 +182,12 @@ impl Vmm {
         let config = self.config.as_mut().expect("created");
         let mut devices = config.devices.clone();
         add(&mut devices)?;
-        devices
-            .check(config.platform.has_private_memory())
-            .map_err(|e| match e {
-                crate::config::DevicesError::DuplicateId(id) => {
-                    ApiError::Conflict(format!("a device with the id '{id}' already exists"))
-                }
-                other => ApiError::BadRequest(other.to_string()),
-            })?;
+        devices.check(config.platform.refuses_devices()).map_err(|e| match e {
+            crate::config::DevicesError::DuplicateId(id) => {
+                ApiError::Conflict(format!("a device with the id '{id}' already exists"))
+            }
+            other => ApiError::BadRequest(other.to_string()),
+        })?;
         config.devices = devices;
         Ok(Reply::Done)
     }

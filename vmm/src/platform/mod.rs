@@ -160,10 +160,10 @@ impl PlatformConfig {
         !matches!(self, PlatformConfig::Plain)
     }
 
-    /// Whether the hardware keeps the guest's memory private (SEV-SNP,
-    /// TDX): covm's devices do not reach such a guest yet.
-    pub fn has_private_memory(&self) -> bool {
-        matches!(self, PlatformConfig::SevSnp(_) | PlatformConfig::Tdx(_))
+    /// Whether the VM can have no virtio devices yet: a TD, which has no
+    /// interrupt controller covm can route MSI-X through.
+    pub fn refuses_devices(&self) -> bool {
+        matches!(self, PlatformConfig::Tdx(_))
     }
 
     /// The migration policy, on a confidential platform.

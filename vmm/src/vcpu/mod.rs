@@ -85,6 +85,9 @@ fn answer_tdvmcall(vcpu: u8, run: &mut kvm_run) -> TdvmcallAnswer {
 pub struct PrivateMemoryExits {
     ops: Mutex<Box<dyn PrivateMemoryOps + Send>>,
     ram: Vec<RamRegion>,
+    /// The VM's shared window, when it has devices: conversions of its
+    /// pages are recorded there, and refused while its devices run.
+    window: std::sync::OnceLock<Arc<crate::vm::confidential::shared_window::SharedWindow>>,
 }
 
 impl PrivateMemoryExits {
@@ -94,12 +97,28 @@ impl PrivateMemoryExits {
         PrivateMemoryExits {
             ops: Mutex::new(ops),
             ram,
+            window: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records conversions of `window`'s pages there (a VM with devices).
+    pub fn set_shared_window(&self, window: Arc<crate::vm::confidential::shared_window::SharedWindow>) {
+        let _ = self.window.set(window);
     }
 
     /// Handles hypercall `nr` with `args`: the value the guest gets back
     /// (0 done, `-EINVAL` refused), or why the VM must stop.
     pub fn handle(&self, vcpu: u8, nr: u64, args: &[u64; 6]) -> Result<u64, String> {
+        match self.window.get() {
+            Some(window) if nr == crate::platform::hardware::map_gpa::KVM_HC_MAP_GPA_RANGE => {
+                let to_private = args[2] & crate::platform::hardware::map_gpa::MAP_GPA_RANGE_ENCRYPTED != 0;
+                window.hardware_convert(args[0], args[1], to_private, || self.convert(vcpu, nr, args))
+            }
+            _ => self.convert(vcpu, nr, args),
+        }
+    }
+
+    fn convert(&self, vcpu: u8, nr: u64, args: &[u64; 6]) -> Result<u64, String> {
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         match handle_map_gpa_range(&mut **ops, &self.ram, nr, args) {
             Ok(done) => {

@@ -3,7 +3,6 @@
 //! payload loaded and the platform launched over it. (An SEV-SNP VM and a
 //! TD are built around their launches: `snp.rs`, `tdx.rs`.)
 
-use super::confidential::shared_window::{window_view, PageStatePorts, SharedWindow};
 use super::confidential::{CvmRuntime, LaunchMode};
 use super::devices::{build_bus, ExitSink, SerialIrq};
 use super::pci::PciDevices;
@@ -17,11 +16,10 @@ use crate::vcpu::control::RunControl;
 use crate::vcpu::{ExitNotifier, Vcpu};
 use covm_devices::power::PowerButton;
 use covm_devices::{MmioBus, PowerSink};
-use covm_guest_abi::ports;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 use memory::GuestMemory;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
@@ -112,26 +110,13 @@ impl Vm {
         )?;
         let mut mmio = MmioBus::new();
         let incoming = origin != Origin::Boot;
-        // A confidential guest shares its window with page-state requests;
-        // its devices see only the window, and start once it is shared.
-        let window = cvm.as_ref().map(|_| Arc::new(SharedWindow::default()));
-        let device_memory = match &window {
-            Some(window) => {
-                bus.insert(
-                    ports::PAGE_STATE_FIRST,
-                    ports::PAGE_STATE_OP - ports::PAGE_STATE_FIRST + 4,
-                    Arc::new(Mutex::new(PageStatePorts(window.clone()))),
-                )?;
-                window_view(&memory).ok_or(VmError::Unsupported(
-                    "the shared window is not inside one RAM region: a confidential VM with devices needs more memory",
-                ))?
+        // A confidential guest's devices see only its shared window.
+        let pci = match cvm {
+            Some(_) => {
+                PciDevices::build_confined(&vm_fd, &memory, &config.devices, (incoming, false), &mut bus, &mut mmio)?
             }
-            None => memory.clone(),
+            None => PciDevices::build(&vm_fd, &memory, &config.devices, incoming, &mut bus, &mut mmio)?,
         };
-        let mut pci = PciDevices::build(&vm_fd, &device_memory, &config.devices, incoming, &mut bus, &mut mmio)?;
-        if let Some(window) = &window {
-            pci.confine(window.clone(), device_memory);
-        }
         let (mut vcpus, platform) = build_vcpus(&kvm, &vm_fd, &memory, config, origin)?;
         let platform: Arc<dyn Platform> = Arc::from(platform);
         if let Some(cvm) = &cvm {

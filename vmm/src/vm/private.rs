@@ -6,6 +6,7 @@
 use super::build::{msr_indices, Origin};
 use super::confidential::{CvmRuntime, LaunchMode};
 use super::devices::{build_bus, ExitSink, SerialIrq, SharedSerial};
+use super::pci::PciDevices;
 use super::snp::VmAttributes;
 use super::{Vm, VmError};
 use crate::config::{DirtyTracking, VmConfig};
@@ -16,7 +17,7 @@ use crate::platform::Platform;
 use crate::vcpu::control::RunControl;
 use crate::vcpu::{ExitNotifier, PrivateMemoryExits, Vcpu};
 use covm_devices::power::PowerButton;
-use covm_devices::PowerSink;
+use covm_devices::{MmioBus, PowerSink};
 use kvm_ioctls::Kvm;
 use std::sync::Arc;
 use std::time::Instant;
@@ -82,7 +83,7 @@ impl Vm {
         let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
         let power_button = PowerButton::default();
-        let (bus, serial): (_, Option<SharedSerial>) = build_bus(
+        let (mut bus, serial): (_, Option<SharedSerial>) = build_bus(
             &vm_fd,
             config,
             (sink, power_button.clone()),
@@ -92,6 +93,19 @@ impl Vm {
         )?;
         cvm.set_platform(platform.clone());
         let exits = Arc::new(PrivateMemoryExits::new(Box::new(VmAttributes(vm_fd.clone())), ram));
+        // Devices see covm's mapping of the shared window alone: the
+        // guest's conversions (page-state changes, MapGPA) say which of its
+        // pages are shared, and the devices start once all are.
+        let mut mmio = MmioBus::new();
+        let pci = if config.devices.any() {
+            let pci = PciDevices::build_confined(&vm_fd, &memory, &config.devices, (false, true), &mut bus, &mut mmio)?;
+            if let Some(window) = pci.shared_window() {
+                exits.set_shared_window(window.clone());
+            }
+            Some(pci)
+        } else {
+            None
+        };
         let mut vcpus: Vec<Vcpu> = fds
             .into_iter()
             .enumerate()
@@ -115,9 +129,9 @@ impl Vm {
             dirty: DirtyTracker::Unsupported(refusal),
             buses: crate::vcpu::Buses {
                 pio: Arc::new(bus),
-                mmio: Arc::default(),
+                mmio: Arc::new(mmio),
             },
-            pci: None,
+            pci,
             control: Arc::new(RunControl::default()),
             notify,
             serial,

@@ -220,13 +220,12 @@ pub struct DevicesJson {
     pub vsock: Option<super::vsock::VsockJson>,
 }
 
-/// The devices of a `vm.create` body. On a VM with private memory
-/// (SEV-SNP, TDX) the entropy device and the `Tty` console that CH's own
-/// defaults add (what a configuration CH wrote always carries) are left
-/// out, with a warning, since no such VM can have devices yet; anything
-/// asked for beyond those defaults is refused as the command line refuses
-/// it.
-pub fn devices_from_json(json: DevicesJson, private_memory: bool) -> Result<DevicesConfig, String> {
+/// The devices of a `vm.create` body. On a TD the entropy device and the
+/// `Tty` console that CH's own defaults add (what a configuration CH wrote
+/// always carries) are left out, with a warning, since a TD can have no
+/// devices yet; anything asked for beyond those defaults is refused as the
+/// command line refuses it.
+pub fn devices_from_json(json: DevicesJson, refused: bool) -> Result<DevicesConfig, String> {
     let DevicesJson {
         disks,
         nets,
@@ -248,15 +247,13 @@ pub fn devices_from_json(json: DevicesJson, private_memory: bool) -> Result<Devi
         .collect::<Result<Vec<_>, _>>()?;
     let mut console = console_from_json(console)?;
     let mut rng = rng.map(rng_from_json).transpose()?;
-    if private_memory {
+    if refused {
         if console == ConsoleMode::Tty {
-            tracing::warn!(
-                "console.mode Tty (CH's default) left out: a VM with private memory has no virtio devices yet"
-            );
+            tracing::warn!("console.mode Tty (CH's default) left out: a TD has no virtio devices yet");
             console = ConsoleMode::Off;
         }
         if rng.as_ref().is_some_and(|r| r.src.as_os_str() == DEFAULT_RNG_SOURCE) {
-            tracing::warn!("rng (CH's default) left out: a VM with private memory has no virtio devices yet");
+            tracing::warn!("rng (CH's default) left out: a TD has no virtio devices yet");
             rng = None;
         }
     }
@@ -268,7 +265,7 @@ pub fn devices_from_json(json: DevicesJson, private_memory: bool) -> Result<Devi
         rng,
         vsock,
     };
-    devices.check(private_memory).map_err(|e| e.to_string())?;
+    devices.check(refused).map_err(|e| e.to_string())?;
     Ok(devices)
 }
 
@@ -328,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn ch_defaults_are_left_out_of_a_confidential_vm_and_more_is_refused() {
+    fn ch_defaults_are_left_out_of_a_td_and_more_is_refused() {
         let tty: ConsoleJson = serde_json::from_value(json!({"mode": "Tty"})).unwrap();
         let rng: RngJson = serde_json::from_value(json!({"src": "/dev/urandom"})).unwrap();
         let d = devices_from_json(
@@ -359,9 +356,6 @@ mod tests {
             true,
         )
         .unwrap_err();
-        assert!(
-            e.contains("a VM with private memory (SEV-SNP, TDX) cannot have virtio devices yet"),
-            "{e}"
-        );
+        assert!(e.contains("a TD (Intel TDX) cannot have virtio devices yet"), "{e}");
     }
 }

@@ -466,7 +466,7 @@ fn to_vm_config_probed(
             rng: json.rng,
             vsock: json.vsock,
         },
-        platform.has_private_memory(),
+        platform.refuses_devices(),
     )?;
     Ok(VmConfig {
         cpus,

@@ -28,6 +28,10 @@ struct State {
     pages: u32,
     result: u32,
     warned: bool,
+    /// SEV-SNP or TDX: conversions are the hardware's (KVM_HC_MAP_GPA_RANGE
+    /// through [`SharedWindow::hardware_convert`]); the ports only answer
+    /// queries.
+    hardware: bool,
 }
 
 /// The window's migration state: which of its pages the guest shared
@@ -52,11 +56,20 @@ impl Default for SharedWindow {
             pages: 0,
             result: page_state::NONE,
             warned: false,
+            hardware: false,
         }))
     }
 }
 
 impl SharedWindow {
+    /// A window on SEV-SNP or TDX, whose pages change state only through
+    /// the hardware's conversions.
+    pub fn for_hardware() -> Self {
+        let w = SharedWindow::default();
+        w.lock().hardware = true;
+        w
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -80,6 +93,51 @@ impl SharedWindow {
                 page_state::REFUSED
             }
         }
+    }
+
+    /// A hardware platform's conversion (SEV-SNP's page-state change or
+    /// TDX's MapGPA, arriving as `KVM_HC_MAP_GPA_RANGE`) of `pages` pages
+    /// from `gpa`: `convert` makes it (KVM's attributes; it returns the
+    /// guest's result, 0 for done). Under the window's lock, so no device
+    /// starts in between: a conversion to private of window pages while a
+    /// device runs is refused (`-EINVAL`) before KVM sees it, and what
+    /// was done is recorded for the window's part of the range.
+    pub fn hardware_convert(
+        &self,
+        gpa: u64,
+        pages: u64,
+        to_private: bool,
+        convert: impl FnOnce() -> Result<u64, String>,
+    ) -> Result<u64, String> {
+        let mut s = self.lock();
+        let window_first = SHARED_WINDOW / PAGE_SIZE;
+        let hit = gpa
+            .checked_div(PAGE_SIZE)
+            .zip(pages.checked_add(gpa / PAGE_SIZE))
+            .map(|(first, end)| (first.max(window_first), end.min(window_first + WINDOW_PAGES)))
+            .filter(|(first, end)| first < end && gpa.is_multiple_of(PAGE_SIZE));
+        if hit.is_some() && to_private && s.running_devices > 0 {
+            tracing::warn!(
+                "a conversion of {pages} pages at {gpa:#x} to private refused: {} devices use the shared window",
+                s.running_devices
+            );
+            return Ok(crate::platform::hardware::map_gpa::KVM_EINVAL.wrapping_neg());
+        }
+        let result = convert()?;
+        if let (0, Some((first, end))) = (result, hit) {
+            for page in first..end {
+                let slot = &mut s.shared[(page - window_first) as usize];
+                if *slot == to_private {
+                    *slot = !to_private;
+                    if to_private {
+                        s.shared_count -= 1;
+                    } else {
+                        s.shared_count += 1;
+                    }
+                }
+            }
+        }
+        Ok(result)
     }
 
     /// The window's state, for migration: its shared pages.
@@ -152,6 +210,13 @@ impl State {
     }
 
     fn convert(&mut self, first: u64, pages: u64, op: u32) -> Result<(), String> {
+        if self.hardware {
+            return Err(
+                "on SEV-SNP and TDX pages change state through the platform's own conversion \
+                        (KVM_HC_MAP_GPA_RANGE); these ports only answer queries"
+                    .into(),
+            );
+        }
         let window_first = SHARED_WINDOW / PAGE_SIZE;
         let end = first.checked_add(pages).ok_or("the range wraps around")?;
         if pages == 0 || first < window_first || end > window_first + WINDOW_PAGES {
@@ -334,6 +399,45 @@ mod tests {
             w.shared_ranges(),
             vec![(SHARED_WINDOW + PAGE_SIZE, SHARED_WINDOW_SIZE - PAGE_SIZE)]
         );
+    }
+
+    #[test]
+    fn hardware_conversions_update_the_window_and_spare_running_devices() {
+        let w = SharedWindow::default();
+        let einval = crate::platform::hardware::map_gpa::KVM_EINVAL.wrapping_neg();
+        // A conversion spanning the window's start: only its part counts.
+        let r = w.hardware_convert(SHARED_WINDOW - 2 * PAGE_SIZE, 4, false, || Ok(0));
+        assert_eq!(r, Ok(0));
+        assert_eq!(w.shared_ranges(), vec![(SHARED_WINDOW, 2 * PAGE_SIZE)]);
+        // KVM (or the argument checks) refusing changes nothing.
+        assert_eq!(
+            w.hardware_convert(SHARED_WINDOW + 8 * PAGE_SIZE, 1, false, || Ok(einval)),
+            Ok(einval)
+        );
+        assert_eq!(w.shared_ranges().len(), 1);
+        // The whole window shared: a device starts; then a conversion of a
+        // window page to private is refused before KVM sees it.
+        w.hardware_convert(SHARED_WINDOW, WINDOW_PAGES, false, || Ok(0))
+            .unwrap();
+        w.start().unwrap();
+        let r = w.hardware_convert(SHARED_WINDOW, 1, true, || panic!("KVM must not be asked"));
+        assert_eq!(r, Ok(einval));
+        // The ports of a hardware window only answer queries.
+        let hw = SharedWindow::for_hardware();
+        assert_eq!(hw.request(FIRST, 1, page_state::TO_SHARED), page_state::REFUSED);
+        assert_eq!(hw.request(FIRST, 1, page_state::QUERY), page_state::PRIVATE);
+        // Outside the window anything goes.
+        assert_eq!(w.hardware_convert(0x1000_0000, 1, true, || Ok(0)), Ok(0));
+        w.stopped();
+        assert_eq!(w.hardware_convert(SHARED_WINDOW, 1, true, || Ok(0)), Ok(0));
+        assert_eq!(
+            w.shared_ranges(),
+            vec![(SHARED_WINDOW + PAGE_SIZE, SHARED_WINDOW_SIZE - PAGE_SIZE)]
+        );
+        // A KVM failure passes on.
+        assert!(w
+            .hardware_convert(SHARED_WINDOW, 1, false, || Err("KVM failed".into()))
+            .is_err());
     }
 
     #[test]

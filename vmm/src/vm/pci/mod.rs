@@ -244,9 +244,41 @@ impl PciDevices {
         &self.attached
     }
 
+    /// [`PciDevices::build`] for a confidential VM: the page-state ports
+    /// of its shared window on `pio` (on SEV-SNP and TDX, `hardware`, they
+    /// only answer queries), and its devices built over the window alone,
+    /// each starting only through the window's gate.
+    pub fn build_confined(
+        vm_fd: &Arc<VmFd>,
+        memory: &GuestMemory,
+        config: &DevicesConfig,
+        (incoming, hardware): (bool, bool),
+        pio: &mut PioBus,
+        mmio: &mut MmioBus,
+    ) -> Result<Self, VmError> {
+        use super::confidential::shared_window::{window_view, PageStatePorts};
+        use covm_guest_abi::ports;
+        let window = Arc::new(if hardware {
+            SharedWindow::for_hardware()
+        } else {
+            SharedWindow::default()
+        });
+        pio.insert(
+            ports::PAGE_STATE_FIRST,
+            ports::PAGE_STATE_OP - ports::PAGE_STATE_FIRST + 4,
+            Arc::new(Mutex::new(PageStatePorts(window.clone()))),
+        )?;
+        let view = window_view(memory).ok_or(VmError::Unsupported(
+            "the shared window is not inside one RAM region: a confidential VM with devices needs more memory",
+        ))?;
+        let mut pci = Self::build(vm_fd, &view, config, incoming, pio, mmio)?;
+        pci.confine(window, view);
+        Ok(pci)
+    }
+
     /// Confines the devices (built over `view`, a confidential VM's shared
     /// window): each starts only through the window's gate.
-    pub fn confine(&mut self, window: Arc<SharedWindow>, view: GuestMemory) {
+    fn confine(&mut self, window: Arc<SharedWindow>, view: GuestMemory) {
         for a in &self.attached {
             a.lock().set_memory_gate(window.clone());
         }
