@@ -123,7 +123,7 @@ pub fn launch_mode() -> u32 {
     inl(ports::LAUNCH_MODE)
 }
 
-/// This CPU's initial APIC ID: CPUID.1:EBX[31:24] (covm: the vCPU index).
+/// This CPU's initial APIC ID: CPUID.1:EBX\[31:24\] (covm: the vCPU index).
 pub fn apic_id() -> u32 {
     cpuid(1).ebx >> 24
 }

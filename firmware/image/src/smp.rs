@@ -23,7 +23,7 @@ extern "C" {
     static ap_trampoline_end: u8;
 }
 
-/// Number of vCPUs: CPUID.1:EBX[23:16] (covm and QEMU set it to exactly N).
+/// Number of vCPUs: CPUID.1:EBX\[23:16\] (covm and QEMU set it to exactly N).
 pub fn vcpu_count() -> u32 {
     ((hw::cpuid(1).ebx >> 16) & 0xff).max(1)
 }

@@ -59,8 +59,10 @@ pub struct Cli {
 
     /// A socket device (virtio-vsock, hybrid over a UNIX socket):
     /// cid=N,socket=PATH[,id=ID]. Host processes connect to PATH and
-    /// write "CONNECT <port>\n"; the guest's connections to host port P
-    /// go to PATH_P.
+    /// write the line "CONNECT P" to reach the guest's port P; the guest's
+    /// connections to host port P go to PATH_P.
+    // clap's --help text: the brackets are the syntax, not rustdoc links.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long, value_name = "cid=N,socket=PATH")]
     pub vsock: Option<String>,
 

@@ -35,7 +35,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
 /// Epoll tokens: the listener, then the device's own; connections and
-/// handshakes get tokens from [`FIRST_TOKEN`].
+/// handshakes get tokens from 16 on.
 pub const LISTENER: u64 = 0;
 /// The first token handed out.
 const FIRST_TOKEN: u64 = 16;
