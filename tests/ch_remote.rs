@@ -129,10 +129,17 @@ fn refusals_name_the_field_and_unsupported_subcommands_name_the_endpoint() {
         binary,
         socket: api.socket.clone(),
     };
+    // Cold plugs covm implements need a created VM first.
+    ch.refused(
+        &["add-vsock", "cid=3,socket=/tmp/covm-vsock"],
+        "NotFound",
+        "no VM is created",
+    );
+    ch.refused(&["add-net", "tap=covmtest0"], "NotFound", "no VM is created");
     // Subcommands covm does not implement: 404 naming the endpoint.
     for (args, endpoint) in [
-        (&["add-net", "tap=covmtest0"][..], "vm.add-net"),
-        (&["add-vsock", "cid=3,socket=/tmp/covm-vsock"], "vm.add-vsock"),
+        (&["add-pmem", "file=/tmp/covm-pmem"][..], "vm.add-pmem"),
+        (&["add-fs", "tag=t,socket=/tmp/covm-fs"], "vm.add-fs"),
         (&["remove-device", "disk0"], "vm.remove-device"),
         (&["snapshot", "file:///tmp/covm-snapshot"], "vm.snapshot"),
         (&["restore", "source_url=file:///tmp/covm-snapshot"], "vm.restore"),
