@@ -600,7 +600,9 @@ fn vsock_echoes_and_streams_over_vhost_vsock() {
         return;
     }
     if !Path::new("/dev/vhost-vsock").exists() {
-        eprintln!("SKIP: /dev/vhost-vsock is missing (the vhost_vsock module is not loaded), so QEMU has no vsock");
+        covm_test_support::skip(
+            "/dev/vhost-vsock is missing (the vhost_vsock module is not loaded), so QEMU has no vsock",
+        );
         return;
     }
     let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
