@@ -200,18 +200,6 @@ fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
     no_fail(&src_serial);
 }
 
-#[test]
-fn devices_on_a_td_are_refused_by_name() {
-    let out = covm()
-        .args(["--platform", "tdx=on", "--rng", "--serial", "null"])
-        .output()
-        .unwrap();
-    let err = stderr(&out);
-    assert!(!out.status.success());
-    // Either the host lacks TDX (refused first), or the devices are.
-    assert!(err.contains("TDX"), "{err}");
-}
-
 /// covm in `ns` with its API on `api` and serial output in `serial`.
 fn covm_in_ns(
     ns: &common::netns::Netns,

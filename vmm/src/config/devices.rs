@@ -278,15 +278,6 @@ pub enum DevicesError {
         /// Why.
         source: std::io::Error,
     },
-    /// A TD with devices.
-    #[error(
-        "{devices}: a TD (Intel TDX) cannot have virtio devices yet: it has no interrupt controller covm can \
-         route MSI-X through; remove them, or use SEV-SNP, emulated_cvm or a plain VM"
-    )]
-    Confidential {
-        /// The device options given.
-        devices: String,
-    },
 }
 
 impl DevicesConfig {
@@ -339,10 +330,7 @@ impl DevicesConfig {
     /// Checks the set as a whole and against the host: unique ids, images
     /// that exist and open as asked (read-write unless readonly), a
     /// readable entropy source; none on a confidential VM.
-    pub fn check(&self, refused: bool) -> Result<(), DevicesError> {
-        if refused && self.any() {
-            return Err(DevicesError::Confidential { devices: self.named() });
-        }
+    pub fn check(&self) -> Result<(), DevicesError> {
         let mut ids: Vec<String> = (0..self.disks.len()).map(|i| self.disk_id(i)).collect();
         ids.extend((0..self.nets.len()).map(|i| self.net_id(i)));
         ids.extend(self.vsock_id());
@@ -487,16 +475,13 @@ mod tests {
             disks: vec![disk(None), disk(Some("data"))],
             ..Default::default()
         };
-        set.check(false).unwrap();
+        set.check().unwrap();
         assert_eq!((set.disk_id(0), set.disk_id(1)), ("_disk0".into(), "data".into()));
         let twice = DevicesConfig {
             disks: vec![disk(Some("a")), disk(Some("a"))],
             ..Default::default()
         };
-        assert_eq!(
-            twice.check(false).unwrap_err().to_string(),
-            "two devices have the id 'a'"
-        );
+        assert_eq!(twice.check().unwrap_err().to_string(), "two devices have the id 'a'");
         let missing = DevicesConfig {
             disks: vec![DiskConfig {
                 path: dir.join("nope.img"),
@@ -504,7 +489,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let e = missing.check(false).unwrap_err().to_string();
+        let e = missing.check().unwrap_err().to_string();
         assert!(
             e.contains("nope.img: cannot open it") && e.contains("No such file"),
             "{e}"
@@ -517,17 +502,12 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert!(dirdisk.check(false).unwrap_err().to_string().contains("is a directory"));
-        let e = set.check(true).unwrap_err().to_string();
-        assert!(
-            e.starts_with("--disk: a TD (Intel TDX) cannot have virtio devices yet"),
-            "{e}"
-        );
+        assert!(dirdisk.check().unwrap_err().to_string().contains("is a directory"));
         let rng = DevicesConfig {
             rng: Some(RngConfig { src: dir.join("none") }),
             ..Default::default()
         };
-        assert!(rng.check(false).unwrap_err().to_string().contains("--rng src="));
+        assert!(rng.check().unwrap_err().to_string().contains("--rng src="));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -187,7 +187,7 @@ impl VmConfig {
             rng: cli.rng.as_deref().map(devices::parse_rng).transpose()?,
             vsock: cli.vsock.as_deref().map(vsock::parse_vsock).transpose()?,
         };
-        config.devices.check(config.platform.refuses_devices())?;
+        config.devices.check()?;
         config.api_socket = cli.api_socket.as_deref().map(parse_api_socket).transpose()?;
         config.dirty_tracking = cli
             .dirty_tracking

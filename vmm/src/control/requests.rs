@@ -182,7 +182,7 @@ impl Vmm {
         let config = self.config.as_mut().expect("created");
         let mut devices = config.devices.clone();
         add(&mut devices)?;
-        devices.check(config.platform.refuses_devices()).map_err(|e| match e {
+        devices.check().map_err(|e| match e {
             crate::config::DevicesError::DuplicateId(id) => {
                 ApiError::Conflict(format!("a device with the id '{id}' already exists"))
             }

@@ -160,12 +160,6 @@ impl PlatformConfig {
         !matches!(self, PlatformConfig::Plain)
     }
 
-    /// Whether the VM can have no virtio devices yet: a TD, which has no
-    /// interrupt controller covm can route MSI-X through.
-    pub fn refuses_devices(&self) -> bool {
-        matches!(self, PlatformConfig::Tdx(_))
-    }
-
     /// The migration policy, on a confidential platform.
     pub fn migration_policy(&self) -> Option<&MigrationPolicy> {
         match self {

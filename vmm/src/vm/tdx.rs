@@ -209,6 +209,33 @@ pub(crate) mod tests {
         Some((vm, fake.calls))
     }
 
+    #[test]
+    fn a_td_gets_devices_confined_to_its_shared_window() {
+        use crate::config::RngConfig;
+        use covm_devices::virtio::MemoryGate;
+        let mut config = tdx_config();
+        config.devices.rng = Some(RngConfig {
+            src: "/dev/urandom".into(),
+        });
+        let Some((vm, _)) = tdx_vm(&config) else { return };
+        assert_eq!(
+            vm.pci_devices(),
+            vec![("__rng".to_string(), "0000:00:01.0".to_string())]
+        );
+        let window = vm.pci.as_ref().and_then(|p| p.shared_window()).expect("confined");
+        assert!(window.start().is_err(), "nothing shared yet");
+        // MapGPA to shared (arriving as KVM_HC_MAP_GPA_RANGE) opens it.
+        let shared = window.hardware_convert(
+            covm_guest_abi::layout::SHARED_WINDOW,
+            covm_guest_abi::layout::SHARED_WINDOW_SIZE / 4096,
+            false,
+            || Ok(0),
+        );
+        assert_eq!(shared, Ok(0));
+        window.start().unwrap();
+        window.stopped();
+    }
+
     /// A whole TD comes out of the construction: the launch's calls in
     /// order, a real VM with a split irqchip and no in-kernel PIC or PIT,
     /// real vCPUs, the platform measuring the MRTD `covm measure` prints,

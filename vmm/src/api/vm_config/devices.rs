@@ -7,7 +7,7 @@ use super::{ConsoleJson, ConsoleMode as ChConsoleMode};
 use crate::api::ch_defaults;
 use crate::config::devices::{
     check_config_id, ConsoleMode, DevicesConfig, DiskConfig, RngConfig, DEFAULT_NUM_QUEUES, DEFAULT_QUEUE_SIZE,
-    DEFAULT_RNG_SOURCE, MAX_NUM_QUEUES, MAX_QUEUE_SIZE,
+    MAX_NUM_QUEUES, MAX_QUEUE_SIZE,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -220,12 +220,8 @@ pub struct DevicesJson {
     pub vsock: Option<super::vsock::VsockJson>,
 }
 
-/// The devices of a `vm.create` body. On a TD the entropy device and the
-/// `Tty` console that CH's own defaults add (what a configuration CH wrote
-/// always carries) are left out, with a warning, since a TD can have no
-/// devices yet; anything asked for beyond those defaults is refused as the
-/// command line refuses it.
-pub fn devices_from_json(json: DevicesJson, refused: bool) -> Result<DevicesConfig, String> {
+/// The devices of a `vm.create` body, checked as the command line's are.
+pub fn devices_from_json(json: DevicesJson) -> Result<DevicesConfig, String> {
     let DevicesJson {
         disks,
         nets,
@@ -245,18 +241,8 @@ pub fn devices_from_json(json: DevicesJson, refused: bool) -> Result<DevicesConf
         .enumerate()
         .map(|(i, n)| net_from_json(n, &format!("net[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut console = console_from_json(console)?;
-    let mut rng = rng.map(rng_from_json).transpose()?;
-    if refused {
-        if console == ConsoleMode::Tty {
-            tracing::warn!("console.mode Tty (CH's default) left out: a TD has no virtio devices yet");
-            console = ConsoleMode::Off;
-        }
-        if rng.as_ref().is_some_and(|r| r.src.as_os_str() == DEFAULT_RNG_SOURCE) {
-            tracing::warn!("rng (CH's default) left out: a TD has no virtio devices yet");
-            rng = None;
-        }
-    }
+    let console = console_from_json(console)?;
+    let rng = rng.map(rng_from_json).transpose()?;
     let vsock = vsock.map(|v| super::vsock::vsock_from_json(v, "vsock")).transpose()?;
     let devices = DevicesConfig {
         disks,
@@ -265,7 +251,7 @@ pub fn devices_from_json(json: DevicesJson, refused: bool) -> Result<DevicesConf
         rng,
         vsock,
     };
-    devices.check(refused).map_err(|e| e.to_string())?;
+    devices.check().map_err(|e| e.to_string())?;
     Ok(devices)
 }
 
@@ -325,37 +311,16 @@ mod tests {
     }
 
     #[test]
-    fn ch_defaults_are_left_out_of_a_td_and_more_is_refused() {
+    fn ch_defaults_give_a_console_and_an_rng() {
         let tty: ConsoleJson = serde_json::from_value(json!({"mode": "Tty"})).unwrap();
         let rng: RngJson = serde_json::from_value(json!({"src": "/dev/urandom"})).unwrap();
-        let d = devices_from_json(
-            DevicesJson {
-                console: Some(tty),
-                rng: Some(rng.clone()),
-                ..Default::default()
-            },
-            true,
-        )
+        let d = devices_from_json(DevicesJson {
+            console: Some(tty),
+            rng: Some(rng),
+            ..Default::default()
+        })
         .unwrap();
-        assert_eq!(d, DevicesConfig::default());
-        let d = devices_from_json(
-            DevicesJson {
-                rng: Some(rng),
-                ..Default::default()
-            },
-            false,
-        )
-        .unwrap();
+        assert_eq!(d.console, ConsoleMode::Tty);
         assert_eq!(d.rng.unwrap().src, PathBuf::from("/dev/urandom"));
-        let other: RngJson = serde_json::from_value(json!({"src": "/dev/random"})).unwrap();
-        let e = devices_from_json(
-            DevicesJson {
-                rng: Some(other),
-                ..Default::default()
-            },
-            true,
-        )
-        .unwrap_err();
-        assert!(e.contains("a TD (Intel TDX) cannot have virtio devices yet"), "{e}");
     }
 }

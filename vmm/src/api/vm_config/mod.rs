@@ -458,16 +458,13 @@ fn to_vm_config_probed(
     };
     let platform = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
     crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
-    let devices = devices::devices_from_json(
-        devices::DevicesJson {
-            disks: json.disks,
-            nets: json.net,
-            console: json.console,
-            rng: json.rng,
-            vsock: json.vsock,
-        },
-        platform.refuses_devices(),
-    )?;
+    let devices = devices::devices_from_json(devices::DevicesJson {
+        disks: json.disks,
+        nets: json.net,
+        console: json.console,
+        rng: json.rng,
+        vsock: json.vsock,
+    })?;
     Ok(VmConfig {
         cpus,
         memory: MemoryConfig { size },
