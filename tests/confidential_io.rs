@@ -146,20 +146,36 @@ fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
     let mut s = vsock_connect(&socket, 1234);
     echo_through(&mut s, 200_000);
     // While it migrates, a host client streams a recognisable 64-byte
-    // pattern through the guest's echo: it sits in the guest's bounce
-    // buffers, shared memory, which moves in the clear.
+    // pattern through the guest's echo, beside the guest client's own
+    // stream: both sit in the guest's bounce buffers, shared memory, which
+    // moves in the clear.
     let pattern: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
+    let echoed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let streaming = {
         let mut s = vsock_connect(&socket, 1234);
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let chunk: Vec<u8> = pattern.iter().copied().cycle().take(16 * 1024).collect();
+        let echoed = echoed.clone();
         std::thread::spawn(move || {
             let mut back = vec![0u8; 16 * 1024];
             // Until the source's end of the connection goes.
-            while s.write_all(&chunk).is_ok() && s.read(&mut back).is_ok_and(|n| n > 0) {}
+            while s.write_all(&chunk).is_ok() {
+                match s.read(&mut back) {
+                    Ok(n) if n > 0 => echoed.fetch_add(n, std::sync::atomic::Ordering::Relaxed),
+                    _ => break,
+                };
+            }
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    // The guest's buffers have held the pattern before the migration starts.
+    let start = std::time::Instant::now();
+    while echoed.load(std::sync::atomic::Ordering::Relaxed) < 256 << 10 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the echo stream did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let listen = owner.dir.path("mig.sock");
     let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
     assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
@@ -179,8 +195,14 @@ fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
     streaming.join().unwrap();
     let wire = proxy.to_destination.lock().unwrap().clone();
     proxy.join();
+    // The echo data of both streams (the host's pattern through the
+    // guest's listener, the guest client's documented pattern through the
+    // host's echo) sits in the shared bounce buffers: some of it must be
+    // on the wire in the clear.
+    let mut needles = vec![pattern];
+    needles.extend((0..64 << 10).map(|o: u64| (o..o + 64).map(covm_guest_abi::workload::vsock_pattern).collect()));
     assert!(
-        common::leak::found(&wire, &[pattern]) > 0,
+        common::leak::found(&wire, &needles) > 0,
         "the shared bounce buffers did not cross in the clear"
     );
     // The guest's listener and client continue at the destination, its
