@@ -112,7 +112,7 @@ fn measure(owner: &Owner, cmdline: &str) -> String {
 }
 
 #[test]
-fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
+fn a_confidential_vm_with_vsock_migrates_a_to_b_to_c_and_its_guest_keeps_both_ends() {
     if !kvm_available() {
         return;
     }
@@ -216,8 +216,28 @@ fn a_confidential_vm_with_vsock_migrates_and_its_guest_keeps_both_ends() {
     let mut fresh = vsock_connect(&socket, 1234);
     echo_through(&mut fresh, 200_000);
     assert_eq!(dst_api.state(), "Running");
-    assert_eq!(dst_api.put("/vm.power-button", None).0, 204);
-    assert_eq!(wait_exit(&mut dst, Duration::from_secs(30)), Some(0));
+    // On to a third covm: listener and client go on there too.
+    let (mut third, third_api, third_serial) = owner.destination("third", &[]);
+    let listen = owner.dir.path("mig2.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(third_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
+        listen.display()
+    );
+    let (status, body) = dst_api.put("/vm.send-migration", Some(&send));
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(wait_exit(&mut dst, Duration::from_secs(120)), Some(0));
+    let at_switch = rounds(&third_serial);
+    let text = wait_for_serial(&third_serial, Duration::from_secs(60), |_| {
+        rounds(&third_serial) >= at_switch + 2
+    });
+    assert!(rounds(&third_serial) >= at_switch + 2, "third:\n{text}");
+    let mut again = vsock_connect(&socket, 1234);
+    echo_through(&mut again, 100_000);
+    assert_eq!(third_api.put("/vm.power-button", None).0, 204);
+    assert_eq!(wait_exit(&mut third, Duration::from_secs(30)), Some(0));
+    no_fail(&third_serial);
     no_fail(&dst_serial);
     no_fail(&src_serial);
 }
@@ -251,7 +271,7 @@ fn covm_in_ns(
 }
 
 #[test]
-fn a_confidential_vm_answers_ping_tcp_and_udp_and_keeps_a_tcp_stream_across_a_migration() {
+fn a_confidential_vm_answers_ping_tcp_and_udp_and_keeps_a_tcp_stream_across_migrations_a_to_b_to_c() {
     use common::netns::{progress, python_usable, run_client, Netns, STREAM};
     if !kvm_available() || !python_usable() {
         return;
@@ -317,10 +337,27 @@ fn a_confidential_vm_answers_ping_tcp_and_udp_and_keeps_a_tcp_stream_across_a_mi
         std::fs::read_to_string(&dst_serial).unwrap_or_default()
     );
     assert_eq!(dst_api.state(), "Running");
-    assert_eq!(dst_api.put("/vm.power-button", None).0, 204);
-    assert_eq!(wait_exit(&mut dst.0, Duration::from_secs(30)), Some(0));
+    // On to a third covm, which answers on the same TAP.
+    let third_serial = owner.dir.path("third.txt");
+    let (mut third, third_api) = covm_in_ns(&ns, &owner.dir.path("third.sock"), &third_serial, &[]);
+    let listen = owner.dir.path("mig2.sock");
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(third_api.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let send = format!(
+        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
+        listen.display()
+    );
+    let (status, body) = dst_api.put("/vm.send-migration", Some(&send));
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(wait_exit(&mut dst.0, Duration::from_secs(120)), Some(0));
+    run_client(&ns, "10.0.9.2", 64 << 10, || {
+        std::fs::read_to_string(&third_serial).unwrap_or_default()
+    });
+    assert_eq!(third_api.put("/vm.power-button", None).0, 204);
+    assert_eq!(wait_exit(&mut third.0, Duration::from_secs(30)), Some(0));
     no_fail(&src_serial);
     no_fail(&dst_serial);
+    no_fail(&third_serial);
 }
 
 #[test]
@@ -393,6 +430,42 @@ fn a_confidential_vm_migrates_a_to_b_to_c_with_its_disk_busy_and_no_private_page
         leaked, 0,
         "{leaked} windows of the workload's private pages crossed in the clear"
     );
+    // And structurally: every page in the clear (Pages, ZeroPages) lies in
+    // the shared window; nothing else, the agent's memory included, left
+    // but sealed.
+    let (window, end) = (
+        covm_guest_abi::layout::SHARED_WINDOW,
+        covm_guest_abi::layout::SHARED_WINDOW + covm_guest_abi::layout::SHARED_WINDOW_SIZE,
+    );
+    let mut clear = 0;
+    for (kind, payload) in proxy::frames(&wire) {
+        let runs: Vec<(u64, u64)> = match kind {
+            4 => {
+                let n = u32::from_le_bytes(payload[4..8].try_into().unwrap()) as usize;
+                (0..n)
+                    .map(|i| {
+                        (
+                            u64::from_le_bytes(payload[8 + 8 * i..16 + 8 * i].try_into().unwrap()),
+                            1,
+                        )
+                    })
+                    .collect()
+            }
+            5 => vec![(
+                u64::from_le_bytes(payload[4..12].try_into().unwrap()),
+                u64::from_le_bytes(payload[12..20].try_into().unwrap()),
+            )],
+            _ => continue,
+        };
+        for (gpa, pages) in runs {
+            assert!(
+                gpa >= window && gpa + pages * 4096 <= end,
+                "{pages} pages at {gpa:#x} crossed in the clear outside the shared window"
+            );
+            clear += pages;
+        }
+    }
+    assert!(clear > 0, "the shared window did not cross in the clear");
     // On to a third covm: a migrated VM with devices migrates on.
     let (mut third, third_api, third_serial) = owner.destination("third", &[]);
     let listen = owner.dir.path("mig2.sock");
