@@ -11,7 +11,10 @@ covm's own transport (migration/examples/loopback_bandwidth.rs). covm's
 downtime is the source's (pause to Commit) plus the destination's resume
 (Commit to vCPUs running). Medians of --runs runs.
 
-Usage: python3 scripts/bench_migration.py [--runs 3] [--no-qemu] [--modes log,ring]
+First, idle guests of 1, 4 and 16 GiB (covm only, `--idle-only` for just
+those): their downtime should not grow with the guest.
+
+Usage: python3 scripts/bench_migration.py [--runs 3] [--no-qemu] [--modes log,ring] [--idle-only]
        (after cargo build --release; QEMU from Debian's qemu-system-x86)
 """
 import argparse, json, os, shutil, socket, statistics, subprocess, tempfile, time
@@ -21,6 +24,9 @@ from covmkit.migrate import covm_migrate, free_port
 from covmkit.build import release
 GUESTS = [(256, 128), (1024, 512)]  # (memory MiB, dirty region MiB)
 LOADS = [("idle", 1), ("64 MiB/s", 64), ("256 MiB/s", 256)]
+# Idle guests of growing size (a 64 MiB region at 1 MiB/s): downtime
+# should not grow with the guest (issue 18).
+IDLE_GUESTS = [1024, 4096, 16384]
 
 
 def loopback_bandwidth():
@@ -103,12 +109,23 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--modes", default="log,ring", help="covm dirty-tracking modes to run")
+    ap.add_argument("--idle-only", action="store_true", help="only the 1/4/16 GiB idle rows")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp()
     bw = loopback_bandwidth()
     print(f"loopback TCP, one stream: {bw / 1e9:.2f} GB/s")
     print(f"{'guest':>6} {'load':>10} {'vmm':>9} {'total ms':>9} {'downtime ms':>12} {'throughput GB/s':>16} "
           f"{'% of loopback':>14} {'rounds':>7} {'send->exit ms':>14}")
+    for mem in IDLE_GUESTS:
+        for m in args.modes.split(","):
+            results = [covm_run(mem, 64, 1, tmp, mode=m) for _ in range(args.runs)]
+            total, down, thr, rounds, exit_ms = (statistics.median(x) for x in zip(*results))
+            worst = max(r[1] for r in results)
+            print(f"{mem:>5}M {'idle':>10} {'covm-' + m:>9} {total:9.1f} {down:12.2f} {thr / 1e9:16.2f} "
+                  f"{100 * thr / bw:13.0f}% {rounds:7.0f} {exit_ms:14.1f}  (downtime max {worst:.2f}, "
+                  f"total {total / (mem / 1024):.1f} ms/GiB)")
+    if args.idle_only:
+        return
     for mem, region in GUESTS:
         for label, rate in LOADS:
             runners = [(f"covm-{m}", lambda *a, m=m: covm_run(*a, mode=m)) for m in args.modes.split(",")]

@@ -96,11 +96,25 @@ pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<DirtyBitm
 
 /// Adds the pages the VMM wrote through vm-memory, which never reach
 /// KVM's log or rings, to `bits` (one bit per page of `region`).
+///
+/// A word at a time: vm-memory's bitmap lends its words only by swapping
+/// them out (`get_and_reset`), so the bits found are set again at once
+/// (reading must not clear: the engine clears what it sends). Testing
+/// the region page by page cost 4 ms of a 16 GiB guest's pause.
 pub fn merge_vmm_writes(region: &crate::vm::memory::Region, bits: &mut [u64]) {
     let vmm = crate::vm::memory::vmm_writes(region);
-    for page in 0..(region.len() / PAGE_SIZE) as usize {
-        if vmm.is_bit_set(page) {
-            bits[page / 64] |= 1 << (page % 64);
+    for (i, word) in vmm.get_and_reset().into_iter().enumerate() {
+        if word == 0 {
+            continue;
+        }
+        if let Some(b) = bits.get_mut(i) {
+            *b |= word;
+        }
+        let mut rest = word;
+        while rest != 0 {
+            let bit = rest.trailing_zeros() as usize;
+            vmm.set_bit(i * 64 + bit);
+            rest &= rest - 1;
         }
     }
 }
@@ -154,4 +168,33 @@ pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result
 pub fn forget_vmm_writes(region: &crate::vm::memory::Region, first: u64, pages: u64) {
     let vmm = crate::vm::memory::vmm_writes(region);
     vmm.reset_addr_range((first * PAGE_SIZE) as usize, (pages * PAGE_SIZE) as usize);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn covm_writes_merge_a_word_at_a_time_and_stay_until_forgotten() {
+        let memory = crate::vm::memory::allocate(64 << 20).unwrap();
+        for page in [0u64, 63, 64, 1000] {
+            memory.write_obj(1u8, GuestAddress(page * PAGE_SIZE)).unwrap();
+        }
+        let region = memory.iter().next().unwrap();
+        let words = (region.len() / PAGE_SIZE).div_ceil(64) as usize;
+        let merged = |expect: &[u64]| {
+            let mut bits = vec![0u64; words];
+            merge_vmm_writes(region, &mut bits);
+            let set: Vec<u64> = (0..words as u64 * 64)
+                .filter(|p| bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
+                .collect();
+            assert_eq!(set, expect);
+        };
+        merged(&[0, 63, 64, 1000]);
+        // Reading did not clear.
+        merged(&[0, 63, 64, 1000]);
+        forget_vmm_writes(region, 63, 2);
+        merged(&[0, 1000]);
+    }
 }
