@@ -119,6 +119,24 @@ pub fn merge_vmm_writes(region: &crate::vm::memory::Region, bits: &mut [u64]) {
     }
 }
 
+/// `words` words with bits `lo..hi` set, a word at a time where whole (a
+/// 32 MiB chunk is 128 of them).
+fn bits_between(lo: u64, hi: u64, words: usize) -> Vec<u64> {
+    let mut bitmap = vec![0u64; words];
+    for (i, word) in bitmap.iter_mut().enumerate() {
+        let (w0, w1) = (i as u64 * 64, i as u64 * 64 + 64);
+        let (a, b) = (lo.max(w0), hi.min(w1));
+        if a < b {
+            *word = if b - a == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (b - a)) - 1) << (a - w0)
+            };
+        }
+    }
+    bitmap
+}
+
 /// Clears and re-protects `pages` pages from `gpa` (inside one region).
 pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result<(), DirtyLogError> {
     let outside = || DirtyLogError {
@@ -138,11 +156,11 @@ pub fn clear(vm_fd: &VmFd, memory: &GuestMemory, gpa: u64, pages: u64) -> Result
     // bitmap says which of those pages to clear.
     let start = first & !63;
     let end = (first + pages).next_multiple_of(64).min(slot_pages);
-    let mut bitmap = vec![0u64; (end - start).div_ceil(64) as usize];
-    for page in first..first + pages {
-        let bit = page - start;
-        bitmap[(bit / 64) as usize] |= 1 << (bit % 64);
-    }
+    let mut bitmap = bits_between(
+        first - start,
+        first - start + pages,
+        (end - start).div_ceil(64) as usize,
+    );
     let mut arg = kvm_clear_dirty_log {
         slot,
         num_pages: (end - start) as u32,
@@ -174,6 +192,25 @@ pub fn forget_vmm_writes(region: &crate::vm::memory::Region, first: u64, pages: 
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn clear_bitmaps_set_exactly_the_range() {
+        for (lo, hi, words) in [
+            (0, 64, 1),
+            (3, 64, 1),
+            (0, 8192, 128),
+            (5, 130, 3),
+            (64, 65, 2),
+            (10, 10, 1),
+        ] {
+            let got = bits_between(lo, hi, words);
+            let mut want = vec![0u64; words];
+            for bit in lo..hi {
+                want[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+            assert_eq!(got, want, "{lo}..{hi}");
+        }
+    }
 
     #[test]
     fn covm_writes_merge_a_word_at_a_time_and_stay_until_forgotten() {

@@ -153,7 +153,16 @@ pub fn unpopulated_host_pages(host_addr: u64, pages: u64) -> std::io::Result<Vec
     use std::os::unix::fs::FileExt;
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
-    let pagemap = std::fs::File::open("/proc/self/pagemap")?;
+    // Opened once: opening it per chunk showed in a 16 GiB migration's
+    // profile (path walks and proc inode checks, 512 times).
+    static PAGEMAP: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    let pagemap = match PAGEMAP.get() {
+        Some(f) => f,
+        None => {
+            let f = std::fs::File::open("/proc/self/pagemap")?;
+            PAGEMAP.get_or_init(|| f)
+        }
+    };
     let mut raw = vec![0u8; pages as usize * 8];
     pagemap.read_exact_at(&mut raw, host_addr / 4096 * 8)?;
     Ok(raw
