@@ -7,12 +7,12 @@ mod common;
 #[path = "common/proxy.rs"]
 #[allow(dead_code)]
 mod proxy;
-use common::api::covm_named;
+use common::api::{covm_named, Api};
 use common::blk::{check_disk_matches_summary, fresh_seed};
 use common::owner::Owner;
+use common::vsock::{connect, echo_server, echo_through, rounds, wait_rounds};
 use common::*;
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 fn confidential_args<'a>(owner: &'a Owner, policy: &'a str, cmdline: &'a str) -> Vec<&'a str> {
@@ -51,44 +51,19 @@ fn a_confidential_vm_uses_its_disk_through_the_shared_window() {
     check_disk_matches_summary(&disk, seed, 4, &text);
 }
 
-/// Connects to the guest's port `port` through covm's socket at `path`.
-fn vsock_connect(path: &std::path::Path, port: u32) -> UnixStream {
-    let mut s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(format!("CONNECT {port}\n").as_bytes()).unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    assert!(line.starts_with(b"OK "), "{}", String::from_utf8_lossy(&line));
-    s
-}
-
-fn echo_through(s: &mut UnixStream, len: u32) {
-    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 977) as u8).collect();
-    let writer = {
-        let mut w = s.try_clone().unwrap();
-        let data = data.clone();
-        std::thread::spawn(move || w.write_all(&data).unwrap())
-    };
-    let mut back = vec![0u8; data.len()];
-    s.read_exact(&mut back).unwrap();
-    writer.join().unwrap();
-    assert!(back == data, "the echo differs");
-}
-
-/// The `rounds=` of the last heartbeat in `serial`.
-fn rounds(serial: &std::path::Path) -> u64 {
-    std::fs::read_to_string(serial)
-        .unwrap_or_default()
-        .lines()
-        .rev()
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("rounds=")?.parse().ok())
-        })
-        .unwrap_or(0)
+/// `dst` starts receiving on `dir/<tag>.sock` and `src` sends there
+/// (within 120 s), through a proxy with `forward` tampering when given:
+/// the proxy, if any.
+fn migrate(dir: &Scratch, tag: &str, src: &Api, dst: &Api, forward: Option<proxy::Tamper>) -> Option<proxy::Proxy> {
+    let listen = dir.path(&format!("{tag}.sock"));
+    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
+    assert_eq!(dst.put("/vm.receive-migration", Some(&receive)).0, 204);
+    let proxy = forward.map(|f| proxy::Proxy::start(&dir.path(&format!("{tag}.proxy")), &listen, f, proxy::pass()));
+    let to = proxy.as_ref().map_or(&listen, |p| &p.path);
+    let send = format!(r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#, to.display());
+    let (status, body) = src.put("/vm.send-migration", Some(&send));
+    assert_eq!(status, 204, "{body}");
+    proxy
 }
 
 /// The launch measurement of the test's confidential VM with `cmdline`.
@@ -122,29 +97,15 @@ fn a_confidential_vm_with_vsock_migrates_a_to_b_to_c_and_its_guest_keeps_both_en
     let policy = policy.display().to_string();
     let socket = owner.dir.path("v.sock");
     // The host's echo for the guest's client.
-    let listener = std::os::unix::net::UnixListener::bind(owner.dir.path("v.sock_5000")).unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    echo_server(owner.dir.path("v.sock_5000"));
     let vsock = format!("cid=5,socket={}", socket.display());
     let mut args = confidential_args(&owner, &policy, cmdline);
     args.extend(["--vsock", &vsock]);
     let (mut src, src_api, src_serial) = covm_named(&owner.dir, "src", &args);
     let (mut dst, dst_api, dst_serial) = owner.destination("dst", &[]);
-    let text = wait_for_serial(&src_serial, Duration::from_secs(60), |_| rounds(&src_serial) >= 2);
-    assert!(rounds(&src_serial) >= 2, "source:\n{text}");
-    let mut s = vsock_connect(&socket, 1234);
-    echo_through(&mut s, 200_000);
+    wait_rounds(&src_serial, 2);
+    let mut s = connect(&socket, 1234).unwrap();
+    echo_through(&mut s, 200_000, 1);
     // While it migrates, a host client streams a recognisable 64-byte
     // pattern through the guest's echo, beside the guest client's own
     // stream: both sit in the guest's bounce buffers, shared memory, which
@@ -152,7 +113,7 @@ fn a_confidential_vm_with_vsock_migrates_a_to_b_to_c_and_its_guest_keeps_both_en
     let pattern: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect();
     let echoed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let streaming = {
-        let mut s = vsock_connect(&socket, 1234);
+        let mut s = connect(&socket, 1234).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let chunk: Vec<u8> = pattern.iter().copied().cycle().take(16 * 1024).collect();
         let echoed = echoed.clone();
@@ -176,16 +137,7 @@ fn a_confidential_vm_with_vsock_migrates_a_to_b_to_c_and_its_guest_keeps_both_en
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let listen = owner.dir.path("mig.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let proxy = proxy::Proxy::start(&owner.dir.path("mig.proxy"), &listen, proxy::pass(), proxy::pass());
-    let send = format!(
-        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        proxy.path.display()
-    );
-    let (status, body) = src_api.put("/vm.send-migration", Some(&send));
-    assert_eq!(status, 204, "{body}");
+    let proxy = migrate(&owner.dir, "mig", &src_api, &dst_api, Some(proxy::pass())).expect("a proxy");
     assert_eq!(
         wait_exit(&mut src, Duration::from_secs(120)),
         Some(0),
@@ -208,66 +160,22 @@ fn a_confidential_vm_with_vsock_migrates_a_to_b_to_c_and_its_guest_keeps_both_en
     // The guest's listener and client continue at the destination, its
     // virtqueues and bounce buffers having moved in the clear, the rest
     // of its memory sealed.
-    let at_switch = rounds(&dst_serial);
-    let text = wait_for_serial(&dst_serial, Duration::from_secs(60), |_| {
-        rounds(&dst_serial) >= at_switch + 2
-    });
-    assert!(rounds(&dst_serial) >= at_switch + 2, "destination:\n{text}");
-    let mut fresh = vsock_connect(&socket, 1234);
-    echo_through(&mut fresh, 200_000);
+    wait_rounds(&dst_serial, rounds(&dst_serial) + 2);
+    let mut fresh = connect(&socket, 1234).unwrap();
+    echo_through(&mut fresh, 200_000, 2);
     assert_eq!(dst_api.state(), "Running");
     // On to a third covm: listener and client go on there too.
     let (mut third, third_api, third_serial) = owner.destination("third", &[]);
-    let listen = owner.dir.path("mig2.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(third_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let send = format!(
-        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        listen.display()
-    );
-    let (status, body) = dst_api.put("/vm.send-migration", Some(&send));
-    assert_eq!(status, 204, "{body}");
+    migrate(&owner.dir, "mig2", &dst_api, &third_api, None);
     assert_eq!(wait_exit(&mut dst, Duration::from_secs(120)), Some(0));
-    let at_switch = rounds(&third_serial);
-    let text = wait_for_serial(&third_serial, Duration::from_secs(60), |_| {
-        rounds(&third_serial) >= at_switch + 2
-    });
-    assert!(rounds(&third_serial) >= at_switch + 2, "third:\n{text}");
-    let mut again = vsock_connect(&socket, 1234);
-    echo_through(&mut again, 100_000);
+    wait_rounds(&third_serial, rounds(&third_serial) + 2);
+    let mut again = connect(&socket, 1234).unwrap();
+    echo_through(&mut again, 100_000, 3);
     assert_eq!(third_api.put("/vm.power-button", None).0, 204);
     assert_eq!(wait_exit(&mut third, Duration::from_secs(30)), Some(0));
     no_fail(&third_serial);
     no_fail(&dst_serial);
     no_fail(&src_serial);
-}
-
-/// covm in `ns` with its API on `api` and serial output in `serial`.
-fn covm_in_ns(
-    ns: &common::netns::Netns,
-    api: &std::path::Path,
-    serial: &std::path::Path,
-    extra: &[&str],
-) -> (Process, common::api::Api) {
-    let api_arg = format!("path={}", api.display());
-    let serial_arg = format!("file={}", serial.display());
-    let mut args = vec![
-        env!("CARGO_BIN_EXE_covm"),
-        "--api-socket",
-        &api_arg,
-        "--serial",
-        &serial_arg,
-    ];
-    args.extend_from_slice(extra);
-    let child = ns
-        .command(&args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let api = common::api::Api { socket: api.into() };
-    api.wait_ready();
-    (Process(child), api)
 }
 
 #[test]
@@ -287,9 +195,9 @@ fn a_confidential_vm_answers_ping_tcp_and_udp_and_keeps_a_tcp_stream_across_migr
         "--net",
         "tap=covmtap7,ip=10.0.9.1,mask=255.255.255.0,mac=52:54:00:00:09:07",
     ]);
-    let (mut src, src_api) = covm_in_ns(&ns, &owner.dir.path("src.sock"), &src_serial, &args);
+    let (mut src, src_api) = common::netns::covm_in(&ns, &owner.dir.path("src.sock"), &src_serial, &args);
     let dst_serial = owner.dir.path("dst.txt");
-    let (mut dst, dst_api) = covm_in_ns(&ns, &owner.dir.path("dst.sock"), &dst_serial, &[]);
+    let (mut dst, dst_api) = common::netns::covm_in(&ns, &owner.dir.path("dst.sock"), &dst_serial, &[]);
     let text = wait_for_serial(&src_serial, Duration::from_secs(60), |t| t.contains("heartbeat 1 "));
     assert!(text.contains("mac 52:54:00:00:09:07 ip 10.0.9.2/24"), "serial:\n{text}");
     run_client(&ns, "10.0.9.2", 256 << 10, || {
@@ -318,15 +226,7 @@ fn a_confidential_vm_answers_ping_tcp_and_udp_and_keeps_a_tcp_stream_across_migr
         assert!(start.elapsed() < Duration::from_secs(60), "the stream did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let listen = owner.dir.path("mig.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let send = format!(
-        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        listen.display()
-    );
-    let (status, body) = src_api.put("/vm.send-migration", Some(&send));
-    assert_eq!(status, 204, "{body}");
+    migrate(&owner.dir, "mig", &src_api, &dst_api, None);
     assert_eq!(wait_exit(&mut src.0, Duration::from_secs(120)), Some(0));
     let out = wait_with_deadline(client, Duration::from_secs(120));
     let report = String::from_utf8_lossy(&out.stdout);
@@ -339,16 +239,8 @@ fn a_confidential_vm_answers_ping_tcp_and_udp_and_keeps_a_tcp_stream_across_migr
     assert_eq!(dst_api.state(), "Running");
     // On to a third covm, which answers on the same TAP.
     let third_serial = owner.dir.path("third.txt");
-    let (mut third, third_api) = covm_in_ns(&ns, &owner.dir.path("third.sock"), &third_serial, &[]);
-    let listen = owner.dir.path("mig2.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(third_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let send = format!(
-        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        listen.display()
-    );
-    let (status, body) = dst_api.put("/vm.send-migration", Some(&send));
-    assert_eq!(status, 204, "{body}");
+    let (mut third, third_api) = common::netns::covm_in(&ns, &owner.dir.path("third.sock"), &third_serial, &[]);
+    migrate(&owner.dir, "mig2", &dst_api, &third_api, None);
     assert_eq!(wait_exit(&mut dst.0, Duration::from_secs(120)), Some(0));
     run_client(&ns, "10.0.9.2", 64 << 10, || {
         std::fs::read_to_string(&third_serial).unwrap_or_default()
@@ -398,31 +290,14 @@ fn a_confidential_vm_migrates_a_to_b_to_c_with_its_disk_busy_and_no_private_page
     let (mut src, src_api, src_serial) = covm_named(&owner.dir, "src", &args);
     let (mut dst, dst_api, dst_serial) = owner.destination("dst", &[]);
     wait_heartbeats_within(&src_serial, 5, Duration::from_secs(60));
-    let listen = owner.dir.path("mig.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let proxy = proxy::Proxy::start(&owner.dir.path("mig.proxy"), &listen, proxy::pass(), proxy::pass());
-    let send = format!(
-        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        proxy.path.display()
-    );
-    let (status, body) = src_api.put("/vm.send-migration", Some(&send));
-    assert_eq!(status, 204, "{body}");
+    let proxy = migrate(&owner.dir, "mig", &src_api, &dst_api, Some(proxy::pass())).expect("a proxy");
     assert_eq!(
         wait_exit(&mut src, Duration::from_secs(120)),
         Some(0),
         "source:\n{}",
         std::fs::read_to_string(&src_serial).unwrap_or_default()
     );
-    let last = *heartbeat_numbers(&src_serial).last().unwrap();
-    let text = wait_for_serial(&dst_serial, Duration::from_secs(60), |_| {
-        heartbeat_numbers(&dst_serial).iter().any(|&n| n > last + 3)
-    });
-    assert!(
-        heartbeat_numbers(&dst_serial).iter().any(|&n| n > last + 3),
-        "destination:\n{text}"
-    );
-    no_fail(&dst_serial);
+    destination_continues(&src_serial, &dst_serial);
     let wire = proxy.to_destination.lock().unwrap().clone();
     proxy.join();
     let leaked = common::leak::found(&wire, &common::leak::page_windows(seed, dirty_mib));
@@ -468,25 +343,9 @@ fn a_confidential_vm_migrates_a_to_b_to_c_with_its_disk_busy_and_no_private_page
     assert!(clear > 0, "the shared window did not cross in the clear");
     // On to a third covm: a migrated VM with devices migrates on.
     let (mut third, third_api, third_serial) = owner.destination("third", &[]);
-    let listen = owner.dir.path("mig2.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(third_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let send = format!(
-        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        listen.display()
-    );
-    let (status, body) = dst_api.put("/vm.send-migration", Some(&send));
-    assert_eq!(status, 204, "{body}");
+    migrate(&owner.dir, "mig2", &dst_api, &third_api, None);
     assert_eq!(wait_exit(&mut dst, Duration::from_secs(120)), Some(0));
-    let last = *heartbeat_numbers(&dst_serial).last().unwrap();
-    let text = wait_for_serial(&third_serial, Duration::from_secs(60), |_| {
-        heartbeat_numbers(&third_serial).iter().any(|&n| n > last + 3)
-    });
-    assert!(
-        heartbeat_numbers(&third_serial).iter().any(|&n| n > last + 3),
-        "third:\n{text}"
-    );
-    no_fail(&third_serial);
+    destination_continues(&dst_serial, &third_serial);
     assert_eq!(third_api.put("/vm.power-button", None).0, 204);
     assert_eq!(wait_exit(&mut third, Duration::from_secs(30)), Some(0));
 }
@@ -518,12 +377,7 @@ fn the_same_check_finds_the_pages_when_a_plain_vm_migrates() {
     );
     let (_dst, dst_api, _) = common::api::destination(&dir, "dst", &[]);
     wait_heartbeats_within(&src_serial, 5, Duration::from_secs(60));
-    let listen = dir.path("mig.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let proxy = proxy::Proxy::start(&dir.path("mig.proxy"), &listen, proxy::pass(), proxy::pass());
-    let send = format!(r#"{{"destination_url": "unix:{}"}}"#, proxy.path.display());
-    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
+    let proxy = migrate(&dir, "mig", &src_api, &dst_api, Some(proxy::pass())).expect("a proxy");
     assert_eq!(wait_exit(&mut src, Duration::from_secs(120)), Some(0));
     let wire = proxy.to_destination.lock().unwrap().clone();
     proxy.join();
@@ -576,38 +430,10 @@ fn a_host_that_flips_a_window_page_to_shared_is_refused_and_the_source_resumes()
         }
         proxy::Verdict::Send(vec![f])
     });
-    let listen = owner.dir.path("mig.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let proxy = proxy::Proxy::start(&owner.dir.path("mig.proxy"), &listen, flip, proxy::pass());
-    let send = format!(
-        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        proxy.path.display()
-    );
-    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
-    let start = std::time::Instant::now();
-    let error = loop {
-        let i = src_api.info();
-        if let Some(e) = i["migration"]["error"].as_str() {
-            break e.to_string();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the migration did not end: {i}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let _proxy = migrate(&owner.dir, "mig", &src_api, &dst_api, Some(flip)).expect("a proxy");
+    let error = src_api.wait_migration_error();
     assert!(error.contains("sealed map"), "{error}");
-    assert_eq!(src_api.state(), "Running");
-    let before = heartbeat_numbers(&src_serial).last().copied().unwrap_or(0);
-    let text = wait_for_serial(&src_serial, Duration::from_secs(60), |_| {
-        heartbeat_numbers(&src_serial).iter().filter(|&&n| n > before).count() >= 3
-    });
-    assert!(
-        heartbeat_numbers(&src_serial).iter().filter(|&&n| n > before).count() >= 3,
-        "the source did not resume:\n{text}"
-    );
-    no_fail(&src_serial);
+    source_keeps_running(&src_serial);
     // The destination dropped the refused VM.
     assert_eq!(dst_api.get("/vm.info").0, 404);
 }
@@ -640,39 +466,12 @@ fn a_shared_page_moved_to_a_private_address_is_refused_and_the_source_resumes() 
         }
         proxy::Verdict::Send(vec![f])
     });
-    let listen = owner.dir.path("mig.sock");
-    let receive = format!(r#"{{"receiver_url": "unix:{}"}}"#, listen.display());
-    assert_eq!(dst_api.put("/vm.receive-migration", Some(&receive)).0, 204);
-    let proxy = proxy::Proxy::start(&owner.dir.path("mig.proxy"), &listen, move_page, proxy::pass());
-    let send = format!(
-        r#"{{"destination_url": "unix:{}", "timeout_s": 120}}"#,
-        proxy.path.display()
-    );
-    assert_eq!(src_api.put("/vm.send-migration", Some(&send)).0, 204);
-    let start = std::time::Instant::now();
-    let error = loop {
-        let i = src_api.info();
-        if let Some(e) = i["migration"]["error"].as_str() {
-            break e.to_string();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the migration did not end: {i}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let _proxy = migrate(&owner.dir, "mig", &src_api, &dst_api, Some(move_page)).expect("a proxy");
+    let error = src_api.wait_migration_error();
     assert!(error.contains("only sealed"), "{error}");
-    assert_eq!(src_api.state(), "Running");
-    let before = heartbeat_numbers(&src_serial).last().copied().unwrap_or(0);
-    let text = wait_for_serial(&src_serial, Duration::from_secs(60), |_| {
-        heartbeat_numbers(&src_serial).iter().filter(|&&n| n > before).count() >= 3
-    });
-    assert!(
-        heartbeat_numbers(&src_serial).iter().filter(|&&n| n > before).count() >= 3,
-        "the source did not resume:\n{text}"
-    );
+    source_keeps_running(&src_serial);
     // Its devices work again: the echo answers at the source.
-    let mut s = vsock_connect(&owner.dir.path("v.sock"), 1234);
-    echo_through(&mut s, 10_000);
+    let mut s = connect(&owner.dir.path("v.sock"), 1234).unwrap();
+    echo_through(&mut s, 10_000, 4);
     no_fail(&src_serial);
 }

@@ -22,22 +22,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// covm in `ns` with its API on `dir/api.sock`, serial in `dir/serial.txt`.
 fn covm_in(ns: &Netns, dir: &Scratch, args: &[&str]) -> (Process, Api, std::path::PathBuf) {
-    let socket = dir.path("api.sock");
     let serial = dir.path("serial.txt");
-    let child = ns
-        .command(&[env!("CARGO_BIN_EXE_covm")])
-        .arg("--api-socket")
-        .arg(format!("path={}", socket.display()))
-        .arg("--serial")
-        .arg(format!("file={}", serial.display()))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let api = Api { socket };
-    api.wait_ready();
-    (Process(child), api, serial)
+    let (process, api) = common::netns::covm_in(ns, &dir.path("api.sock"), &serial, args);
+    (process, api, serial)
 }
 
 fn net_heartbeats(serial: &Path) -> usize {

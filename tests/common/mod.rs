@@ -8,6 +8,7 @@ pub mod ch_remote;
 pub mod leak;
 pub mod netns;
 pub mod owner;
+pub mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -219,4 +220,35 @@ pub fn free_tcp_url() -> String {
         .unwrap()
         .port();
     format!("tcp:127.0.0.1:{port}")
+}
+
+/// Waits up to a minute for `at_least` heartbeats numbered above `after`
+/// in `serial`; whether they came, and the serial output.
+pub fn heartbeats_after(serial: &Path, after: u64, at_least: usize) -> (bool, String) {
+    let enough = || heartbeat_numbers(serial).iter().filter(|&&n| n > after).count() >= at_least;
+    let text = wait_for_serial(serial, Duration::from_secs(60), |_| enough());
+    (enough(), text)
+}
+
+/// The guest keeps running at the source: new heartbeats, no FAIL.
+pub fn source_keeps_running(serial: &Path) {
+    let before = heartbeat_numbers(serial).last().copied().unwrap_or(0);
+    let (resumed, text) = heartbeats_after(serial, before, 3);
+    assert!(
+        resumed,
+        "the source's guest did not resume after the refused migration:\n{text}"
+    );
+    no_fail(serial);
+}
+
+/// The destination continues the heartbeat from where the source stopped.
+pub fn destination_continues(src_serial: &Path, dst_serial: &Path) {
+    let last = *heartbeat_numbers(src_serial).last().expect("heartbeats at the source");
+    let (continued, text) = heartbeats_after(dst_serial, last, 5);
+    assert!(
+        continued,
+        "the destination did not continue the heartbeat after {last}:\n{text}"
+    );
+    no_fail(src_serial);
+    no_fail(dst_serial);
 }

@@ -3,7 +3,8 @@
 //! (raw socket), a TCP echo stream of random data compared byte for byte,
 //! UDP echo. Nothing sent leaves the namespace.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// A network namespace, deleted when dropped.
 pub struct Netns(pub String);
@@ -168,4 +169,23 @@ pub fn progress(path: &std::path::Path) -> u64 {
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// covm in `ns` with its API on `api`, its serial output in `serial`, and
+/// `args`; once its API answers.
+pub fn covm_in(ns: &Netns, api: &Path, serial: &Path, args: &[&str]) -> (super::Process, super::api::Api) {
+    let child = ns
+        .command(&[env!("CARGO_BIN_EXE_covm")])
+        .arg("--api-socket")
+        .arg(format!("path={}", api.display()))
+        .arg("--serial")
+        .arg(format!("file={}", serial.display()))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let api = super::api::Api { socket: api.into() };
+    api.wait_ready();
+    (super::Process(child), api)
 }
