@@ -10,12 +10,13 @@
 #[cfg(test)]
 mod tests;
 
+use super::lock;
 use super::worker::{give_back_held, QueueFailure, QueueHandler, Worker};
 use super::{features, ActivateError, Activation, GuestMemory, VirtioDevice, VirtioInterrupt};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT, Reader, Writer};
 use vmm_sys_util::eventfd::EventFd;
@@ -51,10 +52,6 @@ pub enum ConsoleError {
 }
 
 type Output = Arc<Mutex<Box<dyn Write + Send>>>;
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What the device, its worker and its input thread share.
 #[derive(Default)]
@@ -348,13 +345,7 @@ impl VirtioDevice for Console {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let config = self.config();
-        let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) else {
-            return;
-        };
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
+        super::read_config_bytes(&self.config(), offset, data);
     }
 
     /// The emergency write: a write to `emerg_wr` puts its low byte out

@@ -114,6 +114,23 @@ pub enum ActivateError {
     Host(#[from] std::io::Error),
 }
 
+/// Locks `m`, taking over a lock whose holder panicked (a device thread
+/// that died must not take the VMM's other threads with it).
+pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Copies the device configuration `config` from `offset` into `data`:
+/// what lies past its end reads as zero (every device's `read_config`).
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) else {
+        return;
+    };
+    let n = src.len().min(data.len());
+    data[..n].copy_from_slice(&src[..n]);
+}
+
 /// A virtio device model, independent of the transport.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (2 block, 3 console, 4 entropy).

@@ -8,9 +8,10 @@
 //! available meanwhile stay in the available ring, which migrates with
 //! guest memory and the queue's indices.
 
+use super::lock;
 use super::{ActiveQueue, GuestMemory, VirtioInterrupt};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -171,10 +172,6 @@ pub struct Worker {
     kill: EventFd,
     kick: EventFd,
     thread: Option<JoinHandle<()>>,
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Worker {

@@ -24,6 +24,7 @@ pub mod tap;
 #[cfg(test)]
 mod tests;
 
+use super::lock;
 use super::worker::{give_back_held, QueueFailure, QueueHandler, ServeHandle, Worker};
 use super::{features, ActivateError, Activation, GuestMemory, Handover, VirtioDevice};
 use std::collections::VecDeque;
@@ -31,7 +32,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use tap::{Tap, VNET_HDR_LEN};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT, Reader, Writer};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -60,10 +61,6 @@ pub mod net_features {
 
 /// `status` in the configuration: the link is up.
 const LINK_UP: u16 = 1;
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What the device, its worker and its reader thread share.
 #[derive(Default)]
@@ -502,14 +499,7 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| config.get(o + i))
-                .copied()
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&self.config(), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {

@@ -22,6 +22,7 @@ pub mod packet;
 mod tests;
 mod unix;
 
+use super::lock;
 use super::worker::{give_back_held, QueueFailure, QueueHandler, ServeHandle, Worker};
 use super::{features, ActivateError, Activation, GuestMemory, Handover, VirtioDevice};
 use muxer::{Muxer, LISTENER};
@@ -32,7 +33,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueState, QueueT, Reader, Writer};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -53,10 +54,6 @@ const EVENT: u16 = 2;
 /// The backend thread's own epoll tokens (the muxer's are 0 and 16 on).
 const STOP: u64 = 1;
 const WAKE: u64 = 2;
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The device's migration state: the guest's context id (checked against
 /// the destination's), the connections to reset and the next host port.
@@ -373,14 +370,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| config.get(o + i))
-                .copied()
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
