@@ -21,7 +21,6 @@ const WINDOW_PAGES: u64 = SHARED_WINDOW_SIZE / PAGE_SIZE;
 #[derive(Debug)]
 struct State {
     shared: Vec<bool>,
-    shared_count: u64,
     running_devices: u32,
     /// The request being written: first page, page count; and the last result.
     first: u32,
@@ -50,7 +49,6 @@ impl Default for SharedWindow {
     fn default() -> Self {
         SharedWindow(Mutex::new(State {
             shared: vec![false; WINDOW_PAGES as usize],
-            shared_count: 0,
             running_devices: 0,
             first: 0,
             pages: 0,
@@ -125,17 +123,7 @@ impl SharedWindow {
         }
         let result = convert()?;
         if let (0, Some((first, end))) = (result, hit) {
-            for page in first..end {
-                let slot = &mut s.shared[(page - window_first) as usize];
-                if *slot == to_private {
-                    *slot = !to_private;
-                    if to_private {
-                        s.shared_count -= 1;
-                    } else {
-                        s.shared_count += 1;
-                    }
-                }
-            }
+            s.shared[(first - window_first) as usize..(end - window_first) as usize].fill(!to_private);
         }
         Ok(result)
     }
@@ -167,12 +155,10 @@ impl SharedWindow {
                     SHARED_WINDOW + SHARED_WINDOW_SIZE
                 ));
             }
-            for page in (gpa - SHARED_WINDOW) / PAGE_SIZE..(end - SHARED_WINDOW) / PAGE_SIZE {
-                shared[page as usize] = true;
-            }
+            shared[((gpa - SHARED_WINDOW) / PAGE_SIZE) as usize..((end - SHARED_WINDOW) / PAGE_SIZE) as usize]
+                .fill(true);
             last_end = end;
         }
-        s.shared_count = shared.iter().filter(|&&p| p).count() as u64;
         s.shared = shared;
         Ok(())
     }
@@ -192,16 +178,20 @@ impl SharedWindow {
     }
 }
 
+/// The window's page indices of `pages` pages from page number `first`,
+/// if they all lie in it (and are some).
+fn window_pages(first: u64, pages: u64) -> Option<std::ops::Range<usize>> {
+    let window_first = SHARED_WINDOW / PAGE_SIZE;
+    let end = first.checked_add(pages)?;
+    (pages > 0 && first >= window_first && end <= window_first + WINDOW_PAGES)
+        .then(|| (first - window_first) as usize..(end - window_first) as usize)
+}
+
 impl State {
     /// What the pages are: all shared, all private or mixed; `None`
     /// outside the window.
     fn query(&self, first: u64, pages: u64) -> Option<u32> {
-        let window_first = SHARED_WINDOW / PAGE_SIZE;
-        let end = first.checked_add(pages)?;
-        if pages == 0 || first < window_first || end > window_first + WINDOW_PAGES {
-            return None;
-        }
-        let range = &self.shared[(first - window_first) as usize..(end - window_first) as usize];
+        let range = &self.shared[window_pages(first, pages)?];
         Some(match (range.iter().all(|&p| p), range.iter().any(|&p| p)) {
             (true, _) => page_state::SHARED,
             (false, true) => page_state::MIXED,
@@ -217,16 +207,13 @@ impl State {
                     .into(),
             );
         }
-        let window_first = SHARED_WINDOW / PAGE_SIZE;
-        let end = first.checked_add(pages).ok_or("the range wraps around")?;
-        if pages == 0 || first < window_first || end > window_first + WINDOW_PAGES {
-            return Err(format!(
+        let range = window_pages(first, pages).ok_or_else(|| {
+            format!(
                 "only pages of the shared window [{SHARED_WINDOW:#x}, {:#x}) can change state on the emulated \
                  platform",
                 SHARED_WINDOW + SHARED_WINDOW_SIZE
-            ));
-        }
-        let range = (first - window_first) as usize..(end - window_first) as usize;
+            )
+        })?;
         let to_shared = match op {
             page_state::TO_SHARED => true,
             page_state::TO_PRIVATE if self.running_devices > 0 => {
@@ -238,16 +225,7 @@ impl State {
             page_state::TO_PRIVATE => false,
             other => return Err(format!("unknown operation {other}")),
         };
-        for page in &mut self.shared[range] {
-            if *page != to_shared {
-                *page = to_shared;
-                if to_shared {
-                    self.shared_count += 1;
-                } else {
-                    self.shared_count -= 1;
-                }
-            }
-        }
+        self.shared[range].fill(to_shared);
         Ok(())
     }
 }
@@ -255,11 +233,11 @@ impl State {
 impl MemoryGate for SharedWindow {
     fn start(&self) -> Result<(), String> {
         let mut s = self.lock();
-        if s.shared_count != WINDOW_PAGES {
+        let private = s.shared.iter().filter(|&&shared| !shared).count();
+        if private != 0 {
             return Err(format!(
-                "{} of the {WINDOW_PAGES} pages of the shared window [{SHARED_WINDOW:#x}, {:#x}) are private: a \
-                 confidential guest's devices start only once it has shared the window (page-state request)",
-                WINDOW_PAGES - s.shared_count,
+                "{private} of the {WINDOW_PAGES} pages of the shared window [{SHARED_WINDOW:#x}, {:#x}) are private: \
+                 a confidential guest's devices start only once it has shared the window (page-state request)",
                 SHARED_WINDOW + SHARED_WINDOW_SIZE
             ));
         }
