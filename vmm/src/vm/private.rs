@@ -155,6 +155,41 @@ pub(super) mod tests {
     use super::*;
     use kvm_ioctls::Kvm;
 
+    /// `config` (an SEV-SNP or TDX test configuration) with an entropy device.
+    pub(crate) fn with_rng(mut config: VmConfig) -> VmConfig {
+        config.devices.rng = Some(crate::config::RngConfig {
+            src: "/dev/urandom".into(),
+        });
+        config
+    }
+
+    /// Checks that `vm`'s one device (from [`with_rng`]) is confined to its
+    /// shared window: it may not start until the guest's conversion of the
+    /// window (`KVM_HC_MAP_GPA_RANGE`, as an SNP page-state change or a TDX
+    /// MapGPA arrives) is recorded there, then it starts; the emulated
+    /// page-state ports only answer queries.
+    pub(crate) fn assert_devices_confined(vm: &Vm) {
+        use covm_devices::virtio::MemoryGate;
+        use covm_guest_abi::ports::page_state;
+        assert_eq!(
+            vm.pci_devices(),
+            vec![("__rng".to_string(), "0000:00:01.0".to_string())]
+        );
+        let window = vm.pci.as_ref().and_then(|p| p.shared_window()).expect("confined");
+        assert!(window.start().is_err(), "nothing shared yet");
+        let shared = window.hardware_convert(
+            covm_guest_abi::layout::SHARED_WINDOW,
+            covm_guest_abi::layout::SHARED_WINDOW_SIZE / 4096,
+            false,
+            || Ok(0),
+        );
+        assert_eq!(shared, Ok(0));
+        window.start().unwrap();
+        window.stopped();
+        assert_eq!(window.request(0x400, 1, page_state::TO_PRIVATE), page_state::REFUSED);
+        assert_eq!(window.request(0x400, 1, page_state::QUERY), page_state::SHARED);
+    }
+
     /// Checks that `vm` neither logs dirty pages nor migrates, saying
     /// `refusal` why; turning dirty logging off is no error.
     pub(crate) fn assert_not_migratable(vm: &Vm, refusal: &str) {

@@ -404,35 +404,9 @@ pub(crate) mod tests {
     /// where KVM's index is significant.
     #[test]
     fn an_snp_vm_gets_devices_confined_to_its_shared_window() {
-        use crate::config::RngConfig;
-        let mut config = snp_config();
-        config.devices.rng = Some(RngConfig {
-            src: "/dev/urandom".into(),
-        });
+        let config = crate::vm::private::tests::with_rng(snp_config());
         let Some((vm, _)) = snp_vm(&config) else { return };
-        assert_eq!(
-            vm.pci_devices(),
-            vec![("__rng".to_string(), "0000:00:01.0".to_string())]
-        );
-        let window = vm.pci.as_ref().and_then(|p| p.shared_window()).expect("confined");
-        // Nothing shared yet: the device may not start.
-        use covm_devices::virtio::MemoryGate;
-        assert!(window.start().is_err());
-        // The guest's conversion of the window (KVM_HC_MAP_GPA_RANGE, as an
-        // SNP page-state change arrives) is recorded there; then it starts.
-        let ok = window.hardware_convert(
-            covm_guest_abi::layout::SHARED_WINDOW,
-            covm_guest_abi::layout::SHARED_WINDOW_SIZE / 4096,
-            false,
-            || Ok(0),
-        );
-        assert_eq!(ok, Ok(0));
-        window.start().unwrap();
-        window.stopped();
-        // The emulated page-state ports only answer queries on SNP.
-        use covm_guest_abi::ports::page_state;
-        assert_eq!(window.request(0x400, 1, page_state::TO_PRIVATE), page_state::REFUSED);
-        assert_eq!(window.request(0x400, 1, page_state::QUERY), page_state::SHARED);
+        crate::vm::private::tests::assert_devices_confined(&vm);
     }
 
     #[test]

@@ -211,29 +211,9 @@ pub(crate) mod tests {
 
     #[test]
     fn a_td_gets_devices_confined_to_its_shared_window() {
-        use crate::config::RngConfig;
-        use covm_devices::virtio::MemoryGate;
-        let mut config = tdx_config();
-        config.devices.rng = Some(RngConfig {
-            src: "/dev/urandom".into(),
-        });
+        let config = crate::vm::private::tests::with_rng(tdx_config());
         let Some((vm, _)) = tdx_vm(&config) else { return };
-        assert_eq!(
-            vm.pci_devices(),
-            vec![("__rng".to_string(), "0000:00:01.0".to_string())]
-        );
-        let window = vm.pci.as_ref().and_then(|p| p.shared_window()).expect("confined");
-        assert!(window.start().is_err(), "nothing shared yet");
-        // MapGPA to shared (arriving as KVM_HC_MAP_GPA_RANGE) opens it.
-        let shared = window.hardware_convert(
-            covm_guest_abi::layout::SHARED_WINDOW,
-            covm_guest_abi::layout::SHARED_WINDOW_SIZE / 4096,
-            false,
-            || Ok(0),
-        );
-        assert_eq!(shared, Ok(0));
-        window.start().unwrap();
-        window.stopped();
+        crate::vm::private::tests::assert_devices_confined(&vm);
     }
 
     /// A whole TD comes out of the construction: the launch's calls in
