@@ -56,6 +56,28 @@ pub fn refuse_unless_default(path: &str, value: &Value, reason: &str) -> Result<
     }
 }
 
+/// Checks `other`, the fields of CH's section `at` that covm does not
+/// read: each must be one of `known` (with why covm refuses anything but
+/// its default), else it is refused as `invalid {what}: unknown field`;
+/// one `honoured` accepts as it is passes; any other must be at CH's
+/// default.
+pub fn refuse_other_fields(
+    other: &serde_json::Map<String, Value>,
+    known: &[(&str, &str)],
+    (at, what): (&str, &str),
+    honoured: impl Fn(&str, &Value) -> bool,
+) -> Result<(), String> {
+    for (key, value) in other {
+        let Some((_, why)) = known.iter().find(|(k, _)| k == key) else {
+            return Err(format!("invalid {what}: unknown field `{at}.{key}`"));
+        };
+        if !honoured(key, value) {
+            refuse_unless_default(&format!("{at}.{key}"), value, why)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

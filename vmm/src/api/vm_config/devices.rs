@@ -87,17 +87,14 @@ pub struct RngJson {
 
 /// One disk from its JSON; `at` names it in errors (`disks[0]`).
 pub fn disk_from_json(json: DiskJson, at: &str) -> Result<DiskConfig, String> {
-    for (key, value) in &json.other {
-        let Some((_, why)) = DISK_OTHER.iter().find(|(k, _)| k == key) else {
-            return Err(format!("invalid DiskConfig: unknown field `{at}.{key}`"));
-        };
-        match (key.as_str(), value) {
-            ("sparse" | "disable_io_uring" | "disable_aio", Value::Bool(_)) | ("lock_granularity", _) => {}
+    ch_defaults::refuse_other_fields(&json.other, DISK_OTHER, (at, "DiskConfig"), |key, value| {
+        match (key, value) {
+            ("sparse" | "disable_io_uring" | "disable_aio", Value::Bool(_)) | ("lock_granularity", _) => true,
             // "Unknown" is CH's default: the format is probed (covm: raw).
-            ("image_type", Value::String(t)) if t == "Raw" || t == "Unknown" => {}
-            _ => ch_defaults::refuse_unless_default(&format!("{at}.{key}"), value, why)?,
+            ("image_type", Value::String(t)) => t == "Raw" || t == "Unknown",
+            _ => false,
         }
-    }
+    })?;
     if !(1..=u64::from(MAX_NUM_QUEUES)).contains(&json.num_queues) {
         return Err(format!(
             "{at}.num_queues={} must be 1 to {MAX_NUM_QUEUES}",

@@ -61,17 +61,14 @@ const NET_OTHER: &[(&str, &str)] = &[
 
 /// One interface from its JSON; `at` names it in errors (`net[0]`).
 pub fn net_from_json(json: NetJson, at: &str) -> Result<NetConfig, String> {
-    for (key, value) in &json.other {
-        let Some((_, why)) = NET_OTHER.iter().find(|(k, _)| k == key) else {
-            return Err(format!("invalid VmConfig: unknown field `{at}.{key}`"));
-        };
-        match (key.as_str(), value) {
-            ("offload_tso" | "offload_ufo" | "offload_csum", Value::Bool(_)) => {}
+    ch_defaults::refuse_other_fields(&json.other, NET_OTHER, (at, "VmConfig"), |key, value| {
+        match (key, value) {
+            ("offload_tso" | "offload_ufo" | "offload_csum", Value::Bool(_)) => true,
             // CH's default mode, meaningless without vhost_user.
-            ("vhost_mode", Value::String(m)) if m == "Client" => {}
-            _ => ch_defaults::refuse_unless_default(&format!("{at}.{key}"), value, why)?,
+            ("vhost_mode", Value::String(m)) => m == "Client",
+            _ => false,
         }
-    }
+    })?;
     let fds = json.fds.unwrap_or_default();
     let backend = match (json.tap, fds.as_slice()) {
         (Some(_), [_, ..]) => return Err(format!("{at}: give tap or fds, not both")),

@@ -33,12 +33,7 @@ const VSOCK_OTHER: &[(&str, &str)] = &[
 
 /// The device from its JSON; `at` names it in errors (`vsock`).
 pub fn vsock_from_json(json: VsockJson, at: &str) -> Result<VsockConfig, String> {
-    for (key, value) in &json.other {
-        let Some((_, why)) = VSOCK_OTHER.iter().find(|(k, _)| k == key) else {
-            return Err(format!("invalid VmConfig: unknown field `{at}.{key}`"));
-        };
-        ch_defaults::refuse_unless_default(&format!("{at}.{key}"), value, why)?;
-    }
+    ch_defaults::refuse_other_fields(&json.other, VSOCK_OTHER, (at, "VmConfig"), |_, _| false)?;
     let cid = check_cid(json.cid).map_err(|e| format!("{at}.cid={}: {e}", json.cid))?;
     if json.socket.as_os_str().is_empty() {
         return Err(format!("{at}.socket: needs a path"));
