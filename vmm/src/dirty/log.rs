@@ -94,27 +94,38 @@ pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<DirtyBitm
     Ok(all)
 }
 
-/// Adds the pages the VMM wrote through vm-memory, which never reach
-/// KVM's log or rings, to `bits` (one bit per page of `region`).
+/// The words of covm's own write bitmap of `region` (vm-memory's, which
+/// KVM's log and rings never see) that have a bit set, as (index, word):
+/// bit `b` of word `i` is page `64 i + b` of the region.
 ///
 /// A word at a time: vm-memory's bitmap lends its words only by swapping
 /// them out (`get_and_reset`), so the bits found are set again at once
-/// (reading must not clear: the engine clears what it sends). Testing
-/// the region page by page cost 4 ms of a 16 GiB guest's pause.
-pub fn merge_vmm_writes(region: &crate::vm::memory::Region, bits: &mut [u64]) {
+/// (reading must not clear: the engine clears what it sends). Testing the
+/// region page by page cost 4 ms of a 16 GiB guest's pause.
+pub fn vmm_write_words(region: &crate::vm::memory::Region) -> Vec<(usize, u64)> {
     let vmm = crate::vm::memory::vmm_writes(region);
-    for (i, word) in vmm.get_and_reset().into_iter().enumerate() {
-        if word == 0 {
-            continue;
-        }
-        if let Some(b) = bits.get_mut(i) {
-            *b |= word;
-        }
+    let words: Vec<(usize, u64)> = vmm
+        .get_and_reset()
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, word)| word != 0)
+        .collect();
+    for &(i, word) in &words {
         let mut rest = word;
         while rest != 0 {
-            let bit = rest.trailing_zeros() as usize;
-            vmm.set_bit(i * 64 + bit);
+            vmm.set_bit(i * 64 + rest.trailing_zeros() as usize);
             rest &= rest - 1;
+        }
+    }
+    words
+}
+
+/// Adds the pages covm wrote through vm-memory to `bits` (one bit per
+/// page of `region`).
+pub fn merge_vmm_writes(region: &crate::vm::memory::Region, bits: &mut [u64]) {
+    for (i, word) in vmm_write_words(region) {
+        if let Some(b) = bits.get_mut(i) {
+            *b |= word;
         }
     }
 }
