@@ -247,6 +247,13 @@ pub mod command {
     /// sealed, of which zero, the entries walked to their end and the 4 KiB
     /// frames walked of the next entry (ask again from there).
     pub const EXPORT_LIST: u32 = 11;
+    /// Where the agent's time went in the session so far
+    /// ([`super::words::CostsReply`]): commands served and, in ticks of
+    /// the guest's time-stamp counter, the time inside them and in each
+    /// per-page stage (copies in and out, sealing or opening, zero
+    /// checks and fills). Answered in any state, like `STATUS`; `BEGIN`
+    /// starts the counts again. Accounting only: nothing depends on it.
+    pub const COSTS: u32 = 12;
 }
 
 /// Session states reported by [`command::STATUS`] (the codes of

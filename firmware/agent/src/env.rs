@@ -74,6 +74,11 @@ pub trait Platform {
     /// (`ports::page_state::QUERY`: `SHARED`, `PRIVATE`, `MIXED`, or
     /// anything else where the platform cannot say).
     fn page_state_query(&mut self, first: u64, pages: u64) -> u32;
+    /// A monotonic tick count for `COSTS` (the firmware: the time-stamp
+    /// counter); 0 always where there is no clock (the counts are then 0).
+    fn ticks(&self) -> u64 {
+        0
+    }
 }
 
 /// Lends the destination's epoch table (`mailbox::AGENT_EPOCHS`: one

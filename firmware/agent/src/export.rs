@@ -9,6 +9,7 @@
 //! with all of memory whatever the host's dirty log says later); a request
 //! that skips, repeats or reverses is refused and fails the session.
 
+use crate::costs::{Costs, Laps, Stage};
 use crate::env::{EpochTables, GuestMemory, Platform};
 use crate::mailbox::{self, Output};
 use crate::memmap::MemoryMap;
@@ -79,8 +80,9 @@ fn streaming<'s>(session: &'s mut Session<'_>, run: &Run, op: &str) -> Result<&'
 }
 
 /// The parts of the agent an export command uses.
-struct Exporting<'x, M> {
+struct Exporting<'x, M, P> {
     mem: &'x mut M,
+    platform: &'x P,
     map: &'x MemoryMap,
     s: &'x mut SourceSession,
     scratch: &'x mut [u8],
@@ -107,6 +109,7 @@ fn finish(
     walked: Result<u64, Fail>,
 ) -> Result<u64, Fail> {
     run.records += walk.records;
+    run.costs.merge(&walk.costs);
     let walked = walked.map_err(|e| fail_run(run, e))?;
     advance_cursor(run, s, map, walk);
     run.pages += walk.pages;
@@ -146,10 +149,13 @@ struct Walk {
     zero_run: Option<(u64, u64)>,
     /// The last private page walked.
     last: Option<u64>,
+    /// Where its time went (merged into the run's by `finish`).
+    costs: Costs,
+    laps: Laps,
 }
 
 impl Walk {
-    fn new() -> Self {
+    fn new(platform: &impl Platform) -> Self {
         Walk {
             out: Output::new(),
             pages: 0,
@@ -157,6 +163,8 @@ impl Walk {
             records: 0,
             zero_run: None,
             last: None,
+            costs: Costs::default(),
+            laps: Laps::start(platform),
         }
     }
 
@@ -174,14 +182,17 @@ impl Walk {
     /// Seals the private pages of `first..end` (zero runs pending in
     /// `self`) until the output might not hold the next page: the address
     /// it stopped at, `end` when it walked all of it.
+    #[allow(clippy::too_many_arguments)]
     fn range(
         &mut self,
         s: &mut SourceSession,
         mem: &mut impl GuestMemory,
+        platform: &impl Platform,
         map: &MemoryMap,
         record: &mut [u8; PAGE_RECORD_LEN],
         (first, end): (u64, u64),
     ) -> Result<u64, Fail> {
+        self.laps.skip(platform);
         for gpa in (first..end).step_by(PAGE_SIZE) {
             if !map.is_private(gpa) {
                 continue;
@@ -191,7 +202,9 @@ impl Walk {
             }
             self.last = Some(gpa);
             self.pages += 1;
-            if mem.known_zero(gpa) || mem.page_is_zero(gpa) {
+            let zero = mem.known_zero(gpa) || mem.page_is_zero(gpa);
+            self.laps.mark(platform, &mut self.costs, Stage::Zero);
+            if zero {
                 self.zeros += 1;
                 match &mut self.zero_run {
                     Some((start, n)) if *start + *n * PAGE == gpa => *n += 1,
@@ -202,11 +215,15 @@ impl Walk {
                 }
             } else {
                 self.flush(s, mem)?;
+                self.laps.skip(platform);
                 mem.read_page(gpa, head::<PAGE_SIZE>(&mut record[HEADER_LEN..]));
+                self.laps.mark(platform, &mut self.costs, Stage::CopyIn);
                 self.records += 1;
                 s.seal_page_in_place(gpa, record)
                     .map_err(|e| fail!(status::REFUSED, "sealing the page at {gpa:#x}: {e}"))?;
+                self.laps.mark(platform, &mut self.costs, Stage::Crypto);
                 self.out.put(mem, &record[..])?;
+                self.laps.mark(platform, &mut self.costs, Stage::CopyOut);
             }
         }
         Ok(end)
@@ -266,11 +283,12 @@ fn check_round(s: &SourceSession, op: &str, round: u32) -> Result<(), Fail> {
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     /// What an export command works with, once the session is streaming.
-    fn streaming_parts(&mut self, op: &str) -> Result<Exporting<'_, M>, Fail> {
+    fn streaming_parts(&mut self, op: &str) -> Result<Exporting<'_, M, P>, Fail> {
         let parts = self.parts()?;
         let s = streaming(parts.session, parts.run, op)?;
         Ok(Exporting {
             mem: parts.mem,
+            platform: parts.platform,
             map: parts.map,
             s,
             scratch: parts.scratch,
@@ -280,7 +298,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
 
     /// What a page export command works with, once the session is
     /// streaming in `round`.
-    fn exporting(&mut self, op: &str, round: u32) -> Result<Exporting<'_, M>, Fail> {
+    fn exporting(&mut self, op: &str, round: u32) -> Result<Exporting<'_, M, P>, Fail> {
         let exporting = self.streaming_parts(op)?;
         check_round(exporting.s, op, round)?;
         Ok(exporting)
@@ -292,6 +310,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     ) -> Outcome<ExportPagesReply> {
         let Exporting {
             mem,
+            platform,
             map,
             s,
             scratch,
@@ -300,9 +319,9 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         let record = head::<PAGE_RECORD_LEN>(scratch);
         let range = page_range("EXPORT_PAGES", first, count)?;
         check_cursor(run, s, map, range)?;
-        let mut walk = Walk::new();
+        let mut walk = Walk::new(platform);
         let walked = walk
-            .range(s, mem, map, record, range)
+            .range(s, mem, platform, map, record, range)
             .and_then(|stopped| walk.flush(s, mem).map(|_| stopped));
         let walked = finish(run, s, map, &walk, walked)?;
         Ok(Done::new(ExportPagesReply {
@@ -326,13 +345,14 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         }
         let Exporting {
             mem,
+            platform,
             map,
             s,
             scratch,
             run,
         } = self.exporting("EXPORT_LIST", round)?;
         let record = head::<PAGE_RECORD_LEN>(scratch);
-        let mut walk = Walk::new();
+        let mut walk = Walk::new(platform);
         let (mut done, mut partial) = (0u64, 0u64);
         let mut walked = Ok(0);
         for i in 0..entries {
@@ -355,7 +375,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     break;
                 }
             };
-            walked = walk.range(s, mem, map, record, range);
+            walked = walk.range(s, mem, platform, map, record, range);
             match walked {
                 Ok(stopped) if stopped == range.1 => done += 1,
                 Ok(stopped) => {
@@ -414,6 +434,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             s,
             scratch,
             run,
+            ..
         } = self.streaming_parts("EXPORT_FINAL")?;
         if s.epoch() == 0 {
             return Err(fail!(status::BAD_STATE, "EXPORT_FINAL: round 0 has not ended"));

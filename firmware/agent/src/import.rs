@@ -5,6 +5,7 @@
 //! epoch, staleness, counts); the agent adds its own: a page goes only to
 //! private memory, a vCPU state only to a slot of the VMSA area.
 
+use crate::costs::{Laps, Stage};
 use crate::env::{EpochTables, GuestMemory, Platform};
 use crate::export::{fail_run, head, memory_digest};
 use crate::mailbox::{self, Output};
@@ -60,12 +61,15 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         let workload = self.config.workload_vcpus;
         let Importing {
             mem,
+            platform,
             map,
             checker,
             scratch,
             run,
             ..
         } = self.importing("IMPORT")?;
+        let platform = &*platform;
+        let mut laps = Laps::start(platform);
         if run.failed {
             return Err(fail!(
                 status::BAD_STATE,
@@ -110,10 +114,12 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             };
             let record = &mut scratch[..size];
             mailbox::read_input(mem, offset, record);
+            laps.mark(platform, &mut run.costs, Stage::CopyIn);
             run.records += 1;
             let event = checker.open(record).map_err(|e| {
                 fail!(status::REFUSED, "IMPORT: record at byte {offset} refused: {e}").with_partial(partial)
             })?;
+            laps.mark(platform, &mut run.costs, Stage::Crypto);
             match event {
                 ImportEvent::Page { gpa, data } => {
                     if !map.is_private(gpa) {
@@ -124,6 +130,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                         .with_partial(partial));
                     }
                     mem.write_page(gpa, data);
+                    laps.mark(platform, &mut run.costs, Stage::CopyOut);
                     counts.pages += 1;
                 }
                 ImportEvent::ZeroPages { gpa, count } => {
@@ -144,6 +151,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                             mem.zero_page(page);
                         }
                     }
+                    laps.mark(platform, &mut run.costs, Stage::Zero);
                     counts.pages += count;
                     counts.zero_pages += count;
                 }
@@ -169,10 +177,12 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     let slot = AGENT_VCPU_STATES + u64::from(index) * VCPU_STATE_SLOT;
                     mem.write_window(slot + 4, state);
                     mem.write_window(slot, &(state.len() as u32).to_le_bytes());
+                    laps.mark(platform, &mut run.costs, Stage::CopyOut);
                     counts.vcpu_states += 1;
                 }
                 ImportEvent::Complete(summary) => run.summary = Some(summary),
             }
+            laps.skip(platform);
             offset += size;
         }
         run.pages += counts.pages;

@@ -28,7 +28,8 @@
 //!   hints, and round 0 must cover every private page in order;
 //! - once the source sealed its Final, no new session starts until the
 //!   destination's Commit or abort token is read; once the source read a
-//!   Commit, only `STATUS` is answered, for good;
+//!   Commit, only `STATUS` (and the accounting of `COSTS`) is answered,
+//!   for good;
 //! - only a VM launched to receive a migration takes a destination
 //!   session, and only until it committed; after that the guest runs
 //!   there and may only migrate on (a source session). A VM launched
@@ -40,6 +41,7 @@
 // allocator to box it into, and failures are rare (one per command).
 #![allow(clippy::result_large_err)]
 
+mod costs;
 mod env;
 mod export;
 mod handshake;
@@ -61,7 +63,7 @@ use covm_agent_protocol::record::{COMMIT_RECORD_LEN, MAX_RECORD_LEN};
 use covm_agent_protocol::{
     DestinationHandshake, ImportChecker, ImportPhase, Policy, SourceHandshake, SourceSession, SourceState, Summary,
 };
-use covm_guest_abi::mailbox::words::{Args, SessionState, StatusArgs, StatusReply, WORDS};
+use covm_guest_abi::mailbox::words::{Args, CostsArgs, SessionState, StatusArgs, StatusReply, WORDS};
 use covm_guest_abi::mailbox::{command, status, MAX_VCPU_STATE};
 use reply::{fail, Done, Outcome};
 
@@ -116,6 +118,8 @@ struct Run {
     records: u64,
     /// Pages sealed or imported (zero runs counted page by page).
     pages: u64,
+    /// Where the time went (`COSTS`).
+    costs: costs::Costs,
 }
 
 /// The migration agent.
@@ -193,9 +197,12 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     /// the answer (`done_seq` last). Returns the command's sequence number
     /// (its low 32 bits go to `ports::AGENT_DONE`).
     pub fn serve(&mut self) -> u64 {
+        let started = self.platform.ticks();
         let posted = mailbox::read_posted(&self.mem);
         let reply = self.handle(posted.command, &posted.args);
         mailbox::write_reply(&mut self.mem, posted.seq, &reply);
+        let ticks = self.platform.ticks().saturating_sub(started);
+        self.run.costs.command(ticks);
         posted.seq
     }
 
@@ -204,22 +211,25 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     /// to `FROM_AGENT`. The header's result fields are the caller's to
     /// write ([`Agent::serve`] does).
     pub fn handle(&mut self, command: u32, args: &[u64; WORDS]) -> Reply {
-        if self.own.is_err() && command != command::STATUS {
+        // STATUS and COSTS answer in every state, the agent started or not.
+        let always = matches!(command, command::STATUS | command::COSTS);
+        if self.own.is_err() && !always {
             self.own = startup::start(&self.mem, &mut self.platform, self.scratch.len(), self.boot_map.clone());
         }
-        if command != command::STATUS {
+        if !always {
             if let Err(why) = &self.own {
                 return Reply::from(fail!(status::REFUSED, "the migration agent did not start: {why}"));
             }
             if self.retired {
                 return Reply::from(fail!(
                     status::BAD_STATE,
-                    "the destination committed: this VM's guest never runs here again and its agent answers only STATUS"
+                    "the destination committed: this VM's guest never runs here again and its agent answers only STATUS and COSTS"
                 ));
             }
         }
         match command {
             command::STATUS => self.run(args, |agent, _: StatusArgs| Ok(agent.status())),
+            command::COSTS => self.run(args, |agent, _: CostsArgs| Ok(Done::new(agent.run.costs.reply()))),
             command::BEGIN => self.run(args, Self::begin),
             command::HANDSHAKE => self.run(args, Self::handshake),
             command::EXPORT_PAGES => self.run(args, Self::export_pages),

@@ -260,6 +260,8 @@ impl<'a> Receiver<'a> {
                     self.report.total_ms = ms(self.started.elapsed());
                     self.report.bytes_received = wire.bytes_received();
                     self.report.crypto_ms = whole_ms(opener.crypto_time());
+                    self.report.wire_ms = ms(wire.io_time());
+                    self.report.agent = opener.agent_costs();
                     return Ok(Incoming {
                         vm,
                         report: self.report,

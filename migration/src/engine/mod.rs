@@ -71,7 +71,7 @@ mod throttle;
 pub use destination::{receive, receive_with, Incoming};
 pub use error::MigrationError;
 pub use progress::{Milestone, Observer, Phase, Progress, ProgressSnapshot};
-pub use report::{DowntimeBreakdown, MigrationReport, ReceiveReport};
+pub use report::{AgentCosts, DowntimeBreakdown, MigrationReport, ReceiveReport};
 pub use sealer::{Carried, Link, Opener, PlainOpener, PlainSealer, RecordSink, Sealer};
 pub use source::{send, send_with};
 pub use throttle::ThrottlePolicy;

@@ -20,6 +20,32 @@ pub struct DowntimeBreakdown {
     pub restore_and_commit_ms: f64,
 }
 
+/// Where one side's confidential page work went: covm's view (waiting
+/// on the agent, copying to and from its mailbox) and the agent's own
+/// (its clock's ticks, converted). A plain migration has none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentCosts {
+    /// Agent commands run.
+    pub commands: u64,
+    /// covm waiting on the agent, from posting a command to its answer.
+    pub wait_ms: f64,
+    /// The agent inside its commands; the rest of `wait_ms` is exits, the
+    /// doorbell and the agent's vCPU waiting for a host CPU.
+    pub busy_ms: f64,
+    /// Copying into the agent's private memory: a page into its record
+    /// (source), a record out of the mailbox (destination).
+    pub copy_in_ms: f64,
+    /// Sealing (source); opening and checking (destination).
+    pub crypto_ms: f64,
+    /// Copying out: a record into the mailbox (source), a page into guest
+    /// memory, with its first touch (destination).
+    pub copy_out_ms: f64,
+    /// Zero pages: checked (source), cleared (destination).
+    pub zero_ms: f64,
+    /// covm copying input into the mailbox and output out of it.
+    pub mailbox_copy_ms: f64,
+}
+
 /// The source's summary of a successful migration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MigrationReport {
@@ -51,6 +77,12 @@ pub struct MigrationReport {
     /// crypto and the mailbox; plain: 0).
     #[serde(default)]
     pub crypto_ms: u64,
+    /// Time blocked writing frames to the link (and framing them).
+    #[serde(default)]
+    pub wire_ms: f64,
+    /// Confidential: where the agent's work went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentCosts>,
 }
 
 /// The destination's summary of a successful migration.
@@ -78,6 +110,12 @@ pub struct ReceiveReport {
     /// crypto and the mailbox; plain: 0).
     #[serde(default)]
     pub crypto_ms: u64,
+    /// Time blocked reading frames from the link (and decoding them).
+    #[serde(default)]
+    pub wire_ms: f64,
+    /// Confidential: where the agent's work went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentCosts>,
 }
 
 pub(crate) fn ms(d: Duration) -> f64 {

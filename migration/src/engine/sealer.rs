@@ -32,6 +32,7 @@
 //! `Sealed` frame carrying only the agent's sealed round-end record counts
 //! on both sides, with `Carried { pages: 0, .. }`, and the round balances.
 
+use super::report::AgentCosts;
 use super::MigrationError;
 use crate::protocol::{Message, ProtocolError, Wire, MAX_PAGES_PER_FRAME, PAGE_BYTES, PROTOCOL_VERSION};
 use crate::vm::{DestinationVm, SourceVm};
@@ -214,6 +215,12 @@ pub trait Sealer: Send {
     fn crypto_time(&self) -> Duration {
         Duration::ZERO
     }
+
+    /// Where the agent's work went, for the report (asked once, after the
+    /// Commit). Plain: none.
+    fn agent_costs(&mut self) -> Option<AgentCosts> {
+        None
+    }
 }
 
 /// Destination side: applies records and commits or aborts.
@@ -262,6 +269,12 @@ pub trait Opener: Send {
     /// Plain: zero.
     fn crypto_time(&self) -> Duration {
         Duration::ZERO
+    }
+
+    /// Where the agent's work went, for the report (asked once, after the
+    /// Commit was sent). Plain: none.
+    fn agent_costs(&mut self) -> Option<AgentCosts> {
+        None
     }
 }
 

@@ -360,6 +360,8 @@ impl Source<'_> {
             throughput_bytes_per_s: (self.wire.bytes_sent() as f64 / total.as_secs_f64().max(1e-6)) as u64,
             converged,
             crypto_ms: whole_ms(self.sealer.crypto_time()),
+            wire_ms: ms(self.wire.io_time()),
+            agent: self.sealer.agent_costs(),
         })
     }
 

@@ -5,6 +5,7 @@
 use super::frame::{read_frame_in, write_frame_in, HEADER_LEN};
 use super::{Message, ProtocolError, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
 use std::io::{BufReader, Read, Write};
+use std::time::{Duration, Instant};
 
 /// Small frames are gathered up to this many bytes before a write; larger
 /// payloads go straight to the stream.
@@ -25,6 +26,8 @@ pub struct Wire<S: Read + Write> {
     receive_sequence: u64,
     bytes_sent: u64,
     bytes_received: u64,
+    /// Time in the stream's reads and writes (framing included).
+    io_time: Duration,
 }
 
 impl<S: Read + Write> Wire<S> {
@@ -38,6 +41,7 @@ impl<S: Read + Write> Wire<S> {
             receive_sequence: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            io_time: Duration::ZERO,
         }
     }
 
@@ -51,7 +55,10 @@ impl<S: Read + Write> Wire<S> {
         let len = message.payload_len();
         if len >= BATCH {
             self.flush()?;
-            write_frame_in(self.reader.get_mut(), version, self.send_sequence, message)?;
+            let started = Instant::now();
+            let written = write_frame_in(self.reader.get_mut(), version, self.send_sequence, message);
+            self.io_time += started.elapsed();
+            written?;
         } else {
             write_frame_in(&mut self.pending, version, self.send_sequence, message)?;
             if self.pending.len() >= BATCH {
@@ -65,13 +72,16 @@ impl<S: Read + Write> Wire<S> {
 
     /// Writes queued frames and flushes the stream.
     pub fn flush(&mut self) -> Result<(), ProtocolError> {
+        let started = Instant::now();
         let stream = self.reader.get_mut();
+        let mut result = Ok(());
         if !self.pending.is_empty() {
-            let result = stream.write_all(&self.pending);
+            result = stream.write_all(&self.pending);
             self.pending.clear();
-            result.map_err(|e| ProtocolError::io("writing", e))?;
         }
-        stream.flush().map_err(|e| ProtocolError::io("writing", e))
+        let result = result.and_then(|()| stream.flush());
+        self.io_time += started.elapsed();
+        result.map_err(|e| ProtocolError::io("writing", e))
     }
 
     /// Sends `message` and flushes.
@@ -84,7 +94,10 @@ impl<S: Read + Write> Wire<S> {
     /// is never left waiting in our buffer while we wait for its answer).
     pub fn receive(&mut self) -> Result<Message, ProtocolError> {
         self.flush()?;
-        let (header, message) = read_frame_in(&mut self.reader, self.version, self.receive_sequence)?;
+        let started = Instant::now();
+        let read = read_frame_in(&mut self.reader, self.version, self.receive_sequence);
+        self.io_time += started.elapsed();
+        let (header, message) = read?;
         self.version = Some(header.version);
         self.receive_sequence += 1;
         self.bytes_received += (HEADER_LEN + header.len as usize) as u64;
@@ -104,6 +117,12 @@ impl<S: Read + Write> Wire<S> {
     /// Frame bytes received so far (headers included).
     pub fn bytes_received(&self) -> u64 {
         self.bytes_received
+    }
+
+    /// Time spent in the stream's reads and writes so far: blocked on the
+    /// peer or the network, framing included.
+    pub fn io_time(&self) -> Duration {
+        self.io_time
     }
 
     /// The underlying stream (to change its timeouts).

@@ -5,6 +5,7 @@
 
 pub mod confidential;
 pub mod engine_vm;
+pub mod prefault;
 
 use crate::api::vm_config;
 use crate::config::{SerialMode, VmConfig};

@@ -228,6 +228,11 @@ impl Vcpu {
 
     /// Gives the vCPU its confidential VM's runtime, so that it can park.
     pub fn set_runtime(&mut self, runtime: Arc<CvmRuntime>) {
+        // The guest's clock rate, for the agent's accounting (`COSTS`
+        // counts its time-stamp counter's ticks).
+        if let Ok(khz) = self.fd().get_tsc_khz() {
+            runtime.set_tsc_khz(khz);
+        }
         self.runtime = Some(runtime);
     }
 

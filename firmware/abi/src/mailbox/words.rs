@@ -28,6 +28,7 @@
 //! | `MINT_ABORT` | [`MintAbortArgs`] | [`MintAbortReply`] |
 //! | `STATUS` | [`StatusArgs`] | [`StatusReply`] |
 //! | `EXPORT_LIST` | [`ExportListArgs`] | [`ExportListReply`] |
+//! | `COSTS` | [`CostsArgs`] | [`CostsReply`] |
 
 use super::{command, state};
 use core::fmt;

@@ -4,8 +4,8 @@
 
 use super::mailbox::{AgentError, AgentMailbox};
 use super::session::SessionInfo;
-use covm_guest_abi::mailbox::words::Args;
-use covm_migration::engine::MigrationError;
+use covm_guest_abi::mailbox::words::{Args, CostsArgs};
+use covm_migration::engine::{AgentCosts, MigrationError};
 use std::time::Instant;
 
 /// Turns an agent failure into the engine's error.
@@ -32,5 +32,36 @@ pub fn timed<A: Args>(
         let e = agent_err(e);
         info.fail(e.to_string());
         e
+    })
+}
+
+/// Where the agent's work went in this session, for the report: its own
+/// counts (`COSTS`, its clock's ticks converted at the guest's TSC rate)
+/// beside covm's waiting and copying. `None` (logged) when the agent
+/// cannot say or the rate is unknown: the report then lacks the
+/// breakdown, nothing else.
+pub fn costs(mailbox: &mut AgentMailbox) -> Option<AgentCosts> {
+    let reply = match mailbox.call(CostsArgs, &[]) {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!("no cost breakdown from the migration agent: {e}");
+            return None;
+        }
+    };
+    let Some(khz) = mailbox.tsc_khz() else {
+        tracing::warn!("no cost breakdown: the guest's TSC rate is unknown");
+        return None;
+    };
+    let ms = |ticks: u64| ticks as f64 / f64::from(khz);
+    let (waited, copied) = mailbox.host_times();
+    Some(AgentCosts {
+        commands: reply.commands,
+        wait_ms: waited.as_secs_f64() * 1e3,
+        busy_ms: ms(reply.busy_ticks),
+        copy_in_ms: ms(reply.copy_in_ticks),
+        crypto_ms: ms(reply.crypto_ticks),
+        copy_out_ms: ms(reply.copy_out_ticks),
+        zero_ms: ms(reply.zero_ticks),
+        mailbox_copy_ms: copied.as_secs_f64() * 1e3,
     })
 }

@@ -9,7 +9,7 @@ use crate::vm::confidential::runtime::{CvmRuntime, WaitError};
 use covm_guest_abi::mailbox::words::{Args, Words, WordsError, WORDS};
 use covm_guest_abi::mailbox::{self, command, header, status};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Longest a command may take. Generous: a verified-mode commit hashes all
@@ -79,6 +79,7 @@ pub fn command_name(command: u32) -> &'static str {
         command::MINT_ABORT => "MintAbort",
         command::STATUS => "Status",
         command::EXPORT_LIST => "ExportList",
+        command::COSTS => "Costs",
         _ => "an unknown command",
     }
 }
@@ -96,6 +97,10 @@ pub struct AgentMailbox {
     runtime: Arc<CvmRuntime>,
     seq: u64,
     output: Vec<u8>,
+    /// Time from posting commands to their answers.
+    waited: Duration,
+    /// Time copying input in and output out.
+    copied: Duration,
 }
 
 fn at(offset: usize) -> GuestAddress {
@@ -109,6 +114,8 @@ impl AgentMailbox {
             runtime,
             seq: 0,
             output: Vec::new(),
+            waited: Duration::ZERO,
+            copied: Duration::ZERO,
         }
     }
 
@@ -165,16 +172,19 @@ impl AgentMailbox {
             message: e.to_string(),
         };
         self.seq = self.runtime.next_seq();
+        let started = Instant::now();
         memory.write_slice(input, GuestAddress(mailbox::TO_AGENT)).map_err(io)?;
+        self.copied += started.elapsed();
         for (i, word) in args.iter().enumerate() {
             memory.write_obj(*word, at(header::ARGS + 8 * i)).map_err(io)?;
         }
         memory.write_obj(command, at(header::COMMAND)).map_err(io)?;
         memory.write_obj(self.seq, at(header::COMMAND_SEQ)).map_err(io)?;
+        let posted = Instant::now();
         self.runtime.post(self.seq);
-        self.runtime
-            .wait_done(self.seq, COMMAND_TIMEOUT)
-            .map_err(|source| AgentError::Wait { command: name, source })?;
+        let answered = self.runtime.wait_done(self.seq, COMMAND_TIMEOUT);
+        self.waited += posted.elapsed();
+        answered.map_err(|source| AgentError::Wait { command: name, source })?;
         let code: u32 = memory.read_obj(at(header::STATUS)).map_err(io)?;
         if code != status::OK {
             let len: u32 = memory.read_obj(at(header::ERROR_LEN)).map_err(io)?;
@@ -197,11 +207,30 @@ impl AgentMailbox {
                 message: format!("the agent claims {out_len} bytes of output"),
             });
         }
+        let started = Instant::now();
         self.output.resize(out_len as usize, 0);
         memory
             .read_slice(&mut self.output, GuestAddress(mailbox::FROM_AGENT))
             .map_err(io)?;
+        self.copied += started.elapsed();
         Ok(results)
+    }
+
+    /// Time waiting on the agent and time copying to and from the
+    /// mailbox, over every command so far.
+    pub fn host_times(&self) -> (Duration, Duration) {
+        (self.waited, self.copied)
+    }
+
+    /// The VM's guest memory (a handle; for the destination's prefault
+    /// helper, which touches no byte of it).
+    pub fn guest_memory(&self) -> crate::vm::memory::GuestMemory {
+        self.runtime.memory().clone()
+    }
+
+    /// The guest's time-stamp counter rate, to convert the agent's ticks.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        self.runtime.tsc_khz()
     }
 
     /// The peer identity block after a completed handshake.
@@ -249,13 +278,13 @@ mod tests {
     /// Errors and the debug log name every command of the ABI.
     #[test]
     fn every_command_has_a_name() {
-        let names: Vec<_> = (command::BEGIN..=command::EXPORT_LIST).map(command_name).collect();
+        let names: Vec<_> = (command::BEGIN..=command::COSTS).map(command_name).collect();
         assert!(!names.contains(&"an unknown command"), "{names:?}");
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "{names:?}");
-        assert_eq!(command_name(command::EXPORT_LIST + 1), "an unknown command");
+        assert_eq!(command_name(command::COSTS + 1), "an unknown command");
     }
 
     /// Result words no agent writes are refused with the command's name

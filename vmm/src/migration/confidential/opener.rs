@@ -10,8 +10,10 @@ use super::handshake;
 use super::mailbox::AgentMailbox;
 use super::session::SessionInfo;
 use super::shared_pages::ClearPages;
+use crate::migration::prefault::{self, Prefaulter};
+use covm_agent_protocol::record::{RecordHeader, RecordType};
 use covm_guest_abi::mailbox::words::{Args, CommitArgs, ImportArgs, MintAbortArgs, Role};
-use covm_migration::engine::{Carried, Link, MigrationError, Opener, PlainOpener};
+use covm_migration::engine::{AgentCosts, Carried, Link, MigrationError, Opener, PlainOpener};
 use covm_migration::protocol::Message;
 use covm_migration::vm::DestinationVm;
 use std::time::Duration;
@@ -29,6 +31,28 @@ pub struct ConfidentialOpener {
     /// The source's Final carried a memory digest: commit in verified mode.
     verified: bool,
     committed: bool,
+    /// Populates the pages of each batch while the agent imports it.
+    prefault: Option<Prefaulter>,
+}
+
+/// The pages the Page records of `records` name, as runs: their headers
+/// are in the clear (protocol §"Sealed records"). Stops at the first
+/// header that does not decode (the agent refuses that record).
+fn page_runs(records: &[u8]) -> Vec<(u64, u64)> {
+    let mut gpas = Vec::new();
+    let mut rest = records;
+    while let Ok(header) = RecordHeader::decode(rest) {
+        if header.record_type == RecordType::Page {
+            gpas.push(header.address);
+        }
+        match rest.get(header.record_len()..) {
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    let mut runs = Vec::new();
+    prefault::runs_of(gpas, &mut runs);
+    runs
 }
 
 impl ConfidentialOpener {
@@ -37,6 +61,7 @@ impl ConfidentialOpener {
         ConfidentialOpener {
             plain: PlainOpener,
             clear: ClearPages::default(),
+            prefault: Prefaulter::start(mailbox.guest_memory()),
             mailbox,
             info,
             verified: false,
@@ -88,6 +113,9 @@ impl Opener for ConfidentialOpener {
                 during: "opening sealed records",
             });
         };
+        if let Some(prefault) = &mut self.prefault {
+            prefault.ahead(page_runs(&records));
+        }
         let reply = self.call(
             ImportArgs {
                 len: records.len() as u64,
@@ -156,5 +184,45 @@ impl Opener for ConfidentialOpener {
 
     fn crypto_time(&self) -> Duration {
         self.info.crypto()
+    }
+
+    fn agent_costs(&mut self) -> Option<AgentCosts> {
+        call::costs(&mut self.mailbox)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use covm_agent_protocol::record::{COUNT_RECORD_LEN, PAGE_RECORD_LEN};
+
+    fn record(record_type: RecordType, address: u64, len: usize) -> Vec<u8> {
+        let header = RecordHeader {
+            record_type,
+            length: (len - covm_agent_protocol::record::RECORD_OVERHEAD) as u32,
+            sequence: 0,
+            address,
+            epoch: 0,
+        };
+        let mut record = header.encode().to_vec();
+        record.resize(len, 0xee);
+        record
+    }
+
+    /// The prefault helper is told the pages of the Page records, in
+    /// runs; zero runs and a broken tail are left to the agent.
+    #[test]
+    fn page_runs_come_from_the_clear_headers() {
+        let mut batch = Vec::new();
+        for gpa in [0x10_0000, 0x10_1000, 0x10_2000] {
+            batch.extend(record(RecordType::Page, gpa, PAGE_RECORD_LEN));
+        }
+        batch.extend(record(RecordType::ZeroPages, 0x10_3000, COUNT_RECORD_LEN));
+        batch.extend(record(RecordType::Page, 0x20_0000, PAGE_RECORD_LEN));
+        assert_eq!(page_runs(&batch), [(0x10_0000, 3), (0x20_0000, 1)]);
+        batch.extend([9u8; 40]);
+        batch.extend(record(RecordType::Page, 0x30_0000, PAGE_RECORD_LEN));
+        assert_eq!(page_runs(&batch), [(0x10_0000, 3), (0x20_0000, 1)]);
+        assert!(page_runs(&[]).is_empty());
     }
 }

@@ -16,7 +16,7 @@ use covm_guest_abi::mailbox::words::{
     SessionState, StatusArgs,
 };
 use covm_guest_abi::mailbox::{AGENT_WINDOW_END, AGENT_WINDOW_START};
-use covm_migration::engine::{Carried, Link, MigrationError, PlainSealer, RecordSink, Sealer};
+use covm_migration::engine::{AgentCosts, Carried, Link, MigrationError, PlainSealer, RecordSink, Sealer};
 use covm_migration::protocol::{Message, MAX_PAGES_PER_FRAME, PROTOCOL_VERSION_CONFIDENTIAL};
 use covm_migration::vm::SourceVm;
 use std::time::Duration;
@@ -312,5 +312,9 @@ impl Sealer for ConfidentialSealer {
 
     fn crypto_time(&self) -> Duration {
         self.info.crypto()
+    }
+
+    fn agent_costs(&mut self) -> Option<AgentCosts> {
+        call::costs(&mut self.mailbox)
     }
 }

@@ -10,7 +10,7 @@ use crate::platform::Platform;
 use covm_devices::PioDevice;
 use covm_guest_abi::mailbox::{self, header, launch_mode, DOORBELL_RETRY};
 use covm_guest_abi::ports;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
@@ -69,6 +69,8 @@ pub struct CvmRuntime {
     park: ParkGate,
     retired: AtomicBool,
     platform: OnceLock<Arc<dyn Platform>>,
+    /// The guest's time-stamp counter rate (0: unknown).
+    tsc_khz: AtomicU32,
 }
 
 /// Why waiting on the agent failed.
@@ -92,6 +94,7 @@ impl CvmRuntime {
             park: ParkGate::default(),
             retired: AtomicBool::new(false),
             platform: OnceLock::new(),
+            tsc_khz: AtomicU32::new(0),
         }
     }
 
@@ -103,6 +106,16 @@ impl CvmRuntime {
     /// The VM's guest memory (the mailbox lives in it).
     pub fn memory(&self) -> &GuestMemory {
         &self.memory
+    }
+
+    /// The guest's time-stamp counter runs at `khz` (KVM's answer).
+    pub fn set_tsc_khz(&self, khz: u32) {
+        self.tsc_khz.store(khz, Ordering::Relaxed);
+    }
+
+    /// The guest's time-stamp counter rate in kHz, once a vCPU said it.
+    pub fn tsc_khz(&self) -> Option<u32> {
+        Some(self.tsc_khz.load(Ordering::Relaxed)).filter(|&k| k != 0)
     }
 
     /// Gives the ports the launched platform (for evidence). Once.

@@ -269,6 +269,49 @@ impl ExportListReply {
     }
 }
 
+words! {
+    /// `COSTS`: where the agent's time went.
+    CostsArgs;
+}
+
+words! {
+    /// `COSTS`' reply: the session's counts since `BEGIN`, times in ticks
+    /// of the guest's time-stamp counter (the host converts them).
+    CostsReply {
+        /// Commands served.
+        commands: u64 = 0,
+        /// Ticks inside them, from reading the command to writing the
+        /// reply: the rest of a command's wall time is the host's (the
+        /// exits, the doorbell, scheduling).
+        busy_ticks: u64 = 1,
+        /// Copying into private memory: a page into its record (source),
+        /// a record out of `TO_AGENT` (destination).
+        copy_in_ticks: u64 = 2,
+        /// Sealing (source) or opening and checking (destination).
+        crypto_ticks: u64 = 3,
+        /// Copying out: a sealed record to `FROM_AGENT` (source), an
+        /// opened page into guest memory (destination).
+        copy_out_ticks: u64 = 4,
+        /// Zero pages: checking them (source), clearing them (destination).
+        zero_ticks: u64 = 5,
+    }
+    check CostsReply::check
+}
+
+impl CostsReply {
+    fn check(&self) -> Result<(), WordsError> {
+        let stages = [
+            self.copy_in_ticks,
+            self.crypto_ticks,
+            self.copy_out_ticks,
+            self.zero_ticks,
+        ]
+        .iter()
+        .fold(0u64, |sum, t| sum.saturating_add(*t));
+        within(("the stages' ticks", stages), ("busy_ticks", self.busy_ticks))
+    }
+}
+
 /// Ties each command to its arguments and reply types.
 macro_rules! commands {
     ($($command:ident: $args:ident => $reply:ident,)+) => {
@@ -301,4 +344,5 @@ commands! {
     MINT_ABORT: MintAbortArgs => MintAbortReply,
     STATUS: StatusArgs => StatusReply,
     EXPORT_LIST: ExportListArgs => ExportListReply,
+    COSTS: CostsArgs => CostsReply,
 }

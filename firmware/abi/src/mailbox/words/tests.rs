@@ -17,8 +17,8 @@ fn with(mut words: [u64; WORDS], index: usize, value: u64) -> [u64; WORDS] {
 #[test]
 fn every_command_has_its_types() {
     let codes: Vec<u32> = COMMANDS.iter().map(|&(code, _)| code).collect();
-    assert_eq!(codes.len(), 11);
-    for code in command::BEGIN..=command::EXPORT_LIST {
+    assert_eq!(codes.len(), 12);
+    for code in command::BEGIN..=command::COSTS {
         assert_eq!(codes.iter().filter(|&&c| c == code).count(), 1, "command {code}");
     }
     assert_eq!(<ExportPagesArgs as Args>::NAME, "EXPORT_PAGES");
@@ -58,6 +58,7 @@ fn arguments_round_trip_in_their_words() {
     layout(MintAbortArgs { reason: 7 }, [7, 0, 0, 0, 0, 0, 0, 0]);
     layout(StatusArgs, [0; WORDS]);
     layout(ExportListArgs { round: 1, entries: 9 }, [1, 9, 0, 0, 0, 0, 0, 0]);
+    layout(CostsArgs, [0; WORDS]);
 }
 
 #[test]
@@ -131,6 +132,26 @@ fn replies_round_trip_in_their_words() {
         },
         [4, 1, 4, 0, 0, 0, 0, 0],
     );
+    layout(
+        CostsReply {
+            commands: 3,
+            busy_ticks: 1000,
+            copy_in_ticks: 100,
+            crypto_ticks: 500,
+            copy_out_ticks: 200,
+            zero_ticks: 50,
+        },
+        [3, 1000, 100, 500, 200, 50, 0, 0],
+    );
+}
+
+/// The stages happen inside the commands: more ticks in them than in the
+/// commands is a malformed reply.
+#[test]
+fn costs_stages_fit_in_the_busy_time() {
+    let words = [1, 100, 50, 50, 1, 0, 0, 0];
+    let e = CostsReply::from_words(&words).unwrap_err();
+    assert!(e.to_string().contains("exceeds busy_ticks 100"), "{e}");
 }
 
 #[test]
