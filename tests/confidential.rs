@@ -336,7 +336,9 @@ fn a_flipped_bit_in_a_page_record_is_refused() {
 
 #[test]
 fn a_record_replayed_in_a_later_round_is_refused() {
-    // Keep a page record batch of round 0 and send it again later.
+    // Keep a page record batch of round 0 and send it again later,
+    // relabelled with the open round: covm's own frame check (in the clear,
+    // the host's to forge) passes, so only the agent's can refuse it.
     let mut kept: Option<Frame> = None;
     let replay = sealed_frames(
         |_| true,
@@ -346,7 +348,8 @@ fn a_record_replayed_in_a_later_round_is_refused() {
                 kept = Some(f.clone());
             }
             if round >= 1 {
-                if let Some(old) = kept.take() {
+                if let Some(mut old) = kept.take() {
+                    old.payload[..4].copy_from_slice(&round.to_le_bytes());
                     return Verdict::Send(vec![old, f]);
                 }
             }

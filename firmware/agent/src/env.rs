@@ -32,6 +32,13 @@ pub trait GuestMemory {
     /// "read it to know"; an implementation with no such record answers
     /// `false` always.
     fn known_zero(&self, gpa: u64) -> bool;
+    /// Pages in each aligned block [`GuestMemory::known_zero`] answers
+    /// for as one (the firmware: 512, one 2 MiB page-table entry): its
+    /// answer for a block's first page holds for every page of the block,
+    /// so a zero block is skipped whole. 1 (the default): page by page.
+    fn known_zero_block(&self) -> u64 {
+        1
+    }
     /// Fills the page at `gpa` with zeros.
     fn zero_page(&mut self, gpa: u64);
     /// Copies `out.len()` bytes of the agent window from `gpa`.

@@ -193,13 +193,37 @@ impl Walk {
         (first, end): (u64, u64),
     ) -> Result<u64, Fail> {
         self.laps.skip(platform);
-        for gpa in (first..end).step_by(PAGE_SIZE) {
-            if !map.is_private(gpa) {
+        let block = mem.known_zero_block().max(1);
+        let mut gpa = first;
+        while gpa < end {
+            let page = gpa;
+            gpa += PAGE;
+            if !map.is_private(page) {
                 continue;
             }
             if self.out.room() < ROOM_PER_PAGE {
-                return Ok(gpa);
+                return Ok(page);
             }
+            // A whole block nothing wrote since launch joins the zero run
+            // at once (an idle guest's memory is mostly such blocks).
+            let span = block * PAGE;
+            if block > 1 && page % span == 0 && page + span <= end && map.contains(page, block) && mem.known_zero(page)
+            {
+                self.laps.mark(platform, &mut self.costs, Stage::Zero);
+                self.last = Some(page + span - PAGE);
+                self.pages += block;
+                self.zeros += block;
+                match &mut self.zero_run {
+                    Some((start, n)) if *start + *n * PAGE == page => *n += block,
+                    _ => {
+                        self.flush(s, mem)?;
+                        self.zero_run = Some((page, block));
+                    }
+                }
+                gpa = page + span;
+                continue;
+            }
+            let gpa = page;
             self.last = Some(gpa);
             self.pages += 1;
             let zero = mem.known_zero(gpa) || mem.page_is_zero(gpa);

@@ -144,12 +144,22 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                         )
                         .with_partial(partial));
                     }
-                    for page in (0..count).map(|i| gpa + i * PAGE) {
-                        // A page nothing wrote since launch needs neither
-                        // a read nor a write (writing would populate it).
+                    // A page nothing wrote since launch needs neither a
+                    // read nor a write (writing would populate it); a
+                    // whole such block is skipped at once.
+                    let block = mem.known_zero_block().max(1);
+                    let end = gpa + count * PAGE;
+                    let mut page = gpa;
+                    while page < end {
+                        let span = block * PAGE;
+                        if block > 1 && page % span == 0 && page + span <= end && mem.known_zero(page) {
+                            page += span;
+                            continue;
+                        }
                         if !mem.known_zero(page) && !mem.page_is_zero(page) {
                             mem.zero_page(page);
                         }
+                        page += PAGE;
                     }
                     laps.mark(platform, &mut run.costs, Stage::Zero);
                     counts.pages += count;

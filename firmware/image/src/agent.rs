@@ -205,6 +205,11 @@ impl GuestMemory for RawMemory {
         entry & DIRTY == 0
     }
 
+    fn known_zero_block(&self) -> u64 {
+        // known_zero reads one 2 MiB page directory entry.
+        512
+    }
+
     fn zero_page(&mut self, gpa: u64) {
         // SAFETY: writes the page (see RawMemory).
         unsafe {

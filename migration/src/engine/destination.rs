@@ -4,7 +4,7 @@
 
 use super::report::{ms, whole_ms, ReceiveReport};
 use super::sealer::handshake_over;
-use super::{MigrationError, Opener, Phase, PlainOpener, Progress, ReceiveOptions};
+use super::{Carried, MigrationError, Opener, Phase, PlainOpener, Progress, ReceiveOptions};
 use crate::protocol::{fit_reason, Message, Wire, PROTOCOL_VERSION, SUPPORTED_VERSIONS};
 use crate::transport::Stream;
 use crate::vm::{DestinationVm, VmOpError};
@@ -218,22 +218,12 @@ impl<'a> Receiver<'a> {
                     return Err(MigrationError::stream("a page record after the state"));
                 }
                 let carried = opener.open_pages(&mut vm, message)?;
-                if carried.round != self.round {
-                    let what = format!(
-                        "a page record of round {} while round {} is open",
-                        carried.round, self.round
-                    );
-                    return Err(MigrationError::stream(what));
-                }
-                self.round_pages += carried.pages;
-                self.round_zero += carried.zero_pages;
-                self.round_bytes += frame_bytes;
-                let received = wire.bytes_received();
-                self.progress.update(|p| {
-                    p.pages += carried.pages;
-                    p.bytes_transferred = received;
-                });
+                self.carry(carried, frame_bytes, wire.bytes_received())?;
                 continue;
+            }
+            // Whatever comes next needs every earlier record applied.
+            if let Some(carried) = opener.settle(&mut vm)? {
+                self.carry(carried, 0, wire.bytes_received())?;
             }
             match message {
                 Message::RoundEnd {
@@ -292,6 +282,26 @@ impl<'a> Receiver<'a> {
             }
             self.progress.update(|p| p.bytes_transferred = wire.bytes_received());
         }
+    }
+
+    /// Counts what a page record carried (`frame_bytes`: its frame's
+    /// payload; 0 for a record applied late, counted when it arrived).
+    fn carry(&mut self, carried: Carried, frame_bytes: u64, received: u64) -> Result<(), MigrationError> {
+        if carried.round != self.round {
+            let what = format!(
+                "a page record of round {} while round {} is open",
+                carried.round, self.round
+            );
+            return Err(MigrationError::stream(what));
+        }
+        self.round_pages += carried.pages;
+        self.round_zero += carried.zero_pages;
+        self.round_bytes += frame_bytes;
+        self.progress.update(|p| {
+            p.pages += carried.pages;
+            p.bytes_transferred = received;
+        });
+        Ok(())
     }
 
     fn end_round(&mut self, round: u32, pages: u64, zero: u64, bytes: u64) -> Result<(), MigrationError> {

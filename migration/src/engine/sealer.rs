@@ -242,6 +242,18 @@ pub trait Opener: Send {
     /// `Carried { pages: 0, .. }` for those.
     fn open_pages(&mut self, vm: &mut dyn DestinationVm, message: Message) -> Result<Carried, MigrationError>;
 
+    /// Finishes applying a page record still in progress, if any, and
+    /// says what it carried. An opener may return from
+    /// [`Opener::open_pages`] before a record is applied (the agent
+    /// imports a batch while the engine reads the next one); it then
+    /// reports that batch from its next `open_pages` or from here. The
+    /// engine calls this before any message that is not a page record.
+    /// Plain: nothing is ever in progress.
+    fn settle(&mut self, vm: &mut dyn DestinationVm) -> Result<Option<Carried>, MigrationError> {
+        let _ = vm;
+        Ok(None)
+    }
+
     /// The VM state inside a state record, or `None` if `message` is not
     /// one (the engine then refuses the message as unexpected).
     fn open_state(&mut self, message: Message) -> Result<Option<Vec<u8>>, MigrationError>;

@@ -163,6 +163,11 @@ impl GuestMemory for VecMemory {
         gpa >= WRITE_TRACKED_START && !self.written(gpa)
     }
 
+    fn known_zero_block(&self) -> u64 {
+        // known_zero answers per 2 MiB page, as the firmware's does.
+        512
+    }
+
     fn zero_page(&mut self, gpa: u64) {
         Self::check_page(gpa);
         self.page_writes += 1;

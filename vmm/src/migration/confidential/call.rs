@@ -28,11 +28,35 @@ pub fn timed<A: Args>(
     let started = Instant::now();
     let result = mailbox.call(args, input);
     info.add_crypto(started.elapsed());
-    result.map_err(|e| {
-        let e = agent_err(e);
-        info.fail(e.to_string());
-        e
-    })
+    result.map_err(|e| failed(info, e))
+}
+
+/// [`timed`] in two halves: posts the command and returns at once (the
+/// agent works while covm sends); [`finish`] waits for the reply.
+pub fn post<A: Args>(
+    mailbox: &mut AgentMailbox,
+    info: &SessionInfo,
+    args: A,
+    input: &[u8],
+) -> Result<(), MigrationError> {
+    let started = Instant::now();
+    let result = mailbox.post(args, input);
+    info.add_crypto(started.elapsed());
+    result.map_err(|e| failed(info, e))
+}
+
+/// The reply to the command [`post`] posted.
+pub fn finish<A: Args>(mailbox: &mut AgentMailbox, info: &SessionInfo) -> Result<A::Reply, MigrationError> {
+    let started = Instant::now();
+    let result = mailbox.finish::<A>();
+    info.add_crypto(started.elapsed());
+    result.map_err(|e| failed(info, e))
+}
+
+fn failed(info: &SessionInfo, e: AgentError) -> MigrationError {
+    let e = agent_err(e);
+    info.fail(e.to_string());
+    e
 }
 
 /// Where the agent's work went in this session, for the report: its own

@@ -92,12 +92,22 @@ fn read_reply<A: Args>(results: &[u64; WORDS]) -> Result<A::Reply, AgentError> {
     })
 }
 
+/// A command posted and not yet collected.
+struct Pending {
+    command: u32,
+    input: usize,
+    posted: Instant,
+}
+
 /// covm's handle on one VM's agent.
 pub struct AgentMailbox {
     runtime: Arc<CvmRuntime>,
     seq: u64,
     output: Vec<u8>,
-    /// Time from posting commands to their answers.
+    /// The command posted and not yet collected.
+    pending: Option<Pending>,
+    /// Time covm waited for answers (a pipelined command's work while
+    /// covm sends is not in it).
     waited: Duration,
     /// Time copying input in and output out.
     copied: Duration,
@@ -114,6 +124,7 @@ impl AgentMailbox {
             runtime,
             seq: 0,
             output: Vec::new(),
+            pending: None,
             waited: Duration::ZERO,
             copied: Duration::ZERO,
         }
@@ -141,23 +152,62 @@ impl AgentMailbox {
     /// `TO_AGENT`); its reply (its output is in [`AgentMailbox::output`]).
     /// Every command's time is logged at debug level (`covm -vv`).
     pub fn call<A: Args>(&mut self, args: A, input: &[u8]) -> Result<A::Reply, AgentError> {
-        let started = std::time::Instant::now();
-        let reply = self
-            .exchange(A::COMMAND, &args.to_words(), input)
-            .and_then(|results| read_reply::<A>(&results));
+        self.post(args, input)?;
+        self.finish::<A>()
+    }
+
+    /// Posts the command `args` are for, with `input`, and returns while
+    /// the agent works: covm may send the last output meanwhile.
+    /// [`AgentMailbox::finish`] collects the reply. A command still
+    /// pending is waited for first (its reply and output dropped), so an
+    /// error path can never post over a command in flight.
+    pub fn post<A: Args>(&mut self, args: A, input: &[u8]) -> Result<(), AgentError> {
+        if let Some(pending) = self.pending.take() {
+            if let Err(e) = self.collect(pending.command) {
+                tracing::debug!("a pipelined agent command was dropped: {e}");
+            }
+        }
+        self.write_command(A::COMMAND, &args.to_words(), input)?;
+        self.pending = Some(Pending {
+            command: A::COMMAND,
+            input: input.len(),
+            posted: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Waits for the command [`AgentMailbox::post`] posted; its reply.
+    pub fn finish<A: Args>(&mut self) -> Result<A::Reply, AgentError> {
+        let pending = match self.pending.take() {
+            Some(p) if p.command == A::COMMAND => p,
+            other => {
+                self.pending = other;
+                return Err(AgentError::Mailbox {
+                    command: command_name(A::COMMAND),
+                    message: "no such command is pending".into(),
+                });
+            }
+        };
+        let reply = self.collect(A::COMMAND).and_then(|results| read_reply::<A>(&results));
         tracing::debug!(
             command = command_name(A::COMMAND),
-            input = input.len(),
+            input = pending.input,
             output = self.output.len(),
-            us = started.elapsed().as_micros() as u64,
+            us = pending.posted.elapsed().as_micros() as u64,
             "agent command"
         );
         reply
     }
 
-    /// One command through the mailbox: writes it, waits for the agent,
-    /// reads the result words and the output.
-    fn exchange(&mut self, command: u32, args: &[u64; WORDS], input: &[u8]) -> Result<[u64; WORDS], AgentError> {
+    fn io_error(command: u32) -> impl Fn(vm_memory::GuestMemoryError) -> AgentError {
+        move |e| AgentError::Mailbox {
+            command: command_name(command),
+            message: e.to_string(),
+        }
+    }
+
+    /// Writes one command into the mailbox and rings the doorbell.
+    fn write_command(&mut self, command: u32, args: &[u64; WORDS], input: &[u8]) -> Result<(), AgentError> {
         let name = command_name(command);
         if input.len() as u64 > mailbox::TO_AGENT_SIZE {
             return Err(AgentError::TooLarge {
@@ -167,29 +217,36 @@ impl AgentMailbox {
             });
         }
         let memory = self.runtime.memory();
-        let io = |e: vm_memory::GuestMemoryError| AgentError::Mailbox {
-            command: name,
-            message: e.to_string(),
-        };
+        let io = Self::io_error(command);
         self.seq = self.runtime.next_seq();
         let started = Instant::now();
-        memory.write_slice(input, GuestAddress(mailbox::TO_AGENT)).map_err(io)?;
+        memory
+            .write_slice(input, GuestAddress(mailbox::TO_AGENT))
+            .map_err(&io)?;
         self.copied += started.elapsed();
         for (i, word) in args.iter().enumerate() {
-            memory.write_obj(*word, at(header::ARGS + 8 * i)).map_err(io)?;
+            memory.write_obj(*word, at(header::ARGS + 8 * i)).map_err(&io)?;
         }
-        memory.write_obj(command, at(header::COMMAND)).map_err(io)?;
-        memory.write_obj(self.seq, at(header::COMMAND_SEQ)).map_err(io)?;
-        let posted = Instant::now();
+        memory.write_obj(command, at(header::COMMAND)).map_err(&io)?;
+        memory.write_obj(self.seq, at(header::COMMAND_SEQ)).map_err(&io)?;
         self.runtime.post(self.seq);
+        Ok(())
+    }
+
+    /// Waits for the posted command, reads the result words and the output.
+    fn collect(&mut self, command: u32) -> Result<[u64; WORDS], AgentError> {
+        let name = command_name(command);
+        let waiting = Instant::now();
         let answered = self.runtime.wait_done(self.seq, COMMAND_TIMEOUT);
-        self.waited += posted.elapsed();
+        self.waited += waiting.elapsed();
         answered.map_err(|source| AgentError::Wait { command: name, source })?;
-        let code: u32 = memory.read_obj(at(header::STATUS)).map_err(io)?;
+        let memory = self.runtime.memory();
+        let io = Self::io_error(command);
+        let code: u32 = memory.read_obj(at(header::STATUS)).map_err(&io)?;
         if code != status::OK {
-            let len: u32 = memory.read_obj(at(header::ERROR_LEN)).map_err(io)?;
+            let len: u32 = memory.read_obj(at(header::ERROR_LEN)).map_err(&io)?;
             let mut text = vec![0u8; (len as usize).min(header::ERROR_TEXT_MAX)];
-            memory.read_slice(&mut text, at(header::ERROR_TEXT)).map_err(io)?;
+            memory.read_slice(&mut text, at(header::ERROR_TEXT)).map_err(&io)?;
             return Err(AgentError::Refused {
                 command: name,
                 status: code,
@@ -198,9 +255,9 @@ impl AgentMailbox {
         }
         let mut results = [0u64; WORDS];
         for (i, result) in results.iter_mut().enumerate() {
-            *result = memory.read_obj(at(header::RESULTS + 8 * i)).map_err(io)?;
+            *result = memory.read_obj(at(header::RESULTS + 8 * i)).map_err(&io)?;
         }
-        let out_len: u64 = memory.read_obj(at(header::OUT_LEN)).map_err(io)?;
+        let out_len: u64 = memory.read_obj(at(header::OUT_LEN)).map_err(&io)?;
         if out_len > mailbox::FROM_AGENT_SIZE {
             return Err(AgentError::Mailbox {
                 command: name,
@@ -211,7 +268,7 @@ impl AgentMailbox {
         self.output.resize(out_len as usize, 0);
         memory
             .read_slice(&mut self.output, GuestAddress(mailbox::FROM_AGENT))
-            .map_err(io)?;
+            .map_err(&io)?;
         self.copied += started.elapsed();
         Ok(results)
     }

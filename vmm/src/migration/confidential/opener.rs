@@ -33,6 +33,9 @@ pub struct ConfidentialOpener {
     committed: bool,
     /// Populates the pages of each batch while the agent imports it.
     prefault: Option<Prefaulter>,
+    /// The round of the batch the agent is importing (posted, not yet
+    /// settled).
+    importing: Option<u32>,
 }
 
 /// The pages the Page records of `records` name, as runs: their headers
@@ -66,11 +69,30 @@ impl ConfidentialOpener {
             info,
             verified: false,
             committed: false,
+            importing: None,
         }
     }
 
     fn call<A: Args>(&mut self, args: A, input: &[u8]) -> Result<A::Reply, MigrationError> {
         call::timed(&mut self.mailbox, &self.info, args, input)
+    }
+
+    /// Waits for the batch the agent is importing, if any: what it carried.
+    fn settle_import(&mut self) -> Result<Option<Carried>, MigrationError> {
+        let Some(round) = self.importing.take() else {
+            return Ok(None);
+        };
+        let reply = call::finish::<ImportArgs>(&mut self.mailbox, &self.info)?;
+        if reply.complete {
+            self.verified = reply.verified;
+            self.info.set_state("complete");
+        }
+        self.info.add(1, reply.pages, round);
+        Ok(Some(Carried {
+            round,
+            pages: reply.pages,
+            zero_pages: reply.zero_pages,
+        }))
     }
 }
 
@@ -116,22 +138,20 @@ impl Opener for ConfidentialOpener {
         if let Some(prefault) = &mut self.prefault {
             prefault.ahead(page_runs(&records));
         }
-        let reply = self.call(
-            ImportArgs {
-                len: records.len() as u64,
-            },
-            &records,
-        )?;
-        if reply.complete {
-            self.verified = reply.verified;
-            self.info.set_state("complete");
-        }
-        self.info.add(1, reply.pages, round);
-        Ok(Carried {
-            round,
-            pages: reply.pages,
-            zero_pages: reply.zero_pages,
-        })
+        // Pipelined: the agent imports this batch while the engine reads
+        // the next; the one before is finished (and reported) first, as
+        // the mailbox holds one batch.
+        let settled = self.settle_import()?;
+        let args = ImportArgs {
+            len: records.len() as u64,
+        };
+        call::post(&mut self.mailbox, &self.info, args, &records)?;
+        self.importing = Some(round);
+        Ok(settled.unwrap_or(Carried::empty(round)))
+    }
+
+    fn settle(&mut self, _vm: &mut dyn DestinationVm) -> Result<Option<Carried>, MigrationError> {
+        self.settle_import()
     }
 
     fn open_state(&mut self, message: Message) -> Result<Option<Vec<u8>>, MigrationError> {

@@ -62,32 +62,34 @@ impl ConfidentialSealer {
         call::timed(&mut self.mailbox, &self.info, args, input)
     }
 
-    /// Passes one export call's output on (one `Sealed` frame) and counts
-    /// the `pages` it sealed, `zero_pages` of them zero.
+    /// Passes one export call's output `records` on (one `Sealed` frame)
+    /// and counts the `pages` it sealed, `zero_pages` of them zero.
     fn forward_export(
         &mut self,
-        pages: u64,
-        zero_pages: u64,
+        records: Vec<u8>,
+        (pages, zero_pages): (u64, u64),
         out: &mut RecordSink<'_>,
         carried: &mut Carried,
     ) -> Result<(), MigrationError> {
-        let records = u64::from(!self.mailbox.output().is_empty());
-        self.forward(carried.round, out)?;
-        self.info.add(records, pages, self.epoch);
+        self.info.add(u64::from(!records.is_empty()), pages, self.epoch);
+        self.send(carried.round, records, out)?;
         carried.pages += pages;
         carried.zero_pages += zero_pages;
         Ok(())
     }
 
-    /// Sends the agent's output (if any) as one `Sealed` message.
+    /// Sends the agent's last output (if any) as one `Sealed` message.
     fn forward(&mut self, round: u32, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
-        if self.mailbox.output().is_empty() {
+        let records = self.mailbox.take_output();
+        self.send(round, records, out)
+    }
+
+    /// Sends `records` (if any) as one `Sealed` message.
+    fn send(&mut self, round: u32, records: Vec<u8>, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {
+        if records.is_empty() {
             return Ok(());
         }
-        let message = Message::Sealed {
-            round,
-            records: self.mailbox.take_output(),
-        };
+        let message = Message::Sealed { round, records };
         let sent = out(&message);
         if let Message::Sealed { records, .. } = message {
             self.mailbox.recycle(records);
@@ -97,6 +99,9 @@ impl ConfidentialSealer {
 
     /// The agent seals `count` pages from `gpa` (it skips what is not
     /// private: the agent window and the pages the guest shares).
+    ///
+    /// Pipelined: once an output is in covm's hands the agent is asked
+    /// for the rest at once and seals it while covm sends that output.
     fn agent_pages(
         &mut self,
         round: u32,
@@ -110,30 +115,33 @@ impl ConfidentialSealer {
         if in_agent_window((gpa, count)) {
             return Ok(carried);
         }
-        // The agent walks as far as its output holds; each output goes
-        // out as one Sealed frame while the rest is asked for.
+        let ask = |done: u64| ExportPagesArgs {
+            round,
+            first: gpa + done * PAGE_SIZE,
+            count: count - done,
+        };
         let mut done = 0;
-        while done < count {
-            let first = gpa + done * PAGE_SIZE;
-            let reply = self.call(
-                ExportPagesArgs {
-                    round,
-                    first,
-                    count: count - done,
-                },
-                &[],
-            )?;
+        call::post(&mut self.mailbox, &self.info, ask(done), &[])?;
+        loop {
+            let reply = call::finish::<ExportPagesArgs>(&mut self.mailbox, &self.info)?;
             let walked = reply.walked_frames;
             if walked == 0 || walked > count - done {
                 return Err(MigrationError::stream(format!(
-                    "the agent walked {walked} of the {} pages asked for from {first:#x}",
-                    count - done
+                    "the agent walked {walked} of the {} pages asked for from {:#x}",
+                    count - done,
+                    gpa + done * PAGE_SIZE
                 )));
             }
-            self.forward_export(reply.pages, reply.zero_pages, out, &mut carried)?;
             done += walked;
+            let records = self.mailbox.take_output();
+            if done < count {
+                call::post(&mut self.mailbox, &self.info, ask(done), &[])?;
+            }
+            self.forward_export(records, (reply.pages, reply.zero_pages), out, &mut carried)?;
+            if done == count {
+                return Ok(carried);
+            }
         }
-        Ok(carried)
     }
 
     /// The agent seals the runs `(gpa, count)`, by one list when several.
@@ -152,21 +160,24 @@ impl ConfidentialSealer {
         }
         let mut carried = Carried::empty(round);
         // One EXPORT_LIST per output: the agent says how many entries it
-        // finished and how far it got into the next; ask again from there.
+        // finished and how far it got into the next; ask again from there,
+        // at once, and send the output while the agent seals the rest.
         let mut list = Vec::with_capacity(todo.len() * 16);
-        while !todo.is_empty() {
+        let mut ask = |sealer: &mut Self, todo: &[(u64, u64)]| {
             list.clear();
-            for &(gpa, count) in &todo {
+            for &(gpa, count) in todo {
                 list.extend_from_slice(&gpa.to_le_bytes());
                 list.extend_from_slice(&count.to_le_bytes());
             }
-            let reply = self.call(
-                ExportListArgs {
-                    round,
-                    entries: todo.len() as u64,
-                },
-                &list,
-            )?;
+            let args = ExportListArgs {
+                round,
+                entries: todo.len() as u64,
+            };
+            call::post(&mut sealer.mailbox, &sealer.info, args, &list)
+        };
+        ask(self, &todo)?;
+        loop {
+            let reply = call::finish::<ExportListArgs>(&mut self.mailbox, &self.info)?;
             let (done, partial) = (reply.entries_done, reply.next_entry_frames);
             let progress_ok = match todo.get(done as usize) {
                 Some(&(_, count)) => partial < count && (done > 0 || partial > 0),
@@ -178,10 +189,17 @@ impl ConfidentialSealer {
                     todo.len()
                 )));
             }
-            self.forward_export(reply.pages, reply.zero_pages, out, &mut carried)?;
             todo.drain(..done as usize);
             if let Some(next) = todo.first_mut() {
                 *next = (next.0 + partial * PAGE_SIZE, next.1 - partial);
+            }
+            let records = self.mailbox.take_output();
+            if !todo.is_empty() {
+                ask(self, &todo)?;
+            }
+            self.forward_export(records, (reply.pages, reply.zero_pages), out, &mut carried)?;
+            if todo.is_empty() {
+                break;
             }
         }
         Ok(carried)
