@@ -43,6 +43,8 @@ def covm_migrate(source_args, tmp, settle_s=3.0):
         status, body = call(src_sock, "PUT", "vm.send-migration", {"destination_url": url, "downtime_ms": 300})
         assert status == 204, body
         _, err = src.communicate(timeout=600)
+        if os.environ.get("COVM_BENCH_LOG"):
+            open(os.environ["COVM_BENCH_LOG"], "w").write(err)
         exit_ms = (time.monotonic() - sent) * 1e3
         line = next(l for l in err.splitlines() if "migration completed:" in l)
         report = json.loads(line.split("migration completed:", 1)[1])
