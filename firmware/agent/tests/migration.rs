@@ -8,7 +8,7 @@ use common::*;
 use covm_agent_protocol::record::COMMIT_RECORD_LEN;
 use covm_guest_abi::layout::MIGRATION_POLICY;
 use covm_guest_abi::mailbox::words::{
-    BeginArgs, CommitArgs, EndRoundArgs, ExportFinalArgs, ExportListArgs, ExportPagesArgs, MintAbortArgs,
+    BeginArgs, CommitArgs, CostsArgs, EndRoundArgs, ExportFinalArgs, ExportListArgs, ExportPagesArgs, MintAbortArgs,
     ReadControlReply, Role, SessionState, StatusReply,
 };
 use covm_guest_abi::mailbox::{status, AGENT_WINDOW_START};
@@ -196,6 +196,28 @@ fn a_migrated_guest_migrates_on() {
     check_memory_moved(&b, &c);
     assert_eq!(c.vcpu_slot(1), b"b1");
     assert_eq!(b.agent.platform().retired, 1);
+}
+
+/// COSTS accounts each side's commands and per-page stages, inside the
+/// commands' time, and still answers once the source retired.
+#[test]
+fn costs_account_for_each_side_and_answer_after_commit() {
+    let (mut src, mut dst) = migrate(false);
+    for (side, vm) in [("source", &mut src), ("destination", &mut dst)] {
+        let costs = vm.send(CostsArgs, &[]).ok().reply();
+        assert!(costs.commands >= 5, "{side}: {costs:?}");
+        assert!(
+            costs.crypto_ticks > 0 && costs.copy_in_ticks > 0 && costs.copy_out_ticks > 0,
+            "{side}: {costs:?}"
+        );
+        let stages = costs.copy_in_ticks + costs.crypto_ticks + costs.copy_out_ticks + costs.zero_ticks;
+        assert!(stages <= costs.busy_ticks, "{side}: {costs:?}");
+    }
+    // A new session starts the counts again.
+    let mut fresh = Vm::source(3);
+    fresh.send(BeginArgs { role: Role::Source }, &[]).ok();
+    let costs = fresh.send(CostsArgs, &[]).ok().reply();
+    assert_eq!((costs.commands, costs.crypto_ticks), (1, 0), "{costs:?}");
 }
 
 #[test]

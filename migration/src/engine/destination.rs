@@ -209,6 +209,7 @@ impl<'a> Receiver<'a> {
         let opener = opener.insert(built);
         wire.send_now(&Message::HelloAck)?;
         handshake_over(wire, |link| opener.handshake(link))?;
+        self.report.setup_ms = ms(self.started.elapsed());
         self.progress.set_phase(Phase::PreCopy);
         loop {
             let message = wire.receive()?;

@@ -51,6 +51,10 @@ pub struct AgentCosts {
 pub struct MigrationReport {
     /// From Hello to Commit.
     pub total_ms: f64,
+    /// Of which before the first page: the destination building its VM
+    /// and, confidential, the agents' attested handshake.
+    #[serde(default)]
+    pub setup_ms: f64,
     /// From the pause to the Commit (the guest ran nowhere meanwhile).
     pub downtime_ms: f64,
     /// Where the downtime went.
@@ -90,6 +94,10 @@ pub struct MigrationReport {
 pub struct ReceiveReport {
     /// From Hello to Commit sent.
     pub total_ms: f64,
+    /// Of which before the first page: building the VM and, confidential,
+    /// the agents' attested handshake.
+    #[serde(default)]
+    pub setup_ms: f64,
     /// `restore_state`.
     pub restore_ms: f64,
     /// Frame bytes received, headers included.

@@ -76,6 +76,7 @@ pub fn send_with(
         estimator: Estimator::default(),
         pages_before_round: 0,
         zero_pages: 0,
+        setup: Duration::ZERO,
     };
     match source.run(config) {
         Ok(report) => {
@@ -117,6 +118,9 @@ pub(super) struct Source<'a> {
     pub(super) pages_before_round: u64,
     /// Zero pages of the rounds already ended.
     pub(super) zero_pages: u64,
+    /// From the start to the first page: Hello, the destination building
+    /// its VM, the sealer's handshake.
+    setup: Duration,
 }
 
 impl Source<'_> {
@@ -155,6 +159,7 @@ impl Source<'_> {
         }
         let sealer = &mut *self.sealer;
         handshake_over(&mut self.wire, |link| sealer.handshake(link))?;
+        self.setup = self.started.elapsed();
         self.vm
             .start_dirty_tracking()
             .map_err(MigrationError::vm("start dirty tracking"))?;
@@ -343,6 +348,7 @@ impl Source<'_> {
         let total = self.started.elapsed();
         Ok(MigrationReport {
             total_ms: ms(total),
+            setup_ms: ms(self.setup),
             downtime_ms: ms(committed - paused_at),
             downtime: DowntimeBreakdown {
                 final_pages_ms: ms(pages_done - paused_at),

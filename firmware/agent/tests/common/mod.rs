@@ -196,6 +196,8 @@ pub struct FakePlatform {
     pub no_randomness: bool,
     /// Reports to refuse before giving one (a platform not ready yet).
     pub report_failures: u32,
+    /// A clock that advances 7 ticks each time it is read.
+    pub clock: std::cell::Cell<u64>,
 }
 
 impl FakePlatform {
@@ -209,6 +211,7 @@ impl FakePlatform {
             retired: 0,
             no_randomness: false,
             report_failures: 0,
+            clock: std::cell::Cell::new(0),
         }
     }
 }
@@ -228,6 +231,11 @@ pub fn report(root: &EmulatedRoot, measurement: [u8; 48], host_data: [u8; 32], r
 }
 
 impl Platform for FakePlatform {
+    fn ticks(&self) -> u64 {
+        self.clock.set(self.clock.get() + 7);
+        self.clock.get()
+    }
+
     /// A host that holds the whole window private (as for a guest that
     /// shared nothing).
     fn page_state_query(&mut self, _first: u64, _pages: u64) -> u32 {
