@@ -15,7 +15,7 @@ use crate::vcpu::ExitNotifier;
 use crate::vm::Vm;
 use confidential::{AgentMailbox, ConfidentialOpener, ConfidentialSealer, SessionInfo};
 use covm_migration::engine::{
-    self, MigrationError, Opener, PlainOpener, PlainSealer, Progress, ReceiveOptions, Sealer, SendOptions,
+    self, MigrationError, Opener, PlainSealer, Progress, ReceiveOptions, Sealer, SendOptions,
 };
 use covm_migration::protocol::PROTOCOL_VERSION_CONFIDENTIAL;
 use covm_migration::transport::{self, Endpoint, Listener};
@@ -172,7 +172,7 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                             incoming.session.clone(),
                         ))
                     }
-                    None => Box::new(PlainOpener),
+                    None => Box::new(prefault::PrefaultingOpener::new(vm.memory().clone())),
                 };
                 *built.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
                 Ok((vm, opener))

@@ -12,6 +12,9 @@
 //! a sparse guest costs no more memory here than at the source.
 
 use crate::vm::memory::{self, GuestMemory};
+use covm_migration::engine::{Carried, MigrationError, Opener, PlainOpener};
+use covm_migration::protocol::Message;
+use covm_migration::vm::DestinationVm;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -116,6 +119,63 @@ pub fn runs_of(gpas: impl IntoIterator<Item = u64>, runs: &mut Vec<(u64, u64)>) 
     }
 }
 
+/// Pages per piece of a plain frame handed to the helper last first.
+const PIECE_PAGES: u64 = 16;
+
+/// `runs` cut into pieces of at most [`PIECE_PAGES`], last piece first:
+/// covm writes a frame from its start, the helper populates from its end,
+/// and they meet in the middle instead of faulting the same pages.
+fn from_the_end(runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut pieces: Vec<(u64, u64)> = runs
+        .iter()
+        .flat_map(|&(gpa, pages)| {
+            (0..pages.div_ceil(PIECE_PAGES))
+                .map(move |i| (gpa + i * PIECE_PAGES * 4096, (pages - i * PIECE_PAGES).min(PIECE_PAGES)))
+        })
+        .collect();
+    pieces.reverse();
+    pieces
+}
+
+/// A plain migration's opener with the helper beside it: each frame's
+/// pages are populated from the end while covm writes them from the
+/// start (docs/benchmarks.md, issue 18).
+pub struct PrefaultingOpener {
+    plain: PlainOpener,
+    prefault: Option<Prefaulter>,
+}
+
+impl PrefaultingOpener {
+    /// A plain opener whose helper populates `memory`.
+    pub fn new(memory: GuestMemory) -> Self {
+        PrefaultingOpener {
+            plain: PlainOpener,
+            prefault: Prefaulter::start(memory),
+        }
+    }
+}
+
+impl Opener for PrefaultingOpener {
+    fn is_page_record(&self, message: &Message) -> bool {
+        self.plain.is_page_record(message)
+    }
+
+    fn open_pages(&mut self, vm: &mut dyn DestinationVm, message: Message) -> Result<Carried, MigrationError> {
+        if let (Message::Pages { gpas, .. }, Some(prefault)) = (&message, &mut self.prefault) {
+            let mut runs = Vec::new();
+            runs_of(gpas.iter().copied(), &mut runs);
+            prefault.ahead(from_the_end(&runs));
+        }
+        self.plain.open_pages(vm, message)
+    }
+
+    fn open_state(&mut self, message: Message) -> Result<Option<Vec<u8>>, MigrationError> {
+        // No page follows the state: the helper's work is done.
+        self.prefault = None;
+        self.plain.open_state(message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +186,20 @@ mod tests {
         let mut runs = Vec::new();
         runs_of([0x1000, 0x2000, 0x3000, 0x8000, 0x9000, 0x5000], &mut runs);
         assert_eq!(runs, [(0x1000, 3), (0x8000, 2), (0x5000, 1)]);
+    }
+
+    #[test]
+    fn a_frame_is_handed_over_last_piece_first() {
+        let pieces = from_the_end(&[(0x10_0000, 40), (0x80_0000, 3)]);
+        assert_eq!(
+            pieces,
+            [
+                (0x80_0000, 3),
+                (0x10_0000 + 32 * 4096, 8),
+                (0x10_0000 + 16 * 4096, 16),
+                (0x10_0000, 16)
+            ]
+        );
     }
 
     #[test]
