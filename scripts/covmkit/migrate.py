@@ -30,7 +30,10 @@ def covm_migrate(source_args, tmp, settle_s=3.0):
     for p in (src_sock, dst_sock):
         if os.path.exists(p):
             os.unlink(p)
-    dst = subprocess.Popen([covm, "--api-socket", dst_sock, "--serial", "null"], stderr=subprocess.DEVNULL)
+    # COVM_BENCH_DST_LOG=FILE keeps the destination's -vv log (debugging).
+    dst_log = os.environ.get("COVM_BENCH_DST_LOG")
+    dst = subprocess.Popen([covm, "--api-socket", dst_sock, "--serial", "null"] + (["-vv"] if dst_log else []),
+                           stderr=open(dst_log, "w") if dst_log else subprocess.DEVNULL)
     src = subprocess.Popen([covm, "--api-socket", src_sock, "--serial", "null"] + source_args,
                            stderr=subprocess.PIPE, text=True)
     try:
@@ -43,6 +46,8 @@ def covm_migrate(source_args, tmp, settle_s=3.0):
         status, body = call(src_sock, "PUT", "vm.send-migration", {"destination_url": url, "downtime_ms": 300})
         assert status == 204, body
         _, err = src.communicate(timeout=600)
+        # COVM_BENCH_LOG=FILE keeps the source's stderr (with -vv among
+        # the VM options: the per-command debug lines).
         if os.environ.get("COVM_BENCH_LOG"):
             open(os.environ["COVM_BENCH_LOG"], "w").write(err)
         exit_ms = (time.monotonic() - sent) * 1e3
