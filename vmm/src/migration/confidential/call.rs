@@ -65,7 +65,14 @@ fn failed(info: &SessionInfo, e: AgentError) -> MigrationError {
 /// cannot say or the rate is unknown: the report then lacks the
 /// breakdown, nothing else.
 pub fn costs(mailbox: &mut AgentMailbox) -> Option<AgentCosts> {
-    let reply = match mailbox.call(CostsArgs, &[]) {
+    // Posted already (the destination asks right after its Commit, so the
+    // answer is ready by the time the report is written).
+    let reply = if mailbox.pending() == Some(<CostsArgs as Args>::COMMAND) {
+        mailbox.finish::<CostsArgs>()
+    } else {
+        mailbox.call(CostsArgs, &[])
+    };
+    let reply = match reply {
         Ok(reply) => reply,
         Err(e) => {
             tracing::warn!("no cost breakdown from the migration agent: {e}");

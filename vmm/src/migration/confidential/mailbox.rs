@@ -176,6 +176,11 @@ impl AgentMailbox {
         Ok(())
     }
 
+    /// The command posted and not yet collected, if any.
+    pub fn pending(&self) -> Option<u32> {
+        self.pending.as_ref().map(|p| p.command)
+    }
+
     /// Waits for the command [`AgentMailbox::post`] posted; its reply.
     pub fn finish<A: Args>(&mut self) -> Result<A::Reply, AgentError> {
         let pending = match self.pending.take() {

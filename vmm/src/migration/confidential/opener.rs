@@ -12,7 +12,7 @@ use super::session::SessionInfo;
 use super::shared_pages::ClearPages;
 use crate::migration::prefault::{self, Prefaulter};
 use covm_agent_protocol::record::{RecordHeader, RecordType};
-use covm_guest_abi::mailbox::words::{Args, CommitArgs, ImportArgs, MintAbortArgs, Role};
+use covm_guest_abi::mailbox::words::{Args, CommitArgs, CostsArgs, ImportArgs, MintAbortArgs, Role};
 use covm_migration::engine::{AgentCosts, Carried, Link, MigrationError, Opener, PlainOpener};
 use covm_migration::protocol::Message;
 use covm_migration::vm::DestinationVm;
@@ -173,9 +173,13 @@ impl Opener for ConfidentialOpener {
         )?;
         self.committed = true;
         self.info.set_state("committed");
-        Ok(Message::Control {
-            record: self.mailbox.take_output(),
-        })
+        let record = self.mailbox.take_output();
+        // The cost breakdown for the report, asked now: the agent answers
+        // while the Commit goes out, not while the guest waits to resume.
+        if let Err(e) = self.mailbox.post(CostsArgs, &[]) {
+            tracing::debug!("COSTS not posted: {e}");
+        }
+        Ok(Message::Control { record })
     }
 
     fn abort(&mut self, reason: &str) -> Option<Message> {
