@@ -56,17 +56,16 @@ impl Costs {
     /// but the one in progress is not counted there yet: the busy time
     /// reported is at least the stages' sum.
     pub(crate) fn reply(&self) -> CostsReply {
-        let stages = [self.copy_in, self.crypto, self.copy_out, self.zero]
-            .iter()
-            .fold(0u64, |sum, t| sum.saturating_add(*t));
-        CostsReply {
+        let mut reply = CostsReply {
             commands: self.commands,
-            busy_ticks: self.busy.max(stages),
+            busy_ticks: self.busy,
             copy_in_ticks: self.copy_in,
             crypto_ticks: self.crypto,
             copy_out_ticks: self.copy_out,
             zero_ticks: self.zero,
-        }
+        };
+        reply.busy_ticks = reply.busy_ticks.max(reply.stage_ticks());
+        reply
     }
 }
 

@@ -47,6 +47,15 @@ pub trait GuestMemory {
     fn write_window(&mut self, gpa: u64, data: &[u8]);
 }
 
+/// The pages of the block starting at `page` when the whole block lies
+/// before `end` and is known zero ([`GuestMemory::known_zero_block`]);
+/// `None` where it must be looked at page by page.
+pub(crate) fn known_zero_block_at(mem: &impl GuestMemory, page: u64, end: u64) -> Option<u64> {
+    let block = mem.known_zero_block();
+    let span = block.checked_mul(covm_agent_protocol::PAGE_SIZE as u64)?;
+    (block > 1 && page % span == 0 && page.checked_add(span)? <= end && mem.known_zero(page)).then_some(block)
+}
+
 /// Why the platform could not do what the agent asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlatformError {

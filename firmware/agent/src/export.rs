@@ -10,7 +10,7 @@
 //! that skips, repeats or reverses is refused and fails the session.
 
 use crate::costs::{Costs, Laps, Stage};
-use crate::env::{EpochTables, GuestMemory, Platform};
+use crate::env::{known_zero_block_at, EpochTables, GuestMemory, Platform};
 use crate::mailbox::{self, Output};
 use crate::memmap::MemoryMap;
 use crate::reply::{fail, Done, Fail, Outcome};
@@ -179,6 +179,27 @@ impl Walk {
         }
     }
 
+    /// Counts `count` zero pages from `gpa`: they extend the pending
+    /// zero run when they follow it, else that run is sealed and a new
+    /// one starts.
+    fn zero_pages(
+        &mut self,
+        s: &mut SourceSession,
+        mem: &mut impl GuestMemory,
+        gpa: u64,
+        count: u64,
+    ) -> Result<(), Fail> {
+        self.zeros += count;
+        match &mut self.zero_run {
+            Some((start, n)) if *start + *n * PAGE == gpa => *n += count,
+            _ => {
+                self.flush(s, mem)?;
+                self.zero_run = Some((gpa, count));
+            }
+        }
+        Ok(())
+    }
+
     /// Seals the private pages of `first..end` (zero runs pending in
     /// `self`) until the output might not hold the next page: the address
     /// it stopped at, `end` when it walked all of it.
@@ -193,7 +214,6 @@ impl Walk {
         (first, end): (u64, u64),
     ) -> Result<u64, Fail> {
         self.laps.skip(platform);
-        let block = mem.known_zero_block().max(1);
         let mut gpa = first;
         while gpa < end {
             let page = gpa;
@@ -206,20 +226,13 @@ impl Walk {
             }
             // A whole block nothing wrote since launch joins the zero run
             // at once (an idle guest's memory is mostly such blocks).
-            let span = block * PAGE;
-            if block > 1 && page % span == 0 && page + span <= end && map.contains(page, block) && mem.known_zero(page)
-            {
+            let block = known_zero_block_at(mem, page, end).filter(|&block| map.contains(page, block));
+            if let Some(block) = block {
+                let span = block * PAGE;
                 self.laps.mark(platform, &mut self.costs, Stage::Zero);
                 self.last = Some(page + span - PAGE);
                 self.pages += block;
-                self.zeros += block;
-                match &mut self.zero_run {
-                    Some((start, n)) if *start + *n * PAGE == page => *n += block,
-                    _ => {
-                        self.flush(s, mem)?;
-                        self.zero_run = Some((page, block));
-                    }
-                }
+                self.zero_pages(s, mem, page, block)?;
                 gpa = page + span;
                 continue;
             }
@@ -229,14 +242,7 @@ impl Walk {
             let zero = mem.known_zero(gpa) || mem.page_is_zero(gpa);
             self.laps.mark(platform, &mut self.costs, Stage::Zero);
             if zero {
-                self.zeros += 1;
-                match &mut self.zero_run {
-                    Some((start, n)) if *start + *n * PAGE == gpa => *n += 1,
-                    _ => {
-                        self.flush(s, mem)?;
-                        self.zero_run = Some((gpa, 1));
-                    }
-                }
+                self.zero_pages(s, mem, gpa, 1)?;
             } else {
                 self.flush(s, mem)?;
                 self.laps.skip(platform);

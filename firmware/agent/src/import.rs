@@ -6,7 +6,7 @@
 //! private memory, a vCPU state only to a slot of the VMSA area.
 
 use crate::costs::{Laps, Stage};
-use crate::env::{EpochTables, GuestMemory, Platform};
+use crate::env::{known_zero_block_at, EpochTables, GuestMemory, Platform};
 use crate::export::{fail_run, head, memory_digest};
 use crate::mailbox::{self, Output};
 use crate::memmap::MemoryMap;
@@ -147,13 +147,11 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                     // A page nothing wrote since launch needs neither a
                     // read nor a write (writing would populate it); a
                     // whole such block is skipped at once.
-                    let block = mem.known_zero_block().max(1);
                     let end = gpa + count * PAGE;
                     let mut page = gpa;
                     while page < end {
-                        let span = block * PAGE;
-                        if block > 1 && page % span == 0 && page + span <= end && mem.known_zero(page) {
-                            page += span;
+                        if let Some(block) = known_zero_block_at(mem, page, end) {
+                            page += block * PAGE;
                             continue;
                         }
                         if !mem.known_zero(page) && !mem.page_is_zero(page) {

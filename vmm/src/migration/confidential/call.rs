@@ -25,10 +25,8 @@ pub fn timed<A: Args>(
     args: A,
     input: &[u8],
 ) -> Result<A::Reply, MigrationError> {
-    let started = Instant::now();
-    let result = mailbox.call(args, input);
-    info.add_crypto(started.elapsed());
-    result.map_err(|e| failed(info, e))
+    post(mailbox, info, args, input)?;
+    finish::<A>(mailbox, info)
 }
 
 /// [`timed`] in two halves: posts the command and returns at once (the
