@@ -12,6 +12,8 @@ pub mod pci;
 pub mod power;
 pub mod serial;
 pub mod virtio;
+pub mod write_bitmap;
 
 pub use bus::{BusError, MmioBus, MmioDevice, PioBus, PioDevice};
 pub use power::{PowerAction, PowerSink};
+pub use write_bitmap::WriteBitmap;

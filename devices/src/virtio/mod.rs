@@ -18,14 +18,14 @@ mod test_support;
 pub mod vsock;
 pub mod worker;
 
+use crate::write_bitmap::WriteBitmap;
 use std::sync::Arc;
 use virtio_queue::Queue;
-use vm_memory::bitmap::AtomicBitmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as devices see it: vm-memory's mmap backend with the
 /// dirty bitmap, so pages a device writes are logged for migration.
-pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+pub type GuestMemory = vm_memory::GuestMemoryMmap<WriteBitmap>;
 
 /// Feature bits every covm device offers.
 pub mod features {

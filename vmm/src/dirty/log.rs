@@ -98,26 +98,12 @@ pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<DirtyBitm
 /// KVM's log and rings never see) that have a bit set, as (index, word):
 /// bit `b` of word `i` is page `64 i + b` of the region.
 ///
-/// A word at a time: vm-memory's bitmap lends its words only by swapping
-/// them out (`get_and_reset`), so the bits found are set again at once
-/// (reading must not clear: the engine clears what it sends). Testing the
-/// region page by page cost 4 ms of a 16 GiB guest's pause.
+/// Only the words in use, found through the bitmap's summary (reading
+/// clears nothing: the engine clears what it sends). Testing the region
+/// page by page cost 4 ms of a 16 GiB guest's pause, and swapping every
+/// word out and back (vm-memory's `AtomicBitmap`) about 0.5 ms.
 pub fn vmm_write_words(region: &crate::vm::memory::Region) -> Vec<(usize, u64)> {
-    let vmm = crate::vm::memory::vmm_writes(region);
-    let words: Vec<(usize, u64)> = vmm
-        .get_and_reset()
-        .into_iter()
-        .enumerate()
-        .filter(|&(_, word)| word != 0)
-        .collect();
-    for &(i, word) in &words {
-        let mut rest = word;
-        while rest != 0 {
-            vmm.set_bit(i * 64 + rest.trailing_zeros() as usize);
-            rest &= rest - 1;
-        }
-    }
-    words
+    crate::vm::memory::vmm_writes(region).dirty_words()
 }
 
 /// Adds the pages covm wrote through vm-memory to `bits` (one bit per

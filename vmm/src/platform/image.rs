@@ -104,19 +104,9 @@ pub fn written_pages(memory: &GuestMemory) -> Vec<u64> {
     for region in memory.iter() {
         let bitmap = memory::vmm_writes(region);
         let start = region.start_addr().0;
-        // Word by word, not page by page (131072 pages in 512 MiB, read
-        // twice a launch, cost half a millisecond). vm-memory offers the
-        // words only by taking them: the bits are set back at once (nothing
-        // else writes guest memory while a launch loads it).
-        for (word_index, word) in bitmap.get_and_reset().into_iter().enumerate() {
-            let mut rest = word;
-            while rest != 0 {
-                let bit = word_index * 64 + rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                bitmap.set_bit(bit);
-                pages.push(start + bit as u64 * PAGE);
-            }
-        }
+        // Through the bitmap's summary, not page by page (131072 pages in
+        // 512 MiB, read twice a launch, cost half a millisecond).
+        pages.extend(bitmap.dirty_pages().map(|page| start + page * PAGE));
     }
     pages
 }

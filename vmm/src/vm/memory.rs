@@ -2,15 +2,15 @@
 //!
 //! RAM fills guest-physical memory from 0 up to the 32-bit MMIO hole at
 //! 3 GiB (where the LAPIC and IOAPIC live) and continues at 4 GiB. The
-//! backing uses vm-memory's `AtomicBitmap`, so pages the VMM itself writes
-//! are tracked for migration alongside KVM's dirty log.
+//! backing carries covm's `WriteBitmap` (devices crate), so pages the VMM
+//! itself writes are tracked for migration alongside KVM's dirty log.
 
+use covm_devices::WriteBitmap;
 use covm_guest_abi::layout::{PCI_ECAM_BASE, PCI_ECAM_SIZE};
-use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Guest memory as covm holds it.
-pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
+pub type GuestMemory = GuestMemoryMmap<WriteBitmap>;
 
 // covm's page is the guest ABI's (`covm_guest_abi::layout::PAGE_SIZE`); the
 // crates it hands pages to define theirs at their own boundary, and must agree.
@@ -119,7 +119,7 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
 }
 
 /// One RAM region (KVM memory slot `i` is region `i`).
-pub type Region = vm_memory::GuestRegionMmap<AtomicBitmap>;
+pub type Region = vm_memory::GuestRegionMmap<WriteBitmap>;
 
 /// The slot and region holding all of `[gpa, gpa + len)`.
 pub fn region_of(memory: &GuestMemory, gpa: u64, len: u64) -> Option<(u32, &Region)> {
@@ -138,7 +138,7 @@ pub fn region_of(memory: &GuestMemory, gpa: u64, len: u64) -> Option<(u32, &Regi
 
 /// The whole-region bitmap of the pages covm wrote through vm-memory
 /// (`GuestMemoryRegion::bitmap` only offers a slice view).
-pub fn vmm_writes(region: &Region) -> &AtomicBitmap {
+pub fn vmm_writes(region: &Region) -> &WriteBitmap {
     std::ops::Deref::deref(region).bitmap()
 }
 

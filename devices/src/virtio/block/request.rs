@@ -21,6 +21,7 @@ use super::pool::{AlignedBuf, IoPool, Job, Target};
 mod flight;
 use super::{lock, Image, Stats, ID_BYTES, MAX_REQUEST, SECTOR_SIZE};
 use crate::virtio::GuestMemory;
+use crate::write_bitmap::WriteBitmap;
 use std::io::{Read, Write};
 use std::mem::{offset_of, size_of};
 use std::os::unix::fs::FileExt;
@@ -31,12 +32,12 @@ use virtio_bindings::bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::bitmap::{AtomicBitmap, BS};
+use vm_memory::bitmap::BS;
 use vm_memory::{Bytes, GuestAddress, GuestMemory as _, Permissions};
 
 pub(super) type Chain<'a> = DescriptorChain<&'a GuestMemory>;
-type GuestReader<'a> = Reader<'a, BS<'a, AtomicBitmap>>;
-type GuestWriter<'a> = Writer<'a, BS<'a, AtomicBitmap>>;
+type GuestReader<'a> = Reader<'a, BS<'a, WriteBitmap>>;
+type GuestWriter<'a> = Writer<'a, BS<'a, WriteBitmap>>;
 
 const HEADER_LEN: usize = size_of::<virtio_blk_outhdr>();
 /// I/O goes through a host buffer this large at most, whatever the
