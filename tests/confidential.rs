@@ -575,6 +575,7 @@ fn after_commit_a_forged_abort_token_does_not_resume_the_source() {
         let mut token = vec![0u8; covm_agent_protocol::record::ABORT_RECORD_LEN];
         let header = covm_agent_protocol::RecordHeader {
             record_type: covm_agent_protocol::RecordType::AbortToken,
+            lane: 0,
             epoch: 0,
             sequence: 0,
             address: 0,

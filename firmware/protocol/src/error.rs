@@ -181,6 +181,21 @@ pub enum Error {
         /// The number in the record.
         got: u64,
     },
+    /// A record on a lane the stream does not have.
+    Lane {
+        /// The record's lane.
+        lane: u16,
+        /// The stream's lanes.
+        lanes: u16,
+    },
+    /// A record on a lane that already ended the open round, while other
+    /// lanes have not: the round's records are not all in yet.
+    LaneEnded {
+        /// The lane.
+        lane: u16,
+        /// The open round.
+        epoch: u32,
+    },
     /// The record's authentication tag does not verify (altered bytes,
     /// another session's key, or a moved/relabelled record).
     RecordAuthentication,
@@ -323,6 +338,10 @@ impl fmt::Display for Error {
                     f,
                     "record sequence {got}, expected {expected} (dropped, replayed or reordered record)"
                 )
+            }
+            Lane { lane, lanes } => write!(f, "record on lane {lane}, the stream has {lanes} lanes"),
+            LaneEnded { lane, epoch } => {
+                write!(f, "lane {lane} already ended round {epoch}, which other lanes have not")
             }
             RecordAuthentication => f.write_str("record authentication failed"),
             CounterExhausted => f.write_str("the record counter is exhausted"),

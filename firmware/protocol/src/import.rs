@@ -4,18 +4,23 @@
 //! It opens each record (sequence, key, session, header all authenticated)
 //! and enforces the migration's shape:
 //!
-//! - sequence numbers strictly +1 (a dropped, replayed, duplicated or
-//!   reordered record fails);
-//! - every record carries the open round's epoch; rounds advance only by
-//!   RoundEnd, so epochs never go backwards or skip;
+//! - sequence numbers strictly +1 within each lane (a dropped, replayed,
+//!   duplicated or reordered record fails; records of different lanes may
+//!   interleave in any order);
+//! - every record carries the open round's epoch; a round closes only when
+//!   every lane sent its RoundEnd, so epochs never go backwards or skip,
+//!   and a lane that ended the round carries nothing more until it closed;
 //! - a page (or zero run) is accepted only if its epoch is newer than the
 //!   last one imported at that address: the caller's epoch table holds,
 //!   per 4 KiB guest frame, `last imported epoch + 1` (0 = never);
-//! - each RoundEnd's count equals the pages received in the round;
-//! - vCPU states come after the last RoundEnd, each index once; after the
-//!   first one no memory record is accepted;
-//! - Final's rounds, pages and vCPU count equal what arrived, the vCPU
-//!   indices being exactly `0..vcpus`;
+//!   (the table is shared by all lanes, so a page sent on two lanes in one
+//!   round fails too);
+//! - each RoundEnd's count equals the pages received on its lane in the
+//!   round;
+//! - vCPU states come on lane 0 after the last round closed, each index
+//!   once; after the first one no memory record is accepted;
+//! - Final (lane 0): its rounds, pages, vCPU count and lanes equal what
+//!   arrived, the vCPU indices being exactly `0..vcpus`;
 //! - in verified mode the caller's memory digest equals the source's.
 //!
 //! Any failure poisons the checker for good: the destination can then
@@ -29,7 +34,7 @@ use crate::keys::SESSION_ID_LEN;
 use crate::policy::PeerIdentity;
 use crate::record::payload::{decode_count, encode_abort, Summary, ABORT_LEN, SUMMARY_LEN};
 use crate::record::stream::{RecordOpener, RecordSealer, StreamId};
-use crate::record::{RecordType, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN, PAGE_SIZE};
+use crate::record::{RecordType, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN, MAX_LANES, PAGE_SIZE};
 use crate::MAX_VCPUS;
 use subtle::ConstantTimeEq;
 
@@ -50,11 +55,14 @@ pub enum ImportEvent<'r> {
         /// Number of pages.
         count: u64,
     },
-    /// Round `epoch` ended with `pages` pages, all received.
+    /// Lane `lane` ended round `epoch` with `pages` pages, all received
+    /// (the round closes when every lane ended it).
     RoundEnd {
         /// The round that ended.
         epoch: u32,
-        /// Pages it carried.
+        /// The lane that ended it.
+        lane: u16,
+        /// Pages that lane carried in it.
         pages: u64,
     },
     /// vCPU `index`'s state (opaque to the protocol).
@@ -120,7 +128,11 @@ pub struct ImportChecker<'t> {
     epochs: &'t mut [u32],
     phase: ImportPhase,
     epoch: u32,
-    pages_in_round: u64,
+    lanes: u16,
+    /// Pages received in the open round, per lane.
+    pages_in_round: [u64; MAX_LANES],
+    /// Bit `l`: lane `l`'s RoundEnd of the open round was checked.
+    ended: u64,
     total_pages: u64,
     rounds: u32,
     vcpus_seen: [u64; VCPU_WORDS],
@@ -147,7 +159,9 @@ impl<'t> ImportChecker<'t> {
             epochs,
             phase: ImportPhase::Memory,
             epoch: 0,
-            pages_in_round: 0,
+            lanes: 1,
+            pages_in_round: [0; MAX_LANES],
+            ended: 0,
             total_pages: 0,
             rounds: 0,
             vcpus_seen: [0; VCPU_WORDS],
@@ -170,6 +184,45 @@ impl<'t> ImportChecker<'t> {
     /// Pages received in ended rounds.
     pub fn total_pages(&self) -> u64 {
         self.total_pages
+    }
+
+    /// Lanes of the source's record stream.
+    pub fn lanes(&self) -> u16 {
+        self.lanes
+    }
+
+    /// Expects the source's records on `lanes` lanes (1..=[`MAX_LANES`]);
+    /// only before the first record. The count may come from the host:
+    /// the Final states the source's, and a different one is refused
+    /// (a lane too many never ends its rounds, one too few is refused by
+    /// its first record).
+    pub fn set_lanes(&mut self, lanes: u16) -> Result<()> {
+        self.refuse_if_done()?;
+        if self.phase != ImportPhase::Memory || self.opener.any_opened() {
+            return Err(Error::State {
+                op: "set the lanes after the first record",
+                state: self.phase.name(),
+            });
+        }
+        self.opener.set_lanes(lanes)?;
+        self.lanes = lanes;
+        Ok(())
+    }
+
+    fn pages_in_round(&self) -> u64 {
+        self.pages_in_round.iter().sum()
+    }
+
+    /// Refuses a memory record or RoundEnd on a lane that already ended
+    /// the open round.
+    fn lane_open(&self, lane: u16) -> Result<()> {
+        if self.ended & (1 << lane) != 0 {
+            return Err(Error::LaneEnded {
+                lane,
+                epoch: self.epoch,
+            });
+        }
+        Ok(())
     }
 
     /// The session id.
@@ -209,6 +262,7 @@ impl<'t> ImportChecker<'t> {
 
     fn open_inner<'r>(&mut self, record: &'r mut [u8]) -> Result<ImportEvent<'r>> {
         let (header, payload) = self.opener.open(record)?;
+        let lane = header.lane;
         if header.epoch != self.epoch {
             return Err(Error::Epoch {
                 open: self.epoch,
@@ -229,8 +283,9 @@ impl<'t> ImportChecker<'t> {
                 if self.phase != ImportPhase::Memory {
                     return Err(unexpected);
                 }
+                self.lane_open(lane)?;
                 self.mark(header.address, 1)?;
-                self.pages_in_round += 1;
+                self.pages_in_round[usize::from(lane)] += 1;
                 Ok(ImportEvent::Page {
                     gpa: header.address,
                     data: payload.try_into().expect("page length checked with the header"),
@@ -241,8 +296,9 @@ impl<'t> ImportChecker<'t> {
                     return Err(unexpected);
                 }
                 let count = decode_count(payload)?;
+                self.lane_open(lane)?;
                 self.mark(header.address, count)?;
-                self.pages_in_round += count;
+                self.pages_in_round[usize::from(lane)] += count;
                 Ok(ImportEvent::ZeroPages {
                     gpa: header.address,
                     count,
@@ -257,32 +313,41 @@ impl<'t> ImportChecker<'t> {
                         what: "RoundEnd address (must be 0)",
                     });
                 }
+                self.lane_open(lane)?;
                 let claimed = decode_count(payload)?;
-                if claimed != self.pages_in_round {
+                let received = self.pages_in_round[usize::from(lane)];
+                if claimed != received {
                     return Err(Error::RoundCount {
                         epoch: self.epoch,
                         claimed,
-                        received: self.pages_in_round,
+                        received,
                     });
                 }
                 let ended = self.epoch;
-                self.epoch = ended.checked_add(1).filter(|&e| e < u32::MAX).ok_or(Error::Invalid {
+                let next = ended.checked_add(1).filter(|&e| e < u32::MAX).ok_or(Error::Invalid {
                     what: "epoch (too many rounds)",
                 })?;
-                self.rounds += 1;
-                self.total_pages += claimed;
-                self.pages_in_round = 0;
+                self.ended |= 1 << lane;
+                if self.ended.count_ones() == u32::from(self.lanes) {
+                    self.epoch = next;
+                    self.rounds += 1;
+                    self.total_pages += self.pages_in_round();
+                    self.pages_in_round = [0; MAX_LANES];
+                    self.ended = 0;
+                }
                 Ok(ImportEvent::RoundEnd {
                     epoch: ended,
+                    lane,
                     pages: claimed,
                 })
             }
             RecordType::VcpuState => {
-                let allowed = match self.phase {
-                    ImportPhase::Memory => self.pages_in_round == 0,
-                    ImportPhase::VcpuStates => true,
-                    _ => false,
-                };
+                let allowed = lane == 0
+                    && match self.phase {
+                        ImportPhase::Memory => self.pages_in_round() == 0 && self.ended == 0,
+                        ImportPhase::VcpuStates => true,
+                        _ => false,
+                    };
                 if !allowed {
                     return Err(unexpected);
                 }
@@ -300,7 +365,7 @@ impl<'t> ImportChecker<'t> {
                 Ok(ImportEvent::VcpuState { index, state: payload })
             }
             RecordType::Final => {
-                if self.phase != ImportPhase::VcpuStates || header.address != 0 {
+                if self.phase != ImportPhase::VcpuStates || header.address != 0 || lane != 0 {
                     return Err(unexpected);
                 }
                 let summary = Summary::decode(payload)?;
@@ -347,14 +412,15 @@ impl<'t> ImportChecker<'t> {
     }
 
     fn check_final(&self, summary: &Summary) -> Result<()> {
-        if self.pages_in_round != 0 {
+        if self.pages_in_round() != 0 {
             return Err(Error::RoundCount {
                 epoch: self.epoch,
                 claimed: 0,
-                received: self.pages_in_round,
+                received: self.pages_in_round(),
             });
         }
         let checks = [
+            ("lanes", u64::from(summary.lanes), u64::from(self.lanes)),
             ("rounds", u64::from(summary.rounds), u64::from(self.rounds)),
             ("pages", summary.total_pages, self.total_pages),
             ("vcpus", u64::from(summary.vcpus), u64::from(self.vcpus)),
@@ -420,7 +486,7 @@ impl<'t> ImportChecker<'t> {
         // exists, so there is no moment where both could be produced.
         self.abort = None;
         self.phase = ImportPhase::Committed;
-        let seq = self.control.reserve()?;
+        let seq = self.control.reserve(0)?;
         out[HEADER_LEN..HEADER_LEN + SUMMARY_LEN].copy_from_slice(&summary.encode());
         self.control.seal(seq, RecordType::Commit, self.epoch, 0, out)?;
         Ok(())
@@ -441,7 +507,7 @@ impl<'t> ImportChecker<'t> {
         // From here on nothing can commit, whatever happens below.
         self.phase = ImportPhase::Aborted;
         let mut sealer = self.abort.take().ok_or(Error::AlreadyCommitted)?;
-        let seq = sealer.reserve()?;
+        let seq = sealer.reserve(0)?;
         out[HEADER_LEN..HEADER_LEN + ABORT_LEN].copy_from_slice(&encode_abort(reason));
         sealer.seal(seq, RecordType::AbortToken, 0, 0, out)?;
         self.abort_token = Some(*out);

@@ -5,6 +5,17 @@
 //! states), so RoundEnd and Final always state the truth about what this
 //! agent produced; the destination recounts what it received.
 //!
+//! # Lanes
+//!
+//! The record stream may be spread over several lanes
+//! ([`SourceSession::set_lanes`], before the first record), one per agent
+//! vCPU sealing in parallel. Each lane has its own sequence numbers and
+//! nonces; memory records go on any lane, each lane ends each round with
+//! its own RoundEnd (its own page count), and the round closes when every
+//! lane ended it: only then may any lane carry the next round's records.
+//! vCPU states and the Final travel on lane 0, after the last round
+//! closed; the Final states the lane count.
+//!
 //! # May the source resume?
 //!
 //! The destination can commit only after it checked a Final record, and
@@ -29,8 +40,8 @@ use crate::policy::PeerIdentity;
 use crate::record::payload::{decode_abort, Summary, COUNT_LEN};
 use crate::record::stream::{RecordOpener, RecordSealer, StreamId};
 use crate::record::{
-    RecordHeader, RecordType, COUNT_RECORD_LEN, FINAL_RECORD_LEN, HEADER_LEN, MAX_VCPU_STATE_LEN, PAGE_RECORD_LEN,
-    PAGE_SIZE, RECORD_OVERHEAD,
+    RecordHeader, RecordType, COUNT_RECORD_LEN, FINAL_RECORD_LEN, HEADER_LEN, MAX_LANES, MAX_VCPU_STATE_LEN,
+    PAGE_RECORD_LEN, PAGE_SIZE, RECORD_OVERHEAD,
 };
 use crate::suite::Suite;
 use crate::MAX_VCPUS;
@@ -79,7 +90,11 @@ pub struct SourceSession {
     suite: Suite,
     state: SourceState,
     epoch: u32,
-    pages_in_round: u64,
+    lanes: u16,
+    /// Pages sealed in the open round, per lane.
+    pages_in_round: [u64; MAX_LANES],
+    /// Bit `l`: lane `l` sealed its RoundEnd of the open round.
+    ended: u64,
     total_pages: u64,
     rounds: u32,
     vcpus: u32,
@@ -108,7 +123,9 @@ impl SourceSession {
             suite,
             state: SourceState::Streaming,
             epoch: 0,
-            pages_in_round: 0,
+            lanes: 1,
+            pages_in_round: [0; MAX_LANES],
+            ended: 0,
             total_pages: 0,
             rounds: 0,
             vcpus: 0,
@@ -134,9 +151,42 @@ impl SourceSession {
         self.epoch
     }
 
-    /// Pages sealed in the open round.
+    /// Pages sealed in the open round, on all lanes.
     pub fn pages_in_round(&self) -> u64 {
-        self.pages_in_round
+        self.pages_in_round.iter().sum()
+    }
+
+    /// Lanes of the record stream.
+    pub fn lanes(&self) -> u16 {
+        self.lanes
+    }
+
+    /// Spreads the record stream over `lanes` lanes (1..=[`MAX_LANES`]).
+    /// Only before the first record: the destination must be told the
+    /// same count, and the Final states it.
+    pub fn set_lanes(&mut self, lanes: u16) -> Result<()> {
+        self.require(&[SourceState::Streaming], "set the lanes")?;
+        if self.sealer.any_taken() {
+            return Err(Error::State {
+                op: "set the lanes after the first record",
+                state: self.state.name(),
+            });
+        }
+        self.sealer.set_lanes(lanes)?;
+        self.lanes = lanes;
+        Ok(())
+    }
+
+    /// Refuses a memory record or RoundEnd on a lane that already ended
+    /// the open round.
+    fn lane_open(&self, lane: u16) -> Result<()> {
+        if self.ended & (1 << lane) != 0 {
+            return Err(Error::LaneEnded {
+                lane,
+                epoch: self.epoch,
+            });
+        }
+        Ok(())
     }
 
     /// The session id bound into every record.
@@ -154,9 +204,14 @@ impl SourceSession {
         (self.version, self.suite)
     }
 
-    /// The sequence number the next record gets.
+    /// The sequence number the next record on lane 0 gets.
     pub fn next_sequence(&self) -> u64 {
-        self.sealer.next_sequence()
+        self.sealer.next_sequence(0)
+    }
+
+    /// The sequence number the next record on `lane` gets.
+    pub fn next_sequence_on(&self, lane: u16) -> u64 {
+        self.sealer.next_sequence(lane)
     }
 
     fn require(&self, states: &[SourceState], op: &'static str) -> Result<()> {
@@ -186,19 +241,37 @@ impl SourceSession {
     /// (e.g. read straight from guest memory into it): no copy at all.
     /// Like every buffer here, `record` must be private memory.
     pub fn seal_page_in_place(&mut self, gpa: u64, record: &mut [u8; PAGE_RECORD_LEN]) -> Result<RecordHeader> {
-        let seq = self.sealer.reserve()?;
+        self.seal_page_on(0, gpa, record)
+    }
+
+    /// [`Self::seal_page_in_place`] on lane `lane`.
+    pub fn seal_page_on(&mut self, lane: u16, gpa: u64, record: &mut [u8; PAGE_RECORD_LEN]) -> Result<RecordHeader> {
+        let seq = self.sealer.reserve(lane)?;
         self.require(&[SourceState::Streaming], "seal a page")?;
+        self.lane_open(lane)?;
         check_aligned(gpa)?;
         let header = self.sealer.seal(seq, RecordType::Page, self.epoch, gpa, record)?;
-        self.pages_in_round += 1;
+        self.pages_in_round[usize::from(lane)] += 1;
         Ok(header)
     }
 
     /// Seals a run of `count` all-zero pages from `gpa` (the caller
     /// checked they are zero): 56 bytes instead of `count` page records.
     pub fn seal_zero_pages(&mut self, gpa: u64, count: u64, out: &mut [u8; COUNT_RECORD_LEN]) -> Result<RecordHeader> {
-        let seq = self.sealer.reserve()?;
+        self.seal_zero_pages_on(0, gpa, count, out)
+    }
+
+    /// [`Self::seal_zero_pages`] on lane `lane`.
+    pub fn seal_zero_pages_on(
+        &mut self,
+        lane: u16,
+        gpa: u64,
+        count: u64,
+        out: &mut [u8; COUNT_RECORD_LEN],
+    ) -> Result<RecordHeader> {
+        let seq = self.sealer.reserve(lane)?;
         self.require(&[SourceState::Streaming], "seal zero pages")?;
+        self.lane_open(lane)?;
         check_aligned(gpa)?;
         if count == 0
             || count
@@ -212,15 +285,23 @@ impl SourceSession {
         }
         out[HEADER_LEN..HEADER_LEN + COUNT_LEN].copy_from_slice(&count.to_le_bytes());
         let header = self.sealer.seal(seq, RecordType::ZeroPages, self.epoch, gpa, out)?;
-        self.pages_in_round += count;
+        self.pages_in_round[usize::from(lane)] += count;
         Ok(header)
     }
 
     /// Ends the open round: seals a RoundEnd with the pages this session
     /// sealed in it and opens the next round. Returns that page count.
     pub fn seal_round_end(&mut self, out: &mut [u8; COUNT_RECORD_LEN]) -> Result<u64> {
-        let seq = self.sealer.reserve()?;
+        self.seal_round_end_on(0, out)
+    }
+
+    /// Ends the open round on lane `lane`: seals a RoundEnd with the pages
+    /// sealed on that lane in the round. The round closes (and the next
+    /// opens) when every lane ended it. Returns the lane's page count.
+    pub fn seal_round_end_on(&mut self, lane: u16, out: &mut [u8; COUNT_RECORD_LEN]) -> Result<u64> {
+        let seq = self.sealer.reserve(lane)?;
         self.require(&[SourceState::Streaming], "end a round")?;
+        self.lane_open(lane)?;
         let next = self
             .epoch
             .checked_add(1)
@@ -228,13 +309,17 @@ impl SourceSession {
             .ok_or(Error::Invalid {
                 what: "epoch (too many rounds)",
             })?;
-        let pages = self.pages_in_round;
+        let pages = self.pages_in_round[usize::from(lane)];
         out[HEADER_LEN..HEADER_LEN + COUNT_LEN].copy_from_slice(&pages.to_le_bytes());
         self.sealer.seal(seq, RecordType::RoundEnd, self.epoch, 0, out)?;
-        self.epoch = next;
-        self.rounds += 1;
-        self.total_pages += pages;
-        self.pages_in_round = 0;
+        self.ended |= 1 << lane;
+        if self.ended.count_ones() == u32::from(self.lanes) {
+            self.epoch = next;
+            self.rounds += 1;
+            self.total_pages += self.pages_in_round();
+            self.pages_in_round = [0; MAX_LANES];
+            self.ended = 0;
+        }
         Ok(pages)
     }
 
@@ -242,9 +327,9 @@ impl SourceSession {
     /// length (`state.len()` + 48). Allowed once the last round ended;
     /// from the first vCPU state on, no memory record is accepted.
     pub fn seal_vcpu_state(&mut self, index: u32, state: &[u8], out: &mut [u8]) -> Result<usize> {
-        let seq = self.sealer.reserve()?;
+        let seq = self.sealer.reserve(0)?;
         self.require(&[SourceState::Streaming, SourceState::SealingState], "seal vCPU state")?;
-        if self.pages_in_round != 0 {
+        if self.pages_in_round() != 0 || self.ended != 0 {
             return Err(Error::State {
                 op: "seal vCPU state before the round's RoundEnd",
                 state: self.state.name(),
@@ -279,7 +364,7 @@ impl SourceSession {
         memory_digest: Option<&[u8; 32]>,
         out: &mut [u8; FINAL_RECORD_LEN],
     ) -> Result<Summary> {
-        let seq = self.sealer.reserve()?;
+        let seq = self.sealer.reserve(0)?;
         self.require(&[SourceState::SealingState], "seal the final record")?;
         // From the moment a Final may exist, the source must not resume.
         self.state = SourceState::FinalSealed;
@@ -287,6 +372,7 @@ impl SourceSession {
             rounds: self.rounds,
             vcpus: self.vcpus,
             total_pages: self.total_pages,
+            lanes: self.lanes,
             memory_digest: memory_digest.copied(),
         };
         self.summary = Some(summary);

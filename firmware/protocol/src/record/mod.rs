@@ -10,14 +10,14 @@
 //! |-------:|-----:|-------------------------------------------------------------|
 //! | 0      | 1    | record type ([`RecordType`])                                |
 //! | 1      | 1    | protocol version, 1                                         |
-//! | 2      | 2    | reserved, 0                                                 |
+//! | 2      | 2    | lane: which of the stream's lanes (0 without lanes)         |
 //! | 4      | 4    | payload length (plaintext bytes, tag excluded)              |
 //! | 8      | 8    | sequence number: 0, 1, 2, … per stream; also the nonce's counter |
 //! | 16     | 8    | address: guest-physical page address (Page, ZeroPages), vCPU index (VcpuState), else 0 |
 //! | 24     | 4    | epoch: the pre-copy round the record belongs to             |
 //! | 28     | 4    | reserved, 0                                                 |
 //!
-//! - nonce (12 bytes) = stream id (u32 LE) ‖ sequence (u64 LE)
+//! - nonce (12 bytes) = (stream id | lane << 16) (u32 LE) ‖ sequence (u64 LE)
 //! - AAD (48 bytes) = session id (16) ‖ header (32)
 //!
 //! Module [`payload`] defines each type's payload; the private `stream` holds the
@@ -27,6 +27,8 @@
 
 pub mod payload;
 pub(crate) mod stream;
+
+pub use stream::MAX_LANES;
 
 use crate::error::{Error, Result};
 use crate::suite::PROTOCOL_VERSION;
@@ -117,6 +119,8 @@ impl RecordType {
 pub struct RecordHeader {
     /// What the record carries.
     pub record_type: RecordType,
+    /// The lane of its stream (0 for a stream without lanes).
+    pub lane: u16,
     /// Payload bytes (plaintext; the record is this plus [`RECORD_OVERHEAD`]).
     pub length: u32,
     /// Position in its stream.
@@ -139,7 +143,7 @@ impl RecordHeader {
     fn write(&self, w: &mut Writer<'_>) -> Result<()> {
         w.u8(self.record_type as u8)?;
         w.u8(PROTOCOL_VERSION as u8)?;
-        w.u16(0)?;
+        w.u16(self.lane)?;
         w.u32(self.length)?;
         w.u64(self.sequence)?;
         w.u64(self.address)?;
@@ -162,7 +166,7 @@ impl RecordHeader {
         if u16::from(version) != PROTOCOL_VERSION {
             return Err(Error::RecordVersion(version));
         }
-        r.reserved(2, "record header")?;
+        let lane = r.u16()?;
         let length = r.u32()?;
         let sequence = r.u64()?;
         let address = r.u64()?;
@@ -172,6 +176,7 @@ impl RecordHeader {
         record_type.check_payload_len(length as usize)?;
         Ok(RecordHeader {
             record_type,
+            lane,
             length,
             sequence,
             address,

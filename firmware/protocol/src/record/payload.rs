@@ -11,9 +11,12 @@
 //! | AbortToken | reason u32, reserved u32 (0)                                     |
 //!
 //! [`Summary`]: rounds u32, vCPUs u32, total pages u64, verified u8 (0/1),
-//! 7 reserved bytes (0), memory digest 32 bytes (all zero unless verified).
+//! extra lanes u16 (lanes of the record stream besides lane 0, so a
+//! stream without lanes encodes as before), 5 reserved bytes (0), memory
+//! digest 32 bytes (all zero unless verified).
 
 use crate::error::{Error, Result};
+use crate::record::MAX_LANES;
 use crate::wire::{Reader, Writer};
 
 /// Bytes of a ZeroPages or RoundEnd payload.
@@ -41,6 +44,8 @@ pub struct Summary {
     pub vcpus: u32,
     /// Pages sent in all rounds (Page records plus ZeroPages counts).
     pub total_pages: u64,
+    /// Lanes of the record stream, 1..=[`MAX_LANES`].
+    pub lanes: u16,
     /// Verified mode: the source's [`crate::MemoryDigest`] of its final memory.
     pub memory_digest: Option<[u8; 32]>,
 }
@@ -59,7 +64,8 @@ impl Summary {
         w.u32(self.vcpus)?;
         w.u64(self.total_pages)?;
         w.u8(self.memory_digest.is_some() as u8)?;
-        w.zeros(7)?;
+        w.u16(self.lanes.saturating_sub(1))?;
+        w.zeros(5)?;
         w.bytes(&self.memory_digest.unwrap_or([0; 32]))
     }
 
@@ -71,7 +77,8 @@ impl Summary {
         let vcpus = r.u32()?;
         let total_pages = r.u64()?;
         let verified = r.u8()?;
-        r.reserved(7, "final payload")?;
+        let lanes = r.u16()?.checked_add(1).filter(|&l| usize::from(l) <= MAX_LANES);
+        r.reserved(5, "final payload")?;
         let digest: [u8; 32] = r.array()?;
         r.finish()?;
         let memory_digest = match verified {
@@ -88,6 +95,9 @@ impl Summary {
             rounds,
             vcpus,
             total_pages,
+            lanes: lanes.ok_or(Error::Invalid {
+                what: "final lane count (1 to 64)",
+            })?,
             memory_digest,
         })
     }

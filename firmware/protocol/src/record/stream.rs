@@ -1,7 +1,11 @@
-//! One direction of sealed records: its key, its stream id, its counter.
+//! One direction of sealed records: its key, its stream id, and one
+//! counter per lane.
 //!
 //! A stream's key seals nothing else (each direction and purpose has its
-//! own key), and its counter only grows: [`RecordSealer::reserve`] takes
+//! own key). The source's record stream may run on several lanes (one per
+//! agent vCPU sealing in parallel): each lane has its own counter and its
+//! own nonce prefix, `stream id | lane << 16`, so no two lanes can ever
+//! use the same nonce under the shared key. Each counter only grows: [`RecordSealer::reserve`] takes
 //! a sequence number for good before anything is checked or encrypted, so
 //! a seal that fails or a record the caller abandons still used up its
 //! number, and no (key, nonce) pair can ever be used twice. The counter
@@ -33,10 +37,14 @@ pub enum StreamId {
     D2sAbort = 3,
 }
 
-/// nonce = stream id (u32 LE) ‖ sequence (u64 LE).
-pub(crate) fn nonce(stream: StreamId, sequence: u64) -> [u8; NONCE_LEN] {
+/// Most lanes a stream has (one bit each in a `u64` of the sessions).
+pub const MAX_LANES: usize = 64;
+
+/// nonce = (stream id | lane << 16) (u32 LE) ‖ sequence (u64 LE). Lane 0's
+/// nonces are those of a stream without lanes.
+pub(crate) fn nonce(stream: StreamId, lane: u16, sequence: u64) -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
-    n[..4].copy_from_slice(&(stream as u32).to_le_bytes());
+    n[..4].copy_from_slice(&(stream as u32 | u32::from(lane) << 16).to_le_bytes());
     n[4..].copy_from_slice(&sequence.to_le_bytes());
     n
 }
@@ -66,42 +74,74 @@ impl StreamCipher {
     }
 }
 
-/// A sequence number taken from a sealer; sealing consumes it.
+/// A lane's sequence number taken from a sealer; sealing consumes it.
 #[must_use]
-pub(crate) struct Reserved(u64);
+pub(crate) struct Reserved {
+    lane: u16,
+    sequence: u64,
+}
+
+/// Checks `lane` against a stream of `lanes` lanes.
+fn check_lane(lane: u16, lanes: u16) -> Result<()> {
+    if lane >= lanes {
+        return Err(Error::Lane { lane, lanes });
+    }
+    Ok(())
+}
 
 /// Seals records of one stream.
 pub(crate) struct RecordSealer {
     c: StreamCipher,
-    next: u64,
+    lanes: u16,
+    next: [u64; MAX_LANES],
 }
 
 impl RecordSealer {
     pub(crate) fn new(key: &[u8; KEY_LEN], stream: StreamId, session_id: &[u8; SESSION_ID_LEN]) -> Self {
         RecordSealer {
             c: StreamCipher::new(key, stream, session_id),
-            next: 0,
+            lanes: 1,
+            next: [0; MAX_LANES],
         }
     }
 
-    /// Takes the next sequence number for good.
-    pub(crate) fn reserve(&mut self) -> Result<Reserved> {
-        if self.next == u64::MAX {
+    /// Spreads the stream over `lanes` lanes; only before any number was
+    /// taken (the caller checks), 1..=[`MAX_LANES`].
+    pub(crate) fn set_lanes(&mut self, lanes: u16) -> Result<()> {
+        if lanes == 0 || usize::from(lanes) > MAX_LANES {
+            return Err(Error::Invalid {
+                what: "lane count (1 to 64)",
+            });
+        }
+        self.lanes = lanes;
+        Ok(())
+    }
+
+    /// Takes lane `lane`'s next sequence number for good.
+    pub(crate) fn reserve(&mut self, lane: u16) -> Result<Reserved> {
+        check_lane(lane, self.lanes)?;
+        let next = &mut self.next[usize::from(lane)];
+        if *next == u64::MAX {
             return Err(Error::CounterExhausted);
         }
-        let seq = self.next;
-        self.next += 1;
-        Ok(Reserved(seq))
+        let sequence = *next;
+        *next += 1;
+        Ok(Reserved { lane, sequence })
     }
 
-    /// The number the next [`reserve`](Self::reserve) returns.
-    pub(crate) fn next_sequence(&self) -> u64 {
-        self.next
+    /// Whether any lane's number was taken.
+    pub(crate) fn any_taken(&self) -> bool {
+        self.next.iter().any(|&n| n != 0)
+    }
+
+    /// The number lane `lane`'s next [`reserve`](Self::reserve) returns.
+    pub(crate) fn next_sequence(&self, lane: u16) -> u64 {
+        self.next.get(usize::from(lane)).copied().unwrap_or(0)
     }
 
     #[cfg(test)]
     pub(crate) fn set_next_for_test(&mut self, next: u64) {
-        self.next = next;
+        self.next[0] = next;
     }
 
     /// Seals `record` in place. `record` is the whole record: header space,
@@ -121,8 +161,9 @@ impl RecordSealer {
         record_type.check_payload_len(len)?;
         let header = RecordHeader {
             record_type,
+            lane: seq.lane,
             length: len as u32,
-            sequence: seq.0,
+            sequence: seq.sequence,
             address,
             epoch,
         };
@@ -134,7 +175,7 @@ impl RecordSealer {
             .c
             .cipher
             .encrypt_inout_detached(
-                &Nonce::from(nonce(self.c.stream, seq.0)),
+                &Nonce::from(nonce(self.c.stream, seq.lane, seq.sequence)),
                 &aad(&self.c.session_id, &head),
                 InOutBuf::from(payload),
             )
@@ -146,18 +187,38 @@ impl RecordSealer {
     }
 }
 
-/// Opens records of one stream, strictly in sequence.
+/// Opens records of one stream, strictly in sequence within each lane
+/// (records of different lanes may interleave in any order).
 pub(crate) struct RecordOpener {
     c: StreamCipher,
-    next: u64,
+    lanes: u16,
+    next: [u64; MAX_LANES],
 }
 
 impl RecordOpener {
     pub(crate) fn new(key: &[u8; KEY_LEN], stream: StreamId, session_id: &[u8; SESSION_ID_LEN]) -> Self {
         RecordOpener {
             c: StreamCipher::new(key, stream, session_id),
-            next: 0,
+            lanes: 1,
+            next: [0; MAX_LANES],
         }
+    }
+
+    /// Accepts records on `lanes` lanes; only before any was opened (the
+    /// caller checks), 1..=[`MAX_LANES`].
+    pub(crate) fn set_lanes(&mut self, lanes: u16) -> Result<()> {
+        if lanes == 0 || usize::from(lanes) > MAX_LANES {
+            return Err(Error::Invalid {
+                what: "lane count (1 to 64)",
+            });
+        }
+        self.lanes = lanes;
+        Ok(())
+    }
+
+    /// Whether any record was opened.
+    pub(crate) fn any_opened(&self) -> bool {
+        self.next.iter().any(|&n| n != 0)
     }
 
     /// Checks and decrypts `record` in place; returns its header and the
@@ -172,9 +233,11 @@ impl RecordOpener {
                 got: record.len(),
             });
         }
-        if header.sequence != self.next {
+        check_lane(header.lane, self.lanes)?;
+        let next = &mut self.next[usize::from(header.lane)];
+        if header.sequence != *next {
             return Err(Error::Sequence {
-                expected: self.next,
+                expected: *next,
                 got: header.sequence,
             });
         }
@@ -186,13 +249,13 @@ impl RecordOpener {
         self.c
             .cipher
             .decrypt_inout_detached(
-                &Nonce::from(nonce(self.c.stream, header.sequence)),
+                &Nonce::from(nonce(self.c.stream, header.lane, header.sequence)),
                 &aad(&self.c.session_id, &head),
                 InOutBuf::from(&mut *payload),
                 &Tag::from(tag),
             )
             .map_err(|_| Error::RecordAuthentication)?;
-        self.next = self.next.checked_add(1).ok_or(Error::CounterExhausted)?;
+        *next = next.checked_add(1).ok_or(Error::CounterExhausted)?;
         Ok((header, &*payload))
     }
 }

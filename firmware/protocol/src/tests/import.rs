@@ -116,7 +116,7 @@ fn raw_seal(src: &mut SourceSession, ty: RecordType, epoch: u32, address: u64, p
     let mut r = vec![0u8; payload.len() + RECORD_OVERHEAD];
     r[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
     let sealer = src.sealer_for_test();
-    let seq = sealer.reserve().unwrap();
+    let seq = sealer.reserve(0).unwrap();
     sealer.seal(seq, ty, epoch, address, &mut r).unwrap();
     r
 }
@@ -128,6 +128,7 @@ fn raw_final(src: &mut SourceSession, rounds: u32, vcpus: u32, total_pages: u64)
         rounds,
         vcpus,
         total_pages,
+        lanes: 1,
         memory_digest: None,
     };
     raw_seal(src, RecordType::Final, 1, 0, &summary.encode())

@@ -7,6 +7,7 @@
 mod abort;
 mod handshake;
 mod import;
+mod lanes;
 mod nonce;
 mod policy;
 mod session;

@@ -23,7 +23,10 @@ fn many_records_many_nonces_even_after_failed_seals() {
         match src.seal_page(gpa, &same_page, &mut r) {
             Ok(h) => {
                 assert_eq!(h.sequence, before);
-                assert!(seen.insert(nonce(StreamId::S2dRecords, h.sequence)), "nonce reused");
+                assert!(
+                    seen.insert(nonce(StreamId::S2dRecords, h.lane, h.sequence)),
+                    "nonce reused"
+                );
                 sealed.push(r);
             }
             Err(Error::Unaligned(_)) => failures += 1,
@@ -43,7 +46,7 @@ fn many_records_many_nonces_even_after_failed_seals() {
     // Other record types share the counter.
     let mut c = [0u8; COUNT_RECORD_LEN];
     let h = src.seal_zero_pages(0x10_0000_0000, 3, &mut c).unwrap();
-    assert!(seen.insert(nonce(StreamId::S2dRecords, h.sequence)));
+    assert!(seen.insert(nonce(StreamId::S2dRecords, h.lane, h.sequence)));
     let mut bad = [0u8; RECORD_OVERHEAD];
     assert!(src.seal_vcpu_state(0, &[], &mut bad).is_err(), "empty state refused");
     src.seal_round_end(&mut c).unwrap();
@@ -76,9 +79,12 @@ fn the_counter_never_wraps() {
 #[test]
 fn nonce_layout_is_stream_then_counter() {
     assert_eq!(
-        nonce(StreamId::D2sAbort, 0x0102_0304_0506_0708),
+        nonce(StreamId::D2sAbort, 0, 0x0102_0304_0506_0708),
         [3, 0, 0, 0, 8, 7, 6, 5, 4, 3, 2, 1]
     );
+    // A lane is the stream id's upper half: lane 0 is the stream's own.
+    assert_eq!(nonce(StreamId::S2dRecords, 2, 5), [1, 0, 2, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(nonce(StreamId::S2dRecords, 0, 5)[..4], [1, 0, 0, 0]);
     // Two sessions never share a session id (or keys).
     let (a, _) = sessions(12);
     let (b, _) = sessions(13);

@@ -215,3 +215,52 @@ fn fixed_handshake_recomputed_from_the_spec() {
 }
 
 const PIN_FIXED_SESSION_ID: &str = "1086bba3a1fe23491e41edc7c279c69b";
+
+/// A ZeroPages record (5 pages from 0x200000, round 3) as lane 2's
+/// eighth record (sequence 7) under the pinned s2d key and session id,
+/// computed once outside Rust with Python's `cryptography` (AESGCM):
+/// header `<BBHIQQII` = (2, 1, 2, 8, 7, 0x200000, 3, 0), nonce `<IQ` =
+/// (1 | 2 << 16, 7), AAD = session id ‖ header.
+const PIN_LANE_RECORD: &str = "020102000800000007000000000000000000200000000000030000000000000\
+09e1cbbeaf855b86ee1991a66ce5e3c23cc5b8c1193f3247d";
+
+/// A Final's payload for 3 lanes (rounds 4, vCPUs 2, 1000 pages, not
+/// verified): the extra-lanes field at offset 17 holds 2.
+const PIN_LANES_SUMMARY: &str = "0400000002000000e8030000000000000002000000000000\
+0000000000000000000000000000000000000000000000000000000000000000";
+
+#[test]
+fn a_lane_record_and_summary_match_the_pinned_bytes() {
+    use crate::record::stream::{RecordSealer, StreamId};
+    let key: [u8; 32] = hex_bytes(PIN_S2D_RECORDS).try_into().unwrap();
+    let session_id: [u8; 16] = hex_bytes(PIN_SESSION_ID).try_into().unwrap();
+    let mut sealer = RecordSealer::new(&key, StreamId::S2dRecords, &session_id);
+    sealer.set_lanes(3).unwrap();
+    for _ in 0..7 {
+        let _ = sealer.reserve(2).unwrap();
+    }
+    let mut record = [0u8; crate::record::COUNT_RECORD_LEN];
+    record[32..40].copy_from_slice(&5u64.to_le_bytes());
+    let seq = sealer.reserve(2).unwrap();
+    sealer
+        .seal(seq, crate::RecordType::ZeroPages, 3, 0x200000, &mut record)
+        .unwrap();
+    assert_eq!(hex(&record), PIN_LANE_RECORD);
+
+    let summary = crate::Summary {
+        rounds: 4,
+        vcpus: 2,
+        total_pages: 1000,
+        lanes: 3,
+        memory_digest: None,
+    };
+    assert_eq!(hex(&summary.encode()), PIN_LANES_SUMMARY);
+    assert_eq!(crate::Summary::decode(&summary.encode()), Ok(summary));
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}

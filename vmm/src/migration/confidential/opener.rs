@@ -223,6 +223,7 @@ mod tests {
     fn record(record_type: RecordType, address: u64, len: usize) -> Vec<u8> {
         let header = RecordHeader {
             record_type,
+            lane: 0,
             length: (len - covm_agent_protocol::record::RECORD_OVERHEAD) as u32,
             sequence: 0,
             address,
