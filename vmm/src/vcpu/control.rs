@@ -6,6 +6,7 @@
 //! thread has acknowledged: a kick that lands just before a thread enters
 //! `KVM_RUN` is lost, the next one is not.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -37,8 +38,56 @@ pub fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
+thread_local! {
+    /// This vCPU thread's `kvm_run.immediate_exit` byte, while it runs
+    /// (null on every other thread).
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Nothing to do: delivery alone makes KVM_RUN return EINTR.
+    // Delivery during KVM_RUN makes it return EINTR. A kick landing just
+    // before KVM_RUN (after the thread checked it may run) would be lost
+    // and the vCPU would run on until the next re-kick, 0.5 ms later:
+    // `immediate_exit` makes that KVM_RUN return at once instead.
+    let flag = IMMEDIATE_EXIT.with(Cell::get);
+    if !flag.is_null() {
+        // SAFETY: set by `KickExit::arm` on this very thread to the byte
+        // of its vCPU's kvm_run mapping, which outlives the guard that
+        // resets the pointer; a plain byte store is async-signal-safe.
+        unsafe { flag.write_volatile(1) };
+    }
+}
+
+/// While alive, kicks to this thread set its vCPU's `immediate_exit`.
+pub struct KickExit(());
+
+impl KickExit {
+    /// Arms kicks for the vCPU whose run structure is `run`, on this thread.
+    /// The caller keeps the vCPU fd (and so the mapping) alive longer than
+    /// the guard; [`RunControl::wait_to_run`] resets the flag before it
+    /// decides whether to run.
+    pub fn arm(run: &mut kvm_bindings::kvm_run) -> KickExit {
+        IMMEDIATE_EXIT.with(|c| c.set(&raw mut run.immediate_exit));
+        KickExit(())
+    }
+
+    /// Resets this thread's flag (if armed): kicks from now on count.
+    fn reset() {
+        let flag = IMMEDIATE_EXIT.with(Cell::get);
+        if !flag.is_null() {
+            // SAFETY: as in `on_kick`: this thread's armed kvm_run byte.
+            unsafe { flag.write_volatile(0) };
+        }
+        // The handler runs on this thread: keep the compiler from moving
+        // the reset after the caller's read of the desired state.
+        std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    }
+}
+
+impl Drop for KickExit {
+    fn drop(&mut self) {
+        IMMEDIATE_EXIT.with(|c| c.set(std::ptr::null_mut()));
+    }
 }
 
 /// Installs the kick handler; once per process, before any vCPU runs.
@@ -95,6 +144,9 @@ impl RunControl {
     /// is the thread's own record of the last period it slept in), then
     /// says whether to run (`true`) or leave the thread (`false`).
     pub fn wait_to_run(&self, seen_period: &mut u64) -> bool {
+        // Before reading the desired state: a kick after this point either
+        // finds `Pause` below or makes the coming KVM_RUN return at once.
+        KickExit::reset();
         loop {
             match self.desired() {
                 Desired::Run => {

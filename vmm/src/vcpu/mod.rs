@@ -276,6 +276,8 @@ impl Vcpu {
     fn run(self, buses: &Buses, control: &RunControl) -> Option<VmExit> {
         let bus = &*buses.pio;
         let mut throttle_period = 0;
+        // Dropped before `self`, which holds the fd and its run mapping.
+        let _kick = control::KickExit::arm(self.fd.lock().unwrap_or_else(|p| p.into_inner()).get_kvm_run());
         while control.wait_to_run(&mut throttle_period) {
             // Held through KVM_RUN and the exit's handling only: a parked
             // vCPU leaves its fd to the VM for state save and restore.
