@@ -33,7 +33,8 @@ use crate::handshake::DestinationSession;
 use crate::keys::SESSION_ID_LEN;
 use crate::policy::PeerIdentity;
 use crate::record::payload::{decode_count, encode_abort, Summary, ABORT_LEN, SUMMARY_LEN};
-use crate::record::stream::{RecordOpener, RecordSealer, StreamId};
+use crate::record::stream::{RecordCipher, RecordOpener, RecordSealer, StreamId};
+use crate::record::RecordHeader;
 use crate::record::{RecordType, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN, MAX_LANES, PAGE_SIZE};
 use crate::MAX_VCPUS;
 use subtle::ConstantTimeEq;
@@ -76,6 +77,33 @@ pub enum ImportEvent<'r> {
     /// (verified mode), compute the [`crate::MemoryDigest`] of the private
     /// memory and pass it to [`ImportChecker::commit`].
     Complete(Summary),
+}
+
+/// A record [`ImportChecker::admit`] took as its lane's next: decrypt it
+/// with [`Admitted::open`] (with any copy of the stream's cipher, on any
+/// vCPU), then hand the result to [`ImportChecker::settle`].
+#[must_use]
+#[derive(Debug)]
+pub struct Admitted {
+    header: RecordHeader,
+}
+
+impl Admitted {
+    /// The record's header (authenticated only once opened).
+    pub fn header(&self) -> &RecordHeader {
+        &self.header
+    }
+
+    /// Verifies and decrypts the admitted `record` in place (private
+    /// memory only); returns its plaintext payload.
+    pub fn open<'r>(&self, cipher: &RecordCipher, record: &'r mut [u8]) -> Result<&'r [u8]> {
+        if RecordHeader::decode(record)? != self.header {
+            return Err(Error::Invalid {
+                what: "record (not the one admitted)",
+            });
+        }
+        cipher.decrypt(&self.header, record)
+    }
 }
 
 /// Where the checker stands.
@@ -133,6 +161,8 @@ pub struct ImportChecker<'t> {
     pages_in_round: [u64; MAX_LANES],
     /// Bit `l`: lane `l`'s RoundEnd of the open round was checked.
     ended: u64,
+    /// Bit `l`: lane `l` has a record admitted and not settled.
+    in_flight: u64,
     total_pages: u64,
     rounds: u32,
     vcpus_seen: [u64; VCPU_WORDS],
@@ -162,6 +192,7 @@ impl<'t> ImportChecker<'t> {
             lanes: 1,
             pages_in_round: [0; MAX_LANES],
             ended: 0,
+            in_flight: 0,
             total_pages: 0,
             rounds: 0,
             vcpus_seen: [0; VCPU_WORDS],
@@ -251,17 +282,74 @@ impl<'t> ImportChecker<'t> {
     /// [`crate::record::record_len`] to split a buffer). The plaintext is
     /// decrypted in place and the event borrows it, so `record` must be
     /// private memory (see the crate doc).
+    ///
+    /// This is [`Self::admit`], [`Admitted::open`] and [`Self::settle`] in
+    /// one call; several vCPUs opening lanes in parallel make those calls
+    /// themselves, the checker under a lock and the decryption outside it.
     pub fn open<'r>(&mut self, record: &'r mut [u8]) -> Result<ImportEvent<'r>> {
+        let admitted = self.admit(record)?;
+        let opened = admitted.open(self.opener.cipher(), record);
+        self.settle(admitted, opened)
+    }
+
+    /// A copy of the source's record cipher, for a vCPU that decrypts
+    /// admitted records of its lane in parallel with others.
+    pub fn cipher(&self) -> RecordCipher {
+        self.opener.cipher().clone()
+    }
+
+    /// Admits `record` as its lane's next: checks its header, length,
+    /// lane and sequence number, and takes the number. Its lane admits
+    /// nothing more until [`Self::settle`] has had it (so each lane is
+    /// checked strictly in order, while lanes interleave freely), and the
+    /// checker does not commit while a record is admitted and unsettled.
+    /// Errors poison the checker.
+    pub fn admit(&mut self, record: &[u8]) -> Result<Admitted> {
         self.refuse_if_done()?;
-        let result = self.open_inner(record);
+        let result = self.admit_inner(record);
         if result.is_err() {
             self.phase = ImportPhase::Poisoned;
         }
         result
     }
 
-    fn open_inner<'r>(&mut self, record: &'r mut [u8]) -> Result<ImportEvent<'r>> {
-        let (header, payload) = self.opener.open(record)?;
+    fn admit_inner(&mut self, record: &[u8]) -> Result<Admitted> {
+        let header = self.opener.check_next(record)?;
+        if self.in_flight & (1 << header.lane) != 0 {
+            return Err(Error::State {
+                op: "admit a record before its lane's previous one settled",
+                state: self.phase.name(),
+            });
+        }
+        self.opener.advance(&header)?;
+        self.in_flight |= 1 << header.lane;
+        Ok(Admitted { header })
+    }
+
+    /// Settles an admitted record once [`Admitted::open`] has decrypted
+    /// it (`opened`): all of the protocol's checks on its content, in the
+    /// order records settle. A failed decryption, or any check, poisons the
+    /// checker.
+    pub fn settle<'r>(&mut self, admitted: Admitted, opened: Result<&'r [u8]>) -> Result<ImportEvent<'r>> {
+        let header = admitted.header;
+        let lane_bit = 1u64 << header.lane;
+        if self.in_flight & lane_bit == 0 {
+            self.phase = ImportPhase::Poisoned;
+            return Err(Error::State {
+                op: "settle a record that was not admitted",
+                state: self.phase.name(),
+            });
+        }
+        self.in_flight &= !lane_bit;
+        self.refuse_if_done()?;
+        let result = opened.and_then(|payload| self.accept(header, payload));
+        if result.is_err() {
+            self.phase = ImportPhase::Poisoned;
+        }
+        result
+    }
+
+    fn accept<'r>(&mut self, header: RecordHeader, payload: &'r [u8]) -> Result<ImportEvent<'r>> {
         let lane = header.lane;
         if header.epoch != self.epoch {
             return Err(Error::Epoch {
@@ -465,7 +553,7 @@ impl<'t> ImportChecker<'t> {
     }
 
     fn commit_inner(&mut self, memory_digest: Option<&[u8; 32]>, out: &mut [u8; COMMIT_RECORD_LEN]) -> Result<()> {
-        if self.phase != ImportPhase::Complete {
+        if self.phase != ImportPhase::Complete || self.in_flight != 0 {
             return Err(Error::Incomplete);
         }
         let summary = self.summary.expect("set with Complete");

@@ -59,11 +59,11 @@ pub use evidence::{
     AttestationReport, EmulatedRoot, EmulatedRootVerifier, Evidence, EvidenceVerifier, Platform, TcbVersion,
 };
 pub use handshake::{DestinationHandshake, DestinationSession, SourceHandshake};
-pub use import::{ImportChecker, ImportEvent, ImportPhase};
+pub use import::{Admitted, ImportChecker, ImportEvent, ImportPhase};
 pub use policy::{check_peer, PeerIdentity, Policy};
 pub use record::payload::Summary;
-pub use record::{RecordHeader, RecordType, PAGE_SIZE};
-pub use source::{SourceSession, SourceState};
+pub use record::{RecordCipher, RecordHeader, RecordType, PAGE_SIZE};
+pub use source::{SealTicket, SourceSession, SourceState};
 pub use suite::{Suite, PROTOCOL_VERSION};
 
 /// Most vCPUs a migration carries (vCPU indices are below this).

@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::keys::{KeySchedule, SESSION_ID_LEN};
 use crate::policy::PeerIdentity;
 use crate::record::payload::{decode_abort, Summary, COUNT_LEN};
-use crate::record::stream::{RecordOpener, RecordSealer, StreamId};
+use crate::record::stream::{RecordCipher, RecordOpener, RecordSealer, Reserved, StreamId};
 use crate::record::{
     RecordHeader, RecordType, COUNT_RECORD_LEN, FINAL_RECORD_LEN, HEADER_LEN, MAX_LANES, MAX_VCPU_STATE_LEN,
     PAGE_RECORD_LEN, PAGE_SIZE, RECORD_OVERHEAD,
@@ -76,6 +76,35 @@ impl SourceState {
 impl core::fmt::Display for SourceState {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// A memory record [`SourceSession`] admitted on a lane: its sequence
+/// number (taken for good) and header fields. [`SealTicket::seal`] seals
+/// it with any copy of the stream's cipher, on any vCPU, without the
+/// session: the session is what several sealing vCPUs share under a lock,
+/// and the cipher work stays outside it.
+#[must_use]
+pub struct SealTicket {
+    seq: Reserved,
+    record_type: RecordType,
+    epoch: u32,
+    address: u64,
+    /// ZeroPages: the count the payload carries.
+    count: Option<u64>,
+}
+
+impl SealTicket {
+    /// Seals the record into `record`: a Page record's page must already
+    /// be at `record[HEADER_LEN..]` (`record` is [`PAGE_RECORD_LEN`]
+    /// bytes); a ZeroPages record ([`COUNT_RECORD_LEN`] bytes) gets its
+    /// count here. Private memory only.
+    pub fn seal(self, cipher: &RecordCipher, record: &mut [u8]) -> Result<RecordHeader> {
+        if let Some(count) = self.count {
+            crate::wire::check_room(record, HEADER_LEN + COUNT_LEN)?;
+            record[HEADER_LEN..HEADER_LEN + COUNT_LEN].copy_from_slice(&count.to_le_bytes());
+        }
+        cipher.seal(self.seq, self.record_type, self.epoch, self.address, record)
     }
 }
 
@@ -246,13 +275,31 @@ impl SourceSession {
 
     /// [`Self::seal_page_in_place`] on lane `lane`.
     pub fn seal_page_on(&mut self, lane: u16, gpa: u64, record: &mut [u8; PAGE_RECORD_LEN]) -> Result<RecordHeader> {
+        self.admit_page(lane, gpa)?.seal(self.sealer.cipher(), record)
+    }
+
+    /// A copy of the record cipher, for a vCPU that seals admitted records
+    /// in parallel with others ([`SealTicket::seal`]).
+    pub fn cipher(&self) -> RecordCipher {
+        self.sealer.cipher().clone()
+    }
+
+    /// Admits a Page record of `gpa` on `lane`: takes the lane's number
+    /// and counts the page in the round (a ticket never sealed leaves a
+    /// gap the destination refuses, like any lost record).
+    pub fn admit_page(&mut self, lane: u16, gpa: u64) -> Result<SealTicket> {
         let seq = self.sealer.reserve(lane)?;
         self.require(&[SourceState::Streaming], "seal a page")?;
         self.lane_open(lane)?;
         check_aligned(gpa)?;
-        let header = self.sealer.seal(seq, RecordType::Page, self.epoch, gpa, record)?;
         self.pages_in_round[usize::from(lane)] += 1;
-        Ok(header)
+        Ok(SealTicket {
+            seq,
+            record_type: RecordType::Page,
+            epoch: self.epoch,
+            address: gpa,
+            count: None,
+        })
     }
 
     /// Seals a run of `count` all-zero pages from `gpa` (the caller
@@ -269,6 +316,12 @@ impl SourceSession {
         count: u64,
         out: &mut [u8; COUNT_RECORD_LEN],
     ) -> Result<RecordHeader> {
+        self.admit_zero_pages(lane, gpa, count)?.seal(self.sealer.cipher(), out)
+    }
+
+    /// Admits a ZeroPages record of `count` pages from `gpa` on `lane`
+    /// (see [`Self::admit_page`]).
+    pub fn admit_zero_pages(&mut self, lane: u16, gpa: u64, count: u64) -> Result<SealTicket> {
         let seq = self.sealer.reserve(lane)?;
         self.require(&[SourceState::Streaming], "seal zero pages")?;
         self.lane_open(lane)?;
@@ -283,10 +336,14 @@ impl SourceSession {
                 what: "zero-page run (empty or past the end of the address space)",
             });
         }
-        out[HEADER_LEN..HEADER_LEN + COUNT_LEN].copy_from_slice(&count.to_le_bytes());
-        let header = self.sealer.seal(seq, RecordType::ZeroPages, self.epoch, gpa, out)?;
         self.pages_in_round[usize::from(lane)] += count;
-        Ok(header)
+        Ok(SealTicket {
+            seq,
+            record_type: RecordType::ZeroPages,
+            epoch: self.epoch,
+            address: gpa,
+            count: Some(count),
+        })
     }
 
     /// Ends the open round: seals a RoundEnd with the pages this session

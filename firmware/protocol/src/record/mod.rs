@@ -28,7 +28,7 @@
 pub mod payload;
 pub(crate) mod stream;
 
-pub use stream::MAX_LANES;
+pub use stream::{RecordCipher, MAX_LANES};
 
 use crate::error::{Error, Result};
 use crate::suite::PROTOCOL_VERSION;

@@ -57,20 +57,102 @@ pub(crate) fn aad(session_id: &[u8; SESSION_ID_LEN], header: &[u8; HEADER_LEN]) 
     a
 }
 
-struct StreamCipher {
-    // Round keys and GHASH key zeroized on drop (aes-gcm "zeroize").
+/// A stream's cipher: its key schedule, stream id and session id. It only
+/// seals or decrypts; sequence numbers and checks are its owners'. A copy
+/// ([`Clone`]) lets another vCPU seal or open records of the same stream
+/// in parallel, on its own lane; every copy zeroizes its round keys and
+/// GHASH key on drop (aes-gcm's "zeroize").
+#[derive(Clone)]
+pub struct RecordCipher {
     cipher: Aes256Gcm,
     stream: StreamId,
     session_id: [u8; SESSION_ID_LEN],
 }
 
-impl StreamCipher {
+impl RecordCipher {
     fn new(key: &[u8; KEY_LEN], stream: StreamId, session_id: &[u8; SESSION_ID_LEN]) -> Self {
-        StreamCipher {
+        RecordCipher {
             cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)),
             stream,
             session_id: *session_id,
         }
+    }
+
+    /// Seals `record` in place with the number `seq` (see [`RecordSealer`]).
+    /// `record` is the whole record: header space, the plaintext payload at
+    /// [`HEADER_LEN`], tag space at the end.
+    pub(crate) fn seal(
+        &self,
+        seq: Reserved,
+        record_type: RecordType,
+        epoch: u32,
+        address: u64,
+        record: &mut [u8],
+    ) -> Result<RecordHeader> {
+        let len = record.len().checked_sub(RECORD_OVERHEAD).ok_or(Error::BufferTooSmall {
+            need: RECORD_OVERHEAD,
+            have: record.len(),
+        })?;
+        record_type.check_payload_len(len)?;
+        let header = RecordHeader {
+            record_type,
+            lane: seq.lane,
+            length: len as u32,
+            sequence: seq.sequence,
+            address,
+            epoch,
+        };
+        let head = header.encode();
+        record[..HEADER_LEN].copy_from_slice(&head);
+        let (_, rest) = record.split_at_mut(HEADER_LEN);
+        let (payload, tag_out) = rest.split_at_mut(len);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(
+                &Nonce::from(nonce(self.stream, seq.lane, seq.sequence)),
+                &aad(&self.session_id, &head),
+                InOutBuf::from(payload),
+            )
+            .map_err(|_| Error::Invalid {
+                what: "record payload (too long for AES-GCM)",
+            })?;
+        tag_out.copy_from_slice(&tag);
+        Ok(header)
+    }
+
+    /// Verifies and decrypts `record` (whose `header` was decoded from it
+    /// and its length checked) in place; returns the plaintext payload.
+    pub(crate) fn decrypt<'r>(&self, header: &RecordHeader, record: &'r mut [u8]) -> Result<&'r [u8]> {
+        let len = header.length as usize;
+        if record.len() != header.record_len() {
+            return Err(Error::Length {
+                what: "record",
+                expected: header.record_len(),
+                got: record.len(),
+            });
+        }
+        let head: [u8; HEADER_LEN] = record[..HEADER_LEN].try_into().expect("length checked above");
+        let (_, rest) = record.split_at_mut(HEADER_LEN);
+        let (payload, tag) = rest.split_at_mut(len);
+        let tag: [u8; TAG_LEN] = (&*tag).try_into().expect("length checked above");
+        self.cipher
+            .decrypt_inout_detached(
+                &Nonce::from(nonce(self.stream, header.lane, header.sequence)),
+                &aad(&self.session_id, &head),
+                InOutBuf::from(&mut *payload),
+                &Tag::from(tag),
+            )
+            .map_err(|_| Error::RecordAuthentication)?;
+        Ok(&*payload)
+    }
+}
+
+impl core::fmt::Debug for RecordCipher {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Never the key schedule.
+        f.debug_struct("RecordCipher")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,7 +173,7 @@ fn check_lane(lane: u16, lanes: u16) -> Result<()> {
 
 /// Seals records of one stream.
 pub(crate) struct RecordSealer {
-    c: StreamCipher,
+    c: RecordCipher,
     lanes: u16,
     next: [u64; MAX_LANES],
 }
@@ -99,7 +181,7 @@ pub(crate) struct RecordSealer {
 impl RecordSealer {
     pub(crate) fn new(key: &[u8; KEY_LEN], stream: StreamId, session_id: &[u8; SESSION_ID_LEN]) -> Self {
         RecordSealer {
-            c: StreamCipher::new(key, stream, session_id),
+            c: RecordCipher::new(key, stream, session_id),
             lanes: 1,
             next: [0; MAX_LANES],
         }
@@ -144,8 +226,7 @@ impl RecordSealer {
         self.next[0] = next;
     }
 
-    /// Seals `record` in place. `record` is the whole record: header space,
-    /// the plaintext payload at [`HEADER_LEN`], tag space at the end.
+    /// Seals `record` in place (see [`RecordCipher::seal`]).
     pub(crate) fn seal(
         &self,
         seq: Reserved,
@@ -154,43 +235,19 @@ impl RecordSealer {
         address: u64,
         record: &mut [u8],
     ) -> Result<RecordHeader> {
-        let len = record.len().checked_sub(RECORD_OVERHEAD).ok_or(Error::BufferTooSmall {
-            need: RECORD_OVERHEAD,
-            have: record.len(),
-        })?;
-        record_type.check_payload_len(len)?;
-        let header = RecordHeader {
-            record_type,
-            lane: seq.lane,
-            length: len as u32,
-            sequence: seq.sequence,
-            address,
-            epoch,
-        };
-        let head = header.encode();
-        record[..HEADER_LEN].copy_from_slice(&head);
-        let (_, rest) = record.split_at_mut(HEADER_LEN);
-        let (payload, tag_out) = rest.split_at_mut(len);
-        let tag = self
-            .c
-            .cipher
-            .encrypt_inout_detached(
-                &Nonce::from(nonce(self.c.stream, seq.lane, seq.sequence)),
-                &aad(&self.c.session_id, &head),
-                InOutBuf::from(payload),
-            )
-            .map_err(|_| Error::Invalid {
-                what: "record payload (too long for AES-GCM)",
-            })?;
-        tag_out.copy_from_slice(&tag);
-        Ok(header)
+        self.c.seal(seq, record_type, epoch, address, record)
+    }
+
+    /// The stream's cipher, to copy for another vCPU.
+    pub(crate) fn cipher(&self) -> &RecordCipher {
+        &self.c
     }
 }
 
 /// Opens records of one stream, strictly in sequence within each lane
 /// (records of different lanes may interleave in any order).
 pub(crate) struct RecordOpener {
-    c: StreamCipher,
+    c: RecordCipher,
     lanes: u16,
     next: [u64; MAX_LANES],
 }
@@ -198,7 +255,7 @@ pub(crate) struct RecordOpener {
 impl RecordOpener {
     pub(crate) fn new(key: &[u8; KEY_LEN], stream: StreamId, session_id: &[u8; SESSION_ID_LEN]) -> Self {
         RecordOpener {
-            c: StreamCipher::new(key, stream, session_id),
+            c: RecordCipher::new(key, stream, session_id),
             lanes: 1,
             next: [0; MAX_LANES],
         }
@@ -221,10 +278,14 @@ impl RecordOpener {
         self.next.iter().any(|&n| n != 0)
     }
 
-    /// Checks and decrypts `record` in place; returns its header and the
-    /// plaintext payload (inside `record`). On any error the record's
-    /// bytes are unchanged or unusable, and the counter does not move.
-    pub(crate) fn open<'r>(&mut self, record: &'r mut [u8]) -> Result<(RecordHeader, &'r [u8])> {
+    /// The stream's cipher, to copy for another vCPU.
+    pub(crate) fn cipher(&self) -> &RecordCipher {
+        &self.c
+    }
+
+    /// Checks `record`'s header, length, lane and sequence number (the
+    /// lane's next), without decrypting or taking the number.
+    pub(crate) fn check_next(&self, record: &[u8]) -> Result<RecordHeader> {
         let header = RecordHeader::decode(record)?;
         if record.len() != header.record_len() {
             return Err(Error::Length {
@@ -234,28 +295,30 @@ impl RecordOpener {
             });
         }
         check_lane(header.lane, self.lanes)?;
-        let next = &mut self.next[usize::from(header.lane)];
-        if header.sequence != *next {
+        let next = self.next[usize::from(header.lane)];
+        if header.sequence != next {
             return Err(Error::Sequence {
-                expected: *next,
+                expected: next,
                 got: header.sequence,
             });
         }
-        let len = header.length as usize;
-        let head: [u8; HEADER_LEN] = record[..HEADER_LEN].try_into().expect("decoded above");
-        let (_, rest) = record.split_at_mut(HEADER_LEN);
-        let (payload, tag) = rest.split_at_mut(len);
-        let tag: [u8; TAG_LEN] = (&*tag).try_into().expect("length checked above");
-        self.c
-            .cipher
-            .decrypt_inout_detached(
-                &Nonce::from(nonce(self.c.stream, header.lane, header.sequence)),
-                &aad(&self.c.session_id, &head),
-                InOutBuf::from(&mut *payload),
-                &Tag::from(tag),
-            )
-            .map_err(|_| Error::RecordAuthentication)?;
+        Ok(header)
+    }
+
+    /// Takes `header`'s number (checked by [`Self::check_next`]).
+    pub(crate) fn advance(&mut self, header: &RecordHeader) -> Result<()> {
+        let next = &mut self.next[usize::from(header.lane)];
         *next = next.checked_add(1).ok_or(Error::CounterExhausted)?;
-        Ok((header, &*payload))
+        Ok(())
+    }
+
+    /// Checks and decrypts `record` in place; returns its header and the
+    /// plaintext payload (inside `record`). On any error the record's
+    /// bytes are unchanged or unusable, and the counter does not move.
+    pub(crate) fn open<'r>(&mut self, record: &'r mut [u8]) -> Result<(RecordHeader, &'r [u8])> {
+        let header = self.check_next(record)?;
+        let payload = self.c.decrypt(&header, record)?;
+        self.advance(&header)?;
+        Ok((header, payload))
     }
 }

@@ -311,3 +311,150 @@ fn moving_a_record_to_another_lane_fails_its_tag() {
     let mut checker = checker_for(dst, &mut table, 2);
     assert_eq!(checker.open(&mut r), Err(Error::RecordAuthentication));
 }
+
+/// Seals `pages` pages of one round on `lanes` threads, each its own lane
+/// with its own copy of the cipher, the session shared under a lock only
+/// to admit; every lane ends the round, then lane 0 carries one vCPU
+/// state and the Final. Returns each lane's records.
+fn seal_in_parallel(src: SourceSession, lanes: u16, pages: u64) -> Vec<Vec<Vec<u8>>> {
+    use std::sync::Mutex;
+    let session = Mutex::new(src);
+    session.lock().unwrap().set_lanes(lanes).unwrap();
+    let mut per_lane: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..lanes)
+            .map(|lane| {
+                let session = &session;
+                s.spawn(move || {
+                    let cipher = session.lock().unwrap().cipher();
+                    let mut out = Vec::new();
+                    for gpa in (0..pages)
+                        .filter(|p| p % u64::from(lanes) == u64::from(lane))
+                        .map(|p| p * 4096)
+                    {
+                        let ticket = session.lock().unwrap().admit_page(lane, gpa).unwrap();
+                        let mut record = vec![0u8; PAGE_RECORD_LEN];
+                        record[32..32 + PAGE_SIZE].copy_from_slice(&page(gpa / 4096, 0));
+                        // The cipher work, outside the lock.
+                        ticket.seal(&cipher, &mut record).unwrap();
+                        out.push(record);
+                    }
+                    let mut end = [0u8; COUNT_RECORD_LEN];
+                    session.lock().unwrap().seal_round_end_on(lane, &mut end).unwrap();
+                    out.push(end.to_vec());
+                    out
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let mut src = session.into_inner().unwrap();
+    assert_eq!(src.epoch(), 1);
+    per_lane[0].push(seal_vcpu(&mut src, 0, b"the only vcpu"));
+    per_lane[0].push(seal_final(&mut src, None));
+    per_lane
+}
+
+#[test]
+fn lanes_sealed_and_opened_on_parallel_threads_commit() {
+    use std::sync::Mutex;
+    let (src, dst) = sessions(73);
+    let lanes = 4u16;
+    let per_lane = seal_in_parallel(src, lanes, 64);
+    let mut table = vec![0u32; 64];
+    let checker = Mutex::new(checker_for(dst, &mut table, lanes));
+    // Each lane opened on its own thread: admit and settle under the
+    // lock, decrypt outside it, so lanes interleave in whatever order the
+    // threads run.
+    std::thread::scope(|s| {
+        for records in &per_lane {
+            let checker = &checker;
+            s.spawn(move || {
+                let cipher = checker.lock().unwrap().cipher();
+                for record in records {
+                    let mut record = record.clone();
+                    let admitted = checker.lock().unwrap().admit(&record).unwrap();
+                    let header = *admitted.header();
+                    if header.lane == 0 && header.record_type == crate::RecordType::VcpuState {
+                        // vCPU states need the round closed by every lane.
+                        while checker.lock().unwrap().epoch() == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                    let opened = admitted.open(&cipher, &mut record);
+                    if let ImportEvent::Page { gpa, data } = checker.lock().unwrap().settle(admitted, opened).unwrap() {
+                        assert_eq!(data, &page(gpa / 4096, 0));
+                    }
+                }
+            });
+        }
+    });
+    let mut checker = checker.into_inner().unwrap();
+    assert_eq!(checker.phase(), ImportPhase::Complete);
+    let mut commit = [0u8; COMMIT_RECORD_LEN];
+    checker.commit(None, &mut commit).unwrap();
+    drop(checker);
+    assert!(table.iter().all(|&e| e == 1));
+}
+
+#[test]
+fn admitted_records_are_settled_in_lane_order_and_before_commit() {
+    let (src, dst) = sessions(74);
+    let per_lane = seal_in_parallel(src, 2, 8);
+    let mut table = vec![0u32; 16];
+    let mut checker = checker_for(dst, &mut table, 2);
+    let cipher = checker.cipher();
+    // A lane admits nothing more until its record settled.
+    let first = per_lane[1][0].clone();
+    let admitted = checker.admit(&first).unwrap();
+    assert!(matches!(checker.admit(&per_lane[1][1]), Err(Error::State { .. })));
+    assert_eq!(checker.phase(), ImportPhase::Poisoned);
+    let mut first = first;
+    let opened = admitted.open(&cipher, &mut first);
+    assert!(opened.is_ok());
+    assert_eq!(checker.settle(admitted, opened).unwrap_err(), Error::Poisoned);
+
+    // An admitted record whose decryption failed poisons the checker.
+    let (src, dst) = sessions(75);
+    let per_lane = seal_in_parallel(src, 2, 8);
+    let mut table = vec![0u32; 16];
+    let mut checker = checker_for(dst, &mut table, 2);
+    let cipher = checker.cipher();
+    let mut bad = per_lane[0][0].clone();
+    bad[100] ^= 1;
+    let admitted = checker.admit(&bad).unwrap();
+    let opened = admitted.open(&cipher, &mut bad);
+    assert_eq!(opened, Err(Error::RecordAuthentication));
+    assert_eq!(checker.settle(admitted, opened), Err(Error::RecordAuthentication));
+    assert_eq!(checker.phase(), ImportPhase::Poisoned);
+
+    // Everything settled but one admitted record: no commit.
+    let (src, dst) = sessions(76);
+    let per_lane = seal_in_parallel(src, 2, 8);
+    let mut table = vec![0u32; 16];
+    let mut checker = checker_for(dst, &mut table, 2);
+    feed(&mut checker, &interleave_two(&per_lane)).unwrap();
+    assert_eq!(checker.phase(), ImportPhase::Complete);
+    // A record with lane 1's next number (its tag is never checked: it
+    // stays admitted).
+    let mut header = RecordHeader::decode(&per_lane[1][0]).unwrap();
+    header.sequence = per_lane[1].len() as u64;
+    let mut forged = per_lane[1][0].clone();
+    forged[..32].copy_from_slice(&header.encode());
+    let admitted = checker.admit(&forged).unwrap();
+    let mut commit = [0u8; COMMIT_RECORD_LEN];
+    assert_eq!(checker.commit(None, &mut commit), Err(Error::Incomplete));
+    drop(admitted);
+}
+
+/// Lane 0's and lane 1's records of [`seal_in_parallel`], alternating,
+/// lane 0's vCPU state and Final last.
+fn interleave_two(per_lane: &[Vec<Vec<u8>>]) -> Vec<Vec<u8>> {
+    let (tail, head0) = per_lane[0].split_at(per_lane[0].len() - 2);
+    let mut out = Vec::new();
+    for i in 0..tail.len().max(per_lane[1].len()) {
+        out.extend(tail.get(i).cloned());
+        out.extend(per_lane[1].get(i).cloned());
+    }
+    out.extend(head0.iter().cloned());
+    out
+}
