@@ -145,17 +145,19 @@ pub fn vmm_writes(region: &Region) -> &WriteBitmap {
 /// For each of `pages` host pages from `host_addr` (in this process):
 /// whether it was never populated, so reads as zero without being touched.
 ///
-/// From `/proc/self/pagemap`: a page neither present (bit 63) nor swapped
-/// (bit 62) in a private anonymous mapping has never been written. The
-/// answer can only go stale towards "populated" (the guest may write
-/// later), which the dirty log covers.
+/// From `/proc/self/pagemap`: a page neither present nor swapped in a
+/// private anonymous mapping has never been written. The answer can only
+/// go stale towards "populated" (the guest may write later), which the
+/// dirty log covers. Asked with the `PAGEMAP_SCAN` ioctl (Linux 6.7),
+/// which returns only the populated ranges, so an empty 2 MiB block costs
+/// the kernel one step of its page-table walk; reading the file instead
+/// (older kernels) makes it fill 8 bytes for every page: 16 ms of a 16 GiB
+/// idle guest's migration, in its profile.
 pub fn unpopulated_host_pages(host_addr: u64, pages: u64) -> std::io::Result<Vec<bool>> {
-    use std::os::unix::fs::FileExt;
-    const PRESENT: u64 = 1 << 63;
-    const SWAPPED: u64 = 1 << 62;
     // Opened once: opening it per chunk showed in a 16 GiB migration's
     // profile (path walks and proc inode checks, 512 times).
     static PAGEMAP: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    static NO_SCAN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let pagemap = match PAGEMAP.get() {
         Some(f) => f,
         None => {
@@ -163,6 +165,25 @@ pub fn unpopulated_host_pages(host_addr: u64, pages: u64) -> std::io::Result<Vec
             PAGEMAP.get_or_init(|| f)
         }
     };
+    if !NO_SCAN.load(std::sync::atomic::Ordering::Relaxed) {
+        match crate::vm::pagemap_scan::unpopulated(pagemap, host_addr, pages) {
+            Ok(map) => return Ok(map),
+            // ENOTTY/EINVAL: a kernel without PAGEMAP_SCAN. Other errors are real.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
+                NO_SCAN.store(true, std::sync::atomic::Ordering::Relaxed)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    unpopulated_by_read(pagemap, host_addr, pages)
+}
+
+/// [`unpopulated_host_pages`] by reading the pagemap's 8-byte entries:
+/// neither present (bit 63) nor swapped (bit 62).
+fn unpopulated_by_read(pagemap: &std::fs::File, host_addr: u64, pages: u64) -> std::io::Result<Vec<bool>> {
+    use std::os::unix::fs::FileExt;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
     let mut raw = vec![0u8; pages as usize * 8];
     pagemap.read_exact_at(&mut raw, host_addr / 4096 * 8)?;
     Ok(raw
@@ -305,6 +326,28 @@ mod tests {
         let pages = unpopulated_host_pages(base, 8).unwrap();
         assert!(!pages[3], "a written page is populated");
         assert!(pages[5], "an untouched page is not");
+    }
+
+    #[test]
+    fn the_scan_and_the_read_of_the_pagemap_agree() {
+        // More populated runs than the scan's 64-entry vector, so the
+        // walk resumes where it stopped; runs that straddle the window.
+        let mem = allocate(64 << 20).unwrap();
+        let region = mem.iter().next().unwrap();
+        let base = region.as_ptr() as u64;
+        for page in (0..16384u64).filter(|p| p % 97 == 0 || p % 211 < 3) {
+            mem.write_obj(1u8, GuestAddress(page * 4096)).unwrap();
+        }
+        let pagemap = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let read = unpopulated_by_read(&pagemap, base + 5 * 4096, 16000).unwrap();
+        match crate::vm::pagemap_scan::unpopulated(&pagemap, base + 5 * 4096, 16000) {
+            Ok(scanned) => assert_eq!(scanned, read),
+            Err(e) => eprintln!("skipping the scan half: PAGEMAP_SCAN unavailable ({e})"),
+        }
+        assert_eq!(
+            read.iter().filter(|u| !**u).count() as u64,
+            (5..16005u64).filter(|p| p % 97 == 0 || p % 211 < 3).count() as u64
+        );
     }
 
     #[test]

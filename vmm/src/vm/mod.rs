@@ -6,6 +6,7 @@
 pub(crate) mod confidential;
 pub(crate) mod kvm;
 pub(crate) mod memory;
+mod pagemap_scan;
 
 mod private;
 mod snp;
