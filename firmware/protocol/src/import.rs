@@ -33,9 +33,10 @@ use crate::handshake::DestinationSession;
 use crate::keys::SESSION_ID_LEN;
 use crate::policy::PeerIdentity;
 use crate::record::payload::{decode_count, encode_abort, Summary, ABORT_LEN, SUMMARY_LEN};
+use crate::record::round_lanes::RoundLanes;
 use crate::record::stream::{RecordCipher, RecordOpener, RecordSealer, StreamId};
 use crate::record::RecordHeader;
-use crate::record::{RecordType, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN, MAX_LANES, PAGE_SIZE};
+use crate::record::{RecordType, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN, PAGE_SIZE};
 use crate::MAX_VCPUS;
 use subtle::ConstantTimeEq;
 
@@ -156,11 +157,8 @@ pub struct ImportChecker<'t> {
     epochs: &'t mut [u32],
     phase: ImportPhase,
     epoch: u32,
-    lanes: u16,
-    /// Pages received in the open round, per lane.
-    pages_in_round: [u64; MAX_LANES],
-    /// Bit `l`: lane `l`'s RoundEnd of the open round was checked.
-    ended: u64,
+    /// The open round's pages per lane and the lanes that ended it.
+    round: RoundLanes,
     /// Bit `l`: lane `l` has a record admitted and not settled.
     in_flight: u64,
     total_pages: u64,
@@ -189,9 +187,7 @@ impl<'t> ImportChecker<'t> {
             epochs,
             phase: ImportPhase::Memory,
             epoch: 0,
-            lanes: 1,
-            pages_in_round: [0; MAX_LANES],
-            ended: 0,
+            round: RoundLanes::new(),
             in_flight: 0,
             total_pages: 0,
             rounds: 0,
@@ -219,7 +215,7 @@ impl<'t> ImportChecker<'t> {
 
     /// Lanes of the source's record stream.
     pub fn lanes(&self) -> u16 {
-        self.lanes
+        self.round.lanes()
     }
 
     /// Expects the source's records on `lanes` lanes (1..=[`MAX_LANES`]);
@@ -236,23 +232,7 @@ impl<'t> ImportChecker<'t> {
             });
         }
         self.opener.set_lanes(lanes)?;
-        self.lanes = lanes;
-        Ok(())
-    }
-
-    fn pages_in_round(&self) -> u64 {
-        self.pages_in_round.iter().sum()
-    }
-
-    /// Refuses a memory record or RoundEnd on a lane that already ended
-    /// the open round.
-    fn lane_open(&self, lane: u16) -> Result<()> {
-        if self.ended & (1 << lane) != 0 {
-            return Err(Error::LaneEnded {
-                lane,
-                epoch: self.epoch,
-            });
-        }
+        self.round.set_lanes(lanes);
         Ok(())
     }
 
@@ -371,9 +351,9 @@ impl<'t> ImportChecker<'t> {
                 if self.phase != ImportPhase::Memory {
                     return Err(unexpected);
                 }
-                self.lane_open(lane)?;
+                self.round.check_open(lane, self.epoch)?;
                 self.mark(header.address, 1)?;
-                self.pages_in_round[usize::from(lane)] += 1;
+                self.round.add(lane, 1);
                 Ok(ImportEvent::Page {
                     gpa: header.address,
                     data: payload.try_into().expect("page length checked with the header"),
@@ -384,9 +364,9 @@ impl<'t> ImportChecker<'t> {
                     return Err(unexpected);
                 }
                 let count = decode_count(payload)?;
-                self.lane_open(lane)?;
+                self.round.check_open(lane, self.epoch)?;
                 self.mark(header.address, count)?;
-                self.pages_in_round[usize::from(lane)] += count;
+                self.round.add(lane, count);
                 Ok(ImportEvent::ZeroPages {
                     gpa: header.address,
                     count,
@@ -401,9 +381,9 @@ impl<'t> ImportChecker<'t> {
                         what: "RoundEnd address (must be 0)",
                     });
                 }
-                self.lane_open(lane)?;
+                self.round.check_open(lane, self.epoch)?;
                 let claimed = decode_count(payload)?;
-                let received = self.pages_in_round[usize::from(lane)];
+                let received = self.round.lane_pages(lane);
                 if claimed != received {
                     return Err(Error::RoundCount {
                         epoch: self.epoch,
@@ -415,13 +395,10 @@ impl<'t> ImportChecker<'t> {
                 let next = ended.checked_add(1).filter(|&e| e < u32::MAX).ok_or(Error::Invalid {
                     what: "epoch (too many rounds)",
                 })?;
-                self.ended |= 1 << lane;
-                if self.ended.count_ones() == u32::from(self.lanes) {
+                if let Some(round_pages) = self.round.end(lane) {
                     self.epoch = next;
                     self.rounds += 1;
-                    self.total_pages += self.pages_in_round();
-                    self.pages_in_round = [0; MAX_LANES];
-                    self.ended = 0;
+                    self.total_pages += round_pages;
                 }
                 Ok(ImportEvent::RoundEnd {
                     epoch: ended,
@@ -432,7 +409,7 @@ impl<'t> ImportChecker<'t> {
             RecordType::VcpuState => {
                 let allowed = lane == 0
                     && match self.phase {
-                        ImportPhase::Memory => self.pages_in_round() == 0 && self.ended == 0,
+                        ImportPhase::Memory => self.round.untouched(),
                         ImportPhase::VcpuStates => true,
                         _ => false,
                     };
@@ -500,15 +477,15 @@ impl<'t> ImportChecker<'t> {
     }
 
     fn check_final(&self, summary: &Summary) -> Result<()> {
-        if self.pages_in_round() != 0 {
+        if self.round.pages() != 0 {
             return Err(Error::RoundCount {
                 epoch: self.epoch,
                 claimed: 0,
-                received: self.pages_in_round(),
+                received: self.round.pages(),
             });
         }
         let checks = [
-            ("lanes", u64::from(summary.lanes), u64::from(self.lanes)),
+            ("lanes", u64::from(summary.lanes), u64::from(self.round.lanes())),
             ("rounds", u64::from(summary.rounds), u64::from(self.rounds)),
             ("pages", summary.total_pages, self.total_pages),
             ("vcpus", u64::from(summary.vcpus), u64::from(self.vcpus)),
@@ -576,7 +553,9 @@ impl<'t> ImportChecker<'t> {
         self.phase = ImportPhase::Committed;
         let seq = self.control.reserve(0)?;
         out[HEADER_LEN..HEADER_LEN + SUMMARY_LEN].copy_from_slice(&summary.encode());
-        self.control.seal(seq, RecordType::Commit, self.epoch, 0, out)?;
+        self.control
+            .cipher()
+            .seal(seq, RecordType::Commit, self.epoch, 0, out)?;
         Ok(())
     }
 
@@ -597,7 +576,7 @@ impl<'t> ImportChecker<'t> {
         let mut sealer = self.abort.take().ok_or(Error::AlreadyCommitted)?;
         let seq = sealer.reserve(0)?;
         out[HEADER_LEN..HEADER_LEN + ABORT_LEN].copy_from_slice(&encode_abort(reason));
-        sealer.seal(seq, RecordType::AbortToken, 0, 0, out)?;
+        sealer.cipher().seal(seq, RecordType::AbortToken, 0, 0, out)?;
         self.abort_token = Some(*out);
         Ok(())
     }

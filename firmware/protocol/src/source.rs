@@ -38,10 +38,11 @@ use crate::error::{Error, Result};
 use crate::keys::{KeySchedule, SESSION_ID_LEN};
 use crate::policy::PeerIdentity;
 use crate::record::payload::{decode_abort, Summary, COUNT_LEN};
+use crate::record::round_lanes::RoundLanes;
 use crate::record::stream::{RecordCipher, RecordOpener, RecordSealer, Reserved, StreamId};
 use crate::record::{
-    RecordHeader, RecordType, COUNT_RECORD_LEN, FINAL_RECORD_LEN, HEADER_LEN, MAX_LANES, MAX_VCPU_STATE_LEN,
-    PAGE_RECORD_LEN, PAGE_SIZE, RECORD_OVERHEAD,
+    RecordHeader, RecordType, COUNT_RECORD_LEN, FINAL_RECORD_LEN, HEADER_LEN, MAX_VCPU_STATE_LEN, PAGE_RECORD_LEN,
+    PAGE_SIZE, RECORD_OVERHEAD,
 };
 use crate::suite::Suite;
 use crate::MAX_VCPUS;
@@ -119,11 +120,8 @@ pub struct SourceSession {
     suite: Suite,
     state: SourceState,
     epoch: u32,
-    lanes: u16,
-    /// Pages sealed in the open round, per lane.
-    pages_in_round: [u64; MAX_LANES],
-    /// Bit `l`: lane `l` sealed its RoundEnd of the open round.
-    ended: u64,
+    /// The open round's pages per lane and the lanes that ended it.
+    round: RoundLanes,
     total_pages: u64,
     rounds: u32,
     vcpus: u32,
@@ -152,9 +150,7 @@ impl SourceSession {
             suite,
             state: SourceState::Streaming,
             epoch: 0,
-            lanes: 1,
-            pages_in_round: [0; MAX_LANES],
-            ended: 0,
+            round: RoundLanes::new(),
             total_pages: 0,
             rounds: 0,
             vcpus: 0,
@@ -182,12 +178,12 @@ impl SourceSession {
 
     /// Pages sealed in the open round, on all lanes.
     pub fn pages_in_round(&self) -> u64 {
-        self.pages_in_round.iter().sum()
+        self.round.pages()
     }
 
     /// Lanes of the record stream.
     pub fn lanes(&self) -> u16 {
-        self.lanes
+        self.round.lanes()
     }
 
     /// Spreads the record stream over `lanes` lanes (1..=[`MAX_LANES`]).
@@ -202,19 +198,7 @@ impl SourceSession {
             });
         }
         self.sealer.set_lanes(lanes)?;
-        self.lanes = lanes;
-        Ok(())
-    }
-
-    /// Refuses a memory record or RoundEnd on a lane that already ended
-    /// the open round.
-    fn lane_open(&self, lane: u16) -> Result<()> {
-        if self.ended & (1 << lane) != 0 {
-            return Err(Error::LaneEnded {
-                lane,
-                epoch: self.epoch,
-            });
-        }
+        self.round.set_lanes(lanes);
         Ok(())
     }
 
@@ -290,9 +274,9 @@ impl SourceSession {
     pub fn admit_page(&mut self, lane: u16, gpa: u64) -> Result<SealTicket> {
         let seq = self.sealer.reserve(lane)?;
         self.require(&[SourceState::Streaming], "seal a page")?;
-        self.lane_open(lane)?;
+        self.round.check_open(lane, self.epoch)?;
         check_aligned(gpa)?;
-        self.pages_in_round[usize::from(lane)] += 1;
+        self.round.add(lane, 1);
         Ok(SealTicket {
             seq,
             record_type: RecordType::Page,
@@ -324,7 +308,7 @@ impl SourceSession {
     pub fn admit_zero_pages(&mut self, lane: u16, gpa: u64, count: u64) -> Result<SealTicket> {
         let seq = self.sealer.reserve(lane)?;
         self.require(&[SourceState::Streaming], "seal zero pages")?;
-        self.lane_open(lane)?;
+        self.round.check_open(lane, self.epoch)?;
         check_aligned(gpa)?;
         if count == 0
             || count
@@ -336,7 +320,7 @@ impl SourceSession {
                 what: "zero-page run (empty or past the end of the address space)",
             });
         }
-        self.pages_in_round[usize::from(lane)] += count;
+        self.round.add(lane, count);
         Ok(SealTicket {
             seq,
             record_type: RecordType::ZeroPages,
@@ -358,7 +342,7 @@ impl SourceSession {
     pub fn seal_round_end_on(&mut self, lane: u16, out: &mut [u8; COUNT_RECORD_LEN]) -> Result<u64> {
         let seq = self.sealer.reserve(lane)?;
         self.require(&[SourceState::Streaming], "end a round")?;
-        self.lane_open(lane)?;
+        self.round.check_open(lane, self.epoch)?;
         let next = self
             .epoch
             .checked_add(1)
@@ -366,16 +350,15 @@ impl SourceSession {
             .ok_or(Error::Invalid {
                 what: "epoch (too many rounds)",
             })?;
-        let pages = self.pages_in_round[usize::from(lane)];
+        let pages = self.round.lane_pages(lane);
         out[HEADER_LEN..HEADER_LEN + COUNT_LEN].copy_from_slice(&pages.to_le_bytes());
-        self.sealer.seal(seq, RecordType::RoundEnd, self.epoch, 0, out)?;
-        self.ended |= 1 << lane;
-        if self.ended.count_ones() == u32::from(self.lanes) {
+        self.sealer
+            .cipher()
+            .seal(seq, RecordType::RoundEnd, self.epoch, 0, out)?;
+        if let Some(round_pages) = self.round.end(lane) {
             self.epoch = next;
             self.rounds += 1;
-            self.total_pages += self.pages_in_round();
-            self.pages_in_round = [0; MAX_LANES];
-            self.ended = 0;
+            self.total_pages += round_pages;
         }
         Ok(pages)
     }
@@ -386,7 +369,7 @@ impl SourceSession {
     pub fn seal_vcpu_state(&mut self, index: u32, state: &[u8], out: &mut [u8]) -> Result<usize> {
         let seq = self.sealer.reserve(0)?;
         self.require(&[SourceState::Streaming, SourceState::SealingState], "seal vCPU state")?;
-        if self.pages_in_round() != 0 || self.ended != 0 {
+        if !self.round.untouched() {
             return Err(Error::State {
                 op: "seal vCPU state before the round's RoundEnd",
                 state: self.state.name(),
@@ -407,6 +390,7 @@ impl SourceSession {
         let record = &mut out[..len];
         record[HEADER_LEN..HEADER_LEN + state.len()].copy_from_slice(state);
         self.sealer
+            .cipher()
             .seal(seq, RecordType::VcpuState, self.epoch, index.into(), record)?;
         self.state = SourceState::SealingState;
         self.vcpus += 1;
@@ -429,12 +413,12 @@ impl SourceSession {
             rounds: self.rounds,
             vcpus: self.vcpus,
             total_pages: self.total_pages,
-            lanes: self.lanes,
+            lanes: self.round.lanes(),
             memory_digest: memory_digest.copied(),
         };
         self.summary = Some(summary);
         out[HEADER_LEN..HEADER_LEN + crate::record::payload::SUMMARY_LEN].copy_from_slice(&summary.encode());
-        self.sealer.seal(seq, RecordType::Final, self.epoch, 0, out)?;
+        self.sealer.cipher().seal(seq, RecordType::Final, self.epoch, 0, out)?;
         Ok(summary)
     }
 

@@ -26,6 +26,7 @@
 //! a page is sealed in place at a fixed offset.
 
 pub mod payload;
+pub(crate) mod round_lanes;
 pub(crate) mod stream;
 
 pub use stream::{RecordCipher, MAX_LANES};

@@ -163,33 +163,23 @@ pub(crate) struct Reserved {
     sequence: u64,
 }
 
-/// Checks `lane` against a stream of `lanes` lanes.
-fn check_lane(lane: u16, lanes: u16) -> Result<()> {
-    if lane >= lanes {
-        return Err(Error::Lane { lane, lanes });
-    }
-    Ok(())
-}
-
-/// Seals records of one stream.
-pub(crate) struct RecordSealer {
-    c: RecordCipher,
+/// A stream's lanes and each lane's next sequence number.
+struct LaneCounters {
     lanes: u16,
     next: [u64; MAX_LANES],
 }
 
-impl RecordSealer {
-    pub(crate) fn new(key: &[u8; KEY_LEN], stream: StreamId, session_id: &[u8; SESSION_ID_LEN]) -> Self {
-        RecordSealer {
-            c: RecordCipher::new(key, stream, session_id),
+impl LaneCounters {
+    fn new() -> Self {
+        LaneCounters {
             lanes: 1,
             next: [0; MAX_LANES],
         }
     }
 
     /// Spreads the stream over `lanes` lanes; only before any number was
-    /// taken (the caller checks), 1..=[`MAX_LANES`].
-    pub(crate) fn set_lanes(&mut self, lanes: u16) -> Result<()> {
+    /// used (the callers check), 1..=[`MAX_LANES`].
+    fn set_lanes(&mut self, lanes: u16) -> Result<()> {
         if lanes == 0 || usize::from(lanes) > MAX_LANES {
             return Err(Error::Invalid {
                 what: "lane count (1 to 64)",
@@ -199,10 +189,57 @@ impl RecordSealer {
         Ok(())
     }
 
+    /// Whether any lane's number was used.
+    fn any_used(&self) -> bool {
+        self.next.iter().any(|&n| n != 0)
+    }
+
+    /// `lane`'s index, refusing a lane the stream does not have.
+    fn index(&self, lane: u16) -> Result<usize> {
+        if lane >= self.lanes {
+            return Err(Error::Lane {
+                lane,
+                lanes: self.lanes,
+            });
+        }
+        Ok(usize::from(lane))
+    }
+
+    /// Lane `lane`'s next number.
+    fn next(&self, lane: u16) -> Result<u64> {
+        Ok(self.next[self.index(lane)?])
+    }
+
+    /// Lane `lane`'s next number, to take.
+    fn next_mut(&mut self, lane: u16) -> Result<&mut u64> {
+        let i = self.index(lane)?;
+        Ok(&mut self.next[i])
+    }
+}
+
+/// Seals records of one stream.
+pub(crate) struct RecordSealer {
+    c: RecordCipher,
+    counters: LaneCounters,
+}
+
+impl RecordSealer {
+    pub(crate) fn new(key: &[u8; KEY_LEN], stream: StreamId, session_id: &[u8; SESSION_ID_LEN]) -> Self {
+        RecordSealer {
+            c: RecordCipher::new(key, stream, session_id),
+            counters: LaneCounters::new(),
+        }
+    }
+
+    /// Spreads the stream over `lanes` lanes (1..=[`MAX_LANES`]); only
+    /// before any number was taken (the caller checks).
+    pub(crate) fn set_lanes(&mut self, lanes: u16) -> Result<()> {
+        self.counters.set_lanes(lanes)
+    }
+
     /// Takes lane `lane`'s next sequence number for good.
     pub(crate) fn reserve(&mut self, lane: u16) -> Result<Reserved> {
-        check_lane(lane, self.lanes)?;
-        let next = &mut self.next[usize::from(lane)];
+        let next = self.counters.next_mut(lane)?;
         if *next == u64::MAX {
             return Err(Error::CounterExhausted);
         }
@@ -213,32 +250,21 @@ impl RecordSealer {
 
     /// Whether any lane's number was taken.
     pub(crate) fn any_taken(&self) -> bool {
-        self.next.iter().any(|&n| n != 0)
+        self.counters.any_used()
     }
 
     /// The number lane `lane`'s next [`reserve`](Self::reserve) returns.
     pub(crate) fn next_sequence(&self, lane: u16) -> u64 {
-        self.next.get(usize::from(lane)).copied().unwrap_or(0)
+        self.counters.next(lane).unwrap_or(0)
     }
 
     #[cfg(test)]
     pub(crate) fn set_next_for_test(&mut self, next: u64) {
-        self.next[0] = next;
+        self.counters.next[0] = next;
     }
 
-    /// Seals `record` in place (see [`RecordCipher::seal`]).
-    pub(crate) fn seal(
-        &self,
-        seq: Reserved,
-        record_type: RecordType,
-        epoch: u32,
-        address: u64,
-        record: &mut [u8],
-    ) -> Result<RecordHeader> {
-        self.c.seal(seq, record_type, epoch, address, record)
-    }
-
-    /// The stream's cipher, to copy for another vCPU.
+    /// The stream's cipher: it seals with the numbers [`Self::reserve`]
+    /// takes, and copies of it seal on other vCPUs.
     pub(crate) fn cipher(&self) -> &RecordCipher {
         &self.c
     }
@@ -248,34 +274,26 @@ impl RecordSealer {
 /// (records of different lanes may interleave in any order).
 pub(crate) struct RecordOpener {
     c: RecordCipher,
-    lanes: u16,
-    next: [u64; MAX_LANES],
+    counters: LaneCounters,
 }
 
 impl RecordOpener {
     pub(crate) fn new(key: &[u8; KEY_LEN], stream: StreamId, session_id: &[u8; SESSION_ID_LEN]) -> Self {
         RecordOpener {
             c: RecordCipher::new(key, stream, session_id),
-            lanes: 1,
-            next: [0; MAX_LANES],
+            counters: LaneCounters::new(),
         }
     }
 
-    /// Accepts records on `lanes` lanes; only before any was opened (the
-    /// caller checks), 1..=[`MAX_LANES`].
+    /// Accepts records on `lanes` lanes (1..=[`MAX_LANES`]); only before
+    /// any was opened (the caller checks).
     pub(crate) fn set_lanes(&mut self, lanes: u16) -> Result<()> {
-        if lanes == 0 || usize::from(lanes) > MAX_LANES {
-            return Err(Error::Invalid {
-                what: "lane count (1 to 64)",
-            });
-        }
-        self.lanes = lanes;
-        Ok(())
+        self.counters.set_lanes(lanes)
     }
 
     /// Whether any record was opened.
     pub(crate) fn any_opened(&self) -> bool {
-        self.next.iter().any(|&n| n != 0)
+        self.counters.any_used()
     }
 
     /// The stream's cipher, to copy for another vCPU.
@@ -294,8 +312,7 @@ impl RecordOpener {
                 got: record.len(),
             });
         }
-        check_lane(header.lane, self.lanes)?;
-        let next = self.next[usize::from(header.lane)];
+        let next = self.counters.next(header.lane)?;
         if header.sequence != next {
             return Err(Error::Sequence {
                 expected: next,
@@ -307,7 +324,7 @@ impl RecordOpener {
 
     /// Takes `header`'s number (checked by [`Self::check_next`]).
     pub(crate) fn advance(&mut self, header: &RecordHeader) -> Result<()> {
-        let next = &mut self.next[usize::from(header.lane)];
+        let next = self.counters.next_mut(header.lane)?;
         *next = next.checked_add(1).ok_or(Error::CounterExhausted)?;
         Ok(())
     }

@@ -117,7 +117,7 @@ fn raw_seal(src: &mut SourceSession, ty: RecordType, epoch: u32, address: u64, p
     r[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
     let sealer = src.sealer_for_test();
     let seq = sealer.reserve(0).unwrap();
-    sealer.seal(seq, ty, epoch, address, &mut r).unwrap();
+    sealer.cipher().seal(seq, ty, epoch, address, &mut r).unwrap();
     r
 }
 

@@ -164,7 +164,10 @@ fn raw_page_on(src: &mut SourceSession, lane: u16, gpa: u64, epoch: u32) -> Vec<
     let sealer = src.sealer_for_test();
     let seq = sealer.reserve(lane).unwrap();
     let mut r = vec![0u8; PAGE_RECORD_LEN];
-    sealer.seal(seq, crate::RecordType::Page, epoch, gpa, &mut r).unwrap();
+    sealer
+        .cipher()
+        .seal(seq, crate::RecordType::Page, epoch, gpa, &mut r)
+        .unwrap();
     r
 }
 

@@ -243,6 +243,7 @@ fn a_lane_record_and_summary_match_the_pinned_bytes() {
     record[32..40].copy_from_slice(&5u64.to_le_bytes());
     let seq = sealer.reserve(2).unwrap();
     sealer
+        .cipher()
         .seal(seq, crate::RecordType::ZeroPages, 3, 0x200000, &mut record)
         .unwrap();
     assert_eq!(hex(&record), PIN_LANE_RECORD);
