@@ -218,7 +218,7 @@ impl<'t> ImportChecker<'t> {
         self.round.lanes()
     }
 
-    /// Expects the source's records on `lanes` lanes (1..=[`MAX_LANES`]);
+    /// Expects the source's records on `lanes` lanes (1..=[`MAX_LANES`](crate::record::MAX_LANES));
     /// only before the first record. The count may come from the host:
     /// the Final states the source's, and a different one is refused
     /// (a lane too many never ends its rounds, one too few is refused by

@@ -186,7 +186,7 @@ impl SourceSession {
         self.round.lanes()
     }
 
-    /// Spreads the record stream over `lanes` lanes (1..=[`MAX_LANES`]).
+    /// Spreads the record stream over `lanes` lanes (1..=[`MAX_LANES`](crate::record::MAX_LANES)).
     /// Only before the first record: the destination must be told the
     /// same count, and the Final states it.
     pub fn set_lanes(&mut self, lanes: u16) -> Result<()> {
