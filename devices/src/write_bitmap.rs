@@ -143,6 +143,36 @@ impl WriteBitmap {
         found
     }
 
+    /// The written pages among pages `first..end`, ascending: through the
+    /// summary, so a large clean range costs a word per 64 words.
+    pub fn dirty_pages_in(&self, first: usize, end: usize) -> Vec<u64> {
+        let end = end.min(self.pages);
+        let mut found = Vec::new();
+        if first >= end {
+            return found;
+        }
+        let (w0, w1) = (first / 64, (end - 1) / 64);
+        for s in w0 / 64..=w1 / 64 {
+            let mut rest = self.summary[s].load(Ordering::SeqCst);
+            while rest != 0 {
+                let index = s * 64 + rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                if index < w0 || index > w1 {
+                    continue;
+                }
+                let mut word = self.words[index].load(Ordering::SeqCst);
+                while word != 0 {
+                    let page = index * 64 + word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    if (first..end).contains(&page) {
+                        found.push(page as u64);
+                    }
+                }
+            }
+        }
+        found
+    }
+
     /// The written pages, ascending.
     pub fn dirty_pages(&self) -> impl Iterator<Item = u64> {
         self.dirty_words().into_iter().flat_map(|(i, word)| {
@@ -219,6 +249,18 @@ mod tests {
         // A word cleared and written again is found again.
         b.set_bit(64);
         assert_eq!(pages(&b), [64]);
+    }
+
+    #[test]
+    fn pages_in_a_range_come_from_the_summary() {
+        let b = WriteBitmap::new(1 << 30);
+        for page in [0usize, 63, 64, 4095, 4096, 100_000, 262_143] {
+            b.set_bit(page);
+        }
+        assert_eq!(b.dirty_pages_in(0, 262_144), [0, 63, 64, 4095, 4096, 100_000, 262_143]);
+        assert_eq!(b.dirty_pages_in(63, 4096), [63, 64, 4095]);
+        assert_eq!(b.dirty_pages_in(64, 64), Vec::<u64>::new());
+        assert_eq!(b.dirty_pages_in(100_000, 1 << 40), [100_000, 262_143]);
     }
 
     #[test]

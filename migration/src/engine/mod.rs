@@ -61,6 +61,7 @@
 mod convergence;
 mod destination;
 mod error;
+mod plain;
 mod progress;
 mod report;
 mod rounds;
@@ -70,9 +71,10 @@ mod throttle;
 
 pub use destination::{receive, receive_with, Incoming};
 pub use error::MigrationError;
+pub use plain::{PlainOpener, PlainSealer};
 pub use progress::{Milestone, Observer, Phase, Progress, ProgressSnapshot};
 pub use report::{AgentCosts, DowntimeBreakdown, MigrationReport, ReceiveReport};
-pub use sealer::{Carried, Link, Opener, PlainOpener, PlainSealer, RecordSink, Sealer};
+pub use sealer::{Carried, Link, Opener, RecordSink, Sealer};
 pub use source::{send, send_with};
 pub use throttle::ThrottlePolicy;
 

@@ -75,7 +75,7 @@ impl Source<'_> {
     pub(super) fn full_round(&mut self) -> Result<RoundStats, MigrationError> {
         let started = (Instant::now(), self.wire.bytes_sent());
         let mut stats = RoundStats::default();
-        let chunk = self.sealer.chunk_pages();
+        let chunk = self.sealer.full_round_chunk();
         for (base, len) in self.vm.memory_ranges() {
             let pages = len / PAGE_SIZE;
             let mut first = 0;

@@ -130,10 +130,13 @@ impl DestinationVm for Vm {
         let (_, region) = crate::vm::memory::region_of(memory, gpa, pages * PAGE_SIZE)
             .ok_or_else(|| engine_err(crate::vm::VmError::OutsideMemory { gpa, pages }))?;
         let first = (gpa - region.start_addr().0) / PAGE_SIZE;
-        let written = crate::vm::memory::vmm_writes(region);
-        for page in (0..pages).filter(|p| written.is_bit_set((first + p) as usize)) {
+        // Through the write bitmap's summary: an idle 16 GiB guest's round 0
+        // arrives as a few runs of millions of pages, and testing them page
+        // by page held up the destination's commit.
+        let written = crate::vm::memory::vmm_writes(region).dirty_pages_in(first as usize, (first + pages) as usize);
+        for page in written {
             memory
-                .write_slice(&ZEROS, GuestAddress(gpa + page * PAGE_SIZE))
+                .write_slice(&ZEROS, GuestAddress(region.start_addr().0 + page * PAGE_SIZE))
                 .map_err(engine_err)?;
         }
         Ok(())
