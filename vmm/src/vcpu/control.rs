@@ -2,9 +2,11 @@
 //!
 //! Every vCPU thread checks the VM's desired state before each `KVM_RUN`.
 //! To change it, the controller sets the state and then kicks the threads
-//! out of `KVM_RUN` with a real-time signal, repeating the kick until every
-//! thread has acknowledged: a kick that lands just before a thread enters
-//! `KVM_RUN` is lost, the next one is not.
+//! out of `KVM_RUN` with a real-time signal. A kick that lands just before
+//! a vCPU thread enters `KVM_RUN` sets its `immediate_exit` ([`KickExit`]),
+//! so that `KVM_RUN` returns at once; the controller still repeats the kick
+//! until every thread has acknowledged, for threads that have no run
+//! structure armed.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -204,8 +206,8 @@ impl RunControl {
     /// It waits for the parking threads' signal, not a fixed interval: a
     /// sleep between the checks made every pause last at least that
     /// interval (0.5 ms of every migration's downtime, measured at 0.65 ms
-    /// for 2 vCPUs). The timeout only repeats the kick, which a thread
-    /// entering `KVM_RUN` just after the first one would otherwise miss.
+    /// for 2 vCPUs). The timeout only repeats the kick, for a thread whose
+    /// kick found no armed [`KickExit`].
     pub fn pause<T>(&self, threads: &[JoinHandle<T>]) {
         self.set(Desired::Pause);
         let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
