@@ -17,7 +17,7 @@ use covm_guest_abi::mailbox::words::{
 };
 use covm_guest_abi::mailbox::{AGENT_WINDOW_END, AGENT_WINDOW_START};
 use covm_migration::engine::{AgentCosts, Carried, Link, MigrationError, PlainSealer, RecordSink, Sealer};
-use covm_migration::protocol::{Message, MAX_PAGES_PER_FRAME, PROTOCOL_VERSION_CONFIDENTIAL};
+use covm_migration::protocol::{Message, PROTOCOL_VERSION_CONFIDENTIAL};
 use covm_migration::vm::SourceVm;
 use std::time::Duration;
 
@@ -243,16 +243,10 @@ impl Sealer for ConfidentialSealer {
         }
         let (clear, sealed) = shared_pages::split(runs, &shared);
         let mut carried = self.agent_runs(round, &sealed, out)?;
-        for (gpa, count) in clear {
-            let mut done = 0;
-            while done < count {
-                let n = (count - done).min(MAX_PAGES_PER_FRAME as u64);
-                let c = self.plain.seal_pages(vm, round, gpa + done * PAGE_SIZE, n, out)?;
-                carried.pages += c.pages;
-                carried.zero_pages += c.zero_pages;
-                done += n;
-            }
-        }
+        // The shared pages go in the clear, frame by frame, as plain ones do.
+        let c = self.plain.seal_runs(vm, round, &clear, out)?;
+        carried.pages += c.pages;
+        carried.zero_pages += c.zero_pages;
         Ok(carried)
     }
 
