@@ -118,13 +118,26 @@ impl WriteBitmap {
     /// `b` of word `i` is page `64 i + b`. Reading clears nothing but
     /// summary bits of empty words.
     pub fn dirty_words(&self) -> Vec<(usize, u64)> {
+        self.dirty_words_in(0, self.words.len())
+    }
+
+    /// [`Self::dirty_words`] among words `w0..w1`: through the summary, so
+    /// a large clean range costs a word per 64 words.
+    fn dirty_words_in(&self, w0: usize, w1: usize) -> Vec<(usize, u64)> {
         let mut found = Vec::new();
-        for (s, summary) in self.summary.iter().enumerate() {
+        if w0 >= w1 {
+            return found;
+        }
+        for s in w0 / 64..=(w1 - 1) / 64 {
+            let summary = &self.summary[s];
             let mut rest = summary.load(Ordering::SeqCst);
             while rest != 0 {
                 let b = rest.trailing_zeros() as usize;
                 rest &= rest - 1;
                 let index = s * 64 + b;
+                if !(w0..w1).contains(&index) {
+                    continue;
+                }
                 let mut word = self.words[index].load(Ordering::SeqCst);
                 if word == 0 {
                     // Drop the stale summary bit, then look again (see
@@ -143,43 +156,25 @@ impl WriteBitmap {
         found
     }
 
-    /// The written pages among pages `first..end`, ascending: through the
-    /// summary, so a large clean range costs a word per 64 words.
+    /// The written pages among pages `first..end`, ascending (see
+    /// [`Self::dirty_words`]).
     pub fn dirty_pages_in(&self, first: usize, end: usize) -> Vec<u64> {
         let end = end.min(self.pages);
-        let mut found = Vec::new();
         if first >= end {
-            return found;
+            return Vec::new();
         }
-        let (w0, w1) = (first / 64, (end - 1) / 64);
-        for s in w0 / 64..=w1 / 64 {
-            let mut rest = self.summary[s].load(Ordering::SeqCst);
-            while rest != 0 {
-                let index = s * 64 + rest.trailing_zeros() as usize;
-                rest &= rest - 1;
-                if index < w0 || index > w1 {
-                    continue;
-                }
-                let mut word = self.words[index].load(Ordering::SeqCst);
-                while word != 0 {
-                    let page = index * 64 + word.trailing_zeros() as usize;
-                    word &= word - 1;
-                    if (first..end).contains(&page) {
-                        found.push(page as u64);
-                    }
-                }
-            }
-        }
-        found
+        let words = self.dirty_words_in(first / 64, (end - 1) / 64 + 1);
+        words
+            .into_iter()
+            .flat_map(|(i, word)| (0..64).filter(move |b| word & (1 << b) != 0).map(move |b| i * 64 + b))
+            .filter(|page| (first..end).contains(page))
+            .map(|page| page as u64)
+            .collect()
     }
 
     /// The written pages, ascending.
-    pub fn dirty_pages(&self) -> impl Iterator<Item = u64> {
-        self.dirty_words().into_iter().flat_map(|(i, word)| {
-            (0..64u64)
-                .filter(move |b| word & (1 << b) != 0)
-                .map(move |b| i as u64 * 64 + b)
-        })
+    pub fn dirty_pages(&self) -> Vec<u64> {
+        self.dirty_pages_in(0, self.pages)
     }
 }
 
@@ -219,20 +214,16 @@ impl NewBitmap for WriteBitmap {
 mod tests {
     use super::*;
 
-    fn pages(b: &WriteBitmap) -> Vec<u64> {
-        b.dirty_pages().collect()
-    }
-
     #[test]
     fn marks_whole_pages_of_a_byte_range_and_reads_them_by_word() {
         let b = WriteBitmap::new(64 << 20);
         b.mark_dirty(PAGE - 1, 2);
         b.mark_dirty(100 * PAGE, 1);
         b.mark_dirty(8191 * PAGE, 1);
-        assert_eq!(pages(&b), [0, 1, 100, 8191]);
+        assert_eq!(b.dirty_pages(), [0, 1, 100, 8191]);
         assert!(b.dirty_at(PAGE) && b.dirty_at(100 * PAGE + 17) && !b.dirty_at(2 * PAGE));
         // Reading clears nothing.
-        assert_eq!(pages(&b), [0, 1, 100, 8191]);
+        assert_eq!(b.dirty_pages(), [0, 1, 100, 8191]);
     }
 
     #[test]
@@ -242,13 +233,13 @@ mod tests {
             b.set_bit(page);
         }
         b.reset_addr_range(63 * PAGE, 66 * PAGE); // pages 63..=128
-        assert_eq!(pages(&b), [3, 200_000]);
+        assert_eq!(b.dirty_pages(), [3, 200_000]);
         b.reset_addr_range(0, 1 << 30);
-        assert_eq!(pages(&b), Vec::<u64>::new());
+        assert_eq!(b.dirty_pages(), Vec::<u64>::new());
         assert!(b.summary.iter().all(|s| s.load(Ordering::SeqCst) == 0));
         // A word cleared and written again is found again.
         b.set_bit(64);
-        assert_eq!(pages(&b), [64]);
+        assert_eq!(b.dirty_pages(), [64]);
     }
 
     #[test]
@@ -268,12 +259,12 @@ mod tests {
         let b = WriteBitmap::new(10 * PAGE);
         b.mark_dirty(9 * PAGE, 5 * PAGE);
         b.set_bit(10);
-        assert_eq!(pages(&b), [9]);
+        assert_eq!(b.dirty_pages(), [9]);
         b.reset_addr_range(9 * PAGE, usize::MAX);
-        assert!(pages(&b).is_empty());
+        assert!(b.dirty_pages().is_empty());
         let empty = WriteBitmap::default();
         empty.mark_dirty(0, PAGE);
-        assert!(empty.is_empty() && pages(&empty).is_empty());
+        assert!(empty.is_empty() && empty.dirty_pages().is_empty());
     }
 
     #[test]
@@ -299,6 +290,6 @@ mod tests {
         let all: usize = (0..b.words.len())
             .map(|i| b.words[i].load(Ordering::SeqCst).count_ones() as usize)
             .sum();
-        assert_eq!(all, pages(&b).len());
+        assert_eq!(all, b.dirty_pages().len());
     }
 }

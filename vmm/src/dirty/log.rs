@@ -94,22 +94,15 @@ pub fn dirty_bitmaps(vm_fd: &VmFd, memory: &GuestMemory) -> Result<Vec<DirtyBitm
     Ok(all)
 }
 
-/// The words of covm's own write bitmap of `region` (vm-memory's, which
-/// KVM's log and rings never see) that have a bit set, as (index, word):
-/// bit `b` of word `i` is page `64 i + b` of the region.
-///
-/// Only the words in use, found through the bitmap's summary (reading
-/// clears nothing: the engine clears what it sends). Testing the region
-/// page by page cost 4 ms of a 16 GiB guest's pause, and swapping every
-/// word out and back (vm-memory's `AtomicBitmap`) about 0.5 ms.
-pub fn vmm_write_words(region: &crate::vm::memory::Region) -> Vec<(usize, u64)> {
-    crate::vm::memory::vmm_writes(region).dirty_words()
-}
-
 /// Adds the pages covm wrote through vm-memory to `bits` (one bit per
 /// page of `region`).
+///
+/// A word at a time, and only the words in use, found through the write
+/// bitmap's summary (reading clears nothing: the engine clears what it
+/// sends). Testing the region page by page cost 4 ms of a 16 GiB guest's
+/// pause.
 pub fn merge_vmm_writes(region: &crate::vm::memory::Region, bits: &mut [u64]) {
-    for (i, word) in vmm_write_words(region) {
+    for (i, word) in crate::vm::memory::vmm_writes(region).dirty_words() {
         if let Some(b) = bits.get_mut(i) {
             *b |= word;
         }

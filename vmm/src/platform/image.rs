@@ -106,7 +106,7 @@ pub fn written_pages(memory: &GuestMemory) -> Vec<u64> {
         let start = region.start_addr().0;
         // Through the bitmap's summary, not page by page (131072 pages in
         // 512 MiB, read twice a launch, cost half a millisecond).
-        pages.extend(bitmap.dirty_pages().map(|page| start + page * PAGE));
+        pages.extend(bitmap.dirty_pages().into_iter().map(|page| start + page * PAGE));
     }
     pages
 }

@@ -321,14 +321,7 @@ pub fn merge_view_writes(view: &GuestMemory, bitmaps: &mut [covm_migration::vm::
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     for region in view.iter() {
         let base = region.start_addr().0;
-        let written = crate::dirty::log::vmm_write_words(region)
-            .into_iter()
-            .flat_map(|(i, word)| {
-                (0..64)
-                    .filter(move |b| word & (1 << b) != 0)
-                    .map(move |b| i as u64 * 64 + b)
-            });
-        for page in written {
+        for page in crate::vm::memory::vmm_writes(region).dirty_pages() {
             let gpa = base + page * PAGE_SIZE;
             if let Some(map) = bitmaps
                 .iter_mut()
