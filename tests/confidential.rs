@@ -213,6 +213,69 @@ fn confidential_migration_moves_the_workload_and_only_ciphertext_crosses() {
     assert_eq!(info(&c_api)["migration"]["session"]["state"], "committed");
 }
 
+/// The lane of the record at `start` of a `Sealed` payload.
+fn lane_at(payload: &[u8], start: usize) -> u16 {
+    covm_agent_protocol::RecordHeader::decode(&payload[start..]).unwrap().lane
+}
+
+/// With two agent vCPUs a side the stream has two lanes, each sealed and
+/// opened by its own vCPU: the workload moves, only ciphertext crosses,
+/// and both lanes carry pages. A bit flipped in a record of lane 1 is
+/// refused, and the source resumes.
+#[test]
+fn two_agent_vcpus_migrate_on_two_lanes() {
+    let Some(_one) = kvm_turn() else {
+        return;
+    };
+    let owner = Owner::with_agent_vcpus("cm-lanes", None, 2);
+    let (mut a, a_api, a_serial) = owner.source("a");
+    let (_b, b_api, b_serial) = owner.destination("b", &[]);
+    wait_heartbeats_within(&a_serial, 5, Duration::from_secs(60));
+    let proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
+    assert_eq!(
+        wait_exit(&mut a, Duration::from_secs(180)),
+        Some(0),
+        "the source exits after the commit"
+    );
+    destination_continues(&a_serial, &b_serial);
+    let b_info = info(&b_api);
+    assert_eq!(b_info["migration"]["session"]["state"], "committed", "{b_info}");
+    assert_eq!(b_info["config"]["platform"]["agent_vcpus"], 2, "{b_info}");
+    let wire = proxy.to_destination.lock().unwrap().clone();
+    proxy.join();
+    let lanes: std::collections::BTreeSet<u16> = proxy::frames(&wire)
+        .into_iter()
+        .filter(|&(kind, _)| kind == proxy::KIND_SEALED)
+        .flat_map(|(_, payload)| {
+            let spans = proxy::sealed_records(payload);
+            spans.into_iter().map(move |(start, _)| lane_at(payload, start))
+        })
+        .collect();
+    assert_eq!(lanes, [0, 1].into(), "both lanes carried records");
+    assert_eq!(found(&wire, &page_windows()), 0, "workload pages crossed in the clear");
+
+    let lane1_pages = |payload: &[u8]| -> Vec<(usize, usize)> {
+        page_records(payload)
+            .into_iter()
+            .filter(|&(start, _)| lane_at(payload, start) == 1)
+            .collect()
+    };
+    let flip = sealed_frames(
+        move |f: &Frame| !lane1_pages(&f.payload).is_empty(),
+        move |seen, mut f| {
+            if seen == 3 {
+                let (start, end) = lane1_pages(&f.payload)[0];
+                f.payload[(start + end) / 2] ^= 0x10;
+            }
+            Verdict::Send(vec![f])
+        },
+    );
+    let f = failed_migration(&owner, "x", &[], flip, proxy::pass());
+    assert!(f.error.contains("authentication"), "{}", f.error);
+    assert_eq!(f.a_api.state(), "Running", "{}", info(&f.a_api));
+    source_keeps_running(&f.a_serial);
+}
+
 #[test]
 fn the_same_check_finds_the_pages_in_a_plain_migration() {
     let Some(_one) = kvm_turn() else {

@@ -474,7 +474,7 @@ fn an_incoming_vm_measures_as_its_launch_and_launched_vms_attest() {
     };
     assert_ne!(covm::platform::measure(&two_mib).unwrap().digest, measurement);
     let one_vcpu = VmConfig {
-        cpus: covm::config::CpusConfig { boot_vcpus: 1 },
+        cpus: covm::config::CpusConfig::boot(1),
         ..config
     };
     assert_ne!(covm::platform::measure(&one_vcpu).unwrap().digest, measurement);

@@ -171,7 +171,7 @@ pub fn stderr(out: &Output) -> String {
 pub fn firmware_vm_config(serial: &Path, cmdline: &str) -> covm::config::VmConfig {
     use covm::config::{CpusConfig, MemoryConfig, Payload, SerialMode, VmConfig};
     VmConfig {
-        cpus: CpusConfig { boot_vcpus: 2 },
+        cpus: CpusConfig::boot(2),
         memory: MemoryConfig { size: 256 << 20 },
         payload: Payload::BuiltinFirmware,
         cmdline: cmdline.into(),

@@ -25,8 +25,17 @@ impl Owner {
     /// A root key and a policy (version 2) allowing exactly the launch
     /// measurement of the test VM (or `allow` instead).
     pub fn new(name: &str, allow: Option<&str>) -> Owner {
+        Owner::with_agent_vcpus(name, allow, 1)
+    }
+
+    /// [`Owner::new`] for VMs whose migration agent has `agents` vCPUs
+    /// (`--platform agent_vcpus=N`, part of the measurement).
+    pub fn with_agent_vcpus(name: &str, allow: Option<&str>, agents: u8) -> Owner {
         let dir = Scratch::new(name);
-        let platform = format!("emulated_cvm=on,root_key={}", dir.path("root.key").display());
+        let platform = format!(
+            "emulated_cvm=on,root_key={},agent_vcpus={agents}",
+            dir.path("root.key").display()
+        );
         let out = covm()
             .args(["measure", "--platform", &platform, "--cpus", CPUS, "--memory", MEMORY])
             .args(["--cmdline", WORKLOAD])

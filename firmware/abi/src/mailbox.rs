@@ -19,9 +19,11 @@
 //! 0x0150_0000  agent-private (covm never touches it, except the emulated
 //!              platform's VMSA area, the stand-in for SNP's VMSA pages):
 //!   0x0150_0000  AGENT_STACK        1 MiB (top at 0x0160_0000)
-//!   0x0160_0000  AGENT_SCRATCH      2 MiB: records are copied in here
+//!   0x0160_0000  AGENT_SCRATCH      512 KiB: records are copied in here
 //!                                   before they are opened, and sealed
 //!                                   here before they are copied out
+//!   0x0168_0000  AGENT_TEAM         1.5 MiB: the team's control page,
+//!                                   then one 64 KiB stack per helper
 //!   0x0180_0000  AGENT_VCPU_STATES  2 MiB: one 64 KiB slot per workload
 //!                                   vCPU (`u32` length, then the state)
 //!   0x01A0_0000  AGENT_DATA         1 MiB: the agent's session objects
@@ -44,6 +46,21 @@
 //! results and, last, `done_seq`, then a 32-bit `out` of the sequence's low
 //! bits to [`ports::AGENT_DONE`](crate::ports::AGENT_DONE). Neither side
 //! polls or sleeps on a timer; the agent's vCPU costs nothing while idle.
+//!
+//! # Team
+//!
+//! The agent may have several vCPUs ([`ports::AGENT_VCPUS`](crate::ports::AGENT_VCPUS)):
+//! agent 0 serves the mailbox, and with a session of several lanes it
+//! hands each helper a lane's work through the control page at
+//! [`AGENT_TEAM`] (private memory), wakes them with an `out` to
+//! [`ports::TEAM_START`](crate::ports::TEAM_START) and waits in `in` from
+//! [`ports::TEAM_JOIN`](crate::ports::TEAM_JOIN); a helper waits in `in`
+//! from its own [`ports::team_wait`](crate::ports::team_wait) and reports with an
+//! `out` to [`ports::TEAM_DONE`](crate::ports::TEAM_DONE). The ports only
+//! block and wake: what work there is and whether it is done, the agent
+//! reads from its private control page, so a host that wakes a vCPU early
+//! or late delays the agent but cannot make it run work twice or go on
+//! before its helpers finished.
 //!
 //! # Evidence
 //!
@@ -80,7 +97,24 @@ pub const AGENT_STACK_SIZE: u64 = 1 << 20;
 /// The agent's private record buffer.
 pub const AGENT_SCRATCH: u64 = 0x0160_0000;
 /// Size of [`AGENT_SCRATCH`].
-pub const AGENT_SCRATCH_SIZE: u64 = 2 << 20;
+pub const AGENT_SCRATCH_SIZE: u64 = 512 << 10;
+/// The agent's team (see "Team" above): a control page agent 0 and its
+/// helpers share, then the helpers' stacks ([`helper_stack_top`]).
+pub const AGENT_TEAM: u64 = 0x0168_0000;
+/// Size of [`AGENT_TEAM`].
+pub const AGENT_TEAM_SIZE: u64 = 0x0018_0000;
+/// Bytes of each helper's stack.
+pub const HELPER_STACK_SIZE: u64 = 64 << 10;
+/// Most vCPUs the agent may have: agent 0 and a stack's worth of helpers.
+pub const MAX_AGENT_VCPUS: u32 = 1 + ((AGENT_TEAM_SIZE - 4096) / HELPER_STACK_SIZE) as u32;
+
+/// The top of helper `index`'s stack (1 to `MAX_AGENT_VCPUS - 1`).
+pub const fn helper_stack_top(index: u32) -> u64 {
+    AGENT_TEAM + 4096 + index as u64 * HELPER_STACK_SIZE
+}
+
+const _: () = assert!(AGENT_SCRATCH + AGENT_SCRATCH_SIZE <= AGENT_TEAM);
+const _: () = assert!(AGENT_TEAM + AGENT_TEAM_SIZE <= AGENT_VCPU_STATES);
 /// The emulated VMSA area: vCPU `i`'s state slot is at
 /// `AGENT_VCPU_STATES + i * VCPU_STATE_SLOT`.
 pub const AGENT_VCPU_STATES: u64 = 0x0180_0000;

@@ -45,6 +45,36 @@ pub const PAGE_STATE_PAGES: u16 = 0x62c;
 /// See [`PAGE_STATE_FIRST`].
 pub const PAGE_STATE_OP: u16 = 0x630;
 
+/// `in`: how many vCPUs the migration agent has (1 to
+/// `mailbox::MAX_AGENT_VCPUS`): the VM's last ones, by APIC ID. The one
+/// with the highest APIC ID serves the mailbox (agent 0); the others are
+/// its helpers, which seal and open lanes with it (`mailbox`, "Team").
+pub const AGENT_VCPUS: u16 = 0x634;
+/// `out`, by a helper: it finished the work posted.
+pub const TEAM_DONE: u16 = 0x638;
+/// `out`, by agent 0: work is posted; wakes every helper's wait
+/// ([`team_wait`]).
+pub const TEAM_START: u16 = 0x63c;
+/// `in`, by agent 0: blocks until every helper reported [`TEAM_DONE`] for
+/// the work posted last, or covm needs the vCPU out; any value.
+pub const TEAM_JOIN: u16 = 0x640;
+/// Helper 1's wait port, the first of the helpers' ([`team_wait`]).
+pub const TEAM_WAIT_BASE: u16 = 0x644;
+
+/// `in`, by helper `index` (1 to `mailbox::MAX_AGENT_VCPUS - 1`): blocks
+/// until agent 0 posts work this helper was not woken for yet
+/// ([`TEAM_START`]), or covm needs the vCPU out of the read; any value.
+/// One port per helper, as a port's reads are served one at a time.
+pub const fn team_wait(index: u32) -> u16 {
+    TEAM_WAIT_BASE + 4 * (index as u16 - 1)
+}
+
+/// The last port of the confidential platform's (the firmware's I/O
+/// bitmap allows ring 3 every port up to it from `AGENT_DOORBELL`).
+pub const LAST_CONFIDENTIAL_PORT: u16 = team_wait(crate::mailbox::MAX_AGENT_VCPUS - 1) + 3;
+
+const _: () = assert!(LAST_CONFIDENTIAL_PORT == 0x69f);
+
 /// Operations and results of the page-state request ([`PAGE_STATE_FIRST`]).
 pub mod page_state {
     /// Operation: the pages become shared with the host.

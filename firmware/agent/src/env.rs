@@ -18,11 +18,15 @@ use covm_guest_abi::mailbox::{header, HEADER};
 /// Guest pages may change while they are read (the workload runs during
 /// pre-copy): an implementation copies what it sees, and the agent seals
 /// that copy, never the live page.
-pub trait GuestMemory {
+///
+/// Every method takes `&self`, and the memory is `Sync`: with several
+/// lanes the agent's vCPUs read and write guest memory at once (each its
+/// own pages and its own part of `FROM_AGENT`), as guest memory is.
+pub trait GuestMemory: Sync {
     /// Copies the 4 KiB page at `gpa` into `out`.
     fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]);
     /// Writes the 4 KiB page at `gpa`.
-    fn write_page(&mut self, gpa: u64, data: &[u8; PAGE_SIZE]);
+    fn write_page(&self, gpa: u64, data: &[u8; PAGE_SIZE]);
     /// Whether every byte of the page at `gpa` reads as zero.
     fn page_is_zero(&self, gpa: u64) -> bool;
     /// Whether the page at `gpa` is known to hold zeros without reading
@@ -40,11 +44,11 @@ pub trait GuestMemory {
         1
     }
     /// Fills the page at `gpa` with zeros.
-    fn zero_page(&mut self, gpa: u64);
+    fn zero_page(&self, gpa: u64);
     /// Copies `out.len()` bytes of the agent window from `gpa`.
     fn read_window(&self, gpa: u64, out: &mut [u8]);
     /// Writes `data` into the agent window at `gpa`.
-    fn write_window(&mut self, gpa: u64, data: &[u8]);
+    fn write_window(&self, gpa: u64, data: &[u8]);
 }
 
 /// The pages of the block starting at `page` when the whole block lies
@@ -95,6 +99,26 @@ pub trait Platform {
     fn ticks(&self) -> u64 {
         0
     }
+    /// The agent's vCPUs that work together on a session's lanes (see
+    /// [`Team`]); `None` (the default): the agent's own vCPU only.
+    fn team(&self) -> Option<&dyn Team> {
+        None
+    }
+}
+
+/// Most workers a [`Team`] may have: one per lane.
+pub const MAX_WORKERS: usize = covm_agent_protocol::record::MAX_LANES;
+
+/// The agent's vCPUs working as one: with a session of several lanes,
+/// worker `w` seals or opens the records of lane `w`. The firmware runs
+/// worker 0 on the agent's own vCPU and the others on its helper vCPUs;
+/// the tests on threads.
+pub trait Team {
+    /// Workers, the calling vCPU's included (1 to [`MAX_WORKERS`]).
+    fn workers(&self) -> usize;
+    /// Runs `work(w)` for every worker `w` at once (worker 0 on the calling
+    /// vCPU) and returns once every call has returned.
+    fn join(&self, work: &(dyn Fn(usize) + Sync));
 }
 
 /// Lends the destination's epoch table (`mailbox::AGENT_EPOCHS`: one

@@ -14,7 +14,7 @@ use crate::env::{known_zero_block_at, EpochTables, GuestMemory, Platform};
 use crate::mailbox::{self, Output};
 use crate::memmap::MemoryMap;
 use crate::reply::{fail, Done, Fail, Outcome};
-use crate::{Agent, Run, Session};
+use crate::{lanes, Agent, Run, Session};
 use covm_agent_protocol::record::{
     RecordHeader, RecordType, COUNT_RECORD_LEN, FINAL_RECORD_LEN, HEADER_LEN, MAX_RECORD_LEN, PAGE_RECORD_LEN,
     RECORD_OVERHEAD,
@@ -33,7 +33,7 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// Output room that one more page always fits: a pending zero run's
 /// record, then the page's own. `EXPORT_PAGES` stops before a page when
 /// less is left.
-const ROOM_PER_PAGE: usize = COUNT_RECORD_LEN + PAGE_RECORD_LEN;
+pub(crate) const ROOM_PER_PAGE: usize = COUNT_RECORD_LEN + PAGE_RECORD_LEN;
 
 /// Marks the session failed and passes the failure on.
 pub(crate) fn fail_run(run: &mut Run, fail: Fail) -> Fail {
@@ -90,11 +90,11 @@ struct Exporting<'x, M, P> {
 }
 
 /// Bytes of one `EXPORT_LIST` entry: gpa and page count, u64 LE each.
-const LIST_ENTRY_LEN: usize = 16;
+pub(crate) const LIST_ENTRY_LEN: usize = 16;
 /// Most entries one `EXPORT_LIST` takes (all of `TO_AGENT`).
 const MAX_LIST_ENTRIES: u64 = TO_AGENT_SIZE / LIST_ENTRY_LEN as u64;
 
-fn u64_le(bytes: &[u8]) -> u64 {
+pub(crate) fn u64_le(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
 }
 
@@ -128,7 +128,7 @@ fn advance_cursor(run: &mut Run, s: &SourceSession, map: &MemoryMap, walk: &Walk
 /// Seals a run of `count` zero pages from `gpa` and appends the record.
 fn seal_zero_run(
     s: &mut SourceSession,
-    mem: &mut impl GuestMemory,
+    mem: &impl GuestMemory,
     out: &mut Output,
     (gpa, count): (u64, u64),
 ) -> Result<(), Fail> {
@@ -169,7 +169,7 @@ impl Walk {
     }
 
     /// Seals the pending zero run, if any.
-    fn flush(&mut self, s: &mut SourceSession, mem: &mut impl GuestMemory) -> Result<(), Fail> {
+    fn flush(&mut self, s: &mut SourceSession, mem: &impl GuestMemory) -> Result<(), Fail> {
         match self.zero_run.take() {
             Some(run) => {
                 self.records += 1;
@@ -182,13 +182,7 @@ impl Walk {
     /// Counts `count` zero pages from `gpa`: they extend the pending
     /// zero run when they follow it, else that run is sealed and a new
     /// one starts.
-    fn zero_pages(
-        &mut self,
-        s: &mut SourceSession,
-        mem: &mut impl GuestMemory,
-        gpa: u64,
-        count: u64,
-    ) -> Result<(), Fail> {
+    fn zero_pages(&mut self, s: &mut SourceSession, mem: &impl GuestMemory, gpa: u64, count: u64) -> Result<(), Fail> {
         self.zeros += count;
         match &mut self.zero_run {
             Some((start, n)) if *start + *n * PAGE == gpa => *n += count,
@@ -207,7 +201,7 @@ impl Walk {
     fn range(
         &mut self,
         s: &mut SourceSession,
-        mem: &mut impl GuestMemory,
+        mem: &impl GuestMemory,
         platform: &impl Platform,
         map: &MemoryMap,
         record: &mut [u8; PAGE_RECORD_LEN],
@@ -260,8 +254,30 @@ impl Walk {
     }
 }
 
+/// Seals `request` on the session's lanes with the platform's team (see
+/// [`lanes::export`]), and books it in `run`.
+fn seal_lanes(
+    platform: &impl Platform,
+    mem: &impl GuestMemory,
+    map: &MemoryMap,
+    s: &mut SourceSession,
+    scratch: &mut [u8],
+    run: &mut Run,
+    request: lanes::export::Request,
+) -> Result<lanes::export::Sealed, Fail> {
+    let team = platform
+        .team()
+        .filter(|t| t.workers() >= usize::from(s.lanes()))
+        .ok_or_else(|| fail!(status::BAD_STATE, "{} lanes, but fewer vCPUs to seal them", s.lanes()))?;
+    let sealed =
+        lanes::export::seal(team, mem, map, s, &mut run.cursor, scratch, request).map_err(|e| fail_run(run, e))?;
+    run.records += sealed.tally.records;
+    run.pages += sealed.tally.pages;
+    Ok(sealed)
+}
+
 /// The range of `count` pages from `first`, checked.
-fn page_range(op: &str, first: u64, count: u64) -> Result<(u64, u64), Fail> {
+pub(crate) fn page_range(op: &str, first: u64, count: u64) -> Result<(u64, u64), Fail> {
     if first % PAGE != 0 {
         return Err(fail!(status::BAD_COMMAND, "{op}: {first:#x} is not 4 KiB aligned"));
     }
@@ -346,8 +362,22 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             scratch,
             run,
         } = self.exporting("EXPORT_PAGES", round)?;
-        let record = head::<PAGE_RECORD_LEN>(scratch);
         let range = page_range("EXPORT_PAGES", first, count)?;
+        if s.lanes() > 1 {
+            let request = lanes::export::Request::Range(range.0, range.1);
+            let sealed = seal_lanes(platform, mem, map, s, scratch, run, request)?;
+            return Ok(Done::new(ExportPagesReply {
+                pages: sealed.tally.pages,
+                zero_pages: sealed.tally.zero_pages,
+                walked_frames: if sealed.entries_done > 0 {
+                    count
+                } else {
+                    sealed.next_frames
+                },
+            })
+            .with_output(sealed.out_len));
+        }
+        let record = head::<PAGE_RECORD_LEN>(scratch);
         check_cursor(run, s, map, range)?;
         let mut walk = Walk::new(platform);
         let walked = walk
@@ -381,6 +411,24 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             scratch,
             run,
         } = self.exporting("EXPORT_LIST", round)?;
+        if s.lanes() > 1 {
+            let sealed = seal_lanes(
+                platform,
+                mem,
+                map,
+                s,
+                scratch,
+                run,
+                lanes::export::Request::List(entries),
+            )?;
+            return Ok(Done::new(ExportListReply {
+                pages: sealed.tally.pages,
+                zero_pages: sealed.tally.zero_pages,
+                entries_done: sealed.entries_done,
+                next_entry_frames: sealed.next_frames,
+            })
+            .with_output(sealed.out_len));
+        }
         let record = head::<PAGE_RECORD_LEN>(scratch);
         let mut walk = Walk::new(platform);
         let (mut done, mut partial) = (0u64, 0u64);
@@ -442,13 +490,20 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 ));
             }
         }
-        let mut record = [0u8; COUNT_RECORD_LEN];
-        run.records += 1;
-        let pages = s
-            .seal_round_end(&mut record)
-            .map_err(|e| fail_run(run, fail!(status::REFUSED, "sealing the round's end: {e}")))?;
+        // Every lane ends the round; the round closes with the last.
         let mut out = Output::new();
-        out.put(mem, &record)?;
+        let mut pages = 0;
+        for lane in 0..s.lanes() {
+            let mut record = [0u8; COUNT_RECORD_LEN];
+            run.records += 1;
+            pages += s.seal_round_end_on(lane, &mut record).map_err(|e| {
+                fail_run(
+                    run,
+                    fail!(status::REFUSED, "sealing the round's end on lane {lane}: {e}"),
+                )
+            })?;
+            out.put(mem, &record)?;
+        }
         Ok(Done::new(EndRoundReply { pages }).with_output(out.len()))
     }
 

@@ -45,7 +45,21 @@ fn own_step(what: &str, e: Error) -> Fail {
 }
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
-    pub(crate) fn begin(&mut self, BeginArgs { role }: BeginArgs) -> Outcome<BeginReply> {
+    pub(crate) fn begin(&mut self, BeginArgs { role, lanes }: BeginArgs) -> Outcome<BeginReply> {
+        let max = covm_agent_protocol::record::MAX_LANES;
+        let lanes = match u16::try_from(lanes) {
+            Ok(n) if (1..=max as u16).contains(&n) => n,
+            _ => return Err(fail!(status::BAD_COMMAND, "BEGIN: {lanes} lanes (1 to {max})")),
+        };
+        // A source seals each lane on its own vCPU; a destination opens
+        // any number of lanes with the vCPUs it has.
+        let workers = self.platform.team().map_or(1, |t| t.workers());
+        if role == Role::Source && lanes > 1 && workers < usize::from(lanes) {
+            return Err(fail!(
+                status::BAD_COMMAND,
+                "BEGIN: {lanes} lanes, but the agent has {workers} vCPUs to seal them on"
+            ));
+        }
         match role {
             Role::Destination if !self.config.incoming => {
                 return Err(fail!(
@@ -80,9 +94,12 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         // The earlier session goes first: its keys are zeroized on drop,
         // and a destination's checker gives the epoch table back.
         self.session = Session::Idle;
-        self.run = Run::default();
+        self.run = Run {
+            lanes,
+            ..Run::default()
+        };
         self.session_map = None;
-        mailbox::write_peer(&mut self.mem, None);
+        mailbox::write_peer(&self.mem, None);
         let own = match &self.own {
             Ok(own) => own,
             Err(why) => return Err(fail!(status::REFUSED, "the migration agent did not start: {why}")),
@@ -147,7 +164,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
 
     /// The handshake finished: say who the peer is.
     fn peer_confirmed(&mut self, peer: &PeerIdentity) -> Done<HandshakeReply> {
-        mailbox::write_peer(&mut self.mem, Some(peer));
+        mailbox::write_peer(&self.mem, Some(peer));
         Done::new(HandshakeReply { complete: true })
     }
 
@@ -161,7 +178,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
     fn send_messages(&mut self, messages: &[&[u8]]) -> Result<usize, Fail> {
         let mut out = Output::new();
         for message in messages {
-            out.put_message(&mut self.mem, message)?;
+            out.put_message(&self.mem, message)?;
         }
         Ok(out.len())
     }
@@ -215,7 +232,10 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 }
             }
             kind::DST_FINISHED => match hs.read_dst_finished(msg) {
-                Ok(session) => {
+                Ok(mut session) => {
+                    if let Err(e) = session.set_lanes(self.run.lanes) {
+                        return (failed, Err(fail!(status::REFUSED, "{} lanes: {e}", self.run.lanes)));
+                    }
                     let done = self.peer_confirmed(session.peer());
                     // Private memory less what the guest shares now: covm
                     // carries the shared pages, in the clear.
@@ -299,7 +319,10 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 let frames = self.own.as_ref().map_or(0, |o| o.map.end() / PAGE_SIZE as u64);
                 let table = self.epochs.lend();
                 let frames = (frames as usize).min(table.len());
-                let checker = ImportChecker::new(session, table.split_at_mut(frames).0);
+                let mut checker = ImportChecker::new(session, table.split_at_mut(frames).0);
+                if let Err(e) = checker.set_lanes(self.run.lanes) {
+                    return (failed, Err(fail!(status::REFUSED, "{} lanes: {e}", self.run.lanes)));
+                }
                 (Session::Destination(checker), Ok(done.with_output(len)))
             }
             other => (

@@ -11,9 +11,9 @@ use crate::export::{fail_run, head, memory_digest};
 use crate::mailbox::{self, Output};
 use crate::memmap::MemoryMap;
 use crate::reply::{fail, Done, Fail, Outcome};
-use crate::{Agent, Run, Session};
+use crate::{lanes, Agent, Run, Session};
 use covm_agent_protocol::record::{record_len, ABORT_RECORD_LEN, COMMIT_RECORD_LEN, HEADER_LEN};
-use covm_agent_protocol::{ImportChecker, ImportEvent, ImportPhase, PAGE_SIZE};
+use covm_agent_protocol::{ImportChecker, ImportEvent, ImportPhase, Summary, PAGE_SIZE};
 use covm_guest_abi::mailbox::words::{CommitArgs, CommitReply, ImportArgs, ImportReply, MintAbortArgs, MintAbortReply};
 use covm_guest_abi::mailbox::{status, AGENT_VCPU_STATES, MAX_VCPU_STATE, MAX_WORKLOAD_VCPUS, VCPU_STATE_SLOT};
 
@@ -39,6 +39,77 @@ struct Importing<'x, 'a, M, P> {
     scratch: &'x mut [u8],
     run: &'x mut Run,
     imported: &'x mut bool,
+}
+
+/// Applies one opened record: a page to private memory, a zero run
+/// (skipping pages known zero), a vCPU state to its slot of the VMSA
+/// area; counts it in `counts`. The Final's summary is returned.
+pub(crate) fn apply(
+    event: ImportEvent<'_>,
+    mem: &impl GuestMemory,
+    map: &MemoryMap,
+    workload: u32,
+    counts: &mut ImportReply,
+) -> Result<Option<Summary>, Fail> {
+    match event {
+        ImportEvent::Page { gpa, data } => {
+            if !map.is_private(gpa) {
+                return Err(fail!(
+                    status::REFUSED,
+                    "IMPORT: a page at {gpa:#x}, outside private memory"
+                ));
+            }
+            mem.write_page(gpa, data);
+            counts.pages += 1;
+        }
+        ImportEvent::ZeroPages { gpa, count } => {
+            if !map.contains(gpa, count) {
+                return Err(fail!(
+                    status::REFUSED,
+                    "IMPORT: {count} zero pages at {gpa:#x}, not all in private memory"
+                ));
+            }
+            // A page nothing wrote since launch needs neither a read nor
+            // a write (writing would populate it); a whole such block is
+            // skipped at once.
+            let end = gpa + count * PAGE;
+            let mut page = gpa;
+            while page < end {
+                if let Some(block) = known_zero_block_at(mem, page, end) {
+                    page += block * PAGE;
+                    continue;
+                }
+                if !mem.known_zero(page) && !mem.page_is_zero(page) {
+                    mem.zero_page(page);
+                }
+                page += PAGE;
+            }
+            counts.pages += count;
+            counts.zero_pages += count;
+        }
+        ImportEvent::RoundEnd { .. } => {}
+        ImportEvent::VcpuState { index, state } => {
+            let limit = if workload == 0 {
+                MAX_WORKLOAD_VCPUS
+            } else {
+                u64::from(workload)
+            };
+            if u64::from(index) >= limit || state.len() as u64 > MAX_VCPU_STATE {
+                return Err(fail!(
+                    status::REFUSED,
+                    "IMPORT: vCPU {index}'s state ({} bytes) has no slot (vCPUs below {limit}, at most \
+                     {MAX_VCPU_STATE} bytes)",
+                    state.len()
+                ));
+            }
+            let slot = AGENT_VCPU_STATES + u64::from(index) * VCPU_STATE_SLOT;
+            mem.write_window(slot + 4, state);
+            mem.write_window(slot, &(state.len() as u32).to_le_bytes());
+            counts.vcpu_states += 1;
+        }
+        ImportEvent::Complete(summary) => return Ok(Some(summary)),
+    }
+    Ok(None)
 }
 
 impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
@@ -83,6 +154,32 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             vcpu_states: 0,
             verified: false,
         };
+        // Several lanes and several vCPUs: each opens its own lanes.
+        let team = platform.team().filter(|t| t.workers() > 1 && checker.lanes() > 1);
+        if let Some(team) = team {
+            let opened = lanes::import::open(team, mem, map, checker, (len, workload), scratch);
+            let tally = opened.tally;
+            run.records += tally.records;
+            run.pages += tally.pages;
+            if let Some(summary) = opened.summary {
+                run.summary = Some(summary);
+            }
+            let counts = ImportReply {
+                pages: tally.pages,
+                zero_pages: tally.zero_pages,
+                vcpu_states: tally.vcpu_states,
+                complete: run.summary.is_some(),
+                verified: run.summary.is_some_and(|s| s.memory_digest.is_some()),
+            };
+            return match opened.failed {
+                Some(e) => Err(fail_run(run, e).with_partial(ImportReply {
+                    complete: false,
+                    verified: false,
+                    ..counts
+                })),
+                None => Ok(Done::new(counts)),
+            };
+        }
         let mut offset = 0;
         while offset < len {
             let partial = counts;
@@ -120,76 +217,16 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
                 fail!(status::REFUSED, "IMPORT: record at byte {offset} refused: {e}").with_partial(partial)
             })?;
             laps.mark(platform, &mut run.costs, Stage::Crypto);
-            match event {
-                ImportEvent::Page { gpa, data } => {
-                    if !map.is_private(gpa) {
-                        return Err(fail_run(
-                            run,
-                            fail!(status::REFUSED, "IMPORT: a page at {gpa:#x}, outside private memory"),
-                        )
-                        .with_partial(partial));
-                    }
-                    mem.write_page(gpa, data);
-                    laps.mark(platform, &mut run.costs, Stage::CopyOut);
-                    counts.pages += 1;
-                }
-                ImportEvent::ZeroPages { gpa, count } => {
-                    if !map.contains(gpa, count) {
-                        return Err(fail_run(
-                            run,
-                            fail!(
-                                status::REFUSED,
-                                "IMPORT: {count} zero pages at {gpa:#x}, not all in private memory"
-                            ),
-                        )
-                        .with_partial(partial));
-                    }
-                    // A page nothing wrote since launch needs neither a
-                    // read nor a write (writing would populate it); a
-                    // whole such block is skipped at once.
-                    let end = gpa + count * PAGE;
-                    let mut page = gpa;
-                    while page < end {
-                        if let Some(block) = known_zero_block_at(mem, page, end) {
-                            page += block * PAGE;
-                            continue;
-                        }
-                        if !mem.known_zero(page) && !mem.page_is_zero(page) {
-                            mem.zero_page(page);
-                        }
-                        page += PAGE;
-                    }
-                    laps.mark(platform, &mut run.costs, Stage::Zero);
-                    counts.pages += count;
-                    counts.zero_pages += count;
-                }
-                ImportEvent::RoundEnd { .. } => {}
-                ImportEvent::VcpuState { index, state } => {
-                    let limit = if workload == 0 {
-                        MAX_WORKLOAD_VCPUS
-                    } else {
-                        u64::from(workload)
-                    };
-                    if u64::from(index) >= limit || state.len() as u64 > MAX_VCPU_STATE {
-                        return Err(fail_run(
-                            run,
-                            fail!(
-                                status::REFUSED,
-                                "IMPORT: vCPU {index}'s state ({} bytes) has no slot (vCPUs below {limit}, \
-                                 at most {MAX_VCPU_STATE} bytes)",
-                                state.len()
-                            ),
-                        )
-                        .with_partial(partial));
-                    }
-                    let slot = AGENT_VCPU_STATES + u64::from(index) * VCPU_STATE_SLOT;
-                    mem.write_window(slot + 4, state);
-                    mem.write_window(slot, &(state.len() as u32).to_le_bytes());
-                    laps.mark(platform, &mut run.costs, Stage::CopyOut);
-                    counts.vcpu_states += 1;
-                }
-                ImportEvent::Complete(summary) => run.summary = Some(summary),
+            let stage = match event {
+                ImportEvent::ZeroPages { .. } => Stage::Zero,
+                _ => Stage::CopyOut,
+            };
+            match apply(event, mem, map, workload, &mut counts) {
+                Ok(Some(summary)) => run.summary = Some(summary),
+                Ok(None) => {}
+                Err(e) => return Err(fail_run(run, e).with_partial(partial)),
             }
+            laps.mark(platform, &mut run.costs, stage);
             laps.skip(platform);
             offset += size;
         }

@@ -46,6 +46,7 @@ mod env;
 mod export;
 mod handshake;
 mod import;
+mod lanes;
 pub mod mailbox;
 mod memmap;
 mod parts;
@@ -55,7 +56,7 @@ mod shared_check;
 mod startup;
 mod verifier;
 
-pub use env::{request_report, EpochTables, GuestMemory, Platform, PlatformError};
+pub use env::{request_report, EpochTables, GuestMemory, Platform, PlatformError, Team, MAX_WORKERS};
 pub use memmap::{E820Entry, MapError, MemoryMap, E820_RAM, MAX_RANGES, PRIVATE_END};
 pub use reply::{ErrorText, Reply};
 
@@ -107,6 +108,8 @@ struct Own {
 /// Per-session bookkeeping, reset by `BEGIN`.
 #[derive(Default)]
 struct Run {
+    /// Lanes of the record stream (`BEGIN`'s word; 0 before any).
+    lanes: u16,
     /// A check outside the protocol crate failed (a round-0 gap, a page
     /// outside private memory, ...): the session takes no more records.
     failed: bool,
@@ -193,7 +196,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
 
     /// Writes the magic and ABI version to the header: covm may post.
     pub fn announce(&mut self) {
-        mailbox::announce(&mut self.mem);
+        mailbox::announce(&self.mem);
     }
 
     /// Reads the posted command from the header, executes it and writes
@@ -203,7 +206,7 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
         let started = self.platform.ticks();
         let posted = mailbox::read_posted(&self.mem);
         let reply = self.handle(posted.command, &posted.args);
-        mailbox::write_reply(&mut self.mem, posted.seq, &reply);
+        mailbox::write_reply(&self.mem, posted.seq, &reply);
         let ticks = self.platform.ticks().saturating_sub(started);
         self.run.costs.command(ticks);
         posted.seq

@@ -56,7 +56,7 @@ pub fn read_posted(memory: &impl GuestMemory) -> Posted {
 
 /// Writes `reply` for command `seq`: status, error text, output length and
 /// results, then, last, `done_seq`.
-pub fn write_reply(memory: &mut impl GuestMemory, seq: u64, reply: &Reply) {
+pub fn write_reply(memory: &impl GuestMemory, seq: u64, reply: &Reply) {
     const FIRST: usize = header::STATUS;
     const END: usize = header::RESULTS + 8 * WORDS;
     let text = reply.error.as_bytes();
@@ -73,14 +73,14 @@ pub fn write_reply(memory: &mut impl GuestMemory, seq: u64, reply: &Reply) {
 }
 
 /// Announces the agent: magic and ABI version.
-pub fn announce(memory: &mut impl GuestMemory) {
+pub fn announce(memory: &impl GuestMemory) {
     use covm_guest_abi::mailbox::{ABI_VERSION, MAGIC};
     memory.write_window(at(header::ABI_VERSION), &ABI_VERSION.to_le_bytes());
     memory.write_window(at(header::MAGIC), &MAGIC.to_le_bytes());
 }
 
 /// Writes the peer identity block (or zeroes it with `None`).
-pub fn write_peer(memory: &mut impl GuestMemory, identity: Option<&PeerIdentity>) {
+pub fn write_peer(memory: &impl GuestMemory, identity: Option<&PeerIdentity>) {
     let mut block = [0u8; 64];
     if let Some(p) = identity {
         block[peer::PLATFORM..][..2].copy_from_slice(&p.platform.code().to_le_bytes());
@@ -107,14 +107,25 @@ pub(crate) fn read_input(memory: &impl GuestMemory, offset: usize, out: &mut [u8
     memory.read_window(TO_AGENT + offset as u64, out);
 }
 
-/// The agent's output in `FROM_AGENT`, appended piece by piece.
+/// The agent's output in `FROM_AGENT`, appended piece by piece: all of
+/// it, or one lane's part ([`Output::part`]).
 pub(crate) struct Output {
+    /// Where this output starts, as an offset into `FROM_AGENT`.
+    base: usize,
+    /// Bytes it may hold.
+    cap: usize,
     len: usize,
 }
 
 impl Output {
     pub fn new() -> Self {
-        Output { len: 0 }
+        Output::part(0, FROM_AGENT_SIZE as usize)
+    }
+
+    /// `cap` bytes of `FROM_AGENT` from offset `base` (within it).
+    pub fn part(base: usize, cap: usize) -> Self {
+        debug_assert!(base + cap <= FROM_AGENT_SIZE as usize);
+        Output { base, cap, len: 0 }
     }
 
     /// Bytes written so far.
@@ -124,25 +135,26 @@ impl Output {
 
     /// Room left.
     pub fn room(&self) -> usize {
-        FROM_AGENT_SIZE as usize - self.len
+        self.cap - self.len
     }
 
     /// Appends `bytes` (copied out of private memory).
-    pub fn put(&mut self, memory: &mut impl GuestMemory, bytes: &[u8]) -> Result<(), Fail> {
+    pub fn put(&mut self, memory: &impl GuestMemory, bytes: &[u8]) -> Result<(), Fail> {
         if bytes.len() > self.room() {
             return Err(fail!(
                 status::NO_ROOM,
-                "{} more bytes of output do not fit the mailbox's {FROM_AGENT_SIZE}",
-                bytes.len()
+                "{} more bytes of output do not fit the mailbox's {} left",
+                bytes.len(),
+                self.room()
             ));
         }
-        memory.write_window(FROM_AGENT + self.len as u64, bytes);
+        memory.write_window(FROM_AGENT + (self.base + self.len) as u64, bytes);
         self.len += bytes.len();
         Ok(())
     }
 
     /// Appends a handshake message: `u32` length, then the message.
-    pub fn put_message(&mut self, memory: &mut impl GuestMemory, message: &[u8]) -> Result<(), Fail> {
+    pub fn put_message(&mut self, memory: &impl GuestMemory, message: &[u8]) -> Result<(), Fail> {
         if 4 + message.len() > self.room() {
             return Err(fail!(status::NO_ROOM, "a handshake message does not fit the mailbox"));
         }

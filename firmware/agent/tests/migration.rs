@@ -29,7 +29,7 @@ fn dirty_round(src: &mut Vm, dst: &mut Vm) -> u64 {
     }
     for &gpa in &cleared {
         assert!(written.iter().all(|&w| w != gpa));
-        src.memory_mut().page_mut(gpa).fill(0);
+        src.memory().put(gpa, &[0; PAGE as usize]);
     }
     let mut sent = 0;
     // The dirty log is only a hint: any private page, any order, plus a
@@ -141,8 +141,14 @@ fn migrate(verified: bool) -> (Vm, Vm) {
 fn verified_migration_moves_memory_and_vcpus() {
     let (mut src, mut dst) = migrate(true);
     // The source retired: only STATUS is answered, for good.
-    src.send(BeginArgs { role: Role::Source }, &[])
-        .refused(status::BAD_STATE, "never runs here again");
+    src.send(
+        BeginArgs {
+            role: Role::Source,
+            lanes: 1,
+        },
+        &[],
+    )
+    .refused(status::BAD_STATE, "never runs here again");
     src.send(
         ExportPagesArgs {
             round: 2,
@@ -163,6 +169,7 @@ fn verified_migration_moves_memory_and_vcpus() {
     dst.send(
         BeginArgs {
             role: Role::Destination,
+            lanes: 1,
         },
         &[],
     )
@@ -215,7 +222,15 @@ fn costs_account_for_each_side_and_answer_after_commit() {
     }
     // A new session starts the counts again.
     let mut fresh = Vm::source(3);
-    fresh.send(BeginArgs { role: Role::Source }, &[]).ok();
+    fresh
+        .send(
+            BeginArgs {
+                role: Role::Source,
+                lanes: 1,
+            },
+            &[],
+        )
+        .ok();
     let costs = fresh.send(CostsArgs, &[]).ok().reply();
     assert_eq!((costs.commands, costs.crypto_ticks), (1, 0), "{costs:?}");
 }
@@ -233,7 +248,7 @@ fn zero_pages_are_not_written_where_already_zero() {
     let mut dst = Vm::destination(2);
     fill(&mut src);
     handshake(&mut src, &mut dst).unwrap();
-    let before = dst.memory().page_writes;
+    let before = dst.memory().page_writes();
     round0(&mut src, &mut dst, 256);
     let nonzero = map()
         .iter()
@@ -241,7 +256,7 @@ fn zero_pages_are_not_written_where_already_zero() {
         .count() as u64;
     // The policy page is already equal at the destination but not zero:
     // written again like any other page.
-    assert_eq!(dst.memory().page_writes - before, nonzero);
+    assert_eq!(dst.memory().page_writes() - before, nonzero);
 }
 
 /// Pages of 2 MiB pages nothing wrote since launch (the firmware's clear
@@ -265,7 +280,7 @@ fn untouched_memory_is_neither_read_nor_cleared() {
     let stale = WRITE_TRACKED_START + 3 * BIG;
     dst.memory_mut().put(stale, &[0xEF; 64]);
     handshake(&mut src, &mut dst).unwrap();
-    let (src_reads, dst_reads) = (src.memory().zero_reads.get(), dst.memory().zero_reads.get());
+    let (src_reads, dst_reads) = (src.memory().zero_reads(), dst.memory().zero_reads());
     let (pages, zeros) = round0(&mut src, &mut dst, 256);
     assert_eq!(pages, map().pages());
     // Data: the low page, the policy page and the tracked page.
@@ -276,10 +291,10 @@ fn untouched_memory_is_neither_read_nor_cleared() {
     let untracked = map().iter().filter(|g| !tracked(g)).count() as u64;
     // The source read every untracked page and the written 2 MiB page,
     // not one page of the three untouched ones.
-    assert_eq!(src.memory().zero_reads.get() - src_reads, untracked + BIG / PAGE);
+    assert_eq!(src.memory().zero_reads() - src_reads, untracked + BIG / PAGE);
     // The destination checked the untracked zeros and the zeros of its
     // two written 2 MiB pages, nothing else.
-    let dst_checked = dst.memory().zero_reads.get() - dst_reads;
+    let dst_checked = dst.memory().zero_reads() - dst_reads;
     assert_eq!(dst_checked, untracked - 2 + 2 * BIG / PAGE - 1);
     assert!(dst.memory().page(stale).iter().all(|&b| b == 0), "stale page cleared");
 }
@@ -307,7 +322,7 @@ fn a_dirty_round_as_one_list() {
     for gpa in [a, a + PAGE, b] {
         src.memory_mut().put(gpa, &content(gpa, 3));
     }
-    src.memory_mut().page_mut(c).fill(0);
+    src.memory().put(c, &[0; PAGE as usize]);
     let entries = [(b, 1), (AGENT_WINDOW_START, 4), (a, 2), (c, 1)];
     let r = src
         .send(

@@ -24,9 +24,13 @@ fn final_args(vcpus: u32, verified: bool) -> ExportFinalArgs {
     ExportFinalArgs { vcpus, verified }
 }
 
-const SOURCE: BeginArgs = BeginArgs { role: Role::Source };
+const SOURCE: BeginArgs = BeginArgs {
+    role: Role::Source,
+    lanes: 1,
+};
 const DESTINATION: BeginArgs = BeginArgs {
     role: Role::Destination,
+    lanes: 1,
 };
 
 /// Two agents with a confirmed session.

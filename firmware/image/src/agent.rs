@@ -14,18 +14,22 @@
 //! .bss) and waits only in port I/O, which exits straight to covm.
 
 use crate::{hw, println, pvh, smp};
+
+mod team;
+
 use core::arch::{asm, global_asm};
 use covm_agent::{
     request_report, Agent, Config, E820Entry, EpochTables, GuestMemory, MapError, MemoryMap, Platform, PlatformError,
-    E820_RAM, SCRATCH_LEN,
+    Team, E820_RAM, SCRATCH_LEN,
 };
 use covm_agent_protocol::{Evidence, PAGE_SIZE};
 use covm_guest_abi::layout::WRITE_TRACKED_START;
 use covm_guest_abi::mailbox::{
     AGENT_DATA, AGENT_DATA_SIZE, AGENT_EPOCHS, AGENT_EPOCH_FRAMES, AGENT_SCRATCH, AGENT_SCRATCH_SIZE, AGENT_STACK,
-    AGENT_STACK_SIZE, AGENT_WINDOW_END, AGENT_WINDOW_START, DOORBELL_RETRY,
+    AGENT_STACK_SIZE, AGENT_WINDOW_END, AGENT_WINDOW_START, DOORBELL_RETRY, MAX_AGENT_VCPUS,
 };
 use covm_guest_abi::ports::{self, power};
+pub use team::help;
 
 type FirmwareAgent = Agent<'static, RawMemory, FirmwarePlatform, EpochRegion>;
 
@@ -56,9 +60,9 @@ extern "C" {
 }
 
 /// Runs the agent on this CPU (the one with the highest APIC ID), which
-/// has checked in. `cpus` is the number of vCPUs, the agent's included;
-/// `incoming`: the VM was launched to receive a migration.
-pub fn run(start_info: u64, cpus: u32, incoming: bool) -> ! {
+/// has checked in. `cpus` is the number of vCPUs, the agent's `agents`
+/// included; `incoming`: the VM was launched to receive a migration.
+pub fn run(start_info: u64, cpus: u32, agents: u32, incoming: bool) -> ! {
     // The window must be RAM: it holds the stack we are about to use.
     // (Printing is still harmless here: nothing was imported yet.)
     let window_is_ram = pvh::read(start_info).is_ok_and(|info| {
@@ -74,7 +78,11 @@ pub fn run(start_info: u64, cpus: u32, incoming: bool) -> ! {
         );
         hw::power_off(power::FAIL_NO_MEMORY);
     }
-    let launch = u64::from(cpus) | u64::from(incoming) << 32;
+    if !(1..=MAX_AGENT_VCPUS).contains(&agents) || agents >= cpus {
+        // The BSP says why and powers off.
+        crate::idle()
+    }
+    let launch = u64::from(cpus) | u64::from(agents) << 32 | u64::from(incoming) << 63;
     // SAFETY: the stack is agent-private RAM (checked above) that nothing
     // else uses; agent_main never returns, so nothing on the old stack is
     // used again.
@@ -82,7 +90,7 @@ pub fn run(start_info: u64, cpus: u32, incoming: bool) -> ! {
 }
 
 extern "C" fn agent_main(start_info: u64, launch: u64) -> ! {
-    let (cpus, incoming) = (launch as u32, launch >> 32 != 0);
+    let (cpus, agents, incoming) = (launch as u32, (launch >> 32) as u32 & 0xff, launch >> 63 != 0);
     // Still before anything can be imported: the boot memory map (the
     // start info is guest-private memory an import overwrites) ...
     let map = match pvh::read(start_info) {
@@ -108,10 +116,17 @@ extern "C" fn agent_main(start_info: u64, launch: u64) -> ! {
     // one reference.
     let scratch = unsafe { core::slice::from_raw_parts_mut(AGENT_SCRATCH as *mut u8, AGENT_SCRATCH_SIZE as usize) };
     let config = Config {
-        workload_vcpus: cpus - 1,
+        workload_vcpus: cpus - agents,
         incoming,
     };
-    let agent = Agent::new(RawMemory, FirmwarePlatform::new(), EpochRegion, scratch, map, config);
+    let agent = Agent::new(
+        RawMemory,
+        FirmwarePlatform::new(agents),
+        EpochRegion,
+        scratch,
+        map,
+        config,
+    );
     let slot = AGENT_DATA as *mut FirmwareAgent;
     // SAFETY: AGENT_DATA is agent-private RAM, large and aligned enough
     // (asserted above), used for nothing else; the agent lives there for
@@ -152,7 +167,7 @@ impl GuestMemory for RawMemory {
         copy(out.as_mut_ptr() as u64, gpa, PAGE_SIZE);
     }
 
-    fn write_page(&mut self, gpa: u64, data: &[u8; PAGE_SIZE]) {
+    fn write_page(&self, gpa: u64, data: &[u8; PAGE_SIZE]) {
         copy(gpa, data.as_ptr() as u64, PAGE_SIZE);
     }
 
@@ -210,7 +225,7 @@ impl GuestMemory for RawMemory {
         512
     }
 
-    fn zero_page(&mut self, gpa: u64) {
+    fn zero_page(&self, gpa: u64) {
         // SAFETY: writes the page (see RawMemory).
         unsafe {
             asm!("rep stosq", inout("rcx") PAGE_SIZE / 8 => _, inout("rdi") gpa => _, in("rax") 0u64,
@@ -222,7 +237,7 @@ impl GuestMemory for RawMemory {
         copy(out.as_mut_ptr() as u64, gpa, out.len());
     }
 
-    fn write_window(&mut self, gpa: u64, data: &[u8]) {
+    fn write_window(&self, gpa: u64, data: &[u8]) {
         copy(gpa, data.as_ptr() as u64, data.len());
     }
 }
@@ -231,10 +246,11 @@ impl GuestMemory for RawMemory {
 /// `ports::AGENT_REPORT`, RDRAND, `ports::AGENT_RETIRE`.
 struct FirmwarePlatform {
     rdrand: bool,
+    team: Option<team::FirmwareTeam>,
 }
 
 impl FirmwarePlatform {
-    fn new() -> Self {
+    fn new(agents: u32) -> Self {
         // The instruction runs natively in ring 3: ask the CPU, not the
         // VMM's table (no syscall needed either).
         #[allow(unused_unsafe)]
@@ -242,6 +258,7 @@ impl FirmwarePlatform {
         let leaf1 = unsafe { core::arch::x86_64::__cpuid(1) };
         FirmwarePlatform {
             rdrand: leaf1.ecx & (1 << 30) != 0,
+            team: (agents > 1).then(|| team::FirmwareTeam::new(agents)),
         }
     }
 }
@@ -283,6 +300,10 @@ impl Platform for FirmwarePlatform {
     fn ticks(&self) -> u64 {
         // Ring 3 reads the TSC natively: a few nanoseconds, no exit.
         hw::rdtsc()
+    }
+
+    fn team(&self) -> Option<&dyn Team> {
+        self.team.as_ref().map(|t| t as &dyn Team)
     }
 
     fn page_state_query(&mut self, first: u64, pages: u64) -> u32 {

@@ -123,6 +123,12 @@ pub fn launch_mode() -> u32 {
     inl(ports::LAUNCH_MODE)
 }
 
+/// How many vCPUs the migration agent has (`ports::AGENT_VCPUS`), on a
+/// confidential VM.
+pub fn agent_vcpus() -> u32 {
+    inl(ports::AGENT_VCPUS)
+}
+
 /// This CPU's initial APIC ID: CPUID.1:EBX\[31:24\] (covm: the vCPU index).
 pub fn apic_id() -> u32 {
     cpuid(1).ebx >> 24

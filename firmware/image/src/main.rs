@@ -8,7 +8,9 @@
 //!
 //! On a confidential VM (`ports::LAUNCH_MODE` says fresh or incoming) the
 //! vCPU with the highest APIC ID runs the migration agent (`agent`)
-//! instead of the workload, and an incoming VM's workload vCPUs park.
+//! instead of the workload, the agent's helpers the next ones below it
+//! (`ports::AGENT_VCPUS` says how many vCPUs the agent has), and an
+//! incoming VM's workload vCPUs park.
 #![no_std]
 #![no_main]
 
@@ -35,7 +37,7 @@ mod vsock;
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
-use covm_guest_abi::mailbox::launch_mode;
+use covm_guest_abi::mailbox::{launch_mode, MAX_AGENT_VCPUS};
 use covm_guest_abi::ports::{self, markers, power};
 use covm_guest_abi::workload::{self, DirtyArgs, Workload};
 
@@ -98,13 +100,19 @@ extern "C" fn user_main(cpu: u32, start_info: u64) -> ! {
     if cpu == 0 {
         bsp_main(start_info, launch)
     }
-    // CPU indices follow arrival order; the agent is told by its APIC ID.
+    // CPU indices follow arrival order; the agent's vCPUs are told by
+    // their APIC IDs (the BSP checked the count, and never is one).
     let mut index = cpu;
     if launch != Launch::Plain {
-        let cpus = smp::vcpu_count();
-        if hw::apic_id() == cpus - 1 {
+        let (cpus, agents) = (smp::vcpu_count(), hw::agent_vcpus());
+        let apic = hw::apic_id();
+        if apic == cpus - 1 {
             smp::check_in();
-            agent::run(start_info, cpus, launch == Launch::Incoming)
+            agent::run(start_info, cpus, agents, launch == Launch::Incoming)
+        }
+        if agents <= cpus && apic >= cpus - agents {
+            smp::check_in();
+            agent::help(cpus - 1 - apic)
         }
         index = smp::take_workload_index();
     }
@@ -124,7 +132,7 @@ extern "C" fn user_main(cpu: u32, start_info: u64) -> ! {
 
 /// A vCPU without work: halted for good (no interrupt is aimed at it),
 /// costing neither the host nor the emulated ring 0 anything.
-fn idle() -> ! {
+pub(crate) fn idle() -> ! {
     loop {
         hw::sleep_until(u64::MAX);
     }
@@ -166,8 +174,14 @@ fn bsp_main(start_info: u64, launch: Launch) -> ! {
         println!("error: {cpus} vCPUs, the firmware supports at most {}", hw::MAX_CPUS);
         hw::power_off(power::FAIL_SMP);
     }
-    if launch != Launch::Plain && cpus < 2 {
-        println!("error: a confidential VM needs a vCPU for its migration agent besides the workload's");
+    // The agent's vCPUs are not the workload's.
+    let agents = if launch == Launch::Plain { 0 } else { hw::agent_vcpus() };
+    if launch != Launch::Plain && !(1..=MAX_AGENT_VCPUS).contains(&agents) {
+        println!("error: the platform gives the migration agent {agents} vCPUs (1 to {MAX_AGENT_VCPUS})");
+        hw::power_off(power::FAIL_SMP);
+    }
+    if launch != Launch::Plain && cpus <= agents {
+        println!("error: a confidential VM needs a vCPU for its workload besides the migration agent's {agents}");
         hw::power_off(power::FAIL_SMP);
     }
     if let Err(ready) = smp::start_aps(cpus, tsc_khz) {
@@ -181,8 +195,7 @@ fn bsp_main(start_info: u64, launch: Launch) -> ! {
     if launch == Launch::Incoming {
         park()
     }
-    // The agent's vCPU is not the workload's.
-    let cpus = if launch == Launch::Plain { cpus } else { cpus - 1 };
+    let cpus = cpus - agents;
     match workload {
         Workload::Hello => {
             hw::marker(markers::WORKLOAD_START);

@@ -38,7 +38,7 @@
 .set SYSCALL_ABS, BASE + 0x280
 .set TSS_ABS, BASE + 0x400
 .set TSS_SLOT, 0x140            # one TSS + I/O bitmap per CPU
-.set IOMAP_BYTES, 0xc8          # ports 0..0x637, then the 0xff terminator
+.set IOMAP_BYTES, 0xd5          # ports 0..0x69f, then the 0xff terminator
 .set TSS_LIMIT, 0x68 + IOMAP_BYTES - 1
 
 .set SEL_KCODE, 0x08
@@ -168,9 +168,9 @@ sys_send_ipi:
 # Per-CPU TSS + I/O bitmap at TSS_ABS + i * TSS_SLOT. Ring 3 may use only
 # the ports the firmware needs: PIT 0x40-0x43, port 0x61 (PIT gate and
 # output), POST 0x80, COM1 0x3f8-0x3ff, covm's power port 0x600 and the
-# confidential platform's 0x610-0x633 (nine ports accessed 32 bits wide, so
-# all four bytes of each are allowed: the agent's and the page-state
-# request's).
+# confidential platform's 0x610-0x69f (ports accessed 32 bits wide, so all
+# four bytes of each are allowed: the agent's, its team's and the
+# page-state request's; ports::LAST_CONFIDENTIAL_PORT).
     .org 0x400
 .set i, 0
 .rept MAX_CPUS
@@ -192,9 +192,7 @@ sys_send_ipi:
     .fill 0xc0 - 0x80, 1, 0xff
     .byte 0xfe                              # 0x600 allowed
     .byte 0xff                              # 0x608-0x60f
-    .fill 3, 1, 0x00                        # 0x610-0x627 allowed
-    .byte 0x00                              # 0x628-0x62f allowed
-    .byte 0xf0                              # 0x630-0x633 allowed
+    .fill 18, 1, 0x00                       # 0x610-0x69f allowed
     .byte 0xff                              # terminator
     .fill TSS_SLOT - 0x68 - IOMAP_BYTES, 1, 0
 .set i, i + 1

@@ -310,7 +310,7 @@ mod tests {
 
     fn config(payload: Payload, cmdline: &str) -> VmConfig {
         VmConfig {
-            cpus: CpusConfig { boot_vcpus: 1 },
+            cpus: CpusConfig::boot(1),
             memory: MemoryConfig { size: 256 << 20 },
             payload,
             cmdline: cmdline.into(),

@@ -22,6 +22,10 @@ pub use vsock::VsockConfig;
 
 /// Most vCPUs covm runs.
 pub const MAX_VCPUS: u8 = 32;
+
+/// Most vCPUs a confidential VM's migration agent may have (its firmware
+/// has a stack for as many).
+pub const MAX_AGENT_VCPUS: u8 = covm_guest_abi::mailbox::MAX_AGENT_VCPUS as u8;
 /// Default guest memory, as Cloud Hypervisor's.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 /// Least guest memory covm boots: room for the boot structures and firmware.
@@ -70,11 +74,27 @@ pub enum ConfigError {
     },
 }
 
-/// vCPU configuration (CH's `CpusConfig`).
+/// vCPU configuration (CH's `CpusConfig`, and covm's `agent_vcpus`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpusConfig {
-    /// vCPUs started at boot.
+    /// vCPUs started at boot: the guest's.
     pub boot_vcpus: u8,
+    /// On a confidential platform, the migration agent's vCPUs besides
+    /// (`--platform agent_vcpus=N`, 1 by default): with more than one, a
+    /// migration's record stream has as many lanes, each sealed and opened
+    /// by its own agent vCPU.
+    pub agent_vcpus: u8,
+}
+
+impl CpusConfig {
+    /// `boot` vCPUs, and one for the migration agent on a confidential
+    /// platform.
+    pub fn boot(boot: u8) -> Self {
+        CpusConfig {
+            boot_vcpus: boot,
+            agent_vcpus: 1,
+        }
+    }
 }
 
 /// Memory configuration (CH's `MemoryConfig`).
@@ -162,9 +182,18 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// vCPUs covm creates in KVM: the guest's, plus the migration agent's
-    /// own vCPU on a confidential platform (the last, highest APIC ID).
+    /// own on a confidential platform (the last, highest APIC IDs).
     pub fn kvm_vcpus(&self) -> u8 {
-        self.cpus.boot_vcpus + u8::from(self.platform.is_confidential())
+        self.cpus.boot_vcpus + self.agent_vcpus()
+    }
+
+    /// The migration agent's vCPUs: 0 on a plain VM.
+    pub fn agent_vcpus(&self) -> u8 {
+        if self.platform.is_confidential() {
+            self.cpus.agent_vcpus
+        } else {
+            0
+        }
     }
 
     /// Builds and checks the configuration given on the command line.
@@ -243,8 +272,10 @@ impl VmConfig {
             }),
             HardwarePlatform::Tdx => PlatformConfig::Tdx(TdxConfig { policy }),
         };
-        check_confidential_shape(&config.platform, config.cpus.boot_vcpus, config.memory.size)
-            .map_err(ConfigError::Platform)?;
+        if let Ok(m) = OptionMap::parse("platform", cli.platform.as_deref().unwrap_or(""), PLATFORM_KEYS) {
+            config.cpus.agent_vcpus = agent_vcpus_option(&m)?.unwrap_or(1);
+        }
+        check_confidential_shape(&config.platform, config.cpus, config.memory.size).map_err(ConfigError::Platform)?;
         Ok((config, Some(hardware), no_policy))
     }
 
@@ -283,7 +314,7 @@ impl VmConfig {
     }
 
     fn build(cli: &VmArgs, host_ram: u64, need: PolicyNeed) -> Result<Self, ConfigError> {
-        let cpus = parse_cpus(cli.cpus.as_deref().unwrap_or("boot=1"))?;
+        let mut cpus = parse_cpus(cli.cpus.as_deref().unwrap_or("boot=1"))?;
         let memory = parse_memory(cli.memory.as_deref().unwrap_or("size=512M"), host_ram)?;
         let payload = match (&cli.kernel, &cli.firmware, &cli.initramfs) {
             (Some(_), Some(_), _) => return Err(ConfigError::Conflict("give --kernel or --firmware, not both")),
@@ -305,8 +336,9 @@ impl VmConfig {
             (None, None, None) => Payload::BuiltinFirmware,
         };
         let platform = parse_platform(cli.platform.as_deref().unwrap_or(""))?;
+        cpus.agent_vcpus = platform.agent_vcpus.unwrap_or(1);
         let platform = platform_config(platform, cli.migration_policy.as_deref(), &payload, need)?;
-        check_confidential_shape(&platform, cpus.boot_vcpus, memory.size).map_err(ConfigError::Platform)?;
+        check_confidential_shape(&platform, cpus, memory.size).map_err(ConfigError::Platform)?;
         Ok(Self {
             cpus,
             memory,
@@ -398,18 +430,24 @@ fn platform_config(
 }
 
 /// The emulated confidential VM's firmware maps the first 4 GiB and keeps
-/// its agent's private window at 16-32 MiB; the agent takes a vCPU of its
+/// its agent's private window at 16-32 MiB; the agent takes vCPUs of its
 /// own. So: RAM entirely below the 3 GiB MMIO hole, at least 64 MiB, and
-/// one vCPU fewer than a plain VM may have.
-pub fn check_confidential_shape(platform: &PlatformConfig, vcpus: u8, memory: u64) -> Result<(), String> {
+/// the guest's vCPUs and the agent's together no more than a plain VM's.
+pub fn check_confidential_shape(platform: &PlatformConfig, cpus: CpusConfig, memory: u64) -> Result<(), String> {
     if !platform.is_confidential() {
         return Ok(());
     }
     let name = platform.name();
-    if vcpus >= MAX_VCPUS {
+    let (vcpus, agents) = (cpus.boot_vcpus, cpus.agent_vcpus);
+    if !(1..=MAX_AGENT_VCPUS).contains(&agents) {
         return Err(format!(
-            "a {name} VM has at most {} vCPUs: its migration agent runs on a vCPU of its own",
-            MAX_VCPUS - 1
+            "agent_vcpus={agents}: the migration agent has 1 to {MAX_AGENT_VCPUS} vCPUs"
+        ));
+    }
+    if u32::from(vcpus) + u32::from(agents) > u32::from(MAX_VCPUS) {
+        return Err(format!(
+            "a {name} VM has at most {MAX_VCPUS} vCPUs, its migration agent's {agents} included: {vcpus} for \
+             the guest are too many"
         ));
     }
     if memory > crate::vm::memory::MMIO_HOLE_START {

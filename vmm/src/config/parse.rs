@@ -22,6 +22,9 @@ pub struct PlatformOption {
     pub sev_snp: Option<SnpOption>,
     /// `tdx=on`, on a host that passed the probe.
     pub tdx: bool,
+    /// `agent_vcpus=N`: the migration agent's vCPUs (with a confidential
+    /// platform only).
+    pub agent_vcpus: Option<u8>,
 }
 
 /// `--platform`'s keys: Cloud Hypervisor's, then covm's.
@@ -35,12 +38,24 @@ pub(super) const PLATFORM_KEYS: &[&str] = &[
     "sev_snp",
     "emulated_cvm",
     "root_key",
+    "agent_vcpus",
     "policy",
     "vcpu_type",
     "id_block",
     "id_auth",
     "author_key",
 ];
+
+/// `agent_vcpus=N`, checked against the firmware's limit.
+pub(super) fn agent_vcpus_option(m: &OptionMap) -> Result<Option<u8>, OptionError> {
+    m.get_with("agent_vcpus", |v| match v.parse::<u8>() {
+        Ok(n) if (1..=super::MAX_AGENT_VCPUS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "the migration agent's vCPUs: a number from 1 to {}",
+            super::MAX_AGENT_VCPUS
+        )),
+    })
+}
 
 /// `policy=` and `vcpu_type=`, checked.
 pub(super) fn snp_option(m: &OptionMap) -> Result<SnpOption, OptionError> {
@@ -114,7 +129,7 @@ pub fn parse_cpus(text: &str) -> Result<CpusConfig, OptionError> {
             ));
         }
     }
-    Ok(CpusConfig { boot_vcpus: boot })
+    Ok(CpusConfig::boot(boot))
 }
 
 /// `--dirty-tracking mode=log|ring[,ring_entries=N]`.
@@ -279,10 +294,19 @@ pub(super) fn parse_platform_probed(
         Some(path) if !emulated_cvm => return Err(m.invalid("root_key", path, "only emulated_cvm=on has a root key")),
         Some(path) => Some(PathBuf::from(path)),
     };
+    let agent_vcpus = agent_vcpus_option(&m)?;
+    if let (Some(n), false) = (agent_vcpus, emulated_cvm || sev_snp || tdx) {
+        return Err(m.invalid(
+            "agent_vcpus",
+            &n.to_string(),
+            "only a confidential platform (emulated_cvm=on, sev_snp=on, tdx=on) has a migration agent",
+        ));
+    }
     Ok(PlatformOption {
         emulated_cvm,
         root_key,
         sev_snp: sev_snp.then(|| snp_option(&m)).transpose()?,
         tdx,
+        agent_vcpus,
     })
 }

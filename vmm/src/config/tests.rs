@@ -246,6 +246,14 @@ fn platform_option() {
         "--platform: invalid root_key=: needs a path"
     );
     assert!(refused("emulated_cvm=on,emulated_cvm=off").contains("given twice"));
+    assert_eq!(parse_platform("emulated_cvm=on,agent_vcpus=4").unwrap().agent_vcpus, Some(4));
+    assert_eq!(
+        refused("agent_vcpus=2"),
+        "--platform: invalid agent_vcpus=2: only a confidential platform (emulated_cvm=on, sev_snp=on, tdx=on) \
+         has a migration agent"
+    );
+    assert!(refused("emulated_cvm=on,agent_vcpus=0").contains("a number from 1 to 24"));
+    assert!(refused("emulated_cvm=on,agent_vcpus=x").contains("a number from 1 to 24"));
 }
 
 /// `id_block=`/`id_auth=`/`author_key=`: both files of the right

@@ -262,7 +262,7 @@ mod tests {
 
     fn config(vcpus: u8) -> VmConfig {
         VmConfig {
-            cpus: CpusConfig { boot_vcpus: vcpus },
+            cpus: CpusConfig::boot(vcpus),
             memory: MemoryConfig { size: 64 << 20 },
             payload: Payload::BuiltinFirmware,
             cmdline: "workload=hello".into(),

@@ -132,7 +132,7 @@ pub(crate) fn confidential_config(vcpus: u8, payload: crate::config::Payload, cm
     use crate::config::{CpusConfig, MemoryConfig, SerialMode};
     use crate::platform::{EmulatedCvmConfig, MigrationPolicy, PlatformConfig};
     VmConfig {
-        cpus: CpusConfig { boot_vcpus: vcpus },
+        cpus: CpusConfig::boot(vcpus),
         memory: MemoryConfig { size: 64 << 20 },
         payload,
         cmdline: cmdline.into(),

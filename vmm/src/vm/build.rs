@@ -90,7 +90,7 @@ impl Vm {
                 Origin::IncomingConfidential => LaunchMode::Incoming,
                 _ => LaunchMode::Fresh,
             };
-            Arc::new(CvmRuntime::new(mode, memory.clone()))
+            Arc::new(CvmRuntime::new(mode, memory.clone(), u32::from(config.agent_vcpus())))
         });
         // Order matters for start-up time: a memory slot registered before
         // the in-kernel irqchip exists costs about 0.5 ms on this project's
@@ -144,13 +144,11 @@ impl Vm {
                 DirtyTracker::Ring(rings)
             }
         };
-        // The agent's vCPU is the last one (the highest APIC ID).
-        let agent_vcpu = cvm
-            .as_ref()
-            .map(|_| vcpus.pop().expect("a confidential VM has an agent vCPU"));
+        // The agent's vCPUs are the last ones (the highest APIC IDs).
+        let agent_vcpus = vcpus.split_off(vcpus.len() - usize::from(config.agent_vcpus()));
         let msr_indices = msr_indices(&kvm)?;
         Ok(Self {
-            vcpu_counters: vcpus.iter().chain(agent_vcpu.as_ref()).map(Vcpu::counters).collect(),
+            vcpu_counters: vcpus.iter().chain(&agent_vcpus).map(Vcpu::counters).collect(),
             vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
             memory,
             vcpus,
@@ -169,9 +167,9 @@ impl Vm {
             msr_indices,
             platform,
             cvm,
-            agent_vcpu,
+            agent_vcpus,
             agent_control: Arc::new(RunControl::default()),
-            agent_thread: None,
+            agent_threads: Vec::new(),
             vm_fd,
             _guest_memfds: Vec::new(),
         })

@@ -71,11 +71,11 @@ pub struct Vm {
     platform: Arc<dyn Platform>,
     /// A confidential VM's shared runtime (ports, agent, park gate).
     cvm: Option<Arc<CvmRuntime>>,
-    /// The agent's vCPU (a confidential VM's last), run apart from the
+    /// The agent's vCPUs (a confidential VM's last), run apart from the
     /// workload: pausing or throttling the guest never stops the agent.
-    agent_vcpu: Option<Vcpu>,
+    agent_vcpus: Vec<Vcpu>,
     agent_control: Arc<RunControl>,
-    agent_thread: Option<JoinHandle<()>>,
+    agent_threads: Vec<JoinHandle<()>>,
     // Kept open for the VM's lifetime: dropping it destroys the VM (the
     // vCPUs of a VM with private memory share it for their conversions).
     vm_fd: Arc<VmFd>,
@@ -222,9 +222,9 @@ impl Vm {
             let thread = vcpu.spawn(self.buses.clone(), self.control.clone(), self.notify.clone())?;
             self.threads.lock().unwrap_or_else(|p| p.into_inner()).push(thread);
         }
-        if let Some(agent) = self.agent_vcpu.take() {
-            self.agent_thread =
-                Some(agent.spawn(self.buses.clone(), self.agent_control.clone(), self.notify.clone())?);
+        for agent in self.agent_vcpus.drain(..) {
+            let thread = agent.spawn(self.buses.clone(), self.agent_control.clone(), self.notify.clone())?;
+            self.agent_threads.push(thread);
         }
         Ok(())
     }
@@ -295,8 +295,9 @@ impl Vm {
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         self.control.stop(threads);
-        if let Some(agent) = self.agent_thread.take() {
-            self.agent_control.stop(vec![agent]);
+        let agents = std::mem::take(&mut self.agent_threads);
+        if !agents.is_empty() {
+            self.agent_control.stop(agents);
         }
         if let Some(pci) = &self.pci {
             pci.stop();

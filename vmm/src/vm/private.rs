@@ -80,7 +80,11 @@ impl Vm {
             refusal,
         } = launch;
         let vm_fd = Arc::new(vm);
-        let cvm = Arc::new(CvmRuntime::new(LaunchMode::Fresh, memory.clone()));
+        let cvm = Arc::new(CvmRuntime::new(
+            LaunchMode::Fresh,
+            memory.clone(),
+            u32::from(config.agent_vcpus()),
+        ));
         let sink: Arc<dyn PowerSink> = Arc::new(ExitSink(notify.clone()));
         let power_button = PowerButton::default();
         let (mut bus, serial): (_, Option<SharedSerial>) = build_bus(
@@ -116,11 +120,11 @@ impl Vm {
                 vcpu
             })
             .collect();
-        // The agent's vCPU is the last one (the highest APIC ID).
-        let agent_vcpu = vcpus.pop().expect("a confidential VM has an agent vCPU");
+        // The agent's vCPUs are the last ones (the highest APIC IDs).
+        let agent_vcpus = vcpus.split_off(vcpus.len() - usize::from(config.agent_vcpus()));
         let msr_indices = msr_indices(kvm)?;
         Ok(Self {
-            vcpu_counters: vcpus.iter().chain([&agent_vcpu]).map(Vcpu::counters).collect(),
+            vcpu_counters: vcpus.iter().chain(&agent_vcpus).map(Vcpu::counters).collect(),
             vcpu_fds: vcpus.iter().map(Vcpu::shared_fd).collect(),
             memory,
             vcpus,
@@ -139,9 +143,9 @@ impl Vm {
             msr_indices,
             platform,
             cvm: Some(cvm),
-            agent_vcpu: Some(agent_vcpu),
+            agent_vcpus,
             agent_control: Arc::new(RunControl::default()),
-            agent_thread: None,
+            agent_threads: Vec::new(),
             vm_fd,
             _guest_memfds: guest_memfds,
         })

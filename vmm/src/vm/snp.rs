@@ -356,7 +356,7 @@ pub(crate) mod tests {
 
         // The vCPUs KVM holds carry the launch's registers.
         let mut fds = vm.vcpu_fds.clone();
-        fds.push(vm.agent_vcpu.as_ref().unwrap().shared_fd());
+        fds.extend(vm.agent_vcpus.iter().map(crate::vm::Vcpu::shared_fd));
         assert_eq!(fds.len(), 3, "2 vCPUs and the agent's");
         for (index, fd) in fds.iter().enumerate() {
             let regs = fd.lock().unwrap().get_regs().unwrap();

@@ -267,7 +267,7 @@ pub(crate) mod tests {
         let err = vm.vm_fd.create_pit2(kvm_pit_config::default()).unwrap_err();
         assert_eq!(err.errno(), libc::ENOENT, "{err}");
         assert_eq!(vm.vcpu_fds.len() + 1, 3, "2 vCPUs and the agent's");
-        assert!(vm.agent_vcpu.is_some());
+        assert_eq!(vm.agent_vcpus.len(), 1);
 
         // No dirty logging, no migration: said why.
         assert_not_migratable(&vm, TDX_NOT_MIGRATABLE);

@@ -3,7 +3,9 @@
 //! agent through the mailbox bytes exactly as covm does.
 #![allow(dead_code)]
 
-use covm_agent::{Agent, Config, E820Entry, EpochTables, GuestMemory, MemoryMap, Platform, PlatformError, SCRATCH_LEN};
+use covm_agent::{
+    Agent, Config, E820Entry, EpochTables, GuestMemory, MemoryMap, Platform, PlatformError, Team, SCRATCH_LEN,
+};
 use covm_agent_protocol::{AttestationReport, EmulatedRoot, Evidence, Platform as Code, Policy, TcbVersion, PAGE_SIZE};
 use covm_guest_abi::layout::{MIGRATION_POLICY, WRITE_TRACKED_START};
 use covm_guest_abi::mailbox::words::{
@@ -11,10 +13,12 @@ use covm_guest_abi::mailbox::words::{
     ReadControlArgs, ReadControlReply, Reply, Role, SessionState, StatusArgs, StatusReply, WORDS,
 };
 use covm_guest_abi::mailbox::{
-    self, header, in_agent_window, AGENT_VCPU_STATES, AGENT_WINDOW_END, FROM_AGENT, FROM_AGENT_SIZE, TO_AGENT,
-    VCPU_STATE_SLOT,
+    self, header, in_agent_window, AGENT_VCPU_STATES, AGENT_WINDOW_END, FROM_AGENT, FROM_AGENT_SIZE, HELPER_STACK_SIZE,
+    TO_AGENT, VCPU_STATE_SLOT,
 };
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Guest memory of the test VMs: 40 MiB (the agent window is 16-32 MiB).
 pub const MEMORY: u64 = 40 << 20;
@@ -69,61 +73,78 @@ pub fn map() -> MemoryMap {
     MemoryMap::from_e820(e820()).unwrap()
 }
 
-/// Flat guest memory. It also checks the agent's discipline: page
+/// Flat guest memory, shared by the agent's workers as guest memory is
+/// (behind a lock here). It also checks the agent's discipline: page
 /// functions only outside the agent window, window functions only inside.
 pub struct VecMemory {
-    pub bytes: Vec<u8>,
-    pub page_reads: u64,
-    pub page_writes: u64,
+    inner: Mutex<Bytes>,
+    page_writes: AtomicU64,
     /// Zero checks that had to read the page.
-    pub zero_reads: std::cell::Cell<u64>,
+    zero_reads: AtomicU64,
+}
+
+struct Bytes {
+    bytes: Vec<u8>,
     /// Which 2 MiB pages were written since "launch", as the firmware's
     /// dirty bits record it; only those at or above
     /// `WRITE_TRACKED_START` are tracked.
     written: Vec<bool>,
 }
 
-impl VecMemory {
-    pub fn new() -> Self {
-        VecMemory {
-            bytes: vec![0; MEMORY as usize],
-            page_reads: 0,
-            page_writes: 0,
-            zero_reads: std::cell::Cell::new(0),
-            written: vec![false; (MEMORY >> 21) as usize],
-        }
-    }
-
-    pub fn page(&self, gpa: u64) -> &[u8] {
-        &self.bytes[gpa as usize..(gpa + PAGE) as usize]
-    }
-
-    pub fn page_mut(&mut self, gpa: u64) -> &mut [u8] {
-        self.mark_written(gpa, PAGE as usize);
-        &mut self.bytes[gpa as usize..(gpa + PAGE) as usize]
-    }
-
-    /// Sets the dirty bits of the 2 MiB pages `len` bytes at `gpa` touch.
-    fn mark_written(&mut self, gpa: u64, len: usize) {
-        if len > 0 {
-            for big in (gpa >> 21)..=((gpa + len as u64 - 1) >> 21) {
+impl Bytes {
+    fn put(&mut self, gpa: u64, data: &[u8]) {
+        if !data.is_empty() {
+            for big in (gpa >> 21)..=((gpa + data.len() as u64 - 1) >> 21) {
                 self.written[big as usize] = true;
             }
         }
+        self.bytes[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
+    }
+}
+
+impl VecMemory {
+    pub fn new() -> Self {
+        VecMemory {
+            inner: Mutex::new(Bytes {
+                bytes: vec![0; MEMORY as usize],
+                written: vec![false; (MEMORY >> 21) as usize],
+            }),
+            page_writes: AtomicU64::new(0),
+            zero_reads: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Bytes> {
+        self.inner.lock().unwrap()
+    }
+
+    /// A copy of the page at `gpa`.
+    pub fn page(&self, gpa: u64) -> Vec<u8> {
+        self.slice(gpa, PAGE as usize)
     }
 
     /// Whether the 2 MiB page holding `gpa` was written since launch.
     pub fn written(&self, gpa: u64) -> bool {
-        self.written[(gpa >> 21) as usize]
+        self.lock().written[(gpa >> 21) as usize]
     }
 
-    pub fn slice(&self, gpa: u64, len: usize) -> &[u8] {
-        &self.bytes[gpa as usize..gpa as usize + len]
+    /// A copy of `len` bytes at `gpa`.
+    pub fn slice(&self, gpa: u64, len: usize) -> Vec<u8> {
+        self.lock().bytes[gpa as usize..gpa as usize + len].to_vec()
     }
 
-    pub fn put(&mut self, gpa: u64, data: &[u8]) {
-        self.mark_written(gpa, data.len());
-        self.bytes[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
+    pub fn put(&self, gpa: u64, data: &[u8]) {
+        self.lock().put(gpa, data);
+    }
+
+    /// Page writes and clears by the agent so far.
+    pub fn page_writes(&self) -> u64 {
+        self.page_writes.load(Ordering::Relaxed)
+    }
+
+    /// Zero checks by the agent that read the page, so far.
+    pub fn zero_reads(&self) -> u64 {
+        self.zero_reads.load(Ordering::Relaxed)
     }
 
     fn check_page(gpa: u64) {
@@ -143,19 +164,21 @@ impl VecMemory {
 impl GuestMemory for VecMemory {
     fn read_page(&self, gpa: u64, out: &mut [u8; PAGE_SIZE]) {
         Self::check_page(gpa);
-        out.copy_from_slice(self.page(gpa));
+        out.copy_from_slice(&self.lock().bytes[gpa as usize..(gpa + PAGE) as usize]);
     }
 
-    fn write_page(&mut self, gpa: u64, data: &[u8; PAGE_SIZE]) {
+    fn write_page(&self, gpa: u64, data: &[u8; PAGE_SIZE]) {
         Self::check_page(gpa);
-        self.page_writes += 1;
-        self.page_mut(gpa).copy_from_slice(data);
+        self.page_writes.fetch_add(1, Ordering::Relaxed);
+        self.put(gpa, data);
     }
 
     fn page_is_zero(&self, gpa: u64) -> bool {
         Self::check_page(gpa);
-        self.zero_reads.set(self.zero_reads.get() + 1);
-        self.page(gpa).iter().all(|&b| b == 0)
+        self.zero_reads.fetch_add(1, Ordering::Relaxed);
+        self.lock().bytes[gpa as usize..(gpa + PAGE) as usize]
+            .iter()
+            .all(|&b| b == 0)
     }
 
     fn known_zero(&self, gpa: u64) -> bool {
@@ -168,20 +191,46 @@ impl GuestMemory for VecMemory {
         512
     }
 
-    fn zero_page(&mut self, gpa: u64) {
+    fn zero_page(&self, gpa: u64) {
         Self::check_page(gpa);
-        self.page_writes += 1;
-        self.page_mut(gpa).fill(0);
+        self.page_writes.fetch_add(1, Ordering::Relaxed);
+        self.put(gpa, &[0; PAGE_SIZE]);
     }
 
     fn read_window(&self, gpa: u64, out: &mut [u8]) {
         Self::check_window(gpa, out.len());
-        out.copy_from_slice(self.slice(gpa, out.len()));
+        out.copy_from_slice(&self.lock().bytes[gpa as usize..gpa as usize + out.len()]);
     }
 
-    fn write_window(&mut self, gpa: u64, data: &[u8]) {
+    fn write_window(&self, gpa: u64, data: &[u8]) {
         Self::check_window(gpa, data.len());
         self.put(gpa, data);
+    }
+}
+
+/// The agent's vCPUs as threads: worker 0 on the caller, the others each
+/// on a thread of its own, all at once.
+pub struct ThreadTeam {
+    pub workers: usize,
+}
+
+impl Team for ThreadTeam {
+    fn workers(&self) -> usize {
+        self.workers
+    }
+
+    fn join(&self, work: &(dyn Fn(usize) + Sync)) {
+        // The helpers' stacks are as small as the firmware's: a worker
+        // that needs more overflows into the guard page and fails the test.
+        std::thread::scope(|scope| {
+            for w in 1..self.workers {
+                std::thread::Builder::new()
+                    .stack_size(HELPER_STACK_SIZE as usize)
+                    .spawn_scoped(scope, move || work(w))
+                    .expect("a worker thread");
+            }
+            work(0);
+        });
     }
 }
 
@@ -198,6 +247,8 @@ pub struct FakePlatform {
     pub report_failures: u32,
     /// A clock that advances 7 ticks each time it is read.
     pub clock: std::cell::Cell<u64>,
+    /// The agent's helper vCPUs (`None`: its own vCPU only).
+    pub team: Option<ThreadTeam>,
 }
 
 impl FakePlatform {
@@ -212,6 +263,7 @@ impl FakePlatform {
             no_randomness: false,
             report_failures: 0,
             clock: std::cell::Cell::new(0),
+            team: None,
         }
     }
 }
@@ -231,6 +283,10 @@ pub fn report(root: &EmulatedRoot, measurement: [u8; 48], host_data: [u8; 32], r
 }
 
 impl Platform for FakePlatform {
+    fn team(&self) -> Option<&dyn Team> {
+        self.team.as_ref().map(|t| t as &dyn Team)
+    }
+
     fn ticks(&self) -> u64 {
         self.clock.set(self.clock.get() + 7);
         self.clock.get()
@@ -385,7 +441,7 @@ impl Vm {
 
     /// Launches with the platform changed by `tweak` first.
     pub fn launch_with(launch: &Launch, tweak: impl FnOnce(&mut FakePlatform)) -> Vm {
-        let mut mem = VecMemory::new();
+        let mem = VecMemory::new();
         mem.put(MIGRATION_POLICY, &launch.policy_page);
         let mut platform = FakePlatform::new(launch.measurement, launch.host_data, launch.seed);
         tweak(&mut platform);
@@ -562,13 +618,25 @@ pub fn messages(output: &[u8]) -> Vec<Vec<u8>> {
 /// Relays the handshake between the two agents like covm's session
 /// driver; returns the first refusal as (which side, answer).
 pub fn handshake(src: &mut Vm, dst: &mut Vm) -> Result<(), Box<(&'static str, Answer)>> {
-    let begin = src.send(BeginArgs { role: Role::Source }, &[]);
+    handshake_lanes(src, dst, 1)
+}
+
+/// [`handshake`] for a session of `lanes` lanes.
+pub fn handshake_lanes(src: &mut Vm, dst: &mut Vm, lanes: u32) -> Result<(), Box<(&'static str, Answer)>> {
+    let begin = src.send(
+        BeginArgs {
+            role: Role::Source,
+            lanes,
+        },
+        &[],
+    );
     if begin.status != 0 {
         return Err(Box::new(("source", begin.raw())));
     }
     let begin_dst = dst.send(
         BeginArgs {
             role: Role::Destination,
+            lanes,
         },
         &[],
     );
@@ -625,24 +693,31 @@ pub fn fill(vm: &mut Vm) {
 }
 
 /// Runs round 0 on the source in chunks of `chunk` pages over all of
-/// memory, importing each batch at the destination.
+/// memory, importing each batch at the destination (asking again from
+/// where the agent stopped, as covm does).
 pub fn round0(src: &mut Vm, dst: &mut Vm, chunk: u64) -> (u64, u64) {
     let (mut pages, mut zeros) = (0, 0);
     for gpa in (0..MEMORY).step_by((chunk * PAGE) as usize) {
-        let a = src
-            .send(
-                ExportPagesArgs {
-                    round: 0,
-                    first: gpa,
-                    count: chunk,
-                },
-                &[],
-            )
-            .ok();
-        pages += a.reply().pages;
-        zeros += a.reply().zero_pages;
-        if !a.output.is_empty() {
-            dst.import(&a.output).ok();
+        let mut done = 0;
+        while done < chunk {
+            let a = src
+                .send(
+                    ExportPagesArgs {
+                        round: 0,
+                        first: gpa + done * PAGE,
+                        count: chunk - done,
+                    },
+                    &[],
+                )
+                .ok();
+            let walked = a.reply().walked_frames;
+            assert!(walked > 0 && walked <= chunk - done, "walked {walked}");
+            done += walked;
+            pages += a.reply().pages;
+            zeros += a.reply().zero_pages;
+            if !a.output.is_empty() {
+                dst.import(&a.output).ok();
+            }
         }
     }
     let end = src.send(EndRoundArgs, &[]).ok();

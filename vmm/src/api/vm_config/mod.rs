@@ -369,7 +369,7 @@ fn to_vm_config_probed(
     json.unsupported.check()?;
     // CH's nested=true and thp=true are defaults covm meets (KVM decides nesting, the kernel THP).
     let cpus = match json.cpus {
-        None => CpusConfig { boot_vcpus: 1 },
+        None => CpusConfig::boot(1),
         Some(c) => {
             other_keys("cpus", &c.other, CH_CPUS_KEYS, &["nested"])?;
             if !(1..=MAX_VCPUS).contains(&c.boot_vcpus) {
@@ -381,9 +381,7 @@ fn to_vm_config_probed(
             if c.max_vcpus.is_some_and(|m| m != c.boot_vcpus) {
                 return Err("cpus.max_vcpus must equal boot_vcpus: vCPU hotplug is not supported".into());
             }
-            CpusConfig {
-                boot_vcpus: c.boot_vcpus,
-            }
+            CpusConfig::boot(c.boot_vcpus)
         }
     };
     let size = match json.memory {
@@ -456,8 +454,9 @@ fn to_vm_config_probed(
             }
         },
     };
-    let platform = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
-    crate::config::check_confidential_shape(&platform, cpus.boot_vcpus, size)?;
+    let (platform, agent_vcpus) = platform_from_json_probed(json.platform.as_ref(), &payload, probe)?;
+    let cpus = CpusConfig { agent_vcpus, ..cpus };
+    crate::config::check_confidential_shape(&platform, cpus, size)?;
     let devices = devices::devices_from_json(devices::DevicesJson {
         disks: json.disks,
         nets: json.net,
@@ -542,7 +541,7 @@ pub fn to_json(config: &VmConfig) -> VmConfigJson {
             .as_ref()
             .zip(config.devices.vsock_id())
             .map(|(v, id)| vsock::vsock_to_json(v, id)),
-        platform: platform_to_json(&config.platform),
+        platform: platform_to_json(&config.platform, config.cpus.agent_vcpus),
         dirty_tracking: dirty_tracking_to_json(config.dirty_tracking),
         unsupported: Unsupported::default(),
     }

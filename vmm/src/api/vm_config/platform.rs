@@ -1,6 +1,6 @@
 //! vm.create's `platform` object: Cloud Hypervisor's keys (at their
 //! defaults) and covm's (`emulated_cvm`, `root_key`, `migration_policy`,
-//! SEV-SNP's `policy` and `vcpu_type`), into the platform through the
+//! `agent_vcpus`, SEV-SNP's `policy` and `vcpu_type`), into the platform through the
 //! rule the command line shares (`config::platform`), and back for
 //! `vm.info`.
 
@@ -35,17 +35,25 @@ const CH_PLATFORM_KEYS: &[&str] = &[
 ];
 
 /// covm's keys in `PlatformConfig`.
-const COVM_PLATFORM_KEYS: &[&str] = &["emulated_cvm", "root_key", "migration_policy", "policy", "vcpu_type"];
+const COVM_PLATFORM_KEYS: &[&str] = &[
+    "emulated_cvm",
+    "root_key",
+    "migration_policy",
+    "agent_vcpus",
+    "policy",
+    "vcpu_type",
+];
 
 /// The platform from CH's `platform` object and covm's keys in it, with
-/// the hardware probes given (`sev_snp`, `tdx`).
+/// the hardware probes given (`sev_snp`, `tdx`), and the migration
+/// agent's vCPUs (`agent_vcpus`, 1 when not given).
 pub(super) fn platform_from_json_probed(
     platform: Option<&Value>,
     payload: &Payload,
     probe: &dyn Fn(&str) -> Result<(), Unavailable>,
-) -> Result<PlatformConfig, String> {
+) -> Result<(PlatformConfig, u8), String> {
     let Some(platform) = platform else {
-        return Ok(PlatformConfig::Plain);
+        return Ok((PlatformConfig::Plain, 1));
     };
     let map = platform.as_object().ok_or("platform must be an object")?;
     let (mut sev_snp, mut tdx) = (false, false);
@@ -110,6 +118,17 @@ pub(super) fn platform_from_json_probed(
         }
         Some(other) => return Err(format!("platform.vcpu_type must be a vCPU model name, not {other}")),
     };
+    let max = crate::config::MAX_AGENT_VCPUS;
+    let agent_vcpus = match map.get("agent_vcpus") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| (1..=u64::from(max)).contains(&n)) => {
+            Some(n.as_u64().expect("checked") as u8)
+        }
+        Some(other) => return Err(format!("platform.agent_vcpus must be from 1 to {max}, not {other}")),
+    };
+    if agent_vcpus.is_some() && !(emulated_cvm || sev_snp || tdx) {
+        return Err("platform.agent_vcpus needs a confidential platform (platform.emulated_cvm: true)".into());
+    }
     if !sev_snp && (guest_policy.is_some() || vcpu_type.is_some()) {
         return Err("platform.policy and platform.vcpu_type need platform.sev_snp: true".into());
     }
@@ -125,7 +144,7 @@ pub(super) fn platform_from_json_probed(
         policy,
         boots_kernel: matches!(payload, Payload::Kernel { .. }),
     };
-    crate::config::platform::select(choice).map_err(|refusal| match refusal {
+    let platform = crate::config::platform::select(choice).map_err(|refusal| match refusal {
         PlatformRefusal::TwoPlatforms { first, second } => {
             format!("give platform.{first} or platform.{second}, not both")
         }
@@ -142,14 +161,17 @@ pub(super) fn platform_from_json_probed(
         ),
         PlatformRefusal::RootKeyWithoutEmulatedCvm => "platform.root_key needs platform.emulated_cvm: true".into(),
         PlatformRefusal::RootKey(e) => format!("platform.root_key: {e}"),
-    })
+    })?;
+    Ok((platform, agent_vcpus.unwrap_or(1)))
 }
 
-/// The platform as CH's `platform` object with covm's keys (None: plain).
-pub(super) fn platform_to_json(platform: &PlatformConfig) -> Option<Value> {
+/// The platform as CH's `platform` object with covm's keys (None: plain),
+/// `agent_vcpus` among them.
+pub(super) fn platform_to_json(platform: &PlatformConfig, agent_vcpus: u8) -> Option<Value> {
     let policy = platform.migration_policy()?;
     let mut map = serde_json::Map::new();
     map.insert(platform.name().into(), Value::Bool(true));
+    map.insert("agent_vcpus".into(), Value::from(agent_vcpus));
     match platform {
         PlatformConfig::EmulatedCvm(EmulatedCvmConfig {
             root_key: Some(path), ..

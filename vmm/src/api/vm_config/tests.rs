@@ -133,6 +133,35 @@ fn emulated_platform_and_its_policy() {
     assert!(parse_str(&emulated("")).is_ok());
 }
 
+/// `platform.agent_vcpus` gives the migration agent more vCPUs: counted
+/// with the guest's, carried through vm.info's JSON (so a migration's
+/// destination has as many), refused without a confidential platform.
+#[test]
+fn the_agents_vcpus_travel_with_the_platform() {
+    let c = parse_str(&emulated(r#", "agent_vcpus": 3"#)).unwrap();
+    assert_eq!((c.cpus.boot_vcpus, c.cpus.agent_vcpus, c.kvm_vcpus()), (1, 3, 4));
+    let json = serde_json::to_value(to_json(&c)).unwrap();
+    assert_eq!(json["platform"]["agent_vcpus"], 3);
+    assert_eq!(parse(&serde_json::to_vec(&json).unwrap(), RAM).unwrap(), c);
+    assert_eq!(parse_str(&emulated("")).unwrap().kvm_vcpus(), 2, "one agent vCPU by default");
+    for (extra, error) in [
+        (r#", "agent_vcpus": 0"#, "platform.agent_vcpus must be from 1 to 24, not 0"),
+        (r#", "agent_vcpus": "2""#, "platform.agent_vcpus must be from 1 to 24"),
+    ] {
+        let e = parse_str(&emulated(extra)).unwrap_err();
+        assert!(e.contains(error), "{e}");
+    }
+    let e = parse_str(r#"{"payload": {}, "platform": {"agent_vcpus": 2}}"#).unwrap_err();
+    assert!(e.contains("platform.agent_vcpus needs a confidential platform"), "{e}");
+    let e = parse_str(&format!(
+        r#"{{"payload": {{}}, "cpus": {{"boot_vcpus": 30}}, "platform": {{"emulated_cvm": true, "agent_vcpus": 3,
+            "migration_policy": {}}}}}"#,
+        crate::platform::policy::tests::valid_json()
+    ))
+    .unwrap_err();
+    assert!(e.contains("at most 32 vCPUs, its migration agent's 3 included"), "{e}");
+}
+
 /// vm.create and the command line share the platform rule: a relative
 /// root key becomes absolute in both (they had drifted).
 #[test]

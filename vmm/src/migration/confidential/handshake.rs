@@ -55,7 +55,8 @@ pub fn run(
 }
 
 fn relay(mailbox: &mut AgentMailbox, role: Role, link: &mut dyn Link) -> Result<(), MigrationError> {
-    mailbox.call(BeginArgs { role }, &[]).map_err(agent_err)?;
+    let lanes = mailbox.lanes();
+    mailbox.call(BeginArgs { role, lanes }, &[]).map_err(agent_err)?;
     let mut pending = messages(mailbox.output())?;
     loop {
         for message in pending.drain(..) {

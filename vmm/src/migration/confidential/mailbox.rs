@@ -284,6 +284,12 @@ impl AgentMailbox {
         (self.waited, self.copied)
     }
 
+    /// The record stream's lanes: one per agent vCPU, at both ends (the
+    /// destination is built from the source's configuration).
+    pub fn lanes(&self) -> u32 {
+        self.runtime.agent_vcpus()
+    }
+
     /// The VM's guest memory (a handle; for the destination's prefault
     /// helper, which touches no byte of it).
     pub fn guest_memory(&self) -> crate::vm::memory::GuestMemory {

@@ -140,7 +140,7 @@ pub(crate) fn loaded_firmware() -> (GuestMemory, Loaded, [u8; 32]) {
     });
     let host_data = platform.host_data().unwrap();
     let config = VmConfig {
-        cpus: CpusConfig { boot_vcpus: 2 },
+        cpus: CpusConfig::boot(2),
         memory: MemoryConfig { size: MEMORY },
         payload: Payload::BuiltinFirmware,
         cmdline: "workload=hello".into(),

@@ -369,7 +369,7 @@ mod tests {
 
     fn config(platform: PlatformConfig) -> VmConfig {
         VmConfig {
-            cpus: CpusConfig { boot_vcpus: 2 },
+            cpus: CpusConfig::boot(2),
             memory: MemoryConfig { size: 64 << 20 },
             payload: Payload::BuiltinFirmware,
             cmdline: "workload=hello".into(),

@@ -466,6 +466,12 @@ fn for_measure_reads_hardware_platforms_without_probing() {
     };
     assert_eq!(
         VmConfig::for_measure(&too_many, host).unwrap_err().to_string(),
-        "a sev_snp VM has at most 31 vCPUs: its migration agent runs on a vCPU of its own"
+        "a sev_snp VM has at most 32 vCPUs, its migration agent's 1 included: 32 for the guest are too many"
     );
+    // The agent's vCPUs are measured too (one VMSA each).
+    let (one, _, _) = VmConfig::for_measure(&args("sev_snp=on"), host).unwrap();
+    let (three, _, _) = VmConfig::for_measure(&args("sev_snp=on,agent_vcpus=3"), host).unwrap();
+    assert_eq!((one.kvm_vcpus(), three.kvm_vcpus()), (2, 4));
+    assert!(refused("sev_snp=on,agent_vcpus=0").contains("a number from 1 to 24"));
+    assert!(refused("sev_snp=on,agent_vcpus=25").contains("a number from 1 to 24"));
 }

@@ -1,11 +1,13 @@
 //! What a confidential VM shares between its vCPU threads, its ports and
-//! the migration session: the launch mode, the agent's doorbell, the park
-//! gate of an incoming VM's workload vCPUs, and the one-way "retired" flag.
+//! the migration session: the launch mode, the agent's doorbell and team
+//! ([`AgentTeam`]), the park gate of an incoming VM's workload vCPUs, and
+//! the one-way "retired" flag.
 //!
 //! The ports (`covm_guest_abi::ports::AGENT_DOORBELL` .. `AGENT_RETIRE`)
 //! are one device, [`CvmPort`]; what they mean is in
 //! `covm_guest_abi::mailbox`.
 
+use super::agent_team::AgentTeam;
 use crate::platform::Platform;
 use covm_devices::PioDevice;
 use covm_guest_abi::mailbox::{self, header, launch_mode, DOORBELL_RETRY};
@@ -66,6 +68,7 @@ pub struct CvmRuntime {
     mode: LaunchMode,
     memory: GuestMemory,
     doorbell: Doorbell,
+    team: AgentTeam,
     park: ParkGate,
     retired: AtomicBool,
     platform: OnceLock<Arc<dyn Platform>>,
@@ -85,12 +88,14 @@ pub enum WaitError {
 }
 
 impl CvmRuntime {
-    /// The runtime of a VM launched in `mode` over `memory`.
-    pub fn new(mode: LaunchMode, memory: GuestMemory) -> Self {
+    /// The runtime of a VM launched in `mode` over `memory`, whose agent
+    /// has `agent_vcpus` vCPUs.
+    pub fn new(mode: LaunchMode, memory: GuestMemory, agent_vcpus: u32) -> Self {
         CvmRuntime {
             mode,
             memory,
             doorbell: Doorbell::default(),
+            team: AgentTeam::new(agent_vcpus),
             park: ParkGate::default(),
             retired: AtomicBool::new(false),
             platform: OnceLock::new(),
@@ -173,10 +178,16 @@ impl CvmRuntime {
             .is_ok_and(|m| m == mailbox::MAGIC)
     }
 
+    /// The agent's vCPUs: a migration's lanes.
+    pub fn agent_vcpus(&self) -> u32 {
+        self.team.vcpus()
+    }
+
     /// The VM stops: wake everything that waits, for good.
     pub fn close(&self) {
         lock(&self.doorbell.state).closed = true;
         self.doorbell.changed.notify_all();
+        self.team.close();
         lock(&self.park.state).closed = true;
         self.park.changed.notify_all();
     }
@@ -296,14 +307,20 @@ pub struct CvmPort {
 impl CvmPort {
     /// The ports of `runtime`, as (port, device) for the bus; each 4 wide.
     pub fn all(runtime: &Arc<CvmRuntime>) -> Vec<(u16, CvmPort)> {
+        let helpers = (1..runtime.agent_vcpus()).map(ports::team_wait);
         [
             ports::AGENT_DOORBELL,
             ports::AGENT_DONE,
             ports::AGENT_REPORT,
             ports::LAUNCH_MODE,
             ports::AGENT_RETIRE,
+            ports::AGENT_VCPUS,
+            ports::TEAM_DONE,
+            ports::TEAM_START,
+            ports::TEAM_JOIN,
         ]
         .into_iter()
+        .chain(helpers)
         .map(|port| {
             (
                 port,
@@ -325,6 +342,14 @@ impl PioDevice for CvmPort {
                 LaunchMode::Fresh => launch_mode::FRESH,
                 LaunchMode::Incoming => launch_mode::INCOMING,
             },
+            (ports::AGENT_VCPUS, 0) => self.runtime.agent_vcpus(),
+            (ports::TEAM_JOIN, 0) => self.runtime.team.join(),
+            (port, 0) if port >= ports::TEAM_WAIT_BASE => {
+                self.runtime
+                    .team
+                    .wait_for_work(u32::from(port - ports::TEAM_WAIT_BASE) / 4 + 1);
+                0
+            }
             _ => u32::MAX,
         };
         let bytes = value.to_le_bytes();
@@ -340,6 +365,8 @@ impl PioDevice for CvmPort {
         match (self.port, offset) {
             (ports::AGENT_DONE, 0) => self.runtime.doorbell_done(value),
             (ports::AGENT_REPORT, 0) => self.runtime.report(),
+            (ports::TEAM_START, 0) => self.runtime.team.start(),
+            (ports::TEAM_DONE, 0) => self.runtime.team.done(),
             (ports::AGENT_RETIRE, 0) => {
                 tracing::info!("the migration agent read the destination's Commit: this VM never runs here again");
                 self.runtime.retired.store(true, Ordering::SeqCst);

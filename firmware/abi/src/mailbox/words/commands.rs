@@ -10,6 +10,10 @@ words! {
     BeginArgs {
         /// Which end this VM is (0 source, 1 destination).
         role: Role = 0,
+        /// Lanes of the session's record stream (1 to the protocol's 64,
+        /// the same at both ends): with more than one, the agent's helper
+        /// vCPUs seal or open lane by lane at once.
+        lanes: u32 = 1,
     }
 }
 
