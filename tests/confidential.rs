@@ -215,7 +215,9 @@ fn confidential_migration_moves_the_workload_and_only_ciphertext_crosses() {
 
 /// The lane of the record at `start` of a `Sealed` payload.
 fn lane_at(payload: &[u8], start: usize) -> u16 {
-    covm_agent_protocol::RecordHeader::decode(&payload[start..]).unwrap().lane
+    covm_agent_protocol::RecordHeader::decode(&payload[start..])
+        .unwrap()
+        .lane
 }
 
 /// With two agent vCPUs a side the stream has two lanes, each sealed and

@@ -1,13 +1,13 @@
 """An emulated confidential VM's options for the benchmarks: a root key
 and a migration policy allowing exactly the measurement of `vm` (the VM
-options covm measures)."""
+options covm measures) with `agent_vcpus` vCPUs for the migration agent."""
 import json, os, subprocess
 
 from covmkit.build import release
 
 
-def policy_for(tmp, vm):
-    platform = f"emulated_cvm=on,root_key={os.path.join(tmp, 'root.key')}"
+def policy_for(tmp, vm, agent_vcpus=1):
+    platform = f"emulated_cvm=on,root_key={os.path.join(tmp, 'root.key')},agent_vcpus={agent_vcpus}"
     m = json.loads(subprocess.run([release().covm, "measure", "--platform", platform] + vm, check=True,
                                   capture_output=True, text=True).stdout)
     path = os.path.join(tmp, "policy.json")

@@ -246,7 +246,10 @@ fn platform_option() {
         "--platform: invalid root_key=: needs a path"
     );
     assert!(refused("emulated_cvm=on,emulated_cvm=off").contains("given twice"));
-    assert_eq!(parse_platform("emulated_cvm=on,agent_vcpus=4").unwrap().agent_vcpus, Some(4));
+    assert_eq!(
+        parse_platform("emulated_cvm=on,agent_vcpus=4").unwrap().agent_vcpus,
+        Some(4)
+    );
     assert_eq!(
         refused("agent_vcpus=2"),
         "--platform: invalid agent_vcpus=2: only a confidential platform (emulated_cvm=on, sev_snp=on, tdx=on) \

@@ -143,9 +143,16 @@ fn the_agents_vcpus_travel_with_the_platform() {
     let json = serde_json::to_value(to_json(&c)).unwrap();
     assert_eq!(json["platform"]["agent_vcpus"], 3);
     assert_eq!(parse(&serde_json::to_vec(&json).unwrap(), RAM).unwrap(), c);
-    assert_eq!(parse_str(&emulated("")).unwrap().kvm_vcpus(), 2, "one agent vCPU by default");
+    assert_eq!(
+        parse_str(&emulated("")).unwrap().kvm_vcpus(),
+        2,
+        "one agent vCPU by default"
+    );
     for (extra, error) in [
-        (r#", "agent_vcpus": 0"#, "platform.agent_vcpus must be from 1 to 24, not 0"),
+        (
+            r#", "agent_vcpus": 0"#,
+            "platform.agent_vcpus must be from 1 to 24, not 0",
+        ),
         (r#", "agent_vcpus": "2""#, "platform.agent_vcpus must be from 1 to 24"),
     ] {
         let e = parse_str(&emulated(extra)).unwrap_err();
