@@ -83,7 +83,9 @@ impl Plan {
     }
 
     /// The next chunk, `None` once the request is all handed out: a run
-    /// of known-zero blocks wholly private, else up to `frames` frames.
+    /// of known-zero blocks wholly private, else up to `frames` frames,
+    /// never past a block's end (so that the next chunk starts where a
+    /// block may be known zero).
     fn next(&mut self, mem: &impl GuestMemory, map: &MemoryMap, frames: u64) -> Result<Option<(u64, u64)>, Fail> {
         let end = loop {
             match self.range(mem)? {
@@ -96,7 +98,16 @@ impl Plan {
             }
         };
         let start = self.at;
-        let zero_block = |at: u64| known_zero_block_at(mem, at, end).filter(|&block| map.contains(at, block));
+        let block = mem.known_zero_block().max(1);
+        // Only a wholly private block is asked about (the agent window
+        // and the pages outside the map are never read).
+        let zero_block = |at: u64| {
+            if map.contains(at, block) {
+                known_zero_block_at(mem, at, end)
+            } else {
+                None
+            }
+        };
         let stop = match zero_block(start) {
             Some(block) => {
                 let mut stop = start + block * PAGE;
@@ -105,7 +116,10 @@ impl Plan {
                 }
                 stop
             }
-            None => start.saturating_add(frames * PAGE).min(end),
+            None => {
+                let block_end = (start / (block * PAGE)).saturating_add(1).saturating_mul(block * PAGE);
+                start.saturating_add(frames * PAGE).min(end).min(block_end)
+            }
         };
         if self.round0 {
             if let Some(p) = map.next_private(start).filter(|&p| p < stop) {
