@@ -24,8 +24,16 @@ pub struct Owner {
 impl Owner {
     /// A root key and a policy (version 2) allowing exactly the launch
     /// measurement of the test VM (or `allow` instead).
+    ///
+    /// The VMs' migration agent has `COVM_TEST_AGENT_VCPUS` vCPUs (1 when
+    /// unset): `.ci/run` runs the confidential tests a second time with 2,
+    /// so every attack is also tried on a stream of two lanes.
     pub fn new(name: &str, allow: Option<&str>) -> Owner {
-        Owner::with_agent_vcpus(name, allow, 1)
+        let agents = std::env::var("COVM_TEST_AGENT_VCPUS").map_or(1, |n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("COVM_TEST_AGENT_VCPUS={n}: not a vCPU count"))
+        });
+        Owner::with_agent_vcpus(name, allow, agents)
     }
 
     /// [`Owner::new`] for VMs whose migration agent has `agents` vCPUs
