@@ -147,22 +147,31 @@ fn register_needles(serial: &Path, vcpus: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[test]
-fn confidential_migration_moves_the_workload_and_only_ciphertext_crosses() {
-    let Some(_one) = kvm_turn() else {
-        return;
-    };
-    let owner = Owner::new("cm-basic", None);
+/// Starts a source `a` and a destination `b` and, once the source's guest
+/// beat five times, migrates it through a passing proxy; returns once the
+/// source exited after the commit and the guest goes on at `b`: `b`, its
+/// API, both serial logs and the proxy.
+fn migrate_a_to_b(owner: &Owner) -> (Process, Api, PathBuf, PathBuf, Proxy) {
     let (mut a, a_api, a_serial) = owner.source("a");
-    let (mut b, b_api, b_serial) = owner.destination("b", &[]);
+    let (b, b_api, b_serial) = owner.destination("b", &[]);
     wait_heartbeats_within(&a_serial, 5, Duration::from_secs(60));
-    let proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
+    let proxy = migrate_through(owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
     assert_eq!(
         wait_exit(&mut a, Duration::from_secs(180)),
         Some(0),
         "the source exits after the commit"
     );
     destination_continues(&a_serial, &b_serial);
+    (b, b_api, a_serial, b_serial, proxy)
+}
+
+#[test]
+fn confidential_migration_moves_the_workload_and_only_ciphertext_crosses() {
+    let Some(_one) = kvm_turn() else {
+        return;
+    };
+    let owner = Owner::new("cm-basic", None);
+    let (mut b, b_api, a_serial, b_serial, proxy) = migrate_a_to_b(&owner);
     let b_info = info(&b_api);
     let session = &b_info["migration"]["session"];
     assert_eq!(session["state"], "committed", "{b_info}");
@@ -230,16 +239,7 @@ fn two_agent_vcpus_migrate_on_two_lanes() {
         return;
     };
     let owner = Owner::with_agent_vcpus("cm-lanes", None, 2);
-    let (mut a, a_api, a_serial) = owner.source("a");
-    let (_b, b_api, b_serial) = owner.destination("b", &[]);
-    wait_heartbeats_within(&a_serial, 5, Duration::from_secs(60));
-    let proxy = migrate_through(&owner, &a_api, &b_api, "ab", proxy::pass(), proxy::pass(), "");
-    assert_eq!(
-        wait_exit(&mut a, Duration::from_secs(180)),
-        Some(0),
-        "the source exits after the commit"
-    );
-    destination_continues(&a_serial, &b_serial);
+    let (_b, b_api, _, _, proxy) = migrate_a_to_b(&owner);
     let b_info = info(&b_api);
     assert_eq!(b_info["migration"]["session"]["state"], "committed", "{b_info}");
     assert_eq!(b_info["config"]["platform"]["agent_vcpus"], 2, "{b_info}");

@@ -37,8 +37,14 @@ def covm_migrate(source_args, tmp, settle_s=3.0):
     src = subprocess.Popen([covm, "--api-socket", src_sock, "--serial", "null"] + source_args,
                            stderr=subprocess.PIPE, text=True)
     try:
-        wait_ready(src_sock)
-        wait_ready(dst_sock)
+        try:
+            wait_ready(src_sock)
+            wait_ready(dst_sock)
+        except RuntimeError as e:
+            # Say why: the source's own last words, if it ended.
+            if src.poll() is not None:
+                raise RuntimeError(f"{e}; the source exited {src.returncode}: {src.stderr.read()[-2000:]}") from e
+            raise
         time.sleep(settle_s)  # the workload touches its whole region
         url = f"tcp:127.0.0.1:{free_port()}"
         assert call(dst_sock, "PUT", "vm.receive-migration", {"receiver_url": url})[0] == 204

@@ -154,8 +154,12 @@ impl<'a, M: GuestMemory, P: Platform, E: EpochTables<'a>> Agent<'a, M, P, E> {
             vcpu_states: 0,
             verified: false,
         };
-        // Several lanes and several vCPUs: each opens its own lanes.
-        let team = platform.team().filter(|t| t.workers() > 1 && checker.lanes() > 1);
+        // Several lanes and several vCPUs: each opens its own lanes. A
+        // batch of a few records (a final round's) is not worth waking
+        // the helpers for: agent 0 opens every lane of it, in order.
+        let team = platform
+            .team()
+            .filter(|t| t.workers() > 1 && checker.lanes() > 1 && len > lanes::SOLO_BATCH);
         if let Some(team) = team {
             let opened = lanes::import::open(team, mem, map, checker, (len, workload), scratch);
             let tally = opened.tally;

@@ -9,8 +9,8 @@ use covm_agent_protocol::record::{RecordHeader, RecordType};
 use covm_guest_abi::layout::MIGRATION_POLICY;
 use covm_guest_abi::mailbox::status;
 use covm_guest_abi::mailbox::words::{
-    BeginArgs, CommitArgs, EndRoundArgs, ExportFinalArgs, ExportListArgs, ExportPagesArgs, ReadControlReply, Role,
-    SessionState,
+    BeginArgs, CommitArgs, EndRoundArgs, ExportFinalArgs, ExportListArgs, ExportPagesArgs, ExportPagesReply,
+    ReadControlReply, Role, SessionState,
 };
 use std::collections::BTreeSet;
 
@@ -46,18 +46,11 @@ fn list(entries: &[(u64, u64)]) -> Vec<u8> {
         .collect()
 }
 
-/// A whole migration of `lanes` lanes, the source's agent with `lanes`
-/// workers, the destination's with `dst_workers`: round 0, a dirty round
-/// as one list, the Final, the Commit; memory and vCPU states equal.
-fn migrate(lanes: u32, dst_workers: usize) {
-    let mut src = vm(&Launch::source(1), lanes as usize);
-    let mut dst = vm(&Launch::destination(2), dst_workers);
-    fill(&mut src);
-    handshake_lanes(&mut src, &mut dst, lanes).expect("handshake");
-
-    let mut seen = BTreeSet::new();
-    let (mut pages, mut done) = (0, 0);
-    let total = MEMORY / PAGE;
+/// Round 0 over all of memory from the source, asked again from where
+/// each answer stopped; `each` sees every answer's output and reply.
+/// Returns the pages sealed.
+fn export_round0(src: &mut Vm, mut each: impl FnMut(&[u8], ExportPagesReply)) -> u64 {
+    let (mut pages, mut done, total) = (0, 0, MEMORY / PAGE);
     while done < total {
         let a = src
             .send(
@@ -71,10 +64,26 @@ fn migrate(lanes: u32, dst_workers: usize) {
             .ok();
         done += a.reply().walked_frames;
         pages += a.reply().pages;
-        seen.extend(lanes_of(&a.output));
-        let i = dst.import(&a.output).ok().reply();
-        assert_eq!((i.pages, i.zero_pages), (a.reply().pages, a.reply().zero_pages));
+        each(&a.output, a.reply());
     }
+    pages
+}
+
+/// A whole migration of `lanes` lanes, the source's agent with `lanes`
+/// workers, the destination's with `dst_workers`: round 0, a dirty round
+/// as one list, the Final, the Commit; memory and vCPU states equal.
+fn migrate(lanes: u32, dst_workers: usize) {
+    let mut src = vm(&Launch::source(1), lanes as usize);
+    let mut dst = vm(&Launch::destination(2), dst_workers);
+    fill(&mut src);
+    handshake_lanes(&mut src, &mut dst, lanes).expect("handshake");
+
+    let mut seen = BTreeSet::new();
+    let pages = export_round0(&mut src, |batch, sealed| {
+        seen.extend(lanes_of(batch));
+        let i = dst.import(batch).ok().reply();
+        assert_eq!((i.pages, i.zero_pages), (sealed.pages, sealed.zero_pages));
+    });
     assert_eq!(pages, map().pages(), "round 0 covers every private page");
     assert_eq!(seen, (0..lanes as u16).collect(), "every lane carried pages");
     let end = src.send(EndRoundArgs, &[]).ok();
@@ -165,26 +174,45 @@ fn untouched_blocks_are_one_record_per_run_on_lanes_too() {
     let mut src = vm(&Launch::source(1), 2);
     let mut dst = vm(&Launch::destination(2), 2);
     handshake_lanes(&mut src, &mut dst, 2).unwrap();
-    let (mut count, mut done, total) = (0, 0, MEMORY / PAGE);
-    while done < total {
-        let a = src
-            .send(
-                ExportPagesArgs {
-                    round: 0,
-                    first: done * PAGE,
-                    count: total - done,
-                },
-                &[],
-            )
-            .ok();
-        done += a.reply().walked_frames;
-        count += records(&a.output).len();
-        dst.import(&a.output).ok();
-    }
+    let mut count = 0;
+    export_round0(&mut src, |batch, _| {
+        count += records(batch).len();
+        dst.import(batch).ok();
+    });
     // Below WRITE_TRACKED_START (4 MiB) pages are read one by one and
     // zero runs split where the policy and the firmware's pages are; the
     // 2 MiB blocks above it are known zero.
     assert!(count < 40, "{count} records for an untouched guest");
+}
+
+/// A request of a few pages (a paused final round's) is sealed on lane 0
+/// alone, without waking the helpers, and its batch opened by agent 0
+/// alone; the other lanes carry nothing in that round and still end it.
+#[test]
+fn a_few_pages_go_on_lane_0_alone() {
+    let mut src = vm(&Launch::source(1), 2);
+    let mut dst = vm(&Launch::destination(2), 2);
+    fill(&mut src);
+    handshake_lanes(&mut src, &mut dst, 2).unwrap();
+    for batch in two_lane_round0(&mut src) {
+        dst.import(&batch).ok();
+    }
+    let private: Vec<u64> = map().iter().filter(|&g| g != MIGRATION_POLICY).collect();
+    let pages = [private[10], private[700], private[701]];
+    for &gpa in &pages {
+        src.memory().put(gpa, &content(gpa, 9));
+    }
+    let entries: Vec<(u64, u64)> = vec![(pages[0], 1), (pages[1], 2)];
+    let r = src.send(ExportListArgs { round: 1, entries: 2 }, &list(&entries)).ok();
+    assert_eq!(r.reply().pages, 3);
+    assert_eq!(lanes_of(&r.output), BTreeSet::from([0]));
+    dst.import(&r.output).ok();
+    let end = src.send(EndRoundArgs, &[]).ok();
+    assert_eq!(lanes_of(&end.output), BTreeSet::from([0, 1]));
+    dst.import(&end.output).ok();
+    for gpa in pages {
+        assert!(src.memory().page(gpa) == dst.memory().page(gpa), "page {gpa:#x}");
+    }
 }
 
 #[test]
@@ -219,21 +247,7 @@ fn a_source_needs_a_vcpu_per_lane_and_lanes_are_bounded() {
 /// Round 0 of a two-lane session, up to its end; returns the batches.
 fn two_lane_round0(src: &mut Vm) -> Vec<Vec<u8>> {
     let mut batches = Vec::new();
-    let (mut done, total) = (0, MEMORY / PAGE);
-    while done < total {
-        let a = src
-            .send(
-                ExportPagesArgs {
-                    round: 0,
-                    first: done * PAGE,
-                    count: total - done,
-                },
-                &[],
-            )
-            .ok();
-        done += a.reply().walked_frames;
-        batches.push(a.output);
-    }
+    export_round0(src, |batch, _| batches.push(batch.to_vec()));
     batches.push(src.send(EndRoundArgs, &[]).ok().output);
     batches
 }

@@ -37,6 +37,31 @@ pub(crate) enum Request {
     List(u64),
 }
 
+/// Frames a request may cover and still be sealed on lane 0 alone.
+const SOLO_FRAMES: u64 = 256;
+/// List entries such a request may have.
+const SOLO_ENTRIES: u64 = 64;
+
+impl Request {
+    /// Whether the request covers at most [`SOLO_FRAMES`] frames (a list
+    /// read from `TO_AGENT` for it; the plan reads and checks it again).
+    fn is_small(self, mem: &impl GuestMemory) -> bool {
+        match self {
+            Request::Range(first, end) => (end - first) / PAGE <= SOLO_FRAMES,
+            Request::List(entries) if entries <= SOLO_ENTRIES => {
+                let mut frames = 0u64;
+                for i in 0..entries {
+                    let mut raw = [0u8; LIST_ENTRY_LEN];
+                    mailbox::read_input(mem, (i * LIST_ENTRY_LEN as u64) as usize, &mut raw);
+                    frames = frames.saturating_add(u64_le(&raw[8..]));
+                }
+                frames <= SOLO_FRAMES
+            }
+            Request::List(_) => false,
+        }
+    }
+}
+
 /// Where the workers take their next chunk from. Lives under the lock.
 struct Plan {
     request: Request,
@@ -300,7 +325,7 @@ pub(crate) fn seal(
         failed: None,
     });
     let tallies = Tallies::new();
-    team.join(&|w| {
+    let work = |w: usize| {
         if w >= lanes {
             return;
         }
@@ -333,7 +358,15 @@ pub(crate) fn seal(
         }
         lane.tally.out_len = lane.out.len();
         tallies.set(w, lane.tally);
-    });
+    };
+    // Waking the helpers costs each a wait and a wake-up through covm
+    // (milliseconds on a busy host): a request of a few pages, as a
+    // paused final round's, is sealed on lane 0 alone.
+    if request.is_small(mem) {
+        work(0);
+    } else {
+        team.join(&work);
+    }
     let shared = shared.into_inner();
     if let Some(e) = shared.failed {
         return Err(e);

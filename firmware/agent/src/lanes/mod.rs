@@ -14,6 +14,10 @@ pub(crate) mod import;
 use crate::env::MAX_WORKERS;
 use spin::mutex::SpinMutex;
 
+/// Bytes of a batch agent 0 opens alone, every lane in batch order:
+/// sixteen page records.
+pub(crate) const SOLO_BATCH: usize = 16 * covm_agent_protocol::record::PAGE_RECORD_LEN;
+
 /// The lock the workers share a session under: a spin lock (there is no
 /// OS to block in), held only for a record's admission or settlement.
 pub(crate) type Lock<T> = SpinMutex<T>;
