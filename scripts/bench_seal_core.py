@@ -8,8 +8,8 @@ its rate there is a rate per shared core. Here, for each run, every thread
 of both covm processes is moved to CPU 1 except the source's agent vCPU
 thread (the source's last vCPU, `vcpu{boot}`), which gets CPU 0 alone; the
 source's agent then seals with a core to itself, as on a host with cores
-to spare. The rate is the bytes of the pages it sealed (pages sent less
-zero pages) over the agent's own seal time (its `COSTS` clock, the
+to spare. The rate is the bytes of the pages it sealed (the report's
+`pages_sent`: pages sent with their data) over the agent's own seal time (its `COSTS` clock, the
 report's `agent.crypto_ms`). The raw rate is the protocol crate's
 `seal_rate` example pinned to CPU 0 in the same run.
 
@@ -87,7 +87,7 @@ def main():
             finally:
                 stop.set()
                 pinner.join()
-            sealed = report["pages_sent"] - report["zero_pages"]
+            sealed = report["pages_sent"]
             seal_ms = report["agent"]["crypto_ms"]
             rates.append(sealed * 4096 / (seal_ms / 1e3))
             print(f"run: {sealed} pages sealed in {seal_ms:.1f} ms of the agent's seal time: "
