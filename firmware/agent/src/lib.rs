@@ -44,6 +44,7 @@
 mod costs;
 mod env;
 mod export;
+mod export_final;
 mod handshake;
 mod import;
 mod lanes;
