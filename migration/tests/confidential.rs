@@ -144,28 +144,9 @@ impl ToySealer {
     }
 }
 
-impl Sealer for ToySealer {
-    fn version(&self) -> u16 {
-        PROTOCOL_VERSION_CONFIDENTIAL
-    }
-
-    fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
-        link.send(&Message::Handshake {
-            message: [b"S-HELLO".as_slice(), &[self.nonce]].concat(),
-        })?;
-        let theirs = handshake_message(link, b"D-HELLO", &self.log)?;
-        let key = self.nonce ^ theirs[0];
-        link.send(&Message::Handshake {
-            message: [b"S-FINISHED".as_slice(), &[key]].concat(),
-        })?;
-        if handshake_message(link, b"D-FINISHED", &self.log)? != [key] {
-            return Err(MigrationError::stream("toy agent: the keys differ"));
-        }
-        self.key = Some(key);
-        Ok(())
-    }
-
-    fn seal_pages(
+impl ToySealer {
+    /// One `Sealed` message of the `count` pages from `gpa`.
+    fn seal_run(
         &mut self,
         vm: &dyn SourceVm,
         round: u32,
@@ -200,6 +181,42 @@ impl Sealer for ToySealer {
             pages: count,
             zero_pages,
         })
+    }
+}
+
+impl Sealer for ToySealer {
+    fn version(&self) -> u16 {
+        PROTOCOL_VERSION_CONFIDENTIAL
+    }
+
+    fn handshake(&mut self, link: &mut dyn Link) -> Result<(), MigrationError> {
+        link.send(&Message::Handshake {
+            message: [b"S-HELLO".as_slice(), &[self.nonce]].concat(),
+        })?;
+        let theirs = handshake_message(link, b"D-HELLO", &self.log)?;
+        let key = self.nonce ^ theirs[0];
+        link.send(&Message::Handshake {
+            message: [b"S-FINISHED".as_slice(), &[key]].concat(),
+        })?;
+        if handshake_message(link, b"D-FINISHED", &self.log)? != [key] {
+            return Err(MigrationError::stream("toy agent: the keys differ"));
+        }
+        self.key = Some(key);
+        Ok(())
+    }
+
+    fn seal_runs(
+        &mut self,
+        vm: &dyn SourceVm,
+        round: u32,
+        runs: &[(u64, u64)],
+        out: &mut RecordSink<'_>,
+    ) -> Result<Carried, MigrationError> {
+        let mut carried = Carried::empty(round);
+        for &(gpa, count) in runs {
+            carried.add(self.seal_run(vm, round, gpa, count, out)?);
+        }
+        Ok(carried)
     }
 
     fn end_round(&mut self, round: u32, out: &mut RecordSink<'_>) -> Result<(), MigrationError> {

@@ -135,17 +135,6 @@ impl Sealer for PlainSealer {
         ROUND0_WINDOW
     }
 
-    fn seal_pages(
-        &mut self,
-        vm: &dyn SourceVm,
-        round: u32,
-        gpa: u64,
-        count: u64,
-        out: &mut RecordSink<'_>,
-    ) -> Result<Carried, MigrationError> {
-        self.seal_runs(vm, round, &[(gpa, count)], out)
-    }
-
     /// Asks the VM once per run which pages were never populated (the
     /// run's dirty bits are already cleared, so a page populated after the
     /// answer is dirty again and goes in the next round), then carries the
@@ -182,8 +171,7 @@ impl Sealer for PlainSealer {
                 } else {
                     self.seal_frame(vm, round, frame_gpa, frame, &mut zero_run, out)?
                 };
-                carried.pages += c.pages;
-                carried.zero_pages += c.zero_pages;
+                carried.add(c);
             }
             send_zero_run(round, &mut zero_run, out)?;
         }
@@ -371,7 +359,7 @@ mod tests {
         // A dirty round's short run: the same, within one frame.
         let mut sent = Vec::new();
         PlainSealer::default()
-            .seal_pages(&vm, 3, 690 * page, 20, &mut |m: &Message| {
+            .seal_runs(&vm, 3, &[(690 * page, 20)], &mut |m: &Message| {
                 sent.push(m.clone());
                 Ok(())
             })

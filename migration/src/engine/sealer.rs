@@ -20,13 +20,13 @@
 //! |----------------------------------------------|---------------------------------------------|
 //! | `version()`: the Hello's version             | (the factory of `receive_with` sees it)      |
 //! | `handshake(link)` after HelloAck             | `handshake(link)` after HelloAck             |
-//! | per round: `seal_pages`…, `end_round`, then the engine's RoundEnd | `open_pages` for every record frame, then the engine checks RoundEnd |
+//! | per round: `seal_runs`…, `end_round`, then the engine's RoundEnd | `open_pages` for every record frame, then the engine checks RoundEnd |
 //! | paused: `seal_state(state)`                  | `open_pages` (records after the last round), `open_state` |
 //! | after Complete: `read_decision(answer)`      | after Complete: `commit(vm)`, its message sent |
 //! | on failure: `may_resume()`                   | on failure before commit: `abort(reason)`, its message sent before Abort |
 //!
 //! Record accounting: every message a sealer passes to its
-//! [`RecordSink`] during a round (in `seal_pages` *and* `end_round`) counts
+//! [`RecordSink`] during a round (in `seal_runs` *and* `end_round`) counts
 //! in the round's `RoundEnd.bytes` (payload bytes); the destination counts
 //! every message its opener claims ([`Opener::is_page_record`]). So a
 //! `Sealed` frame carrying only the agent's sealed round-end record counts
@@ -60,6 +60,12 @@ impl Carried {
             round,
             ..Carried::default()
         }
+    }
+
+    /// Counts what `more` carried too (in the same round).
+    pub fn add(&mut self, more: Carried) {
+        self.pages += more.pages;
+        self.zero_pages += more.zero_pages;
     }
 }
 
@@ -135,7 +141,7 @@ pub trait Sealer: Send {
         Ok(())
     }
 
-    /// Pages the engine hands [`Sealer::seal_pages`] at most at once (and
+    /// Pages the engine hands [`Sealer::seal_runs`] at most at once (and
     /// between its cancellation and progress checks). Plain: one `Pages`
     /// frame's worth, [`MAX_PAGES_PER_FRAME`].
     fn chunk_pages(&self) -> u64 {
@@ -149,41 +155,21 @@ pub trait Sealer: Send {
         self.chunk_pages()
     }
 
-    /// Exports the `count` pages from `gpa` for `round` (their dirty bits
-    /// already cleared, at most [`Sealer::chunk_pages`] pages), passing
-    /// every record to `out`.
-    fn seal_pages(
-        &mut self,
-        vm: &dyn SourceVm,
-        round: u32,
-        gpa: u64,
-        count: u64,
-        out: &mut RecordSink<'_>,
-    ) -> Result<Carried, MigrationError>;
-
     /// Exports the runs `(gpa, count)` of one dirty chunk for `round`
     /// (ascending, their dirty bits already cleared, at most
     /// [`Sealer::chunk_pages`] pages in all, or [`Sealer::full_round_chunk`]
-    /// in round 0): by default one
-    /// [`Sealer::seal_pages`] per run; a sealer that can take a list in one
-    /// go (the confidential agent's `EXPORT_LIST`) overrides it.
+    /// in round 0), passing every record to `out`. The engine hands over
+    /// whole chunks, so a sealer that can take a list in one go (the
+    /// confidential agent's `EXPORT_LIST`) does.
     fn seal_runs(
         &mut self,
         vm: &dyn SourceVm,
         round: u32,
         runs: &[(u64, u64)],
         out: &mut RecordSink<'_>,
-    ) -> Result<Carried, MigrationError> {
-        let mut carried = Carried::empty(round);
-        for &(gpa, count) in runs {
-            let c = self.seal_pages(vm, round, gpa, count, out)?;
-            carried.pages += c.pages;
-            carried.zero_pages += c.zero_pages;
-        }
-        Ok(carried)
-    }
+    ) -> Result<Carried, MigrationError>;
 
-    /// After a round's last `seal_pages` and before the engine's
+    /// After a round's last `seal_runs` and before the engine's
     /// `RoundEnd` (every round, the final one included): e.g. the agent's
     /// sealed round end. What it passes to `out` counts in the round's
     /// bytes, and carries no page. Plain: nothing.

@@ -219,17 +219,6 @@ impl Sealer for ConfidentialSealer {
         CHUNK_PAGES
     }
 
-    fn seal_pages(
-        &mut self,
-        vm: &dyn SourceVm,
-        round: u32,
-        gpa: u64,
-        count: u64,
-        out: &mut RecordSink<'_>,
-    ) -> Result<Carried, MigrationError> {
-        self.seal_runs(vm, round, &[(gpa, count)], out)
-    }
-
     fn seal_runs(
         &mut self,
         vm: &dyn SourceVm,
@@ -244,9 +233,7 @@ impl Sealer for ConfidentialSealer {
         let (clear, sealed) = shared_pages::split(runs, &shared);
         let mut carried = self.agent_runs(round, &sealed, out)?;
         // The shared pages go in the clear, frame by frame, as plain ones do.
-        let c = self.plain.seal_runs(vm, round, &clear, out)?;
-        carried.pages += c.pages;
-        carried.zero_pages += c.zero_pages;
+        carried.add(self.plain.seal_runs(vm, round, &clear, out)?);
         Ok(carried)
     }
 

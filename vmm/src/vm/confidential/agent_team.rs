@@ -21,7 +21,8 @@ pub struct AgentTeam {
 struct TeamState {
     /// Work posted so far.
     posted: u64,
-    /// Per helper (index 1..vcpus), the work it was last woken for.
+    /// Per helper (index 1..vcpus, at `index - 1`), the work it was last
+    /// woken for.
     woken: Vec<u64>,
     /// Helpers that reported the work posted last done.
     done: u32,
@@ -35,7 +36,7 @@ impl AgentTeam {
             vcpus,
             state: Mutex::new(TeamState {
                 posted: 0,
-                woken: vec![0; vcpus.max(1) as usize],
+                woken: vec![0; vcpus.saturating_sub(1) as usize],
                 done: 0,
                 closed: false,
             }),
@@ -69,7 +70,7 @@ impl AgentTeam {
     /// helper's, and once the VM stops.
     pub fn wait_for_work(&self, index: u32) {
         let mut s = self.lock();
-        let Some(slot) = (index as usize).checked_sub(1).filter(|&i| i + 1 < s.woken.len()) else {
+        let Some(slot) = (index as usize).checked_sub(1).filter(|&i| i < s.woken.len()) else {
             tracing::debug!(index, "a team wait from no helper of the agent");
             return;
         };
