@@ -47,6 +47,9 @@ fn qemu_usable() -> bool {
     covm_test_support::kvm_usable()
 }
 
+/// The host's CPU (less a feature this nested KVM cannot give a guest).
+const HOST_CPU: &str = "host,-arch-capabilities";
+
 /// QEMU exits with `code * 2 + 1` when the guest writes `code` to
 /// isa-debug-exit at covm's power port.
 fn exit_code(power_code: u8) -> i32 {
@@ -67,18 +70,23 @@ impl Qemu {
     }
 
     /// [`Qemu::start`] through `command` (QEMU inside a network namespace).
-    fn start_with(mut command: Command, dir: &Scratch, append: &str, vcpus: u32, devices: &[String]) -> Qemu {
+    fn start_with(command: Command, dir: &Scratch, append: &str, vcpus: u32, devices: &[String]) -> Qemu {
+        Self::start_on(command, ("kvm", HOST_CPU), dir, append, vcpus, devices)
+    }
+
+    /// [`Qemu::start_with`] with QEMU's accelerator and CPU model.
+    fn start_on(
+        mut command: Command,
+        (accel, cpu): (&str, &str),
+        dir: &Scratch,
+        append: &str,
+        vcpus: u32,
+        devices: &[String],
+    ) -> Qemu {
         let serial = dir.path("serial.txt");
         let out = std::fs::File::create(&serial).unwrap();
         let child = command
-            .args([
-                "-accel",
-                "kvm",
-                "-machine",
-                "microvm,pcie=on",
-                "-cpu",
-                "host,-arch-capabilities",
-            ])
+            .args(["-accel", accel, "-machine", "microvm,pcie=on", "-cpu", cpu])
             .args(["-smp", &vcpus.to_string(), "-m", "512M", "-nographic", "-no-reboot"])
             .args(["-kernel", FIRMWARE, "-append", append])
             .args(["-device", "isa-debug-exit,iobase=0x600,iosize=1"])
@@ -259,6 +267,37 @@ fn blk_without_a_disk_names_what_is_missing() {
         text.contains("error: blk: no virtio Block device on PCI bus 0 (ECAM 0xe0000000)"),
         "serial:\n{text}"
     );
+}
+
+/// The firmware is compiled for AVX2 (firmware/image/.cargo/config.toml):
+/// on a vCPU without it, its ring 0 says so before any Rust code runs.
+/// QEMU's emulator (TCG), not KVM: this project's nested KVM (PVM) shows
+/// the guest the host's CPUID leaf 7 whatever QEMU asks, AVX2 included.
+#[test]
+fn a_vcpu_without_avx2_is_named() {
+    if !qemu_usable() {
+        return;
+    }
+    let _one = QEMU_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = Scratch::new("qemu-noavx2");
+    let mut qemu = Qemu::start_on(Command::new(QEMU), ("tcg", "max,-avx2"), &dir, "workload=hello", 1, &[]);
+    let (code, text) = qemu.wait(Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(exit_code(covm_guest_abi::ports::power::FAIL_CPU)),
+        "serial:\n{text}"
+    );
+    assert!(
+        text.contains("FAIL: the covm firmware needs a vCPU with XSAVE, AVX and AVX2"),
+        "serial:\n{text}"
+    );
+    assert!(!text.contains("hello from covm firmware"), "serial:\n{text}");
+    // The same emulated CPU with AVX2 runs the firmware.
+    let dir = Scratch::new("qemu-avx2");
+    let mut qemu = Qemu::start_on(Command::new(QEMU), ("tcg", "max"), &dir, "workload=hello", 1, &[]);
+    let (code, text) = qemu.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(exit_code(0)), "serial:\n{text}");
+    assert!(text.contains("hello from covm firmware (1 vCPU)"), "serial:\n{text}");
 }
 
 #[test]

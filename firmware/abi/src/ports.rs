@@ -128,6 +128,9 @@ pub mod power {
     pub const FAIL_SMP: u8 = 0x06;
     /// The firmware's ring-3 Rust code panicked.
     pub const FAIL_PANIC: u8 = 0x07;
+    /// The vCPU lacks XSAVE, AVX or AVX2, which the firmware is compiled
+    /// for (its ring 0 checks before any Rust code runs).
+    pub const FAIL_CPU: u8 = 0x09;
 }
 
 /// Debug-port markers written by the built-in firmware, in boot order.

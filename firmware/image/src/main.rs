@@ -23,6 +23,7 @@ mod dirty;
 mod heap;
 mod hw;
 mod mem;
+mod mmio;
 mod net;
 mod pace;
 mod pci;

@@ -16,6 +16,7 @@
 //! Only bus 0 is scanned: microvm's and covm's devices sit there, and the
 //! firmware configures no bridges.
 
+use crate::mmio;
 use crate::serial::Text;
 use core::fmt;
 use covm_guest_abi::layout::{PCI_ECAM_BASE, PCI_MMIO32_BASE, PCI_MMIO32_SIZE};
@@ -100,12 +101,12 @@ fn ecam(df: DeviceFunction, offset: u16) -> *mut u32 {
 pub fn config_read(df: DeviceFunction, offset: u16) -> u32 {
     // SAFETY: ECAM is identity-mapped uncached device memory (ring0.s);
     // a read of a function's configuration space has no side effects.
-    unsafe { ecam(df, offset).read_volatile() }
+    unsafe { mmio::read_u32(ecam(df, offset)) }
 }
 
 fn config_write(df: DeviceFunction, offset: u16, value: u32) {
     // SAFETY: as for `config_read`; callers write only registers they own.
-    unsafe { ecam(df, offset).write_volatile(value) }
+    unsafe { mmio::write_u32(ecam(df, offset), value) }
 }
 
 /// A memory BAR's address and size, if it is one.
@@ -309,11 +310,11 @@ impl Pci {
         // (checked by `msix`), identity-mapped uncached; the table is
         // accessed 32 bits at a time, as the PCI specification requires.
         unsafe {
-            slot.add(3).write_volatile(1); // masked while it changes
-            slot.write_volatile(0xfee0_0000 | (apic_id & 0xff) << 12);
-            slot.add(1).write_volatile(0);
-            slot.add(2).write_volatile(vector as u32);
-            slot.add(3).write_volatile(0);
+            mmio::write_u32(slot.add(3), 1); // masked while it changes
+            mmio::write_u32(slot, 0xfee0_0000 | (apic_id & 0xff) << 12);
+            mmio::write_u32(slot.add(1), 0);
+            mmio::write_u32(slot.add(2), vector as u32);
+            mmio::write_u32(slot.add(3), 0);
         }
         let header = config_read(df, msix.cap as u16);
         // Message control is the upper half: bit 31 enable, 30 function mask.

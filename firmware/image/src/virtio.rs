@@ -11,7 +11,7 @@
 
 use crate::pci::{self, Pci};
 use crate::pvh::{MemmapEntry, E820_RAM};
-use crate::{heap, hw, println};
+use crate::{heap, hw, mmio, println};
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -135,12 +135,12 @@ impl FwTransport {
     fn write_common_u16(&self, common_cfg: u64, offset: u64, value: u16) {
         // SAFETY: the common configuration lies in an assigned BAR of this
         // device (found through its capability), identity-mapped uncached.
-        unsafe { ((common_cfg + offset) as *mut u16).write_volatile(value) }
+        unsafe { mmio::write_u16((common_cfg + offset) as *mut u16, value) }
     }
 
     fn read_common_u16(&self, common_cfg: u64, offset: u64) -> u16 {
         // SAFETY: as in `write_common_u16`.
-        unsafe { ((common_cfg + offset) as *const u16).read_volatile() }
+        unsafe { mmio::read_u16((common_cfg + offset) as *const u16) }
     }
 }
 
