@@ -17,10 +17,11 @@ use covm_migration::engine::{
     SendOptions,
 };
 use covm_migration::protocol::{
-    write_frame_in, Message, ProtocolError, Wire, PAGE_BYTES, PROTOCOL_VERSION, PROTOCOL_VERSION_CONFIDENTIAL,
+    write_frame_in, Message, ProtocolError, Wire, MAX_PAGES_PER_FRAME, PAGE_BYTES, PROTOCOL_VERSION,
+    PROTOCOL_VERSION_CONFIDENTIAL,
 };
 use covm_migration::transport::Stream;
-use covm_migration::vm::{DestinationVm, SourceVm, VmOpError};
+use covm_migration::vm::{DestinationVm, SourceVm, VmOpError, PAGE_SIZE};
 use fake::{assert_same_memory, options, pair, FakeSource, Guest, Received};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -84,6 +85,8 @@ struct AgentLog {
     /// Rounds whose sealed round end this side sealed (source) or checked
     /// (destination).
     round_ends: Vec<u32>,
+    /// Each `seal_runs` call of the source: its round and runs.
+    seals: Vec<(u32, Vec<(u64, u64)>)>,
     final_sealed: bool,
     final_checked: bool,
     committed: bool,
@@ -212,6 +215,7 @@ impl Sealer for ToySealer {
         runs: &[(u64, u64)],
         out: &mut RecordSink<'_>,
     ) -> Result<Carried, MigrationError> {
+        self.log.lock().unwrap().seals.push((round, runs.to_vec()));
         let mut carried = Carried::empty(round);
         for &(gpa, count) in runs {
             carried.add(self.seal_run(vm, round, gpa, count, out)?);
@@ -580,6 +584,53 @@ fn confidential_migration_moves_the_guest_in_sealed_records() {
     assert_eq!(received.crypto_ms, 3, "the opener's crypto time is reported");
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert!(json["crypto_ms"].is_u64());
+}
+
+/// A dirty round hands the sealer runs from several chunks at once, up to
+/// a chunk's worth of pages: each call is an agent round trip, and a
+/// paused final round of a few pages spread over the guest is one call.
+#[test]
+fn sparse_rounds_reach_the_sealer_in_few_calls() {
+    let mut vm = FakeSource::new(0.25);
+    let (result, source_log, _, destination) = migrate(&mut vm, Behaviour::Honest, &options(0));
+    result.expect("the source succeeds");
+    destination.handle.join().unwrap().expect("the destination succeeds");
+    let chunk = MAX_PAGES_PER_FRAME as u64; // the toy sealer's chunk
+    let pages = |runs: &[(u64, u64)]| runs.iter().map(|r| r.1).sum::<u64>();
+    let log = source_log.lock().unwrap();
+    let mut spanning = 0;
+    for round in 1..=log.round_ends.last().copied().unwrap() {
+        let calls: Vec<&Vec<(u64, u64)>> = log
+            .seals
+            .iter()
+            .filter(|(r, _)| *r == round)
+            .map(|(_, runs)| runs)
+            .collect();
+        let total: u64 = calls.iter().map(|runs| pages(runs)).sum();
+        for runs in &calls {
+            assert!(pages(runs) <= chunk, "round {round}: a call of {} pages", pages(runs));
+        }
+        // Flushed only when the next chunk's runs would not fit, so two
+        // calls in a row hold more than a chunk: a round of at most a
+        // chunk's worth is one call.
+        assert!(
+            calls.len() as u64 <= (2 * total).div_ceil(chunk) + 1,
+            "round {round}: {} calls for {total} pages",
+            calls.len()
+        );
+        if total > 0 && total <= chunk {
+            assert_eq!(calls.len(), 1, "round {round}: {total} pages in {} calls", calls.len());
+        }
+        // Runs from more than one chunk of address space in one call.
+        spanning += calls
+            .iter()
+            .filter(|runs| {
+                let first = runs.first().unwrap().0 / (chunk * PAGE_SIZE);
+                runs.iter().any(|r| r.0 / (chunk * PAGE_SIZE) != first)
+            })
+            .count();
+    }
+    assert!(spanning > 0, "no call carried runs of two chunks: {:?}", log.seals);
 }
 
 #[test]

@@ -49,6 +49,11 @@ pub(super) fn count_dirty(bitmaps: &[DirtyBitmap]) -> u64 {
     total
 }
 
+/// Pages of `runs`.
+fn run_pages(runs: &[(u64, u64)]) -> u64 {
+    runs.iter().map(|r| r.1).sum()
+}
+
 /// Appends the runs of set bits among pages `from..to` as (first, count).
 pub(super) fn dirty_runs(bits: &[u64], from: u64, to: u64, runs: &mut Vec<(u64, u64)>) {
     let mut page = from;
@@ -104,6 +109,12 @@ impl Source<'_> {
         let started = (Instant::now(), self.wire.bytes_sent());
         let mut stats = RoundStats::default();
         let mut runs = Vec::new();
+        // Runs of several chunks go to the sealer together, up to a
+        // chunk's worth of pages: a sparse round (a paused final round of
+        // a few hundred pages spread over the guest) is then one agent
+        // call instead of one per 32 MiB holding a dirty page, and each
+        // call is a round trip through the agent's vCPU.
+        let mut pending: Vec<(u64, u64)> = Vec::new();
         let chunk = self.sealer.chunk_pages();
         for bitmap in bitmaps {
             let (base, pages) = (bitmap.range.0, range_pages(bitmap));
@@ -116,6 +127,12 @@ impl Source<'_> {
                 if runs.is_empty() {
                     continue;
                 }
+                let found = run_pages(&runs);
+                if run_pages(&pending) + found > chunk {
+                    self.export_runs(round, &pending, &mut stats)?;
+                    pending.clear();
+                    self.between_chunks(&stats, precopy)?;
+                }
                 // Clear first, then read: a write after the clear is
                 // caught by the next round.
                 for run in runs.iter_mut() {
@@ -124,9 +141,12 @@ impl Source<'_> {
                         .clear_dirty(run.0, run.1)
                         .map_err(MigrationError::vm("clear the dirty log"))?;
                 }
-                self.export_runs(round, &runs, &mut stats)?;
-                self.between_chunks(&stats, precopy)?;
+                pending.extend_from_slice(&runs);
             }
+        }
+        if !pending.is_empty() {
+            self.export_runs(round, &pending, &mut stats)?;
+            self.between_chunks(&stats, precopy)?;
         }
         self.end_round(round, stats, started)
     }
