@@ -1,6 +1,7 @@
 //! vCPUs: creation, boot state, and the thread that runs each one.
 
 pub mod control;
+pub mod role;
 
 use crate::arch::{cpuid, regs};
 use crate::dirty::ring::DirtyRings;
@@ -185,6 +186,8 @@ pub struct Vcpu {
     runtime: Option<Arc<CvmRuntime>>,
     /// A VM with private memory: where `KVM_HC_MAP_GPA_RANGE` exits go.
     private_memory: Option<Arc<PrivateMemoryExits>>,
+    /// One of the migration agent's vCPUs (see [`role`]).
+    agent: bool,
 }
 
 impl Vcpu {
@@ -206,7 +209,15 @@ impl Vcpu {
             dirty_rings: None,
             runtime: None,
             private_memory: None,
+            agent: false,
         }
+    }
+
+    /// This vCPU runs the migration agent: its thread says so to the
+    /// agent's ports ([`role::on_agent_vcpu`]).
+    pub fn into_agent(mut self) -> Self {
+        self.agent = true;
+        self
     }
 
     /// Sets CPUID, MSRs, FPU and LAPIC to their reset values. The bootstrap
@@ -264,6 +275,9 @@ impl Vcpu {
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
+                if self.agent {
+                    role::enter_agent_vcpu();
+                }
                 if let Some(exit) = self.run(&buses, &control) {
                     tracing::debug!("vCPU {index} stopped: {exit:?}");
                     notify(exit);

@@ -121,7 +121,11 @@ impl Vm {
             })
             .collect();
         // The agent's vCPUs are the last ones (the highest APIC IDs).
-        let agent_vcpus = vcpus.split_off(vcpus.len() - usize::from(config.agent_vcpus()));
+        let agent_vcpus: Vec<Vcpu> = vcpus
+            .split_off(vcpus.len() - usize::from(config.agent_vcpus()))
+            .into_iter()
+            .map(Vcpu::into_agent)
+            .collect();
         let msr_indices = msr_indices(kvm)?;
         Ok(Self {
             vcpu_counters: vcpus.iter().chain(&agent_vcpus).map(Vcpu::counters).collect(),

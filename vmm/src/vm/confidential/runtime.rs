@@ -71,6 +71,8 @@ pub struct CvmRuntime {
     team: AgentTeam,
     park: ParkGate,
     retired: AtomicBool,
+    /// A workload vCPU used an agent port (logged once).
+    misuse_logged: AtomicBool,
     platform: OnceLock<Arc<dyn Platform>>,
     /// The guest's time-stamp counter rate (0: unknown).
     tsc_khz: AtomicU32,
@@ -98,6 +100,7 @@ impl CvmRuntime {
             team: AgentTeam::new(agent_vcpus),
             park: ParkGate::default(),
             retired: AtomicBool::new(false),
+            misuse_logged: AtomicBool::new(false),
             platform: OnceLock::new(),
             tsc_khz: AtomicU32::new(0),
         }
@@ -334,8 +337,48 @@ impl CvmPort {
     }
 }
 
+/// The ports only the agent's vCPUs may use: those that block (the
+/// doorbell, the team's waits) and those that act for the agent.
+fn agent_only(port: u16) -> bool {
+    matches!(
+        port,
+        ports::AGENT_DOORBELL
+            | ports::AGENT_DONE
+            | ports::AGENT_REPORT
+            | ports::AGENT_RETIRE
+            | ports::TEAM_DONE
+            | ports::TEAM_START
+            | ports::TEAM_JOIN
+    ) || port >= ports::TEAM_WAIT_BASE
+}
+
+impl CvmPort {
+    /// Whether the calling vCPU may use this port. A workload vCPU may
+    /// not use the agent's: its read is answered at once with all ones
+    /// (it would otherwise wait in covm, never park for a pause, and hold
+    /// the port the agent waits on), its write is dropped; logged once per
+    /// VM.
+    fn allowed(&self, access: &str) -> bool {
+        if !agent_only(self.port) || crate::vcpu::role::on_agent_vcpu() {
+            return true;
+        }
+        if !self.runtime.misuse_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                port = format_args!("{:#x}", self.port),
+                "a workload vCPU tried to {access} a port of the migration agent's: refused (only the agent's \
+                 vCPUs may; logged once)"
+            );
+        }
+        false
+    }
+}
+
 impl PioDevice for CvmPort {
     fn read(&mut self, offset: u16, data: &mut [u8]) {
+        if !self.allowed("read") {
+            data.fill(0xff);
+            return;
+        }
         let value = match (self.port, offset) {
             (ports::AGENT_DOORBELL, 0) => self.runtime.doorbell_read(),
             (ports::LAUNCH_MODE, 0) => match self.runtime.mode {
@@ -358,6 +401,9 @@ impl PioDevice for CvmPort {
     }
 
     fn write(&mut self, offset: u16, data: &[u8]) {
+        if !self.allowed("write") {
+            return;
+        }
         let mut bytes = [0u8; 4];
         let n = data.len().min(4);
         bytes[..n].copy_from_slice(&data[..n]);
@@ -373,5 +419,69 @@ impl PioDevice for CvmPort {
             }
             (port, offset) => tracing::debug!("write {value:#x} to confidential port {port:#x}+{offset} ignored"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::memory;
+
+    fn runtime() -> Arc<CvmRuntime> {
+        Arc::new(CvmRuntime::new(
+            LaunchMode::Fresh,
+            memory::allocate(1 << 20).unwrap(),
+            2,
+        ))
+    }
+
+    fn port(runtime: &Arc<CvmRuntime>, port: u16) -> CvmPort {
+        CvmPort::all(runtime)
+            .into_iter()
+            .find(|(p, _)| *p == port)
+            .expect("a port of the runtime")
+            .1
+    }
+
+    fn read(device: &mut CvmPort) -> u32 {
+        let mut data = [0u8; 4];
+        device.read(0, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    /// A workload vCPU's read of the agent's blocking ports is answered at
+    /// once, and its writes do nothing; the agent's vCPU waits and acts.
+    #[test]
+    fn only_agent_vcpus_use_the_agent_ports() {
+        let runtime = runtime();
+        // This test thread plays a workload vCPU: nothing is posted, yet
+        // neither the doorbell nor a team wait blocks it.
+        assert_eq!(read(&mut port(&runtime, ports::AGENT_DOORBELL)), u32::MAX);
+        assert_eq!(read(&mut port(&runtime, ports::TEAM_JOIN)), u32::MAX);
+        assert_eq!(read(&mut port(&runtime, ports::team_wait(1))), u32::MAX);
+        // Harmless reads still answer.
+        assert_eq!(read(&mut port(&runtime, ports::AGENT_VCPUS)), 2);
+        // A retire from the workload is dropped.
+        port(&runtime, ports::AGENT_RETIRE).write(0, &[0; 4]);
+        assert!(!runtime.retired());
+
+        // The agent's vCPU waits in the doorbell until a command is posted.
+        let seq = runtime.next_seq();
+        let agent = {
+            let runtime = runtime.clone();
+            std::thread::spawn(move || {
+                crate::vcpu::role::enter_agent_vcpu();
+                let got = read(&mut port(&runtime, ports::AGENT_DOORBELL));
+                port(&runtime, ports::AGENT_DONE).write(0, &got.to_le_bytes());
+                got
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!agent.is_finished(), "the agent's vCPU waits for a command");
+        runtime.post(seq);
+        runtime
+            .wait_done(seq, Duration::from_secs(10))
+            .expect("the agent completes it");
+        assert_eq!(agent.join().unwrap(), seq as u32);
     }
 }
