@@ -2,6 +2,7 @@
 //! [`Vm`], mapping KVM's dirty log, guest memory, pause/resume, throttling
 //! and state save/restore.
 
+use crate::vm::memory::GuestMemory;
 use crate::vm::Vm;
 use covm_devices::virtio::Handover;
 use covm_guest_abi::layout::PAGE_SIZE;
@@ -120,26 +121,7 @@ impl DestinationVm for Vm {
     }
 
     fn zero_memory(&mut self, gpa: u64, pages: u64) -> Result<(), VmOpError> {
-        const ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
-        // An incoming VM's memory starts zeroed and only covm writes it
-        // before it runs; vm-memory's bitmap marks every page covm wrote.
-        // Writing zeros anywhere else would only fault memory in (measured:
-        // a mostly empty 1 GiB guest took seconds of downtime). The run's
-        // region is looked up once, not for each of its pages.
-        let memory = self.memory();
-        let (_, region) = crate::vm::memory::region_of(memory, gpa, pages * PAGE_SIZE)
-            .ok_or_else(|| engine_err(crate::vm::VmError::OutsideMemory { gpa, pages }))?;
-        let first = (gpa - region.start_addr().0) / PAGE_SIZE;
-        // Through the write bitmap's summary: an idle 16 GiB guest's round 0
-        // arrives as a few runs of millions of pages, and testing them page
-        // by page held up the destination's commit.
-        let written = crate::vm::memory::vmm_writes(region).dirty_pages_in(first as usize, (first + pages) as usize);
-        for page in written {
-            memory
-                .write_slice(&ZEROS, GuestAddress(region.start_addr().0 + page * PAGE_SIZE))
-                .map_err(engine_err)?;
-        }
-        Ok(())
+        zero_written(self.memory(), gpa, pages)
     }
 
     fn restore_state(&mut self, state: &[u8]) -> Result<(), VmOpError> {
@@ -153,6 +135,29 @@ impl DestinationVm for Vm {
     fn shared_memory(&self) -> Vec<MemoryRange> {
         Vm::shared_memory(self)
     }
+}
+
+/// Zeroes the pages of `pages` from `gpa` that covm wrote: an incoming
+/// VM's memory starts zeroed and only covm writes it before it runs;
+/// vm-memory's bitmap marks every page covm wrote. Writing zeros anywhere
+/// else would only fault memory in (measured: a mostly empty 1 GiB guest
+/// took seconds of downtime). The run's region is looked up once, not for
+/// each of its pages.
+pub(super) fn zero_written(memory: &GuestMemory, gpa: u64, pages: u64) -> Result<(), VmOpError> {
+    const ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
+    let (_, region) = crate::vm::memory::region_of(memory, gpa, pages * PAGE_SIZE)
+        .ok_or_else(|| engine_err(crate::vm::VmError::OutsideMemory { gpa, pages }))?;
+    let first = (gpa - region.start_addr().0) / PAGE_SIZE;
+    // Through the write bitmap's summary: an idle 16 GiB guest's round 0
+    // arrives as a few runs of millions of pages, and testing them page by
+    // page held up the destination's commit.
+    let written = crate::vm::memory::vmm_writes(region).dirty_pages_in(first as usize, (first + pages) as usize);
+    for page in written {
+        memory
+            .write_slice(&ZEROS, GuestAddress(region.start_addr().0 + page * PAGE_SIZE))
+            .map_err(engine_err)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

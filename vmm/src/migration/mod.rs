@@ -5,6 +5,7 @@
 
 pub mod confidential;
 pub mod engine_vm;
+pub mod incoming_vm;
 pub mod prefault;
 
 use crate::api::vm_config;
@@ -20,6 +21,7 @@ use covm_migration::engine::{
 use covm_migration::protocol::PROTOCOL_VERSION_CONFIDENTIAL;
 use covm_migration::transport::{self, Endpoint, Listener};
 use covm_migration::vm::VmOpError;
+use incoming_vm::IncomingVm;
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -138,7 +140,7 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                 }
             };
             let built: Mutex<Option<VmConfig>> = Mutex::new(None);
-            let build = |version: u16, config_json: &[u8]| -> Result<(Vm, Box<dyn Opener>), VmOpError> {
+            let build = |version: u16, config_json: &[u8]| -> Result<(IncomingVm, Box<dyn Opener>), VmOpError> {
                 let mut config = vm_config::parse(config_json, incoming.host_ram).map_err(VmOpError::Refused)?;
                 let confidential = config.platform.is_confidential();
                 // A confidential VM filled with plain memory from the host
@@ -162,17 +164,19 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                 if let (true, Some(platform)) = (confidential, &incoming.platform) {
                     config.platform = platform.clone();
                 }
-                let mut vm =
-                    Vm::new_incoming(&config, incoming.start, incoming.notify.clone()).map_err(VmOpError::vmm)?;
-                let opener: Box<dyn Opener> = match vm.cvm().cloned() {
-                    Some(cvm) => {
-                        vm.start_incoming_agent(AGENT_READY_TIMEOUT).map_err(VmOpError::vmm)?;
-                        Box::new(ConfidentialOpener::new(
-                            AgentMailbox::new(cvm),
-                            incoming.session.clone(),
-                        ))
-                    }
-                    None => Box::new(prefault::PrefaultingOpener::new(vm.memory().clone())),
+                let (vm, opener): (IncomingVm, Box<dyn Opener>) = if confidential {
+                    let mut vm =
+                        Vm::new_incoming(&config, incoming.start, incoming.notify.clone()).map_err(VmOpError::vmm)?;
+                    let cvm = vm.cvm().cloned().expect("a confidential VM has its runtime");
+                    vm.start_incoming_agent(AGENT_READY_TIMEOUT).map_err(VmOpError::vmm)?;
+                    let opener = ConfidentialOpener::new(AgentMailbox::new(cvm), incoming.session.clone());
+                    (IncomingVm::ready(vm), Box::new(opener))
+                } else {
+                    // Pages may come before the VM around them is built.
+                    let vm = IncomingVm::build_beside(config.clone(), incoming.start, incoming.notify.clone())
+                        .map_err(VmOpError::vmm)?;
+                    let opener = prefault::PrefaultingOpener::new(vm.memory().clone());
+                    (vm, Box::new(opener))
                 };
                 *built.lock().unwrap_or_else(|p| p.into_inner()) = Some(config);
                 Ok((vm, opener))
@@ -184,8 +188,17 @@ pub fn start_receive(incoming: Incoming, progress: Progress, events: Sender<Even
                         .unwrap_or_else(|p| p.into_inner())
                         .take()
                         .expect("built on success");
+                    // Restored, hence built: the join returns at once.
+                    let vm = match received.vm.into_vm() {
+                        Ok(vm) => vm,
+                        Err(e) => {
+                            tracing::error!("migration: the committed VM is missing: {e}");
+                            crate::event_monitor::emit("vm", "migration-receive-failed", &[("error", e.to_string())]);
+                            continue;
+                        }
+                    };
                     let _ = events.send(Event::MigrationReceived {
-                        vm: received.vm,
+                        vm,
                         config: Box::new(config),
                         report: received.report,
                         committed: Instant::now(),

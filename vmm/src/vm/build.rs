@@ -46,7 +46,20 @@ impl Vm {
     /// is covm's start, from which boot markers are timed, and `notify`
     /// hears why the VM ended (guest power requests and crashes).
     pub fn new(config: &VmConfig, start: Instant, notify: ExitNotifier) -> Result<Self, VmError> {
-        Self::build(config, start, notify, Origin::Boot)
+        Self::build(config, start, notify, Origin::Boot, None)
+    }
+
+    /// A plain incoming VM ([`Vm::new_incoming`]) around `memory`, which
+    /// the caller allocated for `config` (a migration writes pages into it
+    /// while this runs).
+    pub fn new_incoming_on(
+        config: &VmConfig,
+        memory: GuestMemory,
+        start: Instant,
+        notify: ExitNotifier,
+    ) -> Result<Self, VmError> {
+        debug_assert!(!config.platform.is_confidential());
+        Self::build(config, start, notify, Origin::Incoming, Some(memory))
     }
 
     /// Builds the VM described by `config` with nothing loaded: memory and
@@ -57,12 +70,19 @@ impl Vm {
     /// only the agent runs ([`Vm::start_incoming_agent`]).
     pub fn new_incoming(config: &VmConfig, start: Instant, notify: ExitNotifier) -> Result<Self, VmError> {
         if config.platform.is_confidential() {
-            return Self::build(config, start, notify, Origin::IncomingConfidential);
+            return Self::build(config, start, notify, Origin::IncomingConfidential, None);
         }
-        Self::build(config, start, notify, Origin::Incoming)
+        Self::build(config, start, notify, Origin::Incoming, None)
     }
 
-    fn build(config: &VmConfig, start: Instant, notify: ExitNotifier, origin: Origin) -> Result<Self, VmError> {
+    /// `memory`: guest memory allocated for `config` already, or `None`.
+    fn build(
+        config: &VmConfig,
+        start: Instant,
+        notify: ExitNotifier,
+        origin: Origin,
+        memory: Option<GuestMemory>,
+    ) -> Result<Self, VmError> {
         match &config.platform {
             PlatformConfig::SevSnp(snp) => return Self::build_snp_on_kvm(config, snp, start, notify, origin),
             PlatformConfig::Tdx(tdx) => return Self::build_tdx_on_kvm(config, tdx, start, notify, origin),
@@ -84,7 +104,10 @@ impl Vm {
         if let DirtyTracking::Ring { entries } = config.dirty_tracking {
             dirty::ring::enable(&vm_fd, entries)?;
         }
-        let memory = memory::allocate(config.memory.size)?;
+        let memory = match memory {
+            Some(memory) => memory,
+            None => memory::allocate(config.memory.size)?,
+        };
         let cvm = config.platform.is_confidential().then(|| {
             let mode = match origin {
                 Origin::IncomingConfidential => LaunchMode::Incoming,
