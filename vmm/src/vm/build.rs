@@ -167,12 +167,7 @@ impl Vm {
                 DirtyTracker::Ring(rings)
             }
         };
-        // The agent's vCPUs are the last ones (the highest APIC IDs).
-        let agent_vcpus: Vec<Vcpu> = vcpus
-            .split_off(vcpus.len() - usize::from(config.agent_vcpus()))
-            .into_iter()
-            .map(Vcpu::into_agent)
-            .collect();
+        let agent_vcpus = split_off_agents(&mut vcpus, config);
         let msr_indices = msr_indices(&kvm)?;
         Ok(Self {
             vcpu_counters: vcpus.iter().chain(&agent_vcpus).map(Vcpu::counters).collect(),
@@ -201,6 +196,16 @@ impl Vm {
             _guest_memfds: Vec::new(),
         })
     }
+}
+
+/// Takes the migration agent's vCPUs off the end of `vcpus` (they have the
+/// highest APIC IDs) and marks them as the agent's.
+pub(super) fn split_off_agents(vcpus: &mut Vec<Vcpu>, config: &VmConfig) -> Vec<Vcpu> {
+    vcpus
+        .split_off(vcpus.len() - usize::from(config.agent_vcpus()))
+        .into_iter()
+        .map(Vcpu::into_agent)
+        .collect()
 }
 
 /// The MSRs KVM can save and restore: what a snapshot or migration of

@@ -3,7 +3,7 @@
 //! threads and agent vCPU as any confidential VM, plus the private-memory
 //! exits of its vCPUs and the reason it cannot migrate.
 
-use super::build::{msr_indices, Origin};
+use super::build::{msr_indices, split_off_agents, Origin};
 use super::confidential::{CvmRuntime, LaunchMode};
 use super::devices::{build_bus, ExitSink, SerialIrq, SharedSerial};
 use super::pci::PciDevices;
@@ -120,12 +120,7 @@ impl Vm {
                 vcpu
             })
             .collect();
-        // The agent's vCPUs are the last ones (the highest APIC IDs).
-        let agent_vcpus: Vec<Vcpu> = vcpus
-            .split_off(vcpus.len() - usize::from(config.agent_vcpus()))
-            .into_iter()
-            .map(Vcpu::into_agent)
-            .collect();
+        let agent_vcpus = split_off_agents(&mut vcpus, config);
         let msr_indices = msr_indices(kvm)?;
         Ok(Self {
             vcpu_counters: vcpus.iter().chain(&agent_vcpus).map(Vcpu::counters).collect(),
