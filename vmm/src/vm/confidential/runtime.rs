@@ -335,24 +335,7 @@ impl CvmPort {
         })
         .collect()
     }
-}
 
-/// The ports only the agent's vCPUs may use: those that block (the
-/// doorbell, the team's waits) and those that act for the agent.
-fn agent_only(port: u16) -> bool {
-    matches!(
-        port,
-        ports::AGENT_DOORBELL
-            | ports::AGENT_DONE
-            | ports::AGENT_REPORT
-            | ports::AGENT_RETIRE
-            | ports::TEAM_DONE
-            | ports::TEAM_START
-            | ports::TEAM_JOIN
-    ) || port >= ports::TEAM_WAIT_BASE
-}
-
-impl CvmPort {
     /// Whether the calling vCPU may use this port. A workload vCPU may
     /// not use the agent's: its read is answered at once with all ones
     /// (it would otherwise wait in covm, never park for a pause, and hold
@@ -371,6 +354,14 @@ impl CvmPort {
         }
         false
     }
+}
+
+/// Whether only the agent's vCPUs may use `port`: every port of the
+/// platform but the two any vCPU reads at boot (how the VM was launched,
+/// how many agent vCPUs it has). The others block (the doorbell, the
+/// team's waits) or act for the agent.
+fn agent_only(port: u16) -> bool {
+    !matches!(port, ports::LAUNCH_MODE | ports::AGENT_VCPUS)
 }
 
 impl PioDevice for CvmPort {
